@@ -1,0 +1,281 @@
+// CPU operator benchmark at HRNet-W32 shapes (batch 8, 256x192 input): convolution forward,
+// backward-data and backward-weight (kernels/cpu/conv2d.cpp), batch-norm training forward +
+// backward and nearest x2 upsampling forward + backward, each timed as the median of --reps runs
+// after warm-up. When PyTorch is importable it runs benchmarks/torch_cpu_ops.py on the same ops
+// with the same thread count and prints one table: ours, PyTorch, ratio (PyTorch / ours), rate.
+//
+//   bench_cpu_ops [--reps N] [--no-torch] [--csv FILE]
+//   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+#ifndef HR_BENCH_DIR
+#define HR_BENCH_DIR "benchmarks"
+#endif
+
+namespace {
+
+using hr::kern::ConvShape;
+using Clock = std::chrono::steady_clock;
+
+struct Row {
+  std::string op, shape, torch_spec;
+  double flops = 0, bytes = 0;  // per call, for GFLOP/s and GB/s
+  bool is3x3 = false;
+  double ours_ms = NAN, torch_ms = NAN;
+};
+
+std::vector<float> random_vec(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Median milliseconds of fn over reps calls, after warm-up (>= 2 calls and >= 0.2 s).
+template <class Fn>
+double median_ms(int reps, Fn&& fn) {
+  const auto w0 = Clock::now();
+  for (int i = 0; i < 2 || std::chrono::duration<double>(Clock::now() - w0).count() < 0.2; ++i)
+    fn();
+  std::vector<double> t(static_cast<size_t>(reps));
+  for (auto& ti : t) {
+    const auto t0 = Clock::now();
+    fn();
+    ti = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  }
+  std::sort(t.begin(), t.end());
+  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+}
+
+std::string conv_spec(const ConvShape& s) {
+  char b[128];
+  std::snprintf(b, sizeof b, "%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", long(s.N), long(s.C),
+                long(s.H), long(s.W), long(s.K), long(s.R), long(s.S), long(s.stride_h),
+                long(s.pad_h));
+  return b;
+}
+
+void add_conv_rows(std::vector<Row>& rows, const ConvShape& s, int reps) {
+  const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+  const auto x = random_vec(nx, 1), dy = random_vec(ny, 3);
+  const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+  std::vector<float> y(ny), dx(nx), dw(nw);
+  char shape[128];
+  std::snprintf(shape, sizeof shape, "%ldx%ld@%ldx%ld->%ld s%ld", long(s.N), long(s.C),
+                long(s.H), long(s.W), long(s.K), long(s.stride_h));
+  const std::string k = std::to_string(s.R) + "x" + std::to_string(s.S);
+  const double flops = 2.0 * double(s.macs());
+  const char* names[3] = {" fwd", " bwd-data", " bwd-weight"};
+  const char* specs[3] = {"conv_fwd:", "conv_bwd_data:", "conv_bwd_weight:"};
+  for (int pass = 0; pass < 3; ++pass) {
+    Row r;
+    r.op = "conv" + k + names[pass];
+    r.shape = shape;
+    r.torch_spec = specs[pass] + conv_spec(s);
+    r.flops = flops;
+    r.is3x3 = s.R == 3 && s.S == 3;
+    if (pass == 0)
+      r.ours_ms = median_ms(reps, [&] {
+        hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data());
+      });
+    else if (pass == 1)
+      r.ours_ms = median_ms(reps, [&] {
+        hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+      });
+    else
+      r.ours_ms = median_ms(reps, [&] {
+        hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
+      });
+    rows.push_back(r);
+  }
+}
+
+void add_bn_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W, int reps) {
+  const int64_t HW = H * W;
+  const size_t n = N * C * HW;
+  Row r;
+  r.op = "batchnorm fwd+bwd";
+  r.shape = std::to_string(N) + "x" + std::to_string(C) + "@" + std::to_string(H) + "x" +
+            std::to_string(W);
+  r.torch_spec = "bn:" + std::to_string(N) + "," + std::to_string(C) + "," + std::to_string(H) +
+                 "," + std::to_string(W);
+  r.bytes = 5.0 * 4.0 * double(n);  // forward: read x, write y; backward: read x, dy, write dx
+  const auto x = random_vec(n, 4), dy = random_vec(n, 5), beta = random_vec(C, 7, 0.1f);
+  auto gamma = random_vec(C, 6, 0.1f);
+  for (auto& g : gamma) g += 1.f;
+  std::vector<float> y(n), dx(n), rm(C, 0.f), rv(C, 1.f), sm(C), si(C), dg(C), dbt(C);
+  r.ours_ms = median_ms(reps, [&] {
+    hr::cpu::batchnorm_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
+                                     rm.data(), rv.data(), y.data(), sm.data(), si.data());
+    hr::cpu::batchnorm_train_backward(N, C, HW, x.data(), dy.data(), gamma.data(), sm.data(),
+                                      si.data(), dx.data(), dg.data(), dbt.data());
+  });
+  rows.push_back(r);
+}
+
+void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int reps) {
+  hr::kern::ResampleShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.OH = 2 * H, s.OW = 2 * W;
+  s.scale_h = s.scale_w = 0.5f;
+  const size_t n = N * C * H * W;
+  Row r;
+  r.op = "upsample-nearest x2 fwd+bwd";
+  r.shape = std::to_string(N) + "x" + std::to_string(C) + "@" + std::to_string(H) + "x" +
+            std::to_string(W);
+  r.torch_spec = "up2:" + std::to_string(N) + "," + std::to_string(C) + "," + std::to_string(H) +
+                 "," + std::to_string(W);
+  r.bytes = 10.0 * 4.0 * double(n);  // forward: read n, write 4n; backward: read 4n, write n
+  const auto x = random_vec(n, 8), dy = random_vec(4 * n, 9);
+  std::vector<float> y(4 * n), dx(n);
+  r.ours_ms = median_ms(reps, [&] {
+    hr::cpu::upsample_nearest_forward(s, x.data(), y.data());
+    hr::cpu::upsample_nearest_backward(s, dy.data(), dx.data());
+  });
+  rows.push_back(r);
+}
+
+bool python_has_torch(const std::string& py) {
+  const std::string cmd = py + " -c \"import torch\" >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+
+// Runs torch_cpu_ops.py on every row's spec and fills torch_ms. Returns its info line.
+std::string run_torch(std::vector<Row>& rows, const std::string& py, int threads, int reps) {
+  std::string cmd = py + " " + HR_BENCH_DIR + "/torch_cpu_ops.py --threads " +
+                    std::to_string(threads) + " --reps " + std::to_string(reps);
+  for (const Row& r : rows) cmd += " " + r.torch_spec;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return "PyTorch: could not start " + py;
+  std::map<std::string, double> ms;
+  std::string info;
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) {
+    char spec[256];
+    double t = 0;
+    if (std::sscanf(line, "TORCH %255s %lf", spec, &t) == 2) ms[spec] = t;
+    else if (std::strncmp(line, "TORCH_INFO", 10) == 0) info = line + 11;
+  }
+  const int rc = pclose(f);
+  for (Row& r : rows) {
+    auto it = ms.find(r.torch_spec);
+    if (it != ms.end()) r.torch_ms = it->second;
+  }
+  if (!info.empty() && info.back() == '\n') info.pop_back();
+  if (rc != 0) info += " (torch_cpu_ops.py exited with status " + std::to_string(rc) + ")";
+  return "PyTorch " + info;
+}
+
+std::string fmt(const char* f, double v) {
+  if (std::isnan(v)) return "-";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 10;
+  bool torch = true;
+  std::string csv;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--no-torch")) {
+      torch = false;
+    } else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) {
+      csv = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--reps N] [--no-torch] [--csv FILE]\n", argv[0]);
+      return 2;
+    }
+  }
+  const int threads = omp_get_max_threads();
+  const int64_t N = 8;
+  std::vector<Row> rows;
+  auto conv = [&](int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t stride) {
+    const int64_t pad = R / 2;
+    add_conv_rows(rows, ConvShape::make(N, C, H, W, K, R, R, stride, stride, pad, pad), reps);
+  };
+  const int64_t branch[4][3] = {{32, 64, 48}, {64, 32, 24}, {128, 16, 12}, {256, 8, 6}};
+  for (auto& b : branch) conv(b[0], b[1], b[2], b[0], 3, 1);  // branch BasicBlock convs
+  for (int i = 0; i < 3; ++i) conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
+  conv(3, 256, 192, 64, 3, 2);  // stem conv1
+  conv(64, 128, 96, 64, 3, 2);  // stem conv2
+  conv(64, 32, 24, 32, 1, 1);   // fuse 1x1, branch 1 -> branch 0 width
+  for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2], reps);
+  for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2], reps);
+
+  std::string torch_info = "PyTorch: not run (--no-torch)";
+  if (torch) {
+    std::string py;
+    if (const char* e = std::getenv("HR_PYTHON")) {
+      py = e;
+    } else {
+      for (const char* cand : {"python3", "/usr/bin/python3"})
+        if (python_has_torch(cand)) {
+          py = cand;
+          break;
+        }
+    }
+    if (py.empty() || !python_has_torch(py))
+      torch_info = "PyTorch: not importable (set HR_PYTHON), column left empty";
+    else
+      torch_info = run_torch(rows, py, threads, reps);
+  }
+
+  std::printf("bench_cpu_ops: %d OpenMP threads, median of %d reps; %s\n", threads, reps,
+              torch_info.c_str());
+  std::printf("%-28s %-22s %10s %10s %8s %9s %8s\n", "op", "shape (NxC@HxW->K s)", "ours ms",
+              "torch ms", "ratio", "GFLOP/s", "GB/s");
+  double min_ratio = INFINITY;
+  std::string min_row;
+  for (const Row& r : rows) {
+    const double ratio = r.torch_ms / r.ours_ms;
+    std::printf("%-28s %-22s %10s %10s %8s %9s %8s\n", r.op.c_str(), r.shape.c_str(),
+                fmt("%.3f", r.ours_ms).c_str(), fmt("%.3f", r.torch_ms).c_str(),
+                fmt("%.2f", ratio).c_str(),
+                fmt("%.1f", r.flops > 0 ? r.flops / r.ours_ms * 1e-6 : NAN).c_str(),
+                fmt("%.1f", r.bytes > 0 ? r.bytes / r.ours_ms * 1e-6 : NAN).c_str());
+    if (r.is3x3 && !std::isnan(ratio) && ratio < min_ratio) {
+      min_ratio = ratio;
+      min_row = r.op + " " + r.shape;
+    }
+  }
+  if (std::isinf(min_ratio))
+    std::printf("min ratio over 3x3 conv rows: - (no PyTorch timings)\n");
+  else
+    std::printf("min ratio over 3x3 conv rows: %.2f (%s)\n", min_ratio, min_row.c_str());
+
+  if (!csv.empty()) {
+    FILE* f = std::fopen(csv.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "bench_cpu_ops: cannot write %s\n", csv.c_str());
+      return 1;
+    }
+    std::fprintf(f, "op,shape,ours_ms,torch_ms,ratio,gflops,gbps\n");
+    for (const Row& r : rows)
+      std::fprintf(f, "%s,%s,%s,%s,%s,%s,%s\n", r.op.c_str(), r.shape.c_str(),
+                   fmt("%.4f", r.ours_ms).c_str(), fmt("%.4f", r.torch_ms).c_str(),
+                   fmt("%.4f", r.torch_ms / r.ours_ms).c_str(),
+                   fmt("%.2f", r.flops > 0 ? r.flops / r.ours_ms * 1e-6 : NAN).c_str(),
+                   fmt("%.2f", r.bytes > 0 ? r.bytes / r.ours_ms * 1e-6 : NAN).c_str());
+    std::fclose(f);
+  }
+  return 0;
+}

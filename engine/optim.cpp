@@ -1,0 +1,151 @@
+// SGD, Adam/AdamW and the learning-rate schedules.
+#include "engine/optim.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/stream.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace hr {
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(params)), lr_(lr) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i];
+    HR_CHECK(p.defined() && p.dtype() == DType::f32, "optimizer: parameter ", i,
+             " must be an f32 tensor (keep fp32 master weights), got ", p.str());
+    HR_CHECK(p.is_contiguous(p.suggest_format()), "optimizer: parameter ", i, " is not dense");
+  }
+  slots_.resize(params_.size());
+}
+
+void Optimizer::zero_grad() {
+  for (auto& p : params_) p.zero_grad();
+}
+
+Tensor& Optimizer::slot(size_t i, size_t k) {
+  auto& s = slots_[i];
+  if (s.size() <= k) s.resize(k + 1);
+  if (!s[k].defined()) {
+    const Tensor& p = params_[i];
+    s[k] = Tensor::zeros(p.shape(), DType::f32, p.device(), p.suggest_format());
+  }
+  return s[k];
+}
+
+NamedTensors Optimizer::state_dict() const {
+  NamedTensors out;
+  out.emplace_back("step", Tensor::from_vector_i64({steps_}, {}));
+  for (size_t i = 0; i < slots_.size(); ++i)
+    for (size_t k = 0; k < slots_[i].size(); ++k)
+      if (slots_[i][k].defined())
+        out.emplace_back(std::to_string(i) + "." + slot_names_[k], slots_[i][k]);
+  return out;
+}
+
+void Optimizer::load_state_dict(const NamedTensors& sd) {
+  for (const auto& [name, t] : sd) {
+    if (name == "step") {
+      steps_ = t.to_vector_i64().at(0);
+      continue;
+    }
+    size_t dot = name.find('.');
+    HR_CHECK(dot != std::string::npos, "optimizer state: bad key '", name, "'");
+    size_t i = std::stoul(name.substr(0, dot));
+    std::string sname = name.substr(dot + 1);
+    auto it = std::find(slot_names_.begin(), slot_names_.end(), sname);
+    HR_CHECK(i < params_.size() && it != slot_names_.end(), "optimizer state: unexpected key '",
+             name, "'");
+    Tensor& s = slot(i, it - slot_names_.begin());
+    HR_CHECK(s.shape() == t.shape(), "optimizer state: '", name, "' has shape ",
+             shape_str(t.shape()), ", expected ", shape_str(s.shape()));
+    s.copy_(t);
+  }
+}
+
+// ---------------------------------------------------------------- SGD
+SGD::SGD(std::vector<Tensor> params, const SGDOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+  HR_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+           "SGD: Nesterov momentum requires a momentum and zero dampening");
+  slot_names_ = {"momentum_buffer"};
+}
+
+void SGD::step() {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    if (!p.grad().defined()) continue;
+    Tensor g = p.grad().contiguous(p.suggest_format()).to(DType::f32);
+    // torch initialises the momentum buffer with the first gradient a parameter receives.
+    const bool first = slots_[i].empty() || !slots_[i][0].defined();
+    float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
+    if (p.device().is_cpu())
+      cpu::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, float(lr_), float(o_.momentum),
+                    float(o_.dampening), float(o_.weight_decay), o_.nesterov, first);
+    else
+      cuda::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, float(lr_),
+                     float(o_.momentum), float(o_.dampening), float(o_.weight_decay), o_.nesterov,
+                     first, current_stream());
+  }
+  ++steps_;
+}
+
+// ---------------------------------------------------------------- Adam
+Adam::Adam(std::vector<Tensor> params, const AdamOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+  slot_names_ = {"exp_avg", "exp_avg_sq"};
+}
+
+void Adam::step() {
+  ++steps_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    if (!p.grad().defined()) continue;
+    Tensor g = p.grad().contiguous(p.suggest_format()).to(DType::f32);
+    float* m = slot(i, 0).data<float>();
+    float* v = slot(i, 1).data<float>();
+    if (p.device().is_cpu())
+      cpu::adam_step(p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_), float(o_.beta1),
+                     float(o_.beta2), float(o_.eps), float(o_.weight_decay), o_.decoupled, steps_);
+    else
+      cuda::adam_step(p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
+                      float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay),
+                      o_.decoupled, steps_, current_stream());
+  }
+}
+
+std::unique_ptr<Optimizer> make_adamw(std::vector<Tensor> params, double lr, double wd,
+                                      double beta1, double beta2, double eps) {
+  AdamOptions o;
+  o.lr = lr;
+  o.weight_decay = wd;
+  o.beta1 = beta1;
+  o.beta2 = beta2;
+  o.eps = eps;
+  o.decoupled = true;
+  return std::make_unique<Adam>(std::move(params), o);
+}
+
+// ---------------------------------------------------------------- schedules
+double MultiStepLR::lr(int64_t t, double base) const {
+  int n = 0;
+  for (int64_t m : milestones_) n += t >= m;
+  return base * std::pow(gamma_, n);
+}
+
+double PolyLR::lr(int64_t t, double base) const {
+  if (t >= total_) return 0.0;
+  return base * std::pow(1.0 - static_cast<double>(t) / static_cast<double>(total_), power_);
+}
+
+double CosineLR::lr(int64_t t, double base) const {
+  const double pi = 3.14159265358979323846;
+  return eta_min_ + (base - eta_min_) * (1 + std::cos(pi * static_cast<double>(t) / t_max_)) / 2;
+}
+
+double LinearWarmup::lr(int64_t t, double base) const {
+  double inner = inner_->lr(t, base);
+  if (t >= warmup_) return inner;
+  return inner * (start_ + (1 - start_) * static_cast<double>(t) / static_cast<double>(warmup_));
+}
+
+}  // namespace hr

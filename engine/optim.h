@@ -1,0 +1,130 @@
+// Optimizers (torch.optim semantics) and learning-rate schedules.
+// Parameters are fp32 (master weights under mixed precision); state lives on their device.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/nn.h"
+#include "engine/tensor.h"
+
+namespace hr {
+
+class Optimizer {
+ public:
+  explicit Optimizer(std::vector<Tensor> params, double lr);
+  virtual ~Optimizer() = default;
+  // Applies one update to every parameter that has a gradient.
+  virtual void step() = 0;
+  void zero_grad();
+  double lr() const { return lr_; }
+  void set_lr(double lr) { lr_ = lr; }
+  int64_t steps() const { return steps_; }
+  // Optimizer state by name ("<param index>.<slot>", plus "step") for exact resume.
+  virtual NamedTensors state_dict() const;
+  virtual void load_state_dict(const NamedTensors& sd);
+
+ protected:
+  std::vector<Tensor> params_;
+  // slots_[i][k]: per-parameter state tensors (created lazily, same shape as the parameter)
+  std::vector<std::vector<Tensor>> slots_;
+  std::vector<std::string> slot_names_;
+  double lr_;
+  int64_t steps_ = 0;
+  Tensor& slot(size_t param, size_t k);
+};
+
+struct SGDOptions {
+  double lr = 0.01, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+};
+
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<Tensor> params, const SGDOptions& o);
+  void step() override;
+
+ private:
+  SGDOptions o_;
+};
+
+struct AdamOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  bool decoupled = false;  // true: AdamW
+};
+
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<Tensor> params, const AdamOptions& o);
+  void step() override;
+
+ private:
+  AdamOptions o_;
+};
+
+// AdamW: Adam with decoupled weight decay (default 0.01, as torch.optim.AdamW).
+std::unique_ptr<Optimizer> make_adamw(std::vector<Tensor> params, double lr,
+                                      double weight_decay = 0.01, double beta1 = 0.9,
+                                      double beta2 = 0.999, double eps = 1e-8);
+
+// ---- schedules: lr at step t (epochs or iterations, the caller decides) ----
+class LrSchedule {
+ public:
+  virtual ~LrSchedule() = default;
+  virtual double lr(int64_t t, double base_lr) const = 0;
+};
+
+// torch.optim.lr_scheduler.MultiStepLR: base * gamma^(number of milestones <= t)
+class MultiStepLR : public LrSchedule {
+ public:
+  MultiStepLR(std::vector<int64_t> milestones, double gamma = 0.1)
+      : milestones_(std::move(milestones)), gamma_(gamma) {}
+  double lr(int64_t t, double base) const override;
+
+ private:
+  std::vector<int64_t> milestones_;
+  double gamma_;
+};
+
+// Poly decay (HRNet segmentation): base * (1 - t/total)^power, 0 past the end.
+class PolyLR : public LrSchedule {
+ public:
+  PolyLR(int64_t total, double power = 0.9) : total_(total), power_(power) {}
+  double lr(int64_t t, double base) const override;
+
+ private:
+  int64_t total_;
+  double power_;
+};
+
+// torch CosineAnnealingLR (closed form): eta_min + (base - eta_min) * (1 + cos(pi t / T)) / 2
+class CosineLR : public LrSchedule {
+ public:
+  CosineLR(int64_t t_max, double eta_min = 0) : t_max_(t_max), eta_min_(eta_min) {}
+  double lr(int64_t t, double base) const override;
+
+ private:
+  int64_t t_max_;
+  double eta_min_;
+};
+
+// Linear warm-up (torch LinearLR chained in front): for t < warmup the inner schedule's lr is
+// multiplied by start + (1 - start) * t / warmup.
+class LinearWarmup : public LrSchedule {
+ public:
+  LinearWarmup(std::shared_ptr<LrSchedule> inner, int64_t warmup, double start_factor = 1.0 / 3)
+      : inner_(std::move(inner)), warmup_(warmup), start_(start_factor) {}
+  double lr(int64_t t, double base) const override;
+
+ private:
+  std::shared_ptr<LrSchedule> inner_;
+  int64_t warmup_;
+  double start_;
+};
+
+class ConstantLR : public LrSchedule {
+ public:
+  double lr(int64_t, double base) const override { return base; }
+};
+
+}  // namespace hr

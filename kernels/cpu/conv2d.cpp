@@ -1,0 +1,637 @@
+// CPU 2-D convolution (fp32, NCHW, weights [K,C,R,S]): forward, backward-data, backward-weight.
+//
+// Every pass is a sequence of Eigen GEMMs over "tiles" of output positions: a block of output
+// rows of one image, or several whole images when P*Q is small. Two ways to build the GEMM
+// operand that holds the input:
+//  * row-shift (stride 1, Q == W, maps with P*Q >= kRowShiftMinPQ): for each (c, s), the tile's
+//    input rows shifted by s columns with zero edges. Tap row r is a strided view of that
+//    buffer, so y[K, L] = sum_r w_r[K, C*S] * X_r[C*S, L] with w permuted to [K, R, C, S]:
+//    R times less copying than im2col. A 1x1 stride-1 unpadded conv uses the image itself.
+//  * im2col otherwise: col[C*R*S, L], built from a zero-padded copy of the tile's input rows
+//    whose columns are split into stride_w phases, so that every tap is a contiguous copy.
+// Passes:
+//   forward          y = w * X (+ bias)
+//   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
+//                    otherwise dcol = w^T * dy per tile, then col2im
+//   backward-weight  dw += dy * X^T into one accumulator per thread, summed at the end
+// Threading: tiles go to OpenMP threads (dynamic schedule), each running a single-threaded
+// GEMM on thread_local scratch. With too few tiles for the threads (one small image), tiles
+// run in turn with Eigen-threaded GEMMs and the copies around them split over the threads.
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "engine/error.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace hr::cpu {
+namespace {
+
+using kern::ConvShape;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapC = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+using MapM = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Scratch budget per tile (operand + output block), the shortest GEMM width worth a tile, and
+// the smallest map for the row-shift operand (below it, im2col with several images per GEMM
+// amortises the packing of w better).
+constexpr int64_t kTileBytes = 384 * 1024;
+constexpr int64_t kMinTileCols = 192;
+constexpr int64_t kRowShiftMinPQ = 128;
+
+// Buffers that grow and are kept between calls (no page faults in the steady state).
+struct Scratch {
+  std::vector<float> a, b, c;
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+float* grow(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+int num_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+void check_shape(const ConvShape& s, const char* op) {
+  HR_CHECK(s.N >= 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.R > 0 && s.S > 0 &&
+               s.stride_h > 0 && s.stride_w > 0 && s.pad_h >= 0 && s.pad_w >= 0,
+           op, ": invalid shape N=", s.N, " C=", s.C, " H=", s.H, " W=", s.W, " K=", s.K,
+           " R=", s.R, " S=", s.S, " stride=", s.stride_h, "x", s.stride_w, " pad=", s.pad_h,
+           "x", s.pad_w);
+  HR_CHECK(s.P == (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1 &&
+               s.Q == (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1 && s.P > 0 && s.Q > 0,
+           op, ": output ", s.P, "x", s.Q, " does not follow from input ", s.H, "x", s.W,
+           ", kernel ", s.R, "x", s.S, ", stride ", s.stride_h, "x", s.stride_w, ", pad ",
+           s.pad_h, "x", s.pad_w);
+}
+
+// ---- tiling ----
+
+// Output rows [p0, p1) of images [n0, n0 + nb); nb > 1 only with whole images.
+struct Tile {
+  int64_t n0, nb, p0, p1;
+};
+
+struct Plan {
+  std::vector<Tile> tiles;
+  int64_t tiles_per_image = 1;  // consecutive tiles that cover the same images
+  bool threaded_gemm = false;   // tiles run in turn, each GEMM (and its copies) threaded
+};
+
+// row_bytes: scratch per output row; halo_bytes: fixed scratch per tile; batch: small maps may
+// put several images in one tile; whole_images: a thread must own every tile of an image
+// (col2im writes overlap between row tiles).
+Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo_bytes,
+               bool batch, bool whole_images) {
+  Plan plan;
+  const int64_t PQ = s.P * s.Q;
+  int64_t rows = std::max<int64_t>(1, (kTileBytes - halo_bytes) / std::max<int64_t>(row_bytes, 1));
+  rows = std::clamp<int64_t>(std::max(rows, (kMinTileCols + s.Q - 1) / s.Q), 1, s.P);
+  const int64_t nrt = (s.P + rows - 1) / rows;  // equal row tiles
+  rows = (s.P + nrt - 1) / nrt;
+  int64_t nb = 1;
+  if (nrt == 1 && batch && PQ < kMinTileCols)
+    nb = std::clamp<int64_t>((kMinTileCols + PQ - 1) / PQ, 1, (s.N + nthreads - 1) / nthreads);
+  for (int64_t n = 0; n < s.N; n += nb)
+    for (int64_t p = 0; p < s.P; p += rows)
+      plan.tiles.push_back({n, std::min(nb, s.N - n), p, std::min(p + rows, s.P)});
+  plan.tiles_per_image = nrt;
+  const int64_t units = whole_images ? static_cast<int64_t>(plan.tiles.size()) / nrt
+                                     : static_cast<int64_t>(plan.tiles.size());
+  // Too few tiles to keep every thread busy: one threaded GEMM at a time instead.
+  plan.threaded_gemm = nthreads > 1 && units < 2 * nthreads && units % nthreads != 0;
+  return plan;
+}
+
+// Runs fn(tile, thread id, parallel) over the plan: tiles spread over the threads (whole
+// images together when the plan asks), or in turn with parallel = true.
+template <class Fn>
+void run_tiles(const Plan& plan, int nthreads, bool whole_images, Fn&& fn) {
+  const int64_t nt = static_cast<int64_t>(plan.tiles.size());
+  if (nthreads <= 1 || plan.threaded_gemm) {
+    for (const Tile& t : plan.tiles) fn(t, 0, nthreads > 1);
+    return;
+  }
+  const int64_t g = whole_images ? plan.tiles_per_image : 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+  for (int64_t i = 0; i < nt / g; ++i)
+    for (int64_t j = 0; j < g; ++j) fn(plan.tiles[i * g + j], omp_get_thread_num(), false);
+}
+
+// Runs fn(c0, c1) over channel blocks of [0, C), in parallel when asked.
+template <class Fn>
+void over_channels(int64_t C, bool parallel, Fn&& fn) {
+  if (!parallel) {
+    fn(int64_t{0}, C);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t id = omp_get_thread_num(), n = omp_get_num_threads();
+    fn(C * id / n, C * (id + 1) / n);
+  }
+}
+
+// ---- weight layouts ----
+
+// Weight re-layouts for the row-shift path. kS > 0 fixes S at compile time (the common 3 and 1),
+// which makes the per-(k, c, r) copies a few moves instead of a loop.
+
+// w [K,C,R,S] -> out [K,R,C,S]
+template <int kS>
+void permute_kcrs_to_krcs_impl(const ConvShape& s, const float* w, float* out, bool parallel) {
+  const int64_t C = s.C, R = s.R, S = kS > 0 ? kS : s.S;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t r = 0; r < R; ++r) {
+      const float* src = w + (k * C * R + r) * S;
+      float* dst = out + (k * R + r) * C * S;
+      for (int64_t c = 0; c < C; ++c, src += R * S, dst += S)
+        for (int64_t q = 0; q < S; ++q) dst[q] = src[q];
+    }
+}
+
+void permute_kcrs_to_krcs(const ConvShape& s, const float* w, float* out, bool parallel) {
+  if (s.S == 3)
+    permute_kcrs_to_krcs_impl<3>(s, w, out, parallel);
+  else if (s.S == 1)
+    permute_kcrs_to_krcs_impl<1>(s, w, out, parallel);
+  else
+    permute_kcrs_to_krcs_impl<0>(s, w, out, parallel);
+}
+
+// Weights of the transposed convolution (backward-data at stride 1) in the row-shift layout:
+// for w [K,C,R,S], out[c, r, k, s] = w[k, c, R-1-r, S-1-s]. Blocked over (c, k) so that both
+// sides stay in cache.
+template <int kS>
+void flip_transpose_impl(const ConvShape& s, const float* w, float* out, bool parallel) {
+  const int64_t K = s.K, C = s.C, R = s.R, S = kS > 0 ? kS : s.S;
+  constexpr int64_t B = 16;
+  const int64_t cblocks = (C + B - 1) / B;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t cb = 0; cb < cblocks; ++cb)
+    for (int64_t k0 = 0; k0 < K; k0 += B) {
+      const int64_t c1 = std::min(C, cb * B + B), k1 = std::min(K, k0 + B);
+      for (int64_t c = cb * B; c < c1; ++c)
+        for (int64_t r = 0; r < R; ++r) {
+          const float* src = w + ((k0 * C + c) * R + (R - 1 - r)) * S + S - 1;
+          float* dst = out + ((c * R + r) * K + k0) * S;
+          for (int64_t k = k0; k < k1; ++k, src += C * R * S, dst += S)
+            for (int64_t q = 0; q < S; ++q) dst[q] = src[-q];
+        }
+    }
+}
+
+void flip_transpose(const ConvShape& s, const float* w, float* out, bool parallel) {
+  if (s.S == 3)
+    flip_transpose_impl<3>(s, w, out, parallel);
+  else if (s.S == 1)
+    flip_transpose_impl<1>(s, w, out, parallel);
+  else
+    flip_transpose_impl<0>(s, w, out, parallel);
+}
+
+// ---- row-shift operand (stride 1, Q == W) ----
+
+bool rowshift_ok(const ConvShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && s.pad_w < s.W &&
+         s.P * s.Q >= kRowShiftMinPQ;
+}
+
+// Input rows ih = p0 - pad_h + i, i in [0, p1 - p0 + R - 1), of image x [C,H,W], shifted by
+// ks - pad_w columns, for every (c, ks): out[(c*S + ks)*ps + i*W + q]. Returns the operand
+// (x itself when no copy is needed) and its plane stride ps.
+const float* rowshift_planes(const ConvShape& s, const float* x, int64_t p0, int64_t p1,
+                             std::vector<float>& buf, int64_t& ps) {
+  const int64_t W = s.W, nr = p1 - p0 + s.R - 1, ih0 = p0 - s.pad_h;
+  if (s.S == 1 && ih0 >= 0 && ih0 + nr <= s.H) {
+    ps = s.H * W;
+    return x + ih0 * W;
+  }
+  ps = nr * W;
+  float* out = grow(buf, s.C * s.S * ps);
+  const int64_t ia = std::clamp<int64_t>(-ih0, 0, nr), ib = std::clamp<int64_t>(s.H - ih0, 0, nr);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t ks = 0; ks < s.S; ++ks) {
+      float* dst = out + (c * s.S + ks) * ps;
+      const int64_t off = ks - s.pad_w;
+      std::memset(dst, 0, sizeof(float) * ia * W);
+      std::memset(dst + ib * W, 0, sizeof(float) * (nr - ib) * W);
+      if (ib <= ia) continue;
+      float* d = dst + ia * W;
+      const float* src = x + (c * s.H + ih0 + ia) * W;
+      const int64_t n = (ib - ia) * W;
+      // One contiguous copy; the columns that wrapped into the neighbouring row become 0.
+      if (off < 0) {
+        std::memcpy(d - off, src, sizeof(float) * (n + off));
+        for (int64_t i = 0; i < ib - ia; ++i)
+          for (int64_t q = 0; q < -off; ++q) d[i * W + q] = 0.f;
+      } else {
+        std::memcpy(d, src + off, sizeof(float) * (n - off));
+        for (int64_t i = 0; i < ib - ia; ++i)
+          for (int64_t q = W - off; q < W; ++q) d[i * W + q] = 0.f;
+      }
+    }
+  return out;
+}
+
+int64_t rowshift_row_bytes(const ConvShape& s) { return 4 * (s.C * s.S * s.W + s.K * s.Q); }
+int64_t rowshift_halo_bytes(const ConvShape& s) { return 4 * s.C * s.S * (s.R - 1) * s.W; }
+
+// y = conv(x, w) + bias with w_krcs [K,R,C,S]. x [N,C,H,W], y [N,K,P,Q]
+void forward_rowshift(const ConvShape& s, const float* x, const float* w_krcs, const float* bias,
+                      float* y) {
+  const int nthreads = num_threads();
+  const int64_t K = s.K, CS = s.C * s.S, PQ = s.P * s.Q, CHW = s.C * s.H * s.W;
+  const Plan plan =
+      make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false);
+  run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool) {
+    const int64_t L = (t.p1 - t.p0) * s.Q;
+    int64_t ps = 0;
+    const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);
+    float* out = y + t.n0 * K * PQ + t.p0 * s.Q;
+    MapM om(out, K, L, Eigen::OuterStride<>(PQ));
+    if (bias)
+      for (int64_t k = 0; k < K; ++k) std::fill_n(out + k * PQ, L, bias[k]);
+    for (int64_t r = 0; r < s.R; ++r) {
+      const MapC wr(w_krcs + r * CS, K, CS, Eigen::OuterStride<>(s.R * CS));
+      const MapC xr(xs + r * s.W, CS, L, Eigen::OuterStride<>(ps));
+      if (r == 0 && !bias)
+        om.noalias() = wr * xr;
+      else
+        om.noalias() += wr * xr;
+    }
+  });
+}
+
+// ---- im2col operand ----
+// The input rows a tile needs are copied into a zero-padded buffer whose columns are split
+// into stride_w phases: buf[((c*nr + i)*sw + phase)*wpad + ml + j] = x[c, ih0 + i, j*sw + phase]
+// (0 outside the image). Tap (r, ks) of output row p is then Q contiguous floats of it, so
+// im2col and col2im are branch-free copies and adds.
+
+struct PadGeom {
+  int64_t ih0, nr;   // buffer rows: input rows [ih0, ih0 + nr)
+  int64_t ml, wpad;  // left margin and row length of one phase
+  int64_t per_channel(const ConvShape& s) const { return nr * s.stride_w * wpad; }
+  // Offset of tap (r, ks) of output row p within a channel.
+  int64_t tap(const ConvShape& s, int64_t p, int64_t r, int64_t ks) const {
+    const int64_t sw = s.stride_w, off = ks - s.pad_w;
+    const int64_t phase = ((off % sw) + sw) % sw, base = (off - phase) / sw;
+    return ((p * s.stride_h - s.pad_h + r - ih0) * sw + phase) * wpad + ml + base;
+  }
+};
+
+PadGeom pad_geom(const ConvShape& s, int64_t p0, int64_t p1) {
+  const int64_t sw = s.stride_w, hi = s.S - 1 - s.pad_w;
+  PadGeom g;
+  g.ih0 = p0 * s.stride_h - s.pad_h;
+  g.nr = (p1 - 1 - p0) * s.stride_h + s.R;
+  g.ml = (s.pad_w + sw - 1) / sw;
+  const int64_t base_max = hi >= 0 ? hi / sw : -((-hi + sw - 1) / sw);
+  g.wpad = g.ml + std::max(s.Q + base_max, (s.W + sw - 1) / sw);
+  return g;
+}
+
+// Fills channels [c0, c1) of the padded phase buffer from image x [C,H,W].
+void pad_split(const ConvShape& s, const PadGeom& g, const float* x, int64_t c0, int64_t c1,
+               float* buf) {
+  const int64_t sw = s.stride_w, W = s.W, wpad = g.wpad, ml = g.ml;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t i = 0; i < g.nr; ++i) {
+      float* dst = buf + (c * g.nr + i) * sw * wpad;
+      const int64_t ih = g.ih0 + i;
+      if (ih < 0 || ih >= s.H) {
+        std::memset(dst, 0, sizeof(float) * sw * wpad);
+        continue;
+      }
+      const float* src = x + (c * s.H + ih) * W;
+      for (int64_t ph = 0; ph < sw; ++ph) {
+        float* d = dst + ph * wpad;
+        const int64_t cnt = ph < W ? (W - ph + sw - 1) / sw : 0;
+        for (int64_t j = 0; j < ml; ++j) d[j] = 0.f;
+        if (sw == 1) {
+          std::memcpy(d + ml, src, sizeof(float) * W);
+        } else if (sw == 2) {
+          for (int64_t j = 0; j < cnt; ++j) d[ml + j] = src[2 * j + ph];
+        } else {
+          for (int64_t j = 0; j < cnt; ++j) d[ml + j] = src[j * sw + ph];
+        }
+        for (int64_t j = ml + cnt; j < wpad; ++j) d[j] = 0.f;
+      }
+    }
+}
+
+// dx [C,H,W] += the image part of channels [c0, c1) of a padded phase buffer.
+void unpad_merge_add(const ConvShape& s, const PadGeom& g, const float* buf, int64_t c0,
+                     int64_t c1, float* dx) {
+  const int64_t sw = s.stride_w, W = s.W, wpad = g.wpad, ml = g.ml;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t i = std::max<int64_t>(0, -g.ih0); i < std::min(g.nr, s.H - g.ih0); ++i) {
+      const float* src = buf + (c * g.nr + i) * sw * wpad + ml;
+      float* d = dx + (c * s.H + g.ih0 + i) * W;
+      if (sw == 1) {
+        for (int64_t j = 0; j < W; ++j) d[j] += src[j];
+      } else if (sw == 2) {
+        for (int64_t j = 0; j < W / 2; ++j) {
+          d[2 * j] += src[j];
+          d[2 * j + 1] += src[wpad + j];
+        }
+        if (W % 2) d[W - 1] += src[W / 2];
+      } else {
+        for (int64_t j = 0; j < W; ++j) d[j] += src[(j % sw) * wpad + j / sw];
+      }
+    }
+}
+
+// Short rows are copied inline; memcpy's call overhead dominates below ~32 floats.
+inline void copy_row(float* __restrict dst, const float* __restrict src, int64_t n) {
+  if (n >= 32) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+}
+
+// col[(c*R + r)*S + ks, (p-p0)*Q + q] (row stride ld) for output rows [p0, p1), channels
+// [c0, c1).
+void im2col(const ConvShape& s, const PadGeom& g, const float* buf, int64_t p0, int64_t p1,
+            int64_t c0, int64_t c1, float* col, int64_t ld) {
+  const int64_t Q = s.Q, cstride = g.per_channel(s);
+  const int64_t step = s.stride_h * s.stride_w * g.wpad;  // next output row
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t ks = 0; ks < s.S; ++ks) {
+      const int64_t off = g.tap(s, p0, r, ks);
+      for (int64_t c = c0; c < c1; ++c) {
+        float* dst = col + ((c * s.R + r) * s.S + ks) * ld;
+        const float* src = buf + c * cstride + off;
+        if (Q >= 4 && Q <= 8) {
+          // Fixed 8-float copies that overshoot into the next row (written right after; with
+          // Q >= 4 never past the last row); the last row is exact. The pad buffer has slack
+          // for the reads.
+          for (int64_t p = p0; p < p1 - 1; ++p, dst += Q, src += step) std::memcpy(dst, src, 32);
+          copy_row(dst, src, Q);
+        } else if (Q > 8 && Q <= 16) {
+          for (int64_t p = p0; p < p1 - 1; ++p, dst += Q, src += step) std::memcpy(dst, src, 64);
+          copy_row(dst, src, Q);
+        } else {
+          for (int64_t p = p0; p < p1; ++p, dst += Q, src += step) copy_row(dst, src, Q);
+        }
+      }
+    }
+}
+
+// Inverse of im2col for channels [c0, c1): buf += dcol (buf is a padded phase buffer).
+void col2im(const ConvShape& s, const PadGeom& g, const float* dcol, int64_t ld, int64_t p0,
+            int64_t p1, int64_t c0, int64_t c1, float* buf) {
+  const int64_t Q = s.Q, cstride = g.per_channel(s);
+  const int64_t step = s.stride_h * s.stride_w * g.wpad;
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t ks = 0; ks < s.S; ++ks) {
+      const int64_t off = g.tap(s, p0, r, ks);
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* src = dcol + ((c * s.R + r) * s.S + ks) * ld;
+        float* dst = buf + c * cstride + off;
+        for (int64_t p = p0; p < p1; ++p, src += Q, dst += step) {
+          float* __restrict d = dst;
+          for (int64_t q = 0; q < Q; ++q) d[q] += src[q];
+        }
+      }
+    }
+}
+
+// Column operand [C*R*S, L] (row stride L) of tile t for images [n0, n0+nb) of x.
+// parallel: split the work over images or channels.
+const float* tile_columns(const ConvShape& s, const float* x, const Tile& t, bool parallel) {
+  const int64_t PQ = s.P * s.Q, CHW = s.C * s.H * s.W, CRS = s.C * s.R * s.S;
+  const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
+  float* col = grow(scratch().a, CRS * L);
+  const PadGeom g = pad_geom(s, t.p0, t.p1);
+  const int64_t gsize = s.C * g.per_channel(s) + 16;  // slack for im2col's fixed-size reads
+  if (parallel && t.nb > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < t.nb; ++i) {
+      float* buf = grow(scratch().c, gsize);
+      pad_split(s, g, x + (t.n0 + i) * CHW, 0, s.C, buf);
+      im2col(s, g, buf, t.p0, t.p1, 0, s.C, col + i * PQ, L);
+    }
+    return col;
+  }
+  float* buf = grow(scratch().c, gsize);
+  for (int64_t i = 0; i < t.nb; ++i)
+    over_channels(s.C, parallel, [&](int64_t c0, int64_t c1) {
+      pad_split(s, g, x + (t.n0 + i) * CHW, c0, c1, buf);
+      im2col(s, g, buf, t.p0, t.p1, c0, c1, col + i * PQ, L);
+    });
+  return col;
+}
+
+// dy rows of tile t as a [K, L] matrix: in place for one image, else gathered into scratch.
+const float* tile_dy(const ConvShape& s, const float* dy, const Tile& t, bool parallel,
+                     int64_t& ld) {
+  const int64_t K = s.K, PQ = s.P * s.Q, L = t.nb * (t.p1 - t.p0) * s.Q;
+  if (t.nb == 1) {
+    ld = PQ;
+    return dy + t.n0 * K * PQ + t.p0 * s.Q;
+  }
+  float* g = grow(scratch().b, K * L);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < t.nb; ++i)
+      std::memcpy(g + k * L + i * PQ, dy + ((t.n0 + i) * K + k) * PQ, sizeof(float) * PQ);
+  ld = L;
+  return g;
+}
+
+int64_t im2col_row_bytes(const ConvShape& s) {
+  return 4 * ((s.C * s.R * s.S + s.K) * s.Q + s.C * s.stride_h * (s.W + 2 * s.pad_w + s.stride_w));
+}
+
+// y = conv(x, w) + bias via im2col. x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q]
+void forward_im2col(const ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y) {
+  const int nthreads = num_threads();
+  const int64_t PQ = s.P * s.Q, CRS = s.C * s.R * s.S, K = s.K, CHW = s.C * s.H * s.W;
+  const bool identity = s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+                        s.pad_h == 0 && s.pad_w == 0;
+  const Plan plan = identity ? make_plan(s, nthreads, 4 * K * s.Q, 0, false, false)
+                             : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
+  const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
+  run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool par) {
+    const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
+    const float* col = identity ? x + t.n0 * CHW + t.p0 * s.Q : tile_columns(s, x, t, par);
+    const MapC cm(col, CRS, L, Eigen::OuterStride<>(identity ? PQ : L));
+    // Output block: straight into y for one image, else a [K, nb*PQ] buffer then scattered.
+    float* out = t.nb == 1 ? y + t.n0 * K * PQ + t.p0 * s.Q : grow(scratch().b, K * L);
+    const int64_t out_ld = t.nb == 1 ? PQ : L;
+    MapM om(out, K, L, Eigen::OuterStride<>(out_ld));
+    if (bias) {
+      for (int64_t k = 0; k < K; ++k) std::fill_n(out + k * out_ld, L, bias[k]);
+      om.noalias() += wm * cm;
+    } else {
+      om.noalias() = wm * cm;
+    }
+    if (t.nb > 1) {
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t i = 0; i < t.nb; ++i)
+          std::memcpy(y + ((t.n0 + i) * K + k) * PQ, out + k * L + i * PQ, sizeof(float) * PQ);
+    }
+  });
+}
+
+// Backward-data by dcol = w^T dy per tile, col2im into a padded phase buffer, merged into dx.
+// A thread owns all tiles of its images.
+void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, float* dx) {
+  const int nthreads = num_threads();
+  const int64_t K = s.K, C = s.C, CRS = C * s.R * s.S, PQ = s.P * s.Q, CHW = C * s.H * s.W;
+  const Plan plan = make_plan(s, nthreads, im2col_row_bytes(s), 0, true, true);
+  const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
+  run_tiles(plan, nthreads, true, [&](const Tile& t, int, bool par) {
+    const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
+    int64_t g_ld = 0;
+    const float* g = tile_dy(s, dy, t, par, g_ld);
+    float* dcol = grow(scratch().a, CRS * L);
+    MapM dm(dcol, CRS, L, Eigen::OuterStride<>(L));
+    dm.noalias() = wm.transpose() * MapC(g, K, L, Eigen::OuterStride<>(g_ld));
+    const PadGeom pg = pad_geom(s, t.p0, t.p1);
+    const int64_t cstride = pg.per_channel(s);
+    auto image = [&](int64_t i, int64_t c0, int64_t c1, float* buf) {
+      float* img = dx + (t.n0 + i) * CHW;
+      if (t.p0 == 0) std::memset(img + c0 * s.H * s.W, 0, sizeof(float) * (c1 - c0) * s.H * s.W);
+      std::memset(buf + c0 * cstride, 0, sizeof(float) * (c1 - c0) * cstride);
+      col2im(s, pg, dcol + i * PQ, L, t.p0, t.p1, c0, c1, buf);
+      unpad_merge_add(s, pg, buf, c0, c1, img);
+    };
+    if (par && t.nb > 1) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < t.nb; ++i) image(i, 0, C, grow(scratch().c, C * cstride));
+    } else {
+      float* buf = grow(scratch().c, C * cstride);
+      for (int64_t i = 0; i < t.nb; ++i)
+        over_channels(C, par, [&](int64_t c0, int64_t c1) { image(i, c0, c1, buf); });
+    }
+  });
+}
+
+// Per-thread weight-gradient accumulators, kept between calls.
+std::vector<float>& weight_accumulators() {
+  thread_local std::vector<float> acc;
+  return acc;
+}
+
+}  // namespace
+
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y) {
+  check_shape(s, "conv2d_forward");
+  if (s.N == 0) return;
+  if (rowshift_ok(s)) {
+    thread_local std::vector<float> wk;
+    permute_kcrs_to_krcs(s, w, grow(wk, s.K * s.C * s.R * s.S), num_threads() > 1);
+    forward_rowshift(s, x, wk.data(), bias, y);
+  } else {
+    forward_im2col(s, x, w, bias, y);
+  }
+}
+
+void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx) {
+  check_shape(s, "conv2d_backward_data");
+  if (s.N == 0) return;
+  const int64_t K = s.K, C = s.C, R = s.R, S = s.S;
+  // Stride 1 with a row-shift-friendly map: dx = conv(dy, w') with w'[c,k,r,s] =
+  // w[k,c,R-1-r,S-1-s] and padding R-1-pad. Otherwise dcol = w^T dy and col2im.
+  if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= R - 1 && s.pad_w <= S - 1) {
+    const ConvShape t =
+        ConvShape::make(s.N, K, s.P, s.Q, C, R, S, 1, 1, R - 1 - s.pad_h, S - 1 - s.pad_w);
+    if (rowshift_ok(t)) {
+      HR_CHECK(t.P == s.H && t.Q == s.W, "conv2d_backward_data: internal shape mismatch");
+      thread_local std::vector<float> wt;
+      flip_transpose(s, w, grow(wt, K * C * R * S), num_threads() > 1);
+      forward_rowshift(t, dy, wt.data(), nullptr, dx);
+      return;
+    }
+  }
+  backward_data_col2im(s, dy, w, dx);
+}
+
+void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy, float* dw,
+                            float* dbias) {
+  check_shape(s, "conv2d_backward_weight");
+  const int64_t K = s.K, C = s.C, R = s.R, S = s.S, CRS = C * R * S, CS = C * S;
+  const int64_t PQ = s.P * s.Q, CHW = C * s.H * s.W;
+  const int nthreads = num_threads();
+  if (dbias) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t k = 0; k < K; ++k) {
+      double acc = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float* g = dy + (n * K + k) * PQ;
+        float part = 0.f;
+        for (int64_t i = 0; i < PQ; ++i) part += g[i];
+        acc += part;
+      }
+      dbias[k] = static_cast<float>(acc);
+    }
+  }
+  if (s.N == 0) {
+    std::fill_n(dw, K * CRS, 0.f);
+    return;
+  }
+  const bool rs = rowshift_ok(s);
+  const Plan plan =
+      rs ? make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false)
+         : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
+  const int nacc = plan.threaded_gemm ? 1 : nthreads;
+  // Accumulators [K, R, C, S] on the row-shift path, [K, C, R, S] on the im2col path.
+  float* acc = grow(weight_accumulators(), nacc * K * CRS);
+  std::vector<char> used(static_cast<size_t>(nacc), 0);
+  run_tiles(plan, nthreads, false, [&](const Tile& t, int tid, bool par) {
+    float* a = acc + tid * K * CRS;
+    const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
+    int64_t g_ld = 0;
+    const float* g = tile_dy(s, dy, t, par, g_ld);
+    const MapC gm(g, K, L, Eigen::OuterStride<>(g_ld));
+    const bool first = !used[tid];
+    used[tid] = 1;
+    if (rs) {
+      int64_t ps = 0;
+      const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);
+      for (int64_t r = 0; r < R; ++r) {
+        MapM ar(a + r * CS, K, CS, Eigen::OuterStride<>(CRS));
+        const MapC xr(xs + r * s.W, CS, L, Eigen::OuterStride<>(ps));
+        if (first)
+          ar.noalias() = gm * xr.transpose();
+        else
+          ar.noalias() += gm * xr.transpose();
+      }
+    } else {
+      const float* col = tile_columns(s, x, t, par);
+      MapM am(a, K, CRS, Eigen::OuterStride<>(CRS));
+      const MapC cm(col, CRS, L, Eigen::OuterStride<>(L));
+      if (first)
+        am.noalias() = gm * cm.transpose();
+      else
+        am.noalias() += gm * cm.transpose();
+    }
+  });
+  // dw = sum of the used accumulators, back in [K, C, R, S].
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t q = 0; q < S; ++q) {
+          const int64_t src = rs ? ((k * R + r) * C + c) * S + q : ((k * C + c) * R + r) * S + q;
+          float v = 0.f;
+          for (int i = 0; i < nacc; ++i)
+            if (used[i]) v += acc[i * K * CRS + src];
+          dw[((k * C + c) * R + r) * S + q] = v;
+        }
+}
+
+}  // namespace hr::cpu

@@ -1,0 +1,107 @@
+// CPU reference kernels (fp32). Layout: every 4-D activation is contiguous NCHW, conv weights
+// are contiguous [K, C, R, S] (PyTorch OIHW). Every kernel OVERWRITES its outputs (the engine
+// accumulates gradients itself). Kernels are multithreaded with OpenMP; matrix work uses Eigen.
+#pragma once
+#include <cstdint>
+
+#include "kernels/shapes.h"
+
+namespace hr::cpu {
+
+// ---- convolution ----
+// x [N,C,H,W], w [K,C,R,S], bias [K] or nullptr, y [N,K,P,Q]
+void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y);
+// dy [N,K,P,Q], w [K,C,R,S] -> dx [N,C,H,W]
+void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float* w, float* dx);
+// x [N,C,H,W], dy [N,K,P,Q] -> dw [K,C,R,S], dbias [K] (skipped when nullptr)
+void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const float* dy, float* dw,
+                            float* dbias);
+
+// ---- batch norm over [N, C, HW] (channel c at x[(n*C + c)*HW + i]) ----
+// Training: batch statistics; save_mean / save_invstd [C] receive mean and 1/sqrt(var_biased+eps).
+// running_mean / running_var [C] (may be nullptr) are updated in place with momentum, the
+// running variance using the unbiased batch variance (as PyTorch).
+void batchnorm_train_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, float* y, float* save_mean, float* save_invstd);
+// Inference: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta
+void batchnorm_infer_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
+                             const float* beta, const float* running_mean,
+                             const float* running_var, float eps, float* y);
+// Training-mode backward. dx, dgamma, dbeta may each be nullptr (skipped).
+void batchnorm_train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* dy,
+                              const float* gamma, const float* save_mean, const float* save_invstd,
+                              float* dx, float* dgamma, float* dbeta);
+// Inference-mode backward (statistics are constants). dx, dgamma, dbeta may be nullptr.
+void batchnorm_infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* dy,
+                              const float* gamma, const float* running_mean,
+                              const float* running_var, float eps, float* dx, float* dgamma,
+                              float* dbeta);
+
+// ---- element-wise ----
+void relu_forward(int64_t n, const float* x, float* y);
+// dx = y > 0 ? dy : 0   (y is the ReLU output)
+void relu_backward(int64_t n, const float* y, const float* dy, float* dx);
+void add(int64_t n, const float* a, const float* b, float* y);
+// y = alpha * x + y
+void axpy(int64_t n, float alpha, const float* x, float* y);
+void scale(int64_t n, float alpha, const float* x, float* y);
+void fill(int64_t n, float value, float* y);
+
+// ---- resampling (PyTorch nn.functional.interpolate semantics) ----
+// nearest: src = min(floor(dst * scale), in - 1)
+void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, float* y);
+void upsample_nearest_backward(const kern::ResampleShape& s, const float* dy, float* dx);
+void upsample_bilinear_forward(const kern::ResampleShape& s, const float* x, float* y);
+void upsample_bilinear_backward(const kern::ResampleShape& s, const float* dy, float* dx);
+
+// ---- pooling ----
+void avgpool2d_forward(const kern::PoolShape& s, const float* x, float* y);
+void avgpool2d_backward(const kern::PoolShape& s, const float* dy, float* dx);
+// x [N, C, HW] -> y [N, C]
+void global_avgpool_forward(int64_t N, int64_t C, int64_t HW, const float* x, float* y);
+void global_avgpool_backward(int64_t N, int64_t C, int64_t HW, const float* dy, float* dx);
+
+// ---- matrix ----
+// y[M,O] = x[M,I] * w[O,I]^T + bias[O] (bias may be nullptr)  (torch.nn.Linear)
+void linear_forward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,
+                    const float* bias, float* y);
+// dx[M,I] = dy * w ; dw[O,I] = dy^T * x ; dbias[O] = sum_m dy. Any output may be nullptr.
+void linear_backward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,
+                     const float* dy, float* dx, float* dw, float* dbias);
+
+// ---- losses ----
+// HRNet JointsMSELoss (use_target_weight = true):
+//   loss = (1/J) * sum_j 0.5 * mean_{n,i} (w[n,j]*pred[n,j,i] - w[n,j]*gt[n,j,i])^2
+// pred, gt [N, J, HW]; weight [N, J]. Returns the loss.
+float heatmap_loss_forward(int64_t N, int64_t J, int64_t HW, const float* pred, const float* gt,
+                           const float* weight);
+// dpred = dloss * d(loss)/d(pred)
+void heatmap_loss_backward(int64_t N, int64_t J, int64_t HW, const float* pred, const float* gt,
+                           const float* weight, float dloss, float* dpred);
+// Softmax cross-entropy over channels of logits [N, C, HW] with labels [N, HW] (int64);
+// labels equal to ignore_index are skipped; the loss is the mean over the counted pixels
+// (0 when none). A label outside [0, C) that is not ignore_index throws std::invalid_argument.
+float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
+                         const int64_t* labels, int64_t ignore_index);
+void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
+                         const int64_t* labels, int64_t ignore_index, float dloss, float* dlogits);
+
+// ---- optimizer steps (PyTorch torch.optim semantics, one parameter tensor of n floats) ----
+// SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);
+// g = nesterov ? g + momentum*buf : buf; p -= lr*g.  momentum_buf may be nullptr if momentum == 0.
+void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
+              float momentum, float dampening, float weight_decay, bool nesterov, bool first_step);
+// Adam / AdamW (decoupled = true): step is 1-based.
+void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
+               float beta1, float beta2, float eps, float weight_decay, bool decoupled,
+               int64_t step);
+
+// ---- dtype conversion (round to nearest even) ----
+void f32_to_bf16(int64_t n, const float* x, uint16_t* y);
+void bf16_to_f32(int64_t n, const uint16_t* x, float* y);
+void f32_to_f16(int64_t n, const float* x, uint16_t* y);
+void f16_to_f32(int64_t n, const uint16_t* x, float* y);
+
+}  // namespace hr::cpu

@@ -1,0 +1,138 @@
+// CUDA kernels and device runtime, as the engine sees them. This header needs no CUDA headers:
+// a CPU-only build links kernels/no_cuda/stubs.cpp, whose functions throw
+// "<op> has no CUDA implementation (built without CUDA)".
+//
+// Layout on the GPU: 4-D activations are channels-last (NHWC: element (n,c,h,w) at
+// ((n*H + h)*W + w)*C + c); conv weights are [K, R, S, C] (KRSC). Every kernel takes the
+// stream it runs on and OVERWRITES its outputs. Storage dtypes: f32, f16, bf16 (`dt`);
+// arithmetic accumulates in fp32; batch-norm statistics, running stats, gamma/beta and
+// optimizer state are always fp32.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/shapes.h"
+
+namespace hr::cuda {
+
+using Stream = void*;  // cudaStream_t
+using Event = void*;   // cudaEvent_t
+enum class DT : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// ---- runtime ----
+bool available();       // a device is present and usable (false, never throws, when none)
+int device_count();
+std::string device_name(int device);
+// Stream-ordered caching allocator: no cudaMalloc in the steady state. Memory freed on a
+// stream may be reused by work on that stream at once, by other streams after an event.
+void* alloc(size_t bytes, Stream s);
+void free(void* p, Stream s);
+size_t allocated_bytes();       // live bytes handed out
+size_t peak_allocated_bytes();
+size_t reserved_bytes();        // bytes held from cudaMalloc
+void empty_cache();
+Stream default_stream();        // the engine's own stream (never the legacy default stream)
+Stream create_stream();
+void destroy_stream(Stream s);
+void synchronize(Stream s);
+Event create_event();
+void destroy_event(Event e);
+void record_event(Event e, Stream s);
+void wait_event(Stream s, Event e);
+void memcpy_h2d(void* dst, const void* src, size_t bytes, Stream s);  // synchronous w.r.t. host
+void memcpy_d2h(void* dst, const void* src, size_t bytes, Stream s);  // synchronous
+void memcpy_d2d(void* dst, const void* src, size_t bytes, Stream s);  // async on s
+void memset_zero(void* dst, size_t bytes, Stream s);
+// rows x width_bytes block between pitched buffers (cudaMemcpy2DAsync, device to device)
+void memcpy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width_bytes,
+               size_t rows, Stream s);
+
+// ---- layout and dtype ----
+// [N,C,H,W] <-> [N,H,W,C] (also used for weights: [K,C,R,S] <-> [K,R,S,C])
+void nchw_to_nhwc(DT dt, int64_t N, int64_t C, int64_t HW, const void* x, void* y, Stream s);
+void nhwc_to_nchw(DT dt, int64_t N, int64_t C, int64_t HW, const void* x, void* y, Stream s);
+void convert(int64_t n, DT from, const void* x, DT to, void* y, Stream s);
+
+// ---- convolution (NHWC x, KRSC w) ----
+// Picks, per shape and dtype, the faster of our implicit-GEMM kernels and cuDNN the first time
+// a shape is seen (timed), and caches the choice. bias [K] is fp32 or nullptr.
+void conv2d_forward(const kern::ConvShape& s, DT dt, const void* x, const void* w,
+                    const float* bias, void* y, Stream st);
+void conv2d_backward_data(const kern::ConvShape& s, DT dt, const void* dy, const void* w, void* dx,
+                          Stream st);
+// dw in dt; dbias fp32 [K] or nullptr.
+void conv2d_backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void* dy,
+                            void* dw, float* dbias, Stream st);
+
+// ---- batch norm over NHWC rows: x viewed as [M = N*H*W, C] ----
+void batchnorm_train_forward(DT dt, int64_t M, int64_t C, const void* x, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, void* y, float* save_mean, float* save_invstd,
+                             Stream st);
+void batchnorm_infer_forward(DT dt, int64_t M, int64_t C, const void* x, const float* gamma,
+                             const float* beta, const float* running_mean,
+                             const float* running_var, float eps, void* y, Stream st);
+void batchnorm_train_backward(DT dt, int64_t M, int64_t C, const void* x, const void* dy,
+                              const float* gamma, const float* save_mean, const float* save_invstd,
+                              void* dx, float* dgamma, float* dbeta, Stream st);
+void batchnorm_infer_backward(DT dt, int64_t M, int64_t C, const void* x, const void* dy,
+                              const float* gamma, const float* running_mean,
+                              const float* running_var, float eps, void* dx, float* dgamma,
+                              float* dbeta, Stream st);
+
+// ---- element-wise (any layout) ----
+void relu_forward(DT dt, int64_t n, const void* x, void* y, Stream st);
+void relu_backward(DT dt, int64_t n, const void* y, const void* dy, void* dx, Stream st);
+void add(DT dt, int64_t n, const void* a, const void* b, void* y, Stream st);
+void axpy(DT dt, int64_t n, float alpha, const void* x, void* y, Stream st);
+void scale(DT dt, int64_t n, float alpha, const void* x, void* y, Stream st);
+void fill(DT dt, int64_t n, float value, void* y, Stream st);
+
+// ---- resampling (NHWC) ----
+void upsample_nearest_forward(DT dt, const kern::ResampleShape& s, const void* x, void* y,
+                              Stream st);
+void upsample_nearest_backward(DT dt, const kern::ResampleShape& s, const void* dy, void* dx,
+                               Stream st);
+void upsample_bilinear_forward(DT dt, const kern::ResampleShape& s, const void* x, void* y,
+                               Stream st);
+void upsample_bilinear_backward(DT dt, const kern::ResampleShape& s, const void* dy, void* dx,
+                                Stream st);
+
+// ---- pooling (NHWC) ----
+void avgpool2d_forward(DT dt, const kern::PoolShape& s, const void* x, void* y, Stream st);
+void avgpool2d_backward(DT dt, const kern::PoolShape& s, const void* dy, void* dx, Stream st);
+void global_avgpool_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* x, void* y,
+                            Stream st);
+void global_avgpool_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* dy, void* dx,
+                             Stream st);
+
+// ---- matrix (cuBLAS; fp32 bias) ----
+void linear_forward(DT dt, int64_t M, int64_t I, int64_t O, const void* x, const void* w,
+                    const float* bias, void* y, Stream st);
+void linear_backward(DT dt, int64_t M, int64_t I, int64_t O, const void* x, const void* w,
+                     const void* dy, void* dx, void* dw, float* dbias, Stream st);
+
+// ---- losses (pred/logits in dt, loss fp32, synchronous: return the value) ----
+// pred, gt channels-last [N, HW, J]; weight [N, J] fp32.
+float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, Stream st);
+void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, float dloss, void* dpred,
+                           Stream st);
+// logits NHWC [N, HW, C]; labels [N, HW] int64
+float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, Stream st);
+void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
+                         Stream st);
+
+// ---- optimizers (fp32 master weights and state) ----
+void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
+              float momentum, float dampening, float weight_decay, bool nesterov, bool first_step,
+              Stream st);
+void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
+               float beta1, float beta2, float eps, float weight_decay, bool decoupled,
+               int64_t step, Stream st);
+
+}  // namespace hr::cuda

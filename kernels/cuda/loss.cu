@@ -1,0 +1,251 @@
+// CUDA losses on NHWC maps: HRNet's JointsMSELoss with target weights (pred, gt [N, HW, J]) and
+// softmax cross-entropy over channels (logits [N, HW, C], labels [N, HW] int64, ignore label).
+// Forwards reduce to per-block double partials that the host sums in a fixed order (so the
+// value is deterministic) after one synchronizing copy; backwards never synchronize.
+// A label outside [0, C) that is not ignore_index makes softmax_ce_forward throw; the backward
+// treats such a label as ignored (the forward has already rejected it).
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cuda/check.h"
+
+namespace hr::cuda {
+namespace {
+
+using detail::from_f;
+using detail::to_f;
+
+constexpr int kThreads = 256;
+
+// Sum of v over the block (blockDim.x == kThreads), fixed pairing order; valid in thread 0.
+// Every thread must call it; it may be called repeatedly.
+__device__ __forceinline__ double block_sum(double v) {
+  __shared__ double sh[kThreads];
+  __syncthreads();  // the previous call's readers are done
+  sh[threadIdx.x] = v;
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    __syncthreads();
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+  }
+  return sh[0];
+}
+
+// pred, gt [N, HW, J], weight [N, J] -> part[block] = sum (w*p - w*g)^2
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    heatmap_loss_kernel(int64_t N, int64_t J, int64_t HW, const T* __restrict__ pred,
+                        const T* __restrict__ gt, const float* __restrict__ weight,
+                        double* __restrict__ part) {
+  double acc = 0;
+  const int64_t total = N * HW * J;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const float w = weight[(e / (HW * J)) * J + e % J];
+    const double d = double(w * to_f(pred[e])) - double(w * to_f(gt[e]));
+    acc += d * d;
+  }
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// dpred = k * w * (w*p - w*g), k = dloss / (N*HW*J)
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    heatmap_loss_backward_kernel(int64_t N, int64_t J, int64_t HW, const T* __restrict__ pred,
+                                 const T* __restrict__ gt, const float* __restrict__ weight,
+                                 double k, T* __restrict__ dpred) {
+  const int64_t total = N * HW * J;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const float w = weight[(e / (HW * J)) * J + e % J];
+    const float kw = float(k * double(w));
+    dpred[e] = from_f<T>(kw * (w * to_f(pred[e]) - w * to_f(gt[e])));
+  }
+}
+
+// Max and log-sum-exp of the C logits at x.
+template <class T>
+__device__ __forceinline__ void row_lse(const T* x, int64_t C, float& mx, float& lse) {
+  mx = -INFINITY;
+  for (int64_t c = 0; c < C; ++c) mx = fmaxf(mx, to_f(x[c]));
+  float s = 0.f;
+  for (int64_t c = 0; c < C; ++c) s += expf(to_f(x[c]) - mx);
+  lse = logf(s);
+}
+
+// logits [P, C], labels [P] -> part[block] = {sum of losses, counted pixels}; the smallest
+// pixel index with an invalid label goes to *bad (left at max when none).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_ce_kernel(int64_t P, int64_t C, const T* __restrict__ logits,
+                      const int64_t* __restrict__ labels, int64_t ignore_index,
+                      double* __restrict__ part, unsigned long long* bad) {
+  double loss = 0, count = 0;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < P;
+       p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t l = labels[p];
+    if (l == ignore_index) continue;
+    if (l < 0 || l >= C) {
+      atomicMin(bad, static_cast<unsigned long long>(p));
+      continue;
+    }
+    const T* x = logits + p * C;
+    float mx, lse;
+    row_lse(x, C, mx, lse);
+    loss += double(lse) - (double(to_f(x[l])) - double(mx));
+    count += 1;
+  }
+  const double sl = block_sum(loss);
+  const double sc = block_sum(count);
+  if (threadIdx.x == 0) {
+    part[2 * blockIdx.x] = sl;
+    part[2 * blockIdx.x + 1] = sc;
+  }
+}
+
+// part[block] = number of counted pixels
+__global__ void __launch_bounds__(kThreads)
+    ce_count_kernel(int64_t P, int64_t C, const int64_t* __restrict__ labels,
+                    int64_t ignore_index, double* __restrict__ part) {
+  double count = 0;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < P;
+       p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t l = labels[p];
+    count += (l != ignore_index && l >= 0 && l < C) ? 1.0 : 0.0;
+  }
+  const double s = block_sum(count);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// *k = counted ? dloss / counted : 0, from nparts partial counts (one block).
+__global__ void __launch_bounds__(kThreads)
+    ce_scale_kernel(int64_t nparts, const double* part, float dloss, float* k) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
+  const double total = block_sum(s);
+  if (threadIdx.x == 0) *k = total > 0 ? float(double(dloss) / total) : 0.f;
+}
+
+// dlogits [P, C] = k * (softmax - onehot(label)), 0 on ignored pixels.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_ce_backward_kernel(int64_t P, int64_t C, const T* __restrict__ logits,
+                               const int64_t* __restrict__ labels, int64_t ignore_index,
+                               const float* __restrict__ kptr, T* __restrict__ dlogits) {
+  const float k = *kptr;
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < P;
+       p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t l = labels[p];
+    const T* x = logits + p * C;
+    T* d = dlogits + p * C;
+    if (l == ignore_index || l < 0 || l >= C) {
+      for (int64_t c = 0; c < C; ++c) d[c] = from_f<T>(0.f);
+      continue;
+    }
+    float mx, lse;
+    row_lse(x, C, mx, lse);
+    for (int64_t c = 0; c < C; ++c) {
+      const float prob = expf(to_f(x[c]) - mx - lse);
+      d[c] = from_f<T>(k * (prob - (c == l ? 1.f : 0.f)));
+    }
+  }
+}
+
+}  // namespace
+
+// pred, gt [N,HW,J] (NHWC heatmaps), weight [N,J]
+float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, Stream st) {
+  const int64_t total = N * J * HW;
+  if (total <= 0) return 0.f;
+  const cudaStream_t cs = detail::stream_of(st);
+  const int64_t blocks = detail::wave_blocks(total, kThreads);
+  detail::Workspace ws(sizeof(double) * blocks, st);
+  HR_DISPATCH_DT(dt, T, {
+    heatmap_loss_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
+        N, J, HW, static_cast<const T*>(pred), static_cast<const T*>(gt), weight, ws.as<double>());
+  });
+  HR_CUDA_LAUNCH_CHECK();
+  std::vector<double> part(blocks);
+  memcpy_d2h(part.data(), ws.get(), sizeof(double) * blocks, st);
+  double sum = 0;
+  for (double v : part) sum += v;
+  return float(0.5 * sum / (double(N) * double(HW) * double(J)));
+}
+
+// pred, gt, dpred [N,HW,J], weight [N,J]
+void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, float dloss, void* dpred,
+                           Stream st) {
+  const int64_t total = N * J * HW;
+  if (total <= 0) return;
+  const cudaStream_t cs = detail::stream_of(st);
+  const double k = double(dloss) / (double(N) * double(HW) * double(J));
+  HR_DISPATCH_DT(dt, T, {
+    heatmap_loss_backward_kernel<T><<<unsigned(detail::wave_blocks(total, kThreads)), kThreads, 0, cs>>>(
+        N, J, HW, static_cast<const T*>(pred), static_cast<const T*>(gt), weight, k,
+        static_cast<T*>(dpred));
+  });
+  HR_CUDA_LAUNCH_CHECK();
+}
+
+// logits [N,HW,C], labels [N,HW]
+float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, Stream st) {
+  const int64_t P = N * HW;
+  if (P <= 0) return 0.f;
+  const cudaStream_t cs = detail::stream_of(st);
+  const int64_t blocks = detail::wave_blocks(P, kThreads);
+  detail::Workspace ws(sizeof(double) * 2 * blocks + sizeof(unsigned long long), st);
+  double* part = ws.as<double>();
+  auto* bad = reinterpret_cast<unsigned long long*>(part + 2 * blocks);
+  CUDA_CHECK(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), cs));
+  HR_DISPATCH_DT(dt, T, {
+    softmax_ce_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
+        P, C, static_cast<const T*>(logits), labels, ignore_index, part, bad);
+  });
+  HR_CUDA_LAUNCH_CHECK();
+  std::vector<double> host(2 * blocks + 1);
+  memcpy_d2h(host.data(), part, sizeof(double) * (2 * blocks + 1), st);
+  unsigned long long first_bad;
+  std::memcpy(&first_bad, &host[2 * blocks], sizeof(first_bad));
+  if (first_bad != std::numeric_limits<unsigned long long>::max()) {
+    int64_t label = 0;
+    memcpy_d2h(&label, labels + first_bad, sizeof(label), st);
+    throw Error(str_cat("softmax_ce_forward: label ", label, " at [n=", int64_t(first_bad) / HW,
+                        ", pixel ", int64_t(first_bad) % HW, "] is outside [0, ", C,
+                        ") and is not the ignore index ", ignore_index));
+  }
+  double loss = 0, count = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    loss += host[2 * b];
+    count += host[2 * b + 1];
+  }
+  return count > 0 ? float(loss / count) : 0.f;
+}
+
+// logits, dlogits [N,HW,C], labels [N,HW]
+void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
+                         Stream st) {
+  const int64_t P = N * HW;
+  if (P <= 0 || C <= 0) return;
+  const cudaStream_t cs = detail::stream_of(st);
+  const int64_t blocks = detail::wave_blocks(P, kThreads);
+  detail::Workspace ws(sizeof(double) * blocks + sizeof(float), st);
+  double* part = ws.as<double>();
+  float* k = reinterpret_cast<float*>(part + blocks);
+  ce_count_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(P, C, labels, ignore_index, part);
+  HR_CUDA_LAUNCH_CHECK();
+  ce_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, dloss, k);
+  HR_CUDA_LAUNCH_CHECK();
+  HR_DISPATCH_DT(dt, T, {
+    softmax_ce_backward_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
+        P, C, static_cast<const T*>(logits), labels, ignore_index, k, static_cast<T*>(dlogits));
+  });
+  HR_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace hr::cuda

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the build dependencies from Debian's packages (CUDA is optional: the CUDA backend is
+# built when nvcc is found). Safe to re-run; installs only what is missing.
+set -euo pipefail
+pkgs=(build-essential cmake libeigen3-dev catch2 libyaml-cpp-dev libstb-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

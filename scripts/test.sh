@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Quick start, tests: installs dependencies, builds, runs the test suite (GPU tests skip without
+# a device), then installs the package and builds the example that uses find_package(hrnet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh
+ctest --test-dir build --output-on-failure -j"$(nproc)"
+cmake --install build --prefix build/install >/dev/null
+cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
+cmake --build build/consumer -j"$(nproc)" >/dev/null
+build/consumer/hrnet_consumer --steps 20

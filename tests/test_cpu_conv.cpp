@@ -1,0 +1,249 @@
+// CPU convolution kernels (kernels/cpu/conv2d.cpp) against naive double-precision loops:
+// forward (+bias), backward-data, backward-weight (+bias grad) over kernel sizes, strides,
+// paddings, odd sizes and the tiling / image-batching / threading paths; plus a finite-difference
+// check of the three kernels on one small shape and the shape validation.
+#include <omp.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "engine/error.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "test_util.h"
+
+using hr::kern::ConvShape;
+
+namespace {
+
+struct Case {
+  int64_t N, C, H, W, K, R, S, sh, sw, ph, pw;
+  bool bias;
+};
+
+std::string name(const Case& c) {
+  return hr::str_cat("N", c.N, " C", c.C, " ", c.H, "x", c.W, " K", c.K, " ", c.R, "x", c.S,
+                     " s", c.sh, "x", c.sw, " p", c.ph, "x", c.pw, c.bias ? " bias" : "");
+}
+
+// x [N,C,H,W] at (n, c, ih, iw) or 0 outside, the input element under filter tap (r, s).
+struct Ref {
+  const ConvShape& s;
+  bool tap(int64_t p, int64_t q, int64_t r, int64_t k, int64_t& ih, int64_t& iw) const {
+    ih = p * s.stride_h - s.pad_h + r;
+    iw = q * s.stride_w - s.pad_w + k;
+    return ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+  }
+  size_t xi(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return static_cast<size_t>(((n * s.C + c) * s.H + h) * s.W + w);
+  }
+  size_t yi(int64_t n, int64_t k, int64_t p, int64_t q) const {
+    return static_cast<size_t>(((n * s.K + k) * s.P + p) * s.Q + q);
+  }
+  size_t wi(int64_t k, int64_t c, int64_t r, int64_t t) const {
+    return static_cast<size_t>(((k * s.C + c) * s.R + r) * s.S + t);
+  }
+
+  std::vector<float> forward(const std::vector<float>& x, const std::vector<float>& w,
+                             const float* b) const {
+    std::vector<float> y(static_cast<size_t>(s.N * s.K * s.P * s.Q));
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t k = 0; k < s.K; ++k)
+        for (int64_t p = 0; p < s.P; ++p)
+          for (int64_t q = 0; q < s.Q; ++q) {
+            double acc = b ? b[k] : 0.0;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t r = 0; r < s.R; ++r)
+                for (int64_t t = 0; t < s.S; ++t) {
+                  int64_t ih, iw;
+                  if (tap(p, q, r, t, ih, iw))
+                    acc += double(x[xi(n, c, ih, iw)]) * double(w[wi(k, c, r, t)]);
+                }
+            y[yi(n, k, p, q)] = static_cast<float>(acc);
+          }
+    return y;
+  }
+
+  std::vector<float> backward_data(const std::vector<float>& dy,
+                                   const std::vector<float>& w) const {
+    std::vector<double> dx(static_cast<size_t>(s.N * s.C * s.H * s.W), 0.0);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t k = 0; k < s.K; ++k)
+        for (int64_t p = 0; p < s.P; ++p)
+          for (int64_t q = 0; q < s.Q; ++q)
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t r = 0; r < s.R; ++r)
+                for (int64_t t = 0; t < s.S; ++t) {
+                  int64_t ih, iw;
+                  if (tap(p, q, r, t, ih, iw))
+                    dx[xi(n, c, ih, iw)] += double(dy[yi(n, k, p, q)]) * double(w[wi(k, c, r, t)]);
+                }
+    return std::vector<float>(dx.begin(), dx.end());
+  }
+
+  void backward_weight(const std::vector<float>& x, const std::vector<float>& dy,
+                       std::vector<float>& dw, std::vector<float>& db) const {
+    std::vector<double> gw(static_cast<size_t>(s.K * s.C * s.R * s.S), 0.0), gb(s.K, 0.0);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t k = 0; k < s.K; ++k)
+        for (int64_t p = 0; p < s.P; ++p)
+          for (int64_t q = 0; q < s.Q; ++q) {
+            const double g = dy[yi(n, k, p, q)];
+            gb[k] += g;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t r = 0; r < s.R; ++r)
+                for (int64_t t = 0; t < s.S; ++t) {
+                  int64_t ih, iw;
+                  if (tap(p, q, r, t, ih, iw)) gw[wi(k, c, r, t)] += g * double(x[xi(n, c, ih, iw)]);
+                }
+          }
+    dw.assign(gw.begin(), gw.end());
+    db.assign(gb.begin(), gb.end());
+  }
+};
+
+// Runs the three kernels on seeded random data and compares with the reference loops.
+void check_case(const Case& c, uint64_t seed) {
+  INFO(name(c));
+  const ConvShape s =
+      ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
+  const Ref ref{s};
+  const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+  const auto x = hr::test::randn(nx, seed);
+  const auto w = hr::test::randn(nw, seed + 1, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+  const auto b = hr::test::randn(s.K, seed + 2);
+  const auto dy = hr::test::randn(ny, seed + 3);
+  const float* bp = c.bias ? b.data() : nullptr;
+
+  // Outputs start as garbage: the kernels must overwrite them.
+  std::vector<float> y(ny, 1e3f), dx(nx, -1e3f), dw(nw, 7.f), db(s.K, 7.f);
+  hr::cpu::conv2d_forward(s, x.data(), w.data(), bp, y.data());
+  REQUIRE_CLOSE(y, ref.forward(x, w, bp), 1e-4, 1e-4);
+
+  hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+  REQUIRE_CLOSE(dx, ref.backward_data(dy, w), 1e-4, 1e-4);
+
+  std::vector<float> rdw, rdb;
+  ref.backward_weight(x, dy, rdw, rdb);
+  hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), c.bias ? db.data() : nullptr);
+  // dw sums N*P*Q products of unit-variance values.
+  const double atol = 2e-6 * std::sqrt(double(s.N * s.P * s.Q)) * 10;
+  REQUIRE_CLOSE(dw, rdw, atol, 1e-4);
+  if (c.bias) {
+    REQUIRE_CLOSE(db, rdb, atol, 1e-4);
+  } else {
+    REQUIRE(db == std::vector<float>(s.K, 7.f));  // nullptr dbias: untouched
+  }
+}
+
+// Runs fn with the OpenMP thread count set to n, restoring it afterwards.
+template <class Fn>
+void with_threads(int n, Fn&& fn) {
+  const int old = omp_get_max_threads();
+  omp_set_num_threads(n);
+  try {
+    fn();
+  } catch (...) {
+    omp_set_num_threads(old);
+    throw;
+  }
+  omp_set_num_threads(old);
+}
+
+const std::vector<Case> kCases = {
+    //  N  C   H   W   K  R  S sh sw ph pw bias
+    {3, 5, 7, 9, 4, 3, 3, 1, 1, 1, 1, true},      // 3x3 s1 p1, odd sizes
+    {3, 4, 7, 9, 6, 3, 3, 2, 2, 1, 1, false},     // 3x3 s2 p1, 7x9
+    {1, 3, 13, 11, 5, 3, 3, 2, 2, 1, 1, true},    // 3x3 s2 p1, 13x11, N = 1
+    {3, 6, 7, 9, 5, 1, 1, 1, 1, 0, 0, true},      // 1x1 s1 (no im2col)
+    {2, 4, 9, 7, 3, 1, 1, 2, 2, 0, 0, false},     // 1x1 s2
+    {2, 3, 11, 10, 4, 5, 5, 1, 1, 2, 2, true},    // 5x5 p2
+    {3, 4, 8, 7, 5, 3, 3, 1, 1, 0, 0, false},     // 3x3 p0
+    {2, 3, 6, 8, 4, 1, 3, 1, 1, 0, 1, true},      // 1x3 p(0,1)
+    {2, 3, 9, 8, 4, 3, 1, 2, 1, 1, 0, false},     // 3x1, stride (2,1), pad (1,0)
+    {3, 1, 9, 9, 4, 3, 3, 1, 1, 1, 1, true},      // C = 1
+    {2, 5, 9, 7, 1, 3, 3, 2, 2, 1, 1, true},      // K = 1, strided
+    {1, 1, 5, 5, 1, 3, 3, 1, 1, 1, 1, false},     // C = K = N = 1
+    {2, 3, 8, 8, 2, 4, 4, 2, 2, 1, 1, true},      // even kernel, stride 2
+    {2, 2, 6, 6, 3, 3, 3, 3, 3, 2, 2, false},     // stride 3, pad 2
+    {1, 2, 4, 5, 3, 3, 3, 1, 1, 3, 2, true},      // pad > R-1: strided-path fallback at stride 1
+    {2, 32, 40, 24, 8, 3, 3, 1, 1, 1, 1, true},   // several row tiles per image
+    {2, 32, 80, 48, 8, 3, 3, 2, 2, 1, 1, false},  // row tiles with overlapping col2im
+    {5, 16, 8, 6, 12, 3, 3, 1, 1, 1, 1, true},    // several images per GEMM, odd N
+    {5, 8, 9, 7, 6, 3, 3, 2, 2, 1, 1, false},     // several images per GEMM, strided col2im
+    {3, 24, 6, 5, 7, 1, 1, 1, 1, 0, 0, true},     // 1x1 small map, batched images
+    // Maps with P*Q >= 128 take the row-shift operand (stride 1, Q == W).
+    {2, 8, 16, 12, 5, 1, 1, 1, 1, 0, 0, true},    // 1x1 reading the image in place
+    {2, 4, 16, 10, 3, 3, 1, 1, 1, 1, 0, false},   // 3x1: vertical padding only
+    {1, 3, 12, 16, 4, 1, 3, 1, 1, 0, 1, true},    // 1x3: horizontal shifts only
+    {1, 3, 12, 11, 2, 5, 5, 1, 1, 2, 2, false},   // 5x5 p2, odd width
+    {1, 8, 12, 12, 6, 3, 3, 1, 1, 1, 1, true},    // one tile: threaded GEMM
+    {5, 3, 20, 20, 4, 3, 3, 2, 2, 1, 1, true},    // 3 tiles of 2+2+1 images on 2 threads
+};
+
+}  // namespace
+
+TEST_CASE("conv2d CPU kernels match naive double loops", "[cpu][conv]") {
+  for (size_t i = 0; i < kCases.size(); ++i) check_case(kCases[i], 100 + 10 * i);
+}
+
+TEST_CASE("conv2d CPU kernels give the same values with 1 and 3 threads", "[cpu][conv]") {
+  const std::vector<Case> picks = {kCases[0],  kCases[2],  kCases[15], kCases[16],
+                                   kCases[17], kCases[18], kCases[24], kCases[25]};
+  for (int threads : {1, 3})
+    with_threads(threads, [&] {
+      INFO("threads " << threads);
+      for (size_t i = 0; i < picks.size(); ++i) check_case(picks[i], 900 + 10 * i);
+    });
+}
+
+TEST_CASE("conv2d CPU kernels agree with finite differences", "[cpu][conv]") {
+  // Hundreds of tiny calls: one thread keeps it fast on a loaded machine.
+  with_threads(1, [] {
+  const ConvShape s = ConvShape::make(2, 3, 5, 6, 4, 3, 3, 2, 2, 1, 1);
+  const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+  auto x = hr::test::randn(nx, 7);
+  auto w = hr::test::randn(nw, 8, 0.3f);
+  auto b = hr::test::randn(s.K, 9);
+  const auto rr = hr::test::randn(ny, 10);  // loss = sum(y * r), so dL/dy = r
+  auto loss = [&] {
+    std::vector<float> y(ny);
+    hr::cpu::conv2d_forward(s, x.data(), w.data(), b.data(), y.data());
+    double l = 0;
+    for (size_t i = 0; i < ny; ++i) l += double(y[i]) * double(rr[i]);
+    return l;
+  };
+  const float eps = 0.05f;  // the loss is linear in x, w and b: only rounding limits eps
+  auto numeric = [&](std::vector<float>& v) {
+    std::vector<float> g(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      const float keep = v[i];
+      v[i] = keep + eps;
+      const double lp = loss();
+      v[i] = keep - eps;
+      const double lm = loss();
+      v[i] = keep;
+      g[i] = static_cast<float>((lp - lm) / (2.0 * double(eps)));
+    }
+    return g;
+  };
+  std::vector<float> dx(nx), dw(nw), db(s.K);
+  hr::cpu::conv2d_backward_data(s, rr.data(), w.data(), dx.data());
+  hr::cpu::conv2d_backward_weight(s, x.data(), rr.data(), dw.data(), db.data());
+  REQUIRE_CLOSE(dx, numeric(x), 2e-3, 1e-3);
+  REQUIRE_CLOSE(dw, numeric(w), 2e-3, 1e-3);
+  REQUIRE_CLOSE(db, numeric(b), 2e-3, 1e-3);
+  });
+}
+
+TEST_CASE("conv2d CPU kernels reject inconsistent shapes", "[cpu][conv]") {
+  ConvShape s = ConvShape::make(1, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1);
+  std::vector<float> x(50, 1.f), w(54, 1.f), y(75, 0.f);
+  s.P = 4;  // should be 5
+  REQUIRE_THROWS_AS(hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data()), hr::Error);
+  REQUIRE_THROWS_WITH(hr::cpu::conv2d_backward_data(s, y.data(), w.data(), x.data()),
+                      Catch::Contains("conv2d_backward_data"));
+  s = ConvShape::make(1, 2, 2, 2, 3, 3, 3, 1, 1, 0, 0);  // kernel larger than the padded input
+  REQUIRE_THROWS_AS(hr::cpu::conv2d_backward_weight(s, x.data(), y.data(), w.data(), nullptr),
+                    hr::Error);
+}

@@ -1,0 +1,82 @@
+// Helpers shared by the tests: seeded random data and per-element comparison
+// (|got - ref| <= atol + rtol*|ref|) that reports the first mismatches and the largest error.
+#pragma once
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace hr::test {
+
+inline std::vector<float> randn(size_t n, uint64_t seed, float stddev = 1.f, float mean = 0.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(mean, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+inline std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+struct CompareResult {
+  bool ok = true;
+  size_t bad = 0;
+  double max_abs = 0, max_rel = 0;
+  std::string report;
+};
+
+// Compare got against ref element-wise. NaN in got never passes.
+inline CompareResult compare(const float* got, const float* ref, size_t n, double atol,
+                             double rtol, const std::string& what = "") {
+  CompareResult r;
+  std::ostringstream os;
+  for (size_t i = 0; i < n; ++i) {
+    double g = got[i], e = ref[i];
+    double err = std::fabs(g - e);
+    bool bad = !(err <= atol + rtol * std::fabs(e)) || std::isnan(g);
+    if (err > r.max_abs || std::isnan(g)) r.max_abs = std::isnan(g) ? INFINITY : err;
+    if (std::fabs(e) > 1e-12) r.max_rel = std::max(r.max_rel, err / std::fabs(e));
+    if (bad) {
+      if (r.bad < 5) os << "  [" << i << "] got " << g << " expected " << e << "\n";
+      ++r.bad;
+    }
+  }
+  r.ok = r.bad == 0;
+  std::ostringstream head;
+  head << what << ": " << r.bad << " of " << n << " elements off (atol " << atol << ", rtol "
+       << rtol << "), max abs err " << r.max_abs << ", max rel err " << r.max_rel << "\n";
+  r.report = head.str() + os.str();
+  return r;
+}
+
+inline CompareResult compare(const std::vector<float>& got, const std::vector<float>& ref,
+                             double atol, double rtol, const std::string& what = "") {
+  if (got.size() != ref.size()) {
+    CompareResult r;
+    r.ok = false;
+    r.report = what + ": size " + std::to_string(got.size()) + " vs " + std::to_string(ref.size());
+    return r;
+  }
+  return compare(got.data(), ref.data(), got.size(), atol, rtol, what);
+}
+
+}  // namespace hr::test
+
+// REQUIRE_CLOSE(got, ref, atol, rtol): vectors (or pointer+n via hr::test::compare) must match.
+#define REQUIRE_CLOSE(got, ref, atol, rtol)                                   \
+  do {                                                                        \
+    auto hr_cmp_ = ::hr::test::compare((got), (ref), (atol), (rtol), #got);   \
+    INFO(hr_cmp_.report);                                                     \
+    REQUIRE(hr_cmp_.ok);                                                      \
+  } while (0)
