@@ -82,7 +82,7 @@ void heatmap_loss_backward(int64_t N, int64_t J, int64_t HW, const float* pred, 
                            const float* weight, float dloss, float* dpred);
 // Softmax cross-entropy over channels of logits [N, C, HW] with labels [N, HW] (int64);
 // labels equal to ignore_index are skipped; the loss is the mean over the counted pixels
-// (0 when none). A label outside [0, C) that is not ignore_index throws std::invalid_argument.
+// (0 when none). A label outside [0, C) that is not ignore_index throws hr::Error naming it.
 float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
                          const int64_t* labels, int64_t ignore_index);
 void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,

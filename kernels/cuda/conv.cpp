@@ -158,10 +158,28 @@ size_t find_workspace_cap() {
   return std::min<size_t>(free_b / 2, size_t(1) << 30);
 }
 
+// Transform-domain algorithms (FFT, FFT tiling, non-fused Winograd) round their transforms
+// to the storage type: in f16/bf16 they lose far more than the fp32-accumulated GEMM-based
+// algorithms (seen on an H100: bf16 weight gradients off by 7%), so only f32 may use them.
+bool precise_enough(int op, int algo, DT dt) {
+  if (dt == DT::f32) return true;
+  if (op == kFwd)
+    return algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT && algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
+           algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+  if (op == kBwdData)
+    return algo != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT &&
+           algo != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING &&
+           algo != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+  return algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT &&
+         algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING &&
+         algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
 template <class Perf>
 Algo pick(const Perf* perf, int n, size_t ws_limit, const ConvShape& s, DT dt, int op) {
   for (int i = 0; i < n; ++i) {
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= ws_limit) {
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= ws_limit &&
+        precise_enough(op, int(perf[i].algo), dt)) {
       Algo a;
       a.found = true;
       a.algo = int(perf[i].algo);

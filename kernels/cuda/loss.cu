@@ -29,7 +29,7 @@ __device__ __forceinline__ double block_sum(double v) {
     __syncthreads();
     if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
   }
-  return sh[0];
+  return threadIdx.x == 0 ? sh[0] : 0.0;  // only thread 0 may read: no barrier after the last step
 }
 
 // pred, gt [N, HW, J], weight [N, J] -> part[block] = sum (w*p - w*g)^2

@@ -160,7 +160,7 @@ TEST_CASE("runtime: events order work across streams", "[gpu][runtime]") {
   cu::destroy_stream(b);
 }
 
-TEST_CASE("runtime: failing calls throw with file:line and the call", "[gpu][runtime]") {
+TEST_CASE("runtime: failing calls throw with file:line and the call", "[gpu][runtime][provokes-errors]") {
   REQUIRE_THROWS_WITH(cu::device_name(cu::device_count() + 7),
                       Contains("kernels/cuda/runtime.cpp:") &&
                           Contains("cudaGetDeviceProperties") &&

@@ -1,0 +1,719 @@
+// HRNet backbone and heads. Every forward is written once, as a template over the value it
+// carries: Tensor runs the engine ops; Probe carries only a shape and adds the op's cost to a
+// ModelStats, which is how summaries of full-size models cost no compute.
+#include "models/hrnet.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "engine/autograd.h"
+#include "engine/checkpoint.h"
+#include "engine/ops.h"
+
+namespace hr::models {
+
+// ---------------------------------------------------------------------------------------------
+// The two value types and their primitive ops
+// ---------------------------------------------------------------------------------------------
+struct Probe {
+  Shape shape;  // [N,C,H,W] or [N,C]
+  ModelStats* st = nullptr;
+};
+
+namespace {
+
+Probe emit(const Probe& from, Shape shape) {
+  Probe p{std::move(shape), from.st};
+  p.st->activation_bytes += 4.0 * static_cast<double>(shape_numel(p.shape));
+  return p;
+}
+
+int64_t height(const Tensor& x) { return x.size(2); }
+int64_t width(const Tensor& x) { return x.size(3); }
+int64_t height(const Probe& x) { return x.shape[2]; }
+int64_t width(const Probe& x) { return x.shape[3]; }
+
+Tensor conv(const Conv2d& c, const Tensor& x) {
+  return ops::conv2d(x, c.weight, c.bias, c.stride, c.padding);
+}
+Probe conv(const Conv2d& c, const Probe& x) {
+  const Shape& w = c.weight.shape();  // [K,C,R,S]
+  HR_CHECK(x.shape.size() == 4 && x.shape[1] == w[1], "[hrnet] conv: input ", shape_str(x.shape),
+           " does not fit weight ", shape_str(w));
+  const int64_t P = (x.shape[2] + 2 * c.padding[0] - w[2]) / c.stride[0] + 1;
+  const int64_t Q = (x.shape[3] + 2 * c.padding[1] - w[3]) / c.stride[1] + 1;
+  HR_CHECK(P > 0 && Q > 0, "[hrnet] conv: input ", shape_str(x.shape), " too small for kernel ",
+           shape_str(w));
+  Probe y = emit(x, {x.shape[0], w[0], P, Q});
+  y.st->conv_macs +=
+      static_cast<double>(x.shape[0] * w[0] * P * Q) * static_cast<double>(w[1] * w[2] * w[3]);
+  return y;
+}
+
+Tensor bn(BatchNorm2d& b, const Tensor& x) { return b.forward(x); }
+Probe bn(BatchNorm2d&, const Probe& x) { return emit(x, x.shape); }
+
+Tensor relu(const Tensor& x) { return ops::relu(x); }
+Probe relu(const Probe& x) { return emit(x, x.shape); }
+
+Tensor add(const Tensor& a, const Tensor& b) { return ops::add(a, b); }
+Probe add(const Probe& a, const Probe& b) {
+  HR_CHECK(a.shape == b.shape, "[hrnet] add: shapes ", shape_str(a.shape), " and ",
+           shape_str(b.shape), " differ");
+  return emit(a, a.shape);
+}
+
+Tensor upsample_nearest(const Tensor& x, int64_t scale) {
+  return ops::upsample_nearest_scale(x, static_cast<double>(scale));
+}
+Probe upsample_nearest(const Probe& x, int64_t scale) {
+  return emit(x, {x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale});
+}
+
+Tensor upsample_bilinear(const Tensor& x, int64_t h, int64_t w, bool align_corners) {
+  return ops::upsample_bilinear(x, {h, w}, align_corners);
+}
+Probe upsample_bilinear(const Probe& x, int64_t h, int64_t w, bool) {
+  return emit(x, {x.shape[0], x.shape[1], h, w});
+}
+
+Tensor concat(const std::vector<Tensor>& xs) { return ops::concat(xs, 1); }
+Probe concat(const std::vector<Probe>& xs) {
+  Shape s = xs[0].shape;
+  for (size_t i = 1; i < xs.size(); ++i) s[1] += xs[i].shape[1];
+  return emit(xs[0], s);
+}
+
+Tensor avg_pool(const Tensor& x, int64_t k) { return ops::avg_pool2d(x, {k, k}, {k, k}); }
+Probe avg_pool(const Probe& x, int64_t k) {
+  return emit(x, {x.shape[0], x.shape[1], (x.shape[2] - k) / k + 1, (x.shape[3] - k) / k + 1});
+}
+
+Tensor global_pool(const Tensor& x) { return ops::global_avg_pool(x); }
+Probe global_pool(const Probe& x) { return emit(x, {x.shape[0], x.shape[1]}); }
+
+Tensor linear(const Linear& l, const Tensor& x) { return ops::linear(x, l.weight, l.bias); }
+Probe linear(const Linear& l, const Probe& x) {
+  const Shape& w = l.weight.shape();  // [O,I]
+  HR_CHECK(x.shape.size() == 2 && x.shape[1] == w[1], "[hrnet] linear: input ", shape_str(x.shape),
+           " does not fit weight ", shape_str(w));
+  Probe y = emit(x, {x.shape[0], w[0]});
+  y.st->linear_macs += static_cast<double>(x.shape[0] * w[0] * w[1]);
+  return y;
+}
+
+std::shared_ptr<Module> container() { return std::make_shared<Module>(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+// ---------------------------------------------------------------------------------------------
+class ConvBN : public Module {
+ public:
+  ConvBN(int64_t cin, int64_t cout, int64_t k, int64_t stride, bool with_relu, bool bias = false)
+      : with_relu_(with_relu) {
+    conv_ = register_module("0", std::make_shared<Conv2d>(cin, cout, k, stride, k / 2, bias));
+    bn_ = register_module("1", std::make_shared<BatchNorm2d>(cout));
+  }
+  template <class V>
+  V run(const V& x) const {
+    V y = bn(*bn_, conv(*conv_, x));
+    return with_relu_ ? relu(y) : y;
+  }
+  Tensor forward(const Tensor& x) override { return run(x); }
+
+ private:
+  std::shared_ptr<Conv2d> conv_;
+  std::shared_ptr<BatchNorm2d> bn_;
+  bool with_relu_;
+};
+
+template <class V>
+V run_chain(const std::vector<std::shared_ptr<ConvBN>>& chain, V x) {
+  for (const auto& c : chain) x = c->run(x);
+  return x;
+}
+
+class ResBlock : public Module {
+ public:
+  virtual Tensor run(const Tensor& x) const = 0;
+  virtual Probe run(const Probe& x) const = 0;
+  Tensor forward(const Tensor& x) override { return run(x); }
+  int64_t out_channels = 0;
+};
+
+namespace {
+
+// 3x3 conv+BN+ReLU, 3x3 conv+BN, + residual, ReLU.
+class BasicBlock : public ResBlock {
+ public:
+  BasicBlock(int64_t cin, int64_t planes) {
+    out_channels = planes;
+    conv1_ = register_module("conv1", std::make_shared<Conv2d>(cin, planes, 3, 1, 1, false));
+    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(planes));
+    conv2_ = register_module("conv2", std::make_shared<Conv2d>(planes, planes, 3, 1, 1, false));
+    bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(planes));
+    if (cin != planes)
+      down_ = register_module("downsample", std::make_shared<ConvBN>(cin, planes, 1, 1, false));
+  }
+  Tensor run(const Tensor& x) const override { return impl(x); }
+  Probe run(const Probe& x) const override { return impl(x); }
+
+ private:
+  template <class V>
+  V impl(const V& x) const {
+    V y = relu(bn(*bn1_, conv(*conv1_, x)));
+    y = bn(*bn2_, conv(*conv2_, y));
+    return relu(add(y, down_ ? down_->run(x) : x));
+  }
+  std::shared_ptr<Conv2d> conv1_, conv2_;
+  std::shared_ptr<BatchNorm2d> bn1_, bn2_;
+  std::shared_ptr<ConvBN> down_;
+};
+
+// 1x1 conv+BN+ReLU, 3x3 conv+BN+ReLU, 1x1 conv (4 planes)+BN, + residual, ReLU.
+class Bottleneck : public ResBlock {
+ public:
+  Bottleneck(int64_t cin, int64_t planes) {
+    out_channels = 4 * planes;
+    conv1_ = register_module("conv1", std::make_shared<Conv2d>(cin, planes, 1, 1, 0, false));
+    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(planes));
+    conv2_ = register_module("conv2", std::make_shared<Conv2d>(planes, planes, 3, 1, 1, false));
+    bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(planes));
+    conv3_ = register_module("conv3", std::make_shared<Conv2d>(planes, 4 * planes, 1, 1, 0, false));
+    bn3_ = register_module("bn3", std::make_shared<BatchNorm2d>(4 * planes));
+    if (cin != 4 * planes)
+      down_ = register_module("downsample", std::make_shared<ConvBN>(cin, 4 * planes, 1, 1, false));
+  }
+  Tensor run(const Tensor& x) const override { return impl(x); }
+  Probe run(const Probe& x) const override { return impl(x); }
+
+ private:
+  template <class V>
+  V impl(const V& x) const {
+    V y = relu(bn(*bn1_, conv(*conv1_, x)));
+    y = relu(bn(*bn2_, conv(*conv2_, y)));
+    y = bn(*bn3_, conv(*conv3_, y));
+    return relu(add(y, down_ ? down_->run(x) : x));
+  }
+  std::shared_ptr<Conv2d> conv1_, conv2_, conv3_;
+  std::shared_ptr<BatchNorm2d> bn1_, bn2_, bn3_;
+  std::shared_ptr<ConvBN> down_;
+};
+
+std::shared_ptr<ResBlock> make_block(Block b, int64_t cin, int64_t planes) {
+  if (b == Block::Basic) return std::make_shared<BasicBlock>(cin, planes);
+  return std::make_shared<Bottleneck>(cin, planes);
+}
+
+// A run of blocks registered under `parent` as "0", "1", ...; returns the output width.
+int64_t make_layer(Module& parent, std::vector<std::shared_ptr<ResBlock>>& out, Block b,
+                   int64_t cin, int64_t planes, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    auto blk = make_block(b, cin, planes);
+    parent.register_module(std::to_string(k), blk);
+    out.push_back(blk);
+    cin = blk->out_channels;
+  }
+  return cin;
+}
+
+}  // namespace
+
+class HRModule : public Module {
+ public:
+  HRModule(const std::vector<int64_t>& cin, const StageSpec& st, bool all_outputs,
+           FuseUpsample fuse, bool align_corners)
+      : fuse_(fuse), align_corners_(align_corners) {
+    const size_t nb = cin.size();
+    auto branches = register_module("branches", container());
+    branches_.resize(nb);
+    for (size_t i = 0; i < nb; ++i) {
+      auto seq = branches->register_module(std::to_string(i), container());
+      out_channels.push_back(
+          make_layer(*seq, branches_[i], st.block, cin[i], st.num_channels[i], st.num_blocks[i]));
+    }
+    if (nb == 1) return;
+    auto fuse_layers = register_module("fuse_layers", container());
+    const size_t nout = all_outputs ? nb : 1;
+    up_.assign(nout, std::vector<std::shared_ptr<ConvBN>>(nb));
+    down_.assign(nout, std::vector<std::vector<std::shared_ptr<ConvBN>>>(nb));
+    const auto& c = out_channels;
+    for (size_t i = 0; i < nout; ++i) {
+      auto row = fuse_layers->register_module(std::to_string(i), container());
+      for (size_t j = 0; j < nb; ++j) {
+        if (j > i) {
+          up_[i][j] = row->register_module(std::to_string(j),
+                                           std::make_shared<ConvBN>(c[j], c[i], 1, 1, false));
+        } else if (j < i) {
+          auto chain = row->register_module(std::to_string(j), container());
+          for (size_t k = 0; k < i - j; ++k) {
+            const bool last = k + 1 == i - j;
+            down_[i][j].push_back(chain->register_module(
+                std::to_string(k),
+                std::make_shared<ConvBN>(c[j], last ? c[i] : c[j], 3, 2, !last)));
+          }
+        }
+      }
+    }
+  }
+
+  template <class V>
+  std::vector<V> run(std::vector<V> xs) const {
+    for (size_t i = 0; i < xs.size(); ++i)
+      for (const auto& blk : branches_[i]) xs[i] = blk->run(xs[i]);
+    if (xs.size() == 1) return xs;
+    std::vector<V> out;
+    for (size_t i = 0; i < up_.size(); ++i) {
+      V y;
+      for (size_t j = 0; j < xs.size(); ++j) {
+        V t;
+        if (j == i) {
+          t = xs[j];
+        } else if (j > i) {
+          t = up_[i][j]->run(xs[j]);
+          t = fuse_ == FuseUpsample::Nearest
+                  ? upsample_nearest(t, int64_t(1) << (j - i))
+                  : upsample_bilinear(t, height(xs[i]), width(xs[i]), align_corners_);
+        } else {
+          t = run_chain(down_[i][j], xs[j]);
+        }
+        y = j == 0 ? t : add(y, t);
+      }
+      out.push_back(relu(y));
+    }
+    return out;
+  }
+
+  std::vector<int64_t> out_channels;
+
+ private:
+  FuseUpsample fuse_;
+  bool align_corners_;
+  std::vector<std::vector<std::shared_ptr<ResBlock>>> branches_;
+  std::vector<std::vector<std::shared_ptr<ConvBN>>> up_;                 // [i][j], j > i
+  std::vector<std::vector<std::vector<std::shared_ptr<ConvBN>>>> down_;  // [i][j], j < i
+};
+
+// ---------------------------------------------------------------------------------------------
+// HRNet
+// ---------------------------------------------------------------------------------------------
+HRNet::HRNet(const ModelSpec& spec, uint64_t seed) : spec_(spec) {
+  spec_.validate(spec_.name);
+  const int64_t stem = spec_.stem_channels;
+  conv1_ = register_module("conv1", std::make_shared<Conv2d>(3, stem, 3, 2, 1, false));
+  bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(stem));
+  conv2_ = register_module("conv2", std::make_shared<Conv2d>(stem, stem, 3, 2, 1, false));
+  bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(stem));
+  auto layer1 = register_module("layer1", container());
+  std::vector<int64_t> pre = {make_layer(*layer1, layer1_, spec_.stage1.block, stem,
+                                         spec_.stage1.num_channels[0], spec_.stage1.num_blocks[0])};
+
+  transitions_.resize(3);
+  stages_.resize(3);
+  for (int s = 0; s < 3; ++s) {
+    const StageSpec& st = spec_.stages[s];
+    const int64_t expansion = st.block == Block::Bottleneck ? 4 : 1;
+    std::vector<int64_t> cur;
+    for (int64_t c : st.num_channels) cur.push_back(c * expansion);
+    auto trans = register_module("transition" + std::to_string(s + 1), container());
+    auto& tr = transitions_[s];
+    tr.resize(cur.size());
+    for (size_t i = 0; i < cur.size(); ++i) {
+      if (i < pre.size()) {
+        if (pre[i] != cur[i])
+          tr[i].push_back(trans->register_module(
+              std::to_string(i), std::make_shared<ConvBN>(pre[i], cur[i], 3, 1, true)));
+      } else {
+        auto chain = trans->register_module(std::to_string(i), container());
+        const size_t n = i + 1 - pre.size();
+        for (size_t k = 0; k < n; ++k)
+          tr[i].push_back(chain->register_module(
+              std::to_string(k),
+              std::make_shared<ConvBN>(pre.back(), k + 1 == n ? cur[i] : pre.back(), 3, 2, true)));
+      }
+    }
+    auto stage = register_module("stage" + std::to_string(s + 2), container());
+    std::vector<int64_t> cin = cur;
+    for (int64_t m = 0; m < st.num_modules; ++m) {
+      const bool last = s == 2 && m + 1 == st.num_modules;
+      auto mod = std::make_shared<HRModule>(cin, st, !(last && spec_.last_module_single_output()),
+                                            spec_.fuse, spec_.align_corners);
+      stage->register_module(std::to_string(m), mod);
+      stages_[s].push_back(mod);
+      cin = mod->out_channels;
+    }
+    pre = cin;
+  }
+
+  int64_t total = 0;
+  for (int64_t c : pre) total += c;
+  const int64_t k = spec_.final_conv_kernel;
+  switch (spec_.head) {
+    case Head::Pose:
+      pose_final_ = register_module(
+          "final_layer", std::make_shared<Conv2d>(pre[0], spec_.num_joints, k, 1, k == 3 ? 1 : 0));
+      break;
+    case Head::Seg: {
+      auto last = register_module("last_layer", container());
+      seg_conv1_ = last->register_module("0", std::make_shared<Conv2d>(total, total, 1));
+      seg_bn_ = last->register_module("1", std::make_shared<BatchNorm2d>(total));
+      seg_conv2_ = last->register_module(
+          "3", std::make_shared<Conv2d>(total, spec_.num_classes, k, 1, k == 3 ? 1 : 0));
+      break;
+    }
+    case Head::Det: {
+      auto red = register_module("reduction_conv", container());
+      det_reduce_ =
+          red->register_module("conv", std::make_shared<Conv2d>(total, spec_.det_channels, 1));
+      auto fpn = register_module("fpn_convs", container());
+      for (int64_t l = 0; l < spec_.det_levels; ++l) {
+        auto lvl = fpn->register_module(std::to_string(l), container());
+        det_fpn_.push_back(lvl->register_module(
+            "conv", std::make_shared<Conv2d>(spec_.det_channels, spec_.det_channels, 3, 1, 1)));
+      }
+      break;
+    }
+    case Head::Cls: {
+      const auto& hc = spec_.cls_head_channels;
+      auto incre = register_module("incre_modules", container());
+      for (size_t i = 0; i < pre.size(); ++i) {
+        auto seq = incre->register_module(std::to_string(i), container());
+        std::vector<std::shared_ptr<ResBlock>> blk;
+        make_layer(*seq, blk, Block::Bottleneck, pre[i], hc[i], 1);
+        cls_incre_.push_back(blk[0]);
+      }
+      auto down = register_module("downsamp_modules", container());
+      for (size_t i = 0; i + 1 < pre.size(); ++i)
+        cls_down_.push_back(down->register_module(
+            std::to_string(i),
+            std::make_shared<ConvBN>(4 * hc[i], 4 * hc[i + 1], 3, 2, true, true)));
+      cls_final_ = register_module(
+          "final_layer",
+          std::make_shared<ConvBN>(4 * hc[pre.size() - 1], spec_.cls_features, 1, 1, true, true));
+      cls_classifier_ = register_module(
+          "classifier", std::make_shared<Linear>(spec_.cls_features, spec_.num_classes));
+      break;
+    }
+  }
+  init_weights(seed);
+}
+
+template <class V>
+std::vector<V> HRNet::run_backbone(const V& x) const {
+  V y = relu(bn(*bn1_, conv(*conv1_, x)));
+  y = relu(bn(*bn2_, conv(*conv2_, y)));
+  for (const auto& blk : layer1_) y = blk->run(y);
+  std::vector<V> ys = {y};
+  for (int s = 0; s < 3; ++s) {
+    std::vector<V> xs;
+    const auto& tr = transitions_[s];
+    for (size_t i = 0; i < tr.size(); ++i)
+      xs.push_back(run_chain(tr[i], i < ys.size() ? ys[i] : ys.back()));
+    for (const auto& mod : stages_[s]) xs = mod->run(xs);
+    ys = xs;
+  }
+  return ys;
+}
+
+template <class V>
+std::vector<V> HRNet::run(const V& x) const {
+  std::vector<V> ys = run_backbone(x);
+  switch (spec_.head) {
+    case Head::Pose:
+      return {conv(*pose_final_, ys[0])};
+    case Head::Seg:
+    case Head::Det: {
+      const bool ac = spec_.head == Head::Seg ? spec_.align_corners : false;
+      std::vector<V> parts = {ys[0]};
+      for (size_t i = 1; i < ys.size(); ++i)
+        parts.push_back(upsample_bilinear(ys[i], height(ys[0]), width(ys[0]), ac));
+      V cat = parts.size() == 1 ? parts[0] : concat(parts);
+      if (spec_.head == Head::Seg)
+        return {conv(*seg_conv2_, relu(bn(*seg_bn_, conv(*seg_conv1_, cat))))};
+      V base = conv(*det_reduce_, cat);
+      std::vector<V> out;
+      for (int64_t l = 0; l < spec_.det_levels; ++l)
+        out.push_back(conv(*det_fpn_[l], l == 0 ? base : avg_pool(base, int64_t(1) << l)));
+      return out;
+    }
+    case Head::Cls: {
+      V y = cls_incre_[0]->run(ys[0]);
+      for (size_t i = 0; i < cls_down_.size(); ++i)
+        y = add(cls_incre_[i + 1]->run(ys[i + 1]), cls_down_[i]->run(y));
+      y = global_pool(cls_final_->run(y));
+      return {linear(*cls_classifier_, y)};
+    }
+  }
+  return {};
+}
+
+void HRNet::check_input(const Shape& s) const {
+  const std::string& n = spec_.name;
+  HR_CHECK(s.size() == 4, "[hrnet] ", n, ": expected an input [N,3,H,W], got ", shape_str(s));
+  HR_CHECK(s[1] == 3, "[hrnet] ", n, ": expected 3 input channels (RGB), got ", s[1], " in ",
+           shape_str(s));
+  HR_CHECK(s[0] > 0 && s[2] > 0 && s[3] > 0, "[hrnet] ", n, ": empty input ", shape_str(s));
+  int64_t branches = 1;
+  for (const auto& st : spec_.stages) branches = std::max(branches, st.num_branches());
+  if (spec_.fuse == FuseUpsample::Nearest) {
+    const int64_t m = int64_t(4) << (branches - 1);
+    for (int d = 2; d < 4; ++d)
+      HR_CHECK(s[d] % m == 0, "[hrnet] ", n, ": input ", d == 2 ? "height " : "width ", s[d],
+               " is not a multiple of ", m,
+               ": the fuse layers upsample by exact powers of 2 "
+               "(nearest), so each of the ",
+               branches,
+               " branches must be exactly twice the "
+               "size of the next (input ",
+               shape_str(s), ")");
+  }
+  if (spec_.head == Head::Det) {
+    const int64_t m = int64_t(4) << (spec_.det_levels - 1);
+    for (int d = 2; d < 4; ++d)
+      HR_CHECK(s[d] >= m, "[hrnet] ", n, ": input ", d == 2 ? "height " : "width ", s[d],
+               " is smaller than ", m, ", the coarsest pyramid level's window (stride ", m,
+               ") (input ", shape_str(s), ")");
+  }
+}
+
+std::vector<Tensor> HRNet::forward_all(const Tensor& x) {
+  HR_CHECK(x.defined(), "[hrnet] ", spec_.name, ": undefined input");
+  check_input(x.shape());
+  return run(x);
+}
+
+Tensor HRNet::forward(const Tensor& x) { return forward_all(x)[0]; }
+
+std::vector<Tensor> HRNet::forward_backbone(const Tensor& x) {
+  HR_CHECK(x.defined(), "[hrnet] ", spec_.name, ": undefined input");
+  check_input(x.shape());
+  return run_backbone(x);
+}
+
+namespace {
+void count_layers(const Module& m, ModelStats& st) {
+  for (const auto& [name, c] : m.children()) {
+    if (dynamic_cast<const Conv2d*>(c.get())) ++st.conv_layers;
+    if (dynamic_cast<const BatchNorm2d*>(c.get())) ++st.bn_layers;
+    if (dynamic_cast<const Linear*>(c.get())) ++st.linear_layers;
+    count_layers(*c, st);
+  }
+}
+}  // namespace
+
+ModelStats HRNet::stats(const Shape& input) const {
+  check_input(input);
+  ModelStats st;
+  st.params = num_parameters();
+  count_layers(*this, st);
+  Probe x{input, &st};
+  for (const auto& y : run(x)) st.outputs.push_back(y.shape);
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+// Seeded N(0, std) and U(-b, b) fills. Values come in 64K-element chunks, each from its own
+// generator seeded by (draw, chunk), so the result does not depend on the thread count;
+// Box-Muller on 32-bit halves of mt19937_64 output is several times faster than
+// std::normal_distribution, which matters for 100M-parameter models.
+struct Init {
+  std::mt19937_64 rng;
+  static constexpr int64_t kChunk = 1 << 16;
+
+  template <class F>
+  void fill(Tensor& t, F gen_chunk) {
+    const uint64_t draw = rng();
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    const int64_t n = t.numel(), chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::mt19937_64 g(draw ^ (0x9e3779b97f4a7c15ull * static_cast<uint64_t>(c + 1)));
+      gen_chunk(g, v.data() + c * kChunk, std::min(kChunk, n - c * kChunk));
+    }
+    t.copy_(Tensor::from_vector(v, t.shape()));
+  }
+  static float unit(uint32_t u) { return (static_cast<float>(u >> 8) + 0.5f) * (1.f / 16777216.f); }
+
+  void normal(Tensor& t, double std) {
+    const float s = static_cast<float>(std);
+    fill(t, [s](std::mt19937_64& g, float* out, int64_t m) {
+      for (int64_t i = 0; i < m; i += 2) {
+        const uint64_t r = g();
+        const float u1 = unit(static_cast<uint32_t>(r)), u2 = unit(static_cast<uint32_t>(r >> 32));
+        const float rad = s * std::sqrt(-2.f * std::log(u1));
+        out[i] = rad * std::cos(6.28318530718f * u2);
+        if (i + 1 < m) out[i + 1] = rad * std::sin(6.28318530718f * u2);
+      }
+    });
+  }
+  void uniform(Tensor& t, double bound) {
+    const float b = static_cast<float>(bound);
+    fill(t, [b](std::mt19937_64& g, float* out, int64_t m) {
+      for (int64_t i = 0; i < m; ++i) out[i] = b * (2.f * unit(static_cast<uint32_t>(g())) - 1.f);
+    });
+  }
+};
+
+enum class ConvInit { Normal001, KaimingFanOut, Caffe2Xavier };
+
+void init_tree(Module& m, Init& init, ConvInit mode, bool zero_conv_bias) {
+  for (const auto& [name, c] : m.children()) {
+    if (auto* cv = dynamic_cast<Conv2d*>(c.get())) {
+      const Shape& w = cv->weight.shape();
+      const double fan_in = static_cast<double>(w[1] * w[2] * w[3]);
+      const double fan_out = static_cast<double>(w[0] * w[2] * w[3]);
+      switch (mode) {
+        case ConvInit::Normal001:
+          init.normal(cv->weight, 0.001);
+          break;
+        case ConvInit::KaimingFanOut:
+          init.normal(cv->weight, std::sqrt(2.0 / fan_out));
+          break;
+        case ConvInit::Caffe2Xavier:
+          init.uniform(cv->weight, std::sqrt(3.0 / fan_in));
+          break;
+      }
+      if (cv->bias.defined()) {
+        if (zero_conv_bias || mode == ConvInit::Caffe2Xavier)
+          cv->bias.fill_(0.f);
+        else
+          init.uniform(cv->bias, 1.0 / std::sqrt(fan_in));  // PyTorch's default
+      }
+    } else if (auto* b = dynamic_cast<BatchNorm2d*>(c.get())) {
+      b->weight.fill_(1.f);
+      b->bias.fill_(0.f);
+      b->running_mean.fill_(0.f);
+      b->running_var.fill_(1.f);
+      b->num_batches_tracked.copy_(Tensor::zeros({}, DType::i64));
+    } else if (auto* l = dynamic_cast<Linear*>(c.get())) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(l->weight.size(1)));
+      init.uniform(l->weight, bound);
+      if (l->bias.defined()) init.uniform(l->bias, bound);
+    }
+    init_tree(*c, init, mode, zero_conv_bias);
+  }
+}
+
+}  // namespace
+
+void HRNet::init_weights(uint64_t seed) {
+  NoGradGuard guard;
+  Init init{std::mt19937_64(seed)};
+  ConvInit backbone = ConvInit::Normal001;
+  if (spec_.head == Head::Cls || spec_.head == Head::Det) backbone = ConvInit::KaimingFanOut;
+  const bool zero_bias = spec_.head == Head::Pose;
+  for (const auto& [name, c] : children()) {
+    const bool det_head = name == "reduction_conv" || name == "fpn_convs";
+    Module holder;  // init_tree walks children, so wrap the top-level module
+    holder.register_module(name, c);
+    init_tree(holder, init, det_head ? ConvInit::Caffe2Xavier : backbone, zero_bias);
+  }
+}
+
+std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed) {
+  return std::make_shared<HRNet>(spec_from_config(cfg), seed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------------------------
+void load_hrnet_checkpoint(HRNet& model, const std::string& path) {
+  NamedTensors sd = load_checkpoint(path);
+  HR_CHECK(!sd.empty(), "[hrnet] ", path, ": the checkpoint holds no tensors");
+  try {
+    model.load_state_dict(sd);
+  } catch (const Error& e) {
+    throw Error(str_cat("[hrnet] ", path, " does not fit ", model.spec().name, ": ", e.what()));
+  }
+}
+
+namespace {
+std::string strip_prefix(const std::string& k) {
+  for (const char* p : {"module.", "model."}) {
+    const std::string pre = p;
+    if (k.compare(0, pre.size(), pre) == 0) return k.substr(pre.size());
+  }
+  return k;
+}
+std::string first_component(const std::string& k) { return k.substr(0, k.find('.')); }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+std::string PretrainedReport::summary() const {
+  std::string s = str_cat(loaded.size(), " loaded, ", skipped.size(),
+                          " skipped (layer not listed), ", unexpected.size(), " not in the model, ",
+                          missing.size(), " model keys not in the checkpoint");
+  for (const auto& k : unexpected) s += "\n  not in the model: " + k;
+  for (const auto& k : missing) s += "\n  not in the checkpoint: " + k;
+  return s;
+}
+
+PretrainedReport load_pretrained_layers(HRNet& model, const NamedTensors& ckpt,
+                                        const std::vector<std::string>& layers) {
+  const bool all = !layers.empty() && layers[0] == "*";
+  const std::set<std::string> wanted(layers.begin(), layers.end());
+  auto take = [&](const std::string& k) { return all || wanted.count(first_component(k)); };
+  std::map<std::string, Tensor> mine;
+  for (auto& [k, t] : model.state_dict()) mine[k] = t;
+
+  PretrainedReport rep;
+  std::vector<std::string> misshaped;
+  std::vector<std::pair<Tensor, Tensor>> copies;  // dst, src
+  std::set<std::string> got;
+  for (const auto& [raw, src] : ckpt) {
+    const std::string k = strip_prefix(raw);
+    if (!take(k)) {
+      rep.skipped.push_back(raw);
+      continue;
+    }
+    auto it = mine.find(k);
+    if (it == mine.end()) {
+      rep.unexpected.push_back(raw);
+      continue;
+    }
+    if (it->second.shape() != src.shape() && !(it->second.numel() == 1 && src.numel() == 1)) {
+      misshaped.push_back(str_cat(raw, " has shape ", shape_str(src.shape()), ", the model's is ",
+                                  shape_str(it->second.shape())));
+      continue;
+    }
+    rep.loaded.push_back(raw);
+    got.insert(k);
+    copies.emplace_back(it->second, src);
+  }
+  if (!misshaped.empty()) {
+    std::string msg = str_cat("[hrnet] pretrained layers: ", misshaped.size(),
+                              " mis-shaped keys (nothing was loaded)");
+    for (const auto& m : misshaped) msg += "\n  mis-shaped: " + m;
+    throw Error(msg);
+  }
+  for (const auto& [k, t] : model.state_dict())
+    if (take(k) && !got.count(k) && !ends_with(k, "num_batches_tracked")) rep.missing.push_back(k);
+  NoGradGuard guard;
+  for (auto& [dst, src] : copies)
+    dst.copy_(src.shape() == dst.shape() ? src : src.view(dst.shape()));
+  return rep;
+}
+
+PretrainedReport load_pretrained_layers(HRNet& model, const std::string& path,
+                                        const std::vector<std::string>& layers) {
+  NamedTensors ckpt = load_checkpoint(path);
+  try {
+    return load_pretrained_layers(model, ckpt, layers);
+  } catch (const Error& e) {
+    throw Error(str_cat("[hrnet] ", path, ": ", e.what()));
+  }
+}
+
+}  // namespace hr::models

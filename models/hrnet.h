@@ -1,0 +1,112 @@
+// HRNet as engine Modules: the shared backbone (stem, layer1, transitions, multi-resolution
+// modules with fuse layers) and the four heads (V1 pose, V2 seg, V2p detection pyramid, cls),
+// with the official checkpoints' parameter names, the official initialisation, strict and
+// PRETRAINED_LAYERS checkpoint loading, and an analytic summary (params, mult-adds, shapes).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/nn.h"
+#include "models/config.h"
+
+namespace hr::models {
+
+class ResBlock;  // BasicBlock or Bottleneck
+class ConvBN;    // conv + BN (+ ReLU), named like nn.Sequential(conv, bn, relu)
+class HRModule;  // one multi-resolution module: branches + fuse layers
+
+// What a forward costs, computed from shapes alone (no tensor is allocated).
+struct ModelStats {
+  int64_t params = 0;
+  int64_t conv_layers = 0, bn_layers = 0, linear_layers = 0;  // modules in the model
+  double conv_macs = 0, linear_macs = 0;  // multiply-adds; nothing else is counted
+  // Sum over every op of its output's bytes in an inference forward (conv, BN, ReLU, add,
+  // upsample, concat, pool, linear; fp32): an upper bound on activation memory, since buffers
+  // whose lifetimes do not overlap could share memory.
+  double activation_bytes = 0;
+  std::vector<Shape> outputs;
+  double macs() const { return conv_macs + linear_macs; }
+  double gflops() const { return macs() / double(1ull << 30); }  // the HRNet papers' "GFLOPs"
+};
+
+class HRNet : public Module {
+ public:
+  // Builds the network with the official initialisation drawn from `seed` (see init_weights).
+  explicit HRNet(const ModelSpec& spec, uint64_t seed = 0);
+
+  const ModelSpec& spec() const { return spec_; }
+
+  // x [N,3,H,W] -> the head's output: pose heatmaps [N,J,H/4,W/4], seg logits
+  // [N,classes,H/4,W/4] (stride-4 map; upsample for loss/inference), cls logits [N,classes],
+  // det: the first (stride-4) pyramid level; forward_all gives every level.
+  Tensor forward(const Tensor& x) override;
+  // Every head output: one tensor, or det_levels tensors [N,det_channels,H/4/2^l,W/4/2^l].
+  std::vector<Tensor> forward_all(const Tensor& x);
+  // Backbone only: the last stage's fused outputs (pose: only output 0 exists).
+  std::vector<Tensor> forward_backbone(const Tensor& x);
+
+  // Throws hr::Error with the reason when the network cannot take an input of this shape
+  // (not [N,3,H,W]; H or W not a multiple of 32 where nearest-upsampling fuse layers need
+  // each branch exactly twice the next; det smaller than its coarsest pooling window).
+  void check_input(const Shape& x) const;
+
+  // Costs and output shapes of a forward on `input` (checked with check_input).
+  ModelStats stats(const Shape& input) const;
+
+  // The official initialisation: conv weights N(0, 0.001) (pose, seg backbone and heads;
+  // pose conv biases 0, seg conv biases PyTorch's default), cls conv weights kaiming normal
+  // fan_out, det head convs caffe2-xavier uniform with bias 0; BN weight 1, bias 0, running
+  // mean 0, var 1, counter 0; Linear PyTorch's default. Deterministic in `seed`.
+  void init_weights(uint64_t seed);
+
+ private:
+  template <class V>
+  std::vector<V> run_backbone(const V& x) const;
+  template <class V>
+  std::vector<V> run(const V& x) const;
+
+  ModelSpec spec_;
+  std::shared_ptr<Conv2d> conv1_, conv2_;
+  std::shared_ptr<BatchNorm2d> bn1_, bn2_;
+  std::vector<std::shared_ptr<ResBlock>> layer1_;
+  // transitions_[t][i]: null (identity) or a chain of conv-bn-relu
+  std::vector<std::vector<std::vector<std::shared_ptr<ConvBN>>>> transitions_;
+  std::vector<std::vector<std::shared_ptr<HRModule>>> stages_;
+  // heads
+  std::shared_ptr<Conv2d> pose_final_;
+  std::shared_ptr<Conv2d> seg_conv1_, seg_conv2_;
+  std::shared_ptr<BatchNorm2d> seg_bn_;
+  std::shared_ptr<Conv2d> det_reduce_;
+  std::vector<std::shared_ptr<Conv2d>> det_fpn_;
+  std::vector<std::shared_ptr<ResBlock>> cls_incre_;
+  std::vector<std::shared_ptr<ConvBN>> cls_down_;
+  std::shared_ptr<ConvBN> cls_final_;
+  std::shared_ptr<Linear> cls_classifier_;
+};
+
+// Builds a model from an experiment config (spec_from_config).
+std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed = 0);
+
+// Strict load of a checkpoint (.safetensors or torch.save .pth; a state dict at the top level
+// or under state_dict/model): every model key must be present with its shape, no extra key;
+// `module.` / `model.` prefixes and absent num_batches_tracked are accepted. Errors name the
+// file and every missing, unexpected and mis-shaped key.
+void load_hrnet_checkpoint(HRNet& model, const std::string& path);
+
+// Initialising from another model's checkpoint (pose from an ImageNet cls checkpoint): only
+// keys whose first component is in `layers` ("*" as the first entry: all) are taken.
+struct PretrainedReport {
+  std::vector<std::string> loaded;      // copied into the model
+  std::vector<std::string> skipped;     // first component not in `layers`
+  std::vector<std::string> unexpected;  // in `layers` but the model has no such key
+  std::vector<std::string> missing;     // model keys under `layers` the checkpoint lacks
+  std::string summary() const;          // one line of counts, then one line per key not loaded
+};
+// Mis-shaped keys are an error (naming them); nothing is copied unless all shapes fit.
+PretrainedReport load_pretrained_layers(HRNet& model, const std::string& path,
+                                        const std::vector<std::string>& layers);
+PretrainedReport load_pretrained_layers(HRNet& model, const NamedTensors& checkpoint,
+                                        const std::vector<std::string>& layers);
+
+}  // namespace hr::models
