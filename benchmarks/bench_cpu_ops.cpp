@@ -3,8 +3,10 @@
 // backward and nearest x2 upsampling forward + backward, each timed as the median of --reps runs
 // after warm-up. When PyTorch is importable it runs benchmarks/torch_cpu_ops.py on the same ops
 // with the same thread count and prints one table: ours, PyTorch, ratio (PyTorch / ours), rate.
+// The whole sequence (ours, then PyTorch) runs --passes times and each side keeps its best median,
+// which damps the effect of other load on a shared machine.
 //
-//   bench_cpu_ops [--reps N] [--no-torch] [--csv FILE]
+//   bench_cpu_ops [--reps N] [--passes N] [--no-torch] [--csv FILE]
 //   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
 #include <omp.h>
 
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -34,7 +37,8 @@ struct Row {
   std::string op, shape, torch_spec;
   double flops = 0, bytes = 0;  // per call, for GFLOP/s and GB/s
   bool is3x3 = false;
-  double ours_ms = NAN, torch_ms = NAN;
+  std::function<double(int reps)> time_ours;       // median ms
+  double ours_ms = INFINITY, torch_ms = INFINITY;  // best median over the passes
 };
 
 std::vector<float> random_vec(size_t n, uint32_t seed, float scale = 1.f) {
@@ -63,22 +67,17 @@ double median_ms(int reps, Fn&& fn) {
 
 std::string conv_spec(const ConvShape& s) {
   char b[128];
-  std::snprintf(b, sizeof b, "%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", long(s.N), long(s.C),
-                long(s.H), long(s.W), long(s.K), long(s.R), long(s.S), long(s.stride_h),
-                long(s.pad_h));
+  std::snprintf(b, sizeof b, "%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", long(s.N), long(s.C), long(s.H),
+                long(s.W), long(s.K), long(s.R), long(s.S), long(s.stride_h), long(s.pad_h));
   return b;
 }
 
-void add_conv_rows(std::vector<Row>& rows, const ConvShape& s, int reps) {
-  const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
-  const auto x = random_vec(nx, 1), dy = random_vec(ny, 3);
-  const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
-  std::vector<float> y(ny), dx(nx), dw(nw);
+// Each row times itself on demand (allocating its data then) so that passes can repeat it.
+void add_conv_rows(std::vector<Row>& rows, const ConvShape& s) {
   char shape[128];
-  std::snprintf(shape, sizeof shape, "%ldx%ld@%ldx%ld->%ld s%ld", long(s.N), long(s.C),
-                long(s.H), long(s.W), long(s.K), long(s.stride_h));
+  std::snprintf(shape, sizeof shape, "%ldx%ld@%ldx%ld->%ld s%ld", long(s.N), long(s.C), long(s.H),
+                long(s.W), long(s.K), long(s.stride_h));
   const std::string k = std::to_string(s.R) + "x" + std::to_string(s.S);
-  const double flops = 2.0 * double(s.macs());
   const char* names[3] = {" fwd", " bwd-data", " bwd-weight"};
   const char* specs[3] = {"conv_fwd:", "conv_bwd_data:", "conv_bwd_weight:"};
   for (int pass = 0; pass < 3; ++pass) {
@@ -86,66 +85,78 @@ void add_conv_rows(std::vector<Row>& rows, const ConvShape& s, int reps) {
     r.op = "conv" + k + names[pass];
     r.shape = shape;
     r.torch_spec = specs[pass] + conv_spec(s);
-    r.flops = flops;
+    r.flops = 2.0 * double(s.macs());
     r.is3x3 = s.R == 3 && s.S == 3;
-    if (pass == 0)
-      r.ours_ms = median_ms(reps, [&] {
-        hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data());
-      });
-    else if (pass == 1)
-      r.ours_ms = median_ms(reps, [&] {
-        hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
-      });
-    else
-      r.ours_ms = median_ms(reps, [&] {
+    r.time_ours = [s, pass](int reps) {
+      const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S;
+      const size_t ny = s.N * s.K * s.P * s.Q;
+      const auto x = random_vec(nx, 1), dy = random_vec(ny, 3);
+      const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+      std::vector<float> y(ny), dx(nx), dw(nw);
+      if (pass == 0)
+        return median_ms(
+            reps, [&] { hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data()); });
+      if (pass == 1)
+        return median_ms(reps,
+                         [&] { hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data()); });
+      return median_ms(reps, [&] {
         hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
       });
+    };
     rows.push_back(r);
   }
 }
 
-void add_bn_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W, int reps) {
-  const int64_t HW = H * W;
-  const size_t n = N * C * HW;
+std::string map_label(int64_t N, int64_t C, int64_t H, int64_t W) {
+  return std::to_string(N) + "x" + std::to_string(C) + "@" + std::to_string(H) + "x" +
+         std::to_string(W);
+}
+std::string map_args(int64_t N, int64_t C, int64_t H, int64_t W) {
+  return std::to_string(N) + "," + std::to_string(C) + "," + std::to_string(H) + "," +
+         std::to_string(W);
+}
+
+void add_bn_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W) {
   Row r;
   r.op = "batchnorm fwd+bwd";
-  r.shape = std::to_string(N) + "x" + std::to_string(C) + "@" + std::to_string(H) + "x" +
-            std::to_string(W);
-  r.torch_spec = "bn:" + std::to_string(N) + "," + std::to_string(C) + "," + std::to_string(H) +
-                 "," + std::to_string(W);
-  r.bytes = 5.0 * 4.0 * double(n);  // forward: read x, write y; backward: read x, dy, write dx
-  const auto x = random_vec(n, 4), dy = random_vec(n, 5), beta = random_vec(C, 7, 0.1f);
-  auto gamma = random_vec(C, 6, 0.1f);
-  for (auto& g : gamma) g += 1.f;
-  std::vector<float> y(n), dx(n), rm(C, 0.f), rv(C, 1.f), sm(C), si(C), dg(C), dbt(C);
-  r.ours_ms = median_ms(reps, [&] {
-    hr::cpu::batchnorm_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
-                                     rm.data(), rv.data(), y.data(), sm.data(), si.data());
-    hr::cpu::batchnorm_train_backward(N, C, HW, x.data(), dy.data(), gamma.data(), sm.data(),
-                                      si.data(), dx.data(), dg.data(), dbt.data());
-  });
+  r.shape = map_label(N, C, H, W);
+  r.torch_spec = "bn:" + map_args(N, C, H, W);
+  r.bytes = 5.0 * 4.0 * double(N * C * H * W);  // fwd: read x, write y; bwd: read x, dy, write dx
+  r.time_ours = [=](int reps) {
+    const int64_t HW = H * W;
+    const size_t n = N * C * HW;
+    const auto x = random_vec(n, 4), dy = random_vec(n, 5), beta = random_vec(C, 7, 0.1f);
+    auto gamma = random_vec(C, 6, 0.1f);
+    for (auto& g : gamma) g += 1.f;
+    std::vector<float> y(n), dx(n), rm(C, 0.f), rv(C, 1.f), sm(C), si(C), dg(C), dbt(C);
+    return median_ms(reps, [&] {
+      hr::cpu::batchnorm_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
+                                       rm.data(), rv.data(), y.data(), sm.data(), si.data());
+      hr::cpu::batchnorm_train_backward(N, C, HW, x.data(), dy.data(), gamma.data(), sm.data(),
+                                        si.data(), dx.data(), dg.data(), dbt.data());
+    });
+  };
   rows.push_back(r);
 }
 
-void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W,
-                      int reps) {
-  hr::kern::ResampleShape s;
-  s.N = N, s.C = C, s.H = H, s.W = W, s.OH = 2 * H, s.OW = 2 * W;
-  s.scale_h = s.scale_w = 0.5f;
-  const size_t n = N * C * H * W;
+void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W) {
   Row r;
   r.op = "upsample-nearest x2 fwd+bwd";
-  r.shape = std::to_string(N) + "x" + std::to_string(C) + "@" + std::to_string(H) + "x" +
-            std::to_string(W);
-  r.torch_spec = "up2:" + std::to_string(N) + "," + std::to_string(C) + "," + std::to_string(H) +
-                 "," + std::to_string(W);
-  r.bytes = 10.0 * 4.0 * double(n);  // forward: read n, write 4n; backward: read 4n, write n
-  const auto x = random_vec(n, 8), dy = random_vec(4 * n, 9);
-  std::vector<float> y(4 * n), dx(n);
-  r.ours_ms = median_ms(reps, [&] {
-    hr::cpu::upsample_nearest_forward(s, x.data(), y.data());
-    hr::cpu::upsample_nearest_backward(s, dy.data(), dx.data());
-  });
+  r.shape = map_label(N, C, H, W);
+  r.torch_spec = "up2:" + map_args(N, C, H, W);
+  r.bytes = 10.0 * 4.0 * double(N * C * H * W);  // fwd: read n, write 4n; bwd: read 4n, write n
+  r.time_ours = [=](int reps) {
+    hr::kern::ResampleShape s;
+    s.N = N, s.C = C, s.H = H, s.W = W, s.OH = 2 * H, s.OW = 2 * W;
+    s.scale_h = s.scale_w = 0.5f;
+    const size_t n = N * C * H * W;
+    const auto x = random_vec(n, 8), dy = random_vec(4 * n, 9);
+    std::vector<float> y(4 * n), dx(n);
+    return median_ms(reps, [&] {
+      hr::cpu::upsample_nearest_forward(s, x.data(), y.data());
+      hr::cpu::upsample_nearest_backward(s, dy.data(), dx.data());
+    });
+  };
   rows.push_back(r);
 }
 
@@ -167,21 +178,24 @@ std::string run_torch(std::vector<Row>& rows, const std::string& py, int threads
   while (std::fgets(line, sizeof line, f)) {
     char spec[256];
     double t = 0;
-    if (std::sscanf(line, "TORCH %255s %lf", spec, &t) == 2) ms[spec] = t;
-    else if (std::strncmp(line, "TORCH_INFO", 10) == 0) info = line + 11;
+    if (std::sscanf(line, "TORCH %255s %lf", spec, &t) == 2)
+      ms[spec] = t;
+    else if (std::strncmp(line, "TORCH_INFO", 10) == 0)
+      info = line + 11;
   }
   const int rc = pclose(f);
   for (Row& r : rows) {
     auto it = ms.find(r.torch_spec);
-    if (it != ms.end()) r.torch_ms = it->second;
+    if (it != ms.end()) r.torch_ms = std::min(r.torch_ms, it->second);
   }
   if (!info.empty() && info.back() == '\n') info.pop_back();
   if (rc != 0) info += " (torch_cpu_ops.py exited with status " + std::to_string(rc) + ")";
   return "PyTorch " + info;
 }
 
+// "-" for a missing value (no PyTorch timing, no FLOP count).
 std::string fmt(const char* f, double v) {
-  if (std::isnan(v)) return "-";
+  if (!std::isfinite(v)) return "-";
   char b[64];
   std::snprintf(b, sizeof b, f, v);
   return b;
@@ -190,18 +204,21 @@ std::string fmt(const char* f, double v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 10;
+  int reps = 10, passes = 2;
   bool torch = true;
   std::string csv;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--passes") && i + 1 < argc) {
+      passes = std::max(1, std::atoi(argv[++i]));
     } else if (!std::strcmp(argv[i], "--no-torch")) {
       torch = false;
     } else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) {
       csv = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--no-torch] [--csv FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--passes N] [--no-torch] [--csv FILE]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -210,20 +227,21 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   auto conv = [&](int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t stride) {
     const int64_t pad = R / 2;
-    add_conv_rows(rows, ConvShape::make(N, C, H, W, K, R, R, stride, stride, pad, pad), reps);
+    add_conv_rows(rows, ConvShape::make(N, C, H, W, K, R, R, stride, stride, pad, pad));
   };
   const int64_t branch[4][3] = {{32, 64, 48}, {64, 32, 24}, {128, 16, 12}, {256, 8, 6}};
   for (auto& b : branch) conv(b[0], b[1], b[2], b[0], 3, 1);  // branch BasicBlock convs
-  for (int i = 0; i < 3; ++i) conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
+  for (int i = 0; i < 3; ++i)
+    conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
   conv(3, 256, 192, 64, 3, 2);  // stem conv1
   conv(64, 128, 96, 64, 3, 2);  // stem conv2
   conv(64, 32, 24, 32, 1, 1);   // fuse 1x1, branch 1 -> branch 0 width
-  for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2], reps);
-  for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2], reps);
+  for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2]);
+  for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2]);
 
+  std::string py;
   std::string torch_info = "PyTorch: not run (--no-torch)";
   if (torch) {
-    std::string py;
     if (const char* e = std::getenv("HR_PYTHON")) {
       py = e;
     } else {
@@ -233,26 +251,33 @@ int main(int argc, char** argv) {
           break;
         }
     }
-    if (py.empty() || !python_has_torch(py))
+    if (py.empty() || !python_has_torch(py)) {
       torch_info = "PyTorch: not importable (set HR_PYTHON), column left empty";
-    else
-      torch_info = run_torch(rows, py, threads, reps);
+      py.clear();
+    }
+  }
+  // Passes alternate ours and PyTorch so that both see the same machine load; each side keeps
+  // its best median.
+  for (int pass = 0; pass < passes; ++pass) {
+    for (Row& r : rows) r.ours_ms = std::min(r.ours_ms, r.time_ours(reps));
+    if (!py.empty()) torch_info = run_torch(rows, py, threads, reps);
   }
 
-  std::printf("bench_cpu_ops: %d OpenMP threads, median of %d reps; %s\n", threads, reps,
-              torch_info.c_str());
+  std::printf("bench_cpu_ops: %d OpenMP threads, best of %d passes of median-of-%d; %s\n", threads,
+              passes, reps, torch_info.c_str());
   std::printf("%-28s %-22s %10s %10s %8s %9s %8s\n", "op", "shape (NxC@HxW->K s)", "ours ms",
               "torch ms", "ratio", "GFLOP/s", "GB/s");
   double min_ratio = INFINITY;
   std::string min_row;
+  auto ratio_of = [](const Row& r) { return r.torch_ms / r.ours_ms; };
+  auto rate = [](double work, double ms) { return work > 0 ? work / ms * 1e-6 : NAN; };
   for (const Row& r : rows) {
-    const double ratio = r.torch_ms / r.ours_ms;
+    const double ratio = ratio_of(r);
     std::printf("%-28s %-22s %10s %10s %8s %9s %8s\n", r.op.c_str(), r.shape.c_str(),
                 fmt("%.3f", r.ours_ms).c_str(), fmt("%.3f", r.torch_ms).c_str(),
-                fmt("%.2f", ratio).c_str(),
-                fmt("%.1f", r.flops > 0 ? r.flops / r.ours_ms * 1e-6 : NAN).c_str(),
-                fmt("%.1f", r.bytes > 0 ? r.bytes / r.ours_ms * 1e-6 : NAN).c_str());
-    if (r.is3x3 && !std::isnan(ratio) && ratio < min_ratio) {
+                fmt("%.2f", ratio).c_str(), fmt("%.1f", rate(r.flops, r.ours_ms)).c_str(),
+                fmt("%.1f", rate(r.bytes, r.ours_ms)).c_str());
+    if (r.is3x3 && std::isfinite(ratio) && ratio < min_ratio) {
       min_ratio = ratio;
       min_row = r.op + " " + r.shape;
     }
@@ -272,9 +297,8 @@ int main(int argc, char** argv) {
     for (const Row& r : rows)
       std::fprintf(f, "%s,%s,%s,%s,%s,%s,%s\n", r.op.c_str(), r.shape.c_str(),
                    fmt("%.4f", r.ours_ms).c_str(), fmt("%.4f", r.torch_ms).c_str(),
-                   fmt("%.4f", r.torch_ms / r.ours_ms).c_str(),
-                   fmt("%.2f", r.flops > 0 ? r.flops / r.ours_ms * 1e-6 : NAN).c_str(),
-                   fmt("%.2f", r.bytes > 0 ? r.bytes / r.ours_ms * 1e-6 : NAN).c_str());
+                   fmt("%.4f", ratio_of(r)).c_str(), fmt("%.2f", rate(r.flops, r.ours_ms)).c_str(),
+                   fmt("%.2f", rate(r.bytes, r.ours_ms)).c_str());
     std::fclose(f);
   }
   return 0;

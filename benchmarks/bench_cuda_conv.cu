@@ -21,12 +21,16 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/cuda_bench_util.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/conv_igemm.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace {
 
+using hr::bench::Buf;
+using hr::bench::Timer;
+using hr::bench::to_float;
 using hr::cuda::DT;
 using hr::kern::ConvShape;
 
@@ -63,16 +67,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// Device memory for the benchmark (plain cudaMalloc: outside the engine's allocator).
-struct Buf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Buf(size_t b) : bytes(b) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(b, 16))); }
-  ~Buf() { cudaFree(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
-
 __global__ void init_kernel(uint16_t* p, int64_t n, uint64_t seed, float scale, int bf16) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -97,22 +91,6 @@ void init(Buf& b, DT dt, uint64_t seed, float scale) {
   HR_CUDA_LAUNCH_CHECK();
 }
 
-float to_float(uint16_t v, DT dt) {
-  uint32_t bits;
-  if (dt == DT::bf16) {
-    bits = uint32_t(v) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
-  const uint32_t s = (v >> 15) & 1, e = (v >> 10) & 31, m = v & 1023;
-  float f;
-  if (e == 0) f = std::ldexp(float(m), -24);
-  else if (e == 31) f = m ? NAN : INFINITY;
-  else f = std::ldexp(float(m | 1024), int(e) - 25);
-  return s ? -f : f;
-}
-
 // Max |a - b| / (atol + rtol*|b|) over the buffers; <= 1 passes.
 double mismatch(const Buf& a, const Buf& b, DT dt, double* max_abs) {
   std::vector<uint16_t> ha(a.bytes / 2), hb(b.bytes / 2);
@@ -133,44 +111,6 @@ double mismatch(const Buf& a, const Buf& b, DT dt, double* max_abs) {
   }
   return worst;
 }
-
-struct Timer {
-  cudaStream_t st;
-  Buf flush;
-  cudaEvent_t e0, e1;
-  explicit Timer(cudaStream_t s) : st(s), flush(l2_flush_bytes()) {
-    CUDA_CHECK(cudaEventCreate(&e0));
-    CUDA_CHECK(cudaEventCreate(&e1));
-  }
-  ~Timer() {
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-  }
-  static size_t l2_flush_bytes() {
-    int dev = 0, l2 = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    return std::max<size_t>(size_t(l2) * 4, size_t(256) << 20);
-  }
-  // Median microseconds of fn() over reps (after 3 warm-up calls).
-  template <class F>
-  double median_us(F&& fn, int reps) {
-    for (int i = 0; i < 3; ++i) fn();
-    std::vector<double> t;
-    for (int i = 0; i < reps; ++i) {
-      CUDA_CHECK(cudaMemsetAsync(flush.p, i & 0xFF, flush.bytes, st));
-      CUDA_CHECK(cudaEventRecord(e0, st));
-      fn();
-      CUDA_CHECK(cudaEventRecord(e1, st));
-      CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      t.push_back(ms * 1e3);
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
 
 struct Case {
   std::string net, layer;

@@ -22,12 +22,16 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/cuda_bench_util.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/fuse_upsample.h"
 
 namespace {
 
+using hr::bench::Buf;
+using hr::bench::Timer;
+using hr::bench::to_float;
 using hr::cuda::DT;
 
 struct Args {
@@ -61,15 +65,6 @@ Args parse(int argc, char** argv) {
   if (a.batch < 1) throw hr::Error("bench_cuda_fuse: --batch must be >= 1");
   return a;
 }
-
-struct Buf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Buf(size_t b) : bytes(b) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(b, 16))); }
-  ~Buf() { cudaFree(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
 
 template <class T>
 __device__ __forceinline__ float tf(T v);
@@ -146,58 +141,6 @@ __global__ void add_kernel(T* out, const T* u, int64_t n8) {
     reinterpret_cast<uint4*>(out)[i] = a;
   }
 }
-
-float to_float(uint16_t v, DT dt) {
-  if (dt == DT::bf16) {
-    const uint32_t bits = uint32_t(v) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
-  const uint32_t s = (v >> 15) & 1, e = (v >> 10) & 31, m = v & 1023;
-  float f;
-  if (e == 0) f = std::ldexp(float(m), -24);
-  else if (e == 31) f = m ? NAN : INFINITY;
-  else f = std::ldexp(float(m | 1024), int(e) - 25);
-  return s ? -f : f;
-}
-
-struct Timer {
-  cudaStream_t st;
-  Buf flush;
-  cudaEvent_t e0, e1;
-  explicit Timer(cudaStream_t s) : st(s), flush(l2_bytes()) {
-    CUDA_CHECK(cudaEventCreate(&e0));
-    CUDA_CHECK(cudaEventCreate(&e1));
-  }
-  ~Timer() {
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-  }
-  static size_t l2_bytes() {
-    int dev = 0, l2 = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    return std::max<size_t>(size_t(l2) * 4, size_t(256) << 20);
-  }
-  template <class F>
-  double median_us(F&& fn, int reps) {
-    for (int i = 0; i < 3; ++i) fn();
-    std::vector<double> t;
-    for (int i = 0; i < reps; ++i) {
-      CUDA_CHECK(cudaMemsetAsync(flush.p, i & 0xFF, flush.bytes, st));
-      CUDA_CHECK(cudaEventRecord(e0, st));
-      fn();
-      CUDA_CHECK(cudaEventRecord(e1, st));
-      CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      t.push_back(ms * 1e3);
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
 
 cudnnDataType_t cudnn_dt(DT dt) { return dt == DT::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF; }
 

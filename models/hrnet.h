@@ -54,10 +54,11 @@ class HRNet : public Module {
   // Costs and output shapes of a forward on `input` (checked with check_input).
   ModelStats stats(const Shape& input) const;
 
-  // The official initialisation: conv weights N(0, 0.001) (pose, seg backbone and heads;
-  // pose conv biases 0, seg conv biases PyTorch's default), cls conv weights kaiming normal
-  // fan_out, det head convs caffe2-xavier uniform with bias 0; BN weight 1, bias 0, running
-  // mean 0, var 1, counter 0; Linear PyTorch's default. Deterministic in `seed`.
+  // The official initialisation: pose and seg conv weights N(0, 0.001) (pose conv biases 0,
+  // seg conv biases PyTorch's default); cls and det-backbone conv weights kaiming normal
+  // (fan_out); det head convs caffe2-xavier uniform with bias 0; BN weight 1, bias 0, running
+  // mean 0, var 1, counter 0; Linear PyTorch's default. Deterministic in `seed`, whatever the
+  // number of threads.
   void init_weights(uint64_t seed);
 
  private:
@@ -70,7 +71,7 @@ class HRNet : public Module {
   std::shared_ptr<Conv2d> conv1_, conv2_;
   std::shared_ptr<BatchNorm2d> bn1_, bn2_;
   std::vector<std::shared_ptr<ResBlock>> layer1_;
-  // transitions_[t][i]: null (identity) or a chain of conv-bn-relu
+  // transitions_[t][i]: empty (identity) or a chain of conv-bn-relu
   std::vector<std::vector<std::vector<std::shared_ptr<ConvBN>>>> transitions_;
   std::vector<std::vector<std::shared_ptr<HRModule>>> stages_;
   // heads

@@ -61,13 +61,13 @@ void check_shape(const ConvShape& s, const char* op) {
   HR_CHECK(s.N >= 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.R > 0 && s.S > 0 &&
                s.stride_h > 0 && s.stride_w > 0 && s.pad_h >= 0 && s.pad_w >= 0,
            op, ": invalid shape N=", s.N, " C=", s.C, " H=", s.H, " W=", s.W, " K=", s.K,
-           " R=", s.R, " S=", s.S, " stride=", s.stride_h, "x", s.stride_w, " pad=", s.pad_h,
-           "x", s.pad_w);
+           " R=", s.R, " S=", s.S, " stride=", s.stride_h, "x", s.stride_w, " pad=", s.pad_h, "x",
+           s.pad_w);
   HR_CHECK(s.P == (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1 &&
                s.Q == (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1 && s.P > 0 && s.Q > 0,
            op, ": output ", s.P, "x", s.Q, " does not follow from input ", s.H, "x", s.W,
-           ", kernel ", s.R, "x", s.S, ", stride ", s.stride_h, "x", s.stride_w, ", pad ",
-           s.pad_h, "x", s.pad_w);
+           ", kernel ", s.R, "x", s.S, ", stride ", s.stride_h, "x", s.stride_w, ", pad ", s.pad_h,
+           "x", s.pad_w);
 }
 
 // ---- tiling ----
@@ -86,8 +86,8 @@ struct Plan {
 // row_bytes: scratch per output row; halo_bytes: fixed scratch per tile; batch: small maps may
 // put several images in one tile; whole_images: a thread must own every tile of an image
 // (col2im writes overlap between row tiles).
-Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo_bytes,
-               bool batch, bool whole_images) {
+Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo_bytes, bool batch,
+               bool whole_images) {
   Plan plan;
   const int64_t PQ = s.P * s.Q;
   int64_t rows = std::max<int64_t>(1, (kTileBytes - halo_bytes) / std::max<int64_t>(row_bytes, 1));
@@ -328,8 +328,8 @@ void pad_split(const ConvShape& s, const PadGeom& g, const float* x, int64_t c0,
 }
 
 // dx [C,H,W] += the image part of channels [c0, c1) of a padded phase buffer.
-void unpad_merge_add(const ConvShape& s, const PadGeom& g, const float* buf, int64_t c0,
-                     int64_t c1, float* dx) {
+void unpad_merge_add(const ConvShape& s, const PadGeom& g, const float* buf, int64_t c0, int64_t c1,
+                     float* dx) {
   const int64_t sw = s.stride_w, W = s.W, wpad = g.wpad, ml = g.ml;
   for (int64_t c = c0; c < c1; ++c)
     for (int64_t i = std::max<int64_t>(0, -g.ih0); i < std::min(g.nr, s.H - g.ih0); ++i) {
@@ -457,8 +457,8 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
                     float* y) {
   const int nthreads = num_threads();
   const int64_t PQ = s.P * s.Q, CRS = s.C * s.R * s.S, K = s.K, CHW = s.C * s.H * s.W;
-  const bool identity = s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 &&
-                        s.pad_h == 0 && s.pad_w == 0;
+  const bool identity =
+      s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
   const Plan plan = identity ? make_plan(s, nthreads, 4 * K * s.Q, 0, false, false)
                              : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));

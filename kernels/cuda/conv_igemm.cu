@@ -6,8 +6,12 @@
 //   Dgrad      dx[m = nhw][n = c]  = sum_{red = (tap, k)} dy(gather)[m][red] * w[k][tap][c]
 //              (blockIdx.z = output phase (h mod sh, w mod sw); the phase's taps only)
 //   Wgrad      dw[m = k][n = rsc]  = sum_{red = npq} dy[red][m] * x(gather)[red][n]
-//              (blockIdx.z = split of the reduction, fp32 partials, then a reduce kernel)
 //   UpNearest  Fwd with R = S = 1 whose epilogue adds the tile, nearest-upsampled, into out.
+// Split-K (Fwd, Dgrad, Wgrad): blockIdx.z also carries a split of the reduction. Each split of
+// an output tile writes its fp32 partial tile to scratch; the last split to arrive (per-tile
+// arrival counter) sums all partials in split order (deterministic), then runs the epilogue.
+// At the start, one block per tile row / column prefetches its operand ranges into L2, so that
+// the k loop does not pay one DRAM latency per (STAGES - 1) tiles.
 // Shared-memory tiles are [rows][BK + 8] when the reduction index is contiguous in global
 // memory (A of Fwd/Dgrad, B of Fwd) and [BK][cols + 8] otherwise (A of Wgrad, B of
 // Dgrad/Wgrad), read with ldmatrix / ldmatrix.trans; the 8-element pad keeps the eight
@@ -18,6 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "engine/error.h"
 #include "kernels/cuda/check.h"
@@ -35,11 +41,13 @@ enum class Mode : int { Fwd = 0, Dgrad = 1, Wgrad = 2, UpNearest = 3 };
 struct Params {
   int N, C, H, W, K, R, S, sh, sw, ph, pw, P, Q;
   int gm, gn, gk;    // GEMM sizes (Dgrad: per phase, recomputed in the kernel)
-  int kt_per_split;  // Wgrad: reduction tiles per blockIdx.z
+  int splits;        // reduction splits per phase in the grid: blockIdx.z = phase * splits + split
+  int kt_per_split;  // reduction tiles per split (a phase uses ceil(its tiles / this) splits)
   const void* a;     // Fwd/UpNearest: x; Dgrad: dy; Wgrad: dy
   const void* b;     // Fwd/UpNearest/Dgrad: w; Wgrad: x
   void* out;         // y / dx / dw / UpNearest: the high-resolution sum
-  float* ws;         // Wgrad partials [splits][gm][gn] (nullptr: one split, write dw directly)
+  float* ws;         // split-K partials [tile][split][BM*BN] (fragment order); unused if splits 1
+  int* counters;     // split-K arrivals per tile, 0 between launches (the last arrival resets)
   const float* scale;
   const float* shift;
   const void* residual;
@@ -64,6 +72,27 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Asynchronous prefetch of [p, p + bytes) into L2 (bytes a multiple of 16, p 16-byte aligned),
+// one bulk prefetch per 4 KiB.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+  const char* c = static_cast<const char*>(p);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (uint32_t o = 0; o < bytes; o += 4096) {
+    const uint32_t n = bytes - o < 4096 ? bytes - o : 4096;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(c + o), "r"(n) : "memory");
+  }
+#else
+  for (uint32_t o = 0; o < bytes; o += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + o));
+#endif
+}
+// The block's threads prefetch [p, p + bytes) in pieces of at most 4 KiB.
+__device__ __forceinline__ void prefetch_range(const void* p, int64_t bytes, int tid,
+                                               int nthreads) {
+  constexpr int64_t PIECE = 4096;
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = int64_t(tid) * PIECE; o < bytes; o += int64_t(nthreads) * PIECE)
+    prefetch_l2(c + o, static_cast<uint32_t>(bytes - o < PIECE ? bytes - o : PIECE));
 }
 __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -167,10 +196,12 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
   int gm = p.gm, gk = p.gk;
   // Dgrad phase: output rows h = pa + i*sh take taps r = r0 + ri*sh (ri < nr) and read
   // dy row p = i + th - ri; likewise along w.
+  const int phase = static_cast<int>(blockIdx.z) / p.splits;
+  const int split = static_cast<int>(blockIdx.z) - phase * p.splits;
   int pa = 0, pb = 0, r0 = 0, s0 = 0, nr = p.R, ns = p.S, Hph = p.H, Wph = p.W, th = 0, tw = 0;
   if constexpr (MODE == Mode::Dgrad) {
-    pa = blockIdx.z / p.sw;
-    pb = blockIdx.z % p.sw;
+    pa = phase / p.sw;
+    pb = phase % p.sw;
     r0 = (pa + p.ph) % p.sh;
     s0 = (pb + p.pw) % p.sw;
     nr = r0 < p.R ? (p.R - r0 + p.sh - 1) / p.sh : 0;
@@ -184,12 +215,65 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
     if (m0 >= gm) return;  // whole block, before any barrier
   }
   const int ktiles_all = (gk + BK - 1) / BK;
-  int kt_begin = 0, kt_end = ktiles_all;
-  if constexpr (MODE == Mode::Wgrad) {
-    kt_begin = blockIdx.z * p.kt_per_split;
-    kt_end = min(kt_begin + p.kt_per_split, ktiles_all);
-  }
+  // Splits this tile uses (a phase with fewer reduction tiles uses fewer); the rest leave.
+  const int nsplit = max(1, (ktiles_all + p.kt_per_split - 1) / p.kt_per_split);
+  if (split >= nsplit) return;  // whole block, before any barrier
+  const int kt_begin = split * p.kt_per_split;
+  const int kt_end = min(kt_begin + p.kt_per_split, ktiles_all);
   const int nkt = max(kt_end - kt_begin, 0);
+
+  // ---- L2 prefetch of this block's operand ranges: the shared operand by the blocks of
+  // tile column 0 (or row 0), so each range is requested about once.
+  if (nkt > 0) {
+    const int k_lo = kt_begin * BK, k_hi = min(kt_end * BK, gk);
+    if constexpr (MODE == Mode::Fwd || MODE == Mode::UpNearest) {
+      if (blockIdx.x == 0) {  // w rows n0.. : reduction range [k_lo, k_hi) of each
+        const int rows = min(BN, p.gn - n0);
+        for (int r = tid; r < rows; r += THREADS)
+          prefetch_l2(gB + static_cast<int64_t>(n0 + r) * gk + k_lo,
+                      static_cast<uint32_t>(k_hi - k_lo) * 2);
+      }
+      if (blockIdx.y == 0 && split == 0) {  // x pixels read by output rows m0 .. m0+BM-1
+        const int mlast = min(m0 + BM, gm) - 1;
+        const int i0 = m0 / (p.P * p.Q), i1 = mlast / (p.P * p.Q);
+        const int h0 = max(0, (m0 - i0 * p.P * p.Q) / p.Q * p.sh - p.ph);
+        const int h1 = min(p.H, (mlast - i1 * p.P * p.Q) / p.Q * p.sh - p.ph + p.R);
+        const int64_t lo = (static_cast<int64_t>(i0) * p.H + h0) * p.W;
+        const int64_t hi = (static_cast<int64_t>(i1) * p.H + h1) * p.W;
+        if (hi > lo) prefetch_range(gA + lo * p.C, (hi - lo) * p.C * 2, tid, THREADS);
+      }
+    } else if constexpr (MODE == Mode::Dgrad) {
+      if (blockIdx.x == 0) {  // w[kk][r][s][n0 ..] for each reduction index (tap, kk)
+        const int bytes = min(BN, p.gn - n0) * 2;
+        for (int red = k_lo + tid; red < k_hi; red += THREADS) {
+          const int tap = red / p.K, kk = red - tap * p.K;
+          const int ri = tap / ns, si = tap - ri * ns;
+          prefetch_l2(gB + ((kk * p.R + r0 + ri * p.sh) * p.S + s0 + si * p.sw) * p.C + n0,
+                      static_cast<uint32_t>(bytes));
+        }
+      }
+      if (blockIdx.y == 0 && split == 0) {  // dy pixels read by output rows m0 .. m0+BM-1
+        const int mlast = min(m0 + BM, gm) - 1;
+        const int i0 = m0 / (Hph * Wph), i1 = mlast / (Hph * Wph);
+        const int y0 = max(0, (m0 - i0 * Hph * Wph) / Wph + th - (nr - 1));
+        const int y1 = min(p.P, (mlast - i1 * Hph * Wph) / Wph + th + 1);
+        const int64_t lo = (static_cast<int64_t>(i0) * p.P + y0) * p.Q;
+        const int64_t hi = (static_cast<int64_t>(i1) * p.P + y1) * p.Q;
+        if (hi > lo) prefetch_range(gA + lo * p.K, (hi - lo) * p.K * 2, tid, THREADS);
+      }
+    } else {  // Wgrad: dy rows [k_lo, k_hi) (all K), x pixels feeding them
+      if (blockIdx.x == 0 && blockIdx.y == 0) {
+        prefetch_range(gA + static_cast<int64_t>(k_lo) * p.K,
+                       static_cast<int64_t>(k_hi - k_lo) * p.K * 2, tid, THREADS);
+        const int i0 = k_lo / (p.P * p.Q), i1 = (k_hi - 1) / (p.P * p.Q);
+        const int h0 = max(0, (k_lo - i0 * p.P * p.Q) / p.Q * p.sh - p.ph);
+        const int h1 = min(p.H, (k_hi - 1 - i1 * p.P * p.Q) / p.Q * p.sh - p.ph + p.R);
+        const int64_t lo = (static_cast<int64_t>(i0) * p.H + h0) * p.W;
+        const int64_t hi = (static_cast<int64_t>(i1) * p.H + h1) * p.W;
+        if (hi > lo) prefetch_range(gB + lo * p.C, (hi - lo) * p.C * 2, tid, THREADS);
+      }
+    }
+  }
 
   // ---- per-thread gather state
   constexpr int NEG = -(1 << 28);
@@ -233,6 +317,21 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
     }
   }
 
+  // Dgrad B rows are reduction indices (tap (ri, si), kk), advanced by BK per loaded tile.
+  constexpr int DB = MODE == Mode::Dgrad ? B_ITERS : 1;
+  int db_kk[DB], db_ri[DB], db_si[DB];
+  if constexpr (MODE == Mode::Dgrad) {
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      const int red = kt_begin * BK + tid / B_CPR + i * B_RSTEP;
+      const int tap = red / p.K;
+      db_kk[i] = red - tap * p.K;
+      db_ri[i] = tap / max(ns, 1);
+      db_si[i] = tap - db_ri[i] * ns;
+    }
+  }
+
+  // Called for kt = kt_begin, kt_begin + 1, ... in order (the Dgrad B state relies on it).
   auto load_tile = [&](int stage, int kt) {
     T* a_st = sA + stage * L::A_STAGE;
     T* b_st = sB + stage * L::B_STAGE;
@@ -303,16 +402,20 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
 #pragma unroll
       for (int i = 0; i < B_ITERS; ++i) {
         const int row = tid / B_CPR + i * B_RSTEP;
-        const int red = kt * BK + row;
-        const bool v = n < p.gn && red < gk;
+        const bool v = n < p.gn && db_ri[i] < nr;  // red < gk
         const T* src = gB;
-        if (v) {
-          const int tap = red / p.K, kk = red - tap * p.K;
-          const int ri = tap / ns, si = tap - ri * ns;
-          const int r = r0 + ri * p.sh, s = s0 + si * p.sw;
-          src = gB + ((kk * p.R + r) * p.S + s) * p.C + n;
-        }
+        if (v)
+          src = gB + ((db_kk[i] * p.R + r0 + db_ri[i] * p.sh) * p.S + s0 + db_si[i] * p.sw) *
+                         p.C + n;
         cp_async16(smem_u32(b_st + row * B_LD + cc * 8), src, v);
+        db_kk[i] += BK;
+        while (db_kk[i] >= p.K) {
+          db_kk[i] -= p.K;
+          if (++db_si[i] == ns) {
+            db_si[i] = 0;
+            ++db_ri[i];
+          }
+        }
       }
     } else {  // Wgrad: B[red = npq][n = rsc] = x[img][p*sh - ph + r][q*sw - pw + s][c]
       const int cc = tid % B_CPR;
@@ -401,6 +504,53 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
   }
   cp_async_wait<0>();
 
+  // ---- split-K fixup: publish this split's partial tile; the last split to arrive sums all
+  // of them in split order (the same order whichever block is last) and runs the epilogue.
+  if (nsplit > 1) {
+    constexpr int TILE4 = BM * BN / 4;  // float4 per partial tile = THREADS * MI * NI
+    const int tile_id = (phase * static_cast<int>(gridDim.y) + static_cast<int>(blockIdx.y)) *
+                            static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
+    float4* part = reinterpret_cast<float4*>(p.ws) + static_cast<int64_t>(tile_id) * p.splits * TILE4;
+    float4* mine = part + static_cast<int64_t>(split) * TILE4;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+        __stcg(mine + (mi * NI + ni) * THREADS + tid,
+               make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2], acc[mi][ni][3]));
+    __threadfence();
+    __syncthreads();
+    __shared__ int s_last;
+    if (tid == 0) {
+      const int prev = atomicAdd(p.counters + tile_id, 1);
+      s_last = prev == nsplit - 1;
+      if (s_last) p.counters[tile_id] = 0;  // ready for the next launch on this stream
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int z = 0; z < nsplit; ++z) {
+          const float4 v =
+              z == split ? make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
+                                       acc[mi][ni][3])
+                         : __ldcg(part + static_cast<int64_t>(z) * TILE4 + (mi * NI + ni) * THREADS + tid);
+          sum.x += v.x;
+          sum.y += v.y;
+          sum.z += v.z;
+          sum.w += v.w;
+        }
+        acc[mi][ni][0] = sum.x;
+        acc[mi][ni][1] = sum.y;
+        acc[mi][ni][2] = sum.z;
+        acc[mi][ni][3] = sum.w;
+      }
+  }
+
   // ---- epilogue. Fragment element e of acc[mi][ni]: row g (+8 for e >= 2), cols 2t, 2t+1.
   const int g = lane >> 2, t4 = lane & 3;
   using CV = Cvt<T>;
@@ -480,13 +630,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
           float v0 = acc[mi][ni][2 * hh], v1 = acc[mi][ni][2 * hh + 1];
           const int64_t o = row_off + n;
           if constexpr (MODE == Mode::Wgrad) {
-            if (p.ws) {
-              float2* w2 = reinterpret_cast<float2*>(
-                  p.ws + static_cast<int64_t>(blockIdx.z) * gm * p.gn + o);
-              *w2 = make_float2(v0, v1);
-            } else {
-              *reinterpret_cast<T2*>(static_cast<T*>(p.out) + o) = CV::pack(v0, v1);
-            }
+            *reinterpret_cast<T2*>(static_cast<T*>(p.out) + o) = CV::pack(v0, v1);
           } else if constexpr (MODE == Mode::Fwd) {
             if (p.scale) { v0 *= p.scale[n]; v1 *= p.scale[n + 1]; }
             if (p.shift) { v0 += p.shift[n]; v1 += p.shift[n + 1]; }
@@ -518,16 +662,85 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
   }
 }
 
-// dw[i] = sum_z ws[z][i], converted to T.
-template <class T>
-__global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, int64_t n,
-                                    T* __restrict__ dw) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float s = 0.f;
-    for (int z = 0; z < splits; ++z) s += ws[z * n + i];
-    dw[i] = Cvt<T>::from_f(s);
+// ---------------------------------------------------------------- tile / split planning
+// Host-only arithmetic (no CUDA calls): a cost model in SM cycles, see docs/kernels.md.
+struct Plan {
+  int bm = 0, bn = 0, splits = 1, kps = 1 << 30;
+  double cost = 0;
+};
+
+// mma.sync FLOP per cycle per SM for a WM x WN warp tile: the tensor rate (2048), or the
+// shared-memory rate where ldmatrix traffic (128 B/clk) limits: per k16 step a warp reads
+// (WM + WN) * 32 bytes for 2 * WM * WN * 16 FLOP.
+constexpr double detail_rate(int wm, int wn) {
+  return 128.0 * wm * wn / (wm + wn) < 2048.0 ? 128.0 * wm * wn / (wm + wn) : 2048.0;
+}
+
+// GEMM N tile: the one of {128, 64, 32} that pads gn least (ties: the wider).
+int pick_bn(int gn) {
+  int bn = 128;
+  int best = (gn + 127) / 128 * 128;
+  for (int c : {64, 32}) {
+    const int padded = (gn + c - 1) / c * c;
+    if (padded < best) {
+      best = padded;
+      bn = c;
+    }
   }
+  return bn;
+}
+
+constexpr int kMaxSplits = 16;
+constexpr int64_t kMaxScratchFloats = int64_t{16} << 20;  // 64 MiB of fp32 partials
+
+// Model constants (SM clock cycles; bytes per cycle per SM).
+constexpr double kFill = 1500;      // first tile: a DRAM round trip under load
+constexpr double kIterLat = 300;    // per k-tile latency not hidden by a lone block
+constexpr double kL2Bytes = 32;     // L2 -> SM operand bandwidth per SM with all SMs loading
+constexpr double kFixLat = 1000;    // fence + counter atomic + first partial read
+constexpr double kFixBytes = 64;    // partial-tile read bandwidth of the one summing block
+
+// Best split count for a BM x BN tile: blocks = tiles x splits, waves of sms * occ blocks;
+// per block: fill + k-tiles x max(tensor, latency, L2 bandwidth) + the split-K fixup.
+Plan plan_splits(const int nph, const int64_t* gm, const int* kt, int gn, int bm, int bn,
+                 double rate, int occ, int sms, bool allow_split) {
+  int ktmax = 0;
+  for (int i = 0; i < nph; ++i) ktmax = std::max(ktmax, kt[i]);
+  const int64_t nt = (gn + bn - 1) / bn;
+  int64_t tiles_grid = 0;  // tiles in the grid (Dgrad: the largest phase's rows, every phase)
+  for (int i = 0; i < nph; ++i) tiles_grid = std::max<int64_t>(tiles_grid, (gm[i] + bm - 1) / bm);
+  tiles_grid *= nt * nph;
+  const double F = double(bm) * bn * 32 * 2 / rate;
+  const double bytes = double(bm + bn) * 32 * 2;
+  Plan best;
+  best.cost = 1e300;
+  const int smax = allow_split ? std::min(kMaxSplits, std::max(ktmax, 1)) : 1;
+  for (int sp = 1; sp <= smax; ++sp) {
+    const int kps = sp == 1 ? (1 << 30) : (ktmax + sp - 1) / sp;
+    if (sp > 1 && (ktmax + kps - 1) / kps != sp) continue;  // same as a smaller count
+    if (sp > 1 && tiles_grid * sp * bm * bn > kMaxScratchFloats) break;
+    int64_t blocks = 0;
+    for (int i = 0; i < nph; ++i) {
+      const int64_t t = (gm[i] + bm - 1) / bm * nt;
+      blocks += t * (sp == 1 ? 1 : std::max(1, (kt[i] + kps - 1) / kps));
+    }
+    const int64_t slots = int64_t(sms) * occ;
+    const double waves = double((blocks + slots - 1) / slots);
+    const double c = double(std::min<int64_t>(occ, (blocks + sms - 1) / sms));
+    const double t_it = std::max({c * F, F + kIterLat, c * bytes / kL2Bytes});
+    const double kt_block = sp == 1 ? ktmax : std::min(kps, ktmax);
+    double t_block = kFill + kt_block * t_it;
+    if (sp > 1) t_block += kFixLat + (sp - 1) * bm * bn * 4.0 / kFixBytes + c * bm * bn * 4.0 / kL2Bytes;
+    const double cost = waves * t_block;
+    if (cost < best.cost) {
+      best.bm = bm;
+      best.bn = bn;
+      best.splits = sp;
+      best.kps = kps;
+      best.cost = cost;
+    }
+  }
+  return best;
 }
 
 // ---------------------------------------------------------------- host side
@@ -535,57 +748,85 @@ int num_sms() { return detail::sm_count(); }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-template <class T, int BM, int BN, int WM, int WN, Mode MODE>
-void launch(const Params& p, dim3 grid, cudaStream_t st) {
-  constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
-  constexpr int SMEM = Layout<BM, BN, MODE>::SMEM_BYTES;
-  auto* kern = igemm_kernel<T, BM, BN, WM, WN, MODE>;
-  static const bool attr_set = [kern] {
-    CUDA_CHECK(
-        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
-    return true;
-  }();
-  (void)attr_set;
-  kern<<<grid, THREADS, SMEM, st>>>(p);
-  HR_CUDA_LAUNCH_CHECK();
-}
-
-struct Tile {
-  int bm, bn;
+// One kernel instantiation: its launch configuration, pointer and occupancy (cached).
+template <class T, int BM_, int BN_, int WM, int WN, Mode MODE>
+struct Kern {
+  static constexpr int BM = BM_, BN = BN_;
+  static constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+  static constexpr int SMEM = Layout<BM, BN, MODE>::SMEM_BYTES;
+  static constexpr double RATE = detail_rate(WM, WN);
+  static void (*ptr())(Params) {
+    static void (*const k)(Params) = [] {
+      void (*kp)(Params) = igemm_kernel<T, BM, BN, WM, WN, MODE>;
+      CUDA_CHECK(cudaFuncSetAttribute(kp, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
+      return kp;
+    }();
+    return k;
+  }
+  static int occupancy() {
+    static const int o = [] {
+      int n = 0;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ptr(), THREADS, SMEM));
+      return std::max(n, 1);
+    }();
+    return o;
+  }
+  static void launch(const Params& p, dim3 grid, cudaStream_t st) {
+    ptr()<<<grid, THREADS, SMEM, st>>>(p);
+    HR_CUDA_LAUNCH_CHECK();
+  }
 };
 
-// Output-channel tile: the one that pads gn least (ties: the wider one reads A fewer times);
-// 64-row tiles when 128-row tiles would not fill the SMs.
-Tile pick_tile(int gm, int gn) {
-  int bn = 128;
-  int best = (gn + 127) / 128 * 128;
-  for (int c : {64, 32}) {
-    const int padded = (gn + c - 1) / c * c;
-    if (padded < best) { best = padded; bn = c; }
+// Calls f(Kern<...>{}) for the (bm, bn) tile of the forward / backward-data kernels.
+template <class T, Mode MODE, class F>
+void with_mn_tile(int bm, int bn, F&& f) {
+  if (bm == 128 && bn == 128) return f(Kern<T, 128, 128, 64, 32, MODE>{});
+  if (bm == 128 && bn == 64) return f(Kern<T, 128, 64, 64, 32, MODE>{});
+  if (bm == 128 && bn == 32) return f(Kern<T, 128, 32, 32, 32, MODE>{});
+  if (bm == 64 && bn == 128) return f(Kern<T, 64, 128, 64, 32, MODE>{});
+  if (bm == 64 && bn == 64) return f(Kern<T, 64, 64, 32, 32, MODE>{});
+  if (bm == 64 && bn == 32) return f(Kern<T, 64, 32, 32, 16, MODE>{});
+  throw Error(str_cat("igemm: no kernel for tile ", bm, "x", bn));
+}
+// Backward-weight tiles: M (= K) tile bm, N (= R*S*C) tile 128.
+template <class T, class F>
+void with_wgrad_tile(int bm, F&& f) {
+  if (bm == 128) return f(Kern<T, 128, 128, 64, 32, Mode::Wgrad>{});
+  if (bm == 64) return f(Kern<T, 64, 128, 64, 32, Mode::Wgrad>{});
+  if (bm == 32) return f(Kern<T, 32, 128, 32, 32, Mode::Wgrad>{});
+  throw Error(str_cat("igemm: no backward-weight kernel for tile ", bm, "x128"));
+}
+
+// Split-K arrival counters, one array per (device, stream). Each launch leaves them at zero
+// (the last arrival of a tile resets its counter), so launches on one stream can share them;
+// launches on different streams use different arrays.
+int* tile_counters(Stream st, int64_t n) {
+  struct Entry {
+    int device;
+    cudaStream_t stream;
+    int* p;
+    int64_t cap;
+  };
+  static std::mutex mu;
+  static std::vector<Entry>* entries = new std::vector<Entry>;
+  const cudaStream_t cs = detail::stream_of(st);
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  for (Entry& e : *entries) {
+    if (e.device != device || e.stream != cs) continue;
+    if (e.cap >= n) return e.p;
+    hr::cuda::free(e.p, st);  // stream-ordered: earlier launches on st finish first
+    e.cap = std::max<int64_t>(n, 2 * e.cap);
+    e.p = static_cast<int*>(hr::cuda::alloc(sizeof(int) * e.cap, st));
+    hr::cuda::memset_zero(e.p, sizeof(int) * e.cap, st);
+    return e.p;
   }
-  const int64_t blocks128 = static_cast<int64_t>((gm + 127) / 128) * ((gn + bn - 1) / bn);
-  const int bm = blocks128 >= num_sms() ? 128 : 64;
-  return {bm, bn};
-}
-
-template <class T, Mode MODE>
-void launch_mn(const Params& p, Tile t, int grid_z, cudaStream_t st) {
-  const dim3 grid((p.gm + t.bm - 1) / t.bm, (p.gn + t.bn - 1) / t.bn, grid_z);
-  if (t.bm == 128 && t.bn == 128) return launch<T, 128, 128, 64, 32, MODE>(p, grid, st);
-  if (t.bm == 128 && t.bn == 64) return launch<T, 128, 64, 64, 32, MODE>(p, grid, st);
-  if (t.bm == 128 && t.bn == 32) return launch<T, 128, 32, 32, 32, MODE>(p, grid, st);
-  if (t.bm == 64 && t.bn == 128) return launch<T, 64, 128, 64, 32, MODE>(p, grid, st);
-  if (t.bm == 64 && t.bn == 64) return launch<T, 64, 64, 32, 32, MODE>(p, grid, st);
-  if (t.bm == 64 && t.bn == 32) return launch<T, 64, 32, 32, 16, MODE>(p, grid, st);
-  throw Error(str_cat("igemm: no kernel for tile ", t.bm, "x", t.bn));
-}
-
-template <class T>
-void launch_wgrad(const Params& p, int bm, int splits, cudaStream_t st) {
-  const dim3 grid((p.gm + bm - 1) / bm, (p.gn + 127) / 128, splits);
-  if (bm == 128) return launch<T, 128, 128, 64, 32, Mode::Wgrad>(p, grid, st);
-  if (bm == 64) return launch<T, 64, 128, 64, 32, Mode::Wgrad>(p, grid, st);
-  return launch<T, 32, 128, 32, 32, Mode::Wgrad>(p, grid, st);
+  const int64_t cap = std::max<int64_t>(n, 4096);
+  int* p = static_cast<int*>(hr::cuda::alloc(sizeof(int) * cap, st));
+  hr::cuda::memset_zero(p, sizeof(int) * cap, st);
+  entries->push_back({device, cs, p, cap});
+  return p;
 }
 
 Params base_params(const kern::ConvShape& s) {
@@ -603,8 +844,50 @@ Params base_params(const kern::ConvShape& s) {
   p.pw = static_cast<int>(s.pad_w);
   p.P = static_cast<int>(s.P);
   p.Q = static_cast<int>(s.Q);
-  p.kt_per_split = 1;
+  p.splits = 1;
+  p.kt_per_split = 1 << 30;
   return p;
+}
+
+// Launches one implicit GEMM: plan -> scratch and counters when split -> kernel.
+template <class K>
+void run_planned(Params p, const Plan& pl, int phases, Stream st) {
+  const cudaStream_t cs = detail::stream_of(st);
+  const dim3 grid((p.gm + K::BM - 1) / K::BM, (p.gn + K::BN - 1) / K::BN, phases * pl.splits);
+  p.splits = pl.splits;
+  p.kt_per_split = pl.kps;
+  float* ws = nullptr;
+  if (pl.splits > 1) {
+    const int64_t tiles = int64_t(grid.x) * grid.y * phases;
+    ws = static_cast<float*>(
+        hr::cuda::alloc(sizeof(float) * tiles * pl.splits * K::BM * K::BN, st));
+    p.ws = ws;
+    p.counters = tile_counters(st, tiles);
+  }
+  K::launch(p, grid, cs);
+  if (ws) hr::cuda::free(ws, st);
+}
+
+// Per-phase GEMM rows and reduction tiles (forward / backward-weight: one phase).
+struct PhaseDims {
+  int n = 0;
+  int64_t gm[4] = {0, 0, 0, 0};
+  int kt[4] = {0, 0, 0, 0};
+};
+
+template <class T, Mode MODE>
+Plan plan_mn(const PhaseDims& ph, int gn, bool allow_split) {
+  const int bn = pick_bn(gn);
+  Plan best;
+  best.cost = 1e300;
+  for (int bm : {128, 64})
+    with_mn_tile<T, MODE>(bm, bn, [&](auto k) {
+      using Kt = decltype(k);
+      const Plan pl = plan_splits(ph.n, ph.gm, ph.kt, gn, Kt::BM, Kt::BN, Kt::RATE,
+                                  Kt::occupancy(), num_sms(), allow_split);
+      if (pl.cost < best.cost) best = pl;
+    });
+  return best;
 }
 
 constexpr int64_t kMaxElems = (int64_t{1} << 31) - 1;
@@ -640,12 +923,19 @@ bool forward_fused(const kern::ConvShape& s, DT dt, const void* x, const void* w
   p.residual = ep.residual;
   p.relu = ep.relu ? 1 : 0;
   p.out_f32 = ep.out_f32 ? 1 : 0;
-  const cudaStream_t cs = detail::stream_of(st);
-  const Tile t = pick_tile(p.gm, p.gn);
+  PhaseDims ph;
+  ph.n = 1;
+  ph.gm[0] = p.gm;
+  ph.kt[0] = (p.gk + BK - 1) / BK;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const Plan pl = plan_mn<T, Mode::Fwd>(ph, p.gn, true);
+    with_mn_tile<T, Mode::Fwd>(pl.bm, pl.bn, [&](auto k) { run_planned<decltype(k)>(p, pl, 1, st); });
+  };
   if (dt == DT::bf16)
-    launch_mn<__nv_bfloat16, Mode::Fwd>(p, t, 1, cs);
+    run(__nv_bfloat16{});
   else
-    launch_mn<__half, Mode::Fwd>(p, t, 1, cs);
+    run(__half{});
   return true;
 }
 
@@ -660,22 +950,37 @@ bool backward_data(const kern::ConvShape& s, DT dt, const void* dy, const void* 
                    Stream st) {
   if (!supported(s, dt) || !aligned16(dy) || !aligned16(w) || !aligned16(dx)) return false;
   Params p = base_params(s);
-  // Phase (0, 0) has the most rows; the kernel recomputes gm / gk per phase.
-  const int64_t hph0 = (s.H + s.stride_h - 1) / s.stride_h;
-  const int64_t wph0 = (s.W + s.stride_w - 1) / s.stride_w;
-  p.gm = static_cast<int>(s.N * hph0 * wph0);
+  // Per phase (a, b): rows N * ceil((H - a) / sh) * ceil((W - b) / sw), taps
+  // ceil((R - r0) / sh) * ceil((S - s0) / sw) with r0 = (a + pad) mod sh (as in the kernel).
+  // The grid is sized by phase (0, 0), which has the most rows.
+  PhaseDims ph;
+  ph.n = static_cast<int>(s.stride_h * s.stride_w);
+  for (int z = 0; z < ph.n; ++z) {
+    const int a = z / p.sw, b = z % p.sw;
+    const int r0 = (a + p.ph) % p.sh, s0 = (b + p.pw) % p.sw;
+    const int nr = r0 < p.R ? (p.R - r0 + p.sh - 1) / p.sh : 0;
+    const int ns = s0 < p.S ? (p.S - s0 + p.sw - 1) / p.sw : 0;
+    const int64_t hph = a < p.H ? (p.H - a + p.sh - 1) / p.sh : 0;
+    const int64_t wph = b < p.W ? (p.W - b + p.sw - 1) / p.sw : 0;
+    ph.gm[z] = s.N * hph * wph;
+    ph.kt[z] = (nr * ns * p.K + BK - 1) / BK;
+  }
+  p.gm = static_cast<int>(ph.gm[0]);
   p.gn = p.C;
   p.gk = 0;
   p.a = dy;
   p.b = w;
   p.out = dx;
-  const cudaStream_t cs = detail::stream_of(st);
-  const Tile t = pick_tile(static_cast<int>(s.N * s.H * s.W), p.gn);
-  const int phases = p.sh * p.sw;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const Plan pl = plan_mn<T, Mode::Dgrad>(ph, p.gn, true);
+    with_mn_tile<T, Mode::Dgrad>(pl.bm, pl.bn,
+                                 [&](auto k) { run_planned<decltype(k)>(p, pl, ph.n, st); });
+  };
   if (dt == DT::bf16)
-    launch_mn<__nv_bfloat16, Mode::Dgrad>(p, t, phases, cs);
+    run(__nv_bfloat16{});
   else
-    launch_mn<__half, Mode::Dgrad>(p, t, phases, cs);
+    run(__half{});
   return true;
 }
 
@@ -689,48 +994,35 @@ bool backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void*
   p.a = dy;
   p.b = x;
   p.out = dw;
-  const cudaStream_t cs = detail::stream_of(st);
-
-  // Output-channel tile that pads K least; split the reduction so the grid covers ~2 waves.
+  // M (= K) tile that pads K least; the split count from the cost model.
   int bm = 128;
   {
     int best = (p.gm + 127) / 128 * 128;
     for (int c : {64, 32}) {
       const int padded = (p.gm + c - 1) / c * c;
-      if (padded < best) { best = padded; bm = c; }
+      if (padded < best) {
+        best = padded;
+        bm = c;
+      }
     }
   }
-  const int64_t tiles = static_cast<int64_t>((p.gm + bm - 1) / bm) * ((p.gn + 127) / 128);
-  const int ktiles = (p.gk + BK - 1) / BK;
-  const int64_t ws_cap = std::max<int64_t>(1, (int64_t{64} << 20) / (int64_t{4} * p.gm * p.gn));
-  int64_t splits = (2 * num_sms() + tiles - 1) / tiles;
-  splits = std::min<int64_t>({splits, std::max(1, ktiles / 8), 128, ws_cap});
-  splits = std::max<int64_t>(splits, 1);
-  const int kps = static_cast<int>((ktiles + splits - 1) / splits);
-  splits = (ktiles + kps - 1) / kps;
-  p.kt_per_split = kps;
-
-  float* ws = nullptr;
-  const int64_t n_out = static_cast<int64_t>(p.gm) * p.gn;
-  if (splits > 1) {
-    ws = static_cast<float*>(hr::cuda::alloc(sizeof(float) * splits * n_out, st));
-    p.ws = ws;
-  }
+  PhaseDims ph;
+  ph.n = 1;
+  ph.gm[0] = p.gm;
+  ph.kt[0] = (p.gk + BK - 1) / BK;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    with_wgrad_tile<T>(bm, [&](auto k) {
+      using Kt = decltype(k);
+      const Plan pl = plan_splits(ph.n, ph.gm, ph.kt, p.gn, Kt::BM, Kt::BN, Kt::RATE,
+                                  Kt::occupancy(), num_sms(), true);
+      run_planned<Kt>(p, pl, 1, st);
+    });
+  };
   if (dt == DT::bf16)
-    launch_wgrad<__nv_bfloat16>(p, bm, static_cast<int>(splits), cs);
+    run(__nv_bfloat16{});
   else
-    launch_wgrad<__half>(p, bm, static_cast<int>(splits), cs);
-  if (ws) {
-    const int blocks = static_cast<int>(std::min<int64_t>((n_out + 255) / 256, 4 * num_sms()));
-    if (dt == DT::bf16)
-      wgrad_reduce_kernel<__nv_bfloat16><<<blocks, 256, 0, cs>>>(
-          ws, static_cast<int>(splits), n_out, static_cast<__nv_bfloat16*>(dw));
-    else
-      wgrad_reduce_kernel<__half><<<blocks, 256, 0, cs>>>(ws, static_cast<int>(splits), n_out,
-                                                          static_cast<__half*>(dw));
-    HR_CUDA_LAUNCH_CHECK();
-    hr::cuda::free(ws, st);
-  }
+    run(__half{});
   if (dbias) detail::column_sum(dt, 1, s.N * s.P * s.Q, s.K, dy, 1.f, true, dbias, st);
   return true;
 }
@@ -752,12 +1044,21 @@ bool conv1x1_upsample_nearest_add(DT dt, int64_t N, int64_t C, int64_t H, int64_
   p.scale = scale;
   p.shift = shift;
   p.up = f;
-  const cudaStream_t cs = detail::stream_of(st);
-  const Tile t = pick_tile(p.gm, p.gn);
+  PhaseDims ph;
+  ph.n = 1;
+  ph.gm[0] = p.gm;
+  ph.kt[0] = (p.gk + BK - 1) / BK;
+  // No split-K here: the epilogue adds into out (a read-modify-write per element).
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const Plan pl = plan_mn<T, Mode::UpNearest>(ph, p.gn, false);
+    with_mn_tile<T, Mode::UpNearest>(pl.bm, pl.bn,
+                                     [&](auto k) { run_planned<decltype(k)>(p, pl, 1, st); });
+  };
   if (dt == DT::bf16)
-    launch_mn<__nv_bfloat16, Mode::UpNearest>(p, t, 1, cs);
+    run(__nv_bfloat16{});
   else
-    launch_mn<__half, Mode::UpNearest>(p, t, 1, cs);
+    run(__half{});
   return true;
 }
 

@@ -2,21 +2,30 @@
 // (fused.h), plus batchnorm_infer_backward, built from the same reduction and apply kernels.
 // batchnorm.cu expresses the other unfused entry points through these.
 //
-// Training forward = 3 launches:
-//   stats   grid (column tiles, row splits): per thread Welford over its rows, on values
-//           shifted by row 0 (so large means lose no precision), fp32; merged across the block
-//           (Chan) into one partial (mean, M2) per split and channel;
-//   final   one warp per channel merges the splits in double, in a fixed order (deterministic,
-//           no atomics), writes save_mean/save_invstd/running stats and the per-channel
-//           constants of the next pass;
-//   apply   y = act((x - mean_hi) * scale + (beta - mean_lo * scale) + residual), rows visited
-//           in reverse so the rows the stats pass read last are still in L2.
-// Training backward = reduce (sum g and g*(x - mean), g the ReLU-masked dy, also written to
-// dresidual), final (dgamma, dbeta, dx constants), apply (dx, again rows reversed).
-// Threads keep fixed columns: loads are 16-byte vectors along C when C and the pointers allow,
-// a warp covers consecutive rows, grids fill one wave of 2048 threads per SM.
+// Training forward and backward run as ONE cooperative kernel (grid = one full wave of
+// co-resident blocks, each block a column tile x a contiguous range of rows):
+//   pass 1  read the block's rows once: per-thread Welford (forward; values shifted by row 0
+//           so large means lose no precision) or sums of g and g*(x - mean) (backward, g the
+//           ReLU-masked dy, written to dresidual here); the rows are kept on chip, the first
+//           ones in registers, the next ones in shared memory, the rest re-read later; the
+//           block merges its threads (fixed tree) into one partial per channel;
+//   sync    grid-wide; then one warp per channel merges the partials in double in a fixed order
+//           (deterministic, no atomics) and writes the statistics and the apply constants;
+//   sync    grid-wide; pass 2 applies y = act((x - mean_hi) * scale + bias + residual) or
+//           dx = k * (g - mean(g) - (x - mean) * proj): rows not kept on chip first, in the
+//           reverse of the order pass 1 read them (still in L2), then shared memory, registers.
+// So x is read from memory once when the tensor fits on chip (registers + shared memory of the
+// wave, about 40 MB on an H100), and the two grid syncs replace two kernel launches.
+// Multi-kernel path (no cooperative launch, or forced by the test hook), 3 launches each way:
+//   stats / bwd_reduce  per-split partials; final  one warp per channel; apply  rows reversed.
+// Inference forward is one apply kernel. Threads keep fixed columns: loads are 16-byte vectors
+// along C when C and the pointers allow, a warp covers consecutive rows.
+#include <cooperative_groups.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <mutex>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/fused.h"
@@ -392,7 +401,567 @@ void bwd_reduce(const ReducePlan& p, ReduceArgs a, const T* x, const T* y, const
   HR_CUDA_LAUNCH_CHECK();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Single-kernel training paths.
+
+namespace cg = cooperative_groups;
+using detail::Pack;
+
+// Test hook (fused.h): caps on the rows per thread kept in registers / shared memory, and
+// the multi-kernel switch.
+std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1};
+std::atomic<bool> g_multi_kernel{false};
+
+// Rows of one stream a thread keeps in registers: 64 registers of data at 16 or 8 bytes per
+// row, fewer for narrower rows. The backward keeps two streams (x and g), half as many rows.
+template <class T, int V>
+constexpr int reg_rows() { return sizeof(T) * V >= 8 ? 64 * 4 / int(sizeof(T) * V) : 32; }
+// Rows each thread has in flight in the loops that stream rows.
+template <int V>
+constexpr int stream_rows() { return V >= 4 ? 2 : 4; }
+
+template <class T, int V>
+__device__ __forceinline__ Pack<T, V> ld_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+template <class T, int V>
+__device__ __forceinline__ void unpack(const Pack<T, V>& pk, float (&out)[V]) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) out[i] = to_f(pk.v[i]);
+}
+
+// Block-level state shared by both directions: which rows and columns this thread owns.
+struct OneArgs {
+  int64_t M = 0, C = 0, rps = 1;  // rows per block (row split)
+  int col_tiles = 1;
+  int keep_reg = 0, keep_smem = 0;  // rows per thread kept on chip
+};
+
+struct OneThread {
+  int tid, nth;
+  int64_t split, cv, r0, nr;  // nr: rows of this thread, row j = r0 + yi + j * ty
+  int nreg, nsm;
+  bool active;
+};
+
+template <int R, int V>
+__device__ __forceinline__ OneThread one_thread(const OneArgs& a) {
+  OneThread t;
+  const int tx = blockDim.x, ty = blockDim.y;
+  t.tid = threadIdx.y * tx + threadIdx.x;
+  t.nth = tx * ty;
+  t.split = blockIdx.x / a.col_tiles;
+  t.cv = int64_t(blockIdx.x % a.col_tiles) * tx + threadIdx.x;
+  t.active = t.cv * V < a.C;
+  const int64_t r0 = t.split * a.rps, r1 = r0 + a.rps < a.M ? r0 + a.rps : a.M;
+  t.r0 = r0 + threadIdx.y;
+  t.nr = t.active && t.r0 < r1 ? (r1 - t.r0 + ty - 1) / ty : 0;
+  const int64_t kr = R < a.keep_reg ? R : a.keep_reg;
+  t.nreg = int(kr < t.nr ? kr : t.nr);
+  const int64_t ks = t.nr - t.nreg;
+  t.nsm = int(a.keep_smem < ks ? a.keep_smem : ks);
+  return t;
+}
+
+struct FwdOneArgs : OneArgs {
+  const float* gamma = nullptr;  // nullptr: 1
+  const float* beta = nullptr;   // nullptr: 0
+  float eps = 0.f, momentum = 0.f;
+  float *running_mean = nullptr, *running_var = nullptr, *save_mean = nullptr,
+        *save_invstd = nullptr;
+  float *part_mean = nullptr, *part_m2 = nullptr;  // [splits, C]
+  float* cst = nullptr;                            // [3, C]: mean_hi, scale, bias
+  bool relu = false;
+};
+
+// y = act(BN_train(x) + res). x, res, y [M, C]; dynamic shared memory: keep_smem rows of
+// Pack<T, V> per thread, laid out [row][thread].
+template <class T, int V, int R>
+__global__ void __launch_bounds__(kThreads, 2)
+    bn_fwd_one_kernel(FwdOneArgs a, const T* x, const T* res, T* y) {
+  using P = Pack<T, V>;
+  extern __shared__ float4 dyn_smem[];
+  P* cache = reinterpret_cast<P*>(dyn_smem);
+  __shared__ float s_mean[kThreads * V], s_m2[kThreads * V], s_n[kThreads];
+  const OneThread t = one_thread<R, V>(a);
+  const int tx = blockDim.x, ty = blockDim.y, xi = threadIdx.x, yi = threadIdx.y;
+  const int64_t C = a.C, stride = int64_t(ty) * C, col = t.cv * V;
+  const T* xt = x + t.r0 * C + col;  // row j of this thread: xt + j * stride
+  constexpr int U = stream_rows<V>();
+
+  // ---- pass 1: statistics, rows kept on chip ----
+  float shift[V], mean[V], m2[V];
+  float n = 0.f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) shift[i] = mean[i] = m2[i] = 0.f;
+  if (t.active) load_f<T, V>(x + col, shift);
+  auto add = [&](const P& pk) {
+    float v[V];
+    unpack<T, V>(pk, v);
+    n += 1.f;
+    const float inv = __frcp_rn(n);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float s = v[i] - shift[i];
+      const float d = s - mean[i];
+      mean[i] = fmaf(d, inv, mean[i]);
+      m2[i] = fmaf(d, s - mean[i], m2[i]);
+    }
+  };
+  P reg[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j)
+    if (j < t.nreg) reg[j] = ld_pack<T, V>(xt + j * stride);
+#pragma unroll
+  for (int j = 0; j < R; ++j)
+    if (j < t.nreg) add(reg[j]);
+  const int ks = t.nreg + t.nsm;
+  for (int j = t.nreg; j < ks; j += U) {
+    P p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < ks) p[u] = ld_pack<T, V>(xt + (j + u) * stride);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < ks) {
+        add(p[u]);
+        cache[(j + u - t.nreg) * t.nth + t.tid] = p[u];
+      }
+  }
+  for (int64_t j = ks; j < t.nr; j += U) {
+    P p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < t.nr) p[u] = ld_pack<T, V>(xt + (j + u) * stride);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < t.nr) add(p[u]);
+  }
+
+  // Chan merge over the block's rows of threads (fixed tree).
+  const int W = tx * V;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    s_mean[yi * W + xi * V + i] = mean[i];
+    s_m2[yi * W + xi * V + i] = m2[i];
+  }
+  s_n[yi * tx + xi] = n;
+  for (int len = ty; len > 1;) {
+    const int half = (len + 1) >> 1;
+    __syncthreads();
+    if (yi < len - half) {
+      const float na = s_n[yi * tx + xi], nb = s_n[(yi + half) * tx + xi];
+      if (nb > 0.f) {
+        const float nn = na + nb, wb = nb / nn, wab = na * (nb / nn);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const int ia = yi * W + xi * V + i, ib = (yi + half) * W + xi * V + i;
+          const float d = s_mean[ib] - s_mean[ia];
+          s_mean[ia] = fmaf(d, wb, s_mean[ia]);
+          s_m2[ia] += s_m2[ib] + d * d * wab;
+        }
+        s_n[yi * tx + xi] = nn;
+      }
+    }
+    len = half;
+  }
+  __syncthreads();
+  if (yi == 0 && t.active) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      a.part_mean[t.split * C + col + i] = s_mean[xi * V + i];
+      a.part_m2[t.split * C + col + i] = s_m2[xi * V + i];
+    }
+  }
+  cg::this_grid().sync();
+
+  // ---- one warp per channel: merge the splits (fixed order), write stats and constants ----
+  {
+    const int lane = t.tid & 31, warp = t.tid >> 5, nwarps = t.nth >> 5;
+    const int64_t splits = gridDim.x / a.col_tiles;
+    if (warp < nwarps) {
+      for (int64_t c = int64_t(blockIdx.x) * nwarps + warp; c < C;
+           c += int64_t(gridDim.x) * nwarps) {
+        double nn = 0, mu = 0, mm = 0;
+        for (int64_t j = lane; j < splits; j += 32) {
+          const int64_t rows = a.M - j * a.rps < a.rps ? a.M - j * a.rps : a.rps;
+          chan_merge(nn, mu, mm, double(rows), a.part_mean[j * C + c], a.part_m2[j * C + c]);
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+          const double nb = __shfl_down_sync(0xffffffffu, nn, off);
+          const double mb = __shfl_down_sync(0xffffffffu, mu, off);
+          const double m2b = __shfl_down_sync(0xffffffffu, mm, off);
+          if (lane + off < 32) chan_merge(nn, mu, mm, nb, mb, m2b);
+        }
+        if (lane == 0) {
+          const double m = double(to_f(x[c])) + mu;
+          const double invstd = 1.0 / sqrt(mm / double(a.M) + double(a.eps));
+          const double mom = a.momentum;
+          if (a.running_mean)
+            a.running_mean[c] = float((1.0 - mom) * a.running_mean[c] + mom * m);
+          if (a.running_var)
+            a.running_var[c] =
+                float((1.0 - mom) * a.running_var[c] + mom * (mm / double(a.M - 1)));
+          if (a.save_mean) a.save_mean[c] = float(m);
+          if (a.save_invstd) a.save_invstd[c] = float(invstd);
+          const float hi = float(m), lo = float(m - double(hi));
+          const float sc = float(invstd * (a.gamma ? double(a.gamma[c]) : 1.0));
+          a.cst[c] = hi;
+          a.cst[C + c] = sc;
+          a.cst[2 * C + c] = (a.beta ? a.beta[c] : 0.f) - lo * sc;
+        }
+      }
+    }
+  }
+  cg::this_grid().sync();
+
+  // ---- pass 2: apply ----
+  if (!t.active) return;
+  float hi[V], sc[V], bi[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    hi[i] = a.cst[col + i];
+    sc[i] = a.cst[C + col + i];
+    bi[i] = a.cst[2 * C + col + i];
+  }
+  const T* rt = res ? res + t.r0 * C + col : nullptr;
+  T* yt = y + t.r0 * C + col;
+  auto out = [&](float (&v)[V], const float (&r)[V], int64_t j) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      float o = fmaf(v[i] - hi[i], sc[i], bi[i]);
+      if (rt) o += r[i];
+      if (a.relu) o = o < 0.f ? 0.f : o;
+      v[i] = o;
+    }
+    store_f<T, V>(yt + j * stride, v);
+  };
+  // rows not kept, in reverse
+  for (int64_t j = t.nr - 1; j >= ks; j -= U) {
+    float v[U][V], r[U][V];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= ks) {
+        load_f<T, V>(xt + (j - u) * stride, v[u]);
+        if (rt) load_f<T, V>(rt + (j - u) * stride, r[u]);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= ks) out(v[u], r[u], j - u);
+  }
+  // shared memory rows
+  for (int j = ks - 1; j >= t.nreg; j -= U) {
+    float v[U][V], r[U][V];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= t.nreg) {
+        unpack<T, V>(cache[(j - u - t.nreg) * t.nth + t.tid], v[u]);
+        if (rt) load_f<T, V>(rt + (j - u) * stride, r[u]);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= t.nreg) out(v[u], r[u], j - u);
+  }
+  // register rows, residual loads 4 rows at a time
+#pragma unroll
+  for (int j0 = 0; j0 < R; j0 += 4) {
+    float r[4][V];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (j0 + u < t.nreg && rt) load_f<T, V>(rt + (j0 + u) * stride, r[u]);
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (j0 + u < t.nreg) {
+        float v[V];
+        unpack<T, V>(reg[j0 + u], v);
+        out(v, r[u], j0 + u);
+      }
+  }
+}
+
+struct BwdOneArgs : OneArgs {
+  const float* mean = nullptr;
+  const float* invstd = nullptr;
+  const float* gamma = nullptr;  // nullptr: 1
+  float *dgamma = nullptr, *dbeta = nullptr;
+  float* part = nullptr;  // [splits, 2, C]
+  float* coef = nullptr;  // [3, C]: gamma * invstd, mean(g), invstd^2 * mean(g * (x - mean))
+  bool relu = false;
+};
+
+// Backward of bn_fwd_one_kernel. g = relu ? (y > 0 ? dy : 0) : dy; dres = g (when non-null);
+// dgamma, dbeta (each may be null); dx (when non-null). x, y, dy, dres, dx [M, C]; dynamic
+// shared memory: keep_smem rows of (x, g) per thread, laid out [row][x | g][thread].
+template <class T, int V, int R>
+__global__ void __launch_bounds__(kThreads, 2)
+    bn_bwd_one_kernel(BwdOneArgs a, const T* x, const T* y, const T* dy, T* dres, T* dx) {
+  using P = Pack<T, V>;
+  extern __shared__ float4 dyn_smem[];
+  P* cache = reinterpret_cast<P*>(dyn_smem);
+  __shared__ float s1[kThreads * V], s2[kThreads * V];
+  const OneThread t = one_thread<R, V>(a);
+  const int tx = blockDim.x, ty = blockDim.y, xi = threadIdx.x, yi = threadIdx.y;
+  const int64_t C = a.C, stride = int64_t(ty) * C, col = t.cv * V;
+  const int64_t base = t.r0 * C + col;
+  constexpr int U = stream_rows<V>();
+
+  // ---- pass 1: sums ----
+  float m[V], acc1[V], acc2[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    m[i] = t.active ? a.mean[col + i] : 0.f;
+    acc1[i] = acc2[i] = 0.f;
+  }
+  // g of row j (dy masked by y), accumulated and written to dres.
+  auto take = [&](const P& xp, P& gp, const P& yp, int64_t j) {
+    if (a.relu) {
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        if (!(to_f(yp.v[i]) > 0.f)) gp.v[i] = detail::from_f<T>(0.f);
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float g = to_f(gp.v[i]);
+      acc1[i] += g;
+      acc2[i] = fmaf(g, to_f(xp.v[i]) - m[i], acc2[i]);
+    }
+    if (dres) *reinterpret_cast<P*>(dres + base + j * stride) = gp;
+  };
+  P xr[R], gr[R];
+#pragma unroll
+  for (int j0 = 0; j0 < R; j0 += 4) {
+    P yp[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (j0 + u < t.nreg) {
+        xr[j0 + u] = ld_pack<T, V>(x + base + (j0 + u) * stride);
+        gr[j0 + u] = ld_pack<T, V>(dy + base + (j0 + u) * stride);
+        if (a.relu) yp[u] = ld_pack<T, V>(y + base + (j0 + u) * stride);
+      }
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (j0 + u < t.nreg) take(xr[j0 + u], gr[j0 + u], yp[u], j0 + u);
+  }
+  const int ks = t.nreg + t.nsm;
+  for (int64_t j = t.nreg; j < t.nr; j += U) {
+    P xp[U], gp[U], yp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < t.nr) {
+        xp[u] = ld_pack<T, V>(x + base + (j + u) * stride);
+        gp[u] = ld_pack<T, V>(dy + base + (j + u) * stride);
+        if (a.relu) yp[u] = ld_pack<T, V>(y + base + (j + u) * stride);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j + u < t.nr) {
+        take(xp[u], gp[u], yp[u], j + u);
+        if (j + u < ks) {
+          const int64_t s = (j + u - t.nreg) * 2 * t.nth + t.tid;
+          cache[s] = xp[u];
+          cache[s + t.nth] = gp[u];
+        }
+      }
+  }
+  const int W = tx * V;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    s1[yi * W + xi * V + i] = acc1[i];
+    s2[yi * W + xi * V + i] = acc2[i];
+  }
+  detail::block_sum_rows<V>(s1, W, ty, xi, yi);
+  detail::block_sum_rows<V>(s2, W, ty, xi, yi);
+  if (yi == 0 && t.active) {
+    float* p = a.part + t.split * 2 * C + col;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      p[i] = s1[xi * V + i];
+      p[C + i] = s2[xi * V + i];
+    }
+  }
+  cg::this_grid().sync();
+
+  // ---- one warp per channel: fixed-order sums, dgamma, dbeta, dx constants ----
+  {
+    const int lane = t.tid & 31, warp = t.tid >> 5, nwarps = t.nth >> 5;
+    const int64_t splits = gridDim.x / a.col_tiles;
+    if (warp < nwarps) {
+      for (int64_t c = int64_t(blockIdx.x) * nwarps + warp; c < C;
+           c += int64_t(gridDim.x) * nwarps) {
+        double d1 = 0, d2 = 0;
+        for (int64_t j = lane; j < splits; j += 32) {
+          d1 += a.part[j * 2 * C + c];
+          d2 += a.part[j * 2 * C + C + c];
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+          d1 += __shfl_down_sync(0xffffffffu, d1, off);
+          d2 += __shfl_down_sync(0xffffffffu, d2, off);
+        }
+        if (lane == 0) {
+          const double inv = a.invstd[c];
+          if (a.dgamma) a.dgamma[c] = float(d2 * inv);
+          if (a.dbeta) a.dbeta[c] = float(d1);
+          if (dx) {
+            a.coef[c] = float((a.gamma ? double(a.gamma[c]) : 1.0) * inv);
+            a.coef[C + c] = float(d1 / double(a.M));
+            a.coef[2 * C + c] = float(d2 / double(a.M) * inv * inv);
+          }
+        }
+      }
+    }
+  }
+  if (!dx) return;
+  cg::this_grid().sync();
+
+  // ---- pass 2: dx ----
+  if (!t.active) return;
+  float k[V], mg[V], proj[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    k[i] = a.coef[col + i];
+    mg[i] = a.coef[C + col + i];
+    proj[i] = a.coef[2 * C + col + i];
+  }
+  auto out = [&](const P& xp, const P& gp, int64_t j) {
+    float o[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      o[i] = k[i] * (to_f(gp.v[i]) - mg[i] - (to_f(xp.v[i]) - m[i]) * proj[i]);
+    store_f<T, V>(dx + base + j * stride, o);
+  };
+  // rows not kept, in reverse: g from dres when it was written, else dy masked by y
+  for (int64_t j = t.nr - 1; j >= ks; j -= U) {
+    P xp[U], gp[U], yp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= ks) {
+        const int64_t off = base + (j - u) * stride;
+        xp[u] = ld_pack<T, V>(x + off);
+        gp[u] = ld_pack<T, V>(dres ? dres + off : dy + off);
+        if (a.relu && !dres) yp[u] = ld_pack<T, V>(y + off);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (j - u >= ks) {
+        if (a.relu && !dres) {
+#pragma unroll
+          for (int i = 0; i < V; ++i)
+            if (!(to_f(yp[u].v[i]) > 0.f)) gp[u].v[i] = detail::from_f<T>(0.f);
+        }
+        out(xp[u], gp[u], j - u);
+      }
+  }
+  for (int j = ks - 1; j >= t.nreg; --j) {
+    const int64_t s = (j - t.nreg) * 2 * t.nth + t.tid;
+    out(cache[s], cache[s + t.nth], j);
+  }
+#pragma unroll
+  for (int j = 0; j < R; ++j)
+    if (j < t.nreg) out(xr[j], gr[j], j);
+}
+
+// Per kernel instantiation and device: co-resident blocks per SM and the dynamic shared
+// memory a block may use without lowering that.
+struct OneInfo {
+  bool ok = false;
+  int blocks_per_sm = 0;
+  size_t smem_budget = 0;
+};
+
+template <class K>
+OneInfo one_info(K* kernel) {
+  static std::mutex mu;
+  static OneInfo cache[16];
+  static bool done[16] = {};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev < 16 && done[dev]) return cache[dev];
+  OneInfo info;
+  int coop = 0, smem_sm = 0, reserved = 0, optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  cudaFuncAttributes fa;
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  int occ = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, 0));
+  if (coop && occ > 0) {
+    int64_t budget = int64_t(smem_sm) / occ - reserved - int64_t(fa.sharedSizeBytes);
+    budget = std::min<int64_t>(budget, int64_t(optin) - int64_t(fa.sharedSizeBytes));
+    budget = std::max<int64_t>(budget, 0) / 1024 * 1024;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(budget)));
+    for (; budget > 0; budget -= 1024) {
+      int o = 0;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, kThreads,
+                                                               size_t(budget)));
+      if (o >= occ) break;
+    }
+    info.ok = true;
+    info.blocks_per_sm = occ;
+    info.smem_budget = size_t(std::max<int64_t>(budget, 0));
+  }
+  if (dev < 16) {
+    cache[dev] = info;
+    done[dev] = true;
+  }
+  return info;
+}
+
+// Grid of the single-kernel path: `streams` row streams kept per row (1 forward, 2 backward),
+// R rows of them in registers. splits == 0: use the multi-kernel path.
+struct OnePlan {
+  RowTiling t;
+  int64_t splits = 0;
+  size_t smem = 0;
+};
+
+OnePlan one_plan(const OneInfo& info, int64_t M, int64_t C, int V, size_t elem, int R, int streams,
+                 bool keep, OneArgs* a) {
+  OnePlan p;
+  if (!info.ok || g_multi_kernel.load()) return p;
+  p.t = detail::row_tiling(C, V, kThreads);
+  const int64_t wave = int64_t(info.blocks_per_sm) * detail::sm_count();
+  int64_t splits = std::min<int64_t>(wave / p.t.col_tiles, (M + p.t.ty - 1) / p.t.ty);
+  if (splits < 1) return p;
+  const int64_t rps = (M + splits - 1) / splits;
+  p.splits = (M + rps - 1) / rps;
+  const int64_t rows = (rps + p.t.ty - 1) / p.t.ty;  // per thread
+  const int nth = p.t.tx * p.t.ty;
+  const size_t row_bytes = elem * size_t(V) * size_t(streams) * size_t(nth);
+  int64_t kr = keep ? std::min<int64_t>(R, rows) : 0;
+  if (g_cap_reg.load() >= 0) kr = std::min<int64_t>(kr, g_cap_reg.load());
+  int64_t ks = keep ? std::min<int64_t>(int64_t(info.smem_budget / row_bytes), rows - kr) : 0;
+  if (g_cap_smem.load() >= 0) ks = std::min<int64_t>(ks, g_cap_smem.load());
+  a->M = M;
+  a->C = C;
+  a->rps = rps;
+  a->col_tiles = p.t.col_tiles;
+  a->keep_reg = int(kr);
+  a->keep_smem = int(ks);
+  p.smem = size_t(ks) * row_bytes;
+  return p;
+}
+
+template <class K, class... Args>
+void launch_coop(K* kernel, const OnePlan& p, cudaStream_t cs, Args... args) {
+  void* argv[] = {static_cast<void*>(&args)...};
+  CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel), dim3(unsigned(p.splits * p.t.col_tiles)),
+      dim3(unsigned(p.t.tx), unsigned(p.t.ty)), argv, p.smem, cs));
+  HR_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
+
+void batchnorm_test_config(int reg_rows, int smem_rows, bool multi_kernel) {
+  g_cap_reg.store(reg_rows);
+  g_cap_smem.store(smem_rows);
+  g_multi_kernel.store(multi_kernel);
+}
 
 void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, const float* gamma,
                                  const float* beta, float eps, float momentum,
@@ -405,6 +974,33 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
   const cudaStream_t cs = detail::stream_of(st);
   HR_DISPATCH_DT(dt, T, {
     const int V = detail::vec_width(C, sizeof(T), {x, residual, y});
+    const T* xt = static_cast<const T*>(x);
+    const T* rt = static_cast<const T*>(residual);
+    T* yt = static_cast<T*>(y);
+    bool done = false;
+    detail::dispatch_vec<T>(V, [&](auto v) {
+      constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>();
+      auto* kernel = &bn_fwd_one_kernel<T, VV, R>;
+      FwdOneArgs a;
+      const OnePlan p = one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 1, true, &a);
+      if (p.splits == 0) return;
+      detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+      a.gamma = gamma;
+      a.beta = beta;
+      a.eps = eps;
+      a.momentum = momentum;
+      a.running_mean = running_mean;
+      a.running_var = running_var;
+      a.save_mean = save_mean;
+      a.save_invstd = save_invstd;
+      a.part_mean = ws.as<float>();
+      a.part_m2 = a.part_mean + p.splits * C;
+      a.cst = a.part_m2 + p.splits * C;
+      a.relu = relu;
+      launch_coop(kernel, p, cs, a, xt, rt, yt);
+      done = true;
+    });
+    if (done) return;
     const ReducePlan p = reduce_plan(M, C, V);
     detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
     float* part_mean = ws.as<float>();
@@ -412,7 +1008,6 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
     float* hi = part_m2 + p.splits * C;
     float* lo = hi + C;
     float* scale = lo + C;
-    const T* xt = static_cast<const T*>(x);
     const dim3 block(p.t.tx, p.t.ty);
     detail::dispatch_vec<T>(V, [&](auto v) {
       bn_stats_kernel<T, decltype(v)::value>
@@ -433,8 +1028,7 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
     a.beta = beta;
     a.relu = relu;
     detail::dispatch_vec<T>(V, [&](auto v) {
-      bn_apply_kernel<T, decltype(v)::value><<<apply_grid(M, p.t), block, 0, cs>>>(
-          a, xt, static_cast<const T*>(residual), static_cast<T*>(y));
+      bn_apply_kernel<T, decltype(v)::value><<<apply_grid(M, p.t), block, 0, cs>>>(a, xt, rt, yt);
     });
     HR_CUDA_LAUNCH_CHECK();
   });
@@ -475,6 +1069,32 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
   const cudaStream_t cs = detail::stream_of(st);
   HR_DISPATCH_DT(dt, T, {
     const int V = detail::vec_width(C, sizeof(T), {x, relu ? y : nullptr, dy, dx, dresidual});
+    const T* xt = static_cast<const T*>(x);
+    const T* yt = static_cast<const T*>(y);
+    const T* dyt = static_cast<const T*>(dy);
+    T* dres = static_cast<T*>(dresidual);
+    T* dxt = static_cast<T*>(dx);
+    bool done = false;
+    detail::dispatch_vec<T>(V, [&](auto v) {
+      constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>() / 2;
+      auto* kernel = &bn_bwd_one_kernel<T, VV, R>;
+      BwdOneArgs a;
+      const OnePlan p =
+          one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 2, dx != nullptr, &a);
+      if (p.splits == 0) return;
+      detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+      a.mean = save_mean;
+      a.invstd = save_invstd;
+      a.gamma = gamma;
+      a.dgamma = dgamma;
+      a.dbeta = dbeta;
+      a.part = ws.as<float>();
+      a.coef = a.part + 2 * p.splits * C;
+      a.relu = relu;
+      launch_coop(kernel, p, cs, a, xt, relu ? yt : nullptr, dyt, dres, dxt);
+      done = true;
+    });
+    if (done) return;
     const ReducePlan p = reduce_plan(M, C, V);
     detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
     float* part = ws.as<float>();
@@ -486,10 +1106,6 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
     a.invstd = save_invstd;
     a.gamma = gamma;
     a.relu = relu;
-    const T* xt = static_cast<const T*>(x);
-    const T* yt = static_cast<const T*>(y);
-    const T* dyt = static_cast<const T*>(dy);
-    T* dres = static_cast<T*>(dresidual);
     bwd_reduce<T>(p, a, xt, yt, dyt, dres, part, dgamma, dbeta, dx ? coef : nullptr, cs);
     if (dx) {
       // g is already in dresidual when that was requested: read it instead of dy and y.
@@ -498,8 +1114,7 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
       detail::dispatch_vec<T>(V, [&](auto v) {
         bn_bwd_apply_kernel<T, decltype(v)::value>
             <<<apply_grid(M, p.t), dim3(p.t.tx, p.t.ty), 0, cs>>>(M, C, save_mean, coef, xt,
-                                                                   g_src, y_mask,
-                                                                   static_cast<T*>(dx));
+                                                                   g_src, y_mask, dxt);
       });
       HR_CUDA_LAUNCH_CHECK();
     }
