@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_util.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 #ifndef HR_BENCH_DIR
@@ -160,11 +161,6 @@ void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, i
   rows.push_back(r);
 }
 
-bool python_has_torch(const std::string& py) {
-  const std::string cmd = py + " -c \"import torch\" >/dev/null 2>&1";
-  return std::system(cmd.c_str()) == 0;
-}
-
 // Runs torch_cpu_ops.py on every row's spec and fills torch_ms. Returns its info line.
 std::string run_torch(std::vector<Row>& rows, const std::string& py, int threads, int reps) {
   std::string cmd = py + " " + HR_BENCH_DIR + "/torch_cpu_ops.py --threads " +
@@ -242,19 +238,8 @@ int main(int argc, char** argv) {
   std::string py;
   std::string torch_info = "PyTorch: not run (--no-torch)";
   if (torch) {
-    if (const char* e = std::getenv("HR_PYTHON")) {
-      py = e;
-    } else {
-      for (const char* cand : {"python3", "/usr/bin/python3"})
-        if (python_has_torch(cand)) {
-          py = cand;
-          break;
-        }
-    }
-    if (py.empty() || !python_has_torch(py)) {
-      torch_info = "PyTorch: not importable (set HR_PYTHON), column left empty";
-      py.clear();
-    }
+    py = hr::bench::torch_python();
+    if (py.empty()) torch_info = "PyTorch: not importable (set HR_PYTHON), column left empty";
   }
   // Passes alternate ours and PyTorch so that both see the same machine load; each side keeps
   // its best median.

@@ -1,10 +1,18 @@
 // Batch-norm kernels (kernels/cuda/fused_bn.cu) against device-to-device copy bandwidth at HRNet
 // shapes. Effective GB/s counts the bytes a kernel must move at minimum (forward: read x (+
 // residual), write y; backward: read x, dy (+ y for the ReLU mask), write dx (+ dresidual));
-// the copy moves 2 * bytes(x). Timed with CUDA events over 20 runs after 3 warm-ups.
-// Run: bench_batchnorm   (prints one line per shape, dtype and pass)
+// the copy moves 2 * bytes(x).
+// Each pass and the copy are timed the same two ways, as device time only: a spin kernel
+// holds the stream while the host queues the reps, so host launch overhead is hidden (it is
+// reported separately as "enqueue", the host time per call):
+//   hot  the same buffers every rep (a tensor of a few MB stays in the 50 MB L2);
+//   hbm  the reps rotate over buffer sets of 200 MB or more in all, so every rep reads its
+//        inputs from HBM (nothing of them is left in L2 from earlier reps).
+// Run: bench_cuda_bn   (one line per shape, dtype and pass)
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <vector>
 
@@ -13,22 +21,47 @@
 
 namespace cu = hr::cuda;
 
+// Spins until `ns` of global time have passed.
+__global__ void spin_kernel(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
+struct Timing {
+  double us = 0;          // device time per call
+  double enqueue_us = 0;  // host time per call
+};
+
+// f(rep) for reps calls, queued behind a spin kernel; device time from events.
 template <class F>
-static float time_ms(F&& f, cudaStream_t s) {
-  for (int i = 0; i < 3; ++i) f();
+static Timing time_reps(F&& f, int reps, cudaStream_t s) {
+  for (int i = 0; i < 3; ++i) f(i);
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
+  spin_kernel<<<1, 1, 0, s>>>(4000000ull);  // 4 ms: longer than queueing the reps
   cudaEventRecord(a, s);
-  for (int i = 0; i < 20; ++i) f();
+  const auto h0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) f(i);
+  const auto h1 = std::chrono::steady_clock::now();
   cudaEventRecord(b, s);
   cudaEventSynchronize(b);
   float ms = 0;
   cudaEventElapsedTime(&ms, a, b);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  return ms / 20;
+  Timing t;
+  t.us = 1e3 * ms / reps;
+  t.enqueue_us = std::chrono::duration<double, std::micro>(h1 - h0).count() / reps;
+  return t;
 }
+
+struct Set {
+  void *x, *r, *y, *dy, *dx, *dr;
+};
 
 int main() {
   if (!cu::available()) {
@@ -44,50 +77,75 @@ int main() {
                           {32, 128, 16, 12}, {32, 256, 8, 6}, {32, 18, 64, 48}};
   const cu::Stream st = cu::default_stream();
   const cudaStream_t cs = static_cast<cudaStream_t>(st);
+  const int reps = 30;
+  std::printf("%-4s %-24s %-31s | %9s %7s %6s | %9s %7s %6s | %8s\n", "dt", "shape", "pass",
+              "hot us", "GB/s", "%copy", "hbm us", "GB/s", "%copy", "enqueue");
   for (cu::DT dt : {cu::DT::f16, cu::DT::f32}) {
     const size_t es = dt == cu::DT::f32 ? 4 : 2;
     for (const Shape& s : shapes) {
       const int64_t M = s.N * s.H * s.W, C = s.C;
       const size_t bytes = size_t(M * C) * es;
-      void* x = cu::alloc(bytes, st);
-      void* r = cu::alloc(bytes, st);
-      void* y = cu::alloc(bytes, st);
-      void* dy = cu::alloc(bytes, st);
-      void* dx = cu::alloc(bytes, st);
-      void* dr = cu::alloc(bytes, st);
+      const size_t set_bytes = 6 * bytes;
+      const int nsets = int(std::max<size_t>(1, (size_t(200) << 20) / set_bytes + 1));
+      std::vector<Set> sets(nsets);
+      for (Set& b : sets) {
+        for (void** q : {&b.x, &b.r, &b.y, &b.dy, &b.dx, &b.dr}) *q = cu::alloc(bytes, st);
+        cu::fill(dt, M * C, 0.5f, b.x, st);
+        cu::fill(dt, M * C, 0.25f, b.r, st);
+        cu::fill(dt, M * C, 1.f, b.dy, st);
+        cu::fill(dt, M * C, 0.75f, b.y, st);
+      }
       float* p = static_cast<float*>(cu::alloc(sizeof(float) * 8 * C, st));
-      cu::fill(dt, M * C, 0.5f, x, st);
-      cu::fill(dt, M * C, 0.25f, r, st);
-      cu::fill(dt, M * C, 1.f, dy, st);
       cu::fill(cu::DT::f32, 8 * C, 1.f, p, st);
       float *gamma = p, *beta = p + C, *rm = p + 2 * C, *rv = p + 3 * C, *sm = p + 4 * C,
             *si = p + 5 * C, *dg = p + 6 * C, *db = p + 7 * C;
-      const double copy_ms = time_ms([&] { cu::memcpy_d2d(y, x, bytes, st); }, cs);
-      const double copy_gbs = 2.0 * bytes / copy_ms / 1e6;
-      auto report = [&](const char* what, double ms, double moved) {
-        const double gbs = moved / ms / 1e6;
-        std::printf("%-4s N=%-3lld C=%-4lld %3lldx%-3lld %-34s %8.1f us %7.0f GB/s  %5.1f%% of copy (%.0f GB/s)\n",
-                    dt == cu::DT::f32 ? "f32" : "f16", (long long)s.N, (long long)C,
-                    (long long)s.H, (long long)s.W, what, ms * 1e3, gbs, 100.0 * gbs / copy_gbs,
-                    copy_gbs);
+      // both modes of one pass; g(set) runs it on a buffer set
+      auto both = [&](auto&& g) {
+        const Timing hot = time_reps([&](int) { g(sets[0]); }, reps, cs);
+        const Timing hbm = time_reps([&](int i) { g(sets[size_t(i) % sets.size()]); }, reps, cs);
+        return std::make_pair(hot, hbm);
       };
-      report("bn train forward", time_ms([&] {
-        cu::batchnorm_train_forward(dt, M, C, x, gamma, beta, 1e-5f, 0.1f, rm, rv, y, sm, si, st);
-      }, cs), 2.0 * bytes);
-      report("bn+residual+relu train forward", time_ms([&] {
-        cu::batchnorm_act_train_forward(dt, M, C, x, gamma, beta, 1e-5f, 0.1f, rm, rv, r, true, y,
-                                        sm, si, st);
-      }, cs), 3.0 * bytes);
-      report("bn train backward", time_ms([&] {
-        cu::batchnorm_train_backward(dt, M, C, x, dy, gamma, sm, si, dx, dg, db, st);
-      }, cs), 3.0 * bytes);
-      report("bn+relu backward (+dresidual)", time_ms([&] {
-        cu::batchnorm_act_train_backward(dt, M, C, x, y, dy, gamma, sm, si, true, dx, dr, dg, db, st);
-      }, cs), 5.0 * bytes);
-      report("bn+residual+relu infer forward", time_ms([&] {
-        cu::batchnorm_act_infer_forward(dt, M, C, x, gamma, beta, rm, rv, 1e-5f, r, true, y, st);
-      }, cs), 3.0 * bytes);
-      for (void* q : {x, r, y, dy, dx, dr, static_cast<void*>(p)}) cu::free(q, st);
+      const auto copy = both([&](const Set& b) { cu::memcpy_d2d(b.y, b.x, bytes, st); });
+      const double copy_hot = 2.0 * bytes / copy.first.us / 1e3;
+      const double copy_hbm = 2.0 * bytes / copy.second.us / 1e3;
+      char shape[64];
+      std::snprintf(shape, sizeof shape, "N=%lld C=%lld %lldx%lld", (long long)s.N,
+                    (long long)C, (long long)s.H, (long long)s.W);
+      const char* dts = dt == cu::DT::f32 ? "f32" : "f16";
+      std::printf("%-4s %-24s %-31s | %9.1f %7.0f %6s | %9.1f %7.0f %6s | %6.1fus\n", dts, shape,
+                  "copy (reference)", copy.first.us, copy_hot, "", copy.second.us, copy_hbm, "",
+                  copy.second.enqueue_us);
+      auto report = [&](const char* what, double moved, auto&& g) {
+        const auto t = both(g);
+        const double hot = moved / t.first.us / 1e3, hbm = moved / t.second.us / 1e3;
+        std::printf("%-4s %-24s %-31s | %9.1f %7.0f %5.1f%% | %9.1f %7.0f %5.1f%% | %6.1fus\n",
+                    dts, shape, what, t.first.us, hot, 100.0 * hot / copy_hot, t.second.us, hbm,
+                    100.0 * hbm / copy_hbm, t.second.enqueue_us);
+      };
+      report("bn train forward", 2.0 * bytes, [&](const Set& b) {
+        cu::batchnorm_train_forward(dt, M, C, b.x, gamma, beta, 1e-5f, 0.1f, rm, rv, b.y, sm, si,
+                                    st);
+      });
+      report("bn+residual+relu train forward", 3.0 * bytes, [&](const Set& b) {
+        cu::batchnorm_act_train_forward(dt, M, C, b.x, gamma, beta, 1e-5f, 0.1f, rm, rv, b.r, true,
+                                        b.y, sm, si, st);
+      });
+      report("bn train backward", 3.0 * bytes, [&](const Set& b) {
+        cu::batchnorm_train_backward(dt, M, C, b.x, b.dy, gamma, sm, si, b.dx, dg, db, st);
+      });
+      report("bn+relu backward (+dresidual)", 5.0 * bytes, [&](const Set& b) {
+        cu::batchnorm_act_train_backward(dt, M, C, b.x, b.y, b.dy, gamma, sm, si, true, b.dx, b.dr,
+                                         dg, db, st);
+      });
+      report("bn+residual+relu infer forward", 3.0 * bytes, [&](const Set& b) {
+        cu::batchnorm_act_infer_forward(dt, M, C, b.x, gamma, beta, rm, rv, 1e-5f, b.r, true, b.y,
+                                        st);
+      });
+      cu::synchronize(st);
+      for (Set& b : sets)
+        for (void* q : {b.x, b.r, b.y, b.dy, b.dx, b.dr}) cu::free(q, st);
+      cu::free(p, st);
+      cu::empty_cache();
     }
   }
   cu::synchronize(st);

@@ -176,6 +176,7 @@ struct Cudnn {
 struct Row {
   std::string net, layer, pass;
   ConvShape s;
+  int splits = 1;  // split-K the igemm planner chose
   double ours_us = NAN, cudnn_us = NAN, err = NAN;
   bool valid = false;
 };
@@ -193,15 +194,15 @@ void print_row(const Row& r, FILE* f, bool markdown) {
                 (long long)s.R, (long long)s.S, (long long)s.stride_h);
   if (markdown)
     std::fprintf(f,
-                 "| %s | %-14s | %-5s | %-30s | %9.1f | %9.1f | %6.1f | %6.1f | %7.0f | %5.2f | %s |\n",
-                 r.net.c_str(), r.layer.c_str(), r.pass.c_str(), shape, r.ours_us, r.cudnn_us,
+                 "| %s | %-14s | %-5s | %-30s | %6d | %9.1f | %9.1f | %6.1f | %6.1f | %7.0f | %5.2f | %s |\n",
+                 r.net.c_str(), r.layer.c_str(), r.pass.c_str(), shape, r.splits, r.ours_us, r.cudnn_us,
                  flop / t_ours * 1e-12, flop / t_dnn * 1e-12, bytes / t_ours * 1e-9,
                  t_dnn / t_ours, r.valid ? "ok" : "MISMATCH");
   else
-    std::fprintf(f, "%s,%s,%s,%lld,%lld,%lld,%lld,%lld,%lld,%lld,%lld,%.2f,%.2f,%.3f,%.3f,%.1f,%.1f,%.3f,%s,%.3g\n",
+    std::fprintf(f, "%s,%s,%s,%lld,%lld,%lld,%lld,%lld,%lld,%lld,%lld,%d,%.2f,%.2f,%.3f,%.3f,%.1f,%.1f,%.3f,%s,%.3g\n",
                  r.net.c_str(), r.layer.c_str(), r.pass.c_str(), (long long)s.N, (long long)s.C,
                  (long long)s.H, (long long)s.W, (long long)s.K, (long long)s.R, (long long)s.S,
-                 (long long)s.stride_h, r.ours_us, r.cudnn_us, flop / t_ours * 1e-12,
+                 (long long)s.stride_h, r.splits, r.ours_us, r.cudnn_us, flop / t_ours * 1e-12,
                  flop / t_dnn * 1e-12, bytes / t_ours * 1e-9, bytes / t_dnn * 1e-9,
                  t_dnn / t_ours, r.valid ? "ok" : "MISMATCH", r.err);
 }
@@ -238,9 +239,9 @@ int main(int argc, char** argv) {
     std::printf("bench_cuda_conv: %s, batch %d, dtype %s, %d reps (median), L2 flushed\n\n",
                 hr::cuda::device_name(0).c_str(), args.batch, dt == DT::bf16 ? "bf16" : "f16",
                 args.reps);
-    std::printf("| net | layer | pass | shape (NHWC in, KRSC w) | ours us | cuDNN us | ours TFLOP/s "
+    std::printf("| net | layer | pass | shape (NHWC in, KRSC w) | splits | ours us | cuDNN us | ours TFLOP/s "
                 "| cuDNN TFLOP/s | ours GB/s | speedup (cuDNN/ours) | check |\n");
-    std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for (const Case& c : hrnet_cases(args.batch)) {
       if (!args.filter.empty() && (c.net + " " + c.layer).find(args.filter) == std::string::npos)
         continue;
@@ -257,6 +258,9 @@ int main(int argc, char** argv) {
 
       for (int pass = 0; pass < 3; ++pass) {
         Row r{c.net, c.layer, pass == 0 ? "fwd" : pass == 1 ? "dgrad" : "wgrad", s};
+        r.splits = hr::cuda::igemm::planned_splits(
+            s, dt, pass == 0 ? hr::cuda::igemm::Pass::fwd
+                             : pass == 1 ? hr::cuda::igemm::Pass::dgrad : hr::cuda::igemm::Pass::wgrad);
         std::function<void()> ours, theirs;
         Buf* out = nullptr;
         Buf* ref = nullptr;
@@ -339,7 +343,7 @@ int main(int argc, char** argv) {
       FILE* f = std::fopen(args.csv.c_str(), "w");
       if (!f) throw hr::Error("bench_cuda_conv: cannot write " + args.csv);
       std::fprintf(f,
-                   "net,layer,pass,N,C,H,W,K,R,S,stride,ours_us,cudnn_us,ours_tflops,"
+                   "net,layer,pass,N,C,H,W,K,R,S,stride,splits,ours_us,cudnn_us,ours_tflops,"
                    "cudnn_tflops,ours_gbs,cudnn_gbs,speedup,check,max_abs_err\n");
       for (const Row& r : rows) print_row(r, f, false);
       std::fclose(f);

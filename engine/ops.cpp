@@ -8,9 +8,33 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 
+namespace hr {
+
+namespace {
+thread_local DType g_autocast = DType::f32;
+}  // namespace
+
+AutocastGuard::AutocastGuard(DType dtype) : prev_(g_autocast) {
+  HR_CHECK(dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::f32,
+           "autocast: dtype must be f16, bf16 or f32, got ", dtype_name(dtype));
+  g_autocast = dtype;
+}
+AutocastGuard::~AutocastGuard() { g_autocast = prev_; }
+DType autocast_dtype() { return g_autocast; }
+
+}  // namespace hr
+
 namespace hr::ops {
 
 namespace {
+
+// Under autocast, a CUDA floating tensor in another dtype is cast (differentiably).
+Tensor autocast(const Tensor& t) {
+  if (g_autocast == DType::f32 || !t.defined() || !t.device().is_cuda() ||
+      !is_floating(t.dtype()) || t.dtype() == g_autocast)
+    return t;
+  return cast(t, g_autocast);
+}
 
 cuda::DT dt_of(const Tensor& t, const char* op) {
   switch (t.dtype()) {
@@ -108,8 +132,9 @@ std::pair<Tensor, Tensor> conv_bwd_weight(const kern::ConvShape& s, const Tensor
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, std::array<int64_t, 2> stride,
-              std::array<int64_t, 2> padding) {
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias,
+              std::array<int64_t, 2> stride, std::array<int64_t, 2> padding) {
+  const Tensor x = autocast(x_in), w = autocast(w_in);
   check_defined(x, "conv2d", "input");
   check_defined(w, "conv2d", "weight");
   HR_CHECK(x.dim() == 4, "conv2d: expected a 4-D input [N,C,H,W], got ", shape_str(x.shape()));
@@ -571,7 +596,8 @@ Tensor global_avg_pool(const Tensor& x) {
 }
 
 // ---------------------------------------------------------------- linear
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias) {
+  const Tensor x = autocast(x_in), w = autocast(w_in);
   check_defined(x, "linear", "input");
   check_defined(w, "linear", "weight");
   HR_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear: input ",
@@ -628,8 +654,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 
 Tensor cast(const Tensor& x, DType dtype) {
   check_defined(x, "cast", "input");
-  Tensor y = x.dtype() == dtype ? x.detach() : x.to(dtype);
-  if (x.dtype() == dtype) y = y.clone();
+  Tensor y = x.dtype() == dtype ? x.clone() : x.to(dtype);  // always a fresh tensor
   if (needs_grad({x})) {
     DType from = x.dtype();
     record("cast", {x}, {y}, [from](const std::vector<Tensor>& g) {

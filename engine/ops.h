@@ -10,6 +10,26 @@
 #include "engine/autograd.h"
 #include "engine/tensor.h"
 
+namespace hr {
+
+// Mixed precision, as torch.autocast: inside the guard, conv2d and linear on CUDA cast their
+// floating inputs and weights to `dtype` (f16 or bf16) through the differentiable cast op, so
+// fp32 master weights receive fp32 gradients; every other op follows its input's dtype
+// (batch-norm statistics and parameters stay fp32). No effect on the CPU.
+class AutocastGuard {
+ public:
+  explicit AutocastGuard(DType dtype);
+  ~AutocastGuard();
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  DType prev_;
+};
+DType autocast_dtype();  // f32 when autocast is off
+
+}  // namespace hr
+
 namespace hr::ops {
 
 // x [N,C,H,W], w [K,C,R,S], bias [K] or undefined -> [N,K,P,Q]

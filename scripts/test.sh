@@ -3,6 +3,8 @@
 # a device), then installs the package and builds the example that uses find_package(hrnet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# OpenMP threads sleep rather than spin while waiting: far faster on a shared or small machine
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 scripts/setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j"$(nproc)"

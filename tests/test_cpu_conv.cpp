@@ -26,12 +26,13 @@ std::string name(const Case& c) {
                      c.sh, "x", c.sw, " p", c.ph, "x", c.pw, c.bias ? " bias" : "");
 }
 
-// x [N,C,H,W] at (n, c, ih, iw) or 0 outside, the input element under filter tap (r, s).
+// Naive double-precision loops for shape s (x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q]).
 struct Ref {
   const ConvShape& s;
-  bool tap(int64_t p, int64_t q, int64_t r, int64_t k, int64_t& ih, int64_t& iw) const {
+  // Input position under filter tap (r, t) of output (p, q); false when it is padding.
+  bool tap(int64_t p, int64_t q, int64_t r, int64_t t, int64_t& ih, int64_t& iw) const {
     ih = p * s.stride_h - s.pad_h + r;
-    iw = q * s.stride_w - s.pad_w + k;
+    iw = q * s.stride_w - s.pad_w + t;
     return ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
   }
   size_t xi(int64_t n, int64_t c, int64_t h, int64_t w) const {
@@ -166,19 +167,19 @@ const std::vector<Case> kCases = {
     {1, 1, 5, 5, 1, 3, 3, 1, 1, 1, 1, false},     // C = K = N = 1
     {2, 3, 8, 8, 2, 4, 4, 2, 2, 1, 1, true},      // even kernel, stride 2
     {2, 2, 6, 6, 3, 3, 3, 3, 3, 2, 2, false},     // stride 3, pad 2
-    {1, 2, 4, 5, 3, 3, 3, 1, 1, 3, 2, true},      // pad > R-1: strided-path fallback at stride 1
+    {1, 2, 4, 5, 3, 3, 3, 1, 1, 3, 2, true},      // pad > R-1: col2im backward-data at stride 1
     {2, 32, 40, 24, 8, 3, 3, 1, 1, 1, 1, true},   // several row tiles per image
     {2, 32, 80, 48, 8, 3, 3, 2, 2, 1, 1, false},  // row tiles with overlapping col2im
-    {5, 16, 8, 6, 12, 3, 3, 1, 1, 1, 1, true},    // several images per GEMM, odd N
+    {6, 16, 8, 6, 12, 3, 3, 1, 1, 1, 1, true},    // several images per GEMM
     {5, 8, 9, 7, 6, 3, 3, 2, 2, 1, 1, false},     // several images per GEMM, strided col2im
-    {3, 24, 6, 5, 7, 1, 1, 1, 1, 0, 0, true},     // 1x1 small map, batched images
+    {3, 24, 6, 5, 7, 1, 1, 1, 1, 0, 0, true},     // 1x1 small map (backward passes batch images)
     // Maps with P*Q >= 128 take the row-shift operand (stride 1, Q == W).
     {2, 8, 16, 12, 5, 1, 1, 1, 1, 0, 0, true},   // 1x1 reading the image in place
     {2, 4, 16, 10, 3, 3, 1, 1, 1, 1, 0, false},  // 3x1: vertical padding only
     {1, 3, 12, 16, 4, 1, 3, 1, 1, 0, 1, true},   // 1x3: horizontal shifts only
     {1, 3, 12, 11, 2, 5, 5, 1, 1, 2, 2, false},  // 5x5 p2, odd width
     {1, 8, 12, 12, 6, 3, 3, 1, 1, 1, 1, true},   // one tile: threaded GEMM
-    {5, 3, 20, 20, 4, 3, 3, 2, 2, 1, 1, true},   // 3 tiles of 2+2+1 images on 2 threads
+    {5, 3, 14, 14, 4, 3, 3, 2, 2, 1, 1, true},   // 3 tiles of 2+2+1 images: threaded GEMMs
 };
 
 }  // namespace

@@ -230,6 +230,13 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   done
   { head -n 1 "$WORK/torch_conv_b32.csv"; tail -q -n +2 "$WORK"/torch_conv_b*.csv; } >"$WORK/torch_conv_all.csv" 2>/dev/null
 fi
+# whole model: W32 pose 256x192 training step and inference, bf16 autocast, vs PyTorch eager and
+# torch.compile (bench_model runs benchmarks/torch_model.py itself)
+if [ -x "$BUILD/benchmarks/bench_model" ]; then
+  run_step "bench_model cuda bf16 --batch 128" "$WORK/bench_model_b128.log" 240 \
+    "$BUILD/benchmarks/bench_model" --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3
+  { echo "## bench_model, batch 128"; echo; grep -v "^== " "$WORK/bench_model_b128.log"; echo; } >>"$OUT/bench.md"
+fi
 if [ -x "$BUILD/benchmarks/bench_cuda_bn" ]; then
   run_step "bench_cuda_bn" "$WORK/bench_cuda_bn.log" 90 "$BUILD/benchmarks/bench_cuda_bn"
   { echo "## bench_cuda_bn"; echo; grep -v "^== " "$WORK/bench_cuda_bn.log"; echo; } >>"$OUT/bench.md"

@@ -35,11 +35,13 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using MapC = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 using MapM = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-// Scratch budget per tile (operand + output block), the shortest GEMM width worth a tile, and
-// the smallest map for the row-shift operand (below it, im2col with several images per GEMM
-// amortises the packing of w better).
+// Scratch budget per tile (operand + output block); the shortest row tile (GEMM width); the
+// width up to which small maps batch images into one GEMM (wider amortises the packing of w,
+// narrower leaves more tiles to balance the threads); the smallest map for the row-shift operand
+// (below it, im2col with batched images packs w less often).
 constexpr int64_t kTileBytes = 384 * 1024;
 constexpr int64_t kMinTileCols = 192;
+constexpr int64_t kBatchCols = 96;
 constexpr int64_t kRowShiftMinPQ = 128;
 
 // Buffers that grow and are kept between calls (no page faults in the steady state).
@@ -95,8 +97,8 @@ Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo
   const int64_t nrt = (s.P + rows - 1) / rows;  // equal row tiles
   rows = (s.P + nrt - 1) / nrt;
   int64_t nb = 1;
-  if (nrt == 1 && batch && PQ < kMinTileCols)
-    nb = std::clamp<int64_t>((kMinTileCols + PQ - 1) / PQ, 1, (s.N + nthreads - 1) / nthreads);
+  if (nrt == 1 && batch && PQ < kBatchCols)
+    nb = std::clamp<int64_t>((kBatchCols + PQ - 1) / PQ, 1, (s.N + nthreads - 1) / nthreads);
   for (int64_t n = 0; n < s.N; n += nb)
     for (int64_t p = 0; p < s.P; p += rows)
       plan.tiles.push_back({n, std::min(nb, s.N - n), p, std::min(p + rows, s.P)});

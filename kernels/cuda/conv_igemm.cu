@@ -47,7 +47,9 @@ struct Params {
   const void* b;     // Fwd/UpNearest/Dgrad: w; Wgrad: x
   void* out;         // y / dx / dw / UpNearest: the high-resolution sum
   float* ws;         // split-K partials [tile][split][BM*BN] (fragment order); unused if splits 1
-  int* counters;     // split-K arrivals per tile, 0 between launches (the last arrival resets)
+  int* counters;     // split-K arrivals per tile, 0 between launches (the last arrival resets);
+                     // nullptr with splits > 1 (Wgrad only): partials [split][gm][gn], reduced
+                     // by wgrad_reduce_kernel
   const float* scale;
   const float* shift;
   const void* residual;
@@ -506,39 +508,53 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
 
   // ---- split-K fixup: publish this split's partial tile; the last split to arrive sums all
   // of them in split order (the same order whichever block is last) and runs the epilogue.
-  if (nsplit > 1) {
-    constexpr int TILE4 = BM * BN / 4;  // float4 per partial tile = THREADS * MI * NI
-    const int tile_id = (phase * static_cast<int>(gridDim.y) + static_cast<int>(blockIdx.y)) *
-                            static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
-    float4* part = reinterpret_cast<float4*>(p.ws) + static_cast<int64_t>(tile_id) * p.splits * TILE4;
-    float4* mine = part + static_cast<int64_t>(split) * TILE4;
+  // (split and split count recomputed from blockIdx / p: not kept live across the k loop)
+  const int nsplit_ = MODE == Mode::UpNearest || !p.counters
+                          ? 1
+                          : max(1, ((gk + BK - 1) / BK + p.kt_per_split - 1) / p.kt_per_split);
+  if (nsplit_ > 1) {
+    const int z = static_cast<int>(blockIdx.z);
+    const int split_ = z % p.splits;
+    constexpr int TILE4 =
+        BM * BN / 4; // float4 per partial tile = THREADS * MI * NI
+    const int tile_id = (z / p.splits * static_cast<int>(gridDim.y) +
+                         static_cast<int>(blockIdx.y)) *
+                            static_cast<int>(gridDim.x) +
+                        static_cast<int>(blockIdx.x);
+    float4 *part = reinterpret_cast<float4 *>(p.ws) +
+                   static_cast<int64_t>(tile_id) * p.splits * TILE4;
+    float4 *mine = part + static_cast<int64_t>(split_) * TILE4;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni)
         __stcg(mine + (mi * NI + ni) * THREADS + tid,
-               make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2], acc[mi][ni][3]));
+               make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
+                           acc[mi][ni][3]));
     __threadfence();
     __syncthreads();
     __shared__ int s_last;
     if (tid == 0) {
       const int prev = atomicAdd(p.counters + tile_id, 1);
-      s_last = prev == nsplit - 1;
-      if (s_last) p.counters[tile_id] = 0;  // ready for the next launch on this stream
+      s_last = prev == nsplit_ - 1;
+      if (s_last)
+        p.counters[tile_id] = 0; // ready for the next launch on this stream
     }
     __syncthreads();
-    if (!s_last) return;
+    if (!s_last)
+      return;
     __threadfence();
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni) {
         float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int z = 0; z < nsplit; ++z) {
+        for (int zz = 0; zz < nsplit_; ++zz) {
           const float4 v =
-              z == split ? make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
-                                       acc[mi][ni][3])
-                         : __ldcg(part + static_cast<int64_t>(z) * TILE4 + (mi * NI + ni) * THREADS + tid);
+              zz == split_ ? make_float4(acc[mi][ni][0], acc[mi][ni][1],
+                                         acc[mi][ni][2], acc[mi][ni][3])
+                           : __ldcg(part + static_cast<int64_t>(zz) * TILE4 +
+                                    (mi * NI + ni) * THREADS + tid);
           sum.x += v.x;
           sum.y += v.y;
           sum.z += v.z;
@@ -630,7 +646,11 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
           float v0 = acc[mi][ni][2 * hh], v1 = acc[mi][ni][2 * hh + 1];
           const int64_t o = row_off + n;
           if constexpr (MODE == Mode::Wgrad) {
-            *reinterpret_cast<T2*>(static_cast<T*>(p.out) + o) = CV::pack(v0, v1);
+            if (p.splits > 1 && !p.counters)  // > 16 splits: partials [split][gm][gn]
+              *reinterpret_cast<float2*>(p.ws + static_cast<int64_t>(blockIdx.z) * gm * p.gn + o) =
+                  make_float2(v0, v1);
+            else
+              *reinterpret_cast<T2*>(static_cast<T*>(p.out) + o) = CV::pack(v0, v1);
           } else if constexpr (MODE == Mode::Fwd) {
             if (p.scale) { v0 *= p.scale[n]; v1 *= p.scale[n + 1]; }
             if (p.shift) { v0 += p.shift[n]; v1 += p.shift[n + 1]; }
@@ -659,6 +679,19 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
           }
         }
       }
+  }
+}
+
+// Backward-weight with more splits than the in-kernel fixup serves well:
+// dw[i] = sum_z ws[z][i] in split order, converted to T.
+template <class T>
+__global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, int64_t n,
+                                    T* __restrict__ dw) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int z = 0; z < splits; ++z) s += ws[z * n + i];
+    dw[i] = Cvt<T>::from_f(s);
   }
 }
 
@@ -730,7 +763,9 @@ Plan plan_splits(const int nph, const int64_t* gm, const int* kt, int gn, int bm
     const double t_it = std::max({c * F, F + kIterLat, c * bytes / kL2Bytes});
     const double kt_block = sp == 1 ? ktmax : std::min(kps, ktmax);
     double t_block = kFill + kt_block * t_it;
-    if (sp > 1) t_block += kFixLat + (sp - 1) * bm * bn * 4.0 / kFixBytes + c * bm * bn * 4.0 / kL2Bytes;
+    if (sp > 1)
+      t_block += kFixLat + (sp - 1) * bm * bn * 4.0 / kFixBytes +
+                 c * bm * bn * 4.0 / kL2Bytes;
     const double cost = waves * t_block;
     if (cost < best.cost) {
       best.bm = bm;
@@ -875,6 +910,64 @@ struct PhaseDims {
   int kt[4] = {0, 0, 0, 0};
 };
 
+PhaseDims fwd_dims(const kern::ConvShape& s) {
+  PhaseDims ph;
+  ph.n = 1;
+  ph.gm[0] = s.N * s.P * s.Q;
+  ph.kt[0] = static_cast<int>((s.R * s.S * s.C + BK - 1) / BK);
+  return ph;
+}
+// Per phase (a, b): rows N * ceil((H - a) / sh) * ceil((W - b) / sw), taps
+// ceil((R - r0) / sh) * ceil((S - s0) / sw) with r0 = (a + pad) mod sh (as in the kernel).
+PhaseDims dgrad_dims(const kern::ConvShape& s) {
+  PhaseDims ph;
+  ph.n = static_cast<int>(s.stride_h * s.stride_w);
+  for (int z = 0; z < ph.n; ++z) {
+    const int64_t a = z / s.stride_w, b = z % s.stride_w;
+    const int64_t r0 = (a + s.pad_h) % s.stride_h, s0 = (b + s.pad_w) % s.stride_w;
+    const int64_t nr = r0 < s.R ? (s.R - r0 + s.stride_h - 1) / s.stride_h : 0;
+    const int64_t ns = s0 < s.S ? (s.S - s0 + s.stride_w - 1) / s.stride_w : 0;
+    const int64_t hph = a < s.H ? (s.H - a + s.stride_h - 1) / s.stride_h : 0;
+    const int64_t wph = b < s.W ? (s.W - b + s.stride_w - 1) / s.stride_w : 0;
+    ph.gm[z] = s.N * hph * wph;
+    ph.kt[z] = static_cast<int>((nr * ns * s.K + BK - 1) / BK);
+  }
+  return ph;
+}
+PhaseDims wgrad_dims(const kern::ConvShape& s) {
+  PhaseDims ph;
+  ph.n = 1;
+  ph.gm[0] = s.K;
+  ph.kt[0] = static_cast<int>((s.N * s.P * s.Q + BK - 1) / BK);
+  return ph;
+}
+// Backward-weight M (= K) tile: the one of {128, 64, 32} that pads K least.
+int wgrad_bm(int gm) {
+  int bm = 128;
+  int best = (gm + 127) / 128 * 128;
+  for (int c : {64, 32}) {
+    const int padded = (gm + c - 1) / c * c;
+    if (padded < best) {
+      best = padded;
+      bm = c;
+    }
+  }
+  return bm;
+}
+// v1's backward-weight split count: about two waves of blocks, >= 8 reduction tiles per
+// split, <= 128 splits, <= 64 MiB of partials. When that exceeds kMaxSplits, v1's scheme is
+// kept (partials [split][K][RSC] and a reduce kernel over the whole GPU): one block summing
+// more than 16 partial tiles would be the tail of the kernel.
+int64_t wgrad_v1_splits(int gm, int gn, int bm, int ktiles) {
+  const int64_t tiles = static_cast<int64_t>((gm + bm - 1) / bm) * ((gn + 127) / 128);
+  int64_t sp = (2 * num_sms() + tiles - 1) / tiles;
+  sp = std::min<int64_t>({sp, std::max(1, ktiles / 8), 128,
+                          std::max<int64_t>(1, kMaxScratchFloats / (int64_t{gm} * gn))});
+  sp = std::max<int64_t>(sp, 1);
+  const int64_t kps = (ktiles + sp - 1) / sp;
+  return (ktiles + kps - 1) / kps;
+}
+
 template <class T, Mode MODE>
 Plan plan_mn(const PhaseDims& ph, int gn, bool allow_split) {
   const int bn = pick_bn(gn);
@@ -923,14 +1016,12 @@ bool forward_fused(const kern::ConvShape& s, DT dt, const void* x, const void* w
   p.residual = ep.residual;
   p.relu = ep.relu ? 1 : 0;
   p.out_f32 = ep.out_f32 ? 1 : 0;
-  PhaseDims ph;
-  ph.n = 1;
-  ph.gm[0] = p.gm;
-  ph.kt[0] = (p.gk + BK - 1) / BK;
+  const PhaseDims ph = fwd_dims(s);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const Plan pl = plan_mn<T, Mode::Fwd>(ph, p.gn, true);
-    with_mn_tile<T, Mode::Fwd>(pl.bm, pl.bn, [&](auto k) { run_planned<decltype(k)>(p, pl, 1, st); });
+    with_mn_tile<T, Mode::Fwd>(
+        pl.bm, pl.bn, [&](auto k) { run_planned<decltype(k)>(p, pl, 1, st); });
   };
   if (dt == DT::bf16)
     run(__nv_bfloat16{});
@@ -953,18 +1044,7 @@ bool backward_data(const kern::ConvShape& s, DT dt, const void* dy, const void* 
   // Per phase (a, b): rows N * ceil((H - a) / sh) * ceil((W - b) / sw), taps
   // ceil((R - r0) / sh) * ceil((S - s0) / sw) with r0 = (a + pad) mod sh (as in the kernel).
   // The grid is sized by phase (0, 0), which has the most rows.
-  PhaseDims ph;
-  ph.n = static_cast<int>(s.stride_h * s.stride_w);
-  for (int z = 0; z < ph.n; ++z) {
-    const int a = z / p.sw, b = z % p.sw;
-    const int r0 = (a + p.ph) % p.sh, s0 = (b + p.pw) % p.sw;
-    const int nr = r0 < p.R ? (p.R - r0 + p.sh - 1) / p.sh : 0;
-    const int ns = s0 < p.S ? (p.S - s0 + p.sw - 1) / p.sw : 0;
-    const int64_t hph = a < p.H ? (p.H - a + p.sh - 1) / p.sh : 0;
-    const int64_t wph = b < p.W ? (p.W - b + p.sw - 1) / p.sw : 0;
-    ph.gm[z] = s.N * hph * wph;
-    ph.kt[z] = (nr * ns * p.K + BK - 1) / BK;
-  }
+  const PhaseDims ph = dgrad_dims(s);
   p.gm = static_cast<int>(ph.gm[0]);
   p.gn = p.C;
   p.gk = 0;
@@ -994,29 +1074,35 @@ bool backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void*
   p.a = dy;
   p.b = x;
   p.out = dw;
-  // M (= K) tile that pads K least; the split count from the cost model.
-  int bm = 128;
-  {
-    int best = (p.gm + 127) / 128 * 128;
-    for (int c : {64, 32}) {
-      const int padded = (p.gm + c - 1) / c * c;
-      if (padded < best) {
-        best = padded;
-        bm = c;
-      }
-    }
-  }
-  PhaseDims ph;
-  ph.n = 1;
-  ph.gm[0] = p.gm;
-  ph.kt[0] = (p.gk + BK - 1) / BK;
+  const int bm = wgrad_bm(p.gm);
+  const PhaseDims ph = wgrad_dims(s);
+  const int ktiles = ph.kt[0];
+  const int64_t v1_splits = wgrad_v1_splits(p.gm, p.gn, bm, ktiles);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     with_wgrad_tile<T>(bm, [&](auto k) {
       using Kt = decltype(k);
-      const Plan pl = plan_splits(ph.n, ph.gm, ph.kt, p.gn, Kt::BM, Kt::BN, Kt::RATE,
-                                  Kt::occupancy(), num_sms(), true);
-      run_planned<Kt>(p, pl, 1, st);
+      if (v1_splits <= kMaxSplits) {
+        const Plan pl = plan_splits(ph.n, ph.gm, ph.kt, p.gn, Kt::BM, Kt::BN, Kt::RATE,
+                                    Kt::occupancy(), num_sms(), true);
+        run_planned<Kt>(p, pl, 1, st);
+        return;
+      }
+      const int kps = static_cast<int>((ktiles + v1_splits - 1) / v1_splits);
+      const int splits = static_cast<int>(v1_splits);
+      const int64_t n_out = static_cast<int64_t>(p.gm) * p.gn;
+      const cudaStream_t cs = detail::stream_of(st);
+      float* ws = static_cast<float*>(hr::cuda::alloc(sizeof(float) * splits * n_out, st));
+      Params q = p;
+      q.splits = splits;
+      q.kt_per_split = kps;
+      q.ws = ws;
+      q.counters = nullptr;
+      Kt::launch(q, dim3((p.gm + Kt::BM - 1) / Kt::BM, (p.gn + Kt::BN - 1) / Kt::BN, splits), cs);
+      const int blocks = static_cast<int>(std::min<int64_t>((n_out + 255) / 256, 4 * num_sms()));
+      wgrad_reduce_kernel<T><<<blocks, 256, 0, cs>>>(ws, splits, n_out, static_cast<T*>(dw));
+      HR_CUDA_LAUNCH_CHECK();
+      hr::cuda::free(ws, st);
     });
   };
   if (dt == DT::bf16)
@@ -1025,6 +1111,39 @@ bool backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void*
     run(__half{});
   if (dbias) detail::column_sum(dt, 1, s.N * s.P * s.Q, s.K, dy, 1.f, true, dbias, st);
   return true;
+}
+
+int planned_splits(const kern::ConvShape& s, DT dt, Pass pass) {
+  if (!supported(s, dt)) return 0;
+  int out = 1;
+  auto query = [&](auto tag) {
+    using T = decltype(tag);
+    if (pass == Pass::fwd) {
+      out = plan_mn<T, Mode::Fwd>(fwd_dims(s), static_cast<int>(s.K), true).splits;
+    } else if (pass == Pass::dgrad) {
+      out = plan_mn<T, Mode::Dgrad>(dgrad_dims(s), static_cast<int>(s.C), true).splits;
+    } else {
+      const PhaseDims ph = wgrad_dims(s);
+      const int gm = static_cast<int>(s.K), gn = static_cast<int>(s.R * s.S * s.C);
+      const int bm = wgrad_bm(gm);
+      const int64_t v1 = wgrad_v1_splits(gm, gn, bm, ph.kt[0]);
+      if (v1 > kMaxSplits) {
+        out = static_cast<int>(v1);
+        return;
+      }
+      with_wgrad_tile<T>(bm, [&](auto k) {
+        using Kt = decltype(k);
+        out = plan_splits(ph.n, ph.gm, ph.kt, gn, Kt::BM, Kt::BN, Kt::RATE, Kt::occupancy(),
+                          num_sms(), true)
+                  .splits;
+      });
+    }
+  };
+  if (dt == DT::bf16)
+    query(__nv_bfloat16{});
+  else
+    query(__half{});
+  return out;
 }
 
 bool conv1x1_upsample_nearest_add(DT dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
@@ -1044,10 +1163,7 @@ bool conv1x1_upsample_nearest_add(DT dt, int64_t N, int64_t C, int64_t H, int64_
   p.scale = scale;
   p.shift = shift;
   p.up = f;
-  PhaseDims ph;
-  ph.n = 1;
-  ph.gm[0] = p.gm;
-  ph.kt[0] = (p.gk + BK - 1) / BK;
+  const PhaseDims ph = fwd_dims(s);
   // No split-K here: the epilogue adds into out (a read-modify-write per element).
   auto run = [&](auto tag) {
     using T = decltype(tag);

@@ -25,6 +25,12 @@ bool backward_data(const kern::ConvShape& s, DT dt, const void* dy, const void* 
 bool backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void* dy, void* dw,
                      float* dbias, Stream st);
 
+// Reduction splits (split-K) the tile planner picks for a pass of shape s: 1 = none, 0 =
+// unsupported. Splits of up to 16 are summed inside the GEMM kernel (deterministic, split order);
+// more (backward-weight only) use fp32 partials and a reduce kernel. For tests and benchmarks.
+enum class Pass { fwd, dgrad, wgrad };
+int planned_splits(const kern::ConvShape& s, DT dt, Pass pass);
+
 // Epilogue of forward_fused, applied per output element in fp32 in this order:
 //   v = acc * scale[k] + shift[k] + residual[n,p,q,k];  y = relu ? max(v, 0) : v
 struct Epilogue {

@@ -7,7 +7,8 @@
 //   pass 1  read the block's rows once: per-thread Welford (forward; values shifted by row 0
 //           so large means lose no precision) or sums of g and g*(x - mean) (backward, g the
 //           ReLU-masked dy, written to dresidual here); the rows are kept on chip, the first
-//           ones in registers, the next ones in shared memory, the rest re-read later; the
+//           ones in registers, the next ones in shared memory (forward: loaded with cp.async,
+//           all in flight at once), the rest re-read later; the
 //           block merges its threads (fixed tree) into one partial per channel;
 //   sync    grid-wide; then one warp per channel merges the partials in double in a fixed order
 //           (deterministic, no atomics) and writes the statistics and the apply constants;
@@ -21,6 +22,7 @@
 // Inference forward is one apply kernel. Threads keep fixed columns: loads are 16-byte vectors
 // along C when C and the pointers allow, a warp covers consecutive rows.
 #include <cooperative_groups.h>
+#include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <atomic>
@@ -76,6 +78,17 @@ __device__ __forceinline__ void chan_merge(double& n, double& mean, double& m2, 
   const double nn = n + nb, d = mb - mean;
   mean += d * (nb / nn);
   m2 += m2b + d * d * (n * nb / nn);
+  n = nn;
+}
+
+// chan_merge with a reciprocal instead of a double division (fewer registers: the single
+// kernels merge while they hold rows in registers).
+__device__ __forceinline__ void chan_merge_rcp(double& n, double& mean, double& m2, double nb,
+                                               double mb, double m2b) {
+  if (nb == 0) return;
+  const double nn = n + nb, d = mb - mean, w = nb * __drcp_rn(nn);
+  mean += d * w;
+  m2 += m2b + d * d * (n * w);
   n = nn;
 }
 
@@ -413,10 +426,15 @@ using detail::Pack;
 std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1};
 std::atomic<bool> g_multi_kernel{false};
 
-// Rows of one stream a thread keeps in registers: 64 registers of data at 16 or 8 bytes per
-// row, fewer for narrower rows. The backward keeps two streams (x and g), half as many rows.
+// Rows of one stream a thread keeps in registers: 24 registers of data at 16 or 8 bytes per
+// row (16 for bf16, whose conversions need more), fewer for narrower rows; more would spill
+// at 128 registers. The backward keeps two streams (x and g), half as many rows each.
 template <class T, int V>
-constexpr int reg_rows() { return sizeof(T) * V >= 8 ? 64 * 4 / int(sizeof(T) * V) : 32; }
+constexpr int reg_rows() {
+  return sizeof(T) * V < 8 ? 16
+         : std::is_same<T, __nv_bfloat16>::value ? 16 * 4 / int(sizeof(T) * V)
+                                                 : 24 * 4 / int(sizeof(T) * V);
+}
 // Rows each thread has in flight in the loops that stream rows.
 template <int V>
 constexpr int stream_rows() { return V >= 4 ? 2 : 4; }
@@ -434,6 +452,7 @@ __device__ __forceinline__ void unpack(const Pack<T, V>& pk, float (&out)[V]) {
 // Block-level state shared by both directions: which rows and columns this thread owns.
 struct OneArgs {
   int64_t M = 0, C = 0, rps = 1;  // rows per block (row split)
+  double inv_m = 0, inv_m1 = 0;   // 1 / M, 1 / (M - 1)
   int col_tiles = 1;
   int keep_reg = 0, keep_smem = 0;  // rows per thread kept on chip
 };
@@ -509,6 +528,14 @@ __global__ void __launch_bounds__(kThreads, 2)
       m2[i] = fmaf(d, s - mean[i], m2[i]);
     }
   };
+  const int ks = t.nreg + t.nsm;
+  // Shared-memory rows: all in flight at once, copied without passing through registers.
+  constexpr bool kAsync = sizeof(P) >= 4;
+  if constexpr (kAsync) {
+    for (int j = t.nreg; j < ks; ++j)
+      __pipeline_memcpy_async(&cache[(j - t.nreg) * t.nth + t.tid], xt + j * stride, sizeof(P));
+    __pipeline_commit();
+  }
   P reg[R];
 #pragma unroll
   for (int j = 0; j < R; ++j)
@@ -516,8 +543,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int j = 0; j < R; ++j)
     if (j < t.nreg) add(reg[j]);
-  const int ks = t.nreg + t.nsm;
-  for (int j = t.nreg; j < ks; j += U) {
+  if constexpr (kAsync) {
+    __pipeline_wait_prior(0);  // each thread reads back only its own copies
+    for (int j = t.nreg; j < ks; ++j) add(cache[(j - t.nreg) * t.nth + t.tid]);
+  }
+  for (int j = t.nreg; !kAsync && j < ks; j += U) {
     P p[U];
 #pragma unroll
     for (int u = 0; u < U; ++u)
@@ -586,23 +616,22 @@ __global__ void __launch_bounds__(kThreads, 2)
         double nn = 0, mu = 0, mm = 0;
         for (int64_t j = lane; j < splits; j += 32) {
           const int64_t rows = a.M - j * a.rps < a.rps ? a.M - j * a.rps : a.rps;
-          chan_merge(nn, mu, mm, double(rows), a.part_mean[j * C + c], a.part_m2[j * C + c]);
+          chan_merge_rcp(nn, mu, mm, double(rows), a.part_mean[j * C + c], a.part_m2[j * C + c]);
         }
         for (int off = 16; off > 0; off >>= 1) {
           const double nb = __shfl_down_sync(0xffffffffu, nn, off);
           const double mb = __shfl_down_sync(0xffffffffu, mu, off);
           const double m2b = __shfl_down_sync(0xffffffffu, mm, off);
-          if (lane + off < 32) chan_merge(nn, mu, mm, nb, mb, m2b);
+          if (lane + off < 32) chan_merge_rcp(nn, mu, mm, nb, mb, m2b);
         }
         if (lane == 0) {
           const double m = double(to_f(x[c])) + mu;
-          const double invstd = 1.0 / sqrt(mm / double(a.M) + double(a.eps));
+          const double invstd = rsqrt(mm * a.inv_m + double(a.eps));
           const double mom = a.momentum;
           if (a.running_mean)
             a.running_mean[c] = float((1.0 - mom) * a.running_mean[c] + mom * m);
           if (a.running_var)
-            a.running_var[c] =
-                float((1.0 - mom) * a.running_var[c] + mom * (mm / double(a.M - 1)));
+            a.running_var[c] = float((1.0 - mom) * a.running_var[c] + mom * (mm * a.inv_m1));
           if (a.save_mean) a.save_mean[c] = float(m);
           if (a.save_invstd) a.save_invstd[c] = float(invstd);
           const float hi = float(m), lo = float(m - double(hi));
@@ -669,10 +698,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     float r[4][V];
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      if (j0 + u < t.nreg && rt) load_f<T, V>(rt + (j0 + u) * stride, r[u]);
+      if (j0 + u < R && j0 + u < t.nreg && rt) load_f<T, V>(rt + (j0 + u) * stride, r[u]);
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      if (j0 + u < t.nreg) {
+      if (j0 + u < R && j0 + u < t.nreg) {
         float v[V];
         unpack<T, V>(reg[j0 + u], v);
         out(v, r[u], j0 + u);
@@ -734,14 +763,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     P yp[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      if (j0 + u < t.nreg) {
+      if (j0 + u < R && j0 + u < t.nreg) {
         xr[j0 + u] = ld_pack<T, V>(x + base + (j0 + u) * stride);
         gr[j0 + u] = ld_pack<T, V>(dy + base + (j0 + u) * stride);
         if (a.relu) yp[u] = ld_pack<T, V>(y + base + (j0 + u) * stride);
       }
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      if (j0 + u < t.nreg) take(xr[j0 + u], gr[j0 + u], yp[u], j0 + u);
+      if (j0 + u < R && j0 + u < t.nreg) take(xr[j0 + u], gr[j0 + u], yp[u], j0 + u);
   }
   const int ks = t.nreg + t.nsm;
   for (int64_t j = t.nreg; j < t.nr; j += U) {
@@ -804,8 +833,8 @@ __global__ void __launch_bounds__(kThreads, 2)
           if (a.dbeta) a.dbeta[c] = float(d1);
           if (dx) {
             a.coef[c] = float((a.gamma ? double(a.gamma[c]) : 1.0) * inv);
-            a.coef[C + c] = float(d1 / double(a.M));
-            a.coef[2 * C + c] = float(d2 / double(a.M) * inv * inv);
+            a.coef[C + c] = float(d1 * a.inv_m);
+            a.coef[2 * C + c] = float(d2 * a.inv_m * inv * inv);
           }
         }
       }
@@ -938,6 +967,8 @@ OnePlan one_plan(const OneInfo& info, int64_t M, int64_t C, int V, size_t elem, 
   if (g_cap_smem.load() >= 0) ks = std::min<int64_t>(ks, g_cap_smem.load());
   a->M = M;
   a->C = C;
+  a->inv_m = 1.0 / double(M);
+  a->inv_m1 = M > 1 ? 1.0 / double(M - 1) : 0.0;
   a->rps = rps;
   a->col_tiles = p.t.col_tiles;
   a->keep_reg = int(kr);
@@ -1075,24 +1106,30 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
     T* dres = static_cast<T*>(dresidual);
     T* dxt = static_cast<T*>(dx);
     bool done = false;
-    detail::dispatch_vec<T>(V, [&](auto v) {
+    // bf16 with 8-wide vectors would spill in the single kernel: 8-byte vectors there.
+    const int V1 = std::is_same<T, __nv_bfloat16>::value && V == 8 ? 4 : V;
+    detail::dispatch_vec<T>(V1, [&](auto v) {
       constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>() / 2;
-      auto* kernel = &bn_bwd_one_kernel<T, VV, R>;
-      BwdOneArgs a;
-      const OnePlan p =
-          one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 2, dx != nullptr, &a);
-      if (p.splits == 0) return;
-      detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
-      a.mean = save_mean;
-      a.invstd = save_invstd;
-      a.gamma = gamma;
-      a.dgamma = dgamma;
-      a.dbeta = dbeta;
-      a.part = ws.as<float>();
-      a.coef = a.part + 2 * p.splits * C;
-      a.relu = relu;
-      launch_coop(kernel, p, cs, a, xt, relu ? yt : nullptr, dyt, dres, dxt);
-      done = true;
+      if constexpr (std::is_same<T, __nv_bfloat16>::value && VV == 8) {
+        return;  // never chosen (V1)
+      } else {
+        auto* kernel = &bn_bwd_one_kernel<T, VV, R>;
+        BwdOneArgs a;
+        const OnePlan p =
+            one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 2, dx != nullptr, &a);
+        if (p.splits == 0) return;
+        detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+        a.mean = save_mean;
+        a.invstd = save_invstd;
+        a.gamma = gamma;
+        a.dgamma = dgamma;
+        a.dbeta = dbeta;
+        a.part = ws.as<float>();
+        a.coef = a.part + 2 * p.splits * C;
+        a.relu = relu;
+        launch_coop(kernel, p, cs, a, xt, relu ? yt : nullptr, dyt, dres, dxt);
+        done = true;
+      }
     });
     if (done) return;
     const ReducePlan p = reduce_plan(M, C, V);

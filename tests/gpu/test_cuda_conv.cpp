@@ -8,6 +8,7 @@
 // compute-sanitizer (memcheck, racecheck).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -334,9 +335,10 @@ TEST_CASE("igemm: tiny images (P or Q = 1, phases without rows)",
   }
 }
 
-TEST_CASE("igemm: pipeline wrap-around, every pass (sanitizer case)", "[gpu][igemm][quick][sanitize]") {
-  // More reduction tiles than pipeline stages in every pass (fwd 12, dgrad 7, wgrad 10), so
-  // the stage buffers are reused; small enough for racecheck.
+TEST_CASE("igemm: pipeline wrap-around, every pass (sanitizer case)",
+          "[gpu][igemm][quick][sanitize]") {
+  // More reduction tiles than pipeline stages in every pass (fwd 12, dgrad 7,
+  // wgrad 10), so the stage buffers are reused; small enough for racecheck.
   uint64_t seed = 800;
   for (DT dt : {DT::bf16, DT::f16}) {
     check_conv(ConvShape::make(3, 40, 9, 11, 24, 3, 3, 1, 1, 1, 1), dt, false, seed += 10);
@@ -364,6 +366,71 @@ TEST_CASE("igemm: HRNet W32 / W48 shapes at 256x192, batch 2, vs hr::cpu", "[gpu
                      dt, true, seed += 10);
       }
     }
+}
+
+TEST_CASE("igemm: split-K paths are taken, repeatable bit for bit, on two streams",
+          "[gpu][igemm][quick][sanitize]") {
+  using hr::cuda::igemm::Pass;
+  using hr::cuda::igemm::planned_splits;
+  // Small-image, wide-channel shapes where the planner splits the reduction (in-kernel fixup),
+  // a stride-2 one (backward-data phases with 1, 2, 2 and 4 taps split differently), and a long
+  // backward-weight reduction that takes the partials + reduce-kernel path (> 16 splits).
+  const ConvShape shapes[] = {
+      ConvShape::make(2, 256, 8, 6, 256, 3, 3, 1, 1, 1, 1),
+      ConvShape::make(3, 136, 7, 5, 264, 3, 3, 2, 2, 1, 1),
+      ConvShape::make(2, 16, 64, 48, 16, 3, 3, 1, 1, 1, 1),
+      // 1x1 stride 2: backward-data phases without taps (zeros) next to a split phase
+      ConvShape::make(3, 16, 7, 5, 520, 1, 1, 2, 2, 0, 0),
+  };
+  CHECK(planned_splits(shapes[0], DT::bf16, Pass::fwd) > 1);
+  CHECK(planned_splits(shapes[0], DT::bf16, Pass::dgrad) > 1);
+  CHECK(planned_splits(shapes[0], DT::bf16, Pass::wgrad) > 1);
+  CHECK(planned_splits(shapes[1], DT::f16, Pass::fwd) > 1);
+  CHECK(planned_splits(shapes[1], DT::f16, Pass::dgrad) > 1);
+  CHECK(planned_splits(shapes[2], DT::bf16, Pass::wgrad) > 16);
+  CHECK(planned_splits(shapes[3], DT::bf16, Pass::dgrad) > 1);
+  CHECK(planned_splits(ConvShape::make(1, 18, 8, 8, 16, 3, 3, 1, 1, 1, 1), DT::bf16, Pass::fwd) == 0);
+  uint64_t seed = 3000;
+  const auto st1 = hr::cuda::default_stream();
+  const auto st2 = hr::cuda::create_stream();
+  for (const ConvShape& s : shapes)
+    for (DT dt : {DT::bf16, DT::f16}) {
+      check_conv(s, dt, false, seed += 10);  // values vs naive double loops
+      INFO(shape_name(s) << " " << dt_name(dt) << " repeat");
+      const int64_t nx = s.N * s.H * s.W * s.C, nw = s.K * s.R * s.S * s.C,
+                    ny = s.N * s.P * s.Q * s.K;
+      auto x = hr::test::randn(nx, seed + 5);
+      auto w = hr::test::randn(nw, seed + 6, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+      auto dy = hr::test::randn(ny, seed + 7);
+      Dev dx_(nx * 2), dw_(nw * 2), dy_(ny * 2), o1(std::max({nx, nw, ny}) * 2),
+          o2(std::max({nx, nw, ny}) * 2);
+      up(dx_, round_to(dt, x));
+      up(dw_, round_to(dt, w));
+      up(dy_, round_to(dt, dy));
+      for (int pass = 0; pass < 3; ++pass) {
+        // Three calls: two back to back on one stream (arrival counters must be reset by the
+        // first), one on another stream (its own counters); all three bit-identical.
+        std::vector<uint16_t> got[3];
+        for (int rep = 0; rep < 3; ++rep) {
+          const auto stream = rep == 2 ? st2 : st1;
+          Dev& o = rep == 1 ? o2 : o1;
+          poison(o);
+          bool ok = false;
+          if (pass == 0) ok = hr::cuda::igemm::forward(s, dt, dx_.p, dw_.p, nullptr, o.p, stream);
+          if (pass == 1) ok = hr::cuda::igemm::backward_data(s, dt, dy_.p, dw_.p, o.p, stream);
+          if (pass == 2)
+            ok = hr::cuda::igemm::backward_weight(s, dt, dx_.p, dy_.p, o.p, nullptr, stream);
+          REQUIRE(ok);
+          hr::cuda::synchronize(stream);
+          got[rep] = down16(o);
+        }
+        INFO("pass " << pass);
+        REQUIRE(got[0] == got[1]);
+        REQUIRE(got[0] == got[2]);
+      }
+    }
+  hr::cuda::synchronize(st2);
+  hr::cuda::destroy_stream(st2);
 }
 
 TEST_CASE("igemm: forward_fused epilogue (scale, shift, residual, relu, fp32 out)",

@@ -346,6 +346,26 @@ BnData bn_data(const BnCase& bc, DT dt, uint64_t seed) {
 
 constexpr float kEps = 1e-5f, kMomentum = 0.1f;
 
+// Paths of the training kernels (fused.h batchnorm_test_config): the single kernel with rows
+// kept on chip as fits, with 1 row per thread in registers and 1 in shared memory (the rest
+// read again), with nothing kept, and the multi-kernel path.
+struct BnPath {
+  int reg, smem;
+  bool multi;
+  const char* name;
+};
+const BnPath kBnPaths[] = {{-1, -1, false, "single kernel"},
+                           {1, 1, false, "single kernel, 1 row in registers, 1 in smem"},
+                           {0, 0, false, "single kernel, nothing kept on chip"},
+                           {-1, -1, true, "multi-kernel"}};
+
+// Sets a path for its scope.
+class UseBnPath {
+ public:
+  explicit UseBnPath(const BnPath& p) { cu::batchnorm_test_config(p.reg, p.smem, p.multi); }
+  ~UseBnPath() { cu::batchnorm_test_config(-1, -1, false); }
+};
+
 }  // namespace
 
 TEST_CASE("cuda batchnorm train forward: output, batch and running statistics", "[gpu][kernels][bn]") {
@@ -358,16 +378,21 @@ TEST_CASE("cuda batchnorm train forward: output, batch and running statistics", 
       cpu::batchnorm_train_forward(d.N, d.C, d.HW, d.x.data(), d.gamma.data(), d.beta.data(), kEps,
                                    kMomentum, rm_ref.data(), rv_ref.data(), y_ref.data(),
                                    sm_ref.data(), si_ref.data());
-      Buf x = Buf::from(to_nhwc(d.x, d.N, d.C, d.HW), dt), y(d.x.size(), dt);
-      Buf g = F(d.gamma), b = F(d.beta), rm = F(d.rm), rv = F(d.rv);
-      Buf sm(size_t(d.C), DT::f32), si(size_t(d.C), DT::f32);
-      cu::batchnorm_train_forward(dt, d.M, d.C, x.p(), g.f(), b.f(), kEps, kMomentum, rm.f(), rv.f(),
-                                  y.p(), sm.f(), si.f(), st());
-      CHECK_CLOSE_T(to_nchw(y.get(), d.N, d.C, d.HW), y_ref, tol(dt));
-      REQUIRE_CLOSE(sm.get(), sm_ref, 1e-5, 1e-6);
-      REQUIRE_CLOSE(si.get(), si_ref, 1e-6, 1e-5);
-      REQUIRE_CLOSE(rm.get(), rm_ref, 1e-5, 1e-6);
-      REQUIRE_CLOSE(rv.get(), rv_ref, 1e-6, 1e-5);
+      Buf x = Buf::from(to_nhwc(d.x, d.N, d.C, d.HW), dt);
+      Buf g = F(d.gamma), b = F(d.beta);
+      for (const BnPath& path : kBnPaths) {
+        INFO(path.name);
+        const UseBnPath use(path);
+        Buf y(d.x.size(), dt), rm = F(d.rm), rv = F(d.rv);
+        Buf sm(size_t(d.C), DT::f32), si(size_t(d.C), DT::f32);
+        cu::batchnorm_train_forward(dt, d.M, d.C, x.p(), g.f(), b.f(), kEps, kMomentum, rm.f(),
+                                    rv.f(), y.p(), sm.f(), si.f(), st());
+        CHECK_CLOSE_T(to_nchw(y.get(), d.N, d.C, d.HW), y_ref, tol(dt));
+        REQUIRE_CLOSE(sm.get(), sm_ref, 1e-5, 1e-6);
+        REQUIRE_CLOSE(si.get(), si_ref, 1e-6, 1e-5);
+        REQUIRE_CLOSE(rm.get(), rm_ref, 1e-5, 1e-6);
+        REQUIRE_CLOSE(rv.get(), rv_ref, 1e-6, 1e-5);
+      }
     }
   }
 }
@@ -406,22 +431,26 @@ TEST_CASE("cuda batchnorm train and inference backward", "[gpu][kernels][bn]") {
       Buf dy = Buf::from(to_nhwc(d.dy, d.N, d.C, d.HW), dt), dx(d.x.size(), dt);
       Buf g = F(d.gamma), bsm = F(sm), bsi = F(si);
       Buf dg(size_t(d.C), DT::f32), db(size_t(d.C), DT::f32);
-      cu::batchnorm_train_backward(dt, d.M, d.C, x.p(), dy.p(), g.f(), bsm.f(), bsi.f(), dx.p(),
-                                   dg.f(), db.f(), st());
       const double sq = std::sqrt(double(d.M));
-      {
-        INFO("train backward");
+      for (const BnPath& path : kBnPaths) {
+        INFO("train backward, " << path.name);
+        const UseBnPath use(path);
+        dx.poison();
+        dg.poison();
+        db.poison();
+        cu::batchnorm_train_backward(dt, d.M, d.C, x.p(), dy.p(), g.f(), bsm.f(), bsi.f(), dx.p(),
+                                     dg.f(), db.f(), st());
         CHECK_CLOSE_T(to_nchw(dx.get(), d.N, d.C, d.HW), dx_ref, tol(dt, {2e-5, 1e-4}));
         REQUIRE_CLOSE(dg.get(), dg_ref, 1e-5 * sq, 1e-5);
         REQUIRE_CLOSE(db.get(), db_ref, 1e-5 * sq, 1e-5);
+        // dgamma/dbeta only
+        dg.poison();
+        db.poison();
+        cu::batchnorm_train_backward(dt, d.M, d.C, x.p(), dy.p(), g.f(), bsm.f(), bsi.f(), nullptr,
+                                     dg.f(), db.f(), st());
+        REQUIRE_CLOSE(dg.get(), dg_ref, 1e-5 * sq, 1e-5);
+        REQUIRE_CLOSE(db.get(), db_ref, 1e-5 * sq, 1e-5);
       }
-      // dgamma/dbeta only
-      dg.poison();
-      db.poison();
-      cu::batchnorm_train_backward(dt, d.M, d.C, x.p(), dy.p(), g.f(), bsm.f(), bsi.f(), nullptr,
-                                   dg.f(), db.f(), st());
-      REQUIRE_CLOSE(dg.get(), dg_ref, 1e-5 * sq, 1e-5);
-      REQUIRE_CLOSE(db.get(), db_ref, 1e-5 * sq, 1e-5);
 
       Vec rm = d.rm;
       for (float& m : rm) m += bc.mean;
@@ -452,68 +481,71 @@ TEST_CASE("fused BN + residual + ReLU vs the unfused kernels", "[gpu][kernels][b
   };
   const Opt opts[] = {{true, true}, {false, true}, {true, false}};
   const BnCase cases[] = {kBnCases[0], kBnCases[1], kBnCases[3], kBnCases[4], kBnCases[6]};
-  for (DT dt : kAllDt) {
-    for (const BnCase& bc : cases) {
-      for (const Opt& o : opts) {
-        const BnData d = bn_data(bc, dt, 400);
-        INFO(dt_name(dt) << " N=" << d.N << " C=" << d.C << " HW=" << d.HW
+  for (const BnPath& path : kBnPaths) {
+    for (DT dt : kAllDt) {
+      for (const BnCase& bc : cases) {
+        for (const Opt& o : opts) {
+          const UseBnPath use(path);
+          const BnData d = bn_data(bc, dt, 400);
+          INFO(path.name << ": " << dt_name(dt) << " N=" << d.N << " C=" << d.C << " HW=" << d.HW
                          << " residual=" << o.residual << " relu=" << o.relu);
-        const size_t n = d.x.size();
-        const int64_t M = d.M, C = d.C;
-        const Vec res = quant(randn(n, 401), dt);
-        Buf x = Buf::from(d.x, dt), r = Buf::from(res, dt), dy = Buf::from(d.dy, dt);
-        Buf g = F(d.gamma), b = F(d.beta);
-        // fused
-        Buf rm_f = F(d.rm), rv_f = F(d.rv), y_f(n, dt), sm_f(size_t(C), DT::f32), si_f(size_t(C), DT::f32);
-        cu::batchnorm_act_train_forward(dt, M, C, x.p(), g.f(), b.f(), kEps, kMomentum, rm_f.f(),
-                                        rv_f.f(), o.residual ? r.p() : nullptr, o.relu, y_f.p(),
-                                        sm_f.f(), si_f.f(), st());
-        // unfused: batchnorm_train_forward; add; relu_forward
-        Buf rm_u = F(d.rm), rv_u = F(d.rv), y_u(n, dt), sm_u(size_t(C), DT::f32), si_u(size_t(C), DT::f32);
-        cu::batchnorm_train_forward(dt, M, C, x.p(), g.f(), b.f(), kEps, kMomentum, rm_u.f(), rv_u.f(),
-                                    y_u.p(), sm_u.f(), si_u.f(), st());
-        if (o.residual) cu::add(dt, int64_t(n), y_u.p(), r.p(), y_u.p(), st());
-        if (o.relu) cu::relu_forward(dt, int64_t(n), y_u.p(), y_u.p(), st());
-        const Tol t = tol(dt, {2e-5, 1e-5}, {3e-2, 2e-2});
-        CHECK_CLOSE_T(y_f.get(), y_u.get(), t);
-        REQUIRE_CLOSE(sm_f.get(), sm_u.get(), 0, 0);
-        REQUIRE_CLOSE(si_f.get(), si_u.get(), 0, 0);
-        REQUIRE_CLOSE(rm_f.get(), rm_u.get(), 0, 0);
-        REQUIRE_CLOSE(rv_f.get(), rv_u.get(), 0, 0);
+          const size_t n = d.x.size();
+          const int64_t M = d.M, C = d.C;
+          const Vec res = quant(randn(n, 401), dt);
+          Buf x = Buf::from(d.x, dt), r = Buf::from(res, dt), dy = Buf::from(d.dy, dt);
+          Buf g = F(d.gamma), b = F(d.beta);
+          // fused
+          Buf rm_f = F(d.rm), rv_f = F(d.rv), y_f(n, dt), sm_f(size_t(C), DT::f32), si_f(size_t(C), DT::f32);
+          cu::batchnorm_act_train_forward(dt, M, C, x.p(), g.f(), b.f(), kEps, kMomentum, rm_f.f(),
+                                          rv_f.f(), o.residual ? r.p() : nullptr, o.relu, y_f.p(),
+                                          sm_f.f(), si_f.f(), st());
+          // unfused: batchnorm_train_forward; add; relu_forward
+          Buf rm_u = F(d.rm), rv_u = F(d.rv), y_u(n, dt), sm_u(size_t(C), DT::f32), si_u(size_t(C), DT::f32);
+          cu::batchnorm_train_forward(dt, M, C, x.p(), g.f(), b.f(), kEps, kMomentum, rm_u.f(), rv_u.f(),
+                                      y_u.p(), sm_u.f(), si_u.f(), st());
+          if (o.residual) cu::add(dt, int64_t(n), y_u.p(), r.p(), y_u.p(), st());
+          if (o.relu) cu::relu_forward(dt, int64_t(n), y_u.p(), y_u.p(), st());
+          const Tol t = tol(dt, {2e-5, 1e-5}, {3e-2, 2e-2});
+          CHECK_CLOSE_T(y_f.get(), y_u.get(), t);
+          REQUIRE_CLOSE(sm_f.get(), sm_u.get(), 0, 0);
+          REQUIRE_CLOSE(si_f.get(), si_u.get(), 0, 0);
+          REQUIRE_CLOSE(rm_f.get(), rm_u.get(), 0, 0);
+          REQUIRE_CLOSE(rv_f.get(), rv_u.get(), 0, 0);
 
-        // backward: fused (with and without dresidual, with and without dx) vs
-        // relu_backward -> g; batchnorm_train_backward(g)
-        Buf gmask(n, dt), dx_u(n, dt), dg_u(size_t(C), DT::f32), db_u(size_t(C), DT::f32);
-        const void* gsrc = dy.p();
-        if (o.relu) {
-          cu::relu_backward(dt, int64_t(n), y_f.p(), dy.p(), gmask.p(), st());
-          gsrc = gmask.p();
-        }
-        cu::batchnorm_train_backward(dt, M, C, x.p(), gsrc, g.f(), sm_f.f(), si_f.f(), dx_u.p(),
-                                     dg_u.f(), db_u.f(), st());
-        const Vec g_ref = o.relu ? gmask.get() : d.dy;
-        for (int variant = 0; variant < 3; ++variant) {
-          INFO("backward variant " << variant << " (0: dx+dres, 1: dx only, 2: dres only)");
-          Buf dx_f(n, dt), dres_f(n, dt), dg_f(size_t(C), DT::f32), db_f(size_t(C), DT::f32);
-          void* dxp = variant == 2 ? nullptr : dx_f.p();
-          void* dresp = variant == 1 ? nullptr : dres_f.p();
-          cu::batchnorm_act_train_backward(dt, M, C, x.p(), o.relu ? y_f.p() : nullptr, dy.p(), g.f(),
-                                           sm_f.f(), si_f.f(), o.relu, dxp, dresp, dg_f.f(),
-                                           db_f.f(), st());
-          if (dxp) CHECK_CLOSE_T(dx_f.get(), dx_u.get(), tol(dt, {1e-5, 1e-5}, {1e-2, 1e-2}));
-          if (dresp) REQUIRE_CLOSE(dres_f.get(), g_ref, 0, 0);
-          REQUIRE_CLOSE(dg_f.get(), dg_u.get(), 1e-6, 1e-6);
-          REQUIRE_CLOSE(db_f.get(), db_u.get(), 1e-6, 1e-6);
-        }
+          // backward: fused (with and without dresidual, with and without dx) vs
+          // relu_backward -> g; batchnorm_train_backward(g)
+          Buf gmask(n, dt), dx_u(n, dt), dg_u(size_t(C), DT::f32), db_u(size_t(C), DT::f32);
+          const void* gsrc = dy.p();
+          if (o.relu) {
+            cu::relu_backward(dt, int64_t(n), y_f.p(), dy.p(), gmask.p(), st());
+            gsrc = gmask.p();
+          }
+          cu::batchnorm_train_backward(dt, M, C, x.p(), gsrc, g.f(), sm_f.f(), si_f.f(), dx_u.p(),
+                                       dg_u.f(), db_u.f(), st());
+          const Vec g_ref = o.relu ? gmask.get() : d.dy;
+          for (int variant = 0; variant < 3; ++variant) {
+            INFO("backward variant " << variant << " (0: dx+dres, 1: dx only, 2: dres only)");
+            Buf dx_f(n, dt), dres_f(n, dt), dg_f(size_t(C), DT::f32), db_f(size_t(C), DT::f32);
+            void* dxp = variant == 2 ? nullptr : dx_f.p();
+            void* dresp = variant == 1 ? nullptr : dres_f.p();
+            cu::batchnorm_act_train_backward(dt, M, C, x.p(), o.relu ? y_f.p() : nullptr, dy.p(), g.f(),
+                                             sm_f.f(), si_f.f(), o.relu, dxp, dresp, dg_f.f(),
+                                             db_f.f(), st());
+            if (dxp) CHECK_CLOSE_T(dx_f.get(), dx_u.get(), tol(dt, {1e-5, 1e-5}, {1e-2, 1e-2}));
+            if (dresp) REQUIRE_CLOSE(dres_f.get(), g_ref, 0, 0);
+            REQUIRE_CLOSE(dg_f.get(), dg_u.get(), 1e-6, 1e-6);
+            REQUIRE_CLOSE(db_f.get(), db_u.get(), 1e-6, 1e-6);
+          }
 
-        // inference
-        Buf yi_f(n, dt), yi_u(n, dt);
-        cu::batchnorm_act_infer_forward(dt, M, C, x.p(), g.f(), b.f(), rm_f.f(), rv_f.f(), kEps,
-                                        o.residual ? r.p() : nullptr, o.relu, yi_f.p(), st());
-        cu::batchnorm_infer_forward(dt, M, C, x.p(), g.f(), b.f(), rm_f.f(), rv_f.f(), kEps, yi_u.p(), st());
-        if (o.residual) cu::add(dt, int64_t(n), yi_u.p(), r.p(), yi_u.p(), st());
-        if (o.relu) cu::relu_forward(dt, int64_t(n), yi_u.p(), yi_u.p(), st());
-        CHECK_CLOSE_T(yi_f.get(), yi_u.get(), tol(dt, {1e-4, 1e-5}, {3e-2, 2e-2}));
+          // inference
+          Buf yi_f(n, dt), yi_u(n, dt);
+          cu::batchnorm_act_infer_forward(dt, M, C, x.p(), g.f(), b.f(), rm_f.f(), rv_f.f(), kEps,
+                                          o.residual ? r.p() : nullptr, o.relu, yi_f.p(), st());
+          cu::batchnorm_infer_forward(dt, M, C, x.p(), g.f(), b.f(), rm_f.f(), rv_f.f(), kEps, yi_u.p(), st());
+          if (o.residual) cu::add(dt, int64_t(n), yi_u.p(), r.p(), yi_u.p(), st());
+          if (o.relu) cu::relu_forward(dt, int64_t(n), yi_u.p(), yi_u.p(), st());
+          CHECK_CLOSE_T(yi_f.get(), yi_u.get(), tol(dt, {1e-4, 1e-5}, {3e-2, 2e-2}));
+        }
       }
     }
   }

@@ -3,6 +3,7 @@
 // step on the device.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <functional>
 
 #include "engine/nn.h"
@@ -170,5 +171,45 @@ TEST_CASE("device copies round-trip every dtype and layout", "[gpu]") {
     REQUIRE(cl.to_vector() == h.to_vector());
     REQUIRE(cl.contiguous().to_vector() == h.to_vector());
     REQUIRE(g.to(DType::f32).to_vector() == h.to_vector());
+  }
+}
+
+TEST_CASE("autocast: bf16 compute with fp32 master weights and fp32 gradients", "[gpu]") {
+  manual_seed(9);
+  auto make = [] {
+    auto s = std::make_shared<Sequential>();
+    s->add(std::make_shared<Conv2d>(8, 16, 3, 1, 1, false))
+        .add(std::make_shared<BatchNorm2d>(16))
+        .add(std::make_shared<ReLU>())
+        .add(std::make_shared<Conv2d>(16, 4, 1, 1, 0, true));
+    return s;
+  };
+  auto a = make();
+  auto b = make();
+  b->load_state_dict(a->state_dict());
+  b->to(Device::cuda());
+  Tensor x = rnd({2, 8, 12, 10}, 60), t = rnd({2, 4, 12, 10}, 61), w = Tensor::ones({2, 4});
+  Tensor la = ops::heatmap_loss((*a)(x), t, w);
+  la.backward();
+  Tensor lb;
+  {
+    AutocastGuard ac(DType::bf16);
+    Tensor y = (*b)(x.to(Device::cuda()));
+    REQUIRE(y.dtype() == DType::bf16);
+    lb = ops::heatmap_loss(y, t.to(Device::cuda()), w.to(Device::cuda()));
+  }
+  lb.backward();
+  REQUIRE(lb.item() == Approx(la.item()).epsilon(3e-2));
+  auto ga = a->gradients(), gb = b->gradients();
+  for (auto& [name, g] : ga) {
+    INFO(name);
+    REQUIRE(gb[name].defined());
+    REQUIRE(gb[name].dtype() == DType::f32);
+    REQUIRE(gb[name].device().is_cuda());
+    // bf16 operands: compare against the fp32 CPU gradient relative to its scale
+    std::vector<float> gc = g.to_vector(), gg = gb[name].to_vector();
+    double scale = 0;
+    for (float v : gc) scale = std::max(scale, double(std::fabs(v)));
+    REQUIRE_CLOSE(gg, gc, 4e-2 * scale, 5e-2);
   }
 }

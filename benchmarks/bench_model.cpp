@@ -1,0 +1,189 @@
+// Whole-model benchmark: HRNet training step (forward, heatmap loss, backward, Adam) and
+// inference forward, ours and PyTorch's side by side in the same run.
+//   bench_model [--model w32:pose] [--config FILE] [--batch N] [--height H --width W]
+//               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
+// The PyTorch peer (benchmarks/torch_model.py, the HRNet of tools/gen_model_reference.py with
+// the same spec) runs when a Python with torch is found ($HR_PYTHON, python3, /usr/bin/python3):
+// on the CPU it is eager fp32 with the same thread count; on CUDA it is eager (autocast,
+// channels_last, cudnn.benchmark) and torch.compile. Ratio = PyTorch time / our time (> 1: we are faster).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "benchmarks/bench_util.h"
+#include "engine/nn.h"
+#include "engine/optim.h"
+#include "engine/stream.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "models/config.h"
+#include "models/hrnet.h"
+
+using namespace hr;
+using namespace hr::models;
+
+namespace {
+
+struct Args {
+  std::string model = "w32:pose", config;
+  int64_t batch = 8, height = 256, width = 192;
+  std::string device = "cpu", amp;
+  int steps = 5, warmup = 2;
+  bool torch = true;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      HR_CHECK(i + 1 < argc, "bench_model: ", k, " needs a value");
+      return argv[++i];
+    };
+    if (k == "--model") a.model = val();
+    else if (k == "--config") a.config = val();
+    else if (k == "--batch") a.batch = std::atoll(val().c_str());
+    else if (k == "--height") a.height = std::atoll(val().c_str());
+    else if (k == "--width") a.width = std::atoll(val().c_str());
+    else if (k == "--device") a.device = val();
+    else if (k == "--amp") a.amp = val();
+    else if (k == "--steps") a.steps = std::max(1, std::atoi(val().c_str()));
+    else if (k == "--warmup") a.warmup = std::max(0, std::atoi(val().c_str()));
+    else if (k == "--no-torch") a.torch = false;
+    else throw Error("bench_model: unknown argument " + k);
+  }
+  HR_CHECK(a.device == "cpu" || a.device == "cuda", "bench_model: --device must be cpu or cuda");
+  HR_CHECK(a.amp.empty() || a.amp == "bf16" || a.amp == "f16", "bench_model: --amp must be bf16 or f16");
+  return a;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void sync(const Device& d) {
+  if (d.is_cuda()) cuda::synchronize(current_stream());
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::map<std::string, double> run_torch(const Args& a, const ModelSpec& spec) {
+  std::map<std::string, double> r;
+  const std::string py = a.torch ? bench::torch_python() : "";
+  if (py.empty()) return r;
+  std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py --width-base " +
+                    std::to_string(spec.stages.back().num_channels[0]) + " --batch " +
+                    std::to_string(a.batch) + " --height " + std::to_string(a.height) +
+                    " --width " + std::to_string(a.width) + " --device " + a.device +
+                    " --steps " + std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) +
+                    " --threads " + std::to_string(omp_get_max_threads()) +
+                    (a.amp.empty() ? "" : " --amp " + a.amp);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char line[512];
+  while (std::fgets(line, sizeof line, p)) {
+    char key[128];
+    double v;
+    if (std::sscanf(line, "RESULT %127s %lf", key, &v) == 2) r[key] = v;
+    else std::fputs(line, stderr);
+  }
+  pclose(p);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  Args a = parse(argc, argv);
+  ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
+  HR_CHECK(spec.head == Head::Pose, "bench_model: the benchmark uses the pose head (heatmap loss)");
+  const Device dev = a.device == "cuda" ? Device::cuda() : Device::cpu();
+  HR_CHECK(dev.is_cpu() || cuda::available(), "bench_model: no CUDA device");
+  auto model = std::make_shared<HRNet>(spec, 1);
+  model->to(dev);
+  const Shape in{a.batch, 3, a.height, a.width};
+  model->check_input(in);
+  Tensor x = Tensor::randn(in, 2).to(dev);
+  Tensor y0;
+  {
+    InferenceMode g;
+    y0 = (*model)(x);
+  }
+  Tensor target = Tensor::randn(y0.shape(), 3, 0.1f).to(dev);
+  Tensor tw = Tensor::ones({a.batch, y0.size(1)}).to(dev);
+  AdamOptions ao;
+  Adam opt(model->parameters(), ao);
+  const DType amp = a.amp == "bf16" ? DType::bf16 : a.amp == "f16" ? DType::f16 : DType::f32;
+
+  auto train_step = [&] {
+    AutocastGuard ac(amp);
+    opt.zero_grad();
+    Tensor loss = ops::heatmap_loss((*model)(x), target, tw);
+    loss.backward();
+    opt.step();
+  };
+  auto infer_step = [&] {
+    AutocastGuard ac(amp);
+    InferenceMode g;
+    Tensor y = (*model)(x);
+  };
+  auto time_it = [&](auto&& fn) {
+    for (int i = 0; i < a.warmup; ++i) fn();
+    sync(dev);
+    std::vector<double> t;
+    for (int i = 0; i < a.steps; ++i) {
+      double t0 = now_s();
+      fn();
+      sync(dev);
+      t.push_back(now_s() - t0);
+    }
+    return median(t) * 1e3;
+  };
+  model->train();
+  if (dev.is_cuda()) cuda::empty_cache();
+  const double train_ms = time_it(train_step);
+  const double peak_gb = dev.is_cuda() ? cuda::peak_allocated_bytes() / 1e9 : 0;
+  model->eval();
+  const double infer_ms = time_it(infer_step);
+
+  std::map<std::string, double> t = run_torch(a, spec);
+  std::printf("\nbench_model: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d steps\n\n",
+              a.config.empty() ? a.model.c_str() : a.config.c_str(), (long long)a.batch,
+              (long long)a.height, (long long)a.width, a.device.c_str(),
+              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(), a.steps);
+  std::printf("| what | ours ms | ours img/s | peer | peer ms | ratio (peer/ours) |\n|---|---:|---:|---|---:|---:|\n");
+  auto row = [&](const char* what, double ours, const char* peer, const std::string& key) {
+    auto it = t.find(key);
+    if (it == t.end()) {
+      std::printf("| %s | %.1f | %.1f | %s | - | - |\n", what, ours, a.batch * 1e3 / ours, peer);
+      return;
+    }
+    std::printf("| %s | %.1f | %.1f | %s | %.1f | %.2f |\n", what, ours, a.batch * 1e3 / ours, peer,
+                it->second, it->second / ours);
+  };
+  if (dev.is_cpu()) {
+    row("train step", train_ms, "PyTorch eager fp32", "train_eager_ms");
+    row("inference", infer_ms, "PyTorch eager fp32", "infer_eager_ms");
+  } else {
+    row("train step", train_ms, "PyTorch eager", "train_eager_ms");
+    row("train step", train_ms, "torch.compile", "train_compiled_ms");
+    row("inference", infer_ms, "PyTorch eager", "infer_eager_ms");
+    row("inference", infer_ms, "torch.compile", "infer_compiled_ms");
+    std::printf("\npeak GPU memory in training: ours %.2f GB", peak_gb);
+    if (t.count("train_peak_gb")) std::printf(", PyTorch eager %.2f GB", t["train_peak_gb"]);
+    std::printf("\n");
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_model: %s\n", e.what());
+  return 1;
+}
