@@ -207,8 +207,15 @@ void print_row(const Row& r, FILE* f, bool markdown) {
                  t_dnn / t_ours, r.valid ? "ok" : "MISMATCH", r.err);
 }
 
+// The fastest deterministic algorithm cudnnFind returned (else the fastest): the policy of the
+// engine's own cuDNN path for f16/bf16 (kernels/cuda/conv.cpp), whose non-deterministic
+// algorithms round atomically accumulated partial sums to half precision. The unrestricted
+// PyTorch/cuDNN choice is measured separately by benchmarks/torch_cuda_conv.py.
 template <class Perf>
 int first_ok(const Perf* perf, int n, const char* what) {
+  for (int k = 0; k < n; ++k)
+    if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].determinism == CUDNN_DETERMINISTIC)
+      return k;
   for (int k = 0; k < n; ++k)
     if (perf[k].status == CUDNN_STATUS_SUCCESS) return k;
   throw hr::Error(std::string("cudnnFind found no ") + what + " algorithm");

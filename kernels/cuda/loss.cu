@@ -19,7 +19,7 @@ using detail::to_f;
 
 constexpr int kThreads = 256;
 
-// Sum of v over the block (blockDim.x == kThreads), fixed pairing order; valid in thread 0.
+// Sum of v over the block (blockDim.x == kThreads), fixed pairing order; valid in every thread.
 // Every thread must call it; it may be called repeatedly.
 __device__ __forceinline__ double block_sum(double v) {
   __shared__ double sh[kThreads];
@@ -29,7 +29,10 @@ __device__ __forceinline__ double block_sum(double v) {
     __syncthreads();
     if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
   }
-  return threadIdx.x == 0 ? sh[0] : 0.0;  // only thread 0 may read: no barrier after the last step
+  // A barrier before everyone reads sh[0]: a read guarded by threadIdx.x == 0 alone is
+  // if-converted by the compiler into an unconditional load (racecheck, H100).
+  __syncthreads();
+  return sh[0];
 }
 
 // pred, gt [N, HW, J], weight [N, J] -> part[block] = sum (w*p - w*g)^2
