@@ -155,6 +155,10 @@ int main(int argc, char** argv) try {
   model->eval();
   const double infer_ms = time_it(infer_step);
 
+  std::printf("ours: train step %.1f ms (%.1f img/s), inference %.1f ms (%.1f img/s)%s\n", train_ms,
+              a.batch * 1e3 / train_ms, infer_ms, a.batch * 1e3 / infer_ms,
+              dev.is_cuda() ? str_cat(", peak training memory ", peak_gb, " GB").c_str() : "");
+  std::fflush(stdout);
   std::map<std::string, double> t = run_torch(a, spec);
   std::printf("\nbench_model: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d steps\n\n",
               a.config.empty() ? a.model.c_str() : a.config.c_str(), (long long)a.batch,

@@ -676,7 +676,7 @@ TEST_CASE("cuda avgpool2d and global average pooling", "[gpu][kernels][pool]") {
   }
 }
 
-TEST_CASE("cuda linear forward and backward (cuBLAS)", "[gpu][kernels][linear]") {
+TEST_CASE("cuda linear forward and backward (cuBLAS)", "[gpu][kernels][linear][cublas]") {
   struct LCase {
     int64_t M, I, O;
     bool bias;
