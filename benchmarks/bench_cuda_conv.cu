@@ -28,44 +28,14 @@
 
 namespace {
 
+using hr::bench::Args;
 using hr::bench::Buf;
 using hr::bench::Timer;
 using hr::bench::to_float;
 using hr::cuda::DT;
 using hr::kern::ConvShape;
 
-struct Args {
-  int batch = 32;
-  DT dt = DT::bf16;
-  int reps = 20;
-  std::string csv, filter;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) throw hr::Error("bench_cuda_conv: " + k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--batch") a.batch = std::atoi(val().c_str());
-    else if (k == "--reps") a.reps = std::max(3, std::atoi(val().c_str()));
-    else if (k == "--csv") a.csv = val();
-    else if (k == "--filter") a.filter = val();
-    else if (k == "--dtype") {
-      const std::string d = val();
-      if (d == "bf16") a.dt = DT::bf16;
-      else if (d == "f16") a.dt = DT::f16;
-      else throw hr::Error("bench_cuda_conv: --dtype must be bf16 or f16, got " + d);
-    } else {
-      throw hr::Error("bench_cuda_conv: unknown argument " + k +
-                      " (use --batch N --dtype bf16|f16 --reps R --csv FILE --filter TEXT)");
-    }
-  }
-  if (a.batch < 1) throw hr::Error("bench_cuda_conv: --batch must be >= 1");
-  return a;
-}
+Args parse(int argc, char** argv) { return hr::bench::parse_args(argc, argv, "bench_cuda_conv", true); }
 
 __global__ void init_kernel(uint16_t* p, int64_t n, uint64_t seed, float scale, int bf16) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;

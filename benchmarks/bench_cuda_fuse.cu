@@ -29,42 +29,13 @@
 
 namespace {
 
+using hr::bench::Args;
 using hr::bench::Buf;
 using hr::bench::Timer;
 using hr::bench::to_float;
 using hr::cuda::DT;
 
-struct Args {
-  int batch = 32;
-  DT dt = DT::bf16;
-  int reps = 20;
-  std::string csv;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) throw hr::Error("bench_cuda_fuse: " + k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--batch") a.batch = std::atoi(val().c_str());
-    else if (k == "--reps") a.reps = std::max(3, std::atoi(val().c_str()));
-    else if (k == "--csv") a.csv = val();
-    else if (k == "--dtype") {
-      const std::string d = val();
-      if (d == "bf16") a.dt = DT::bf16;
-      else if (d == "f16") a.dt = DT::f16;
-      else throw hr::Error("bench_cuda_fuse: --dtype must be bf16 or f16, got " + d);
-    } else {
-      throw hr::Error("bench_cuda_fuse: unknown argument " + k +
-                      " (use --batch N --dtype bf16|f16 --reps R --csv FILE)");
-    }
-  }
-  if (a.batch < 1) throw hr::Error("bench_cuda_fuse: --batch must be >= 1");
-  return a;
-}
+Args parse(int argc, char** argv) { return hr::bench::parse_args(argc, argv, "bench_cuda_fuse", false); }
 
 template <class T>
 __device__ __forceinline__ float tf(T v);

@@ -93,8 +93,13 @@ std::map<std::string, double> run_torch(const Args& a, const ModelSpec& spec) {
   while (std::fgets(line, sizeof line, p)) {
     char key[128];
     double v;
-    if (std::sscanf(line, "RESULT %127s %lf", key, &v) == 2) r[key] = v;
-    else std::fputs(line, stderr);
+    if (std::sscanf(line, "RESULT %127s %lf", key, &v) == 2) {
+      r[key] = v;
+      std::printf("peer: %s %.3f\n", key, v);  // as it comes: survives a peer that times out
+      std::fflush(stdout);
+    } else {
+      std::fputs(line, stderr);
+    }
   }
   pclose(p);
   return r;

@@ -7,12 +7,50 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/check.h"
 
 namespace hr::bench {
+
+// Flags shared by the CUDA kernel benchmarks: --batch N --dtype bf16|f16 --reps R --csv FILE,
+// and --filter TEXT where the benchmark takes it (with_filter).
+struct Args {
+  int batch = 32;
+  cuda::DT dt = cuda::DT::bf16;
+  int reps = 20;
+  std::string csv, filter;
+};
+
+inline Args parse_args(int argc, char** argv, const std::string& prog, bool with_filter) {
+  Args a;
+  const std::string usage = std::string("--batch N --dtype bf16|f16 --reps R --csv FILE") +
+                            (with_filter ? " --filter TEXT" : "");
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(prog + ": " + k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--batch") a.batch = std::atoi(val().c_str());
+    else if (k == "--reps") a.reps = std::max(3, std::atoi(val().c_str()));
+    else if (k == "--csv") a.csv = val();
+    else if (k == "--filter" && with_filter) a.filter = val();
+    else if (k == "--dtype") {
+      const std::string d = val();
+      if (d == "bf16") a.dt = cuda::DT::bf16;
+      else if (d == "f16") a.dt = cuda::DT::f16;
+      else throw Error(prog + ": --dtype must be bf16 or f16, got " + d);
+    } else {
+      throw Error(prog + ": unknown argument " + k + " (use " + usage + ")");
+    }
+  }
+  if (a.batch < 1) throw Error(prog + ": --batch must be >= 1");
+  return a;
+}
 
 struct Buf {
   void* p = nullptr;
