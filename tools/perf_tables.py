@@ -10,6 +10,18 @@ import math
 import sys
 
 
+def geomean(xs):
+    return math.exp(sum(map(math.log, xs)) / len(xs))
+
+
+def spread(xs):
+    return f"geometric mean {geomean(xs):.2f}, min {min(xs):.2f}, max {max(xs):.2f}"
+
+
+def kind(r):
+    return "1x1" if r["R"] == "1" else f"3x3 stride {r['stride']}"
+
+
 def conv_table(path):
     rows = list(csv.DictReader(open(path)))
     by = collections.OrderedDict()
@@ -29,13 +41,10 @@ def conv_table(path):
         print(f"| {net} | {layer} | {n} | " + " | ".join(cells) + " |")
     for n in sorted({r["N"] for r in rows}, key=int):
         sel = [r for r in rows if r["N"] == n]
-        for kind, f in (("3x3 stride 2", lambda r: r["R"] == "3" and r["stride"] == "2"),
-                        ("3x3 stride 1", lambda r: r["R"] == "3" and r["stride"] == "1"),
-                        ("1x1", lambda r: r["R"] == "1")):
-            s = [float(r["speedup"]) for r in sel if f(r)]
+        for k in ("3x3 stride 2", "3x3 stride 1", "1x1"):
+            s = [float(r["speedup"]) for r in sel if kind(r) == k]
             if s:
-                g = math.exp(sum(map(math.log, s)) / len(s))
-                print(f"\nbatch {n}, {kind}: geometric mean {g:.2f}, min {min(s):.2f}, max {max(s):.2f} over {len(s)} rows", end="")
+                print(f"\nbatch {n}, {k}: {spread(s)} over {len(s)} rows", end="")
         print()
 
 
@@ -48,8 +57,7 @@ def fuse_table(path):
               f"{float(r['fused_us']):.1f} | {float(r['baseline_us']):.1f} | {float(r['speedup']):.2f} |")
     for n in sorted({r["N"] for r in rows}, key=int):
         s = [float(r["speedup"]) for r in rows if r["N"] == n]
-        g = math.exp(sum(map(math.log, s)) / len(s))
-        print(f"\nbatch {n}: geometric mean {g:.2f}, min {min(s):.2f}, max {max(s):.2f}", end="")
+        print(f"\nbatch {n}: {spread(s)}", end="")
     print()
 
 
@@ -60,6 +68,16 @@ def torch_table(path):
     for r in rows:
         o, c, t = float(r["ours_us"]), float(r["cudnn_us"]), float(r["torch_us"])
         print(f"| {r['net']} | {r['layer'].strip()} | {r['pass']} | {r['N']} | {o:.1f} | {c:.1f} | {t:.1f} | {t / o:.2f} |")
+    # the summary kept in docs/PERFORMANCE.md: PyTorch time over each of ours, per batch and kind
+    groups = {}
+    for r in rows:
+        o, c, t = float(r["ours_us"]), float(r["cudnn_us"]), float(r["torch_us"])
+        groups.setdefault((int(r["N"]), kind(r)), []).append((t / o, t / c, t / min(o, c)))
+    print("\n| batch | kind | rows | PyTorch / ours (igemm) | PyTorch / cuDNN legacy API | PyTorch / best of the two |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for (n, k), v in sorted(groups.items()):
+        cells = [f"{geomean([x[i] for x in v]):.2f} (min {min(x[i] for x in v):.2f})" for i in range(3)]
+        print(f"| {n} | {k} | {len(v)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
