@@ -7,17 +7,26 @@
 //   (--model pose_w32 | seg_w48 | det_w18 | cls_w18_small_v1 ... instead of --config;
 //    --set KEY VALUE overrides a config key, yacs-style, any number of times)
 //
+//   hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG
+//     [--box X,Y,W,H]... [--boxes DETS.json [--box-thre T]] [--json OUT.json] [--overlay OUT.png]
+//   (pose head) keypoints of the people in the boxes (the whole image when none is given),
+//   with flip test and the official decoding, as JSON, and the image with skeletons drawn.
+//
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
 // written atomically. Errors print one line and exit non-zero, leaving no output file.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "data/draw.h"
+#include "data/image.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "tasks/pose.h"
 #include "models/config.h"
 #include "models/hrnet.h"
 
@@ -31,11 +40,17 @@ const char* kUsage =
     "         --summary [--input-size HxW] [--batch N]\n"
     "       hrnet-infer (--config FILE | --model NAME) --weights CKPT\n"
     "         --input-tensor IN.safetensors --output-tensor OUT.safetensors [--device cpu|cuda]\n"
+    "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
+    "         [--box X,Y,W,H]... [--boxes DETS.json [--box-thre T]] [--json OUT.json]\n"
+    "         [--overlay OUT.png] [--device cpu|cuda]   (pose models)\n"
     "NAME: HEAD_VARIANT with HEAD in pose, seg, det, cls and VARIANT in w18_small_v1,\n"
     "      w18_small_v2, w18, w30, w32, w40, w44, w48, w64 (e.g. pose_w32)\n";
 
 struct Args {
   std::string config, model, weights, input, output, device = "cpu", input_size;
+  std::string image, boxes_file, json_out, overlay_out;
+  std::vector<std::array<float, 4>> boxes;
+  float box_thre = 0.5f;
   std::vector<std::string> overrides;
   bool summary = false;
   int64_t batch = 1;
@@ -67,7 +82,33 @@ Args parse(int argc, char** argv) {
       a.device = value(i);
     else if (k == "--input-size")
       a.input_size = value(i);
-    else if (k == "--summary")
+    else if (k == "--image")
+      a.image = value(i);
+    else if (k == "--boxes")
+      a.boxes_file = value(i);
+    else if (k == "--json")
+      a.json_out = value(i);
+    else if (k == "--overlay")
+      a.overlay_out = value(i);
+    else if (k == "--box-thre") {
+      const std::string v = value(i);
+      char* end = nullptr;
+      a.box_thre = std::strtof(v.c_str(), &end);
+      if (*end || v.empty()) throw UsageError("--box-thre must be a number, got " + v);
+    } else if (k == "--box") {
+      const std::string v = value(i);
+      std::array<float, 4> b{};
+      const char* p = v.c_str();
+      for (int j = 0; j < 4; ++j) {
+        char* end = nullptr;
+        b[j] = std::strtof(p, &end);
+        if (end == p || (j < 3 && *end != ',') || (j == 3 && *end))
+          throw UsageError("--box must be X,Y,W,H, got " + v);
+        p = end + 1;
+      }
+      if (b[2] <= 0 || b[3] <= 0) throw UsageError("--box needs a positive width and height, got " + v);
+      a.boxes.push_back(b);
+    } else if (k == "--summary")
       a.summary = true;
     else if (k == "--batch") {
       const std::string v = value(i);
@@ -88,9 +129,19 @@ Args parse(int argc, char** argv) {
     throw UsageError("give exactly one of --config, --model");
   if (!a.model.empty() && !a.overrides.empty())
     throw UsageError("--set applies to --config files only");
-  if (!a.summary && (a.weights.empty() || a.input.empty() || a.output.empty()))
+  if (!a.image.empty()) {
+    if (a.weights.empty()) throw UsageError("--image needs --weights");
+    if (a.json_out.empty() && a.overlay_out.empty())
+      throw UsageError("--image needs --json OUT.json and/or --overlay OUT.png");
+    if (!a.input.empty() || !a.output.empty() || a.summary)
+      throw UsageError("--image does not combine with --input-tensor/--output-tensor/--summary");
+  } else if (!a.boxes.empty() || !a.boxes_file.empty() || !a.json_out.empty() ||
+             !a.overlay_out.empty()) {
+    throw UsageError("--box, --boxes, --json and --overlay go with --image");
+  } else if (!a.summary && (a.weights.empty() || a.input.empty() || a.output.empty())) {
     throw UsageError(
-        "inference needs --weights, --input-tensor and --output-tensor (or --summary)");
+        "inference needs --weights, --input-tensor and --output-tensor, or --image (or --summary)");
+  }
   if (a.device != "cpu" && a.device.rfind("cuda", 0) != 0)
     throw UsageError("--device must be cpu or cuda[:N], got " + a.device);
   return a;
@@ -141,8 +192,9 @@ void summary(const HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
     std::printf("output%-6s %s\n", st.outputs.size() > 1 ? ("." + std::to_string(i)).c_str() : "",
                 shape_str(st.outputs[i]).c_str());
   std::printf(
-      "activations  %.1f MiB: sum of every op's fp32 output in an inference forward, an "
-      "upper bound on activation memory until the static-graph planner lands\n",
+      "activations  %.1f MiB planned (one arena, buffers reused once dead; %.1f MiB alive at "
+      "most at once; %.1f MiB with no reuse), fp32 inference forward\n",
+      st.planned_activation_bytes / 1048576.0, st.peak_live_bytes / 1048576.0,
       st.activation_bytes / 1048576.0);
 }
 
@@ -185,6 +237,108 @@ void infer(HRNet& model, const Args& a) {
                    {{"model", model.spec().name}, {"head", head_name(model.spec().head)}});
 }
 
+std::string json_escape(const std::string& v) {
+  std::string r;
+  for (char c : v) {
+    if (c == '"' || c == '\\') r += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      r += b;
+      continue;
+    }
+    r += c;
+  }
+  return r;
+}
+
+// Keypoints of the people in an image: crops of the given boxes (the whole image when none),
+// the model with flip test, the official decoding; JSON and/or an overlay picture.
+void infer_image(HRNet& model, const Args& a, const Config* cfg) {
+  HR_CHECK(model.spec().head == Head::Pose, "--image needs a pose model, ", model.spec().name,
+           " has the ", head_name(model.spec().head), " head");
+  const Device dev = parse_device(a.device);
+  const data::Image img = data::read_image(a.image);  // fails early, naming the file
+  data::PoseDatasetOptions dopt;
+  tasks::EvalOptions eo;
+  if (cfg) {
+    const tasks::PoseSettings s = tasks::PoseSettings::from_config(*cfg);
+    dopt = tasks::eval_dataset_options(s);
+    eo = tasks::eval_options(s);
+  } else {
+    const ModelSpec& sp = model.spec();
+    dopt.aug.enabled = false;
+    dopt.target.image_w = static_cast<int>(sp.image_size[0]);
+    dopt.target.image_h = static_cast<int>(sp.image_size[1]);
+    dopt.target.heatmap_w = static_cast<int>(sp.heatmap_size[0]);
+    dopt.target.heatmap_h = static_cast<int>(sp.heatmap_size[1]);
+  }
+  HR_CHECK(dopt.target.image_w > 0 && dopt.target.image_h > 0 && dopt.target.heatmap_w > 0,
+           "the model gives no MODEL.IMAGE_SIZE / HEATMAP_SIZE");
+  dopt.skip_corrupt = false;
+  eo.device = dev;
+  eo.progress = false;
+  eo.workers = 1;
+  model.check_input({1, 3, dopt.target.image_h, dopt.target.image_w});
+  load_hrnet_checkpoint(model, a.weights);
+  if (dev != Device::cpu()) model.to(dev);
+
+  std::vector<std::array<float, 5>> boxes;  // x, y, w, h, score
+  for (const auto& b : a.boxes) boxes.push_back({b[0], b[1], b[2], b[3], 1.f});
+  if (!a.boxes_file.empty())
+    for (const auto& d : data::load_detections(a.boxes_file))
+      if (d.score >= a.box_thre) boxes.push_back({d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score});
+  if (boxes.empty()) boxes.push_back({0, 0, float(img.width), float(img.height), 1.f});
+  const float aspect = float(dopt.target.image_w) / float(dopt.target.image_h);
+  std::vector<data::PoseRecord> recs;
+  for (const auto& b : boxes) {
+    data::PoseRecord r;
+    r.image_path = a.image;
+    r.score = b[4];
+    data::box_to_center_scale({b[0], b[1], b[2], b[3]}, aspect, r.center, r.scale);
+    recs.push_back(r);
+  }
+  data::PoseDataset ds(recs, dopt);
+  const auto preds = tasks::predict(model, ds, eo);
+
+  data::Image overlay = img;
+  std::string json = "{\"image\": \"" + json_escape(a.image) + "\", \"width\": " + std::to_string(img.width) +
+                     ", \"height\": " + std::to_string(img.height) + ", \"keypoint_names\": [";
+  const auto& names = data::coco_keypoint_names();
+  for (size_t j = 0; j < names.size(); ++j) json += (j ? ", \"" : "\"") + names[j] + "\"";
+  json += "],\n \"people\": [";
+  for (size_t p = 0; p < preds.size(); ++p) {
+    // the official rescoring: mean of the joint maxima above 0.2, times the box score
+    float sum = 0;
+    int n = 0;
+    for (int j = 0; j < data::kNumJoints; ++j)
+      if (preds[p].keypoints[3 * j + 2] > 0.2f) sum += preds[p].keypoints[3 * j + 2], ++n;
+    const float score = (n ? sum / n : 0.f) * boxes[p][4];
+    json += str_cat(p ? ",\n  " : "\n  ", "{\"bbox\": [", boxes[p][0], ", ", boxes[p][1], ", ",
+                    boxes[p][2], ", ", boxes[p][3], "], \"box_score\": ", boxes[p][4],
+                    ", \"score\": ", score, ", \"keypoints\": [");
+    for (int k = 0; k < 3 * data::kNumJoints; ++k)
+      json += str_cat(k ? ", " : "", preds[p].keypoints[k]);
+    json += "]}";
+    data::draw_skeleton(overlay, preds[p].keypoints.data(), data::kNumJoints, 0.2f,
+                        std::max(2.f, img.width / 200.f));
+  }
+  json += "\n ]}\n";
+  if (!a.json_out.empty()) {
+    const std::string tmp = a.json_out + ".tmp";
+    {
+      std::ofstream f(tmp, std::ios::binary);
+      HR_CHECK(f.good(), "cannot write ", a.json_out);
+      f << json;
+      HR_CHECK(f.good(), "cannot write ", a.json_out);
+    }
+    HR_CHECK(std::rename(tmp.c_str(), a.json_out.c_str()) == 0, "cannot write ", a.json_out);
+  }
+  if (!a.overlay_out.empty()) data::write_image(overlay, a.overlay_out);
+  std::fprintf(stderr, "hrnet-infer: %zu %s in %s\n", preds.size(),
+               preds.size() == 1 ? "person" : "people", a.image.c_str());
+}
+
 std::string one_line(std::string m) {
   for (auto& c : m)
     if (c == '\n') c = ';';
@@ -198,8 +352,9 @@ int main(int argc, char** argv) {
     const Args a = parse(argc, argv);
     std::shared_ptr<HRNet> model;
     std::array<int64_t, 2> hw{0, 0};
+    Config cfg;
     if (!a.config.empty()) {
-      Config cfg = Config::load(a.config);
+      cfg = Config::load(a.config);
       cfg.merge_from_list(a.overrides);
       model = make_hrnet(cfg);
       hw = config_input_hw(cfg);
@@ -210,6 +365,8 @@ int main(int argc, char** argv) {
     }
     if (a.summary)
       summary(*model, a, hw);
+    else if (!a.image.empty())
+      infer_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else
       infer(*model, a);
     return 0;

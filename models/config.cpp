@@ -413,6 +413,16 @@ const DefaultRow kPoseDefaults[] = {
     {"DEBUG.SAVE_BATCH_IMAGES_PRED", "False"},
     {"DEBUG.SAVE_HEATMAPS_GT", "False"},
     {"DEBUG.SAVE_HEATMAPS_PRED", "False"},
+    // This engine's own section (official files do not have it, so they keep these values):
+    // where and how hrnet-train / hrnet-eval run. See tasks/pose.h.
+    {"ENGINE", "{}"},
+    {"ENGINE.DEVICE", "'cpu'"},         // cpu | cuda
+    {"ENGINE.PRECISION", "'fp32'"},     // fp32 | bf16 | fp16 (autocast on CUDA)
+    {"ENGINE.SEED", "0"},               // weights init, sample order and augmentation
+    {"ENGINE.SKIP_CORRUPT", "True"},    // unreadable images: skip and count, or stop
+    {"ENGINE.EVAL_EVERY", "1"},         // evaluate every N epochs (and after the last)
+    {"ENGINE.MAX_VAL_IMAGES", "0"},     // evaluate on the first N val images (0: all)
+    {"ENGINE.THREADS", "0"},            // CPU threads for the model (0: all cores)
 };
 
 std::string read_file(const std::string& path) {
@@ -753,7 +763,10 @@ ModelSpec spec_from_config(const Config& cfg) {
   if (model == "pose_hrnet") {
     spec.head = Head::Pose;
     spec.fuse = FuseUpsample::Nearest;
-    spec.stage1 = default_stage1();  // the pose repository builds layer1 without reading STAGE1
+    // The pose repository builds layer1 as 4 Bottlenecks of 64 planes without reading STAGE1,
+    // and no official pose file has one. An engine extension: a pose file that does set
+    // MODEL.EXTRA.STAGE1 gets that layer1 (the quick start's small model uses it).
+    spec.stage1 = cfg.has("MODEL.EXTRA.STAGE1") ? read_stage1(cfg) : default_stage1();
     spec.num_joints = cfg.get_int("MODEL.NUM_JOINTS", 17);
     spec.final_conv_kernel = cfg.get_int("MODEL.EXTRA.FINAL_CONV_KERNEL");
     spec.pretrained_layers = cfg.get_str_list("MODEL.EXTRA.PRETRAINED_LAYERS");

@@ -11,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "engine/memory_plan.h"
 #include "engine/ops.h"
 
 namespace hr::models {
@@ -18,15 +19,35 @@ namespace hr::models {
 // ---------------------------------------------------------------------------------------------
 // The two value types and their primitive ops
 // ---------------------------------------------------------------------------------------------
+// A Probe's buffer: released in the planner when the last Probe holding it goes away, exactly
+// when the eager engine would free the tensor, so the plan sees the eager lifetimes.
+struct ProbeBuf {
+  ProbeBuf(MemoryPlanner* p, int64_t bytes) : planner(p), id(p->alloc(bytes)) {}
+  ProbeBuf(const ProbeBuf&) = delete;
+  ProbeBuf& operator=(const ProbeBuf&) = delete;
+  ~ProbeBuf() { planner->release(id); }
+  MemoryPlanner* planner;
+  int64_t id;
+};
+
 struct Probe {
   Shape shape;  // [N,C,H,W] or [N,C]
   ModelStats* st = nullptr;
+  MemoryPlanner* planner = nullptr;
+  std::shared_ptr<ProbeBuf> buf;
 };
 
 namespace {
 
+Probe make_probe(Shape shape, ModelStats* st, MemoryPlanner* planner) {
+  const int64_t bytes = 4 * shape_numel(shape);
+  Probe p{std::move(shape), st, planner, nullptr};
+  p.buf = std::make_shared<ProbeBuf>(planner, bytes);
+  return p;
+}
+
 Probe emit(const Probe& from, Shape shape) {
-  Probe p{std::move(shape), from.st};
+  Probe p = make_probe(std::move(shape), from.st, from.planner);
   p.st->activation_bytes += 4.0 * static_cast<double>(shape_numel(p.shape));
   return p;
 }
@@ -511,8 +532,14 @@ ModelStats HRNet::stats(const Shape& input) const {
   ModelStats st;
   st.params = num_parameters();
   count_layers(*this, st);
-  Probe x{input, &st};
-  for (const auto& y : run(x)) st.outputs.push_back(y.shape);
+  MemoryPlanner planner;  // outlives every Probe below
+  {
+    Probe x = make_probe(input, &st, &planner);
+    for (const auto& y : run(x)) st.outputs.push_back(y.shape);
+  }
+  const MemoryPlanner::Plan plan = planner.plan();
+  st.planned_activation_bytes = static_cast<double>(plan.arena_bytes);
+  st.peak_live_bytes = static_cast<double>(plan.peak_live_bytes);
   return st;
 }
 
@@ -627,8 +654,17 @@ std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed) {
 // Checkpoints
 // ---------------------------------------------------------------------------------------------
 void load_hrnet_checkpoint(HRNet& model, const std::string& path) {
-  NamedTensors sd = load_checkpoint(path);
+  std::map<std::string, std::string> meta;
+  NamedTensors sd = load_checkpoint(path, &meta);
   HR_CHECK(!sd.empty(), "[hrnet] ", path, ": the checkpoint holds no tensors");
+  auto fmt = meta.find("format");
+  if (fmt != meta.end() && fmt->second == kTrainingCheckpointFormat) {
+    // hrnet-train's checkpoint.safetensors: the weights are the "model." entries
+    NamedTensors weights;
+    for (auto& [k, t] : sd)
+      if (k.compare(0, 6, "model.") == 0) weights.emplace_back(k.substr(6), t);
+    sd = std::move(weights);
+  }
   try {
     model.load_state_dict(sd);
   } catch (const Error& e) {

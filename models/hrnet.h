@@ -25,6 +25,11 @@ struct ModelStats {
   // upsample, concat, pool, linear; fp32): an upper bound on activation memory, since buffers
   // whose lifetimes do not overlap could share memory.
   double activation_bytes = 0;
+  // The same buffers (input included) with eager lifetimes (freed when the last use is done),
+  // packed into one arena by MemoryPlanner: what a planned inference forward needs, and the
+  // lower bound of any packing (the most bytes alive at once).
+  double planned_activation_bytes = 0;
+  double peak_live_bytes = 0;
   std::vector<Shape> outputs;
   double macs() const { return conv_macs + linear_macs; }
   double gflops() const { return macs() / double(1ull << 30); }  // the HRNet papers' "GFLOPs"
@@ -93,7 +98,10 @@ std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed = 0);
 // or under state_dict/model): every model key must be present with its shape, no extra key;
 // `module.` / `model.` prefixes and absent num_batches_tracked are accepted. Errors name the
 // file and every missing, unexpected and mis-shaped key.
+// hrnet-train's resumable checkpoints (metadata "format" = kTrainingCheckpointFormat) hold the
+// weights as "model.<key>" next to "optimizer.<slot>" entries; only the weights are taken.
 void load_hrnet_checkpoint(HRNet& model, const std::string& path);
+inline constexpr const char* kTrainingCheckpointFormat = "hrnet-train-checkpoint/1";
 
 // Initialising from another model's checkpoint (pose from an ImageNet cls checkpoint): only
 // keys whose first component is in `layers` ("*" as the first entry: all) are taken.

@@ -111,15 +111,23 @@ Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo
 }
 
 // Runs fn(tile, thread id, parallel) over the plan: tiles spread over the threads (whole
-// images together when the plan asks), or in turn with parallel = true.
+// images together when the plan asks), or in turn with parallel = true. With `fixed` each
+// thread takes a fixed, contiguous share of the tiles: results that threads accumulate
+// (weight gradients) are then the same from run to run, not dependent on timing.
 template <class Fn>
-void run_tiles(const Plan& plan, int nthreads, bool whole_images, Fn&& fn) {
+void run_tiles(const Plan& plan, int nthreads, bool whole_images, Fn&& fn, bool fixed = false) {
   const int64_t nt = static_cast<int64_t>(plan.tiles.size());
   if (nthreads <= 1 || plan.threaded_gemm) {
     for (const Tile& t : plan.tiles) fn(t, 0, nthreads > 1);
     return;
   }
   const int64_t g = whole_images ? plan.tiles_per_image : 1;
+  if (fixed) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < nt / g; ++i)
+      for (int64_t j = 0; j < g; ++j) fn(plan.tiles[i * g + j], omp_get_thread_num(), false);
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
   for (int64_t i = 0; i < nt / g; ++i)
     for (int64_t j = 0; j < g; ++j) fn(plan.tiles[i * g + j], omp_get_thread_num(), false);
@@ -621,7 +629,7 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
       else
         am.noalias() += gm * cm.transpose();
     }
-  });
+  }, /*fixed=*/true);
   // dw = sum of the used accumulators, back in [K, C, R, S].
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t k = 0; k < K; ++k)

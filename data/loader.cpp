@@ -1,0 +1,294 @@
+// PoseDataset (image decoding + make_sample) and DataLoader: worker threads claim the samples of
+// the next `prefetch` batches one at a time, in epoch order, and write them straight into their
+// batch's tensors; next() hands batches out in order. Sample seeds and the epoch order are pure
+// functions of (seed, epoch, index), so batches are identical for any number of workers.
+#include "data/loader.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "engine/error.h"
+
+namespace hr::data {
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Uniform in [0, n) by rejection (portable, unlike std::uniform_int_distribution).
+uint64_t bounded(std::mt19937_64& rng, uint64_t n) {
+  const uint64_t limit = ~uint64_t(0) - ~uint64_t(0) % n;
+  uint64_t v;
+  do v = rng();
+  while (v >= limit);
+  return v % n;
+}
+
+}  // namespace
+
+std::vector<size_t> epoch_order(size_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  if (!shuffle || n < 2) return order;
+  // a different stream from the sample seeds: the tag keeps the two hashes apart
+  std::mt19937_64 rng(
+      splitmix64(splitmix64(seed ^ 0x6f726465725f7065ull) ^ static_cast<uint64_t>(epoch)));
+  for (size_t i = n - 1; i > 0; --i) std::swap(order[i], order[bounded(rng, i + 1)]);
+  return order;
+}
+
+uint64_t sample_seed(uint64_t seed, int64_t epoch, size_t index) {
+  return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(epoch)) ^
+                    static_cast<uint64_t>(index));
+}
+
+PoseDataset::PoseDataset(std::vector<PoseRecord> records, PoseDatasetOptions opt)
+    : records_(std::move(records)), opt_(opt) {
+  const TargetParams& t = opt_.target;
+  HR_CHECK(t.image_w > 0 && t.image_h > 0 && t.heatmap_w > 0 && t.heatmap_h > 0 && t.sigma > 0,
+           "[pose] dataset: bad sizes (image ", t.image_w, "x", t.image_h, ", heatmap ",
+           t.heatmap_w, "x", t.heatmap_h, ", sigma ", t.sigma, ")");
+}
+
+void PoseDataset::load(size_t i, uint64_t sample_seed, float* input, float* target, float* weight,
+                       CropMeta* meta) const {
+  HR_CHECK(i < records_.size(), "[pose] dataset: index ", i, " out of range (", records_.size(),
+           " records)");
+  const PoseRecord& r = records_[i];
+  const Image img = read_image(r.image_path);  // its errors name the file
+  std::mt19937_64 rng(sample_seed);
+  try {
+    make_sample(img, r, opt_.aug, opt_.target, rng, input, target, weight, meta);
+  } catch (const Error& e) {
+    throw Error(str_cat(e.what(), " (", r.image_path, ", annotation ", r.ann_id, ")"));
+  }
+}
+
+namespace {
+
+// One batch being built: samples write into their slots of the batch tensors.
+struct BatchState {
+  size_t begin = 0, count = 0;  // positions in the epoch order
+  Tensor input, target, weight;
+  std::vector<size_t> indices;
+  std::vector<CropMeta> meta;
+  std::vector<char> ok;
+  std::vector<std::string> errors;           // per slot, for skipped samples
+  std::vector<std::exception_ptr> failures;  // per slot, for samples that must not be skipped
+  size_t done = 0;
+};
+
+}  // namespace
+
+struct DataLoader::Impl {
+  const PoseDataset& ds;
+  LoaderOptions opt;
+  int64_t n_batches = 0;
+  size_t used = 0;  // samples per epoch that land in a batch (drop_last leaves the tail out)
+  int J = kNumJoints;
+
+  std::mutex mu;
+  std::condition_variable work_cv, ready_cv;
+  bool stop = false, started = false;
+  uint64_t generation = 0;  // bumped by start_epoch: work of an older epoch is dropped
+  int64_t epoch = 0;
+  std::vector<size_t> order;
+  int64_t next_deliver = 0;  // the batch next() returns
+  size_t next_claim = 0;     // the epoch position of the next sample to build
+  std::map<int64_t, std::shared_ptr<BatchState>> batches;
+  std::vector<std::thread> threads;
+
+  Impl(const PoseDataset& d, LoaderOptions o) : ds(d), opt(o) {
+    HR_CHECK(opt.batch_size > 0, "DataLoader: batch size ", opt.batch_size);
+    opt.prefetch = std::max(opt.prefetch, 1);
+    const size_t n = ds.size(), bs = static_cast<size_t>(opt.batch_size);
+    n_batches = static_cast<int64_t>(opt.drop_last ? n / bs : (n + bs - 1) / bs);
+    used = opt.drop_last ? static_cast<size_t>(n_batches) * bs : n;
+    int workers =
+        opt.workers > 0 ? opt.workers : static_cast<int>(std::thread::hardware_concurrency());
+    workers = std::max(workers, 1);
+    threads.reserve(workers);
+    for (int w = 0; w < workers; ++w) threads.emplace_back([this] { worker(); });
+  }
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    work_cv.notify_all();
+    for (auto& t : threads) t.join();
+  }
+
+  bool claimable() const {
+    return started && next_claim < used &&
+           static_cast<int64_t>(next_claim / opt.batch_size) < next_deliver + opt.prefetch;
+  }
+
+  // Called with `mu` held: the state of batch b, made (tensors allocated) on first use.
+  std::shared_ptr<BatchState> batch_state(int64_t b) {
+    auto& st = batches[b];
+    if (st) return st;
+    st = std::make_shared<BatchState>();
+    const TargetParams& t = ds.options().target;
+    st->begin = static_cast<size_t>(b) * opt.batch_size;
+    st->count = std::min(used, st->begin + opt.batch_size) - st->begin;
+    const int64_t n = static_cast<int64_t>(st->count);
+    st->input = Tensor::empty({n, 3, t.image_h, t.image_w});
+    st->target = Tensor::empty({n, J, t.heatmap_h, t.heatmap_w});
+    st->weight = Tensor::empty({n, J, 1});
+    st->indices.assign(order.begin() + st->begin, order.begin() + st->begin + st->count);
+    st->meta.resize(st->count);
+    st->ok.assign(st->count, 0);
+    st->errors.resize(st->count);
+    st->failures.resize(st->count);
+    return st;
+  }
+
+  void worker() {
+    const TargetParams& t = ds.options().target;
+    const size_t in_sz = 3 * static_cast<size_t>(t.image_h) * t.image_w;
+    const size_t tg_sz = static_cast<size_t>(J) * t.heatmap_h * t.heatmap_w;
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      work_cv.wait(lock, [&] { return stop || claimable(); });
+      if (stop) return;
+      const size_t pos = next_claim++;
+      const uint64_t gen = generation;
+      const int64_t ep = epoch;
+      std::shared_ptr<BatchState> st = batch_state(static_cast<int64_t>(pos / opt.batch_size));
+      const size_t slot = pos - st->begin;
+      const size_t index = st->indices[slot];
+      lock.unlock();
+
+      bool ok = false;
+      std::string error;
+      std::exception_ptr failure;
+      try {
+        ds.load(index, sample_seed(opt.seed, ep, index), st->input.data<float>() + slot * in_sz,
+                st->target.data<float>() + slot * tg_sz, st->weight.data<float>() + slot * J,
+                &st->meta[slot]);
+        ok = true;
+      } catch (const Error& e) {
+        if (ds.options().skip_corrupt)
+          error = e.what();
+        else
+          failure = std::current_exception();
+      } catch (...) {
+        failure = std::current_exception();
+      }
+
+      lock.lock();
+      if (gen != generation) continue;  // start_epoch dropped this batch meanwhile
+      st->ok[slot] = ok;
+      st->errors[slot] = std::move(error);
+      st->failures[slot] = failure;
+      if (++st->done == st->count) ready_cv.notify_all();
+    }
+  }
+
+  void start(int64_t ep, int64_t first_batch) {
+    HR_CHECK(first_batch >= 0 && first_batch <= n_batches, "DataLoader::start_epoch: first batch ",
+             first_batch, " of ", n_batches);
+    std::vector<size_t> ord = epoch_order(ds.size(), opt.seed, ep, opt.shuffle);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++generation;
+      batches.clear();  // workers still on old samples hold their own references
+      order = std::move(ord);
+      epoch = ep;
+      next_deliver = first_batch;
+      next_claim = static_cast<size_t>(first_batch) * opt.batch_size;
+      started = true;
+    }
+    work_cv.notify_all();
+  }
+
+  bool next(Batch& out) {
+    std::shared_ptr<BatchState> st;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      HR_CHECK(started, "DataLoader::next: call start_epoch first");
+      if (next_deliver >= n_batches) return false;
+      const int64_t b = next_deliver;
+      ready_cv.wait(lock, [&] {
+        auto it = batches.find(b);
+        return it != batches.end() && it->second->done == it->second->count;
+      });
+      st = batches[b];
+      batches.erase(b);
+      ++next_deliver;
+    }
+    work_cv.notify_all();  // the window moved on
+    for (const auto& f : st->failures)
+      if (f) std::rethrow_exception(f);
+    assemble(*st, out);
+    return true;
+  }
+
+  // Moves a finished batch into `out`, leaving skipped samples out.
+  void assemble(BatchState& st, Batch& out) {
+    out.errors.clear();
+    out.skipped = 0;
+    for (size_t s = 0; s < st.count; ++s)
+      if (!st.ok[s]) {
+        ++out.skipped;
+        out.errors.push_back(std::move(st.errors[s]));
+      }
+    if (out.skipped == 0) {
+      out.input = st.input;
+      out.target = st.target;
+      out.weight = st.weight;
+      out.indices = std::move(st.indices);
+      out.meta = std::move(st.meta);
+      return;
+    }
+    const int64_t n = static_cast<int64_t>(st.count) - out.skipped;
+    out.input = Tensor::empty({n, st.input.size(1), st.input.size(2), st.input.size(3)});
+    out.target = Tensor::empty({n, st.target.size(1), st.target.size(2), st.target.size(3)});
+    out.weight = Tensor::empty({n, st.weight.size(1), 1});
+    out.indices.clear();
+    out.meta.clear();
+    const size_t in_sz = static_cast<size_t>(st.input.numel()) / st.count;
+    const size_t tg_sz = static_cast<size_t>(st.target.numel()) / st.count;
+    const size_t w_sz = static_cast<size_t>(st.weight.numel()) / st.count;
+    size_t k = 0;
+    for (size_t s = 0; s < st.count; ++s) {
+      if (!st.ok[s]) continue;
+      std::memcpy(out.input.data<float>() + k * in_sz, st.input.data<float>() + s * in_sz,
+                  in_sz * sizeof(float));
+      std::memcpy(out.target.data<float>() + k * tg_sz, st.target.data<float>() + s * tg_sz,
+                  tg_sz * sizeof(float));
+      std::memcpy(out.weight.data<float>() + k * w_sz, st.weight.data<float>() + s * w_sz,
+                  w_sz * sizeof(float));
+      out.indices.push_back(st.indices[s]);
+      out.meta.push_back(st.meta[s]);
+      ++k;
+    }
+  }
+};
+
+DataLoader::DataLoader(const PoseDataset& ds, LoaderOptions opt)
+    : impl_(std::make_unique<Impl>(ds, opt)) {}
+
+DataLoader::~DataLoader() = default;
+
+int64_t DataLoader::batches_per_epoch() const { return impl_->n_batches; }
+
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+  impl_->start(epoch, first_batch);
+}
+
+bool DataLoader::next(Batch& out) { return impl_->next(out); }
+
+}  // namespace hr::data

@@ -1,0 +1,335 @@
+// The pose programs end to end, as a user runs them, on a tiny synthetic
+// dataset made by hrnet-synth: hrnet-train (outputs, metrics log, exact
+// resume), hrnet-eval (same AP as training reported, --results scoring),
+// hrnet-infer on an image, and bad input (one line naming the file, non-zero
+// exit, no half-written checkpoint).
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "data/coco.h"
+#include "data/coco_eval.h"
+#include "data/image.h"
+#include "engine/checkpoint.h"
+
+using namespace hr;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+const fs::path kWork = fs::absolute("test_pose_apps_work");
+
+Run run(const std::string& exe, const std::string& args) {
+  const std::string out = (kWork / "stdout.txt").string(), err = (kWork / "stderr.txt").string();
+  const std::string cmd = exe + " " + args + " >" + out + " 2>" + err;
+  const int rc = std::system(cmd.c_str());
+  return Run{WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+}
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+// The last line of stderr (progress output comes before an error line).
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  return t.substr(t.rfind('\n') == std::string::npos ? 0 : t.rfind('\n') + 1);
+}
+
+// A tiny HRNet and a tiny run: fast enough for the suite, real enough to
+// exercise every part.
+const char* kTinyCfg = R"(
+DATASET:
+  DATASET: synth
+  ROOT: '@ROOT@'
+  TRAIN_SET: train2017
+  TEST_SET: val2017
+  FLIP: true
+  PROB_HALF_BODY: 0.3
+  ROT_FACTOR: 30
+  SCALE_FACTOR: 0.25
+WORKERS: 2
+PRINT_FREQ: 1
+MODEL:
+  NAME: pose_hrnet
+  NUM_JOINTS: 17
+  IMAGE_SIZE: [64, 96]
+  HEATMAP_SIZE: [16, 24]
+  SIGMA: 2
+  EXTRA:
+    PRETRAINED_LAYERS: ['*']
+    FINAL_CONV_KERNEL: 1
+    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
+    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
+    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
+LOSS:
+  USE_TARGET_WEIGHT: true
+TRAIN:
+  BATCH_SIZE_PER_GPU: 4
+  END_EPOCH: 2
+  OPTIMIZER: adam
+  LR: 0.001
+  LR_STEP: [1]
+TEST:
+  BATCH_SIZE_PER_GPU: 8
+  USE_GT_BBOX: true
+  FLIP_TEST: true
+  POST_PROCESS: true
+  SHIFT_HEATMAP: true
+  IN_VIS_THRE: 0.2
+  OKS_THRE: 0.9
+ENGINE:
+  SEED: 3
+  THREADS: 2
+)";
+
+std::string write_cfg(const std::string& name, const std::string& root) {
+  std::string text = kTinyCfg;
+  text.replace(text.find("@ROOT@"), 6, root);
+  const std::string path = (kWork / name).string();
+  std::ofstream(path) << text;
+  return path;
+}
+
+// One tiny synthetic dataset for the whole file.
+const std::string& dataset() {
+  static std::string root = [] {
+    fs::remove_all(kWork);
+    fs::create_directories(kWork);
+    const std::string r = (kWork / "synth").string();
+    Run g =
+        run(HR_SYNTH_EXE, "--out " + r + " --train 12 --val 4 --seed 5 --width 160 --height 120");
+    INFO(g.err);
+    REQUIRE(g.code == 0);
+    return r;
+  }();
+  return root;
+}
+
+std::map<std::string, std::vector<float>> tensors(const std::string& path) {
+  std::map<std::string, std::vector<float>> m;
+  for (auto& [k, t] : load_checkpoint(path)) m[k] = t.to_vector();
+  return m;
+}
+
+}  // namespace
+
+// The tiny run every test below looks at, trained once.
+struct Trained {
+  std::string cfg, dir;
+  Run run;
+};
+const Trained& trained() {
+  static Trained t = [] {
+    Trained r;
+    r.cfg = write_cfg("tiny.yaml", dataset());
+    r.dir = (kWork / "run_a").string();
+    r.run = run(HR_TRAIN_EXE, "--cfg " + r.cfg + " --out " + r.dir);
+    INFO(r.run.err);
+    REQUIRE(r.run.code == 0);
+    return r;
+  }();
+  return t;
+}
+
+TEST_CASE("hrnet-train writes its outputs and resumes exactly", "[apps][pose]") {
+  const Trained& t = trained();
+  const std::string& cfg = t.cfg;
+  const std::string& a = t.dir;
+  const Run& ra = t.run;
+  const std::string b = (kWork / "run_b").string();
+  for (const char* f : {"checkpoint.safetensors", "model_best.safetensors",
+                        "final_state.safetensors", "metrics.jsonl", "config.yaml",
+                        "predictions.png", "results/keypoints_val2017_results.json"})
+    CHECK(fs::exists(fs::path(a) / f));
+  CHECK(ra.out.find("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | "
+                    "maxDets= 20 ]") != std::string::npos);
+
+  // metrics.jsonl: one JSON object per line; train lines every iteration, an
+  // epoch and an eval line per epoch
+  std::istringstream log(slurp(a + "/metrics.jsonl"));
+  int train = 0, epoch = 0, eval = 0;
+  for (std::string line; std::getline(log, line);) {
+    REQUIRE(line.front() == '{');
+    REQUIRE(line.back() == '}');
+    train += line.find("\"type\":\"train\"") != std::string::npos;
+    epoch += line.find("\"type\":\"epoch\"") != std::string::npos;
+    eval += line.find("\"type\":\"eval\"") != std::string::npos;
+  }
+  CHECK(epoch == 2);
+  CHECK(eval == 2);
+  CHECK(train >= 2);
+
+  // one epoch, then a resumed second one: the same weights as the uninterrupted
+  // run
+  Run rb1 = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + b + " TRAIN.END_EPOCH 1");
+  INFO(rb1.err);
+  REQUIRE(rb1.code == 0);
+  Run rb2 = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + b + " --resume");
+  INFO(rb2.err);
+  REQUIRE(rb2.code == 0);
+  CHECK(rb2.err.find("resumed from") != std::string::npos);
+  auto wa = tensors(a + "/final_state.safetensors"), wb = tensors(b + "/final_state.safetensors");
+  REQUIRE(wa.size() == wb.size());
+  size_t differing = 0;
+  for (auto& [k, v] : wa) differing += (wb.at(k) != v);
+  CHECK(differing == 0);
+}
+
+TEST_CASE(
+    "hrnet-eval reproduces the AP hrnet-train reported, and --results "
+    "scores the file",
+    "[apps][pose]") {
+  const Trained& t = trained();
+  const std::string& cfg = t.cfg;
+  const std::string& a = t.dir;
+  const Run& ra = t.run;
+  Run e = run(HR_EVAL_EXE, "--cfg " + cfg + " --out " + (kWork / "eval").string() + " --weights " +
+                               a + "/final_state.safetensors");
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  // the last table hrnet-train printed is the final evaluation: same weights,
+  // same numbers
+  CHECK(e.out == ra.out.substr(0, e.out.size()));
+  Run s = run(HR_EVAL_EXE, "--cfg " + cfg + " --results " + (kWork / "eval").string() +
+                               "/results/keypoints_val2017_results.json");
+  INFO(s.err);
+  REQUIRE(s.code == 0);
+  CHECK(s.out == e.out);
+  // the training checkpoint (weights + optimizer state) is accepted as weights
+  // too
+  Run c = run(HR_EVAL_EXE, "--cfg " + cfg + " --out " + (kWork / "eval2").string() + " --weights " +
+                               a + "/checkpoint.safetensors");
+  INFO(c.err);
+  REQUIRE(c.code == 0);
+  CHECK(c.out == e.out);
+}
+
+TEST_CASE("hrnet-infer finds the people of an image", "[apps][pose]") {
+  const Trained& t = trained();
+  const std::string& cfg = t.cfg;
+  const std::string& a = t.dir;
+  const std::string root = dataset();
+  const data::CocoKeypoints val =
+      data::load_coco_keypoints(root + "/annotations/person_keypoints_val2017.json");
+  const std::string img = root + "/images/val2017/" + val.images[0].file_name;
+  const std::string js = (kWork / "infer.json").string(), png = (kWork / "infer.png").string();
+  Run r = run(HR_INFER_EXE, "--config " + cfg + " --weights " + a +
+                                "/final_state.safetensors --image " + img + " --box 10,5,60,100" +
+                                " --box 50,20,40,80 --json " + js + " --overlay " + png);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const std::string j = slurp(js);
+  CHECK(j.find("\"people\"") != std::string::npos);
+  CHECK(std::count(j.begin(), j.end(), '{') == 3);  // the object and two people
+  const data::Image o = data::read_image(png);
+  CHECK(o.width == val.images[0].width);
+  CHECK(o.height == val.images[0].height);
+}
+
+TEST_CASE(
+    "hrnet-train refuses bad input with one line and leaves no "
+    "half-written output",
+    "[apps][pose]") {
+  const std::string root = dataset();
+  const std::string out = (kWork / "bad_out").string();
+
+  SECTION("a missing annotation file is named") {
+    const std::string cfg = write_cfg("missing.yaml", (kWork / "nowhere").string());
+    Run r = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + out);
+    CHECK(r.code != 0);
+    CHECK(last_line(r.err).find("nowhere/annotations/person_keypoints_train2017.json") !=
+          std::string::npos);
+  }
+  SECTION("a truncated annotation file is named") {
+    const fs::path bad = kWork / "truncated";
+    fs::create_directories(bad / "annotations");
+    fs::create_directories(bad / "images" / "train2017");
+    const std::string full = slurp(root + "/annotations/person_keypoints_train2017.json");
+    std::ofstream(bad / "annotations" / "person_keypoints_train2017.json")
+        << full.substr(0, full.size() / 2);
+    Run r = run(HR_TRAIN_EXE, "--cfg " + write_cfg("trunc.yaml", bad.string()) + " --out " + out);
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("person_keypoints_train2017.json") != std::string::npos);
+  }
+  SECTION("a misspelt config key is named") {
+    const std::string cfg = write_cfg("typo.yaml", root);
+    Run r = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + out + " TRAIN.END_EPOCHS 1");
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("TRAIN.END_EPOCHS") != std::string::npos);
+  }
+  SECTION("an unwritable output directory fails before any work") {
+    const std::string cfg = write_cfg("unwritable.yaml", root);
+    Run r = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out /proc/hrnet-cannot-write-here");
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("/proc/hrnet-cannot-write-here") != std::string::npos);
+  }
+  SECTION(
+      "a corrupt image is skipped and counted, or fatal with "
+      "ENGINE.SKIP_CORRUPT false") {
+    const fs::path bad = kWork / "corrupt";
+    fs::remove_all(bad);
+    fs::copy(root, bad, fs::copy_options::recursive);
+    const data::CocoKeypoints train =
+        data::load_coco_keypoints(root + "/annotations/person_keypoints_train2017.json");
+    const std::string victim = train.images[0].file_name;
+    std::ofstream(bad / "images" / "train2017" / victim, std::ios::trunc) << "not a jpeg";
+    const std::string cfg = write_cfg("corrupt.yaml", bad.string());
+    const std::string o1 = (kWork / "corrupt_skip").string(),
+                      o2 = (kWork / "corrupt_fatal").string();
+    Run skip = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + o1 + " TRAIN.END_EPOCH 1");
+    INFO(skip.err);
+    REQUIRE(skip.code == 0);
+    CHECK(skip.err.find(victim) != std::string::npos);
+    const std::string log = slurp(o1 + "/metrics.jsonl");
+    // the epoch line counts them: one per person of the unreadable image
+    const size_t ep = log.find("\"type\":\"epoch\"");
+    REQUIRE(ep != std::string::npos);
+    const size_t sk = log.find("\"skipped\":", ep);
+    REQUIRE(sk != std::string::npos);
+    CHECK(std::atoi(log.c_str() + sk + 10) == static_cast<int>(train.anns_of_image[0].size()));
+    Run fatal = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + o2 +
+                                      " TRAIN.END_EPOCH 1 ENGINE.SKIP_CORRUPT false");
+    CHECK(fatal.code != 0);
+    CHECK(last_line(fatal.err).find(victim) != std::string::npos);
+    CHECK_FALSE(fs::exists(o2 + "/checkpoint.safetensors"));
+    for (auto& e : fs::directory_iterator(o2)) CHECK(e.path().extension() != ".tmp");
+  }
+  SECTION("an empty split is refused") {
+    const fs::path bad = kWork / "empty";
+    fs::remove_all(bad);
+    fs::create_directories(bad / "annotations");
+    fs::create_directories(bad / "images" / "train2017");
+    data::CocoKeypoints c =
+        data::load_coco_keypoints(root + "/annotations/person_keypoints_train2017.json");
+    c.annotations.clear();
+    c.index();
+    data::save_coco_keypoints(c,
+                              (bad / "annotations" / "person_keypoints_train2017.json").string());
+    Run r = run(HR_TRAIN_EXE, "--cfg " + write_cfg("empty.yaml", bad.string()) + " --out " + out);
+    CHECK(r.code != 0);
+    CHECK(last_line(r.err).find("empty split") != std::string::npos);
+  }
+}
