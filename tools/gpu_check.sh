@@ -171,6 +171,17 @@ run_step "ctest -L gpu" "$OUT/tests.log" 180 \
 run_step "ctest -LE gpu (all other tests)" "$OUT/tests.log" 180 \
   ctest --test-dir "$BUILD" -LE gpu --output-on-failure -j "$JOBS" --timeout 170
 
+# ---- hrnet-train on the GPU with bf16 autocast: the quick-start config on a small synthetic set,
+# two epochs (training, evaluation with flip test, checkpoint), as a user runs it
+if [ -x "$BUILD/apps/hrnet-train" ] && [ -x "$BUILD/apps/hrnet-synth" ]; then
+  run_step "hrnet-synth 300+60" "$OUT/train_gpu.log" 60 \
+    "$BUILD/apps/hrnet-synth" --out "$WORK/synth" --train 300 --val 60 --quiet
+  run_step "hrnet-train cuda bf16" "$OUT/train_gpu.log" 150 \
+    "$BUILD/apps/hrnet-train" --cfg "$ROOT/configs/quickstart_synth.yaml" --out "$WORK/train_gpu" \
+    DATASET.ROOT "$WORK/synth" TRAIN.END_EPOCH 2 ENGINE.DEVICE cuda ENGINE.PRECISION bf16 \
+    TRAIN.BATCH_SIZE_PER_GPU 32
+fi
+
 # ---- compute-sanitizer on the GPU test executables
 SAN="$(command -v compute-sanitizer || true)"
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
