@@ -18,10 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "apps/app_common.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "tasks/pose.h"
 
 using namespace hr;
+using apps::UsageError;
 namespace fs = std::filesystem;
 
 namespace {
@@ -32,10 +34,6 @@ const char* kUsage =
     "       hrnet-eval --cfg FILE --results RESULTS.json [KEY VALUE ...]\n"
     "  KEY VALUE pairs override config keys (e.g. TEST.USE_GT_BBOX false\n"
     "  TEST.COCO_BBOX_FILE dets.json DATASET.ROOT data/coco).\n";
-
-struct UsageError : Error {
-  using Error::Error;
-};
 
 struct Args {
   std::string cfg, weights, results, out, device;
@@ -77,15 +75,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-std::string output_dir(const models::Config& cfg, const Args& a) {
-  if (!a.out.empty()) return a.out;
-  std::string out = cfg.get_str("OUTPUT_DIR");
-  if (out.empty()) out = "output";
-  return (fs::path(out) / cfg.get_str("DATASET.DATASET") / cfg.get_str("MODEL.NAME") /
-          fs::path(a.cfg).stem())
-      .string();
-}
-
 int run(const Args& a) {
   models::Config cfg = tasks::load_pose_config(a.cfg, a.overrides);
   if (!a.device.empty()) cfg.set("ENGINE.DEVICE", a.device);
@@ -102,16 +91,13 @@ int run(const Args& a) {
 
   const Device dev = s.engine_device();
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
-  const std::string out = output_dir(cfg, a);
+  const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, a.cfg) : a.out;
   std::string weights = a.weights;
   if (weights.empty()) weights = s.model_file;
   if (weights.empty()) weights = out + "/final_state.safetensors";
   HR_CHECK(fs::exists(weights), "weights ", weights,
            " do not exist (give --weights or TEST.MODEL_FILE)");
-  std::error_code ec;
-  fs::create_directories(fs::path(out) / "results", ec);
-  HR_CHECK(!ec && fs::is_directory(out), "cannot create output directory ", out, ": ",
-           ec.message());
+  tasks::make_output_dir(out);
 
   tasks::PoseData val = tasks::load_eval_data(s);
   auto model = models::make_hrnet(cfg, s.seed);
@@ -130,22 +116,9 @@ int run(const Args& a) {
   return 0;
 }
 
-std::string one_line(std::string m) {
-  for (auto& c : m)
-    if (c == '\n') c = ';';
-  return m;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse(argc, argv));
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "hrnet-eval: %s\n%s", e.what(), kUsage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hrnet-eval: %s\n", one_line(e.what()).c_str());
-    return 1;
-  }
+  return apps::app_main("hrnet-eval", std::string("\n") + kUsage,
+                        [&] { return run(parse(argc, argv)); });
 }

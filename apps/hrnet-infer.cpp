@@ -18,20 +18,22 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
+#include "apps/app_common.h"
 #include "data/draw.h"
 #include "data/image.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "engine/file_util.h"
 #include "tasks/pose.h"
 #include "models/config.h"
 #include "models/hrnet.h"
 
 using namespace hr;
 using namespace hr::models;
+using hr::apps::UsageError;
 
 namespace {
 
@@ -56,9 +58,6 @@ struct Args {
   int64_t batch = 1;
 };
 
-struct UsageError : Error {
-  using Error::Error;
-};
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -324,31 +323,17 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
                         std::max(2.f, img.width / 200.f));
   }
   json += "\n ]}\n";
-  if (!a.json_out.empty()) {
-    const std::string tmp = a.json_out + ".tmp";
-    {
-      std::ofstream f(tmp, std::ios::binary);
-      HR_CHECK(f.good(), "cannot write ", a.json_out);
-      f << json;
-      HR_CHECK(f.good(), "cannot write ", a.json_out);
-    }
-    HR_CHECK(std::rename(tmp.c_str(), a.json_out.c_str()) == 0, "cannot write ", a.json_out);
-  }
+  if (!a.json_out.empty())
+    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
   if (!a.overlay_out.empty()) data::write_image(overlay, a.overlay_out);
   std::fprintf(stderr, "hrnet-infer: %zu %s in %s\n", preds.size(),
                preds.size() == 1 ? "person" : "people", a.image.c_str());
 }
 
-std::string one_line(std::string m) {
-  for (auto& c : m)
-    if (c == '\n') c = ';';
-  return m;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return apps::app_main("hrnet-infer", " (--help for usage)\n", [&] {
     const Args a = parse(argc, argv);
     std::shared_ptr<HRNet> model;
     std::array<int64_t, 2> hw{0, 0};
@@ -370,11 +355,5 @@ int main(int argc, char** argv) {
     else
       infer(*model, a);
     return 0;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "hrnet-infer: %s (--help for usage)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hrnet-infer: %s\n", one_line(e.what()).c_str());
-    return 1;
-  }
+  });
 }

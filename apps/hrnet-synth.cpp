@@ -11,10 +11,12 @@
 #include <cstdlib>
 #include <string>
 
+#include "apps/app_common.h"
 #include "data/synth.h"
 #include "engine/error.h"
 
 using namespace hr;
+using apps::UsageError;
 
 namespace {
 
@@ -33,10 +35,6 @@ const char* kUsage =
     "  --quality Q     JPEG quality 1..100 (default 92)\n"
     "  --quiet         no progress bar\n";
 
-struct UsageError : Error {
-  using Error::Error;
-};
-
 long long parse_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
   char* end = nullptr;
   errno = 0;
@@ -49,59 +47,51 @@ long long parse_int(const std::string& flag, const std::string& v, long long lo,
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return apps::app_main("hrnet-synth", "\n", [&] {
     data::SynthOptions opt;
     std::string out;
     bool quiet = false;
-    try {
-      auto value = [&](int& i) -> std::string {
-        if (i + 1 >= argc) throw UsageError(std::string(argv[i]) + " needs a value");
-        return argv[++i];
-      };
-      for (int i = 1; i < argc; ++i) {
-        const std::string k = argv[i];
-        if (k == "-h" || k == "--help") {
-          std::fputs(kUsage, stdout);
-          return 0;
-        } else if (k == "--out") {
-          out = value(i);
-        } else if (k == "--train") {
-          opt.train_images = int(parse_int(k, value(i), 1, 100000000));
-        } else if (k == "--val") {
-          opt.val_images = int(parse_int(k, value(i), 1, 100000000));
-        } else if (k == "--seed") {
-          const std::string v = value(i);
-          char* end = nullptr;
-          errno = 0;
-          const unsigned long long s = std::strtoull(v.c_str(), &end, 10);
-          if (v.empty() || v[0] == '-' || *end || errno == ERANGE)
-            throw UsageError("--seed must be a non-negative integer, got '" + v + "'");
-          opt.seed = s;
-        } else if (k == "--width") {
-          opt.width = int(parse_int(k, value(i), 32, 8192));
-        } else if (k == "--height") {
-          opt.height = int(parse_int(k, value(i), 32, 8192));
-        } else if (k == "--max-people") {
-          opt.max_people = int(parse_int(k, value(i), 1, 200));
-        } else if (k == "--threads") {
-          opt.threads = int(parse_int(k, value(i), 0, 1024));
-        } else if (k == "--quality") {
-          opt.jpeg_quality = int(parse_int(k, value(i), 1, 100));
-        } else if (k == "--quiet") {
-          quiet = true;
-        } else {
-          throw UsageError("unknown argument '" + k + "' (see --help)");
-        }
+    auto value = [&](int& i) -> std::string {
+      if (i + 1 >= argc) throw UsageError(std::string(argv[i]) + " needs a value");
+      return argv[++i];
+    };
+    for (int i = 1; i < argc; ++i) {
+      const std::string k = argv[i];
+      if (k == "-h" || k == "--help") {
+        std::fputs(kUsage, stdout);
+        return 0;
+      } else if (k == "--out") {
+        out = value(i);
+      } else if (k == "--train") {
+        opt.train_images = int(parse_int(k, value(i), 1, 100000000));
+      } else if (k == "--val") {
+        opt.val_images = int(parse_int(k, value(i), 1, 100000000));
+      } else if (k == "--seed") {
+        const std::string v = value(i);
+        char* end = nullptr;
+        errno = 0;
+        const unsigned long long s = std::strtoull(v.c_str(), &end, 10);
+        if (v.empty() || v[0] == '-' || *end || errno == ERANGE)
+          throw UsageError("--seed must be a non-negative integer, got '" + v + "'");
+        opt.seed = s;
+      } else if (k == "--width") {
+        opt.width = int(parse_int(k, value(i), 32, 8192));
+      } else if (k == "--height") {
+        opt.height = int(parse_int(k, value(i), 32, 8192));
+      } else if (k == "--max-people") {
+        opt.max_people = int(parse_int(k, value(i), 1, 200));
+      } else if (k == "--threads") {
+        opt.threads = int(parse_int(k, value(i), 0, 1024));
+      } else if (k == "--quality") {
+        opt.jpeg_quality = int(parse_int(k, value(i), 1, 100));
+      } else if (k == "--quiet") {
+        quiet = true;
+      } else {
+        throw UsageError("unknown argument '" + k + "' (see --help)");
       }
-      if (out.empty()) throw UsageError("--out DIR is required (see --help)");
-    } catch (const UsageError& e) {
-      std::fprintf(stderr, "hrnet-synth: %s\n", e.what());
-      return 2;
     }
+    if (out.empty()) throw UsageError("--out DIR is required (see --help)");
     data::generate_synthetic_coco(out, opt, !quiet);
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hrnet-synth: %s\n", e.what());
-    return 1;
-  }
+  });
 }

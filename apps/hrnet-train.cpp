@@ -16,20 +16,22 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "apps/app_common.h"
 #include "data/synth.h"
 #include "engine/checkpoint.h"
+#include "engine/file_util.h"
 #include "engine/progress.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "quickstart_config.h"
 #include "tasks/pose.h"
 
 using namespace hr;
+using apps::UsageError;
 namespace fs = std::filesystem;
 
 namespace {
@@ -42,10 +44,6 @@ const char* kUsage =
     "  (e.g. TRAIN.END_EPOCH 1 DATASET.ROOT data/coco ENGINE.DEVICE cuda).\n"
     "  HRNET_SYNTH_DIR sets where the quick start caches its data\n"
     "  (default: $XDG_CACHE_HOME/hrnet or ~/.cache/hrnet).\n";
-
-struct UsageError : Error {
-  using Error::Error;
-};
 
 struct Args {
   std::string cfg, out, device;
@@ -113,16 +111,6 @@ std::string quickstart_data() {
   return dir;
 }
 
-std::string final_output_dir(const models::Config& cfg, const std::string& cfg_path,
-                             const Args& a) {
-  if (!a.out.empty()) return a.out;
-  std::string out = cfg.get_str("OUTPUT_DIR");
-  if (out.empty()) out = "output";
-  return (fs::path(out) / cfg.get_str("DATASET.DATASET") / cfg.get_str("MODEL.NAME") /
-          fs::path(cfg_path).stem())
-      .string();
-}
-
 // Appends one JSON object per line and flushes: a run's metrics can be plotted while it runs.
 class MetricsLog {
  public:
@@ -154,22 +142,6 @@ std::string metrics_json(const data::KeypointMetrics& m) {
   return s;
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    HR_CHECK(f.good(), "cannot write ", tmp);
-    f << text;
-    HR_CHECK(f.good(), "cannot write ", tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw Error(str_cat("cannot write ", path));
-  }
-}
-
 int run(const Args& a) {
   const bool quickstart = a.cfg.empty();
   std::vector<std::string> overrides = a.overrides;
@@ -191,13 +163,11 @@ int run(const Args& a) {
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
 
   // Output directory first: an unwritable place fails before any work.
-  const std::string out = final_output_dir(cfg, cfg_path, a);
-  std::error_code ec;
-  fs::create_directories(fs::path(out) / "results", ec);
-  HR_CHECK(!ec && fs::is_directory(out), "cannot create output directory ", out, ": ",
-           ec.message());
+  const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, cfg_path) : a.out;
+  tasks::make_output_dir(out);
   const std::string cfg_text = cfg.dump();
-  write_text_atomic(out + "/config.yaml", cfg_text);
+  write_file_atomic(out + "/config.yaml", cfg_text.data(), cfg_text.size(),
+                    "cannot write " + out + "/config.yaml");
 
   // Data
   tasks::PoseData train = tasks::load_train_data(s);
@@ -278,8 +248,7 @@ int run(const Args& a) {
     data::Batch b;
     while (loader.next(b)) {
       skipped += b.skipped;
-      for (const auto& e : b.errors)
-        std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
+      for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
       if (b.size() == 0) continue;
       const float loss = tasks::train_step(*model, *opt, b, dev, s.autocast());
       HR_CHECK(std::isfinite(loss), "training diverged at epoch ", epoch, " iteration ", iter,
@@ -342,22 +311,9 @@ int run(const Args& a) {
   return 0;
 }
 
-std::string one_line(std::string m) {
-  for (auto& c : m)
-    if (c == '\n') c = ';';
-  return m;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse(argc, argv));
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "hrnet-train: %s\n%s", e.what(), kUsage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hrnet-train: %s\n", one_line(e.what()).c_str());
-    return 1;
-  }
+  return apps::app_main("hrnet-train", std::string("\n") + kUsage,
+                        [&] { return run(parse(argc, argv)); });
 }

@@ -1,20 +1,19 @@
-// Image decoding and encoding behind one wrapper: stb_image / stb_image_write compiled here,
+// Image decoding and encoding behind one wrapper: JPEG decoding with libjpeg-turbo; other formats
+// and encoding with stb_image / stb_image_write compiled here,
 // static, so no stb symbol leaks out of the engine library. Truncation that stb lets through
 // (a JPEG cut short decodes with grey fill) is detected from the container before decoding.
 #include "data/image.h"
 
 #include <array>
-#include <csetjmp>
-#include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <csetjmp>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
-#include <unistd.h>
-
 #include "engine/error.h"
+#include "engine/file_util.h"
 
 // after <cstdio>: jpeglib.h needs FILE and size_t
 #include <jpeglib.h>
@@ -221,25 +220,7 @@ void write_image(const Image& img, const std::string& path, int jpeg_quality) {
                                               img.channels, img.pixels.data(), jpeg_quality);
   HR_CHECK(ok && !bytes.empty(), "cannot write image ", path, ": encoding failed");
 
-  // Same directory as the target so that rename is atomic; unique per process and call.
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp =
-      str_cat(path, ".tmp.", long(::getpid()), ".", counter.fetch_add(1));
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(str_cat("cannot write image ", path, ": ", std::strerror(errno)));
-  const bool wrote = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  int e = errno;
-  const bool closed = std::fclose(f) == 0;
-  if (!closed && wrote) e = errno;
-  if (!wrote || !closed) {
-    std::remove(tmp.c_str());
-    throw Error(str_cat("cannot write image ", path, ": ", std::strerror(e)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    e = errno;
-    std::remove(tmp.c_str());
-    throw Error(str_cat("cannot write image ", path, ": ", std::strerror(e)));
-  }
+  write_file_atomic(path, bytes.data(), bytes.size(), str_cat("cannot write image ", path));
 }
 
 }  // namespace hr::data

@@ -111,6 +111,21 @@ DType PoseSettings::autocast() const {
   return precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
 }
 
+std::string experiment_output_dir(const Config& cfg, const std::string& cfg_path) {
+  std::string out = cfg.get_str("OUTPUT_DIR");
+  if (out.empty()) out = "output";
+  return (fs::path(out) / cfg.get_str("DATASET.DATASET") / cfg.get_str("MODEL.NAME") /
+          fs::path(cfg_path).stem())
+      .string();
+}
+
+void make_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(fs::path(dir) / "results", ec);
+  HR_CHECK(!ec && fs::is_directory(dir), "cannot create output directory ", dir, ": ",
+           ec.message());
+}
+
 Config load_pose_config(const std::string& path, const std::vector<std::string>& overrides) {
   Config cfg = Config::load(path);
   HR_CHECK(cfg.has("ENGINE.DEVICE"), "[config] ", path,

@@ -60,6 +60,13 @@ struct PoseSettings {
   DType autocast() const;  // f32 when off
 };
 
+// Where the official tools put an experiment's outputs:
+// OUTPUT_DIR/DATASET.DATASET/MODEL.NAME/<config file name without extension> ("output" when
+// OUTPUT_DIR is empty).
+std::string experiment_output_dir(const models::Config& cfg, const std::string& cfg_path);
+// Creates DIR and DIR/results; throws naming DIR when it cannot (before any work is done).
+void make_output_dir(const std::string& dir);
+
 // Loads an experiment file (pose defaults, which include the ENGINE.* section), then applies
 // yacs-style KEY VALUE overrides.
 models::Config load_pose_config(const std::string& path, const std::vector<std::string>& overrides);

@@ -2,7 +2,6 @@
 // inference against the same model run in-process, and bad input (one line on stderr, non-zero
 // exit, no output file left behind).
 #include <catch2/catch.hpp>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -14,6 +13,7 @@
 #include "engine/checkpoint.h"
 #include "models/config.h"
 #include "models/hrnet.h"
+#include "app_runner.h"
 #include "test_util.h"
 
 using namespace hr;
@@ -21,29 +21,11 @@ using namespace hr::models;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 bool exists(const std::string& path) { return std::ifstream(path).good(); }
 
-Run infer(const std::string& args) {
-  const std::string out = "test_apps_stdout.txt", err = "test_apps_stderr.txt";
-  const std::string cmd = std::string(HR_INFER_EXE) + " " + args + " >" + out + " 2>" + err;
-  int rc = std::system(cmd.c_str());
-  Run r{WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
-  std::remove(out.c_str());
-  std::remove(err.c_str());
-  return r;
-}
+using test::Run;
+
+Run infer(const std::string& args) { return test::run_program(HR_INFER_EXE, args, "test_apps"); }
 
 const std::string kW32 = std::string(HR_TEST_DATA_DIR) + "/model_configs/w32_256x192_adam_lr1e-3.yaml";
 

@@ -3,7 +3,6 @@
 // resume), hrnet-eval (same AP as training reported, --results scoring),
 // hrnet-infer on an image, and bad input (one line naming the file, non-zero
 // exit, no half-written checkpoint).
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -18,6 +17,7 @@
 #include "data/coco.h"
 #include "data/coco_eval.h"
 #include "data/image.h"
+#include "app_runner.h"
 #include "engine/checkpoint.h"
 
 using namespace hr;
@@ -25,25 +25,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::Run;
+using test::slurp;
 
 const fs::path kWork = fs::absolute("test_pose_apps_work");
 
 Run run(const std::string& exe, const std::string& args) {
-  const std::string out = (kWork / "stdout.txt").string(), err = (kWork / "stderr.txt").string();
-  const std::string cmd = exe + " " + args + " >" + out + " 2>" + err;
-  const int rc = std::system(cmd.c_str());
-  return Run{WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+  return test::run_program(exe, args, (kWork / "run").string());
 }
 
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }

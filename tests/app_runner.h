@@ -1,0 +1,37 @@
+// Running the hrnet-* programs from the tests as a user would: a shell command line, with stdout
+// and stderr captured to files (removed afterwards) and the exit code.
+#pragma once
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace hr::test {
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct Run {
+  int code;  // exit status, -1 when the program did not exit normally
+  std::string out, err;
+};
+
+// Runs `exe args`; `scratch` is a path prefix for the capture files.
+inline Run run_program(const std::string& exe, const std::string& args,
+                       const std::string& scratch) {
+  const std::string out = scratch + "_stdout.txt", err = scratch + "_stderr.txt";
+  const int rc = std::system((exe + " " + args + " >" + out + " 2>" + err).c_str());
+  Run r{WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+  std::remove(out.c_str());
+  std::remove(err.c_str());
+  return r;
+}
+
+}  // namespace hr::test
