@@ -166,7 +166,7 @@ std::array<int64_t, 2> parse_hw(const std::string& s) {
   return {hv, wv};
 }
 
-void summary(const HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
+void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   const ModelSpec& s = model.spec();
   if (!a.input_size.empty()) hw = parse_hw(a.input_size);
   if (hw[0] <= 0 || hw[1] <= 0)
@@ -195,6 +195,15 @@ void summary(const HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
       "most at once; %.1f MiB with no reuse), fp32 inference forward\n",
       st.planned_activation_bytes / 1048576.0, st.peak_live_bytes / 1048576.0,
       st.activation_bytes / 1048576.0);
+  const GraphPlans gp = plan_graphs(model, in);
+  auto line = [](const char* what, const graph::PlanStats& p) {
+    std::printf("%-12s %.1f MiB fp32 arena (%.1f MiB with no reuse), %lld nodes, %lld fused, "
+                "%lld streams, %lld events\n",
+                what, p.arena_bytes / 1048576.0, p.total_bytes / 1048576.0, (long long)p.nodes,
+                (long long)p.fused, (long long)p.streams, (long long)p.events);
+  };
+  line("graph infer", gp.inference);
+  if (gp.has_training) line("graph train", gp.training);
 }
 
 Device parse_device(const std::string& d) {

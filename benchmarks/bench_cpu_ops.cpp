@@ -1,6 +1,7 @@
 // CPU operator benchmark at HRNet-W32 shapes (batch 8, 256x192 input): convolution forward,
 // backward-data and backward-weight (kernels/cpu/conv2d.cpp), batch-norm training forward +
-// backward and nearest x2 upsampling forward + backward, each timed as the median of --reps runs
+// backward, batch norm -> add -> ReLU forward + backward fused (cpu::batchnorm_act_*) and
+// unfused, and nearest x2 upsampling forward + backward, each timed as the median of --reps runs
 // after warm-up. When PyTorch is importable it runs benchmarks/torch_cpu_ops.py on the same ops
 // with the same thread count and prints one table: ours, PyTorch, ratio (PyTorch / ours), rate.
 // The whole sequence (ours, then PyTorch) runs --passes times and each side keeps its best median,
@@ -19,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -140,6 +142,50 @@ void add_bn_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t
   rows.push_back(r);
 }
 
+// HRNet's BN -> add -> ReLU (training forward + backward, residual gradient included): the
+// fused kernels (cpu::batchnorm_act_*) or the unfused sequence they replace (batch norm, add,
+// relu; relu backward, batch-norm backward). Both rows share the PyTorch peer relu(bn(x) + r).
+void add_bn_add_relu_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W,
+                         bool fused) {
+  Row r;
+  r.op = fused ? "bn+add+relu fwd+bwd fused" : "bn+add+relu fwd+bwd unfused";
+  r.shape = map_label(N, C, H, W);
+  r.torch_spec = "bnar:" + map_args(N, C, H, W);
+  // the same nominal traffic for both (fwd: read x, r, write y; bwd: read x, y, dy, write dx,
+  // dr), so GB/s compares like the times
+  r.bytes = 8.0 * 4.0 * double(N * C * H * W);
+  r.time_ours = [=](int reps) {
+    const int64_t HW = H * W;
+    const size_t n = N * C * HW;
+    const auto x = random_vec(n, 4), res = random_vec(n, 10), dy = random_vec(n, 5);
+    const auto beta = random_vec(C, 7, 0.1f);
+    auto gamma = random_vec(C, 6, 0.1f);
+    for (auto& g : gamma) g += 1.f;
+    std::vector<float> y(n), t(n), g(n), dx(n), dr(n), rm(C, 0.f), rv(C, 1.f), sm(C), si(C);
+    std::vector<float> dg(C), dbt(C);
+    if (fused)
+      return median_ms(reps, [&] {
+        hr::cpu::batchnorm_act_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f,
+                                             0.1f, rm.data(), rv.data(), res.data(), true,
+                                             y.data(), sm.data(), si.data());
+        hr::cpu::batchnorm_act_train_backward(N, C, HW, x.data(), y.data(), dy.data(),
+                                              gamma.data(), sm.data(), si.data(), true, dx.data(),
+                                              dr.data(), dg.data(), dbt.data());
+      });
+    // As the eager ops run it: the residual's gradient is relu_backward's output itself.
+    return median_ms(reps, [&] {
+      hr::cpu::batchnorm_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
+                                       rm.data(), rv.data(), t.data(), sm.data(), si.data());
+      hr::cpu::add(int64_t(n), t.data(), res.data(), g.data());
+      hr::cpu::relu_forward(int64_t(n), g.data(), y.data());
+      hr::cpu::relu_backward(int64_t(n), y.data(), dy.data(), dr.data());
+      hr::cpu::batchnorm_train_backward(N, C, HW, x.data(), dr.data(), gamma.data(), sm.data(),
+                                        si.data(), dx.data(), dg.data(), dbt.data());
+    });
+  };
+  rows.push_back(r);
+}
+
 void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, int64_t W) {
   Row r;
   r.op = "upsample-nearest x2 fwd+bwd";
@@ -165,7 +211,9 @@ void add_upsample_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H, i
 std::string run_torch(std::vector<Row>& rows, const std::string& py, int threads, int reps) {
   std::string cmd = py + " " + HR_BENCH_DIR + "/torch_cpu_ops.py --threads " +
                     std::to_string(threads) + " --reps " + std::to_string(reps);
-  for (const Row& r : rows) cmd += " " + r.torch_spec;
+  std::set<std::string> specs;  // rows may share a peer (fused and unfused)
+  for (const Row& r : rows)
+    if (specs.insert(r.torch_spec).second) cmd += " " + r.torch_spec;
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) return "PyTorch: could not start " + py;
   std::map<std::string, double> ms;
@@ -233,6 +281,10 @@ int main(int argc, char** argv) {
   conv(64, 128, 96, 64, 3, 2);  // stem conv2
   conv(64, 32, 24, 32, 1, 1);   // fuse 1x1, branch 1 -> branch 0 width
   for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2]);
+  for (auto& b : branch) {
+    add_bn_add_relu_row(rows, N, b[0], b[1], b[2], true);
+    add_bn_add_relu_row(rows, N, b[0], b[1], b[2], false);
+  }
   for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2]);
 
   std::string py;
@@ -267,6 +319,14 @@ int main(int argc, char** argv) {
       min_row = r.op + " " + r.shape;
     }
   }
+  std::string fused_line;
+  for (const Row& f : rows) {
+    if (f.op != "bn+add+relu fwd+bwd fused") continue;
+    for (const Row& u : rows)
+      if (u.op == "bn+add+relu fwd+bwd unfused" && u.shape == f.shape)
+        fused_line += " " + f.shape + " " + fmt("%.2f", f.ours_ms / u.ours_ms);
+  }
+  if (!fused_line.empty()) std::printf("bn+add+relu fused / unfused time:%s\n", fused_line.c_str());
   if (std::isinf(min_ratio))
     std::printf("min ratio over 3x3 conv rows: - (no PyTorch timings)\n");
   else

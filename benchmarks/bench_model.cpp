@@ -2,6 +2,10 @@
 // inference forward, ours and PyTorch's side by side in the same run.
 //   bench_model [--model w32:pose] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
+//               [--profile]
+// Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
+// norm, planned memory, branch streams; on CUDA replayed as a CUDA graph). --profile prints the
+// graph's per-op time on the CPU.
 // The PyTorch peer (benchmarks/torch_model.py, the HRNet of tools/gen_model_reference.py with
 // the same spec) runs when a Python with torch is found ($HR_PYTHON, python3, /usr/bin/python3):
 // on the CPU it is eager fp32 with the same thread count; on CUDA it is eager (autocast,
@@ -12,12 +16,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <omp.h>
 
 #include "benchmarks/bench_util.h"
+#include "engine/graph.h"
 #include "engine/nn.h"
 #include "engine/optim.h"
 #include "engine/stream.h"
@@ -35,7 +41,7 @@ struct Args {
   int64_t batch = 8, height = 256, width = 192;
   std::string device = "cpu", amp;
   int steps = 5, warmup = 2;
-  bool torch = true;
+  bool torch = true, profile = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -56,6 +62,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--steps") a.steps = std::max(1, std::atoi(val().c_str()));
     else if (k == "--warmup") a.warmup = std::max(0, std::atoi(val().c_str()));
     else if (k == "--no-torch") a.torch = false;
+    else if (k == "--profile") a.profile = true;
     else throw Error("bench_model: unknown argument " + k);
   }
   HR_CHECK(a.device == "cpu" || a.device == "cuda", "bench_model: --device must be cpu or cuda");
@@ -153,16 +160,67 @@ int main(int argc, char** argv) try {
     }
     return median(t) * 1e3;
   };
+  // the same steps as compiled static graphs
+  auto compile = [&](bool training) {
+    graph::GraphOptions go;
+    go.device = dev;
+    go.compute_dtype = amp;
+    graph::Graph g(go);
+    const graph::V hm = model->build_graph(g, g.input("x", in))[0];
+    graph::CompileOptions co;
+    if (training) {
+      co.loss = g.heatmap_loss(hm, g.input("target", target.shape()), g.input("weight", tw.shape()));
+      g.output(co.loss, "loss");
+    } else {
+      g.output(hm, "heatmaps");
+    }
+    auto e = std::make_unique<graph::Executable>(std::move(g), co);
+    e->set_input("x", x);
+    if (training) {
+      e->set_input("target", target);
+      e->set_input("weight", tw);
+      for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
+    }
+    return e;
+  };
+  std::unique_ptr<graph::Executable> gtrain, ginfer;
+  auto graph_train_step = [&] {
+    gtrain->run();
+    opt.step();
+  };
+  auto graph_infer_step = [&] { ginfer->run(); };
+  // CUDA: one eager run chooses the algorithms and warms the allocator, then capture
+  auto prepare = [&](graph::Executable& e) {
+    if (!dev.is_cuda()) return;
+    e.run();
+    sync(dev);
+    e.capture();
+  };
+
   model->train();
   if (dev.is_cuda()) cuda::empty_cache();
   const double train_ms = time_it(train_step);
   const double peak_gb = dev.is_cuda() ? cuda::peak_allocated_bytes() / 1e9 : 0;
+  gtrain = compile(true);
+  prepare(*gtrain);
+  if (a.profile) gtrain->set_profiling(true);
+  const double gtrain_ms = time_it(graph_train_step);
+  if (a.profile && dev.is_cpu())
+    std::printf("graph training step, per op (CPU wall time):\n%s\n", gtrain->profile_report().c_str());
+  const double gtrain_arena = gtrain->stats().arena_bytes / 1e9;
+  gtrain.reset();
+  opt.zero_grad();  // the graph's gradient views go with it
   model->eval();
   const double infer_ms = time_it(infer_step);
+  ginfer = compile(false);
+  prepare(*ginfer);
+  const double ginfer_ms = time_it(graph_infer_step);
 
-  std::printf("ours: train step %.1f ms (%.1f img/s), inference %.1f ms (%.1f img/s)%s\n", train_ms,
-              a.batch * 1e3 / train_ms, infer_ms, a.batch * 1e3 / infer_ms,
-              dev.is_cuda() ? str_cat(", peak training memory ", peak_gb, " GB").c_str() : "");
+  std::printf("ours: train step eager %.1f ms, graph %.1f ms (%.1f img/s); inference eager %.1f ms, "
+              "graph %.1f ms (%.1f img/s); training graph arena %.2f GB%s\n",
+              train_ms, gtrain_ms, a.batch * 1e3 / gtrain_ms, infer_ms, ginfer_ms,
+              a.batch * 1e3 / ginfer_ms, gtrain_arena,
+              dev.is_cuda() ? str_cat(", peak eager training memory ", peak_gb, " GB").c_str() : "");
   std::fflush(stdout);
   std::map<std::string, double> t = run_torch(a, spec);
   std::printf("\nbench_model: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d steps\n\n",
@@ -180,13 +238,17 @@ int main(int argc, char** argv) try {
                 it->second, it->second / ours);
   };
   if (dev.is_cpu()) {
-    row("train step", train_ms, "PyTorch eager fp32", "train_eager_ms");
-    row("inference", infer_ms, "PyTorch eager fp32", "infer_eager_ms");
+    row("train step, graph", gtrain_ms, "PyTorch eager fp32", "train_eager_ms");
+    row("train step, eager", train_ms, "PyTorch eager fp32", "train_eager_ms");
+    row("inference, graph", ginfer_ms, "PyTorch eager fp32", "infer_eager_ms");
+    row("inference, eager", infer_ms, "PyTorch eager fp32", "infer_eager_ms");
   } else {
-    row("train step", train_ms, "PyTorch eager", "train_eager_ms");
-    row("train step", train_ms, "torch.compile", "train_compiled_ms");
-    row("inference", infer_ms, "PyTorch eager", "infer_eager_ms");
-    row("inference", infer_ms, "torch.compile", "infer_compiled_ms");
+    row("train step, CUDA graph", gtrain_ms, "PyTorch eager", "train_eager_ms");
+    row("train step, CUDA graph", gtrain_ms, "torch.compile", "train_compiled_ms");
+    row("train step, eager", train_ms, "PyTorch eager", "train_eager_ms");
+    row("inference, CUDA graph", ginfer_ms, "PyTorch eager", "infer_eager_ms");
+    row("inference, CUDA graph", ginfer_ms, "torch.compile", "infer_compiled_ms");
+    row("inference, eager", infer_ms, "PyTorch eager", "infer_eager_ms");
     std::printf("\npeak GPU memory in training: ours %.2f GB", peak_gb);
     if (t.count("train_peak_gb")) std::printf(", PyTorch eager %.2f GB", t["train_peak_gb"]);
     std::printf("\n");

@@ -7,6 +7,7 @@ Specs (comma-separated integers after the op name):
   conv_bwd_data:...same...              torch.nn.grad.conv2d_input
   conv_bwd_weight:...same...            torch.nn.grad.conv2d_weight
   bn:N,C,H,W                            F.batch_norm training forward + autograd backward
+  bnar:N,C,H,W                          relu(F.batch_norm(x) + r) training forward + backward
   up2:N,C,H,W                           nearest x2 interpolate forward + autograd backward
 With no specs it times the HRNet-W32 shapes that bench_cpu_ops uses."""
 import argparse
@@ -60,6 +61,19 @@ def make_case(spec, gen):
             y = F.batch_norm(x, rm, rv, gamma, beta, True, 0.1, 1e-5)
             torch.autograd.grad(y, (x, gamma, beta), dy)
         return bn
+    if op == "bnar":
+        n, c, h, w = v
+        x = randn(n, c, h, w).requires_grad_()
+        r = randn(n, c, h, w).requires_grad_()
+        gamma = (1 + 0.1 * randn(c)).requires_grad_()
+        beta = (0.1 * randn(c)).requires_grad_()
+        rm, rv = torch.zeros(c), torch.ones(c)
+        dy = randn(n, c, h, w)
+
+        def bnar():
+            y = torch.relu(F.batch_norm(x, rm, rv, gamma, beta, True, 0.1, 1e-5) + r)
+            torch.autograd.grad(y, (x, r, gamma, beta), dy)
+        return bnar
     if op == "up2":
         n, c, h, w = v
         x = randn(n, c, h, w).requires_grad_()
@@ -83,7 +97,7 @@ def default_specs():
         for op in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight"):
             specs.append(op + ":" + ",".join(map(str, cv)))
     for c, h, w in ((32, 64, 48), (64, 32, 24), (128, 16, 12), (256, 8, 6)):
-        specs += [f"bn:8,{c},{h},{w}", f"up2:8,{c},{h},{w}"]
+        specs += [f"bn:8,{c},{h},{w}", f"bnar:8,{c},{h},{w}", f"up2:8,{c},{h},{w}"]
     return specs
 
 

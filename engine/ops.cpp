@@ -7,6 +7,7 @@
 #include "engine/stream.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/fused.h"
 
 namespace hr {
 
@@ -179,23 +180,43 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias,
 }
 
 // ---------------------------------------------------------------- batch norm
+namespace {
+
+// The arguments batch_norm and batch_norm_act share; `op` names the op in the errors.
+void check_batch_norm_args(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                           const Tensor& running_mean, const Tensor& running_var, bool training) {
+  check_defined(x, op, "input");
+  HR_CHECK(x.dim() == 4 || x.dim() == 2, op, ": expected [N,C,H,W] or [N,C], got ",
+           shape_str(x.shape()));
+  check_float(x, op, "input");
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t HW = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+  check_param(gamma, C, x, op, "weight");
+  check_param(beta, C, x, op, "bias");
+  if (running_mean.defined()) check_param(running_mean, C, x, op, "running_mean");
+  if (running_var.defined()) check_param(running_var, C, x, op, "running_var");
+  HR_CHECK(training || (running_mean.defined() && running_var.defined()), op,
+           ": inference needs running statistics");
+  HR_CHECK(!training || N * HW > 1, op,
+           ": training needs more than one value per channel, got input ", shape_str(x.shape()));
+}
+
+// Training step counter: num_batches_tracked (i64 CPU scalar, may be undefined) += 1.
+void count_batch(const Tensor& num_batches_tracked, const char* op) {
+  if (!num_batches_tracked.defined()) return;
+  HR_CHECK(num_batches_tracked.device().is_cpu() && num_batches_tracked.dtype() == DType::i64, op,
+           ": num_batches_tracked must be an i64 CPU tensor");
+  num_batches_tracked.data<int64_t>()[0] += 1;
+}
+
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor running_mean,
                   Tensor running_var, bool training, float momentum, float eps,
                   Tensor num_batches_tracked) {
-  check_defined(x, "batch_norm", "input");
-  HR_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm: expected [N,C,H,W] or [N,C], got ",
-           shape_str(x.shape()));
-  check_float(x, "batch_norm", "input");
+  check_batch_norm_args("batch_norm", x, gamma, beta, running_mean, running_var, training);
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t HW = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
-  check_param(gamma, C, x, "batch_norm", "weight");
-  check_param(beta, C, x, "batch_norm", "bias");
-  if (running_mean.defined()) check_param(running_mean, C, x, "batch_norm", "running_mean");
-  if (running_var.defined()) check_param(running_var, C, x, "batch_norm", "running_var");
-  HR_CHECK(training || (running_mean.defined() && running_var.defined()),
-           "batch_norm: inference needs running statistics");
-  HR_CHECK(!training || N * HW > 1, "batch_norm: training needs more than one value per channel, got input ",
-           shape_str(x.shape()));
 
   const bool on_cpu = x.device().is_cpu();
   Tensor xd = dense(x);
@@ -215,11 +236,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
                                     fptr_mut(running_mean), fptr_mut(running_var), y.raw_data(),
                                     save_mean.data<float>(), save_invstd.data<float>(),
                                     current_stream());
-    if (num_batches_tracked.defined()) {
-      HR_CHECK(num_batches_tracked.device().is_cpu() && num_batches_tracked.dtype() == DType::i64,
-               "batch_norm: num_batches_tracked must be an i64 CPU tensor");
-      num_batches_tracked.data<int64_t>()[0] += 1;
-    }
+    count_batch(num_batches_tracked, "batch_norm");
   } else {
     if (on_cpu)
       cpu::batchnorm_infer_forward(N, C, HW, xd.data<float>(), gamma.data<float>(),
@@ -264,6 +281,111 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
                                          eps, dxp, fptr_mut(dg), fptr_mut(db), current_stream());
       }
       return std::vector<Tensor>{dx, dg, db};
+    });
+  }
+  return y;
+}
+
+Tensor batch_norm_act(const Tensor& x, const Tensor& residual, bool relu, const Tensor& gamma,
+                      const Tensor& beta, Tensor running_mean, Tensor running_var, bool training,
+                      float momentum, float eps, Tensor num_batches_tracked) {
+  const char* op = "batch_norm_act";
+  check_batch_norm_args(op, x, gamma, beta, running_mean, running_var, training);
+  if (residual.defined()) {
+    HR_CHECK(residual.shape() == x.shape(), op, ": residual has shape ",
+             shape_str(residual.shape()), ", expected the input's shape ", shape_str(x.shape()));
+    HR_CHECK(residual.dtype() == x.dtype(), op, ": residual has dtype ",
+             dtype_name(residual.dtype()), ", expected the input's dtype ", dtype_name(x.dtype()));
+    check_same_device(residual, x, op);
+  }
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t HW = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+
+  const bool on_cpu = x.device().is_cpu();
+  Tensor xd = dense(x);
+  Tensor rd = residual.defined() ? dense(residual) : Tensor();
+  const void* rp = rd.defined() ? rd.raw_data() : nullptr;
+  Tensor y = new_output(x.shape(), x);
+  Tensor save_mean, save_invstd;
+  if (training) {
+    save_mean = Tensor::empty({C}, DType::f32, x.device());
+    save_invstd = Tensor::empty({C}, DType::f32, x.device());
+    if (on_cpu)
+      cpu::batchnorm_act_train_forward(
+          N, C, HW, xd.data<float>(), gamma.data<float>(), beta.data<float>(), eps, momentum,
+          fptr_mut(running_mean), fptr_mut(running_var), static_cast<const float*>(rp), relu,
+          y.data<float>(), save_mean.data<float>(), save_invstd.data<float>());
+    else
+      cuda::batchnorm_act_train_forward(
+          dt_of(x, op), N * HW, C, xd.raw_data(), gamma.data<float>(), beta.data<float>(), eps,
+          momentum, fptr_mut(running_mean), fptr_mut(running_var), rp, relu, y.raw_data(),
+          save_mean.data<float>(), save_invstd.data<float>(), current_stream());
+    count_batch(num_batches_tracked, op);
+  } else {
+    if (on_cpu)
+      cpu::batchnorm_act_infer_forward(N, C, HW, xd.data<float>(), gamma.data<float>(),
+                                       beta.data<float>(), running_mean.data<float>(),
+                                       running_var.data<float>(), eps,
+                                       static_cast<const float*>(rp), relu, y.data<float>());
+    else
+      cuda::batchnorm_act_infer_forward(dt_of(x, op), N * HW, C, xd.raw_data(), gamma.data<float>(),
+                                        beta.data<float>(), running_mean.data<float>(),
+                                        running_var.data<float>(), eps, rp, relu, y.raw_data(),
+                                        current_stream());
+  }
+
+  if (needs_grad({x, residual, gamma, beta})) {
+    // The ReLU mask comes from the output, so only a ReLU saves it.
+    Tensor xs = xd.detach(), ys = relu ? y.detach() : Tensor(), gs = gamma.detach();
+    Tensor sm = save_mean, si = save_invstd;
+    Tensor rm = training ? Tensor() : running_mean.detach().clone();
+    Tensor rv = training ? Tensor() : running_var.detach().clone();
+    bool need_x = x.requires_grad(), need_g = gamma.requires_grad(), need_b = beta.requires_grad();
+    bool need_r = residual.defined() && residual.requires_grad();
+    record(op, {x, residual, gamma, beta}, {y}, [=](const std::vector<Tensor>& g) {
+      Tensor dy = dense(g[0]);
+      Tensor dx = need_x ? new_output(xs.shape(), xs) : Tensor();
+      // Without the ReLU the residual's gradient is dy itself, as add's backward gives it.
+      Tensor dr = need_r && relu ? new_output(xs.shape(), xs) : Tensor();
+      Tensor dg = need_g ? Tensor::empty({C}, DType::f32, xs.device()) : Tensor();
+      Tensor db = need_b ? Tensor::empty({C}, DType::f32, xs.device()) : Tensor();
+      void* dxp = dx.defined() ? dx.raw_data() : nullptr;
+      void* drp = dr.defined() ? dr.raw_data() : nullptr;
+      if (xs.device().is_cpu()) {
+        if (training)
+          cpu::batchnorm_act_train_backward(N, C, HW, xs.data<float>(), fptr(ys), dy.data<float>(),
+                                            gs.data<float>(), sm.data<float>(), si.data<float>(),
+                                            relu, static_cast<float*>(dxp),
+                                            static_cast<float*>(drp), fptr_mut(dg), fptr_mut(db));
+        else
+          cpu::batchnorm_act_infer_backward(N, C, HW, xs.data<float>(), fptr(ys), dy.data<float>(),
+                                            gs.data<float>(), rm.data<float>(), rv.data<float>(),
+                                            eps, relu, static_cast<float*>(dxp),
+                                            static_cast<float*>(drp), fptr_mut(dg), fptr_mut(db));
+      } else {
+        cuda::DT dt = dt_of(xs, "batch_norm_act");
+        if (training) {
+          cuda::batchnorm_act_train_backward(
+              dt, N * HW, C, xs.raw_data(), relu ? ys.raw_data() : nullptr, dy.raw_data(),
+              gs.data<float>(), sm.data<float>(), si.data<float>(), relu, dxp, drp, fptr_mut(dg),
+              fptr_mut(db), current_stream());
+        } else {
+          // Inference-mode backward (rare) has no fused kernel: relu_backward into the
+          // residual's gradient (or a temporary), then the batch-norm backward of that.
+          Tensor gt = dy;
+          if (relu) {
+            gt = dr.defined() ? dr : new_output(xs.shape(), xs);
+            cuda::relu_backward(dt, xs.numel(), ys.raw_data(), dy.raw_data(), gt.raw_data(),
+                                current_stream());
+          }
+          if (need_x || need_g || need_b)
+            cuda::batchnorm_infer_backward(dt, N * HW, C, xs.raw_data(), gt.raw_data(),
+                                           gs.data<float>(), rm.data<float>(), rv.data<float>(),
+                                           eps, dxp, fptr_mut(dg), fptr_mut(db), current_stream());
+        }
+      }
+      if (need_r && !relu) dr = dy;
+      return std::vector<Tensor>{dx, dr, dg, db};
     });
   }
   return y;
@@ -354,14 +476,6 @@ namespace {
 
 enum class Mode { Nearest, Bilinear };
 
-// PyTorch's area_pixel_compute_scale / compute_scales_value.
-float src_scale(int64_t in, int64_t out, bool align_corners, double scale_factor, Mode m) {
-  if (m == Mode::Bilinear && align_corners)
-    return out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.f;
-  if (scale_factor > 0) return static_cast<float>(1.0 / scale_factor);
-  return static_cast<float>(in) / static_cast<float>(out);
-}
-
 Tensor resample(const Tensor& x, std::array<int64_t, 2> size, Mode m, bool align_corners,
                 double scale_factor, const char* op) {
   check_defined(x, op, "input");
@@ -369,16 +483,10 @@ Tensor resample(const Tensor& x, std::array<int64_t, 2> size, Mode m, bool align
   check_float(x, op, "input");
   HR_CHECK(size[0] > 0 && size[1] > 0, op, ": output size ", size[0], "x", size[1],
            " must be positive (input ", shape_str(x.shape()), ")");
-  kern::ResampleShape s;
-  s.N = x.size(0);
-  s.C = x.size(1);
-  s.H = x.size(2);
-  s.W = x.size(3);
-  s.OH = size[0];
-  s.OW = size[1];
-  s.align_corners = align_corners;
-  s.scale_h = src_scale(s.H, s.OH, align_corners, scale_factor, m);
-  s.scale_w = src_scale(s.W, s.OW, align_corners, scale_factor, m);
+  // PyTorch's area_pixel_compute_scale / compute_scales_value
+  const kern::ResampleShape s =
+      kern::ResampleShape::make(x.size(0), x.size(1), x.size(2), x.size(3), size[0], size[1],
+                                m == Mode::Bilinear, align_corners, scale_factor);
 
   Tensor xd = dense(x);
   Tensor y = new_output({s.N, s.C, s.OH, s.OW}, x);
@@ -528,20 +636,9 @@ Tensor avg_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int
            "avg_pool2d: kernel and stride must be positive");
   HR_CHECK(padding[0] * 2 <= kernel[0] && padding[1] * 2 <= kernel[1],
            "avg_pool2d: padding must be at most half the kernel");
-  kern::PoolShape s;
-  s.N = x.size(0);
-  s.C = x.size(1);
-  s.H = x.size(2);
-  s.W = x.size(3);
-  s.kh = kernel[0];
-  s.kw = kernel[1];
-  s.stride_h = stride[0];
-  s.stride_w = stride[1];
-  s.pad_h = padding[0];
-  s.pad_w = padding[1];
-  s.OH = (s.H + 2 * s.pad_h - s.kh) / s.stride_h + 1;
-  s.OW = (s.W + 2 * s.pad_w - s.kw) / s.stride_w + 1;
-  s.count_include_pad = count_include_pad;
+  const kern::PoolShape s =
+      kern::PoolShape::make(x.size(0), x.size(1), x.size(2), x.size(3), kernel[0], kernel[1],
+                            stride[0], stride[1], padding[0], padding[1], count_include_pad);
   HR_CHECK(s.OH > 0 && s.OW > 0, "avg_pool2d: input ", shape_str(x.shape()),
            " is smaller than the kernel ", kernel[0], "x", kernel[1]);
   Tensor xd = dense(x);

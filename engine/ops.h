@@ -44,6 +44,15 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
                   Tensor running_var, bool training, float momentum = 0.1f, float eps = 1e-5f,
                   Tensor num_batches_tracked = Tensor());
 
+// Fused relu(batch_norm(x) + residual) (HRNet's BN -> add -> ReLU): residual (x's shape, dtype
+// and device) may be undefined, and relu = false leaves out the ReLU. Arguments, statistics and
+// running-stat updates as batch_norm; one autograd node with gradients for x, residual, gamma and
+// beta. On the CPU the result and every gradient are bit-identical to the unfused ops.
+Tensor batch_norm_act(const Tensor& x, const Tensor& residual, bool relu, const Tensor& gamma,
+                      const Tensor& beta, Tensor running_mean, Tensor running_var, bool training,
+                      float momentum = 0.1f, float eps = 1e-5f,
+                      Tensor num_batches_tracked = Tensor());
+
 Tensor relu(const Tensor& x);
 Tensor add(const Tensor& a, const Tensor& b);  // same shape
 Tensor mul(const Tensor& x, float alpha);       // alpha * x

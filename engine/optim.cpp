@@ -20,6 +20,57 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
   slots_.resize(params_.size());
 }
 
+Optimizer::~Optimizer() {
+  try {
+    if (hyper_copied_) {
+      cuda::event_synchronize(hyper_copied_);
+      cuda::destroy_event(hyper_copied_);
+    }
+    if (hyper_host_) cuda::free_pinned(hyper_host_);
+  } catch (...) {
+  }
+}
+
+void Optimizer::set_capturable(bool on) {
+  if (on && !hyper_host_) {
+    HR_CHECK(!params_.empty(), "optimizer: capturable mode needs parameters");
+    for (const Tensor& p : params_)
+      HR_CHECK(p.device().is_cuda(), "optimizer: capturable mode (CUDA graphs) needs CUDA "
+               "parameters, got ", p.str());
+    hyper_host_ = static_cast<float*>(cuda::alloc_pinned(4 * sizeof(float)));
+    hyper_copied_ = cuda::create_event();
+    hyper_dev_ = Tensor::zeros({4}, DType::f32, params_[0].device());
+  }
+  capturable_ = on;
+}
+
+void Optimizer::prepare_step() {
+  throw Error("optimizer: this optimizer has no capturable step");
+}
+void Optimizer::enqueue_step() {
+  throw Error("optimizer: this optimizer has no capturable step");
+}
+
+float* Optimizer::hyper_for_write() {
+  HR_CHECK(capturable_, "optimizer: prepare_step needs set_capturable(true)");
+  // the previous step's copy (eager or replayed) must have read the pinned values
+  if (hyper_pending_) cuda::event_synchronize(hyper_copied_);
+  return hyper_host_;
+}
+
+namespace {
+// The gradient as the capturable kernels read it: fp32, dense in the parameter's layout (no
+// conversion may allocate inside a capture).
+const float* capturable_grad(const Tensor& p, size_t i) {
+  const Tensor& g = p.grad();
+  HR_CHECK(g.dtype() == DType::f32 && g.is_contiguous(p.suggest_format()) &&
+               g.device() == p.device(),
+           "optimizer: the gradient of parameter ", i, " (", g.str(),
+           ") is not fp32 and dense in the parameter's layout, as a capturable step needs");
+  return g.data<float>();
+}
+}  // namespace
+
 void Optimizer::zero_grad() {
   for (auto& p : params_) p.zero_grad();
 }
@@ -71,7 +122,35 @@ SGD::SGD(std::vector<Tensor> params, const SGDOptions& o) : Optimizer(std::move(
   slot_names_ = {"momentum_buffer"};
 }
 
+void SGD::prepare_step() {
+  float* h = hyper_for_write();
+  h[0] = float(lr_);
+  h[1] = steps_ == 0 ? 1.f : 0.f;  // the first step initialises the momentum buffers
+  ++steps_;
+}
+
+void SGD::enqueue_step() {
+  HR_CHECK(capturable_, "SGD: enqueue_step needs set_capturable(true)");
+  const cuda::Stream st = current_stream();
+  cuda::memcpy_h2d_async(hyper_dev_.data<float>(), hyper_host_, 2 * sizeof(float), st);
+  cuda::record_event(hyper_copied_, st);
+  hyper_pending_ = true;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    if (!p.grad().defined()) continue;
+    float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
+    cuda::sgd_step_dev(p.numel(), p.data<float>(), capturable_grad(p, i), buf,
+                       hyper_dev_.data<float>(), float(o_.momentum), float(o_.dampening),
+                       float(o_.weight_decay), o_.nesterov, st);
+  }
+}
+
 void SGD::step() {
+  if (capturable_) {
+    prepare_step();
+    enqueue_step();
+    return;
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
@@ -95,7 +174,35 @@ Adam::Adam(std::vector<Tensor> params, const AdamOptions& o) : Optimizer(std::mo
   slot_names_ = {"exp_avg", "exp_avg_sq"};
 }
 
+void Adam::prepare_step() {
+  float* h = hyper_for_write();
+  ++steps_;
+  h[0] = float(lr_);
+  h[1] = float(1.0 - std::pow(o_.beta1, double(steps_)));
+  h[2] = float(1.0 - std::pow(o_.beta2, double(steps_)));
+}
+
+void Adam::enqueue_step() {
+  HR_CHECK(capturable_, "Adam: enqueue_step needs set_capturable(true)");
+  const cuda::Stream st = current_stream();
+  cuda::memcpy_h2d_async(hyper_dev_.data<float>(), hyper_host_, 3 * sizeof(float), st);
+  cuda::record_event(hyper_copied_, st);
+  hyper_pending_ = true;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    if (!p.grad().defined()) continue;
+    cuda::adam_step_dev(p.numel(), p.data<float>(), capturable_grad(p, i), slot(i, 0).data<float>(),
+                        slot(i, 1).data<float>(), hyper_dev_.data<float>(), float(o_.beta1),
+                        float(o_.beta2), float(o_.eps), float(o_.weight_decay), o_.decoupled, st);
+  }
+}
+
 void Adam::step() {
+  if (capturable_) {
+    prepare_step();
+    enqueue_step();
+    return;
+  }
   ++steps_;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];

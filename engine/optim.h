@@ -13,7 +13,7 @@ namespace hr {
 class Optimizer {
  public:
   explicit Optimizer(std::vector<Tensor> params, double lr);
-  virtual ~Optimizer() = default;
+  virtual ~Optimizer();
   // Applies one update to every parameter that has a gradient.
   virtual void step() = 0;
   void zero_grad();
@@ -24,6 +24,17 @@ class Optimizer {
   virtual NamedTensors state_dict() const;
   virtual void load_state_dict(const NamedTensors& sd);
 
+  // CUDA graphs (parameters on CUDA). A capturable optimizer splits step() into a host part,
+  // prepare_step() (step count; learning rate and step-dependent factors written to pinned
+  // memory), and a device part, enqueue_step() (an asynchronous copy of those values to the
+  // device, then kernels that read them there). Captured once, enqueue_step() replays with the
+  // values of each prepare_step(); step() is prepare_step() then enqueue_step(). The set of
+  // parameters with gradients must not change after capture. Results equal step()'s up to the
+  // float rounding of the step-dependent factors.
+  void set_capturable(bool on);
+  bool capturable() const { return capturable_; }
+  virtual void prepare_step();
+  virtual void enqueue_step();
  protected:
   std::vector<Tensor> params_;
   // slots_[i][k]: per-parameter state tensors (created lazily, same shape as the parameter)
@@ -32,6 +43,17 @@ class Optimizer {
   double lr_;
   int64_t steps_ = 0;
   Tensor& slot(size_t param, size_t k);
+  // capturable mode: hyper-parameters in pinned host memory and on the device
+  bool capturable_ = false;
+  float* hyper_host_ = nullptr;  // pinned
+  Tensor hyper_dev_;
+  void* hyper_copied_ = nullptr;  // event after the copy: the host may rewrite hyper_host_
+  bool hyper_pending_ = false;
+  float* hyper_for_write();      // waits until the last copy has read the pinned values
+
+ public:
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
 };
 
 struct SGDOptions {
@@ -43,6 +65,8 @@ class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, const SGDOptions& o);
   void step() override;
+  void prepare_step() override;
+  void enqueue_step() override;
 
  private:
   SGDOptions o_;
@@ -57,6 +81,8 @@ class Adam : public Optimizer {
  public:
   Adam(std::vector<Tensor> params, const AdamOptions& o);
   void step() override;
+  void prepare_step() override;
+  void enqueue_step() override;
 
  private:
   AdamOptions o_;

@@ -423,6 +423,8 @@ const DefaultRow kPoseDefaults[] = {
     {"ENGINE.EVAL_EVERY", "1"},         // evaluate every N epochs (and after the last)
     {"ENGINE.MAX_VAL_IMAGES", "0"},     // evaluate on the first N val images (0: all)
     {"ENGINE.THREADS", "0"},            // CPU threads for the model (0: all cores)
+    {"ENGINE.GRAPH", "True"},           // training step as a compiled static graph (False: eager)
+    {"ENGINE.LR_SCHEDULE", "'multistep'"},  // multistep (TRAIN.LR_STEP) | cosine (per iteration)
 };
 
 std::string read_file(const std::string& path) {

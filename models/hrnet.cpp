@@ -11,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "engine/graph.h"
 #include "engine/memory_plan.h"
 #include "engine/ops.h"
 
@@ -35,6 +36,13 @@ struct Probe {
   ModelStats* st = nullptr;
   MemoryPlanner* planner = nullptr;
   std::shared_ptr<ProbeBuf> buf;
+};
+
+// A value of a static graph being recorded (engine/graph.h): the ops add nodes.
+struct Sym {
+  graph::Graph* g = nullptr;
+  graph::V v = -1;
+  Shape shape;
 };
 
 namespace {
@@ -126,6 +134,34 @@ Probe linear(const Linear& l, const Probe& x) {
   return y;
 }
 
+Sym wrap(const Sym& like, graph::V v) { return Sym{like.g, v, like.g->value(v).shape}; }
+int64_t height(const Sym& x) { return x.shape[2]; }
+int64_t width(const Sym& x) { return x.shape[3]; }
+Sym conv(const Conv2d& c, const Sym& x) { return wrap(x, x.g->conv2d(c, x.v)); }
+Sym bn(BatchNorm2d& b, const Sym& x) { return wrap(x, x.g->batch_norm(b, x.v)); }
+Sym relu(const Sym& x) { return wrap(x, x.g->relu(x.v)); }
+Sym add(const Sym& a, const Sym& b) { return wrap(a, a.g->add(a.v, b.v)); }
+Sym upsample_nearest(const Sym& x, int64_t scale) {
+  return wrap(x, x.g->upsample_nearest(x.v, static_cast<double>(scale)));
+}
+Sym upsample_bilinear(const Sym& x, int64_t h, int64_t w, bool align_corners) {
+  return wrap(x, x.g->upsample_bilinear(x.v, h, w, align_corners));
+}
+Sym concat(const std::vector<Sym>& xs) {
+  std::vector<graph::V> vs;
+  for (const Sym& x : xs) vs.push_back(x.v);
+  return wrap(xs[0], xs[0].g->concat(vs));
+}
+Sym avg_pool(const Sym& x, int64_t k) { return wrap(x, x.g->avg_pool2d(x.v, {k, k}, {k, k})); }
+Sym global_pool(const Sym& x) { return wrap(x, x.g->global_avg_pool(x.v)); }
+Sym linear(const Linear& l, const Sym& x) { return wrap(x, x.g->linear(l, x.v)); }
+
+// The work that follows belongs to resolution branch `b`: in a static graph, its stream (the
+// parallel branches run concurrently on CUDA); eager tensors and probes ignore it.
+void on_branch(const Tensor&, size_t) {}
+void on_branch(const Probe&, size_t) {}
+void on_branch(const Sym& x, size_t b) { x.g->set_stream(static_cast<int>(b)); }
+
 std::shared_ptr<Module> container() { return std::make_shared<Module>(); }
 
 }  // namespace
@@ -163,6 +199,7 @@ class ResBlock : public Module {
  public:
   virtual Tensor run(const Tensor& x) const = 0;
   virtual Probe run(const Probe& x) const = 0;
+  virtual Sym run(const Sym& x) const = 0;
   Tensor forward(const Tensor& x) override { return run(x); }
   int64_t out_channels = 0;
 };
@@ -183,6 +220,7 @@ class BasicBlock : public ResBlock {
   }
   Tensor run(const Tensor& x) const override { return impl(x); }
   Probe run(const Probe& x) const override { return impl(x); }
+  Sym run(const Sym& x) const override { return impl(x); }
 
  private:
   template <class V>
@@ -212,6 +250,7 @@ class Bottleneck : public ResBlock {
   }
   Tensor run(const Tensor& x) const override { return impl(x); }
   Probe run(const Probe& x) const override { return impl(x); }
+  Sym run(const Sym& x) const override { return impl(x); }
 
  private:
   template <class V>
@@ -285,11 +324,15 @@ class HRModule : public Module {
 
   template <class V>
   std::vector<V> run(std::vector<V> xs) const {
-    for (size_t i = 0; i < xs.size(); ++i)
+    for (size_t i = 0; i < xs.size(); ++i) {
+      on_branch(xs[i], i);
       for (const auto& blk : branches_[i]) xs[i] = blk->run(xs[i]);
+    }
+    on_branch(xs[0], 0);
     if (xs.size() == 1) return xs;
     std::vector<V> out;
     for (size_t i = 0; i < up_.size(); ++i) {
+      on_branch(xs[0], i);
       V y;
       for (size_t j = 0; j < xs.size(); ++j) {
         V t;
@@ -307,6 +350,7 @@ class HRModule : public Module {
       }
       out.push_back(relu(y));
     }
+    on_branch(xs[0], 0);
     return out;
   }
 
@@ -433,8 +477,11 @@ std::vector<V> HRNet::run_backbone(const V& x) const {
   for (int s = 0; s < 3; ++s) {
     std::vector<V> xs;
     const auto& tr = transitions_[s];
-    for (size_t i = 0; i < tr.size(); ++i)
+    for (size_t i = 0; i < tr.size(); ++i) {
+      on_branch(x, i);
       xs.push_back(run_chain(tr[i], i < ys.size() ? ys[i] : ys.back()));
+    }
+    on_branch(x, 0);
     for (const auto& mod : stages_[s]) xs = mod->run(xs);
     ys = xs;
   }
@@ -514,6 +561,59 @@ std::vector<Tensor> HRNet::forward_backbone(const Tensor& x) {
   HR_CHECK(x.defined(), "[hrnet] ", spec_.name, ": undefined input");
   check_input(x.shape());
   return run_backbone(x);
+}
+
+std::vector<graph::V> HRNet::build_graph(graph::Graph& g, graph::V x) const {
+  check_input(g.value(x).shape);
+  std::vector<graph::V> out;
+  for (const Sym& y : run(Sym{&g, x, g.value(x).shape})) out.push_back(y.v);
+  g.set_stream(0);
+  return out;
+}
+
+graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<graph::V>& ys) {
+  const Shape& y = g.value(ys[0]).shape;
+  switch (model.spec().head) {
+    case Head::Pose:
+      return g.heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1]}));
+    case Head::Seg:
+      return g.cross_entropy(ys[0], g.input("labels", {y[0], y[2], y[3]}, DType::i64));
+    case Head::Cls:
+      return g.cross_entropy(ys[0], g.input("labels", {y[0]}, DType::i64));
+    case Head::Det:
+      break;
+  }
+  throw Error(str_cat("[hrnet] ", model.spec().name, ": the det head has no training loss here"));
+}
+
+GraphPlans plan_graphs(HRNet& model, const Shape& input) {
+  const bool was_training = model.is_training();
+  GraphPlans p;
+  graph::CompileOptions co;
+  co.allocate = false;
+  try {
+    model.eval();
+    {
+      graph::Graph g;
+      const auto ys = model.build_graph(g, g.input("input", input));
+      for (size_t i = 0; i < ys.size(); ++i) g.output(ys[i], "output" + std::to_string(i));
+      p.inference = graph::Executable(std::move(g), co).stats();
+    }
+    if (model.spec().head != Head::Det) {
+      model.train();
+      graph::Graph g;
+      const auto ys = model.build_graph(g, g.input("input", input));
+      co.loss = add_training_loss(g, model, ys);
+      g.output(co.loss, "loss");
+      p.training = graph::Executable(std::move(g), co).stats();
+      p.has_training = true;
+    }
+  } catch (...) {
+    model.train(was_training);
+    throw;
+  }
+  model.train(was_training);
+  return p;
 }
 
 namespace {

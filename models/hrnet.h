@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/graph.h"
 #include "engine/nn.h"
 #include "models/config.h"
 
@@ -51,6 +52,12 @@ class HRNet : public Module {
   // Backbone only: the last stage's fused outputs (pose: only output 0 exists).
   std::vector<Tensor> forward_backbone(const Tensor& x);
 
+  // Records the forward on the graph input `x` [N,3,H,W] (checked with check_input) into `g`
+  // and returns the head outputs (as forward_all). Batch norm records training or inference
+  // mode as the model is now. Branch b's blocks, the transition into it and its fuse output run
+  // on stream b, so on CUDA the branches of a module overlap.
+  std::vector<graph::V> build_graph(graph::Graph& g, graph::V x) const;
+
   // Throws hr::Error with the reason when the network cannot take an input of this shape
   // (not [N,3,H,W]; H or W not a multiple of 32 where nearest-upsampling fuse layers need
   // each branch exactly twice the next; det smaller than its coarsest pooling window).
@@ -90,6 +97,20 @@ class HRNet : public Module {
   std::shared_ptr<ConvBN> cls_final_;
   std::shared_ptr<Linear> cls_classifier_;
 };
+
+// The standard training loss of the model's head on graph outputs `ys`, with its targets as
+// graph inputs: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J]); seg and cls
+// cross-entropy ("labels": [N,H/4,W/4] / [N] i64); det has none (throws).
+graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<graph::V>& ys);
+
+// The static graphs' memory plans for an input shape, planned without allocating or running:
+// the inference forward (eval-mode batch norm) and, except for det, the training step (forward,
+// loss, backward). The model's train/eval mode is restored.
+struct GraphPlans {
+  graph::PlanStats inference, training;
+  bool has_training = false;
+};
+GraphPlans plan_graphs(HRNet& model, const Shape& input);
 
 // Builds a model from an experiment config (spec_from_config).
 std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed = 0);

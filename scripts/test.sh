@@ -12,3 +12,4 @@ cmake --install build --prefix build/install >/dev/null
 cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
 cmake --build build/consumer -j"$(nproc)" >/dev/null
 build/consumer/hrnet_consumer --steps 20
+build/consumer/hrnet_consumer --steps 20 --graph

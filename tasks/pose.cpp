@@ -91,6 +91,10 @@ PoseSettings PoseSettings::from_config(const Config& cfg) {
   s.eval_every = std::max<int64_t>(1, cfg.get_int("ENGINE.EVAL_EVERY"));
   s.max_val_images = cfg.get_int("ENGINE.MAX_VAL_IMAGES");
   s.threads = static_cast<int>(cfg.get_int("ENGINE.THREADS"));
+  s.graph = cfg.get_bool("ENGINE.GRAPH");
+  s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE");
+  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine", "[config] ", cfg.source(),
+           ": ENGINE.LR_SCHEDULE must be multistep or cosine, got '", s.lr_schedule, "'");
   return s;
 }
 
@@ -220,6 +224,54 @@ float train_step(models::HRNet& model, Optimizer& opt, const data::Batch& batch,
   loss.backward();
   opt.step();
   return loss.item();
+}
+
+GraphTrainStep::GraphTrainStep(models::HRNet& model, Optimizer& opt, Device dev, DType autocast)
+    : model_(model), opt_(opt), dev_(dev), autocast_(autocast) {
+  // CUDA: after one eager step per batch shape, the whole step (forward, backward, optimizer)
+  // replays as one CUDA graph
+  if (dev_.is_cuda()) opt_.set_capturable(true);
+}
+
+GraphTrainStep::~GraphTrainStep() = default;
+
+float GraphTrainStep::operator()(const data::Batch& batch) {
+  HR_CHECK(batch.size() > 0, "train_step: empty batch");
+  HR_CHECK(model_.is_training(), "train_step: the model is in eval mode");
+  auto& exe = graphs_[batch.input.shape()];
+  if (!exe) {
+    graph::GraphOptions go;
+    go.device = dev_;
+    go.compute_dtype = autocast_;
+    graph::Graph g(go);
+    const graph::V x = g.input("input", batch.input.shape());
+    const graph::V heat = model_.build_graph(g, x)[0];
+    const graph::V loss = g.heatmap_loss(heat, g.input("target", batch.target.shape()),
+                                         g.input("weight", batch.weight.shape()));
+    g.output(loss, "loss");
+    graph::CompileOptions co;
+    co.loss = loss;
+    exe = std::make_unique<graph::Executable>(std::move(g), co);
+  }
+  graph::Executable& e = *exe;
+  if (last_ != &e) {
+    // the optimizer reads the gradients where this graph writes them
+    for (Tensor p : model_.parameters()) p.set_grad(e.grad(p));
+    last_ = &e;
+  }
+  e.set_input("input", batch.input);
+  e.set_input("target", batch.target);
+  e.set_input("weight", batch.weight);
+  if (e.captured()) {
+    e.run();  // prepare_step on the host, then the graph: forward, backward, optimizer
+    return e.output("loss").item();
+  }
+  e.run();
+  opt_.step();
+  const float loss = e.output("loss").item();  // synchronises: the step is done
+  if (dev_.is_cuda())
+    e.capture([this] { opt_.enqueue_step(); }, [this] { opt_.prepare_step(); });
+  return loss;
 }
 
 void save_training_checkpoint(const std::string& path, const models::HRNet& model,

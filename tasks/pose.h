@@ -51,6 +51,8 @@ struct PoseSettings {
   int64_t eval_every = 1;      // evaluate every N epochs (and after the last)
   int64_t max_val_images = 0;  // 0: all
   int threads = 0;             // 0: all cores
+  bool graph = true;           // training step through a compiled static graph
+  std::string lr_schedule = "multistep";  // multistep (TRAIN.LR_STEP, official) | cosine
 
   static PoseSettings from_config(const models::Config& cfg);
   std::string annotation_file(
@@ -87,6 +89,28 @@ data::PoseDatasetOptions eval_dataset_options(const PoseSettings& s);
 // weights, backward, optimizer step. Returns the loss.
 float train_step(models::HRNet& model, Optimizer& opt, const data::Batch& batch, Device dev,
                  DType autocast);
+
+// The same step through a static graph (engine/graph.h), compiled on first use for each batch
+// shape: fused batch norm, planned memory, the branches on their own streams on CUDA. The
+// optimizer reads the gradients from the graph's buffers. On CUDA the optimizer is made
+// capturable and, after one eager step per batch shape, each step replays as one CUDA graph. Equal to train_step up to float
+// rounding (gradient sums in another order); what hrnet-train uses unless ENGINE.GRAPH is off.
+class GraphTrainStep {
+ public:
+  GraphTrainStep(models::HRNet& model, Optimizer& opt, Device dev, DType autocast);
+  ~GraphTrainStep();
+  float operator()(const data::Batch& batch);
+  // The graph of the last batch shape (nullptr before the first step).
+  const graph::Executable* executable() const { return last_; }
+
+ private:
+  models::HRNet& model_;
+  Optimizer& opt_;
+  Device dev_;
+  DType autocast_;
+  std::map<Shape, std::unique_ptr<graph::Executable>> graphs_;
+  graph::Executable* last_ = nullptr;
+};
 
 // What a resumable training checkpoint carries besides weights and optimizer state.
 struct TrainState {

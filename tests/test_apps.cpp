@@ -38,6 +38,18 @@ TEST_CASE("hrnet-infer --summary prints the paper's figures", "[apps]") {
   CHECK(r.out.find("28,536,113") != std::string::npos);
   CHECK(r.out.find("7.12") != std::string::npos);
   CHECK(r.out.find("[1, 17, 64, 48]") != std::string::npos);
+  // the static graphs' plans, as the library computes them for the same model and input
+  HRNet model(spec_from_config(Config::load(kW32)), 0);
+  const GraphPlans gp = plan_graphs(model, {1, 3, 256, 192});
+  REQUIRE(gp.has_training);
+  char line[64];
+  std::snprintf(line, sizeof line, "graph infer  %.1f MiB", gp.inference.arena_bytes / 1048576.0);
+  CHECK(r.out.find(line) != std::string::npos);
+  std::snprintf(line, sizeof line, "graph train  %.1f MiB", gp.training.arena_bytes / 1048576.0);
+  CHECK(r.out.find(line) != std::string::npos);
+  // reuse: the training arena holds the saved activations, far below the no-reuse total
+  CHECK(gp.training.arena_bytes * 2 < gp.training.total_bytes);
+  CHECK(gp.training.streams == 4);
 }
 
 TEST_CASE("hrnet-infer runs a checkpoint on a tensor file like the model in-process", "[apps]") {

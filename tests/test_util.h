@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <string>
@@ -28,6 +29,30 @@ inline std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
   for (auto& x : v) x = d(rng);
   return v;
 }
+
+// Sets an environment variable for a scope, restoring (or removing) it afterwards.
+class EnvGuard {
+ public:
+  EnvGuard(const char* name, const char* value) : name_(name) {
+    const char* o = std::getenv(name);
+    had_ = o != nullptr;
+    if (had_) old_ = o;
+    setenv(name, value, 1);
+  }
+  ~EnvGuard() {
+    if (had_)
+      setenv(name_, old_.c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+  EnvGuard(const EnvGuard&) = delete;
+  EnvGuard& operator=(const EnvGuard&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
 
 struct CompareResult {
   bool ok = true;

@@ -180,6 +180,11 @@ if [ -x "$BUILD/apps/hrnet-train" ] && [ -x "$BUILD/apps/hrnet-synth" ]; then
     "$BUILD/apps/hrnet-train" --cfg "$ROOT/configs/quickstart_synth.yaml" --out "$WORK/train_gpu" \
     DATASET.ROOT "$WORK/synth" TRAIN.END_EPOCH 2 ENGINE.DEVICE cuda ENGINE.PRECISION bf16 \
     TRAIN.BATCH_SIZE_PER_GPU 32
+  # the same op by op (ENGINE.GRAPH False): the eager path must keep working too
+  run_step "hrnet-train cuda bf16 eager" "$OUT/train_gpu.log" 150 \
+    "$BUILD/apps/hrnet-train" --cfg "$ROOT/configs/quickstart_synth.yaml" --out "$WORK/train_gpu_eager" \
+    DATASET.ROOT "$WORK/synth" TRAIN.END_EPOCH 1 ENGINE.DEVICE cuda ENGINE.PRECISION bf16 \
+    TRAIN.BATCH_SIZE_PER_GPU 32 ENGINE.GRAPH False
 fi
 
 # ---- compute-sanitizer on the GPU test executables
@@ -251,6 +256,10 @@ if [ -x "$BUILD/benchmarks/bench_model" ]; then
   run_step "bench_model cuda bf16 --batch 128" "$WORK/bench_model_b128.log" 240 \
     "$BUILD/benchmarks/bench_model" --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3
   { echo "## bench_model, batch 128"; echo; grep -v "^== " "$WORK/bench_model_b128.log"; echo; } >>"$OUT/bench.md"
+  # batch-1 latency (target <= 0.5 ms for the captured inference graph); no peer: latency target
+  run_step "bench_model cuda bf16 --batch 1" "$WORK/bench_model_b1.log" 90 \
+    "$BUILD/benchmarks/bench_model" --device cuda --amp bf16 --batch 1 --steps 50 --warmup 5 --no-torch
+  { echo "## bench_model, batch 1"; echo; grep -v "^== " "$WORK/bench_model_b1.log"; echo; } >>"$OUT/bench.md"
 fi
 if [ -x "$BUILD/benchmarks/bench_cuda_bn" ]; then
   run_step "bench_cuda_bn" "$WORK/bench_cuda_bn.log" 90 "$BUILD/benchmarks/bench_cuda_bn"

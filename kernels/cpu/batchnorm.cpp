@@ -1,8 +1,12 @@
 // CPU batch norm over [N, C, HW] (channel c of sample n at x[(n*C + c)*HW + i]): training and
-// inference forward and backward. Statistics are accumulated in double, two-pass, one channel
-// per OpenMP iteration.
+// inference forward and backward, plain and fused with a residual add and a ReLU
+// (batchnorm_act_*). Statistics are accumulated in double, two-pass, one channel per OpenMP
+// iteration. Every sum runs in an order fixed by the shape alone (channel_reduce), and the plain
+// and the fused kernels share the per-element expressions, so a fused kernel returns the same
+// bits as the unfused sequence it replaces, for any thread count.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "engine/error.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -10,80 +14,221 @@
 namespace hr::cpu {
 namespace {
 
-// Channel c: sum over n of the HW-long row starting at x + (n*C + c)*HW.
-double channel_sum(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x) {
-  double s = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    const float* r = x + (n * C + c) * HW;
-    double sr = 0;
-#pragma omp simd reduction(+ : sr)
-    for (int64_t i = 0; i < HW; ++i) sr += r[i];
-    s += sr;
+// ---- per-element expressions shared by the plain and the fused kernels ----
+// The same as relu_forward and relu_backward in elementwise.cpp: NaN passes the forward
+// (x < 0 ? 0 : x) and the backward mask is y <= 0.
+inline float relu_value(float v) { return v < 0.f ? 0.f : v; }
+inline float relu_grad(float y, float dy) { return y <= 0.f ? 0.f : dy; }
+
+// Four floats and four doubles (GCC/Clang vector extensions): the reductions below spell out
+// their lanes, so their order is the source's, whether or not the compiler vectorises.
+typedef float F4 __attribute__((vector_size(16)));
+typedef double D4 __attribute__((vector_size(32)));
+inline F4 load4(const float* p) {
+  F4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store4(float* p, F4 v) { std::memcpy(p, &v, sizeof v); }
+// v as doubles: exact, so any form gives the same bits; this one GCC compiles to one vcvtps2pd.
+// (An out-parameter: returning a 32-byte vector draws GCC's -Wpsabi note in builds without AVX.)
+inline void widen(F4 v, D4* out) { *out = D4{v[0], v[1], v[2], v[3]}; }
+
+// Sources of the gradient g that reaches the batch norm, read by flat index j: one value (at)
+// or four (at4).
+struct PlainGrad {  // g = dy
+  const float* dy;
+  float at(int64_t j) const { return dy[j]; }
+  F4 at4(int64_t j) const { return load4(dy + j); }
+};
+struct ReluGrad {  // g = relu_backward(y, dy)
+  const float* y;
+  const float* dy;
+  float at(int64_t j) const { return relu_grad(y[j], dy[j]); }
+  F4 at4(int64_t j) const {
+    const F4 zero = {};
+    return load4(y + j) <= zero ? zero : load4(dy + j);  // relu_grad, lane by lane
   }
+};
+template <class G>
+struct StoreGrad {  // g from G, also written to out (the residual's gradient)
+  G g;
+  float* out;
+  float at(int64_t j) const {
+    const float v = g.at(j);
+    out[j] = v;
+    return v;
+  }
+  F4 at4(int64_t j) const {
+    const F4 v = g.at4(j);
+    store4(out + j, v);
+    return v;
+  }
+};
+
+// ---- fixed-order reductions ----
+// Channel c: out[k] = sum over the channel's N rows of HW values of term k (k < K). Each row's
+// first HW rounded down to 16 elements go to 16 lanes (element i to lane i % 16, as four
+// four-lane accumulators acc[k][0..3]): add4(j, acc, q) adds the terms of elements j..j+3 to
+// acc[.][q]. The rest of each row goes, in order, to scalar sums: add1(j, rest). Lanes are
+// combined in a fixed tree and the scalar sums added last. So the order depends only on
+// (N, HW): not on vectorisation, not on the thread count, not on how the terms were computed.
+// The functors are taken by value: as locals, stores through a StoreGrad cannot alias them.
+constexpr int64_t kLanes = 16;
+
+template <int K, class Add4, class Add1>
+void channel_reduce(int64_t N, int64_t C, int64_t HW, int64_t c, Add4 add4, Add1 add1,
+                    double* out) {
+  D4 acc[K][4] = {};
+  double rest[K] = {};
+  const int64_t body = HW - HW % kLanes;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = (n * C + c) * HW;
+    for (int64_t i = 0; i < body; i += kLanes)
+      for (int q = 0; q < 4; ++q) add4(row + i + 4 * q, acc, q);
+    for (int64_t i = body; i < HW; ++i) add1(row + i, rest);
+  }
+  for (int k = 0; k < K; ++k) {
+    const D4 s = (acc[k][0] + acc[k][1]) + (acc[k][2] + acc[k][3]);
+    out[k] = ((s[0] + s[1]) + (s[2] + s[3])) + rest[k];
+  }
+}
+
+// Channel c: sum of x.
+double channel_sum(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x) {
+  double s;
+  channel_reduce<1>(
+      N, C, HW, c,
+      [x](int64_t j, D4(*acc)[4], int q) {
+        D4 v;
+        widen(load4(x + j), &v);
+        acc[0][q] += v;
+      },
+      [x](int64_t j, double* rest) { rest[0] += x[j]; }, &s);
   return s;
 }
 
 // Channel c: sum of (x - mean)^2.
 double channel_sq_dev(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, double mean) {
-  double s = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    const float* r = x + (n * C + c) * HW;
-    double sr = 0;
-#pragma omp simd reduction(+ : sr)
-    for (int64_t i = 0; i < HW; ++i) {
-      double d = r[i] - mean;
-      sr += d * d;
-    }
-    s += sr;
-  }
+  double s;
+  channel_reduce<1>(
+      N, C, HW, c,
+      [x, mean](int64_t j, D4(*acc)[4], int q) {
+        D4 d;
+        widen(load4(x + j), &d);
+        d -= mean;
+        acc[0][q] += d * d;
+      },
+      [x, mean](int64_t j, double* rest) {
+        const double d = x[j] - mean;
+        rest[0] += d * d;
+      },
+      &s);
   return s;
 }
 
-// Channel c: sum(dy) and sum(dy * (x - mean)).
-void channel_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
-                       const float* dy, double mean, double* sum_dy, double* sum_dy_xc) {
-  double a = 0, b = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    const float* xr = x + (n * C + c) * HW;
-    const float* gr = dy + (n * C + c) * HW;
-    double ar = 0, br = 0;
-#pragma omp simd reduction(+ : ar, br)
-    for (int64_t i = 0; i < HW; ++i) {
-      ar += gr[i];
-      br += gr[i] * (xr[i] - mean);
-    }
-    a += ar;
-    b += br;
-  }
-  *sum_dy = a;
-  *sum_dy_xc = b;
+// Channel c: sum(g) and sum(g * (x - mean)), g read from `grad` (which may also store it).
+template <class G>
+void channel_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, const G& grad,
+                       double mean, double* sum_g, double* sum_g_xc) {
+  double s[2];
+  channel_reduce<2>(
+      N, C, HW, c,
+      [x, grad, mean](int64_t j, D4(*acc)[4], int q) {
+        D4 g, v;
+        widen(grad.at4(j), &g);
+        widen(load4(x + j), &v);
+        acc[0][q] += g;
+        acc[1][q] += g * (v - mean);
+      },
+      [x, grad, mean](int64_t j, double* rest) {
+        const double g = grad.at(j);
+        rest[0] += g;
+        rest[1] += g * (x[j] - mean);
+      },
+      s);
+  *sum_g = s[0];
+  *sum_g_xc = s[1];
 }
 
-// y = (x - shift) * mul + add on channel c. The shift is split into two floats (hi + lo) so a
+// ---- element-wise passes over one channel ----
+// y = act((x - shift) * mul + add + residual). The shift is split into two floats (hi + lo) so a
 // mean far from zero keeps its full double precision: x - hi is exact when x is near hi.
-void channel_affine(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, double shift,
-                    float mul, float add, float* y) {
+template <bool kResidual, bool kRelu>
+void channel_apply(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
+                   const float* residual, double shift, float mul, float add, float* y) {
   const float hi = float(shift), lo = float(shift - double(hi));
   for (int64_t n = 0; n < N; ++n) {
-    const float* xr = x + (n * C + c) * HW;
-    float* yr = y + (n * C + c) * HW;
+    const int64_t row = (n * C + c) * HW;
+    const float* xr = x + row;
+    const float* rr = kResidual ? residual + row : nullptr;
+    float* yr = y + row;
 #pragma omp simd
-    for (int64_t i = 0; i < HW; ++i) yr[i] = ((xr[i] - hi) - lo) * mul + add;
+    for (int64_t i = 0; i < HW; ++i) {
+      float v = ((xr[i] - hi) - lo) * mul + add;
+      if constexpr (kResidual) v = v + rr[i];
+      if constexpr (kRelu) v = relu_value(v);
+      yr[i] = v;
+    }
+  }
+}
+
+void channel_apply(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
+                   const float* residual, bool relu, double shift, float mul, float add, float* y) {
+  if (residual) {
+    if (relu)
+      channel_apply<true, true>(N, C, HW, c, x, residual, shift, mul, add, y);
+    else
+      channel_apply<true, false>(N, C, HW, c, x, residual, shift, mul, add, y);
+  } else {
+    if (relu)
+      channel_apply<false, true>(N, C, HW, c, x, residual, shift, mul, add, y);
+    else
+      channel_apply<false, false>(N, C, HW, c, x, residual, shift, mul, add, y);
+  }
+}
+
+// Training dx = k * (g - mean_g - (x - m) * proj) on channel c.
+template <class G>
+void channel_train_dx(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, const G& grad,
+                      float k, float mean_g, float m, float proj, float* dx) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = (n * C + c) * HW;
+    const float* xr = x + row;
+    float* dr = dx + row;
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) dr[i] = k * (grad.at(row + i) - mean_g - (xr[i] - m) * proj);
+  }
+}
+
+// Inference dx = k * g on channel c; dx may be nullptr (then grad is only evaluated, for a
+// StoreGrad that writes the residual's gradient).
+template <class G>
+void channel_infer_dx(int64_t N, int64_t C, int64_t HW, int64_t c, const G& grad, float k,
+                      float* dx) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = (n * C + c) * HW;
+    if (dx) {
+      float* dr = dx + row;
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) dr[i] = k * grad.at(row + i);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) grad.at(row + i);
+    }
   }
 }
 
 bool parallel_channels(int64_t N, int64_t C, int64_t HW) { return C > 1 && N * C * HW >= 4096; }
 
-}  // namespace
-
-// x [N,C,HW], gamma/beta [C] -> y [N,C,HW], save_mean/save_invstd [C];
-// running_mean/running_var [C] updated in place (either may be nullptr).
-void batchnorm_train_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
-                             const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, float* y, float* save_mean, float* save_invstd) {
+// ---- the kernels, shared by the plain and the fused entry points ----
+void train_forward(const char* op, int64_t N, int64_t C, int64_t HW, const float* x,
+                   const float* gamma, const float* beta, float eps, float momentum,
+                   float* running_mean, float* running_var, const float* residual, bool relu,
+                   float* y, float* save_mean, float* save_invstd) {
   const int64_t count = N * HW;
-  HR_CHECK(count > 1, "batchnorm_train_forward: expected more than 1 value per channel when "
-           "training, got N=", N, " HW=", HW, " (C=", C, ")");
+  HR_CHECK(count > 1, op, ": expected more than 1 value per channel when training, got N=", N,
+           " HW=", HW, " (C=", C, ")");
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
   for (int64_t c = 0; c < C; ++c) {
     const double mean = channel_sum(N, C, HW, c, x) / double(count);
@@ -97,47 +242,107 @@ void batchnorm_train_forward(int64_t N, int64_t C, int64_t HW, const float* x, c
     }
     if (save_mean) save_mean[c] = float(mean);
     if (save_invstd) save_invstd[c] = float(invstd);
-    channel_affine(N, C, HW, c, x, mean, float(invstd * gamma[c]), beta[c], y);
+    channel_apply(N, C, HW, c, x, residual, relu, mean, float(invstd * gamma[c]), beta[c], y);
   }
+}
+
+void infer_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
+                   const float* beta, const float* running_mean, const float* running_var,
+                   float eps, const float* residual, bool relu, float* y) {
+#pragma omp parallel for schedule(static) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(double(running_var[c]) + double(eps));
+    channel_apply(N, C, HW, c, x, residual, relu, running_mean[c], float(invstd * gamma[c]),
+                  beta[c], y);
+  }
+}
+
+// g from `grad`. With dresidual, the reduction pass (the first to read dy) writes g there and
+// the dx pass reads it back; without, the dx pass computes g again.
+template <class G>
+void train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const G& grad,
+                    const float* gamma, const float* save_mean, const float* save_invstd, float* dx,
+                    float* dresidual, float* dgamma, float* dbeta) {
+  if (!dx && !dresidual && !dgamma && !dbeta) return;
+  const double count = double(N * HW);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c) {
+    const double mean = save_mean[c], invstd = save_invstd[c];
+    double sum_g, sum_g_xc;
+    if (dresidual)
+      channel_grad_sums(N, C, HW, c, x, StoreGrad<G>{grad, dresidual}, mean, &sum_g, &sum_g_xc);
+    else
+      channel_grad_sums(N, C, HW, c, x, grad, mean, &sum_g, &sum_g_xc);
+    if (dgamma) dgamma[c] = float(sum_g_xc * invstd);
+    if (dbeta) dbeta[c] = float(sum_g);
+    if (!dx) continue;
+    // dx = gamma*invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
+    const float k = float(gamma[c] * invstd);
+    const float mean_g = float(sum_g / count);
+    const float proj = float(sum_g_xc / count * invstd * invstd);
+    const float m = float(mean);
+    if (dresidual)
+      channel_train_dx(N, C, HW, c, x, PlainGrad{dresidual}, k, mean_g, m, proj, dx);
+    else
+      channel_train_dx(N, C, HW, c, x, grad, k, mean_g, m, proj, dx);
+  }
+}
+
+template <class G>
+void infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, const G& grad,
+                    const float* gamma, const float* running_mean, const float* running_var,
+                    float eps, float* dx, float* dresidual, float* dgamma, float* dbeta) {
+  if (!dx && !dresidual && !dgamma && !dbeta) return;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(double(running_var[c]) + double(eps));
+    bool stored = false;  // g of this channel is in dresidual
+    if (dgamma || dbeta) {
+      double sum_g, sum_g_xc;
+      if (dresidual)
+        channel_grad_sums(N, C, HW, c, x, StoreGrad<G>{grad, dresidual}, running_mean[c], &sum_g,
+                          &sum_g_xc);
+      else
+        channel_grad_sums(N, C, HW, c, x, grad, running_mean[c], &sum_g, &sum_g_xc);
+      stored = dresidual != nullptr;
+      if (dgamma) dgamma[c] = float(sum_g_xc * invstd);
+      if (dbeta) dbeta[c] = float(sum_g);
+    }
+    const float k = float(gamma[c] * invstd);
+    if (stored) {
+      if (dx) channel_infer_dx(N, C, HW, c, PlainGrad{dresidual}, k, dx);
+    } else if (dresidual) {
+      channel_infer_dx(N, C, HW, c, StoreGrad<G>{grad, dresidual}, k, dx);
+    } else if (dx) {
+      channel_infer_dx(N, C, HW, c, grad, k, dx);
+    }
+  }
+}
+
+}  // namespace
+
+// x [N,C,HW], gamma/beta [C] -> y [N,C,HW], save_mean/save_invstd [C];
+// running_mean/running_var [C] updated in place (either may be nullptr).
+void batchnorm_train_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, float* y, float* save_mean, float* save_invstd) {
+  train_forward("batchnorm_train_forward", N, C, HW, x, gamma, beta, eps, momentum, running_mean,
+                running_var, nullptr, false, y, save_mean, save_invstd);
 }
 
 // x [N,C,HW], gamma/beta/running_mean/running_var [C] -> y [N,C,HW]
 void batchnorm_infer_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
-                             const float* beta, const float* running_mean,
-                             const float* running_var, float eps, float* y) {
-#pragma omp parallel for schedule(static) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double invstd = 1.0 / std::sqrt(double(running_var[c]) + double(eps));
-    channel_affine(N, C, HW, c, x, running_mean[c], float(invstd * gamma[c]), beta[c], y);
-  }
+                             const float* beta, const float* running_mean, const float* running_var,
+                             float eps, float* y) {
+  infer_forward(N, C, HW, x, gamma, beta, running_mean, running_var, eps, nullptr, false, y);
 }
 
 // x, dy [N,C,HW], gamma/save_mean/save_invstd [C] -> dx [N,C,HW], dgamma/dbeta [C]
 void batchnorm_train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* dy,
                               const float* gamma, const float* save_mean, const float* save_invstd,
                               float* dx, float* dgamma, float* dbeta) {
-  const double count = double(N * HW);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double mean = save_mean[c], invstd = save_invstd[c];
-    double sum_dy, sum_dy_xc;
-    channel_grad_sums(N, C, HW, c, x, dy, mean, &sum_dy, &sum_dy_xc);
-    if (dgamma) dgamma[c] = float(sum_dy_xc * invstd);
-    if (dbeta) dbeta[c] = float(sum_dy);
-    if (!dx) continue;
-    // dx = gamma*invstd * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
-    const float k = float(gamma[c] * invstd);
-    const float mean_dy = float(sum_dy / count);
-    const float proj = float(sum_dy_xc / count * invstd * invstd);
-    const float m = float(mean);
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xr = x + (n * C + c) * HW;
-      const float* gr = dy + (n * C + c) * HW;
-      float* dr = dx + (n * C + c) * HW;
-#pragma omp simd
-      for (int64_t i = 0; i < HW; ++i) dr[i] = k * (gr[i] - mean_dy - (xr[i] - m) * proj);
-    }
-  }
+  train_backward(N, C, HW, x, PlainGrad{dy}, gamma, save_mean, save_invstd, dx, nullptr, dgamma,
+                 dbeta);
 }
 
 // x, dy [N,C,HW], gamma/running_mean/running_var [C] -> dx [N,C,HW], dgamma/dbeta [C]
@@ -145,24 +350,53 @@ void batchnorm_infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, 
                               const float* gamma, const float* running_mean,
                               const float* running_var, float eps, float* dx, float* dgamma,
                               float* dbeta) {
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double invstd = 1.0 / std::sqrt(double(running_var[c]) + double(eps));
-    if (dgamma || dbeta) {
-      double sum_dy, sum_dy_xc;
-      channel_grad_sums(N, C, HW, c, x, dy, running_mean[c], &sum_dy, &sum_dy_xc);
-      if (dgamma) dgamma[c] = float(sum_dy_xc * invstd);
-      if (dbeta) dbeta[c] = float(sum_dy);
-    }
-    if (!dx) continue;
-    const float k = float(gamma[c] * invstd);
-    for (int64_t n = 0; n < N; ++n) {
-      const float* gr = dy + (n * C + c) * HW;
-      float* dr = dx + (n * C + c) * HW;
-#pragma omp simd
-      for (int64_t i = 0; i < HW; ++i) dr[i] = k * gr[i];
-    }
-  }
+  infer_backward(N, C, HW, x, PlainGrad{dy}, gamma, running_mean, running_var, eps, dx, nullptr,
+                 dgamma, dbeta);
+}
+
+// x, residual (or nullptr) [N,C,HW], gamma/beta [C] -> y [N,C,HW], save_mean/save_invstd [C]
+void batchnorm_act_train_forward(int64_t N, int64_t C, int64_t HW, const float* x,
+                                 const float* gamma, const float* beta, float eps, float momentum,
+                                 float* running_mean, float* running_var, const float* residual,
+                                 bool relu, float* y, float* save_mean, float* save_invstd) {
+  train_forward("batchnorm_act_train_forward", N, C, HW, x, gamma, beta, eps, momentum,
+                running_mean, running_var, residual, relu, y, save_mean, save_invstd);
+}
+
+// x, y, dy [N,C,HW], gamma/save_mean/save_invstd [C] -> dx, dresidual [N,C,HW], dgamma/dbeta [C]
+void batchnorm_act_train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* y,
+                                  const float* dy, const float* gamma, const float* save_mean,
+                                  const float* save_invstd, bool relu, float* dx, float* dresidual,
+                                  float* dgamma, float* dbeta) {
+  HR_CHECK(!relu || y, "batchnorm_act_train_backward: relu needs the forward output y");
+  if (relu)
+    train_backward(N, C, HW, x, ReluGrad{y, dy}, gamma, save_mean, save_invstd, dx, dresidual,
+                   dgamma, dbeta);
+  else
+    train_backward(N, C, HW, x, PlainGrad{dy}, gamma, save_mean, save_invstd, dx, dresidual, dgamma,
+                   dbeta);
+}
+
+// x, residual (or nullptr) [N,C,HW], gamma/beta/running_mean/running_var [C] -> y [N,C,HW]
+void batchnorm_act_infer_forward(int64_t N, int64_t C, int64_t HW, const float* x,
+                                 const float* gamma, const float* beta, const float* running_mean,
+                                 const float* running_var, float eps, const float* residual,
+                                 bool relu, float* y) {
+  infer_forward(N, C, HW, x, gamma, beta, running_mean, running_var, eps, residual, relu, y);
+}
+
+// x, y, dy [N,C,HW], gamma/running_mean/running_var [C] -> dx, dresidual [N,C,HW], dgamma/dbeta
+void batchnorm_act_infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* y,
+                                  const float* dy, const float* gamma, const float* running_mean,
+                                  const float* running_var, float eps, bool relu, float* dx,
+                                  float* dresidual, float* dgamma, float* dbeta) {
+  HR_CHECK(!relu || y, "batchnorm_act_infer_backward: relu needs the forward output y");
+  if (relu)
+    infer_backward(N, C, HW, x, ReluGrad{y, dy}, gamma, running_mean, running_var, eps, dx,
+                   dresidual, dgamma, dbeta);
+  else
+    infer_backward(N, C, HW, x, PlainGrad{dy}, gamma, running_mean, running_var, eps, dx, dresidual,
+                   dgamma, dbeta);
 }
 
 }  // namespace hr::cpu

@@ -39,6 +39,36 @@ void batchnorm_infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, 
                               const float* running_var, float eps, float* dx, float* dgamma,
                               float* dbeta);
 
+// ---- fused batch norm -> (+ residual) -> ReLU over [N, C, HW] (HRNet's hot pattern) ----
+// The same semantics as kernels/cuda/fused.h, and bit-identical to the unfused sequence
+// (batchnorm_*_forward; add(y, residual); relu_forward, and relu_backward; batchnorm_*_backward)
+// for any input and thread count; one apply pass forward, no materialised g backward.
+// y = act(BN_train(x) + residual), act = ReLU when relu, else identity; residual may be nullptr.
+// Statistics, running stats and save_mean / save_invstd exactly as batchnorm_train_forward.
+void batchnorm_act_train_forward(int64_t N, int64_t C, int64_t HW, const float* x,
+                                 const float* gamma, const float* beta, float eps, float momentum,
+                                 float* running_mean, float* running_var, const float* residual,
+                                 bool relu, float* y, float* save_mean, float* save_invstd);
+// Backward of batchnorm_act_train_forward. The ReLU mask comes from the forward output y (may be
+// nullptr when !relu): g = relu ? relu_backward(y, dy) : dy (y <= 0 masks, as relu_backward);
+// dresidual = g; dx, dgamma, dbeta are batchnorm_train_backward of g. Every output may be
+// nullptr (skipped).
+void batchnorm_act_train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* y,
+                                  const float* dy, const float* gamma, const float* save_mean,
+                                  const float* save_invstd, bool relu, float* dx, float* dresidual,
+                                  float* dgamma, float* dbeta);
+// y = act(BN_infer(x) + residual) with running statistics; residual may be nullptr.
+void batchnorm_act_infer_forward(int64_t N, int64_t C, int64_t HW, const float* x,
+                                 const float* gamma, const float* beta, const float* running_mean,
+                                 const float* running_var, float eps, const float* residual,
+                                 bool relu, float* y);
+// Backward of batchnorm_act_infer_forward: g as in batchnorm_act_train_backward, dresidual = g,
+// dx, dgamma, dbeta are batchnorm_infer_backward of g. Every output may be nullptr.
+void batchnorm_act_infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* y,
+                                  const float* dy, const float* gamma, const float* running_mean,
+                                  const float* running_var, float eps, bool relu, float* dx,
+                                  float* dresidual, float* dgamma, float* dbeta);
+
 // ---- element-wise ----
 void relu_forward(int64_t n, const float* x, float* y);
 // dx = y > 0 ? dy : 0   (y is the ReLU output)

@@ -1,9 +1,11 @@
 // CPU losses: HRNet's JointsMSELoss with target weights, and softmax cross-entropy over the
 // channels of [N, C, HW] logits with an ignore label (mean over the counted pixels). Sums are
-// accumulated in double; OpenMP over rows / pixel blocks.
+// accumulated in double; OpenMP over rows / pixel blocks, whose partial sums are then added in a
+// fixed order, so the loss is the same bits for any thread count and run.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "engine/error.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -48,8 +50,8 @@ void log_sum_exp(int64_t C, int64_t HW, const float* xn, int64_t i0, int64_t len
 // pred, gt [N,J,HW], weight [N,J]
 float heatmap_loss_forward(int64_t N, int64_t J, int64_t HW, const float* pred, const float* gt,
                            const float* weight) {
-  double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (N * J * HW >= 16384)
+  std::vector<double> rows(static_cast<size_t>(N * J));
+#pragma omp parallel for schedule(static) if (N * J * HW >= 16384)
   for (int64_t r = 0; r < N * J; ++r) {
     const float w = weight[r];
     const float* p = pred + r * HW;
@@ -60,8 +62,10 @@ float heatmap_loss_forward(int64_t N, int64_t J, int64_t HW, const float* pred, 
       const double d = double(w * p[i]) - double(w * g[i]);
       s += d * d;
     }
-    total += s;
+    rows[r] = s;
   }
+  double total = 0;
+  for (double v : rows) total += v;
   return float(0.5 * total / (double(N) * double(HW) * double(J)));
 }
 
@@ -87,8 +91,8 @@ float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
   const int64_t counted = check_labels("softmax_ce_forward", N, C, HW, labels, ignore_index);
   if (counted == 0) return 0.f;
   const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
-  double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (N * C * HW >= 16384)
+  std::vector<double> parts(static_cast<size_t>(N * blocks_per_n));
+#pragma omp parallel for schedule(static) if (N * C * HW >= 16384)
   for (int64_t b = 0; b < N * blocks_per_n; ++b) {
     const int64_t n = b / blocks_per_n, i0 = (b % blocks_per_n) * kPixelBlock;
     const int64_t len = std::min(kPixelBlock, HW - i0);
@@ -101,8 +105,10 @@ float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
       if (ln[i] == ignore_index) continue;
       s += double(lse[i]) - (double(xn[ln[i] * HW + i0 + i]) - double(mx[i]));
     }
-    total += s;
+    parts[b] = s;
   }
+  double total = 0;
+  for (double v : parts) total += v;
   return float(total / double(counted));
 }
 

@@ -12,6 +12,10 @@
 // it declines a shape); otherwise, the first time a (shape, dtype, op) is seen and
 // igemm::supported() holds, both run once as warm-up and then 3 times between CUDA events on
 // the call's stream, and the faster is kept.
+// Graph capture: timing and cuDNN's search synchronise, so neither may run while the stream is
+// capturing; a (shape, dtype, op) still to be chosen then throws (and fails the capture),
+// asking for an eager warm-up step. Chosen ones run as usual (workspaces come from the
+// capture-aware allocator).
 #include <cudnn.h>
 
 #include <algorithm>
@@ -30,6 +34,11 @@
 #include "kernels/cuda/conv_igemm.h"
 
 namespace hr::cuda {
+namespace detail {
+// runtime.cpp: records `what` as the failure of the capture in progress, then throws it.
+[[noreturn]] void refuse_in_capture(const std::string& what);
+}  // namespace detail
+
 namespace {
 
 using kern::ConvShape;
@@ -150,6 +159,16 @@ Entry* entry(const ConvShape& s, DT dt) {
   return raw;
 }
 
+// Choosing op's algorithm for (s, dt) times candidates or searches, which synchronises: when
+// st is capturing, throws the warm-up error instead.
+void refuse_choice_in_capture(int op, const ConvShape& s, DT dt, Stream st) {
+  if (!is_capturing(st)) return;
+  detail::refuse_in_capture(str_cat(op_name(op), ": ", shape_of(s), " in ", detail::dt_name(dt),
+                                    " is first seen during CUDA graph capture; its algorithm is "
+                                    "chosen by timing, which cannot run while capturing: run the "
+                                    "step once before capturing"));
+}
+
 // Workspace cuDNN's search may use: the largest any algorithm asks for, within half of the
 // free device memory and 1 GiB.
 size_t find_workspace_cap() {
@@ -210,6 +229,7 @@ void cudnn_run(int op, Entry* e, const ConvShape& s, DT dt, const void* a, const
   CUDNN_CHECK(cudnnSetStream(h, detail::stream_of(st)));
   Algo& al = e->algo[op];
   if (!al.found) {
+    refuse_choice_in_capture(op, s, dt, st);
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv, e->find_math));
     const size_t cap = find_workspace_cap();
     size_t want = 0;
@@ -322,6 +342,7 @@ void dispatch(int op, const ConvShape& s, DT dt, Stream st, CudnnFn&& run_cudnn,
   if (b == Backend::unknown) {
     b = Backend::cudnn;
     if (igemm::supported(s, dt)) {
+      refuse_choice_in_capture(op, s, dt, st);
       const cudaStream_t cs = detail::stream_of(st);
       const float t_igemm = time_ms(run_igemm, cs);
       const float t_cudnn = time_ms([&] { run_cudnn(); return true; }, cs);

@@ -894,10 +894,20 @@ void run_planned(Params p, const Plan& pl, int phases, Stream st) {
   float* ws = nullptr;
   if (pl.splits > 1) {
     const int64_t tiles = int64_t(grid.x) * grid.y * phases;
+    const int64_t part_floats = tiles * pl.splits * K::BM * K::BN;
+    // Partials, then room for one arrival counter per tile. Eager launches use the stream's
+    // counter array; a launch captured into a CUDA graph zeroes and uses its own, so that
+    // replays never share counters with other work (the graph's forked streams run outside
+    // their own stream order).
     ws = static_cast<float*>(
-        hr::cuda::alloc(sizeof(float) * tiles * pl.splits * K::BM * K::BN, st));
+        hr::cuda::alloc(sizeof(float) * part_floats + sizeof(int) * tiles, st));
     p.ws = ws;
-    p.counters = tile_counters(st, tiles);
+    if (hr::cuda::is_capturing(st)) {
+      p.counters = reinterpret_cast<int*>(ws + part_floats);
+      CUDA_CHECK(cudaMemsetAsync(p.counters, 0, sizeof(int) * tiles, cs));
+    } else {
+      p.counters = tile_counters(st, tiles);
+    }
   }
   K::launch(p, grid, cs);
   if (ws) hr::cuda::free(ws, st);

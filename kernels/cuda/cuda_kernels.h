@@ -43,10 +43,51 @@ void wait_event(Stream s, Event e);
 void memcpy_h2d(void* dst, const void* src, size_t bytes, Stream s);  // synchronous w.r.t. host
 void memcpy_d2h(void* dst, const void* src, size_t bytes, Stream s);  // synchronous
 void memcpy_d2d(void* dst, const void* src, size_t bytes, Stream s);  // async on s
+// Page-locked host memory: the source of an asynchronous host-to-device copy, which a CUDA graph
+// captures as a node that reads the host memory when it replays.
+void* alloc_pinned(size_t bytes);
+void free_pinned(void* p);
+void memcpy_h2d_async(void* dst, const void* pinned_src, size_t bytes, Stream s);
+void event_synchronize(Event e);  // the host waits for the event's work
 void memset_zero(void* dst, size_t bytes, Stream s);
 // rows x width_bytes block between pitched buffers (cudaMemcpy2DAsync, device to device)
 void memcpy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width_bytes,
                size_t rows, Stream s);
+
+// ---- CUDA graphs (stream capture) ----
+// One capture at a time per process; run the step once eagerly before capturing it. While a
+// capture is in progress:
+//  - synchronising calls on a capturing stream (synchronize, memcpy_h2d, memcpy_d2h, the
+//    value-returning losses, unscale_and_check) throw instead of invalidating the capture;
+//  - alloc serves only from memory the cache holds (a block freed earlier in the capture on
+//    the same stream, an idle cached block, else one freed earlier in the capture on another
+//    capturing stream, which the requesting stream then waits for) and otherwise throws
+//    "cuda::alloc: a new allocation of N bytes during graph capture; run the step once
+//    before capturing";
+//  - a convolution whose (shape, dtype, pass) has no algorithm chosen yet (timing, cuDNN
+//    search) throws likewise;
+//  - memory freed on a capturing stream, and memory allocated by the capture and freed later,
+//    is not reused by anything else until destroy_graph (the graph still uses it on replay).
+// A refused call also makes end_capture fail. Buffers the graph reads or writes that were
+// allocated outside the capture must outlive the graph.
+using GraphExec = void*;  // cudaGraphExec_t
+// Starts capturing the work submitted to `s` (cudaStreamBeginCapture, thread-local mode).
+// Work other streams join through events recorded on a capturing stream is captured too
+// (fork: record_event on s, wait_event on the other stream; join back the same way before
+// end_capture). Waits for the device first, so every cached block is idle.
+void begin_capture(Stream s);
+// Ends the capture on `s` and instantiates it (the cudaGraph_t is destroyed after
+// instantiation). Call it from begin_capture's thread, on error paths too. When the capture
+// failed (a call refused or not permitted while capturing, a fork not joined back), throws
+// hr::Error naming the cause; the streams have then left capture mode and are usable.
+GraphExec end_capture(Stream s);
+// Replays g on s, after the work already queued on s (launches of one graph run in order).
+void launch_graph(GraphExec g, Stream s);
+// Destroys g without waiting: the memory it kept returns to the cache ordered after its last
+// launch. nullptr is ignored.
+void destroy_graph(GraphExec g);
+// s is capturing (or its capture was invalidated and has not been ended yet).
+bool is_capturing(Stream s);
 
 // ---- layout and dtype ----
 // [N,C,H,W] <-> [N,H,W,C] (also used for weights: [K,C,R,S] <-> [K,R,S,C])
@@ -126,6 +167,24 @@ float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* lo
 void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
                          Stream st);
+// The same losses with the scalars on the device, for graph capture: no host synchronisation,
+// deterministic, the same numerics (the synchronous versions above are the forwards plus one
+// copy to the host, and the backwards with dloss from the host).
+// loss: one fp32 on the device, overwritten (no host synchronisation).
+void heatmap_loss_forward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                              const void* gt, const float* weight, float* loss, Stream st);
+// dloss: one fp32 on the device.
+void heatmap_loss_backward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                               const void* gt, const float* weight, const float* dloss,
+                               void* dpred, Stream st);
+// The mean divides by the number of counted pixels, computed on the device (loss 0 when none).
+// A label outside [0, C) that is not ignore_index makes *loss NaN (softmax_ce_forward throws,
+// naming it); the backward treats such a label as ignored.
+void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st);
+void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                             const int64_t* labels, int64_t ignore_index, const float* dloss,
+                             void* dlogits, Stream st);
 
 // ---- optimizers (fp32 master weights and state) ----
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
@@ -134,5 +193,17 @@ void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float
 void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
                float beta1, float beta2, float eps, float weight_decay, bool decoupled,
                int64_t step, Stream st);
+// The same steps with the step-dependent values read from device memory when the kernel runs,
+// so that a captured graph replays correctly as the learning rate and the step change (update
+// `hyper` on the stream before each launch). Results equal adam_step / sgd_step's up to the
+// fp32 rounding of the bias-correction terms (sgd_step_dev: the same arithmetic).
+// hyper (device, fp32): hyper[0] = lr, hyper[1] = 1 - beta1^t, hyper[2] = 1 - beta2^t (t = 1-based
+// step, computed by the caller on the host in double).
+void adam_step_dev(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq,
+                   const float* hyper, float beta1, float beta2, float eps, float weight_decay,
+                   bool decoupled, Stream st);
+// hyper[0] = lr, hyper[1] = 1 on the first step (buf = g), else 0.
+void sgd_step_dev(int64_t n, float* p, const float* grad, float* momentum_buf, const float* hyper,
+                  float momentum, float dampening, float weight_decay, bool nesterov, Stream st);
 
 }  // namespace hr::cuda

@@ -1,13 +1,13 @@
 // CUDA losses on NHWC maps: HRNet's JointsMSELoss with target weights (pred, gt [N, HW, J]) and
 // softmax cross-entropy over channels (logits [N, HW, C], labels [N, HW] int64, ignore label).
-// Forwards reduce to per-block double partials that the host sums in a fixed order (so the
-// value is deterministic) after one synchronizing copy; backwards never synchronize.
-// A label outside [0, C) that is not ignore_index makes softmax_ce_forward throw; the backward
-// treats such a label as ignored (the forward has already rejected it).
-#include <algorithm>
-#include <cstring>
+// Forwards reduce to per-block double partials, summed in a fixed order by one finishing block
+// that writes the fp32 loss to the device (deterministic; the *_dev variants stop there, the
+// synchronous ones copy it to the host). Backwards never synchronize; dloss comes from the
+// host or from the device (the same kernels).
+// A label outside [0, C) that is not ignore_index makes softmax_ce_forward throw and
+// softmax_ce_forward_dev's loss NaN; the backward treats such a label as ignored.
+#include <cmath>
 #include <limits>
-#include <vector>
 
 #include "kernels/cuda/check.h"
 
@@ -53,12 +53,24 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
-// dpred = k * w * (w*p - w*g), k = dloss / (N*HW*J)
+// *loss = 0.5 * (sum of the nparts partials) / denom, summed in a fixed order (one block).
+__global__ void __launch_bounds__(kThreads)
+    heatmap_loss_finish_kernel(int64_t nparts, const double* __restrict__ part, double denom,
+                               float* __restrict__ loss) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
+  const double total = block_sum(s);
+  if (threadIdx.x == 0) *loss = float(0.5 * total / denom);
+}
+
+// dpred = k * w * (w*p - w*g), k = dloss / denom; dloss = *dloss_dev, or dloss_host when null
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     heatmap_loss_backward_kernel(int64_t N, int64_t J, int64_t HW, const T* __restrict__ pred,
                                  const T* __restrict__ gt, const float* __restrict__ weight,
-                                 double k, T* __restrict__ dpred) {
+                                 const float* __restrict__ dloss_dev, float dloss_host,
+                                 double denom, T* __restrict__ dpred) {
+  const double k = double(dloss_dev ? *dloss_dev : dloss_host) / denom;
   const int64_t total = N * HW * J;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -122,12 +134,33 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
-// *k = counted ? dloss / counted : 0, from nparts partial counts (one block).
+// *loss = mean over the counted pixels (0 when none; NaN when *bad names an invalid label),
+// from nparts {loss, count} partials summed in a fixed order (one block).
 __global__ void __launch_bounds__(kThreads)
-    ce_scale_kernel(int64_t nparts, const double* part, float dloss, float* k) {
+    softmax_ce_finish_kernel(int64_t nparts, const double* __restrict__ part,
+                             const unsigned long long* __restrict__ bad, float* __restrict__ loss) {
+  double sl = 0, sc = 0;
+  for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) {
+    sl += part[2 * i];
+    sc += part[2 * i + 1];
+  }
+  const double tl = block_sum(sl);
+  const double tc = block_sum(sc);
+  if (threadIdx.x == 0) {
+    const bool invalid = *bad != ~0ull;
+    *loss = invalid ? NAN : tc > 0 ? float(tl / tc) : 0.f;
+  }
+}
+
+// *k = counted ? dloss / counted : 0, from nparts partial counts (one block);
+// dloss = *dloss_dev, or dloss_host when null.
+__global__ void __launch_bounds__(kThreads)
+    ce_scale_kernel(int64_t nparts, const double* part, const float* dloss_dev, float dloss_host,
+                    float* k) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
   const double total = block_sum(s);
+  const float dloss = dloss_dev ? *dloss_dev : dloss_host;
   if (threadIdx.x == 0) *k = total > 0 ? float(double(dloss) / total) : 0.f;
 }
 
@@ -158,12 +191,15 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-// pred, gt [N,HW,J] (NHWC heatmaps), weight [N,J]
-float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
-                           const void* gt, const float* weight, Stream st) {
-  const int64_t total = N * J * HW;
-  if (total <= 0) return 0.f;
+// pred, gt [N,HW,J] (NHWC heatmaps), weight [N,J]; loss: one fp32 on the device
+void heatmap_loss_forward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                              const void* gt, const float* weight, float* loss, Stream st) {
   const cudaStream_t cs = detail::stream_of(st);
+  const int64_t total = N * J * HW;
+  if (total <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(loss, 0, sizeof(float), cs));
+    return;
+  }
   const int64_t blocks = detail::wave_blocks(total, kThreads);
   detail::Workspace ws(sizeof(double) * blocks, st);
   HR_DISPATCH_DT(dt, T, {
@@ -171,68 +207,115 @@ float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* 
         N, J, HW, static_cast<const T*>(pred), static_cast<const T*>(gt), weight, ws.as<double>());
   });
   HR_CUDA_LAUNCH_CHECK();
-  std::vector<double> part(blocks);
-  memcpy_d2h(part.data(), ws.get(), sizeof(double) * blocks, st);
-  double sum = 0;
-  for (double v : part) sum += v;
-  return float(0.5 * sum / (double(N) * double(HW) * double(J)));
-}
-
-// pred, gt, dpred [N,HW,J], weight [N,J]
-void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
-                           const void* gt, const float* weight, float dloss, void* dpred,
-                           Stream st) {
-  const int64_t total = N * J * HW;
-  if (total <= 0) return;
-  const cudaStream_t cs = detail::stream_of(st);
-  const double k = double(dloss) / (double(N) * double(HW) * double(J));
-  HR_DISPATCH_DT(dt, T, {
-    heatmap_loss_backward_kernel<T><<<unsigned(detail::wave_blocks(total, kThreads)), kThreads, 0, cs>>>(
-        N, J, HW, static_cast<const T*>(pred), static_cast<const T*>(gt), weight, k,
-        static_cast<T*>(dpred));
-  });
+  heatmap_loss_finish_kernel<<<1, kThreads, 0, cs>>>(
+      blocks, ws.as<double>(), double(N) * double(HW) * double(J), loss);
   HR_CUDA_LAUNCH_CHECK();
 }
 
-// logits [N,HW,C], labels [N,HW]
-float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                         const int64_t* labels, int64_t ignore_index, Stream st) {
-  const int64_t P = N * HW;
-  if (P <= 0) return 0.f;
+float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, Stream st) {
+  if (N * J * HW <= 0) return 0.f;
+  detail::Workspace out(sizeof(float), st);
+  heatmap_loss_forward_dev(dt, N, J, HW, pred, gt, weight, out.as<float>(), st);
+  float loss = 0.f;
+  memcpy_d2h(&loss, out.get(), sizeof(float), st);
+  return loss;
+}
+
+namespace {
+// pred, gt, dpred [N,HW,J], weight [N,J]; dloss from the device when dloss_dev is set
+void heatmap_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred, const void* gt,
+                      const float* weight, const float* dloss_dev, float dloss_host, void* dpred,
+                      Stream st) {
+  const int64_t total = N * J * HW;
+  if (total <= 0) return;
   const cudaStream_t cs = detail::stream_of(st);
+  const double denom = double(N) * double(HW) * double(J);
+  const unsigned blocks = unsigned(detail::wave_blocks(total, kThreads));
+  HR_DISPATCH_DT(dt, T, {
+    heatmap_loss_backward_kernel<T><<<blocks, kThreads, 0, cs>>>(
+        N, J, HW, static_cast<const T*>(pred), static_cast<const T*>(gt), weight, dloss_dev,
+        dloss_host, denom, static_cast<T*>(dpred));
+  });
+  HR_CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                           const void* gt, const float* weight, float dloss, void* dpred,
+                           Stream st) {
+  heatmap_backward(dt, N, J, HW, pred, gt, weight, nullptr, dloss, dpred, st);
+}
+
+void heatmap_loss_backward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
+                               const void* gt, const float* weight, const float* dloss,
+                               void* dpred, Stream st) {
+  heatmap_backward(dt, N, J, HW, pred, gt, weight, dloss, 0.f, dpred, st);
+}
+
+namespace {
+// logits [N,HW,C], labels [N,HW] -> *loss (device); *bad (device) = the smallest pixel index
+// with an invalid label, all ones when none (a slot of the workspace when bad is null).
+void softmax_ce_forward_to(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                           const int64_t* labels, int64_t ignore_index, float* loss,
+                           unsigned long long* bad, Stream st) {
+  const int64_t P = N * HW;
+  const cudaStream_t cs = detail::stream_of(st);
+  if (P <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(loss, 0, sizeof(float), cs));
+    if (bad) CUDA_CHECK(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), cs));
+    return;
+  }
   const int64_t blocks = detail::wave_blocks(P, kThreads);
-  detail::Workspace ws(sizeof(double) * 2 * blocks + sizeof(unsigned long long), st);
+  detail::Workspace ws(sizeof(double) * 2 * blocks + (bad ? 0 : sizeof(unsigned long long)), st);
   double* part = ws.as<double>();
-  auto* bad = reinterpret_cast<unsigned long long*>(part + 2 * blocks);
+  if (!bad) bad = reinterpret_cast<unsigned long long*>(part + 2 * blocks);
   CUDA_CHECK(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), cs));
   HR_DISPATCH_DT(dt, T, {
     softmax_ce_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
         P, C, static_cast<const T*>(logits), labels, ignore_index, part, bad);
   });
   HR_CUDA_LAUNCH_CHECK();
-  std::vector<double> host(2 * blocks + 1);
-  memcpy_d2h(host.data(), part, sizeof(double) * (2 * blocks + 1), st);
-  unsigned long long first_bad;
-  std::memcpy(&first_bad, &host[2 * blocks], sizeof(first_bad));
-  if (first_bad != std::numeric_limits<unsigned long long>::max()) {
-    int64_t label = 0;
-    memcpy_d2h(&label, labels + first_bad, sizeof(label), st);
-    throw Error(str_cat("softmax_ce_forward: label ", label, " at [n=", int64_t(first_bad) / HW,
-                        ", pixel ", int64_t(first_bad) % HW, "] is outside [0, ", C,
-                        ") and is not the ignore index ", ignore_index));
-  }
-  double loss = 0, count = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    loss += host[2 * b];
-    count += host[2 * b + 1];
-  }
-  return count > 0 ? float(loss / count) : 0.f;
+  softmax_ce_finish_kernel<<<1, kThreads, 0, cs>>>(blocks, part, bad, loss);
+  HR_CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+// logits [N,HW,C], labels [N,HW]; loss: one fp32 on the device
+void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st) {
+  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, loss, nullptr, st);
 }
 
-// logits, dlogits [N,HW,C], labels [N,HW]
-void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                         const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
-                         Stream st) {
+float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, Stream st) {
+  if (N * HW <= 0) return 0.f;
+  // {bad (u64), loss (f32)}: one copy to the host
+  struct Out {
+    unsigned long long bad;
+    float loss;
+  };
+  detail::Workspace ws(sizeof(Out), st);
+  auto* dev = ws.as<Out>();
+  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, &dev->loss, &dev->bad, st);
+  Out host;
+  memcpy_d2h(&host, dev, sizeof(Out), st);
+  if (host.bad != std::numeric_limits<unsigned long long>::max()) {
+    int64_t label = 0;
+    memcpy_d2h(&label, labels + host.bad, sizeof(label), st);
+    throw Error(str_cat("softmax_ce_forward: label ", label, " at [n=", int64_t(host.bad) / HW,
+                        ", pixel ", int64_t(host.bad) % HW, "] is outside [0, ", C,
+                        ") and is not the ignore index ", ignore_index));
+  }
+  return host.loss;
+}
+
+namespace {
+// logits, dlogits [N,HW,C], labels [N,HW]; dloss from the device when dloss_dev is set
+void softmax_ce_backward_impl(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                              const int64_t* labels, int64_t ignore_index,
+                              const float* dloss_dev, float dloss_host, void* dlogits,
+                              Stream st) {
   const int64_t P = N * HW;
   if (P <= 0 || C <= 0) return;
   const cudaStream_t cs = detail::stream_of(st);
@@ -242,13 +325,27 @@ void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* lo
   float* k = reinterpret_cast<float*>(part + blocks);
   ce_count_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(P, C, labels, ignore_index, part);
   HR_CUDA_LAUNCH_CHECK();
-  ce_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, dloss, k);
+  ce_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, dloss_dev, dloss_host, k);
   HR_CUDA_LAUNCH_CHECK();
   HR_DISPATCH_DT(dt, T, {
     softmax_ce_backward_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
         P, C, static_cast<const T*>(logits), labels, ignore_index, k, static_cast<T*>(dlogits));
   });
   HR_CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
+                         Stream st) {
+  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, nullptr, dloss, dlogits,
+                           st);
+}
+
+void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                             const int64_t* labels, int64_t ignore_index, const float* dloss,
+                             void* dlogits, Stream st) {
+  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, dloss, 0.f, dlogits, st);
 }
 
 }  // namespace hr::cuda

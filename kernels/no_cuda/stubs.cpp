@@ -43,7 +43,18 @@ HR_NO_CUDA(void, memcpy_h2d, (void*, const void*, size_t, Stream))
 HR_NO_CUDA(void, memcpy_d2h, (void*, const void*, size_t, Stream))
 HR_NO_CUDA(void, memcpy_d2d, (void*, const void*, size_t, Stream))
 HR_NO_CUDA(void, memset_zero, (void*, size_t, Stream))
+HR_NO_CUDA(void*, alloc_pinned, (size_t))
+HR_NO_CUDA(void, free_pinned, (void*))
+HR_NO_CUDA(void, memcpy_h2d_async, (void*, const void*, size_t, Stream))
+HR_NO_CUDA(void, event_synchronize, (Event))
 HR_NO_CUDA(void, memcpy_2d, (void*, size_t, const void*, size_t, size_t, size_t, Stream))
+
+// CUDA graphs
+HR_NO_CUDA(void, begin_capture, (Stream))
+HR_NO_CUDA(GraphExec, end_capture, (Stream))
+HR_NO_CUDA(void, launch_graph, (GraphExec, Stream))
+HR_NO_CUDA(void, destroy_graph, (GraphExec))
+HR_NO_CUDA(bool, is_capturing, (Stream))
 
 // layout and dtype
 HR_NO_CUDA(void, nchw_to_nhwc, (DT, int64_t, int64_t, int64_t, const void*, void*, Stream))
@@ -107,6 +118,16 @@ HR_NO_CUDA(float, softmax_ce_forward,
 HR_NO_CUDA(void, softmax_ce_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float, void*,
             Stream))
+HR_NO_CUDA(void, heatmap_loss_forward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, float*, Stream))
+HR_NO_CUDA(void, heatmap_loss_backward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, const float*,
+            void*, Stream))
+HR_NO_CUDA(void, softmax_ce_forward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float*, Stream))
+HR_NO_CUDA(void, softmax_ce_backward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, const float*,
+            void*, Stream))
 
 // optimizers
 HR_NO_CUDA(void, sgd_step,
@@ -114,6 +135,11 @@ HR_NO_CUDA(void, sgd_step,
 HR_NO_CUDA(void, adam_step,
            (int64_t, float*, const float*, float*, float*, float, float, float, float, float, bool,
             int64_t, Stream))
+HR_NO_CUDA(void, sgd_step_dev,
+           (int64_t, float*, const float*, float*, const float*, float, float, float, bool, Stream))
+HR_NO_CUDA(void, adam_step_dev,
+           (int64_t, float*, const float*, float*, float*, const float*, float, float, float, float,
+            bool, Stream))
 
 // fused.h
 HR_NO_CUDA(void, batchnorm_act_train_forward,

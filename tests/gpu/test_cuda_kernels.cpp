@@ -20,6 +20,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/fused.h"
+#include "gpu/cuda_test_util.h"
 #include "test_util.h"
 
 namespace cu = hr::cuda;
@@ -31,53 +32,22 @@ using hr::kern::ResampleShape;
 using hr::test::randn;
 using hr::test::uniform;
 using Catch::Matchers::Contains;
-using Vec = std::vector<float>;
+using hr::test::decode;
+using hr::test::dt_name;
+using hr::test::encode;
+using hr::test::esize;
+using hr::test::quant;
+using hr::test::to_nchw;
+using hr::test::to_nhwc;
+using hr::test::EnvGuard;
+using hr::test::Vec;
 
 namespace {
 
 const DT kAllDt[] = {DT::f32, DT::f16, DT::bf16};
 
-const char* dt_name(DT dt) { return dt == DT::f32 ? "f32" : dt == DT::f16 ? "f16" : "bf16"; }
-size_t esize(DT dt) { return dt == DT::f32 ? 4 : 2; }
 cu::Stream st() { return cu::default_stream(); }
 
-// ---- host encoding of dtypes ----
-std::vector<unsigned char> encode(const Vec& v, DT dt) {
-  std::vector<unsigned char> out(v.size() * esize(dt));
-  if (dt == DT::f32) {
-    if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
-    return out;
-  }
-  std::vector<uint16_t> h(v.size());
-  if (dt == DT::f16)
-    cpu::f32_to_f16(int64_t(v.size()), v.data(), h.data());
-  else
-    cpu::f32_to_bf16(int64_t(v.size()), v.data(), h.data());
-  if (!h.empty()) std::memcpy(out.data(), h.data(), out.size());
-  return out;
-}
-
-Vec decode(const unsigned char* bytes, size_t n, DT dt) {
-  Vec v(n);
-  if (dt == DT::f32) {
-    if (n) std::memcpy(v.data(), bytes, n * 4);
-    return v;
-  }
-  std::vector<uint16_t> h(n);
-  if (n) std::memcpy(h.data(), bytes, n * 2);
-  if (dt == DT::f16)
-    cpu::f16_to_f32(int64_t(n), h.data(), v.data());
-  else
-    cpu::bf16_to_f32(int64_t(n), h.data(), v.data());
-  return v;
-}
-
-// v rounded to dt (what the device stores).
-Vec quant(const Vec& v, DT dt) {
-  if (dt == DT::f32) return v;
-  const auto b = encode(v, dt);
-  return decode(b.data(), v.size(), dt);
-}
 
 // ---- device buffers with a guard band ----
 constexpr size_t kGuard = 256;
@@ -163,23 +133,6 @@ class Labels {
   size_t n_;
 };
 
-// ---- layouts ----
-// [N, C, HW] -> [N, HW, C]
-Vec to_nhwc(const Vec& x, int64_t N, int64_t C, int64_t HW) {
-  Vec y(x.size());
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t i = 0; i < HW; ++i) y[(n * HW + i) * C + c] = x[(n * C + c) * HW + i];
-  return y;
-}
-// [N, HW, C] -> [N, C, HW]
-Vec to_nchw(const Vec& x, int64_t N, int64_t C, int64_t HW) {
-  Vec y(x.size());
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t i = 0; i < HW; ++i) y[(n * C + c) * HW + i] = x[(n * HW + i) * C + c];
-  return y;
-}
 
 struct Tol {
   double atol, rtol;
@@ -905,23 +858,6 @@ const ConvCase kConvCases[] = {
     {2, 36, 13, 11, 72, 3, 2, 1, false},  // W18 transition, odd input
 };
 
-struct EnvGuard {
-  std::string old;
-  bool had;
-  EnvGuard(const char* name, const char* value) : name_(name) {
-    const char* o = std::getenv(name);
-    had = o != nullptr;
-    if (had) old = o;
-    setenv(name, value, 1);
-  }
-  ~EnvGuard() {
-    if (had)
-      setenv(name_, old.c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-  const char* name_;
-};
 
 }  // namespace
 

@@ -1,0 +1,362 @@
+// Static graphs (engine/graph.h) on the CPU: HRNet's forward, loss and every parameter gradient
+// from a compiled graph equal eager autograd's; random stream interleavings give bit-identical
+// results (the memory plan is valid for any order the streams allow); inference, Adam training
+// over several steps, a hand-built research graph checked by finite differences, and errors.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/graph.h"
+#include "engine/nn.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "models/hrnet.h"
+#include "small_specs.h"
+#include "tensor_checks.h"
+#include "test_util.h"
+
+using namespace hr;
+using namespace hr::models;
+using hr::test::rand_tensor;
+using hr::test::require_close_scaled;
+using hr::test::small_spec;
+
+namespace {
+
+void require_equal(const Tensor& got, const Tensor& ref, const std::string& what) {
+  INFO(what);
+  const std::vector<float> g = got.to_vector(), r = ref.to_vector();
+  REQUIRE(g.size() == r.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < g.size(); ++i) bad += !(g[i] == r[i]);
+  REQUIRE(bad == 0);
+}
+
+// The inputs and the scalar training loss of each head, built the same way eagerly and in a graph.
+struct Problem {
+  Shape x_shape;
+  Tensor x;
+  std::vector<Tensor> aux;  // targets, weights, labels
+
+  explicit Problem(Head head) {
+    x_shape = head == Head::Det ? Shape{2, 3, 64, 64} : Shape{2, 3, 32, 32};
+    x = rand_tensor(x_shape, 11);
+    if (head == Head::Cls)
+      aux = {Tensor::from_vector_i64({3, 7}, {2})};
+    else if (head == Head::Seg) {
+      std::vector<int64_t> lab(2 * 8 * 8);
+      for (size_t i = 0; i < lab.size(); ++i) lab[i] = i % 7 == 3 ? 255 : static_cast<int64_t>(i % 5);
+      aux = {Tensor::from_vector_i64(lab, {2, 8, 8})};
+    }
+  }
+
+  // targets for heatmap-style losses on each output (made lazily from the output shapes)
+  Tensor target(const Shape& s, size_t k) const { return rand_tensor(s, 100 + k, 0.f, 1.f); }
+  Tensor weight(const Shape& s, size_t k) const {
+    return rand_tensor({s[0], s[1]}, 200 + k, 0.25f, 1.f);
+  }
+
+  Tensor eager_loss(Head head, const std::vector<Tensor>& ys) const {
+    if (head == Head::Cls) return ops::cross_entropy(ys[0], aux[0]);
+    if (head == Head::Seg) return ops::cross_entropy(ys[0], aux[0]);
+    Tensor loss;
+    for (size_t k = 0; k < ys.size(); ++k) {
+      Tensor l = ops::heatmap_loss(ys[k], target(ys[k].shape(), k), weight(ys[k].shape(), k));
+      loss = k == 0 ? l : ops::add(loss, l);
+    }
+    return loss;
+  }
+
+  graph::V graph_loss(Head head, graph::Graph& g, const std::vector<graph::V>& ys) const {
+    if (head == Head::Cls || head == Head::Seg)
+      return g.cross_entropy(ys[0], g.input("labels", aux[0].shape(), DType::i64));
+    graph::V loss = -1;
+    for (size_t k = 0; k < ys.size(); ++k) {
+      const Shape& s = g.value(ys[k]).shape;
+      graph::V t = g.input("target" + std::to_string(k), s);
+      graph::V w = g.input("weight" + std::to_string(k), {s[0], s[1]});
+      graph::V l = g.heatmap_loss(ys[k], t, w);
+      loss = k == 0 ? l : g.add(loss, l);
+    }
+    return loss;
+  }
+
+  void bind(Head head, graph::Executable& e, const std::vector<Shape>& out_shapes) const {
+    e.set_input("x", x);
+    if (head == Head::Cls || head == Head::Seg) {
+      e.set_input("labels", aux[0]);
+      return;
+    }
+    for (size_t k = 0; k < out_shapes.size(); ++k) {
+      e.set_input("target" + std::to_string(k), target(out_shapes[k], k));
+      e.set_input("weight" + std::to_string(k), weight(out_shapes[k], k));
+    }
+  }
+};
+
+struct Compiled {
+  std::unique_ptr<graph::Executable> exe;
+  std::vector<Shape> out_shapes;
+};
+
+Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse, bool streams) {
+  graph::Graph g;
+  graph::V x = g.input("x", pb.x_shape);
+  std::vector<graph::V> ys = model.build_graph(g, x);
+  Compiled c;
+  for (graph::V y : ys) c.out_shapes.push_back(g.value(y).shape);
+  graph::V loss = pb.graph_loss(head, g, ys);
+  g.output(loss, "loss");
+  g.output(ys[0], "out");
+  graph::CompileOptions opt;
+  opt.fuse = fuse;
+  opt.streams = streams;
+  opt.loss = loss;
+  c.exe = std::make_unique<graph::Executable>(std::move(g), opt);
+  pb.bind(head, *c.exe, c.out_shapes);
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("graph: HRNet training step (forward, loss, every gradient, BN statistics) equals eager",
+          "[graph]") {
+  for (Head head : {Head::Pose, Head::Seg, Head::Cls, Head::Det}) {
+    for (bool fuse : {false, true}) {
+      INFO("head " << head_name(head) << ", fuse " << fuse);
+      const ModelSpec spec = small_spec(head, true);
+      HRNet eager(spec, 5), compiled(spec, 5);
+      eager.train();
+      compiled.train();
+      const Problem pb(head);
+
+      std::vector<Tensor> ys = eager.forward_all(pb.x);
+      Tensor loss = pb.eager_loss(head, ys);
+      loss.backward();
+
+      Compiled c = compile_training(compiled, head, pb, fuse, true);
+      c.exe->verify_plan();
+      c.exe->run();
+      const graph::PlanStats& st = c.exe->stats();
+      CHECK(st.streams == 4);  // one per resolution branch
+      CHECK(st.events > 0);
+      CHECK(st.arena_bytes < st.total_bytes);
+      CHECK(st.peak_live_bytes <= st.arena_bytes);
+      if (fuse) CHECK(st.fused > 0);
+      else CHECK(st.fused == 0);
+
+      const double tol = 2e-5;
+      require_close_scaled(c.exe->output("loss"), loss.detach(), tol, "loss");
+      require_close_scaled(c.exe->output("out"), ys[0].detach(), tol, "output");
+      const NamedTensors pe = eager.named_parameters(), pg = compiled.named_parameters();
+      REQUIRE(pe.size() == pg.size());
+      REQUIRE(c.exe->trained_parameters().size() == pg.size());
+      for (size_t i = 0; i < pe.size(); ++i)
+        require_close_scaled(c.exe->grad(pg[i].second), pe[i].second.grad(), tol,
+                             "gradient of " + pe[i].first);
+      const NamedTensors be = eager.named_buffers(), bg = compiled.named_buffers();
+      for (size_t i = 0; i < be.size(); ++i) {
+        if (be[i].second.dtype() == DType::i64) {
+          CHECK(be[i].second.to_vector_i64() == bg[i].second.to_vector_i64());
+          continue;
+        }
+        require_close_scaled(bg[i].second, be[i].second, 1e-5, "buffer " + be[i].first);
+      }
+    }
+  }
+}
+
+TEST_CASE("graph: any interleaving the streams allow gives bit-identical results", "[graph]") {
+  // The memory plan lets values share bytes only when their accesses are ordered by stream order
+  // and events; running the nodes in random orders that respect exactly those edges would
+  // expose a plan that relied on program order.
+  for (Head head : {Head::Pose, Head::Seg}) {
+    const ModelSpec spec = small_spec(head, false);
+    HRNet model(spec, 9);
+    model.train();
+    const Problem pb(head);
+    Compiled c = compile_training(model, head, pb, true, true);
+    c.exe->run();
+    const Tensor loss = c.exe->output("loss").clone(), out = c.exe->output("out").clone();
+    std::vector<Tensor> grads;
+    for (const Tensor& p : c.exe->trained_parameters()) grads.push_back(c.exe->grad(p).clone());
+    for (uint64_t seed : {1, 2, 3}) {
+      INFO("head " << head_name(head) << ", seed " << seed);
+      c.exe->run_interleaved(seed);
+      require_equal(c.exe->output("loss"), loss, "loss");
+      require_equal(c.exe->output("out"), out, "output");
+      const auto params = c.exe->trained_parameters();
+      for (size_t i = 0; i < params.size(); ++i)
+        require_equal(c.exe->grad(params[i]), grads[i], "gradient " + std::to_string(i));
+    }
+  }
+}
+
+TEST_CASE("graph: inference forward equals eager eval mode, fused and not", "[graph]") {
+  const ModelSpec spec = small_spec(Head::Pose, false);
+  HRNet model(spec, 3);
+  // non-trivial running statistics
+  {
+    Problem warm(Head::Pose);
+    model.train();
+    NoGradGuard ng;
+    model.forward(warm.x);
+  }
+  model.eval();
+  const Tensor x = rand_tensor({3, 3, 64, 32}, 21);
+  Tensor ref;
+  {
+    NoGradGuard ng;
+    ref = model.forward(x);
+  }
+  for (bool fuse : {false, true}) {
+    graph::Graph g;
+    graph::V in = g.input("x", x.shape());
+    g.output(model.build_graph(g, in)[0], "heatmaps");
+    graph::CompileOptions opt;
+    opt.fuse = fuse;
+    graph::Executable e(std::move(g), opt);
+    e.verify_plan();
+    e.set_input("x", x);
+    e.run();
+    // the same kernels on the same data: identical, fused or not
+    require_equal(e.output("heatmaps"), ref, fuse ? "fused" : "unfused");
+    // an inference plan keeps almost nothing alive: far below the no-reuse total
+    INFO("arena " << e.stats().arena_bytes << ", no reuse " << e.stats().total_bytes);
+    CHECK(e.stats().arena_bytes * 3 < e.stats().total_bytes);
+  }
+}
+
+TEST_CASE("graph: three Adam steps from graph gradients equal eager training", "[graph]") {
+  const ModelSpec spec = small_spec(Head::Pose, true);
+  HRNet eager(spec, 13), compiled(spec, 13);
+  eager.train();
+  compiled.train();
+  const Problem pb(Head::Pose);
+  AdamOptions ao;
+  ao.lr = 1e-2;
+  Adam oe(eager.parameters(), ao), og(compiled.parameters(), ao);
+  Compiled c = compile_training(compiled, Head::Pose, pb, true, true);
+  for (const Tensor& p : c.exe->trained_parameters()) {
+    Tensor q = p;
+    q.set_grad(c.exe->grad(p));  // a view of the arena: refreshed by every run
+  }
+  for (int step = 0; step < 3; ++step) {
+    oe.zero_grad();
+    Tensor loss = pb.eager_loss(Head::Pose, eager.forward_all(pb.x));
+    loss.backward();
+    oe.step();
+    c.exe->run();
+    og.step();
+    INFO("step " << step);
+    require_close_scaled(c.exe->output("loss"), loss.detach(), 1e-4, "loss");
+  }
+  const NamedTensors pe = eager.named_parameters(), pg = compiled.named_parameters();
+  for (size_t i = 0; i < pe.size(); ++i)
+    // Adam divides by sqrt(v): where a gradient is tiny its float-rounding differences become
+    // visible in the update, hence a looser bound than for the gradients themselves
+    require_close_scaled(pg[i].second, pe[i].second, 2e-3, "parameter " + pe[i].first);
+}
+
+TEST_CASE("graph: a hand-built research graph, gradients against finite differences", "[graph]") {
+  // Two branches (full and half resolution) joined by upsampling and concatenation, a pooled
+  // classifier, cross-entropy: the ops a research model would use, built directly.
+  Tensor w1 = rand_tensor({6, 3, 3, 3}, 1, -0.5f, 0.5f).set_requires_grad(true);
+  Tensor w2 = rand_tensor({5, 6, 3, 3}, 2, -0.3f, 0.3f).set_requires_grad(true);
+  Tensor gamma = rand_tensor({6}, 3, 0.5f, 1.5f).set_requires_grad(true);
+  Tensor beta = rand_tensor({6}, 4, -0.5f, 0.5f).set_requires_grad(true);
+  Tensor rm = Tensor::zeros({6}), rv = Tensor::ones({6});
+  Tensor fc = rand_tensor({4, 11}, 5, -0.5f, 0.5f).set_requires_grad(true);
+  Tensor fcb = rand_tensor({4}, 6, -0.1f, 0.1f).set_requires_grad(true);
+  const Tensor x = rand_tensor({2, 3, 8, 8}, 7);
+  const Tensor labels = Tensor::from_vector_i64({1, 3}, {2});
+
+  graph::Graph g;
+  graph::V in = g.input("x", x.shape());
+  graph::V a = g.relu(g.batch_norm(g.conv2d(in, g.param(w1), -1, {1, 1}, {1, 1}), g.param(gamma),
+                                    g.param(beta), g.param(rm), g.param(rv), true));
+  g.set_stream(1);
+  graph::V b = g.conv2d(a, g.param(w2), -1, {2, 2}, {1, 1});  // half resolution
+  b = g.upsample_nearest(g.relu(b), 2.0);
+  g.set_stream(0);
+  graph::V cat = g.concat({a, b});
+  graph::V pooled = g.global_avg_pool(g.avg_pool2d(cat, {2, 2}, {2, 2}));
+  graph::V logits = g.linear(pooled, g.param(fc), g.param(fcb));
+  graph::V loss = g.cross_entropy(logits, g.input("labels", {2}, DType::i64));
+  g.output(loss, "loss");
+  graph::CompileOptions opt;
+  opt.loss = loss;
+  graph::Executable e(std::move(g), opt);
+  e.verify_plan();
+  CHECK(e.stats().streams == 2);
+  e.set_input("x", x);
+  e.set_input("labels", labels);
+
+  // BN running statistics change with every run, but the loss in training mode does not depend
+  // on them, so repeated runs for the differences are fine.
+  auto loss_now = [&] {
+    e.run();
+    return static_cast<double>(e.output("loss").item());
+  };
+  loss_now();
+  for (Tensor* p : {&w1, &w2, &gamma, &beta, &fc, &fcb}) {
+    e.run();
+    const std::vector<float> analytic = e.grad(*p).to_vector();
+    std::vector<float> numeric(analytic.size());
+    float* data = p->data<float>();
+    // small: a ReLU kink a few 1e-3 away bends larger differences (seen on conv1); the loss
+    // is deterministic, so float rounding is the only noise
+    const float eps = 3e-4f;
+    for (size_t i = 0; i < analytic.size(); ++i) {
+      const float keep = data[i];
+      data[i] = keep + eps;
+      const double lp = loss_now();
+      data[i] = keep - eps;
+      const double lm = loss_now();
+      data[i] = keep;
+      numeric[i] = static_cast<float>((lp - lm) / (2 * eps));
+    }
+    INFO("parameter " << p->str());
+    REQUIRE_CLOSE(analytic, numeric, 2e-3, 2e-2);
+  }
+}
+
+TEST_CASE("graph: bad shapes and bindings are errors that name the op", "[graph]") {
+  auto error_of = [](auto f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  auto has = [](const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; };
+  graph::Graph g;
+  graph::V x = g.input("x", {1, 3, 8, 8});
+  Tensor w = Tensor::zeros({4, 5, 3, 3});
+  const std::string conv_err = error_of([&] { g.conv2d(x, g.param(w)); });
+  CHECK(has(conv_err, "conv2d"));
+  CHECK(has(conv_err, "[1, 3, 8, 8]"));
+  CHECK(has(error_of([&] { g.add(x, g.input("y", {1, 3, 4, 4})); }), "add"));
+  CHECK(has(error_of([&] { g.input("x", {1}); }), "already used"));
+  CHECK(has(error_of([&] { g.upsample_nearest(g.input("z", {2, 3}), 2.0); }), "upsample_nearest"));
+
+  graph::Graph h;
+  graph::V hx = h.input("x", {1, 2, 4, 4});
+  h.output(h.relu(hx), "y");
+  graph::Executable e(std::move(h), graph::CompileOptions());
+  CHECK(has(error_of([&] { e.set_input("x", Tensor::zeros({1, 2, 4, 5})); }), "[1, 2, 4, 4]"));
+  CHECK(has(error_of([&] { e.set_input("nope", Tensor::zeros({1})); }), "nope"));
+  CHECK(has(error_of([&] { e.output("nope"); }), "nope"));
+  CHECK(has(error_of([&] { e.capture(); }), "CUDA"));
+  // HRNet rejects an input size its fuse layers cannot take, before building anything
+  HRNet model(small_spec(Head::Pose, true), 1);
+  graph::Graph m;
+  const std::string hr_err = error_of([&] { model.build_graph(m, m.input("x", {1, 3, 40, 32})); });
+  CHECK(has(hr_err, "multiple of 32"));
+  CHECK(m.nodes().size() == 1);  // only the start node: nothing was recorded
+}
