@@ -202,10 +202,6 @@ int run(const Args& a) {
     opt = std::make_unique<SGD>(model->parameters(), o);
   }
   MultiStepLR schedule(s.lr_step, s.lr_factor);
-  // ENGINE.LR_SCHEDULE cosine: per-iteration cosine decay in place of the official steps
-  std::unique_ptr<CosineLR> cosine;
-  if (s.lr_schedule == "cosine")
-    cosine = std::make_unique<CosineLR>((s.end_epoch - s.begin_epoch) * int64_t(1000000));
 
   tasks::TrainState st;
   st.epoch = s.begin_epoch;
@@ -241,6 +237,11 @@ int run(const Args& a) {
   bool evaluated = false;
   ProgressBar total_clock("", 0, "img", nullptr);
   std::unique_ptr<tasks::GraphTrainStep> graph_step;
+  // ENGINE.LR_SCHEDULE cosine: torch CosineAnnealingLR stepped every iteration, from LR to 0 at
+  // END_EPOCH, in place of the official steps
+  std::unique_ptr<CosineLR> cosine;
+  if (s.lr_schedule == "cosine")
+    cosine = std::make_unique<CosineLR>((s.end_epoch - s.begin_epoch) * loader.batches_per_epoch());
   if (s.graph) graph_step = std::make_unique<tasks::GraphTrainStep>(*model, *opt, dev, s.autocast());
   for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
     double lr = schedule.lr(epoch, s.lr);
@@ -257,9 +258,7 @@ int run(const Args& a) {
       for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
       if (b.size() == 0) continue;
       if (cosine) {
-        // torch CosineAnnealingLR stepped every iteration, from LR to 0 at END_EPOCH
-        const double t = double(epoch - s.begin_epoch) + double(iter) / double(loader.batches_per_epoch());
-        lr = cosine->lr(static_cast<int64_t>(t * 1e6), s.lr);
+        lr = cosine->lr((epoch - s.begin_epoch) * loader.batches_per_epoch() + iter, s.lr);
         opt->set_lr(lr);
       }
       const float loss = graph_step ? (*graph_step)(b)

@@ -131,7 +131,7 @@ int main(int argc, char** argv) try {
     y0 = (*model)(x);
   }
   Tensor target = Tensor::randn(y0.shape(), 3, 0.1f).to(dev);
-  Tensor tw = Tensor::ones({a.batch, y0.size(1)}).to(dev);
+  Tensor tw = Tensor::ones({a.batch, y0.size(1), 1}).to(dev);
   AdamOptions ao;
   Adam opt(model->parameters(), ao);
   const DType amp = a.amp == "bf16" ? DType::bf16 : a.amp == "f16" ? DType::f16 : DType::f32;
@@ -166,13 +166,13 @@ int main(int argc, char** argv) try {
     go.device = dev;
     go.compute_dtype = amp;
     graph::Graph g(go);
-    const graph::V hm = model->build_graph(g, g.input("x", in))[0];
+    const std::vector<graph::V> ys = model->build_graph(g, g.input("x", in));
     graph::CompileOptions co;
     if (training) {
-      co.loss = g.heatmap_loss(hm, g.input("target", target.shape()), g.input("weight", tw.shape()));
+      co.loss = add_training_loss(g, *model, ys);
       g.output(co.loss, "loss");
     } else {
-      g.output(hm, "heatmaps");
+      g.output(ys[0], "heatmaps");
     }
     auto e = std::make_unique<graph::Executable>(std::move(g), co);
     e->set_input("x", x);

@@ -134,6 +134,7 @@ struct Executable::Impl {
   std::vector<cuda::Event> events;        // by node (nullptr where none)
   cuda::GraphExec exec = nullptr;
   std::function<void()> before_replay;
+  std::vector<Tensor> batch_counters;  // num_batches_tracked of training batch norms
   // profiling
   bool profiling = false;
   std::map<Op, double> prof_seconds;
@@ -243,8 +244,6 @@ void Executable::Impl::differentiate() {
         if (nw || nb) {
           V gw = fresh(in[1]);
           V gb = nb ? fresh(in[2]) : -1;
-          Node& f = nodes[i];
-          f.kernel = {values[in[1]].shape[2], values[in[1]].shape[3]};
           emit(Op::ConvBwdWeight, i, {in[0], gy}, {gw, gb});
           if (nw) parts[in[1]].push_back(gw);
           if (nb) parts[in[2]].push_back(gb);
@@ -411,7 +410,7 @@ struct Buf {
   int def;
   std::vector<int> last;  // per stream: latest position of an access (0: none)
   int first_order, last_order;
-  bool input, pinned;     // pinned: lives to the end (outputs, gradients)
+  bool input;
 };
 
 }  // namespace
@@ -426,7 +425,7 @@ void Executable::Impl::plan() {
     if (buf_of[v] < 0) {
       buf_of[v] = static_cast<int>(bufs.size());
       Buf b{v, value_bytes(val(v)), val(v).producer, std::vector<int>(nstreams, 0), node, node,
-            val(v).kind == ValueKind::Input, false};
+            val(v).kind == ValueKind::Input};
       bufs.push_back(b);
     }
     Buf& b = bufs[buf_of[v]];
@@ -439,11 +438,6 @@ void Executable::Impl::plan() {
     for (V v : nodes[i].out) touch(v, static_cast<int>(i));
     for (V v : nodes[i].in) touch(v, static_cast<int>(i));
   }
-  for (const Node& n : nodes)
-    if (n.op == Op::End)
-      for (V v : n.in)
-        if (v >= 0 && buf_of[v] >= 0) bufs[buf_of[v]].pinned = true;
-
   // a's accesses all happen before b's definition
   auto before = [&](const Buf& a, const Buf& b) {
     const auto& vc = vc_in[b.def];
@@ -574,8 +568,9 @@ void Executable::Impl::exec_cpu(const Node& n) {
     }
     case Op::ConvBwdWeight: {
       const Shape& x = S(in[0]);
-      cpu::conv2d_backward_weight(conv_shape(x, S(in[1])[1], n.kernel[0], n.kernel[1], n),
-                                  F(in[0]), F(in[1]), F(out[0]), F(out[1]));
+      const Shape& w = S(out[0]);  // the weight gradient has the weight's shape
+      cpu::conv2d_backward_weight(conv_shape(x, w[0], w[2], w[3], n), F(in[0]), F(in[1]),
+                                  F(out[0]), F(out[1]));
       return;
     }
     case Op::BatchNorm:
@@ -749,10 +744,12 @@ void Executable::Impl::exec_cuda(const Node& n, cuda::Stream st) {
                                  P(in[1]), P(out[0]), st);
       return;
     }
-    case Op::ConvBwdWeight:
-      cuda::conv2d_backward_weight(conv_shape(S(in[0]), S(in[1])[1], n.kernel[0], n.kernel[1], n),
-                                   D(in[0]), P(in[0]), P(in[1]), P(out[0]), F(out[1]), st);
+    case Op::ConvBwdWeight: {
+      const Shape& w = S(out[0]);  // the weight gradient has the weight's shape
+      cuda::conv2d_backward_weight(conv_shape(S(in[0]), w[0], w[2], w[3], n), D(in[0]), P(in[0]),
+                                   P(in[1]), P(out[0]), F(out[1]), st);
       return;
+    }
     case Op::BatchNorm:
     case Op::BatchNormAct: {
       const Shape& x = S(in[0]);
@@ -918,10 +915,7 @@ void Executable::Impl::exec_node(const Node& n) {
 }
 
 void Executable::Impl::bump_batch_counters() {
-  for (const Node& n : g.nodes_)
-    if ((n.op == Op::BatchNorm || n.op == Op::BatchNormAct) && n.training &&
-        n.num_batches_tracked.defined())
-      n.num_batches_tracked.data<int64_t>()[0] += 1;
+  for (const Tensor& t : batch_counters) t.data<int64_t>()[0] += 1;
 }
 
 // Every node in program order; on CUDA each on its stream, with the planned waits and records.
@@ -963,6 +957,10 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   m.g.nodes_.push_back(end);
   m.schedule();
   m.plan();
+  for (const Node& n : m.g.nodes_)
+    if ((n.op == Op::BatchNorm || n.op == Op::BatchNormAct) && n.training &&
+        n.num_batches_tracked.defined())
+      m.batch_counters.push_back(n.num_batches_tracked);
   if (!opt.allocate) return;
   m.arena = std::make_shared<Storage>(static_cast<size_t>(std::max<int64_t>(m.stats.arena_bytes, 256)),
                                       m.dev);

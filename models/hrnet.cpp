@@ -575,7 +575,7 @@ graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vecto
   const Shape& y = g.value(ys[0]).shape;
   switch (model.spec().head) {
     case Head::Pose:
-      return g.heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1]}));
+      return g.heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1], 1}));
     case Head::Seg:
       return g.cross_entropy(ys[0], g.input("labels", {y[0], y[2], y[3]}, DType::i64));
     case Head::Cls:

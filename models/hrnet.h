@@ -99,7 +99,8 @@ class HRNet : public Module {
 };
 
 // The standard training loss of the model's head on graph outputs `ys`, with its targets as
-// graph inputs: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J]); seg and cls
+// graph inputs: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J,1] as the
+// official target_weight and data::Batch have it); seg and cls
 // cross-entropy ("labels": [N,H/4,W/4] / [N] i64); det has none (throws).
 graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<graph::V>& ys);
 

@@ -245,9 +245,7 @@ float GraphTrainStep::operator()(const data::Batch& batch) {
     go.compute_dtype = autocast_;
     graph::Graph g(go);
     const graph::V x = g.input("input", batch.input.shape());
-    const graph::V heat = model_.build_graph(g, x)[0];
-    const graph::V loss = g.heatmap_loss(heat, g.input("target", batch.target.shape()),
-                                         g.input("weight", batch.weight.shape()));
+    const graph::V loss = models::add_training_loss(g, model_, model_.build_graph(g, x));
     g.output(loss, "loss");
     graph::CompileOptions co;
     co.loss = loss;

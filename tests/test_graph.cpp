@@ -61,8 +61,7 @@ struct Problem {
   }
 
   Tensor eager_loss(Head head, const std::vector<Tensor>& ys) const {
-    if (head == Head::Cls) return ops::cross_entropy(ys[0], aux[0]);
-    if (head == Head::Seg) return ops::cross_entropy(ys[0], aux[0]);
+    if (head == Head::Cls || head == Head::Seg) return ops::cross_entropy(ys[0], aux[0]);
     Tensor loss;
     for (size_t k = 0; k < ys.size(); ++k) {
       Tensor l = ops::heatmap_loss(ys[k], target(ys[k].shape(), k), weight(ys[k].shape(), k));
