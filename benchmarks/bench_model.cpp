@@ -162,16 +162,18 @@ int main(int argc, char** argv) try {
   };
   // the same steps as compiled static graphs
   auto compile = [&](bool training) {
-    graph::GraphOptions go;
-    go.device = dev;
-    go.compute_dtype = amp;
-    graph::Graph g(go);
-    const std::vector<graph::V> ys = model->build_graph(g, g.input("x", in));
+    graph::Graph g(graph::GraphOptions{dev});
+    std::vector<Tensor> ys;
+    {
+      AutocastGuard ac(amp);
+      ys = model->forward_all(g.input("x", in));
+    }
     graph::CompileOptions co;
     if (training) {
       co.loss = add_training_loss(g, *model, ys);
       g.output(co.loss, "loss");
     } else {
+      co.inference = true;
       g.output(ys[0], "heatmaps");
     }
     auto e = std::make_unique<graph::Executable>(std::move(g), co);

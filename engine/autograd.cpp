@@ -1,10 +1,12 @@
-// The backward pass: topological order over the recorded nodes, gradient buffers summed per
-// node output, leaf gradients accumulated into .grad().
+// The tape: backward nodes recorded by eager ops, and the backward pass (topological order over
+// the recorded nodes, gradient buffers summed per node output, leaf gradients accumulated into
+// .grad()).
 #include "engine/autograd.h"
 
 #include <unordered_map>
 #include <unordered_set>
 
+#include "engine/op.h"
 #include "engine/ops.h"
 
 namespace hr {
@@ -23,24 +25,29 @@ Tensor accumulate(const Tensor& a, const Tensor& b) {
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 
-bool needs_grad(const std::vector<Tensor>& inputs) {
-  if (!g_grad_enabled) return false;
-  for (const auto& t : inputs)
-    if (t.defined() && t.requires_grad()) return true;
-  return false;
-}
+const char* Node::name() const { return op ? op->name() : "?"; }
 
-void record(const std::string& name, const std::vector<Tensor>& inputs,
-            const std::vector<Tensor>& outputs,
-            std::function<std::vector<Tensor>(const std::vector<Tensor>&)> backward) {
+void record(const std::shared_ptr<const OpDef>& op, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor>& dense_inputs, const std::vector<Tensor>& outputs) {
+  if (!g_grad_enabled) return;
+  std::vector<bool> need(inputs.size(), false);
+  bool any = false;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    need[i] = inputs[i].defined() && inputs[i].requires_grad() && op->differentiable(i);
+    any = any || need[i];
+  }
+  if (!any) return;
   auto node = std::make_shared<Node>();
-  node->name = name;
+  node->op = op;
+  node->need = std::move(need);
   node->num_outputs = static_cast<int>(outputs.size());
-  node->backward = std::move(backward);
-  node->next.reserve(inputs.size());
-  for (const auto& t : inputs) {
-    Edge e;
-    if (t.defined() && t.requires_grad()) {
+  node->next.resize(inputs.size());
+  node->saved_in.resize(inputs.size());
+  node->in_meta.resize(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& t = inputs[i];
+    if (node->need[i]) {
+      Edge& e = node->next[i];
       if (t.grad_fn()) {
         e.node = t.grad_fn();
         e.output_nr = t.impl()->output_nr;
@@ -48,9 +55,14 @@ void record(const std::string& name, const std::vector<Tensor>& inputs,
         e.leaf = t.impl_ptr();
       }
     }
-    node->next.push_back(std::move(e));
+    node->in_meta[i] = Meta::of(t);
+    if (dense_inputs[i].defined() && op->saves_input(i)) node->saved_in[i] = dense_inputs[i].detach();
   }
+  node->saved_out.resize(outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i)
+    if (outputs[i].defined() && op->saves_output(i)) node->saved_out[i] = outputs[i].detach();
   for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].defined()) continue;
     TensorImpl* o = outputs[i].impl();
     o->requires_grad = true;
     o->grad_fn = node;
@@ -115,8 +127,8 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& s
     for (const auto& g : grads_out) any = any || g.defined();
     std::vector<Tensor> grads_in;
     if (any) {
-      grads_in = n->backward(grads_out);
-      HR_CHECK(grads_in.size() == n->next.size(), "backward of ", n->name, " returned ",
+      grads_in = n->op->backward(GradArgs{n->saved_in, n->in_meta, n->saved_out, grads_out, n->need});
+      HR_CHECK(grads_in.size() == n->next.size(), "backward of ", n->name(), " returned ",
                grads_in.size(), " gradients for ", n->next.size(), " inputs");
     } else {
       grads_in.resize(n->next.size());

@@ -1,14 +1,15 @@
 // Reverse-mode automatic differentiation on a tape of Nodes.
-// An op that records makes one Node holding (a) the edges to the nodes (or leaves) that produced
-// its inputs and (b) a backward function mapping output gradients to input gradients. Saved
-// tensors inside backward functions are detached, so no reference cycle forms. Gradients that
-// reach a tensor along several paths (residuals, fuse sums) are summed before use.
+// An eager op that records (engine/op.h apply) makes one Node holding the op's definition, the
+// tensors its backward rule reads (detached, so no reference cycle forms) and the edges to the
+// nodes (or leaves) that produced its inputs. Gradients that reach a tensor along several paths
+// (residuals, fuse sums) are summed before use.
 #pragma once
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/op.h"
 #include "engine/tensor.h"
 
 namespace hr {
@@ -20,12 +21,14 @@ struct Edge {
 };
 
 struct Node {
-  std::string name;  // op name, for error messages
-  std::vector<Edge> next;  // one per differentiable input, in input order
+  std::shared_ptr<const OpDef> op;
+  std::vector<Edge> next;           // one per input, in input order (empty edge: no gradient)
+  std::vector<Tensor> saved_in;     // the inputs the op's backward reads (others undefined)
+  std::vector<Meta> in_meta;        // every input's shape, dtype and device
+  std::vector<Tensor> saved_out;    // the outputs it reads
+  std::vector<bool> need;           // per input: a gradient is wanted
   int num_outputs = 1;
-  // grads_out[i] is the gradient w.r.t. output i (undefined if none flowed).
-  // Returns one gradient per input edge (undefined where not needed).
-  std::function<std::vector<Tensor>(const std::vector<Tensor>& grads_out)> backward;
+  const char* name() const;
 };
 
 // Whether ops record nodes. Off inside NoGradGuard / InferenceMode and during backward.
@@ -44,14 +47,11 @@ class NoGradGuard {
 };
 using InferenceMode = NoGradGuard;
 
-// True when any input requires grad and grad mode is on.
-bool needs_grad(const std::vector<Tensor>& inputs);
-
-// Attach a node to outputs: makes the edges from `inputs`, sets grad_fn/output_nr/requires_grad
-// on the outputs. `backward` receives one grad per output and returns one per input.
-void record(const std::string& name, const std::vector<Tensor>& inputs,
-            const std::vector<Tensor>& outputs,
-            std::function<std::vector<Tensor>(const std::vector<Tensor>&)> backward);
+// Attaches a backward node for `op` to its eager outputs when grad mode is on and a
+// differentiable input requires grad: edges from the inputs, the saved tensors, grad_fn,
+// output_nr and requires_grad on the outputs. `inputs` are the dense tensors the kernel read.
+void record(const std::shared_ptr<const OpDef>& op, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor>& dense_inputs, const std::vector<Tensor>& outputs);
 
 // Run backward from `roots` with the given seed gradients; leaf grads accumulate in .grad().
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& seeds);

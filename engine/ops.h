@@ -1,13 +1,16 @@
-// Differentiable ops. Each front-end validates its arguments (errors name the op and the
-// shapes), picks the kernel for the device (kernels/cpu or kernels/cuda), and records a backward
-// node when grad mode is on and an input requires grad. CPU computes in fp32; CUDA in fp32,
-// f16 or bf16 storage with fp32 accumulation (batch-norm parameters and statistics stay fp32).
+// The op vocabulary. Each function builds its op's definition (engine/ops/<op>.cpp: checks whose
+// errors name the op and the shapes, kernels per device, backward rule) and applies it
+// (engine/op.h): at once on eager tensors, recording backward nodes when grad mode is on and an
+// input requires grad; as a graph node on symbolic tensors (engine/graph/graph.h). CPU computes
+// in fp32; CUDA in fp32, f16 or bf16 storage with fp32 accumulation (batch-norm parameters and
+// statistics stay fp32).
 #pragma once
 #include <array>
 #include <optional>
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/op.h"
 #include "engine/tensor.h"
 
 namespace hr {
@@ -76,7 +79,7 @@ Tensor global_avg_pool(const Tensor& x);
 // x [M,I], w [O,I], bias [O] or undefined -> [M,O]
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 
-// Differentiable reshape of a contiguous tensor (a view on the same storage).
+// Differentiable reshape (the elements in logical row-major order, copied).
 Tensor reshape(const Tensor& x, const Shape& shape);
 // Differentiable dtype change (mixed precision: fp32 master weights cast to bf16/f16).
 Tensor cast(const Tensor& x, DType dtype);
@@ -86,5 +89,54 @@ Tensor heatmap_loss(const Tensor& pred, const Tensor& target, const Tensor& weig
 // Mean softmax cross-entropy over classes of logits [N,C,H,W] (or [N,C]) against i64 labels
 // [N,H,W] (or [N]); pixels equal to ignore_index are not counted.
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index = 255);
+
+// ---- the ops backward rules are written with (not differentiable themselves) ----
+// dy [N,K,P,Q], w [K,C,R,S] -> dx of shape `input`
+Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& input,
+                            std::array<int64_t, 2> stride, std::array<int64_t, 2> padding);
+// x [N,C,H,W], dy [N,K,P,Q] -> {dw of shape `weight`, dbias [K] f32 (when `bias`, else undefined)}
+std::array<Tensor, 2> conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& weight,
+                                             std::array<int64_t, 2> stride,
+                                             std::array<int64_t, 2> padding, bool bias);
+// Backward of batch_norm_act (relu false, residual undefined: batch_norm). stat_a, stat_b: the
+// saved mean and inverse std (training) or the running mean and variance (inference). y: the
+// forward output (read for the ReLU mask; may be undefined without ReLU). need: dx, dresidual
+// (ReLU only: without it the residual's gradient is dy), dgamma, dbeta.
+// -> {dx, dresidual, dgamma, dbeta}, undefined where not needed.
+std::array<Tensor, 4> batch_norm_backward(const Tensor& x, const Tensor& y, const Tensor& dy,
+                                          const Tensor& gamma, const Tensor& stat_a,
+                                          const Tensor& stat_b, bool training, bool relu,
+                                          float eps, std::array<bool, 4> need);
+// y: the ReLU's output; dx = y > 0 ? dy : 0
+Tensor relu_backward(const Tensor& y, const Tensor& dy);
+// Backward of upsample_*: dy [N,C,OH,OW] -> dx [N,C,input_h,input_w], the forward's arguments.
+Tensor upsample_backward(const Tensor& dy, std::array<int64_t, 2> input_hw, bool bilinear,
+                         bool align_corners, double scale_factor);
+// Backward of concat: the slabs of dy along `dim` with the given sizes; parts not needed are
+// undefined.
+std::vector<Tensor> concat_backward(const Tensor& dy, const std::vector<int64_t>& sizes,
+                                    int64_t dim, const std::vector<bool>& need);
+Tensor avg_pool2d_backward(const Tensor& dy, const Shape& input, std::array<int64_t, 2> kernel,
+                           std::array<int64_t, 2> stride, std::array<int64_t, 2> padding,
+                           bool count_include_pad);
+Tensor global_avg_pool_backward(const Tensor& dy, const Shape& input);
+// -> {dx, dw, dbias}, undefined where not needed
+std::array<Tensor, 3> linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy,
+                                      std::array<bool, 3> need);
+// dloss: the loss's gradient, a scalar f32 on the prediction's device
+Tensor heatmap_loss_backward(const Tensor& pred, const Tensor& target, const Tensor& weight,
+                             const Tensor& dloss);
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& dloss,
+                              int64_t ignore_index);
+// A tensor of `shape` filled with the value of the one-element tensor g (sum_all's backward).
+Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype);
+
+// ---- inference ----
+// Batch norm (inference statistics) folded into the convolution before it:
+// s = gamma / sqrt(running_var + eps); w' = w * s (per output channel), b' = (b - mean) * s + beta
+// (b = 0 when undefined). -> {w' like w, b' f32 [K]}
+std::array<Tensor, 2> fold_batch_norm(const Tensor& w, const Tensor& b, const Tensor& gamma,
+                                      const Tensor& beta, const Tensor& running_mean,
+                                      const Tensor& running_var, float eps);
 
 }  // namespace hr::ops

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "engine/autograd.h"
+#include "engine/cuda_dtype.h"
 #include "engine/stream.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -15,14 +16,7 @@ namespace hr {
 namespace {
 thread_local cuda::Stream g_stream = nullptr;
 
-cuda::DT to_dt(DType t) {
-  switch (t) {
-    case DType::f32: return cuda::DT::f32;
-    case DType::f16: return cuda::DT::f16;
-    case DType::bf16: return cuda::DT::bf16;
-    default: throw Error(str_cat("CUDA has no conversion for dtype ", dtype_name(t)));
-  }
-}
+cuda::DT to_dt(DType t) { return cuda_dtype(t, "tensor copy"); }
 }  // namespace
 
 cuda::Stream current_stream() { return g_stream ? g_stream : cuda::default_stream(); }
@@ -150,11 +144,17 @@ int64_t Tensor::size(int64_t d) const {
 }
 int64_t Tensor::numel() const { return shape_numel(shape()); }
 DType Tensor::dtype() const { return impl_->dtype; }
-Device Tensor::device() const { return impl_->storage->device(); }
+Device Tensor::device() const {
+  return impl_->storage ? impl_->storage->device() : impl_->sym_device;
+}
+bool Tensor::is_symbolic() const { return impl_ && impl_->graph != nullptr; }
 int64_t Tensor::storage_offset() const { return impl_->offset; }
 const std::shared_ptr<Storage>& Tensor::storage() const { return impl_->storage; }
 
 void* Tensor::raw_data() const {
+  HR_CHECK(impl_, "tensor: use of an undefined tensor");
+  HR_CHECK(impl_->storage, "tensor: ", str(), " is a value of a graph being recorded and has no "
+           "data; compile the graph and read its outputs");
   return static_cast<char*>(impl_->storage->data()) + impl_->offset * dtype_size(impl_->dtype);
 }
 
@@ -176,7 +176,8 @@ MemoryFormat Tensor::suggest_format() const {
 
 std::string Tensor::str() const {
   if (!impl_) return "undefined";
-  return str_cat(dtype_name(dtype()), shape_str(shape()), " ", device().str());
+  return str_cat(dtype_name(dtype()), shape_str(shape()), " ", device().str(),
+                 is_symbolic() ? " (graph value)" : "");
 }
 
 // ---------------------------------------------------------------- copies
@@ -420,6 +421,9 @@ Tensor Tensor::detach() const {
   impl->shape = impl_->shape;
   impl->strides = impl_->strides;
   impl->dtype = impl_->dtype;
+  impl->graph = impl_->graph;
+  impl->value = impl_->value;
+  impl->sym_device = impl_->sym_device;
   return Tensor(impl);
 }
 

@@ -42,6 +42,9 @@ class Storage {
 
 struct Node;
 struct TensorImpl;
+namespace graph {
+struct GraphIR;
+}
 
 class Tensor {
  public:
@@ -70,6 +73,9 @@ class Tensor {
 
   // ---- properties ----
   bool defined() const { return impl_ != nullptr; }
+  // A value of a static graph being recorded (engine/graph/graph.h): it has a shape, a dtype and
+  // a device but no data; ops applied to it add nodes to its graph instead of computing.
+  bool is_symbolic() const;
   const Shape& shape() const;
   const Shape& strides() const;
   int64_t dim() const { return static_cast<int64_t>(shape().size()); }
@@ -129,6 +135,10 @@ struct TensorImpl {
   Tensor grad;
   std::shared_ptr<Node> grad_fn;  // null for leaves
   int output_nr = 0;
+  // symbolic tensors (no storage): the graph being recorded, the value, the device
+  std::shared_ptr<graph::GraphIR> graph;
+  int value = -1;
+  Device sym_device;
 };
 
 // Tensors by name, in a meaningful order (state dicts, checkpoints).

@@ -1,10 +1,11 @@
-// HRNet backbone and heads. Every forward is written once, as a template over the value it
-// carries: Tensor runs the engine ops; Probe carries only a shape and adds the op's cost to a
-// ModelStats, which is how summaries of full-size models cost no compute.
+// HRNet backbone and heads. Every forward is written once, against Tensor: called on eager
+// tensors it computes; called on a graph's symbolic input it records the graph (engine/graph),
+// which is also how summaries cost, shape and plan full-size models without computing anything.
 #include "models/hrnet.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -12,157 +13,24 @@
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/graph.h"
-#include "engine/memory_plan.h"
 #include "engine/ops.h"
 
 namespace hr::models {
 
-// ---------------------------------------------------------------------------------------------
-// The two value types and their primitive ops
-// ---------------------------------------------------------------------------------------------
-// A Probe's buffer: released in the planner when the last Probe holding it goes away, exactly
-// when the eager engine would free the tensor, so the plan sees the eager lifetimes.
-struct ProbeBuf {
-  ProbeBuf(MemoryPlanner* p, int64_t bytes) : planner(p), id(p->alloc(bytes)) {}
-  ProbeBuf(const ProbeBuf&) = delete;
-  ProbeBuf& operator=(const ProbeBuf&) = delete;
-  ~ProbeBuf() { planner->release(id); }
-  MemoryPlanner* planner;
-  int64_t id;
-};
-
-struct Probe {
-  Shape shape;  // [N,C,H,W] or [N,C]
-  ModelStats* st = nullptr;
-  MemoryPlanner* planner = nullptr;
-  std::shared_ptr<ProbeBuf> buf;
-};
-
-// A value of a static graph being recorded (engine/graph.h): the ops add nodes.
-struct Sym {
-  graph::Graph* g = nullptr;
-  graph::V v = -1;
-  Shape shape;
-};
-
 namespace {
 
-Probe make_probe(Shape shape, ModelStats* st, MemoryPlanner* planner) {
-  const int64_t bytes = 4 * shape_numel(shape);
-  Probe p{std::move(shape), st, planner, nullptr};
-  p.buf = std::make_shared<ProbeBuf>(planner, bytes);
-  return p;
-}
-
-Probe emit(const Probe& from, Shape shape) {
-  Probe p = make_probe(std::move(shape), from.st, from.planner);
-  p.st->activation_bytes += 4.0 * static_cast<double>(shape_numel(p.shape));
-  return p;
-}
-
-int64_t height(const Tensor& x) { return x.size(2); }
-int64_t width(const Tensor& x) { return x.size(3); }
-int64_t height(const Probe& x) { return x.shape[2]; }
-int64_t width(const Probe& x) { return x.shape[3]; }
-
-Tensor conv(const Conv2d& c, const Tensor& x) {
-  return ops::conv2d(x, c.weight, c.bias, c.stride, c.padding);
-}
-Probe conv(const Conv2d& c, const Probe& x) {
-  const Shape& w = c.weight.shape();  // [K,C,R,S]
-  HR_CHECK(x.shape.size() == 4 && x.shape[1] == w[1], "[hrnet] conv: input ", shape_str(x.shape),
-           " does not fit weight ", shape_str(w));
-  const int64_t P = (x.shape[2] + 2 * c.padding[0] - w[2]) / c.stride[0] + 1;
-  const int64_t Q = (x.shape[3] + 2 * c.padding[1] - w[3]) / c.stride[1] + 1;
-  HR_CHECK(P > 0 && Q > 0, "[hrnet] conv: input ", shape_str(x.shape), " too small for kernel ",
-           shape_str(w));
-  Probe y = emit(x, {x.shape[0], w[0], P, Q});
-  y.st->conv_macs +=
-      static_cast<double>(x.shape[0] * w[0] * P * Q) * static_cast<double>(w[1] * w[2] * w[3]);
-  return y;
-}
-
-Tensor bn(BatchNorm2d& b, const Tensor& x) { return b.forward(x); }
-Probe bn(BatchNorm2d&, const Probe& x) { return emit(x, x.shape); }
-
-Tensor relu(const Tensor& x) { return ops::relu(x); }
-Probe relu(const Probe& x) { return emit(x, x.shape); }
-
-Tensor add(const Tensor& a, const Tensor& b) { return ops::add(a, b); }
-Probe add(const Probe& a, const Probe& b) {
-  HR_CHECK(a.shape == b.shape, "[hrnet] add: shapes ", shape_str(a.shape), " and ",
-           shape_str(b.shape), " differ");
-  return emit(a, a.shape);
-}
-
-Tensor upsample_nearest(const Tensor& x, int64_t scale) {
-  return ops::upsample_nearest_scale(x, static_cast<double>(scale));
-}
-Probe upsample_nearest(const Probe& x, int64_t scale) {
-  return emit(x, {x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale});
-}
-
-Tensor upsample_bilinear(const Tensor& x, int64_t h, int64_t w, bool align_corners) {
-  return ops::upsample_bilinear(x, {h, w}, align_corners);
-}
-Probe upsample_bilinear(const Probe& x, int64_t h, int64_t w, bool) {
-  return emit(x, {x.shape[0], x.shape[1], h, w});
-}
-
-Tensor concat(const std::vector<Tensor>& xs) { return ops::concat(xs, 1); }
-Probe concat(const std::vector<Probe>& xs) {
-  Shape s = xs[0].shape;
-  for (size_t i = 1; i < xs.size(); ++i) s[1] += xs[i].shape[1];
-  return emit(xs[0], s);
-}
-
-Tensor avg_pool(const Tensor& x, int64_t k) { return ops::avg_pool2d(x, {k, k}, {k, k}); }
-Probe avg_pool(const Probe& x, int64_t k) {
-  return emit(x, {x.shape[0], x.shape[1], (x.shape[2] - k) / k + 1, (x.shape[3] - k) / k + 1});
-}
-
-Tensor global_pool(const Tensor& x) { return ops::global_avg_pool(x); }
-Probe global_pool(const Probe& x) { return emit(x, {x.shape[0], x.shape[1]}); }
-
-Tensor linear(const Linear& l, const Tensor& x) { return ops::linear(x, l.weight, l.bias); }
-Probe linear(const Linear& l, const Probe& x) {
-  const Shape& w = l.weight.shape();  // [O,I]
-  HR_CHECK(x.shape.size() == 2 && x.shape[1] == w[1], "[hrnet] linear: input ", shape_str(x.shape),
-           " does not fit weight ", shape_str(w));
-  Probe y = emit(x, {x.shape[0], w[0]});
-  y.st->linear_macs += static_cast<double>(x.shape[0] * w[0] * w[1]);
-  return y;
-}
-
-Sym wrap(const Sym& like, graph::V v) { return Sym{like.g, v, like.g->value(v).shape}; }
-int64_t height(const Sym& x) { return x.shape[2]; }
-int64_t width(const Sym& x) { return x.shape[3]; }
-Sym conv(const Conv2d& c, const Sym& x) { return wrap(x, x.g->conv2d(c, x.v)); }
-Sym bn(BatchNorm2d& b, const Sym& x) { return wrap(x, x.g->batch_norm(b, x.v)); }
-Sym relu(const Sym& x) { return wrap(x, x.g->relu(x.v)); }
-Sym add(const Sym& a, const Sym& b) { return wrap(a, a.g->add(a.v, b.v)); }
-Sym upsample_nearest(const Sym& x, int64_t scale) {
-  return wrap(x, x.g->upsample_nearest(x.v, static_cast<double>(scale)));
-}
-Sym upsample_bilinear(const Sym& x, int64_t h, int64_t w, bool align_corners) {
-  return wrap(x, x.g->upsample_bilinear(x.v, h, w, align_corners));
-}
-Sym concat(const std::vector<Sym>& xs) {
-  std::vector<graph::V> vs;
-  for (const Sym& x : xs) vs.push_back(x.v);
-  return wrap(xs[0], xs[0].g->concat(vs));
-}
-Sym avg_pool(const Sym& x, int64_t k) { return wrap(x, x.g->avg_pool2d(x.v, {k, k}, {k, k})); }
-Sym global_pool(const Sym& x) { return wrap(x, x.g->global_avg_pool(x.v)); }
-Sym linear(const Linear& l, const Sym& x) { return wrap(x, x.g->linear(l, x.v)); }
-
-// The work that follows belongs to resolution branch `b`: in a static graph, its stream (the
-// parallel branches run concurrently on CUDA); eager tensors and probes ignore it.
-void on_branch(const Tensor&, size_t) {}
-void on_branch(const Probe&, size_t) {}
-void on_branch(const Sym& x, size_t b) { x.g->set_stream(static_cast<int>(b)); }
-
 std::shared_ptr<Module> container() { return std::make_shared<Module>(); }
+
+// Sets a module tree's train/eval mode for a scope and restores it.
+class ModeScope {
+ public:
+  ModeScope(Module& m, bool training) : m_(m), was_(m.is_training()) { m.train(training); }
+  ~ModeScope() { m_.train(was_); }
+
+ private:
+  Module& m_;
+  bool was_;
+};
 
 }  // namespace
 
@@ -176,12 +44,10 @@ class ConvBN : public Module {
     conv_ = register_module("0", std::make_shared<Conv2d>(cin, cout, k, stride, k / 2, bias));
     bn_ = register_module("1", std::make_shared<BatchNorm2d>(cout));
   }
-  template <class V>
-  V run(const V& x) const {
-    V y = bn(*bn_, conv(*conv_, x));
-    return with_relu_ ? relu(y) : y;
+  Tensor forward(const Tensor& x) override {
+    Tensor y = (*bn_)((*conv_)(x));
+    return with_relu_ ? ops::relu(y) : y;
   }
-  Tensor forward(const Tensor& x) override { return run(x); }
 
  private:
   std::shared_ptr<Conv2d> conv_;
@@ -189,18 +55,15 @@ class ConvBN : public Module {
   bool with_relu_;
 };
 
-template <class V>
-V run_chain(const std::vector<std::shared_ptr<ConvBN>>& chain, V x) {
-  for (const auto& c : chain) x = c->run(x);
+namespace {
+Tensor run_chain(const std::vector<std::shared_ptr<ConvBN>>& chain, Tensor x) {
+  for (const auto& c : chain) x = (*c)(x);
   return x;
 }
+}  // namespace
 
 class ResBlock : public Module {
  public:
-  virtual Tensor run(const Tensor& x) const = 0;
-  virtual Probe run(const Probe& x) const = 0;
-  virtual Sym run(const Sym& x) const = 0;
-  Tensor forward(const Tensor& x) override { return run(x); }
   int64_t out_channels = 0;
 };
 
@@ -218,17 +81,13 @@ class BasicBlock : public ResBlock {
     if (cin != planes)
       down_ = register_module("downsample", std::make_shared<ConvBN>(cin, planes, 1, 1, false));
   }
-  Tensor run(const Tensor& x) const override { return impl(x); }
-  Probe run(const Probe& x) const override { return impl(x); }
-  Sym run(const Sym& x) const override { return impl(x); }
+  Tensor forward(const Tensor& x) override {
+    Tensor y = ops::relu((*bn1_)((*conv1_)(x)));
+    y = (*bn2_)((*conv2_)(y));
+    return ops::relu(ops::add(y, down_ ? (*down_)(x) : x));
+  }
 
  private:
-  template <class V>
-  V impl(const V& x) const {
-    V y = relu(bn(*bn1_, conv(*conv1_, x)));
-    y = bn(*bn2_, conv(*conv2_, y));
-    return relu(add(y, down_ ? down_->run(x) : x));
-  }
   std::shared_ptr<Conv2d> conv1_, conv2_;
   std::shared_ptr<BatchNorm2d> bn1_, bn2_;
   std::shared_ptr<ConvBN> down_;
@@ -248,18 +107,14 @@ class Bottleneck : public ResBlock {
     if (cin != 4 * planes)
       down_ = register_module("downsample", std::make_shared<ConvBN>(cin, 4 * planes, 1, 1, false));
   }
-  Tensor run(const Tensor& x) const override { return impl(x); }
-  Probe run(const Probe& x) const override { return impl(x); }
-  Sym run(const Sym& x) const override { return impl(x); }
+  Tensor forward(const Tensor& x) override {
+    Tensor y = ops::relu((*bn1_)((*conv1_)(x)));
+    y = ops::relu((*bn2_)((*conv2_)(y)));
+    y = (*bn3_)((*conv3_)(y));
+    return ops::relu(ops::add(y, down_ ? (*down_)(x) : x));
+  }
 
  private:
-  template <class V>
-  V impl(const V& x) const {
-    V y = relu(bn(*bn1_, conv(*conv1_, x)));
-    y = relu(bn(*bn2_, conv(*conv2_, y)));
-    y = bn(*bn3_, conv(*conv3_, y));
-    return relu(add(y, down_ ? down_->run(x) : x));
-  }
   std::shared_ptr<Conv2d> conv1_, conv2_, conv3_;
   std::shared_ptr<BatchNorm2d> bn1_, bn2_, bn3_;
   std::shared_ptr<ConvBN> down_;
@@ -322,35 +177,34 @@ class HRModule : public Module {
     }
   }
 
-  template <class V>
-  std::vector<V> run(std::vector<V> xs) const {
+  // Branch i's blocks and fuse output i run on stream i of a recorded graph, so on CUDA the
+  // resolutions of a module run concurrently.
+  std::vector<Tensor> run(std::vector<Tensor> xs) {
     for (size_t i = 0; i < xs.size(); ++i) {
-      on_branch(xs[i], i);
-      for (const auto& blk : branches_[i]) xs[i] = blk->run(xs[i]);
+      graph::StreamScope on_branch(static_cast<int>(i));
+      for (const auto& blk : branches_[i]) xs[i] = (*blk)(xs[i]);
     }
-    on_branch(xs[0], 0);
     if (xs.size() == 1) return xs;
-    std::vector<V> out;
+    std::vector<Tensor> out;
     for (size_t i = 0; i < up_.size(); ++i) {
-      on_branch(xs[0], i);
-      V y;
+      graph::StreamScope on_branch(static_cast<int>(i));
+      Tensor y;
       for (size_t j = 0; j < xs.size(); ++j) {
-        V t;
+        Tensor t;
         if (j == i) {
           t = xs[j];
         } else if (j > i) {
-          t = up_[i][j]->run(xs[j]);
+          t = (*up_[i][j])(xs[j]);
           t = fuse_ == FuseUpsample::Nearest
-                  ? upsample_nearest(t, int64_t(1) << (j - i))
-                  : upsample_bilinear(t, height(xs[i]), width(xs[i]), align_corners_);
+                  ? ops::upsample_nearest_scale(t, static_cast<double>(int64_t(1) << (j - i)))
+                  : ops::upsample_bilinear(t, {xs[i].size(2), xs[i].size(3)}, align_corners_);
         } else {
           t = run_chain(down_[i][j], xs[j]);
         }
-        y = j == 0 ? t : add(y, t);
+        y = j == 0 ? t : ops::add(y, t);
       }
-      out.push_back(relu(y));
+      out.push_back(ops::relu(y));
     }
-    on_branch(xs[0], 0);
     return out;
   }
 
@@ -468,53 +322,52 @@ HRNet::HRNet(const ModelSpec& spec, uint64_t seed) : spec_(spec) {
   init_weights(seed);
 }
 
-template <class V>
-std::vector<V> HRNet::run_backbone(const V& x) const {
-  V y = relu(bn(*bn1_, conv(*conv1_, x)));
-  y = relu(bn(*bn2_, conv(*conv2_, y)));
-  for (const auto& blk : layer1_) y = blk->run(y);
-  std::vector<V> ys = {y};
+std::vector<Tensor> HRNet::run_backbone(const Tensor& x) {
+  Tensor y = ops::relu((*bn1_)((*conv1_)(x)));
+  y = ops::relu((*bn2_)((*conv2_)(y)));
+  for (const auto& blk : layer1_) y = (*blk)(y);
+  std::vector<Tensor> ys = {y};
   for (int s = 0; s < 3; ++s) {
-    std::vector<V> xs;
+    std::vector<Tensor> xs;
     const auto& tr = transitions_[s];
     for (size_t i = 0; i < tr.size(); ++i) {
-      on_branch(x, i);
+      graph::StreamScope on_branch(static_cast<int>(i));
       xs.push_back(run_chain(tr[i], i < ys.size() ? ys[i] : ys.back()));
     }
-    on_branch(x, 0);
     for (const auto& mod : stages_[s]) xs = mod->run(xs);
     ys = xs;
   }
   return ys;
 }
 
-template <class V>
-std::vector<V> HRNet::run(const V& x) const {
-  std::vector<V> ys = run_backbone(x);
+std::vector<Tensor> HRNet::run(const Tensor& x) {
+  std::vector<Tensor> ys = run_backbone(x);
   switch (spec_.head) {
     case Head::Pose:
-      return {conv(*pose_final_, ys[0])};
+      return {(*pose_final_)(ys[0])};
     case Head::Seg:
     case Head::Det: {
       const bool ac = spec_.head == Head::Seg ? spec_.align_corners : false;
-      std::vector<V> parts = {ys[0]};
+      std::vector<Tensor> parts = {ys[0]};
       for (size_t i = 1; i < ys.size(); ++i)
-        parts.push_back(upsample_bilinear(ys[i], height(ys[0]), width(ys[0]), ac));
-      V cat = parts.size() == 1 ? parts[0] : concat(parts);
+        parts.push_back(ops::upsample_bilinear(ys[i], {ys[0].size(2), ys[0].size(3)}, ac));
+      Tensor cat = parts.size() == 1 ? parts[0] : ops::concat(parts, 1);
       if (spec_.head == Head::Seg)
-        return {conv(*seg_conv2_, relu(bn(*seg_bn_, conv(*seg_conv1_, cat))))};
-      V base = conv(*det_reduce_, cat);
-      std::vector<V> out;
-      for (int64_t l = 0; l < spec_.det_levels; ++l)
-        out.push_back(conv(*det_fpn_[l], l == 0 ? base : avg_pool(base, int64_t(1) << l)));
+        return {(*seg_conv2_)(ops::relu((*seg_bn_)((*seg_conv1_)(cat))))};
+      Tensor base = (*det_reduce_)(cat);
+      std::vector<Tensor> out;
+      for (int64_t l = 0; l < spec_.det_levels; ++l) {
+        const int64_t k = int64_t(1) << l;
+        out.push_back((*det_fpn_[l])(l == 0 ? base : ops::avg_pool2d(base, {k, k}, {k, k})));
+      }
       return out;
     }
     case Head::Cls: {
-      V y = cls_incre_[0]->run(ys[0]);
+      Tensor y = (*cls_incre_[0])(ys[0]);
       for (size_t i = 0; i < cls_down_.size(); ++i)
-        y = add(cls_incre_[i + 1]->run(ys[i + 1]), cls_down_[i]->run(y));
-      y = global_pool(cls_final_->run(y));
-      return {linear(*cls_classifier_, y)};
+        y = ops::add((*cls_incre_[i + 1])(ys[i + 1]), (*cls_down_[i])(y));
+      y = ops::global_avg_pool((*cls_final_)(y));
+      return {(*cls_classifier_)(y)};
     }
   }
   return {};
@@ -563,56 +416,57 @@ std::vector<Tensor> HRNet::forward_backbone(const Tensor& x) {
   return run_backbone(x);
 }
 
-std::vector<graph::V> HRNet::build_graph(graph::Graph& g, graph::V x) const {
-  check_input(g.value(x).shape);
-  std::vector<graph::V> out;
-  for (const Sym& y : run(Sym{&g, x, g.value(x).shape})) out.push_back(y.v);
-  g.set_stream(0);
-  return out;
-}
-
-graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<graph::V>& ys) {
-  const Shape& y = g.value(ys[0]).shape;
+Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<Tensor>& ys) {
+  const Shape& y = ys[0].shape();
   switch (model.spec().head) {
     case Head::Pose:
-      return g.heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1], 1}));
+      return ops::heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1], 1}));
     case Head::Seg:
-      return g.cross_entropy(ys[0], g.input("labels", {y[0], y[2], y[3]}, DType::i64));
+      return ops::cross_entropy(ys[0], g.input("labels", {y[0], y[2], y[3]}, DType::i64));
     case Head::Cls:
-      return g.cross_entropy(ys[0], g.input("labels", {y[0]}, DType::i64));
+      return ops::cross_entropy(ys[0], g.input("labels", {y[0]}, DType::i64));
     case Head::Det:
       break;
   }
   throw Error(str_cat("[hrnet] ", model.spec().name, ": the det head has no training loss here"));
 }
 
+namespace {
+
+Device device_of(const Module& m) {
+  const auto params = m.parameters();
+  return params.empty() ? Device::cpu() : params[0].device();
+}
+
+// The forward recorded on a graph input of `input`'s shape, with its outputs named output0...
+graph::Graph record_forward(HRNet& model, const Shape& input, std::vector<Tensor>* ys) {
+  graph::Graph g(graph::GraphOptions{device_of(model)});
+  *ys = model.forward_all(g.input("input", input));
+  for (size_t i = 0; i < ys->size(); ++i) g.output((*ys)[i], "output" + std::to_string(i));
+  return g;
+}
+
+}  // namespace
+
 GraphPlans plan_graphs(HRNet& model, const Shape& input) {
-  const bool was_training = model.is_training();
   GraphPlans p;
   graph::CompileOptions co;
   co.allocate = false;
-  try {
-    model.eval();
-    {
-      graph::Graph g;
-      const auto ys = model.build_graph(g, g.input("input", input));
-      for (size_t i = 0; i < ys.size(); ++i) g.output(ys[i], "output" + std::to_string(i));
-      p.inference = graph::Executable(std::move(g), co).stats();
-    }
-    if (model.spec().head != Head::Det) {
-      model.train();
-      graph::Graph g;
-      const auto ys = model.build_graph(g, g.input("input", input));
-      co.loss = add_training_loss(g, model, ys);
-      g.output(co.loss, "loss");
-      p.training = graph::Executable(std::move(g), co).stats();
-      p.has_training = true;
-    }
-  } catch (...) {
-    model.train(was_training);
-    throw;
+  std::vector<Tensor> ys;
+  {
+    ModeScope eval(model, false);
+    graph::CompileOptions inf = co;
+    inf.inference = true;
+    p.inference = graph::Executable(record_forward(model, input, &ys), inf).stats();
   }
-  model.train(was_training);
+  if (model.spec().head != Head::Det) {
+    ModeScope train(model, true);
+    graph::Graph g = record_forward(model, input, &ys);
+    co.loss = add_training_loss(g, model, ys);
+    g.output(co.loss, "loss");
+    p.training = graph::Executable(std::move(g), co).stats();
+    p.has_training = true;
+  }
   return p;
 }
 
@@ -627,17 +481,33 @@ void count_layers(const Module& m, ModelStats& st) {
 }
 }  // namespace
 
-ModelStats HRNet::stats(const Shape& input) const {
+ModelStats HRNet::stats(const Shape& input) {
   check_input(input);
   ModelStats st;
   st.params = num_parameters();
   count_layers(*this, st);
-  MemoryPlanner planner;  // outlives every Probe below
-  {
-    Probe x = make_probe(input, &st, &planner);
-    for (const auto& y : run(x)) st.outputs.push_back(y.shape);
+  ModeScope eval(*this, false);
+  std::vector<Tensor> ys;
+  graph::Graph g = record_forward(*this, input, &ys);
+  for (const Tensor& y : ys) st.outputs.push_back(y.shape());
+  const graph::GraphIR& ir = g.ir();
+  for (size_t i = 1; i < ir.nodes.size(); ++i) {
+    const graph::Node& n = ir.nodes[i];
+    std::vector<Meta> in;
+    for (graph::V v : n.in) in.push_back(v >= 0 ? ir.values[v].meta(ir.opt.device) : Meta::none());
+    const double macs = n.op->macs(in);
+    if (std::strcmp(n.op->name(), "linear") == 0) st.linear_macs += macs;
+    else st.conv_macs += macs;
+    for (graph::V v : n.out)
+      if (v >= 0) st.activation_bytes += 4.0 * static_cast<double>(shape_numel(ir.values[v].shape));
   }
-  const MemoryPlanner::Plan plan = planner.plan();
+  // the op-by-op plan: no fusion, one stream, every op's output in program order (the buffers an
+  // eager forward allocates, with their lifetimes)
+  graph::CompileOptions co;
+  co.fuse = false;
+  co.streams = false;
+  co.allocate = false;
+  const graph::PlanStats plan = graph::Executable(std::move(g), co).stats();
   st.planned_activation_bytes = static_cast<double>(plan.arena_bytes);
   st.peak_live_bytes = static_cast<double>(plan.peak_live_bytes);
   return st;

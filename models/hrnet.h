@@ -26,9 +26,9 @@ struct ModelStats {
   // upsample, concat, pool, linear; fp32): an upper bound on activation memory, since buffers
   // whose lifetimes do not overlap could share memory.
   double activation_bytes = 0;
-  // The same buffers (input included) with eager lifetimes (freed when the last use is done),
-  // packed into one arena by MemoryPlanner: what a planned inference forward needs, and the
-  // lower bound of any packing (the most bytes alive at once).
+  // The same buffers (input included) with eager lifetimes (freed after the last use), packed
+  // into one arena by the graph's memory planner (op by op: no fusion, one stream): what an
+  // unfused inference forward needs, and the lower bound of any packing (most bytes alive at once).
   double planned_activation_bytes = 0;
   double peak_live_bytes = 0;
   std::vector<Shape> outputs;
@@ -46,25 +46,23 @@ class HRNet : public Module {
   // x [N,3,H,W] -> the head's output: pose heatmaps [N,J,H/4,W/4], seg logits
   // [N,classes,H/4,W/4] (stride-4 map; upsample for loss/inference), cls logits [N,classes],
   // det: the first (stride-4) pyramid level; forward_all gives every level.
+  // On a graph's symbolic input (graph::Graph::input) the same calls record the model, with
+  // batch norm in the model's current mode; branch b's blocks, the transition into it and its
+  // fuse output on stream b, so on CUDA the branches of a module overlap.
   Tensor forward(const Tensor& x) override;
   // Every head output: one tensor, or det_levels tensors [N,det_channels,H/4/2^l,W/4/2^l].
   std::vector<Tensor> forward_all(const Tensor& x);
   // Backbone only: the last stage's fused outputs (pose: only output 0 exists).
   std::vector<Tensor> forward_backbone(const Tensor& x);
 
-  // Records the forward on the graph input `x` [N,3,H,W] (checked with check_input) into `g`
-  // and returns the head outputs (as forward_all). Batch norm records training or inference
-  // mode as the model is now. Branch b's blocks, the transition into it and its fuse output run
-  // on stream b, so on CUDA the branches of a module overlap.
-  std::vector<graph::V> build_graph(graph::Graph& g, graph::V x) const;
-
   // Throws hr::Error with the reason when the network cannot take an input of this shape
   // (not [N,3,H,W]; H or W not a multiple of 32 where nearest-upsampling fuse layers need
   // each branch exactly twice the next; det smaller than its coarsest pooling window).
   void check_input(const Shape& x) const;
 
-  // Costs and output shapes of a forward on `input` (checked with check_input).
-  ModelStats stats(const Shape& input) const;
+  // Costs and output shapes of an inference forward on `input` (checked with check_input), from
+  // the recorded graph: nothing is computed or allocated.
+  ModelStats stats(const Shape& input);
 
   // The official initialisation: pose and seg conv weights N(0, 0.001) (pose conv biases 0,
   // seg conv biases PyTorch's default); cls and det-backbone conv weights kaiming normal
@@ -74,10 +72,8 @@ class HRNet : public Module {
   void init_weights(uint64_t seed);
 
  private:
-  template <class V>
-  std::vector<V> run_backbone(const V& x) const;
-  template <class V>
-  std::vector<V> run(const V& x) const;
+  std::vector<Tensor> run_backbone(const Tensor& x);
+  std::vector<Tensor> run(const Tensor& x);
 
   ModelSpec spec_;
   std::shared_ptr<Conv2d> conv1_, conv2_;
@@ -98,15 +94,15 @@ class HRNet : public Module {
   std::shared_ptr<Linear> cls_classifier_;
 };
 
-// The standard training loss of the model's head on graph outputs `ys`, with its targets as
-// graph inputs: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J,1] as the
+// The standard training loss of the model's head on recorded outputs `ys`, with its targets as
+// inputs of g: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J,1] as the
 // official target_weight and data::Batch have it); seg and cls
 // cross-entropy ("labels": [N,H/4,W/4] / [N] i64); det has none (throws).
-graph::V add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<graph::V>& ys);
+Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<Tensor>& ys);
 
 // The static graphs' memory plans for an input shape, planned without allocating or running:
-// the inference forward (eval-mode batch norm) and, except for det, the training step (forward,
-// loss, backward). The model's train/eval mode is restored.
+// the inference pipeline (eval-mode batch norm, folded) and, except for det, the training step
+// (forward, loss, backward). The model's train/eval mode is restored.
 struct GraphPlans {
   graph::PlanStats inference, training;
   bool has_training = false;

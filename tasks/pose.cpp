@@ -240,12 +240,13 @@ float GraphTrainStep::operator()(const data::Batch& batch) {
   HR_CHECK(model_.is_training(), "train_step: the model is in eval mode");
   auto& exe = graphs_[batch.input.shape()];
   if (!exe) {
-    graph::GraphOptions go;
-    go.device = dev_;
-    go.compute_dtype = autocast_;
-    graph::Graph g(go);
-    const graph::V x = g.input("input", batch.input.shape());
-    const graph::V loss = models::add_training_loss(g, model_, model_.build_graph(g, x));
+    graph::Graph g(graph::GraphOptions{dev_});
+    Tensor loss;
+    {
+      AutocastGuard ac(autocast_);
+      loss = models::add_training_loss(g, model_,
+                                       model_.forward_all(g.input("input", batch.input.shape())));
+    }
     g.output(loss, "loss");
     graph::CompileOptions co;
     co.loss = loss;
@@ -342,6 +343,7 @@ EvalOptions eval_options(const PoseSettings& s) {
   o.workers = s.workers;
   o.device = s.engine_device();
   o.autocast = s.autocast();
+  o.graph = s.graph;
   return o;
 }
 
@@ -356,7 +358,21 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   loader.start_epoch(0);
   model.eval();
   InferenceMode no_grad;
-  AutocastGuard ac(o.autocast);
+  // the compiled inference graph (batch norm folded, one arena), or the eager forward
+  graph::InferenceRunner graph_forward(
+      [&model](const Tensor& x) { return model.forward_all(x); }, o.device, o.autocast);
+  auto heatmaps = [&](const Tensor& x) {
+    Tensor y;
+    if (o.graph) {
+      y = graph_forward(x)[0];
+    } else {
+      AutocastGuard ac(o.autocast);
+      y = model(x.to(o.device));
+    }
+    Tensor host = Tensor::empty(y.shape());  // f32, contiguous, a copy (graph outputs are reused)
+    host.copy_(y);
+    return host;
+  };
   std::vector<data::PersonPrediction> preds;
   preds.reserve(ds.size());
   const auto& tp = ds.options().target;
@@ -370,7 +386,7 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   while (loader.next(b)) {
     skip += b.skipped;
     if (b.size() == 0) continue;
-    Tensor heat = model(b.input.to(o.device)).to(DType::f32).to(Device::cpu()).contiguous();
+    Tensor heat = heatmaps(b.input);
     HR_CHECK(heat.size(1) == J && heat.size(2) == tp.heatmap_h && heat.size(3) == tp.heatmap_w,
              "evaluate: the model's output ", shape_str(heat.shape()),
              " does not match MODEL.HEATMAP_SIZE / NUM_JOINTS");
@@ -383,7 +399,7 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
       for (int64_t i = 0; i < n; ++i)
         data::flip_input(b.input.data<float>() + i * in_plane, 3, tp.image_h, tp.image_w,
                          xin.data<float>() + i * in_plane);
-      Tensor hf = model(xin.to(o.device)).to(DType::f32).to(Device::cpu()).contiguous();
+      Tensor hf = heatmaps(xin);
       float* f = hf.data<float>();
       for (int64_t i = 0; i < n; ++i) {
         float* fi = f + i * plane;

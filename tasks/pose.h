@@ -51,7 +51,7 @@ struct PoseSettings {
   int64_t eval_every = 1;      // evaluate every N epochs (and after the last)
   int64_t max_val_images = 0;  // 0: all
   int threads = 0;             // 0: all cores
-  bool graph = true;           // training step through a compiled static graph
+  bool graph = true;           // training step and evaluation through compiled static graphs
   std::string lr_schedule = "multistep";  // multistep (TRAIN.LR_STEP, official) | cosine
 
   static PoseSettings from_config(const models::Config& cfg);
@@ -135,6 +135,7 @@ struct EvalOptions {
   int workers = 0;
   Device device = Device::cpu();
   DType autocast = DType::f32;
+  bool graph = true;  // the compiled inference graph (ENGINE.GRAPH), else the eager forward
   bool progress = true;
 };
 EvalOptions eval_options(const PoseSettings& s);

@@ -368,7 +368,7 @@ TEST_CASE("batch_norm_act equals relu(add(batch_norm(x), residual)) through auto
             REQUIRE(f.y.requires_grad() == any);
             if (any) {
               REQUIRE(f.y.grad_fn() != nullptr);
-              REQUIRE(f.y.grad_fn()->name == "batch_norm_act");
+              REQUIRE(std::string(f.y.grad_fn()->name()) == "batch_norm_act");
               for (const Edge& edge : f.y.grad_fn()->next) REQUIRE(edge.node == nullptr);
             }
             require_same_grad(f.x, e.x, grads[0], "dx");

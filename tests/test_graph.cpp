@@ -70,16 +70,17 @@ struct Problem {
     return loss;
   }
 
-  graph::V graph_loss(Head head, graph::Graph& g, const std::vector<graph::V>& ys) const {
+  // The same loss recorded: the eager ops on symbolic outputs, the targets as graph inputs.
+  Tensor graph_loss(Head head, graph::Graph& g, const std::vector<Tensor>& ys) const {
     if (head == Head::Cls || head == Head::Seg)
-      return g.cross_entropy(ys[0], g.input("labels", aux[0].shape(), DType::i64));
-    graph::V loss = -1;
+      return ops::cross_entropy(ys[0], g.input("labels", aux[0].shape(), DType::i64));
+    Tensor loss;
     for (size_t k = 0; k < ys.size(); ++k) {
-      const Shape& s = g.value(ys[k]).shape;
-      graph::V t = g.input("target" + std::to_string(k), s);
-      graph::V w = g.input("weight" + std::to_string(k), {s[0], s[1]});
-      graph::V l = g.heatmap_loss(ys[k], t, w);
-      loss = k == 0 ? l : g.add(loss, l);
+      const Shape& s = ys[k].shape();
+      Tensor t = g.input("target" + std::to_string(k), s);
+      Tensor w = g.input("weight" + std::to_string(k), {s[0], s[1]});
+      Tensor l = ops::heatmap_loss(ys[k], t, w);
+      loss = k == 0 ? l : ops::add(loss, l);
     }
     return loss;
   }
@@ -104,11 +105,10 @@ struct Compiled {
 
 Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse, bool streams) {
   graph::Graph g;
-  graph::V x = g.input("x", pb.x_shape);
-  std::vector<graph::V> ys = model.build_graph(g, x);
+  std::vector<Tensor> ys = model.forward_all(g.input("x", pb.x_shape));
   Compiled c;
-  for (graph::V y : ys) c.out_shapes.push_back(g.value(y).shape);
-  graph::V loss = pb.graph_loss(head, g, ys);
+  for (const Tensor& y : ys) c.out_shapes.push_back(y.shape());
+  Tensor loss = pb.graph_loss(head, g, ys);
   g.output(loss, "loss");
   g.output(ys[0], "out");
   graph::CompileOptions opt;
@@ -214,8 +214,7 @@ TEST_CASE("graph: inference forward equals eager eval mode, fused and not", "[gr
   }
   for (bool fuse : {false, true}) {
     graph::Graph g;
-    graph::V in = g.input("x", x.shape());
-    g.output(model.build_graph(g, in)[0], "heatmaps");
+    g.output(model.forward(g.input("x", x.shape())), "heatmaps");
     graph::CompileOptions opt;
     opt.fuse = fuse;
     graph::Executable e(std::move(g), opt);
@@ -227,6 +226,63 @@ TEST_CASE("graph: inference forward equals eager eval mode, fused and not", "[gr
     // an inference plan keeps almost nothing alive: far below the no-reuse total
     INFO("arena " << e.stats().arena_bytes << ", no reuse " << e.stats().total_bytes);
     CHECK(e.stats().arena_bytes * 3 < e.stats().total_bytes);
+  }
+}
+
+TEST_CASE("graph: the inference pipeline folds batch norm into convolutions", "[graph]") {
+  // Folding changes the arithmetic (w * s instead of (conv - mean) * s), so the result equals
+  // eager inference up to float rounding; the parameters are read once, until refreshed.
+  for (Head head : {Head::Pose, Head::Seg, Head::Cls, Head::Det}) {
+    INFO("head " << head_name(head));
+    HRNet model(small_spec(head, false), 3);
+    const Problem warm(head);
+    {
+      model.train();
+      NoGradGuard ng;
+      model.forward_all(warm.x);  // non-trivial running statistics
+    }
+    model.eval();
+    const Tensor x = rand_tensor(warm.x_shape, 22);
+    std::vector<Tensor> ref;
+    {
+      NoGradGuard ng;
+      ref = model.forward_all(x);
+    }
+    graph::Graph g;
+    const std::vector<Tensor> ys = model.forward_all(g.input("x", x.shape()));
+    for (size_t k = 0; k < ys.size(); ++k) g.output(ys[k], "out" + std::to_string(k));
+    graph::CompileOptions opt;
+    opt.inference = true;
+    graph::Executable e(std::move(g), opt);
+    e.verify_plan();
+    const graph::PlanStats& st = e.stats();
+    CHECK(st.folded > 0);
+    CHECK(st.fused > 0);
+    CHECK(st.prologue_nodes == st.folded);  // the folded weights, computed once
+    e.set_input("x", x);
+    e.run();
+    for (size_t k = 0; k < ys.size(); ++k)
+      require_close_scaled(e.output("out" + std::to_string(k)), ref[k], 1e-5,
+                           "output " + std::to_string(k));
+    // the weight of a folded convolution is read once, until refreshed
+    Tensor w;
+    const graph::GraphIR& ir = e.graph();
+    for (const graph::Node& n : ir.nodes)
+      if (std::string(n.op->name()) == "fold_batch_norm" && !w.defined())
+        w = ir.values[n.in[0]].tensor;
+    REQUIRE(w.defined());
+    const Tensor before = e.output("out0").clone();
+    w.copy_(ops::mul(w, 1.5f));
+    e.run();
+    require_equal(e.output("out0"), before, "before refresh");
+    e.refresh_constants();
+    e.run();
+    std::vector<Tensor> ref2;
+    {
+      NoGradGuard ng;
+      ref2 = model.forward_all(x);
+    }
+    require_close_scaled(e.output("out0"), ref2[0], 1e-5, "after refresh");
   }
 }
 
@@ -275,17 +331,19 @@ TEST_CASE("graph: a hand-built research graph, gradients against finite differen
   const Tensor labels = Tensor::from_vector_i64({1, 3}, {2});
 
   graph::Graph g;
-  graph::V in = g.input("x", x.shape());
-  graph::V a = g.relu(g.batch_norm(g.conv2d(in, g.param(w1), -1, {1, 1}, {1, 1}), g.param(gamma),
-                                    g.param(beta), g.param(rm), g.param(rv), true));
-  g.set_stream(1);
-  graph::V b = g.conv2d(a, g.param(w2), -1, {2, 2}, {1, 1});  // half resolution
-  b = g.upsample_nearest(g.relu(b), 2.0);
-  g.set_stream(0);
-  graph::V cat = g.concat({a, b});
-  graph::V pooled = g.global_avg_pool(g.avg_pool2d(cat, {2, 2}, {2, 2}));
-  graph::V logits = g.linear(pooled, g.param(fc), g.param(fcb));
-  graph::V loss = g.cross_entropy(logits, g.input("labels", {2}, DType::i64));
+  Tensor in = g.input("x", x.shape());
+  Tensor a = ops::relu(ops::batch_norm(ops::conv2d(in, w1, Tensor(), {1, 1}, {1, 1}), gamma, beta,
+                                       rm, rv, true));
+  Tensor b;
+  {
+    graph::StreamScope side(1);
+    b = ops::conv2d(a, w2, Tensor(), {2, 2}, {1, 1});  // half resolution
+    b = ops::upsample_nearest_scale(ops::relu(b), 2.0);
+  }
+  Tensor cat = ops::concat({a, b}, 1);
+  Tensor pooled = ops::global_avg_pool(ops::avg_pool2d(cat, {2, 2}, {2, 2}));
+  Tensor logits = ops::linear(pooled, fc, fcb);
+  Tensor loss = ops::cross_entropy(logits, g.input("labels", {2}, DType::i64));
   g.output(loss, "loss");
   graph::CompileOptions opt;
   opt.loss = loss;
@@ -335,19 +393,30 @@ TEST_CASE("graph: bad shapes and bindings are errors that name the op", "[graph]
   };
   auto has = [](const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; };
   graph::Graph g;
-  graph::V x = g.input("x", {1, 3, 8, 8});
+  Tensor x = g.input("x", {1, 3, 8, 8});
   Tensor w = Tensor::zeros({4, 5, 3, 3});
-  const std::string conv_err = error_of([&] { g.conv2d(x, g.param(w)); });
+  const std::string conv_err = error_of([&] { ops::conv2d(x, w); });
   CHECK(has(conv_err, "conv2d"));
   CHECK(has(conv_err, "[1, 3, 8, 8]"));
-  CHECK(has(error_of([&] { g.add(x, g.input("y", {1, 3, 4, 4})); }), "add"));
+  CHECK(has(error_of([&] { ops::add(x, g.input("y", {1, 3, 4, 4})); }), "add"));
   CHECK(has(error_of([&] { g.input("x", {1}); }), "already used"));
-  CHECK(has(error_of([&] { g.upsample_nearest(g.input("z", {2, 3}), 2.0); }), "upsample_nearest"));
+  CHECK(has(error_of([&] { ops::upsample_nearest_scale(g.input("z", {2, 3}), 2.0); }),
+            "upsample_nearest"));
+  // values of two graphs do not mix, a symbolic value has no data, a compiled graph is closed
+  graph::Graph other;
+  CHECK(has(error_of([&] { ops::add(x, other.input("x", {1, 3, 8, 8})); }), "two different graphs"));
+  CHECK(has(error_of([&] { x.to_vector(); }), "no data"));
+  const Tensor computed = ops::reshape(ops::global_avg_pool(x), {3});
+  CHECK(has(error_of([&] { ops::batch_norm(x, Tensor::ones({3}), Tensor::zeros({3}), computed,
+                                           Tensor::ones({3}), true); }),
+            "updated in place"));
 
   graph::Graph h;
-  graph::V hx = h.input("x", {1, 2, 4, 4});
-  h.output(h.relu(hx), "y");
+  Tensor hx = h.input("x", {1, 2, 4, 4});
+  Tensor hy = ops::relu(hx);
+  h.output(hy, "y");
   graph::Executable e(std::move(h), graph::CompileOptions());
+  CHECK(has(error_of([&] { ops::relu(hy); }), "already compiled"));
   CHECK(has(error_of([&] { e.set_input("x", Tensor::zeros({1, 2, 4, 5})); }), "[1, 2, 4, 4]"));
   CHECK(has(error_of([&] { e.set_input("nope", Tensor::zeros({1})); }), "nope"));
   CHECK(has(error_of([&] { e.output("nope"); }), "nope"));
@@ -355,7 +424,7 @@ TEST_CASE("graph: bad shapes and bindings are errors that name the op", "[graph]
   // HRNet rejects an input size its fuse layers cannot take, before building anything
   HRNet model(small_spec(Head::Pose, true), 1);
   graph::Graph m;
-  const std::string hr_err = error_of([&] { model.build_graph(m, m.input("x", {1, 3, 40, 32})); });
+  const std::string hr_err = error_of([&] { model.forward_all(m.input("x", {1, 3, 40, 32})); });
   CHECK(has(hr_err, "multiple of 32"));
-  CHECK(m.nodes().size() == 1);  // only the start node: nothing was recorded
+  CHECK(m.ir().nodes.size() == 1);  // only the start node: nothing was recorded
 }

@@ -1,7 +1,8 @@
-// A two-resolution network in the HRNet manner (a high- and a low-resolution branch exchanging
-// information through a fuse layer), composed from the engine's modules and ops and trained on
+// A two-resolution network in the HRNet manner (a high- and a low-resolution branch, the low one
+// fused back into the high one), composed from the engine's modules and ops and trained on
 // synthetic heatmaps: each image holds one bright blob, the target is a Gaussian at its centre.
-// Eager by default; --graph trains the same network through a compiled static graph.
+// The network is written once (forward): eager by default; --graph records the same forward into
+// a static graph and trains through the compiled step.
 // Builds against the installed package: find_package(hrnet) -> hrnet::engine.
 #include <hrnet.h>
 
@@ -18,7 +19,7 @@
 using namespace hr;
 
 struct TwoBranchNet : Module {
-  std::shared_ptr<Sequential> stem, high, low, down, up, head;
+  std::shared_ptr<Sequential> stem, high, low, up, head;
   std::shared_ptr<BatchNorm2d> up_bn;
   static std::shared_ptr<Sequential> conv_bn_relu(int64_t in, int64_t out, int64_t stride) {
     auto s = std::make_shared<Sequential>();
@@ -31,31 +32,23 @@ struct TwoBranchNet : Module {
     stem = register_module("stem", conv_bn_relu(1, 8, 1));
     high = register_module("high", conv_bn_relu(8, 8, 1));
     low = register_module("low", conv_bn_relu(8, 16, 2));
-    down = register_module("down", std::make_shared<Sequential>());
-    down->add(std::make_shared<Conv2d>(8, 16, 3, 2, 1, false)).add(std::make_shared<BatchNorm2d>(16));
     up = register_module("up", std::make_shared<Sequential>());
     up->add(std::make_shared<Conv2d>(16, 8, 1, 1, 0, false)).add(std::make_shared<BatchNorm2d>(8));
     head = register_module("head", std::make_shared<Sequential>());
     head->add(std::make_shared<Conv2d>(8, 1, 1, 1, 0, true));
   }
+  // Runs on tensors, or records a graph when x is a graph input: the low branch then runs on
+  // its own stream (a no-op in eager mode). The modules' own tensors enter the graph, so
+  // training the graph trains this network.
   Tensor forward(const Tensor& x) override {
     Tensor s = (*stem)(x);
-    Tensor h = (*high)(s), l = (*low)(s);
-    // fuse: high += upsample(1x1(low)); low += strided 3x3(high)
-    Tensor h2 = ops::relu(ops::add(h, ops::upsample_nearest_scale((*up)(l), 2.0)));
-    Tensor l2 = ops::relu(ops::add(l, (*down)(h)));
-    (void)l2;  // a deeper net would continue the low branch
-    return (*head)(h2);
-  }
-  // The same forward recorded into a static graph (--graph): the low branch on its own stream.
-  // The modules' own tensors enter the graph, so training it trains this network.
-  graph::V build(graph::Graph& g, graph::V x) {
-    graph::V s = g.module(*stem, x);
-    graph::V h = g.module(*high, s);
-    g.set_stream(1);
-    graph::V l = g.upsample_nearest(g.module(*up, g.module(*low, s)), 2.0);
-    g.set_stream(0);
-    return g.module(*head, g.relu(g.add(h, l)));
+    Tensor h = (*high)(s), l;
+    {
+      graph::StreamScope low_branch(1);
+      l = ops::upsample_nearest_scale((*up)((*low)(s)), 2.0);
+    }
+    // fuse: high += upsample(1x1(low))
+    return (*head)(ops::relu(ops::add(h, l)));
   }
 };
 
@@ -96,9 +89,9 @@ int main(int argc, char** argv) try {
   std::unique_ptr<graph::Executable> step;
   if (use_graph) {
     graph::Graph g;
-    graph::V img = g.input("img", {batch, 1, size, size});
-    graph::V loss = g.heatmap_loss(net.build(g, img), g.input("heat", {batch, 1, size, size}),
-                                   g.input("weight", {batch, 1}));
+    Tensor loss = ops::heatmap_loss(net(g.input("img", {batch, 1, size, size})),
+                                    g.input("heat", {batch, 1, size, size}),
+                                    g.input("weight", {batch, 1}));
     g.output(loss, "loss");
     graph::CompileOptions co;
     co.loss = loss;

@@ -399,4 +399,16 @@ void batchnorm_act_infer_backward(int64_t N, int64_t C, int64_t HW, const float*
                    dgamma, dbeta);
 }
 
+void fold_batch_norm(int64_t K, int64_t inner, const float* w, const float* b, const float* gamma,
+                     const float* beta, const float* running_mean, const float* running_var,
+                     float eps, float* w_out, float* b_out) {
+#pragma omp parallel for schedule(static) if (K * inner > (1 << 16))
+  for (int64_t k = 0; k < K; ++k) {
+    // the scale as infer_forward computes it, so a folded convolution matches conv + BN
+    const float s = float(1.0 / std::sqrt(double(running_var[k]) + double(eps)) * gamma[k]);
+    for (int64_t i = 0; i < inner; ++i) w_out[k * inner + i] = w[k * inner + i] * s;
+    b_out[k] = ((b ? b[k] : 0.f) - running_mean[k]) * s + beta[k];
+  }
+}
+
 }  // namespace hr::cpu

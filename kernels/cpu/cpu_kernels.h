@@ -69,6 +69,14 @@ void batchnorm_act_infer_backward(int64_t N, int64_t C, int64_t HW, const float*
                                   const float* running_var, float eps, bool relu, float* dx,
                                   float* dresidual, float* dgamma, float* dbeta);
 
+// ---- batch norm folded into the convolution before it (inference) ----
+// s[k] = gamma[k] / sqrt(running_var[k] + eps); w_out[k, i] = w[k, i] * s[k] for the `inner`
+// values of output channel k; b_out[k] = (b[k] - running_mean[k]) * s[k] + beta[k] (b = 0 when
+// nullptr). w [K, inner] (any layout with K outermost), all fp32.
+void fold_batch_norm(int64_t K, int64_t inner, const float* w, const float* b, const float* gamma,
+                     const float* beta, const float* running_mean, const float* running_var,
+                     float eps, float* w_out, float* b_out);
+
 // ---- element-wise ----
 void relu_forward(int64_t n, const float* x, float* y);
 // dx = y > 0 ? dy : 0   (y is the ReLU output)

@@ -122,6 +122,13 @@ void batchnorm_infer_backward(DT dt, int64_t M, int64_t C, const void* x, const 
                               const float* running_var, float eps, void* dx, float* dgamma,
                               float* dbeta, Stream st);
 
+// Batch norm folded into the convolution before it (inference), as cpu::fold_batch_norm: w and
+// w_out [K, inner] in dt (KRSC or KCRS: K outermost), b (or nullptr), gamma, beta, running stats
+// and b_out fp32 [K].
+void fold_batch_norm(DT dt, int64_t K, int64_t inner, const void* w, const float* b,
+                     const float* gamma, const float* beta, const float* running_mean,
+                     const float* running_var, float eps, void* w_out, float* b_out, Stream st);
+
 // ---- element-wise (any layout) ----
 void relu_forward(DT dt, int64_t n, const void* x, void* y, Stream st);
 void relu_backward(DT dt, int64_t n, const void* y, const void* dy, void* dx, Stream st);

@@ -83,6 +83,9 @@ HR_NO_CUDA(void, batchnorm_infer_backward,
             const float*, float, void*, float*, float*, Stream))
 
 // element-wise
+HR_NO_CUDA(void, fold_batch_norm,
+          (DT, int64_t, int64_t, const void*, const float*, const float*, const float*,
+           const float*, const float*, float, void*, float*, Stream))
 HR_NO_CUDA(void, relu_forward, (DT, int64_t, const void*, void*, Stream))
 HR_NO_CUDA(void, relu_backward, (DT, int64_t, const void*, const void*, void*, Stream))
 HR_NO_CUDA(void, add, (DT, int64_t, const void*, const void*, void*, Stream))

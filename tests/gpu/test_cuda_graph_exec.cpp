@@ -33,13 +33,14 @@ struct Step {
 };
 
 Step compile_pose_training(HRNet& model, const Shape& in, DType compute) {
-  graph::GraphOptions go;
-  go.device = Device::cuda();
-  go.compute_dtype = compute;
-  graph::Graph g(go);
-  const graph::V y = model.build_graph(g, g.input("x", in))[0];
-  const Shape out = g.value(y).shape;
-  const graph::V loss = g.heatmap_loss(y, g.input("target", out), g.input("weight", {out[0], out[1]}));
+  graph::Graph g(graph::GraphOptions{Device::cuda()});
+  Tensor y, loss;
+  {
+    AutocastGuard ac(compute);
+    y = model.forward(g.input("x", in));
+  }
+  const Shape out = y.shape();
+  loss = ops::heatmap_loss(y, g.input("target", out), g.input("weight", {out[0], out[1]}));
   g.output(loss, "loss");
   g.output(y, "heatmaps");
   graph::CompileOptions co;
@@ -137,17 +138,21 @@ TEST_CASE("cuda graph exec: inference graph equals eager inference, captured", "
     NoGradGuard ng;
     ref = model.forward(x.to(Device::cuda()));
   }
-  graph::GraphOptions go;
-  go.device = Device::cuda();
-  graph::Graph g(go);
-  g.output(model.build_graph(g, g.input("x", x.shape()))[0], "logits");
-  graph::Executable e(std::move(g), graph::CompileOptions());
-  e.set_input("x", x);
-  e.run();
-  cuda::synchronize(cuda::default_stream());
-  e.capture();
-  e.run();
-  require_close_scaled(e.output("logits"), ref, 1e-5, "logits");
+  for (bool inference : {false, true}) {
+    INFO("inference pipeline (batch norm folded) " << inference);
+    graph::Graph g(graph::GraphOptions{Device::cuda()});
+    g.output(model.forward(g.input("x", x.shape())), "logits");
+    graph::CompileOptions co;
+    co.inference = inference;
+    graph::Executable e(std::move(g), co);
+    if (inference) CHECK(e.stats().folded > 0);
+    e.set_input("x", x);
+    e.run();
+    cuda::synchronize(cuda::default_stream());
+    e.capture();
+    e.run();
+    require_close_scaled(e.output("logits"), ref, inference ? 1e-4 : 1e-5, "logits");
+  }
 }
 
 TEST_CASE("cuda graph exec: a whole training step (with a capturable Adam) replays like eager steps",

@@ -1,0 +1,361 @@
+// Static graphs: the compile pipeline (passes.h, in order) and the executor, one loop over the
+// nodes that calls each op's own kernel (engine/op.h run_kernel) on its stream.
+#include "engine/graph/executable.h"
+
+#include <algorithm>
+#include <chrono>
+#include <iomanip>
+#include <random>
+#include <sstream>
+
+#include "engine/graph/passes.h"
+#include "engine/ops.h"
+#include "engine/stream.h"
+
+namespace hr::graph {
+
+struct Executable::Impl {
+  std::shared_ptr<GraphIR> ir;
+  CompileOptions opt;
+  Device dev;
+  PlanStats stats;
+  Gradients grads;
+  std::vector<char> prologue;  // per node (inference)
+  bool prologue_done = false;
+  Schedule sched;
+  MemoryPlan plan;
+  std::shared_ptr<Storage> arena;
+  // per node: the tensors its kernel reads and writes (views of the arena, parameters, constants)
+  struct Launch {
+    std::vector<Tensor> in, out;
+  };
+  std::vector<Launch> launches;
+  std::vector<Tensor> views;  // per value
+  // CUDA
+  std::vector<cuda::Stream> streams;  // [0] = the engine's default stream
+  std::vector<cuda::Event> events;    // by node (nullptr where none)
+  cuda::GraphExec exec = nullptr;
+  std::function<void()> before_replay;
+  // profiling
+  bool profiling = false;
+  std::map<std::string, double> prof_seconds;
+  std::map<std::string, int64_t> prof_calls;
+  int64_t prof_runs = 0;
+
+  GraphIR& g() { return *ir; }
+  const GraphIR& g() const { return *ir; }
+  Tensor view(V v) const;
+  void exec_node(size_t i);
+  void run_prologue();
+  void launch_all();
+  void on_run();
+};
+
+Tensor Executable::Impl::view(V v) const {
+  if (v < 0) return Tensor();
+  const Value& x = g().values[v];
+  if (x.kind == ValueKind::Param || x.kind == ValueKind::Constant) return x.tensor;
+  HR_CHECK(arena, "graph: compiled with allocate = false (plan only): no buffers");
+  HR_CHECK(plan.offset[v] >= 0, "graph: value %", v, " has no buffer");
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = arena;
+  impl->offset = plan.offset[v] / static_cast<int64_t>(dtype_size(x.dtype));
+  impl->shape = x.shape;
+  impl->dtype = x.dtype;
+  impl->strides = make_strides(x.shape, device_format(x.shape, dev));
+  return Tensor(impl);
+}
+
+void Executable::Impl::exec_node(size_t i) {
+  const Node& n = g().nodes[i];
+  const Launch& l = launches[i];
+  const cuda::Stream st = dev.is_cuda() ? streams[n.stream] : nullptr;
+  StreamGuard guard(st);
+  if (!profiling || dev.is_cuda()) {
+    run_kernel(*n.op, KernelArgs{l.in, l.out, st}, dev);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  run_kernel(*n.op, KernelArgs{l.in, l.out, st}, dev);
+  prof_seconds[n.op->name()] +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++prof_calls[n.op->name()];
+}
+
+// The parameter-only nodes, in order on the main stream (before any run's start).
+void Executable::Impl::run_prologue() {
+  if (prologue_done || prologue.empty()) return;
+  const cuda::Stream st = dev.is_cuda() ? streams[0] : nullptr;
+  StreamGuard guard(st);
+  for (size_t i = 0; i < prologue.size(); ++i)
+    if (prologue[i]) run_kernel(*g().nodes[i].op, KernelArgs{launches[i].in, launches[i].out, st}, dev);
+  prologue_done = true;
+}
+
+void Executable::Impl::on_run() {
+  for (const Node& n : g().nodes) n.op->on_run();
+}
+
+// Every node of a run in program order; on CUDA each on its stream, with the planned waits and
+// records.
+void Executable::Impl::launch_all() {
+  const auto& nodes = g().nodes;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!prologue.empty() && prologue[i]) continue;
+    if (dev.is_cuda()) {
+      const cuda::Stream st = streams[nodes[i].stream];
+      for (int p : sched.waits[i]) cuda::wait_event(st, events[p]);
+      exec_node(i);
+      if (sched.records[i]) cuda::record_event(events[i], st);
+    } else {
+      exec_node(i);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.ir = graph.shared();
+  m.opt = opt;
+  GraphIR& g = m.g();
+  HR_CHECK(!g.sealed, "graph compile: this graph was compiled already");
+  m.dev = g.opt.device;
+  HR_CHECK(m.dev.is_cpu() || cuda::available() || !opt.allocate, "graph compile: the graph is for ",
+           m.dev.str(), " but no CUDA device is available");
+  const V loss = opt.loss.defined() ? g.value_of(opt.loss) : -1;
+  HR_CHECK(!(opt.inference && loss >= 0),
+           "graph compile: an inference graph has no loss to differentiate");
+
+  // Fusion first: a batch norm followed by a ReLU and/or a residual add costs one pass fused, no
+  // less folded (the add/ReLU pass remains); folding takes the others, a whole pass each.
+  if (opt.fuse) m.stats.fused = fuse_batch_norm_act(g, loss >= 0);
+  if (opt.inference) m.stats.folded = fold_batch_norm(g);
+  std::vector<V> live;
+  if (loss >= 0) {
+    m.grads = differentiate(g, loss);
+    for (const auto& [impl, v] : m.grads.of_param) live.push_back(v);
+  }
+  add_end_node(g, live);
+  g.sealed = true;
+  if (opt.inference) m.prologue = find_prologue(g);
+  m.sched = schedule(g, opt.streams, m.prologue);
+  m.plan = plan_memory(g, m.sched, m.prologue);
+
+  m.stats.nodes = static_cast<int64_t>(g.nodes.size());
+  m.stats.streams = m.sched.streams;
+  m.stats.events = m.sched.events;
+  for (char p : m.prologue) m.stats.prologue_nodes += p;
+  m.stats.arena_bytes = m.plan.arena_bytes;
+  m.stats.peak_live_bytes = m.plan.peak_live_bytes;
+  m.stats.total_bytes = m.plan.total_bytes;
+  if (!opt.allocate) return;
+
+  m.arena = std::make_shared<Storage>(static_cast<size_t>(std::max<int64_t>(m.plan.arena_bytes, 256)),
+                                      m.dev);
+  m.views.resize(g.values.size());
+  for (size_t v = 0; v < g.values.size(); ++v)
+    if (m.plan.offset[v] >= 0 || g.values[v].kind == ValueKind::Param ||
+        g.values[v].kind == ValueKind::Constant)
+      m.views[v] = m.view(static_cast<V>(v));
+  m.launches.resize(g.nodes.size());
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (V v : g.nodes[i].in) m.launches[i].in.push_back(v >= 0 ? m.views[v] : Tensor());
+    for (V v : g.nodes[i].out) m.launches[i].out.push_back(v >= 0 ? m.views[v] : Tensor());
+  }
+  if (m.dev.is_cuda()) {
+    m.streams.push_back(cuda::default_stream());
+    for (int s = 1; s < m.sched.streams; ++s) m.streams.push_back(cuda::create_stream());
+    m.events.assign(g.nodes.size(), nullptr);
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+      if (m.sched.records[i]) m.events[i] = cuda::create_event();
+  }
+}
+
+Executable::~Executable() {
+  Impl& m = *impl_;
+  if (!m.dev.is_cuda() || !m.arena) return;
+  try {
+    for (cuda::Stream s : m.streams) cuda::synchronize(s);
+    if (m.exec) cuda::destroy_graph(m.exec);
+    for (cuda::Event e : m.events)
+      if (e) cuda::destroy_event(e);
+    for (size_t s = 1; s < m.streams.size(); ++s) cuda::destroy_stream(m.streams[s]);
+  } catch (...) {
+  }
+}
+
+void Executable::set_input(const std::string& name, const Tensor& t) {
+  Impl& m = *impl_;
+  auto it = m.g().inputs.find(name);
+  HR_CHECK(it != m.g().inputs.end(), "graph set_input: no input named '", name, "'");
+  const Value& v = m.g().values[it->second];
+  HR_CHECK(t.defined() && t.shape() == v.shape, "graph set_input '", name, "': expected ",
+           dtype_name(v.dtype), shape_str(v.shape), ", got ", t.defined() ? t.str() : "undefined");
+  HR_CHECK(m.arena, "graph run: compiled with allocate = false (plan only)");
+  StreamGuard guard(m.dev.is_cuda() ? m.streams[0] : nullptr);
+  m.views[it->second].copy_(t);
+}
+
+void Executable::run() {
+  Impl& m = *impl_;
+  HR_CHECK(m.arena, "graph run: compiled with allocate = false (plan only)");
+  m.run_prologue();
+  m.on_run();
+  if (m.exec) {
+    if (m.before_replay) m.before_replay();
+    cuda::launch_graph(m.exec, m.streams[0]);
+    return;
+  }
+  if (m.profiling && m.dev.is_cpu()) ++m.prof_runs;
+  m.launch_all();
+}
+
+void Executable::refresh_constants() {
+  impl_->prologue_done = false;
+  if (impl_->arena) impl_->run_prologue();
+}
+
+void Executable::capture(std::function<void()> after, std::function<void()> before_replay) {
+  Impl& m = *impl_;
+  HR_CHECK(m.dev.is_cuda(), "graph capture: CUDA graphs need a CUDA device (the graph is for ",
+           m.dev.str(), ")");
+  if (m.exec) return;
+  m.run_prologue();
+  cuda::synchronize(m.streams[0]);
+  cuda::begin_capture(m.streams[0]);
+  try {
+    m.launch_all();
+    if (after) {
+      StreamGuard guard(m.streams[0]);
+      after();
+    }
+  } catch (...) {
+    try {
+      cuda::GraphExec partial = cuda::end_capture(m.streams[0]);
+      if (partial) cuda::destroy_graph(partial);
+    } catch (...) {
+    }
+    throw;
+  }
+  m.exec = cuda::end_capture(m.streams[0]);
+  m.before_replay = std::move(before_replay);
+}
+
+bool Executable::captured() const { return impl_->exec != nullptr; }
+
+void Executable::run_interleaved(uint64_t seed) {
+  Impl& m = *impl_;
+  HR_CHECK(m.arena, "graph run: compiled with allocate = false (plan only)");
+  HR_CHECK(m.dev.is_cpu(), "graph run_interleaved: a CPU test hook");
+  m.run_prologue();
+  m.on_run();
+  const auto& nodes = m.g().nodes;
+  const int S = m.sched.streams;
+  std::vector<std::vector<int>> queue(S);
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (m.prologue.empty() || !m.prologue[i]) queue[nodes[i].stream].push_back(static_cast<int>(i));
+  std::vector<size_t> head(S, 0);
+  std::vector<char> done(nodes.size(), 0);
+  std::mt19937_64 rng(seed);
+  size_t remaining = 0;
+  for (const auto& q : queue) remaining += q.size();
+  while (remaining > 0) {
+    std::vector<int> ready;
+    for (int s = 0; s < S; ++s) {
+      if (head[s] >= queue[s].size()) continue;
+      bool ok = true;
+      for (int p : m.sched.waits[queue[s][head[s]]]) ok = ok && done[p];
+      if (ok) ready.push_back(s);
+    }
+    HR_CHECK(!ready.empty(), "graph run_interleaved: deadlock (a bug in the schedule)");
+    const int s = ready[rng() % ready.size()];
+    const int i = queue[s][head[s]++];
+    m.exec_node(static_cast<size_t>(i));
+    done[i] = 1;
+    --remaining;
+  }
+}
+
+void Executable::verify_plan() const { graph::verify_plan(impl_->g(), impl_->sched, impl_->plan); }
+
+Tensor Executable::output(const std::string& name) const {
+  auto it = impl_->g().outputs.find(name);
+  HR_CHECK(it != impl_->g().outputs.end(), "graph output: no output named '", name, "'");
+  HR_CHECK(impl_->arena, "graph: compiled with allocate = false (plan only): no buffers");
+  return impl_->views[it->second];
+}
+
+Tensor Executable::grad(const Tensor& param) const {
+  auto it = impl_->grads.of_param.find(param.impl());
+  if (it == impl_->grads.of_param.end()) return Tensor();
+  HR_CHECK(impl_->arena, "graph: compiled with allocate = false (plan only): no buffers");
+  return impl_->views[it->second];
+}
+
+std::vector<Tensor> Executable::trained_parameters() const { return impl_->grads.params; }
+
+void Executable::set_profiling(bool on) { impl_->profiling = on; }
+
+std::string Executable::profile_report() const {
+  const Impl& m = *impl_;
+  std::vector<std::pair<double, std::string>> rows;
+  double total = 0;
+  for (const auto& [op, s] : m.prof_seconds) {
+    rows.emplace_back(s, op);
+    total += s;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::ostringstream os;
+  const double runs = static_cast<double>(std::max<int64_t>(1, m.prof_runs));
+  os << std::left << std::setw(28) << "op" << std::right << std::setw(12) << "ms/run"
+     << std::setw(8) << "share" << std::setw(10) << "calls/run" << "\n";
+  for (const auto& [s, op] : rows)
+    os << std::left << std::setw(28) << op << std::right << std::fixed << std::setprecision(2)
+       << std::setw(12) << 1e3 * s / runs << std::setw(7) << std::setprecision(1)
+       << 100 * s / std::max(total, 1e-12) << "%" << std::setw(10)
+       << m.prof_calls.at(op) / std::max<int64_t>(1, m.prof_runs) << "\n";
+  os << std::left << std::setw(28) << "total" << std::right << std::fixed << std::setprecision(2)
+     << std::setw(12) << 1e3 * total / runs << "\n";
+  return os.str();
+}
+
+const PlanStats& Executable::stats() const { return impl_->stats; }
+const GraphIR& Executable::graph() const { return impl_->g(); }
+
+// ---------------------------------------------------------------------------------------------
+InferenceRunner::InferenceRunner(Forward forward, Device device, DType autocast)
+    : forward_(std::move(forward)), device_(device), autocast_(autocast) {}
+
+InferenceRunner::~InferenceRunner() = default;
+
+std::vector<Tensor> InferenceRunner::operator()(const Tensor& x) {
+  HR_CHECK(x.defined(), "inference: undefined input");
+  auto& exe = graphs_[x.shape()];
+  if (!exe) {
+    Graph g(GraphOptions{device_});
+    std::vector<Tensor> ys;
+    {
+      AutocastGuard ac(autocast_);
+      ys = forward_(g.input("input", x.shape()));
+    }
+    for (size_t i = 0; i < ys.size(); ++i) g.output(ys[i], "output" + std::to_string(i));
+    CompileOptions co;
+    co.inference = true;
+    exe = std::make_unique<Executable>(std::move(g), co);
+    outputs_[x.shape()] = ys.size();
+  }
+  last_ = exe.get();
+  exe->set_input("input", x);
+  exe->run();
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < outputs_[x.shape()]; ++i)
+    out.push_back(exe->output("output" + std::to_string(i)));
+  return out;
+}
+
+void InferenceRunner::refresh() {
+  for (auto& [shape, exe] : graphs_) exe->refresh_constants();
+}
+
+}  // namespace hr::graph

@@ -1,0 +1,24 @@
+// The 2-D convolution op (engine/ops/conv2d.cpp), declared for the graph passes that rewrite it
+// (batch-norm folding).
+#pragma once
+#include <array>
+
+#include "engine/op.h"
+
+namespace hr::ops {
+
+// x [N,C,H,W], w [K,C,R,S], bias [K] f32 or absent -> y [N,K,P,Q]
+struct Conv2dOp final : OpDef {
+  std::array<int64_t, 2> stride{1, 1}, padding{0, 0};
+  Conv2dOp(std::array<int64_t, 2> s, std::array<int64_t, 2> p) : stride(s), padding(p) {}
+  const char* name() const override { return "conv2d"; }
+  std::string attributes() const override;
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override;
+  void run_cpu(const KernelArgs& a) const override;
+  void run_cuda(const KernelArgs& a) const override;
+  std::vector<Tensor> backward(const GradArgs& a) const override;
+  bool saves_input(size_t i) const override { return i < 2; }
+  double macs(const std::vector<Meta>& in) const override;
+};
+
+}  // namespace hr::ops

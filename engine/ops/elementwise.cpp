@@ -1,0 +1,150 @@
+// Element-wise ops: relu (and its backward), add, scaling, the sum of all elements.
+#include "engine/ops/elementwise.h"
+
+#include "engine/ops.h"
+#include "engine/ops/op_util.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace hr::ops {
+
+using namespace detail;
+
+namespace {
+
+// y [any], dy like y -> dx = y > 0 ? dy : 0
+struct ReluBwdOp final : OpDef {
+  const char* name() const override { return "relu_backward"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "output");
+    check_defined(in[1], name(), "dy");
+    check_same(in[0], in[1], name());
+    check_float(in[0], name(), "output");
+    return {same_as(in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::relu_backward(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::relu_backward(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(),
+                        a.in[1].raw_data(), a.out[0].raw_data(), a.stream);
+  }
+};
+
+// alpha * x
+struct ScaleOp final : OpDef {
+  float alpha;
+  explicit ScaleOp(float al) : alpha(al) {}
+  const char* name() const override { return "mul"; }
+  std::string attributes() const override { return str_cat("alpha ", alpha); }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    check_float(in[0], name(), "input");
+    return {same_as(in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::scale(a.in[0].numel(), alpha, fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::scale(dt(a.in[0], name()), a.in[0].numel(), alpha, a.in[0].raw_data(),
+                a.out[0].raw_data(), a.stream);
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    return {mul(a.grad_out[0], alpha)};
+  }
+  bool saves_input(size_t) const override { return false; }
+};
+
+// the sum of every element as a scalar f32, accumulated in double (CPU only)
+struct SumAllOp final : OpDef {
+  const char* name() const override { return "sum_all"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    HR_CHECK(in[0].dtype == DType::f32, name(), ": expected f32, got ", dtype_name(in[0].dtype));
+    return {f32_on({}, in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    const float* x = fptr(a.in[0]);
+    double s = 0;
+    for (int64_t i = 0, n = a.in[0].numel(); i < n; ++i) s += x[i];
+    *fptr(a.out[0]) = static_cast<float>(s);
+  }
+  void run_cuda(const KernelArgs&) const override {
+    throw Error("sum_all has no CUDA kernel (a CPU test helper)");
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    return {expand_scalar(a.grad_out[0], a.in_meta[0].shape, a.in_meta[0].dtype)};
+  }
+  bool saves_input(size_t) const override { return false; }
+};
+
+// a tensor of `shape` filled with g's one value (CPU only)
+struct ExpandScalarOp final : OpDef {
+  Shape shape;
+  DType dtype;
+  ExpandScalarOp(Shape s, DType d) : shape(std::move(s)), dtype(d) {}
+  const char* name() const override { return "expand_scalar"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    HR_CHECK(in[0].numel() == 1 && in[0].dtype == DType::f32, name(),
+             ": expects one f32 value, got ", in[0].str());
+    HR_CHECK(dtype == DType::f32, name(), ": f32 only");
+    return {Meta::make(shape, dtype, in[0].device)};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::fill(a.out[0].numel(), *fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs&) const override {
+    throw Error("expand_scalar has no CUDA kernel (sum_all's backward, a CPU test helper)");
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+std::vector<Meta> ReluOp::infer(const std::vector<Meta>& in) const {
+  check_defined(in[0], "relu", "input");
+  check_float(in[0], "relu", "input");
+  return {same_as(in[0])};
+}
+void ReluOp::run_cpu(const KernelArgs& a) const {
+  cpu::relu_forward(a.in[0].numel(), fptr(a.in[0]), fptr(a.out[0]));
+}
+void ReluOp::run_cuda(const KernelArgs& a) const {
+  cuda::relu_forward(dt(a.in[0], "relu"), a.in[0].numel(), a.in[0].raw_data(), a.out[0].raw_data(),
+                     a.stream);
+}
+std::vector<Tensor> ReluOp::backward(const GradArgs& a) const {
+  return {relu_backward(a.out[0], a.grad_out[0])};
+}
+
+std::vector<Meta> AddOp::infer(const std::vector<Meta>& in) const {
+  check_defined(in[0], "add", "first operand");
+  check_defined(in[1], "add", "second operand");
+  check_same(in[0], in[1], "add");
+  check_float(in[0], "add", "operand");
+  return {same_as(in[0])};
+}
+void AddOp::run_cpu(const KernelArgs& a) const {
+  cpu::add(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
+}
+void AddOp::run_cuda(const KernelArgs& a) const {
+  cuda::add(dt(a.in[0], "add"), a.in[0].numel(), a.in[0].raw_data(), a.in[1].raw_data(),
+            a.out[0].raw_data(), a.stream);
+}
+std::vector<Tensor> AddOp::backward(const GradArgs& a) const {
+  return {a.grad_out[0], a.grad_out[0]};
+}
+
+// ---------------------------------------------------------------------------------------------
+Tensor relu(const Tensor& x) { return hr::apply(std::make_shared<ReluOp>(), {x})[0]; }
+Tensor relu_backward(const Tensor& y, const Tensor& dy) {
+  return hr::apply(std::make_shared<ReluBwdOp>(), {y, dy})[0];
+}
+Tensor add(const Tensor& a, const Tensor& b) { return hr::apply(std::make_shared<AddOp>(), {a, b})[0]; }
+Tensor mul(const Tensor& x, float alpha) { return hr::apply(std::make_shared<ScaleOp>(alpha), {x})[0]; }
+Tensor sum_all(const Tensor& x) { return hr::apply(std::make_shared<SumAllOp>(), {x})[0]; }
+Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype) {
+  return hr::apply(std::make_shared<ExpandScalarOp>(shape, dtype), {g})[0];
+}
+
+}  // namespace hr::ops

@@ -1,0 +1,133 @@
+// Nearest and bilinear resampling (PyTorch F.interpolate) and their backward.
+#include <cmath>
+
+#include "engine/ops.h"
+#include "engine/ops/op_util.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace hr::ops {
+
+using namespace detail;
+
+namespace {
+
+// How a 4-D map is resampled: the mode and PyTorch's scale rule (scale_factor > 0 when the call
+// gave one: nearest and bilinear without align_corners then use 1/scale_factor).
+struct Resample {
+  bool bilinear = false, align_corners = false;
+  double scale_factor = 0;
+  const char* name() const { return bilinear ? "upsample_bilinear" : "upsample_nearest"; }
+  std::string str() const {
+    return str_cat(bilinear ? "bilinear" : "nearest", align_corners ? ", align_corners" : "",
+                   scale_factor > 0 ? str_cat(", scale ", scale_factor) : "");
+  }
+  kern::ResampleShape shape(const Shape& x, const Shape& y) const {
+    return kern::ResampleShape::make(x[0], x[1], x[2], x[3], y[2], y[3], bilinear, align_corners,
+                                     scale_factor);
+  }
+};
+
+// x [N,C,H,W] -> y [N,C,OH,OW]
+struct ResampleOp final : OpDef {
+  Resample r;
+  std::array<int64_t, 2> size;
+  ResampleOp(Resample rs, std::array<int64_t, 2> sz) : r(rs), size(sz) {}
+  const char* name() const override { return r.name(); }
+  std::string attributes() const override { return r.str(); }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    const Meta& x = in[0];
+    check_defined(x, name(), "input");
+    HR_CHECK(x.shape.size() == 4, name(), ": expected a 4-D input [N,C,H,W], got ",
+             shape_str(x.shape));
+    check_float(x, name(), "input");
+    HR_CHECK(size[0] > 0 && size[1] > 0, name(), ": output size ", size[0], "x", size[1],
+             " must be positive (input ", shape_str(x.shape), ")");
+    return {Meta::make({x.shape[0], x.shape[1], size[0], size[1]}, x.dtype, x.device)};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    const kern::ResampleShape s = r.shape(a.in[0].shape(), a.out[0].shape());
+    if (r.bilinear) cpu::upsample_bilinear_forward(s, fptr(a.in[0]), fptr(a.out[0]));
+    else cpu::upsample_nearest_forward(s, fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    const kern::ResampleShape s = r.shape(a.in[0].shape(), a.out[0].shape());
+    const cuda::DT t = dt(a.in[0], name());
+    if (r.bilinear)
+      cuda::upsample_bilinear_forward(t, s, a.in[0].raw_data(), a.out[0].raw_data(), a.stream);
+    else
+      cuda::upsample_nearest_forward(t, s, a.in[0].raw_data(), a.out[0].raw_data(), a.stream);
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    const Shape& x = a.in_meta[0].shape;
+    return {upsample_backward(a.grad_out[0], {x[2], x[3]}, r.bilinear, r.align_corners,
+                              r.scale_factor)};
+  }
+  bool saves_input(size_t) const override { return false; }
+};
+
+// dy [N,C,OH,OW] -> dx [N,C,H,W]
+struct ResampleBwdOp final : OpDef {
+  Resample r;
+  std::array<int64_t, 2> input;
+  ResampleBwdOp(Resample rs, std::array<int64_t, 2> in) : r(rs), input(in) {}
+  const char* name() const override {
+    return r.bilinear ? "upsample_bilinear_backward" : "upsample_nearest_backward";
+  }
+  std::string attributes() const override { return r.str(); }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    const Meta& dy = in[0];
+    check_defined(dy, name(), "dy");
+    HR_CHECK(dy.shape.size() == 4 && input[0] > 0 && input[1] > 0, name(), ": expected a 4-D dy, got ",
+             shape_str(dy.shape));
+    check_float(dy, name(), "dy");
+    return {Meta::make({dy.shape[0], dy.shape[1], input[0], input[1]}, dy.dtype, dy.device)};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    const kern::ResampleShape s = r.shape(a.out[0].shape(), a.in[0].shape());
+    if (r.bilinear) cpu::upsample_bilinear_backward(s, fptr(a.in[0]), fptr(a.out[0]));
+    else cpu::upsample_nearest_backward(s, fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    const kern::ResampleShape s = r.shape(a.out[0].shape(), a.in[0].shape());
+    const cuda::DT t = dt(a.in[0], name());
+    if (r.bilinear)
+      cuda::upsample_bilinear_backward(t, s, a.in[0].raw_data(), a.out[0].raw_data(), a.stream);
+    else
+      cuda::upsample_nearest_backward(t, s, a.in[0].raw_data(), a.out[0].raw_data(), a.stream);
+  }
+};
+
+Tensor resample(const Tensor& x, std::array<int64_t, 2> size, Resample r) {
+  return hr::apply(std::make_shared<ResampleOp>(r, size), {x})[0];
+}
+
+// PyTorch's output size for a scale factor: floor(in * scale)
+std::array<int64_t, 2> scaled_size(const Tensor& x, double sf, const char* op) {
+  HR_CHECK(x.defined(), op, ": input is undefined");
+  HR_CHECK(sf > 0, op, ": scale factor ", sf, " must be positive");
+  HR_CHECK(x.dim() == 4, op, ": expected a 4-D input [N,C,H,W], got ", shape_str(x.shape()));
+  return {static_cast<int64_t>(std::floor(x.size(2) * sf)),
+          static_cast<int64_t>(std::floor(x.size(3) * sf))};
+}
+
+}  // namespace
+
+Tensor upsample_nearest(const Tensor& x, std::array<int64_t, 2> size) {
+  return resample(x, size, Resample{false, false, 0.0});
+}
+Tensor upsample_nearest_scale(const Tensor& x, double sf) {
+  return resample(x, scaled_size(x, sf, "upsample_nearest"), Resample{false, false, sf});
+}
+Tensor upsample_bilinear(const Tensor& x, std::array<int64_t, 2> size, bool align_corners) {
+  return resample(x, size, Resample{true, align_corners, 0.0});
+}
+Tensor upsample_bilinear_scale(const Tensor& x, double sf, bool align_corners) {
+  return resample(x, scaled_size(x, sf, "upsample_bilinear"), Resample{true, align_corners, sf});
+}
+Tensor upsample_backward(const Tensor& dy, std::array<int64_t, 2> input_hw, bool bilinear,
+                         bool align_corners, double scale_factor) {
+  const Resample r{bilinear, bilinear && align_corners, scale_factor};
+  return hr::apply(std::make_shared<ResampleBwdOp>(r, input_hw), {dy})[0];
+}
+
+}  // namespace hr::ops
