@@ -4,6 +4,8 @@
 //
 //   hrnet-infer --config FILE --summary [--input-size HxW] [--batch N]
 //   hrnet-infer --config FILE --weights CKPT --input-tensor IN --output-tensor OUT [--device D]
+//   (inference runs as a compiled graph: batch norm folded into convolutions, fused batch norm +
+//    add + ReLU, one planned arena; --eager runs the ops one by one instead)
 //   (--model pose_w32 | seg_w48 | det_w18 | cls_w18_small_v1 ... instead of --config;
 //    --set KEY VALUE overrides a config key, yacs-style, any number of times)
 //
@@ -15,6 +17,7 @@
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
 // written atomically. Errors print one line and exit non-zero, leaving no output file.
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -45,6 +48,7 @@ const char* kUsage =
     "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
     "         [--box X,Y,W,H]... [--boxes DETS.json [--box-thre T]] [--json OUT.json]\n"
     "         [--overlay OUT.png] [--device cpu|cuda]   (pose models)\n"
+    "  --eager: run the ops one by one instead of the compiled inference graph\n"
     "NAME: HEAD_VARIANT with HEAD in pose, seg, det, cls and VARIANT in w18_small_v1,\n"
     "      w18_small_v2, w18, w30, w32, w40, w44, w48, w64 (e.g. pose_w32)\n";
 
@@ -54,7 +58,7 @@ struct Args {
   std::vector<std::array<float, 4>> boxes;
   float box_thre = 0.5f;
   std::vector<std::string> overrides;
-  bool summary = false;
+  bool summary = false, eager = false;
   int64_t batch = 1;
 };
 
@@ -109,6 +113,8 @@ Args parse(int argc, char** argv) {
       a.boxes.push_back(b);
     } else if (k == "--summary")
       a.summary = true;
+    else if (k == "--eager")
+      a.eager = true;
     else if (k == "--batch") {
       const std::string v = value(i);
       char* end = nullptr;
@@ -198,9 +204,9 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   const GraphPlans gp = plan_graphs(model, in);
   auto line = [](const char* what, const graph::PlanStats& p) {
     std::printf("%-12s %.1f MiB fp32 arena (%.1f MiB with no reuse), %lld nodes, %lld fused, "
-                "%lld streams, %lld events\n",
+                "%lld folded, %lld streams, %lld events\n",
                 what, p.arena_bytes / 1048576.0, p.total_bytes / 1048576.0, (long long)p.nodes,
-                (long long)p.fused, (long long)p.streams, (long long)p.events);
+                (long long)p.fused, (long long)p.folded, (long long)p.streams, (long long)p.events);
   };
   line("graph infer", gp.inference);
   if (gp.has_training) line("graph train", gp.training);
@@ -231,10 +237,18 @@ void infer(HRNet& model, const Args& a) {
   model.eval();
   if (dev != Device::cpu()) model.to(dev);
   std::vector<Tensor> outs;
-  {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (a.eager) {
     InferenceMode guard;
     outs = model.forward_all(dev == Device::cpu() ? x : x.to(dev));
+  } else {
+    graph::InferenceRunner run([&model](const Tensor& in) { return model.forward_all(in); }, dev);
+    outs = run(x);
+    for (Tensor& y : outs) y = y.clone();  // the graph's buffers go with it
   }
+  std::fprintf(stderr, "hrnet-infer: %s forward of %s in %.1f ms\n",
+               a.eager ? "eager" : "graph", shape_str(x.shape()).c_str(),
+               1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   NamedTensors named;
   for (size_t i = 0; i < outs.size(); ++i) {
     Tensor y = outs[i].to(Device::cpu());
@@ -285,6 +299,7 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
            "the model gives no MODEL.IMAGE_SIZE / HEATMAP_SIZE");
   dopt.skip_corrupt = false;
   eo.device = dev;
+  eo.graph = !a.eager;
   eo.progress = false;
   eo.workers = 1;
   model.check_input({1, 3, dopt.target.image_h, dopt.target.image_w});
