@@ -1,4 +1,5 @@
-// hrnet-eval: COCO keypoint evaluation as the official tools/test.py runs it.
+// hrnet-eval: evaluation as the official tools/test.py runs it, for the task of the config's
+// family (tasks/task.h). Pose:
 //
 //   hrnet-eval --cfg FILE [--weights CKPT] [--out DIR] [KEY VALUE ...]
 //       runs the model on TEST_SET with GT boxes (TEST.USE_GT_BBOX) or the person detections of
@@ -20,7 +21,7 @@
 
 #include "apps/app_common.h"
 #include "kernels/cuda/cuda_kernels.h"
-#include "tasks/pose.h"
+#include "tasks/task.h"
 
 using namespace hr;
 using apps::UsageError;
@@ -76,16 +77,14 @@ Args parse(int argc, char** argv) {
 }
 
 int run(const Args& a) {
-  models::Config cfg = tasks::load_pose_config(a.cfg, a.overrides);
+  models::Config cfg = tasks::load_config(a.cfg, a.overrides);
   if (!a.device.empty()) cfg.set("ENGINE.DEVICE", a.device);
-  const tasks::PoseSettings s = tasks::PoseSettings::from_config(cfg);
+  std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
+  const tasks::TrainSettings& s = task->settings();
   if (s.threads > 0) omp_set_num_threads(s.threads);
 
   if (!a.results.empty()) {
-    const data::CocoKeypoints gt = data::load_coco_keypoints(s.annotation_file(s.test_set));
-    const auto results = data::load_keypoint_results(a.results);
-    const data::KeypointMetrics m = data::evaluate_keypoints(gt, results);
-    std::printf("%s", m.table().c_str());
+    std::printf("%s", task->score_results(a.results).c_str());
     return 0;
   }
 
@@ -93,26 +92,22 @@ int run(const Args& a) {
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, a.cfg) : a.out;
   std::string weights = a.weights;
-  if (weights.empty()) weights = s.model_file;
+  if (weights.empty()) weights = cfg.get_str("TEST.MODEL_FILE", "");
   if (weights.empty()) weights = out + "/final_state.safetensors";
   HR_CHECK(fs::exists(weights), "weights ", weights,
            " do not exist (give --weights or TEST.MODEL_FILE)");
   tasks::make_output_dir(out);
 
-  tasks::PoseData val = tasks::load_eval_data(s);
-  auto model = models::make_hrnet(cfg, s.seed);
-  model->check_input({1, 3, s.target.image_h, s.target.image_w});
+  auto model = task->make_model(s.seed);
   models::load_hrnet_checkpoint(*model, weights);
   model->to(dev);
-  tasks::EvalOptions eo = tasks::eval_options(s);
-  const tasks::EvalResult r = tasks::evaluate(*model, val, tasks::eval_dataset_options(s), eo);
-  const std::string res = out + "/results/keypoints_" + s.test_set + "_results.json";
-  data::save_keypoint_results(r.results, res);
-  std::printf("%s", r.metrics.table().c_str());
-  std::fprintf(stderr,
-               "hrnet-eval: %lld people (%s boxes), %d unreadable skipped, %.1f s; results in %s\n",
-               static_cast<long long>(r.people), s.use_gt_bbox ? "GT" : "detected", r.skipped,
-               r.seconds, res.c_str());
+  const tasks::EvalSummary r = task->evaluate(*model, tasks::run_options(s));
+  task->save_outputs(out);
+  std::printf("%s", r.table.c_str());
+  std::fprintf(stderr, "hrnet-eval: %s %.4f on %lld samples, %d unreadable skipped, %.1f s; "
+               "results in %s/results\n",
+               r.score_name.c_str(), r.score, static_cast<long long>(r.count), r.skipped, r.seconds,
+               out.c_str());
   return 0;
 }
 

@@ -286,7 +286,7 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
   if (cfg) {
     const tasks::PoseSettings s = tasks::PoseSettings::from_config(*cfg);
     dopt = tasks::eval_dataset_options(s);
-    eo = tasks::eval_options(s);
+    eo = tasks::eval_options(s, tasks::RunOptions());
   } else {
     const ModelSpec& sp = model.spec();
     dopt.aug.enabled = false;
@@ -298,10 +298,10 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
   HR_CHECK(dopt.target.image_w > 0 && dopt.target.image_h > 0 && dopt.target.heatmap_w > 0,
            "the model gives no MODEL.IMAGE_SIZE / HEATMAP_SIZE");
   dopt.skip_corrupt = false;
-  eo.device = dev;
-  eo.graph = !a.eager;
-  eo.progress = false;
-  eo.workers = 1;
+  eo.run.device = dev;
+  eo.run.graph = !a.eager;
+  eo.run.progress = false;
+  eo.run.workers = 1;
   model.check_input({1, 3, dopt.target.image_h, dopt.target.image_w});
   load_hrnet_checkpoint(model, a.weights);
   if (dev != Device::cpu()) model.to(dev);

@@ -11,11 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "data/loader.h"
+#include "data/pose.h"
 #include "data/synth.h"
 #include "engine/error.h"
 

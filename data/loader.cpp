@@ -1,7 +1,7 @@
-// PoseDataset (image decoding + make_sample) and DataLoader: worker threads claim the samples of
-// the next `prefetch` batches one at a time, in epoch order, and write them straight into their
-// batch's tensors; next() hands batches out in order. Sample seeds and the epoch order are pure
-// functions of (seed, epoch, index), so batches are identical for any number of workers.
+// DataLoader: worker threads claim the samples of the next `prefetch` batches one at a time, in
+// epoch order, and write them straight into their batch's tensors; next() hands batches out in
+// order. Sample seeds and the epoch order are pure functions of (seed, epoch, index), so batches
+// are identical for any number of workers.
 #include "data/loader.h"
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "engine/error.h"
@@ -52,26 +53,17 @@ uint64_t sample_seed(uint64_t seed, int64_t epoch, size_t index) {
                     static_cast<uint64_t>(index));
 }
 
-PoseDataset::PoseDataset(std::vector<PoseRecord> records, PoseDatasetOptions opt)
-    : records_(std::move(records)), opt_(opt) {
-  const TargetParams& t = opt_.target;
-  HR_CHECK(t.image_w > 0 && t.image_h > 0 && t.heatmap_w > 0 && t.heatmap_h > 0 && t.sigma > 0,
-           "[pose] dataset: bad sizes (image ", t.image_w, "x", t.image_h, ", heatmap ",
-           t.heatmap_w, "x", t.heatmap_h, ", sigma ", t.sigma, ")");
+const Tensor& Batch::input() const {
+  HR_CHECK(!fields.empty(), "batch: no fields");
+  return fields[0].second;
 }
 
-void PoseDataset::load(size_t i, uint64_t sample_seed, float* input, float* target, float* weight,
-                       CropMeta* meta) const {
-  HR_CHECK(i < records_.size(), "[pose] dataset: index ", i, " out of range (", records_.size(),
-           " records)");
-  const PoseRecord& r = records_[i];
-  const Image img = read_image(r.image_path);  // its errors name the file
-  std::mt19937_64 rng(sample_seed);
-  try {
-    make_sample(img, r, opt_.aug, opt_.target, rng, input, target, weight, meta);
-  } catch (const Error& e) {
-    throw Error(str_cat(e.what(), " (", r.image_path, ", annotation ", r.ann_id, ")"));
-  }
+const Tensor& Batch::operator[](const std::string& name) const {
+  for (const auto& [n, t] : fields)
+    if (n == name) return t;
+  std::string have;
+  for (const auto& [n, t] : fields) have += (have.empty() ? "" : ", ") + n;
+  throw Error(str_cat("batch: no field '", name, "' (fields: ", have, ")"));
 }
 
 namespace {
@@ -79,9 +71,8 @@ namespace {
 // One batch being built: samples write into their slots of the batch tensors.
 struct BatchState {
   size_t begin = 0, count = 0;  // positions in the epoch order
-  Tensor input, target, weight;
+  std::vector<Tensor> fields;
   std::vector<size_t> indices;
-  std::vector<CropMeta> meta;
   std::vector<char> ok;
   std::vector<std::string> errors;           // per slot, for skipped samples
   std::vector<std::exception_ptr> failures;  // per slot, for samples that must not be skipped
@@ -91,11 +82,12 @@ struct BatchState {
 }  // namespace
 
 struct DataLoader::Impl {
-  const PoseDataset& ds;
+  const Dataset& ds;
   LoaderOptions opt;
+  std::vector<Field> fields;
+  std::vector<size_t> sample_bytes;  // per field
   int64_t n_batches = 0;
   size_t used = 0;  // samples per epoch that land in a batch (drop_last leaves the tail out)
-  int J = kNumJoints;
 
   std::mutex mu;
   std::condition_variable work_cv, ready_cv;
@@ -108,8 +100,11 @@ struct DataLoader::Impl {
   std::map<int64_t, std::shared_ptr<BatchState>> batches;
   std::vector<std::thread> threads;
 
-  Impl(const PoseDataset& d, LoaderOptions o) : ds(d), opt(o) {
+  Impl(const Dataset& d, LoaderOptions o) : ds(d), opt(o), fields(d.fields()) {
     HR_CHECK(opt.batch_size > 0, "DataLoader: batch size ", opt.batch_size);
+    HR_CHECK(!fields.empty(), "DataLoader: the dataset has no fields");
+    for (const Field& f : fields)
+      sample_bytes.push_back(static_cast<size_t>(shape_numel(f.shape)) * dtype_size(f.dtype));
     opt.prefetch = std::max(opt.prefetch, 1);
     const size_t n = ds.size(), bs = static_cast<size_t>(opt.batch_size);
     n_batches = static_cast<int64_t>(opt.drop_last ? n / bs : (n + bs - 1) / bs);
@@ -140,15 +135,15 @@ struct DataLoader::Impl {
     auto& st = batches[b];
     if (st) return st;
     st = std::make_shared<BatchState>();
-    const TargetParams& t = ds.options().target;
     st->begin = static_cast<size_t>(b) * opt.batch_size;
     st->count = std::min(used, st->begin + opt.batch_size) - st->begin;
     const int64_t n = static_cast<int64_t>(st->count);
-    st->input = Tensor::empty({n, 3, t.image_h, t.image_w});
-    st->target = Tensor::empty({n, J, t.heatmap_h, t.heatmap_w});
-    st->weight = Tensor::empty({n, J, 1});
+    for (const Field& f : fields) {
+      Shape s = f.shape;
+      s.insert(s.begin(), n);
+      st->fields.push_back(Tensor::empty(s, f.dtype));
+    }
     st->indices.assign(order.begin() + st->begin, order.begin() + st->begin + st->count);
-    st->meta.resize(st->count);
     st->ok.assign(st->count, 0);
     st->errors.resize(st->count);
     st->failures.resize(st->count);
@@ -156,9 +151,6 @@ struct DataLoader::Impl {
   }
 
   void worker() {
-    const TargetParams& t = ds.options().target;
-    const size_t in_sz = 3 * static_cast<size_t>(t.image_h) * t.image_w;
-    const size_t tg_sz = static_cast<size_t>(J) * t.heatmap_h * t.heatmap_w;
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
       work_cv.wait(lock, [&] { return stop || claimable(); });
@@ -175,12 +167,13 @@ struct DataLoader::Impl {
       std::string error;
       std::exception_ptr failure;
       try {
-        ds.load(index, sample_seed(opt.seed, ep, index), st->input.data<float>() + slot * in_sz,
-                st->target.data<float>() + slot * tg_sz, st->weight.data<float>() + slot * J,
-                &st->meta[slot]);
+        std::vector<void*> out(fields.size());
+        for (size_t f = 0; f < fields.size(); ++f)
+          out[f] = static_cast<char*>(st->fields[f].raw_data()) + slot * sample_bytes[f];
+        ds.load(index, sample_seed(opt.seed, ep, index), out);
         ok = true;
       } catch (const Error& e) {
-        if (ds.options().skip_corrupt)
+        if (ds.skip_corrupt())
           error = e.what();
         else
           failure = std::current_exception();
@@ -240,45 +233,36 @@ struct DataLoader::Impl {
   void assemble(BatchState& st, Batch& out) {
     out.errors.clear();
     out.skipped = 0;
+    out.fields.clear();
+    out.indices.clear();
     for (size_t s = 0; s < st.count; ++s)
       if (!st.ok[s]) {
         ++out.skipped;
         out.errors.push_back(std::move(st.errors[s]));
+      } else {
+        out.indices.push_back(st.indices[s]);
       }
-    if (out.skipped == 0) {
-      out.input = st.input;
-      out.target = st.target;
-      out.weight = st.weight;
-      out.indices = std::move(st.indices);
-      out.meta = std::move(st.meta);
-      return;
-    }
     const int64_t n = static_cast<int64_t>(st.count) - out.skipped;
-    out.input = Tensor::empty({n, st.input.size(1), st.input.size(2), st.input.size(3)});
-    out.target = Tensor::empty({n, st.target.size(1), st.target.size(2), st.target.size(3)});
-    out.weight = Tensor::empty({n, st.weight.size(1), 1});
-    out.indices.clear();
-    out.meta.clear();
-    const size_t in_sz = static_cast<size_t>(st.input.numel()) / st.count;
-    const size_t tg_sz = static_cast<size_t>(st.target.numel()) / st.count;
-    const size_t w_sz = static_cast<size_t>(st.weight.numel()) / st.count;
-    size_t k = 0;
-    for (size_t s = 0; s < st.count; ++s) {
-      if (!st.ok[s]) continue;
-      std::memcpy(out.input.data<float>() + k * in_sz, st.input.data<float>() + s * in_sz,
-                  in_sz * sizeof(float));
-      std::memcpy(out.target.data<float>() + k * tg_sz, st.target.data<float>() + s * tg_sz,
-                  tg_sz * sizeof(float));
-      std::memcpy(out.weight.data<float>() + k * w_sz, st.weight.data<float>() + s * w_sz,
-                  w_sz * sizeof(float));
-      out.indices.push_back(st.indices[s]);
-      out.meta.push_back(st.meta[s]);
-      ++k;
+    for (size_t f = 0; f < fields.size(); ++f) {
+      if (out.skipped == 0) {
+        out.fields.emplace_back(fields[f].name, st.fields[f]);
+        continue;
+      }
+      Shape shape = fields[f].shape;
+      shape.insert(shape.begin(), n);
+      Tensor t = Tensor::empty(shape, fields[f].dtype);
+      const size_t sz = sample_bytes[f];
+      size_t k = 0;
+      for (size_t s = 0; s < st.count; ++s)
+        if (st.ok[s])
+          std::memcpy(static_cast<char*>(t.raw_data()) + k++ * sz,
+                      static_cast<const char*>(st.fields[f].raw_data()) + s * sz, sz);
+      out.fields.emplace_back(fields[f].name, t);
     }
   }
 };
 
-DataLoader::DataLoader(const PoseDataset& ds, LoaderOptions opt)
+DataLoader::DataLoader(const Dataset& ds, LoaderOptions opt)
     : impl_(std::make_unique<Impl>(ds, opt)) {}
 
 DataLoader::~DataLoader() = default;

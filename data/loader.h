@@ -1,48 +1,15 @@
-// The pose dataset and its multithreaded loader: worker threads decode images and build samples
-// ahead of the training loop (a bounded prefetch queue); the order and the augmentation of every
-// sample depend only on (seed, epoch, index), never on timing or the number of workers.
+// The multithreaded loader over any Dataset (data/dataset.h): worker threads build samples ahead
+// of the training loop (a bounded prefetch window) straight into their batch's tensors; the order
+// and the augmentation of every sample depend only on (seed, epoch, index), never on timing or
+// the number of workers, so a run resumes exactly, mid-epoch included.
 #pragma once
 #include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
 
-#include "data/pose.h"
-#include "engine/tensor.h"
+#include "data/dataset.h"
 
 namespace hr::data {
-
-struct PoseDatasetOptions {
-  AugmentParams aug;
-  TargetParams target;
-  bool skip_corrupt = true;  // a sample whose image cannot be read: skip and count, or throw
-};
-
-class PoseDataset {
- public:
-  PoseDataset(std::vector<PoseRecord> records, PoseDatasetOptions opt);
-  size_t size() const { return records_.size(); }
-  const PoseRecord& record(size_t i) const { return records_[i]; }
-  const PoseDatasetOptions& options() const { return opt_; }
-  // Builds sample i into the given buffers (see make_sample). Throws hr::Error naming the image.
-  void load(size_t i, uint64_t sample_seed, float* input, float* target, float* weight,
-            CropMeta* meta) const;
-
- private:
-  std::vector<PoseRecord> records_;
-  PoseDatasetOptions opt_;
-};
-
-struct Batch {
-  Tensor input;   // f32 [N,3,H,W] (host)
-  Tensor target;  // f32 [N,J,h,w]
-  Tensor weight;  // f32 [N,J,1]
-  std::vector<size_t> indices;  // dataset positions
-  std::vector<CropMeta> meta;
-  int skipped = 0;  // corrupt samples left out of this batch (skip_corrupt)
-  std::vector<std::string> errors;  // their one-line reasons
-  int64_t size() const { return static_cast<int64_t>(indices.size()); }
-};
 
 struct LoaderOptions {
   int batch_size = 32;
@@ -62,7 +29,7 @@ uint64_t sample_seed(uint64_t seed, int64_t epoch, size_t index);
 
 class DataLoader {
  public:
-  DataLoader(const PoseDataset& ds, LoaderOptions opt);
+  DataLoader(const Dataset& ds, LoaderOptions opt);
   ~DataLoader();
   int64_t batches_per_epoch() const;
   // Starts epoch `epoch` (permutation and sample seeds drawn from seed and epoch); batches are

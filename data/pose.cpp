@@ -592,4 +592,41 @@ void flip_input(const float* input, int channels, int h, int w, float* out) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// PoseDataset
+// ---------------------------------------------------------------------------------------------
+PoseDataset::PoseDataset(std::vector<PoseRecord> records, PoseDatasetOptions opt)
+    : records_(std::move(records)), opt_(opt) {
+  const TargetParams& t = opt_.target;
+  HR_CHECK(t.image_w > 0 && t.image_h > 0 && t.heatmap_w > 0 && t.heatmap_h > 0 && t.sigma > 0,
+           "[pose] dataset: bad sizes (image ", t.image_w, "x", t.image_h, ", heatmap ",
+           t.heatmap_w, "x", t.heatmap_h, ", sigma ", t.sigma, ")");
+}
+
+std::vector<Field> PoseDataset::fields() const {
+  const TargetParams& t = opt_.target;
+  return {{"input", {3, t.image_h, t.image_w}},
+          {"target", {kNumJoints, t.heatmap_h, t.heatmap_w}},
+          {"weight", {kNumJoints, 1}}};
+}
+
+void PoseDataset::load(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  load_sample(i, seed, static_cast<float*>(out[0]), static_cast<float*>(out[1]),
+              static_cast<float*>(out[2]), nullptr);
+}
+
+void PoseDataset::load_sample(size_t i, uint64_t seed, float* input, float* target, float* weight,
+                              CropMeta* meta) const {
+  HR_CHECK(i < records_.size(), "[pose] dataset: index ", i, " out of range (", records_.size(),
+           " records)");
+  const PoseRecord& r = records_[i];
+  const Image img = read_image(r.image_path);  // its errors name the file
+  std::mt19937_64 rng(seed);
+  try {
+    make_sample(img, r, opt_.aug, opt_.target, rng, input, target, weight, meta);
+  } catch (const Error& e) {
+    throw Error(str_cat(e.what(), " (", r.image_path, ", annotation ", r.ann_id, ")"));
+  }
+}
+
 }  // namespace hr::data

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/coco.h"
+#include "data/dataset.h"
 #include "data/image.h"
 
 namespace hr::data {
@@ -149,5 +150,32 @@ void normalize_input(const uint8_t* hwc, int h, int w, float* chw);
 // [0,1) from the top 53 bits, standard normal by the Box-Muller transform.
 double uniform01(std::mt19937_64& rng);
 double standard_normal(std::mt19937_64& rng);
+
+// ---- the dataset the loader and the trainer see ----
+struct PoseDatasetOptions {
+  AugmentParams aug;
+  TargetParams target;
+  bool skip_corrupt = true;  // a sample whose image cannot be read: skip and count, or throw
+};
+
+// Person records as samples: "input" [3,H,W], "target" [J,h,w] and "weight" [J,1] (f32).
+class PoseDataset : public Dataset {
+ public:
+  PoseDataset(std::vector<PoseRecord> records, PoseDatasetOptions opt);
+  size_t size() const override { return records_.size(); }
+  std::vector<Field> fields() const override;
+  void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
+  bool skip_corrupt() const override { return opt_.skip_corrupt; }
+  const PoseRecord& record(size_t i) const { return records_[i]; }
+  const PoseDatasetOptions& options() const { return opt_; }
+  // Builds sample i into the given buffers (make_sample; target, weight, meta may be null).
+  // Throws hr::Error naming the image and the annotation.
+  void load_sample(size_t i, uint64_t seed, float* input, float* target, float* weight,
+                   CropMeta* meta) const;
+
+ private:
+  std::vector<PoseRecord> records_;
+  PoseDatasetOptions opt_;
+};
 
 }  // namespace hr::data

@@ -8,8 +8,10 @@
 
 #include "data/draw.h"
 #include "data/image.h"
+#include "data/loader.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "engine/graph.h"
 #include "engine/ops.h"
 #include "engine/progress.h"
 
@@ -49,25 +51,9 @@ PoseSettings PoseSettings::from_config(const Config& cfg) {
   s.aug.rot_factor = static_cast<float>(cfg.get_float("DATASET.ROT_FACTOR"));
   s.aug.half_body_prob = static_cast<float>(cfg.get_float("DATASET.PROB_HALF_BODY"));
   s.aug.num_joints_half_body = static_cast<int>(cfg.get_int("DATASET.NUM_JOINTS_HALF_BODY"));
-  s.train_batch = cfg.get_int("TRAIN.BATCH_SIZE_PER_GPU");
   s.test_batch = cfg.get_int("TEST.BATCH_SIZE_PER_GPU");
-  HR_CHECK(s.train_batch > 0 && s.test_batch > 0, "[config] ", cfg.source(),
-           ": TRAIN/TEST.BATCH_SIZE_PER_GPU must be positive");
-  s.workers = static_cast<int>(cfg.get_int("WORKERS"));
-  s.optimizer = cfg.get_str("TRAIN.OPTIMIZER");
-  HR_CHECK(s.optimizer == "adam" || s.optimizer == "sgd", "[config] ", cfg.source(),
-           ": TRAIN.OPTIMIZER must be adam or sgd, got ", s.optimizer);
-  s.lr = cfg.get_float("TRAIN.LR");
-  s.lr_factor = cfg.get_float("TRAIN.LR_FACTOR");
-  s.momentum = cfg.get_float("TRAIN.MOMENTUM");
-  s.wd = cfg.get_float("TRAIN.WD");
-  s.nesterov = cfg.get_bool("TRAIN.NESTEROV");
-  s.lr_step = cfg.get_int_list("TRAIN.LR_STEP");
-  s.begin_epoch = cfg.get_int("TRAIN.BEGIN_EPOCH");
-  s.end_epoch = cfg.get_int("TRAIN.END_EPOCH");
-  HR_CHECK(s.end_epoch > s.begin_epoch && s.begin_epoch >= 0, "[config] ", cfg.source(),
-           ": TRAIN.END_EPOCH must be greater than TRAIN.BEGIN_EPOCH >= 0");
-  s.shuffle = cfg.get_bool("TRAIN.SHUFFLE");
+  HR_CHECK(s.test_batch > 0, "[config] ", cfg.source(),
+           ": TEST.BATCH_SIZE_PER_GPU must be positive");
   s.flip_test = cfg.get_bool("TEST.FLIP_TEST");
   s.post_process = cfg.get_bool("TEST.POST_PROCESS");
   s.shift_heatmap = cfg.get_bool("TEST.SHIFT_HEATMAP");
@@ -77,24 +63,8 @@ PoseSettings PoseSettings::from_config(const Config& cfg) {
   s.in_vis_thre = static_cast<float>(cfg.get_float("TEST.IN_VIS_THRE"));
   s.oks_thre = static_cast<float>(cfg.get_float("TEST.OKS_THRE"));
   s.model_file = cfg.get_str("TEST.MODEL_FILE");
-  s.pretrained = cfg.get_str("MODEL.PRETRAINED");
-  s.init_weights = cfg.get_bool("MODEL.INIT_WEIGHTS");
-  s.output_dir = cfg.get_str("OUTPUT_DIR");
-  s.device = cfg.get_str("ENGINE.DEVICE");
-  HR_CHECK(s.device == "cpu" || s.device == "cuda", "[config] ", cfg.source(),
-           ": ENGINE.DEVICE must be cpu or cuda, got ", s.device);
-  s.precision = cfg.get_str("ENGINE.PRECISION");
-  HR_CHECK(s.precision == "fp32" || s.precision == "bf16" || s.precision == "fp16", "[config] ",
-           cfg.source(), ": ENGINE.PRECISION must be fp32, bf16 or fp16, got ", s.precision);
-  s.seed = static_cast<uint64_t>(cfg.get_int("ENGINE.SEED"));
   s.skip_corrupt = cfg.get_bool("ENGINE.SKIP_CORRUPT");
-  s.eval_every = std::max<int64_t>(1, cfg.get_int("ENGINE.EVAL_EVERY"));
   s.max_val_images = cfg.get_int("ENGINE.MAX_VAL_IMAGES");
-  s.threads = static_cast<int>(cfg.get_int("ENGINE.THREADS"));
-  s.graph = cfg.get_bool("ENGINE.GRAPH");
-  s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE");
-  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine", "[config] ", cfg.source(),
-           ": ENGINE.LR_SCHEDULE must be multistep or cosine, got '", s.lr_schedule, "'");
   return s;
 }
 
@@ -104,38 +74,6 @@ std::string PoseSettings::annotation_file(const std::string& set) const {
 
 std::string PoseSettings::image_dir(const std::string& set) const {
   return (fs::path(root) / "images" / set).string();
-}
-
-Device PoseSettings::engine_device() const {
-  return device == "cuda" ? Device::cuda() : Device::cpu();
-}
-
-DType PoseSettings::autocast() const {
-  if (device != "cuda") return DType::f32;
-  return precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
-}
-
-std::string experiment_output_dir(const Config& cfg, const std::string& cfg_path) {
-  std::string out = cfg.get_str("OUTPUT_DIR");
-  if (out.empty()) out = "output";
-  return (fs::path(out) / cfg.get_str("DATASET.DATASET") / cfg.get_str("MODEL.NAME") /
-          fs::path(cfg_path).stem())
-      .string();
-}
-
-void make_output_dir(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(fs::path(dir) / "results", ec);
-  HR_CHECK(!ec && fs::is_directory(dir), "cannot create output directory ", dir, ": ",
-           ec.message());
-}
-
-Config load_pose_config(const std::string& path, const std::vector<std::string>& overrides) {
-  Config cfg = Config::load(path);
-  HR_CHECK(cfg.has("ENGINE.DEVICE"), "[config] ", path,
-           ": not a pose experiment file (MODEL.NAME names another family)");
-  cfg.merge_from_list(overrides);
-  return cfg;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,139 +149,17 @@ data::PoseDatasetOptions eval_dataset_options(const PoseSettings& s) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Training
-// ---------------------------------------------------------------------------------------------
-
-float train_step(models::HRNet& model, Optimizer& opt, const data::Batch& batch, Device dev,
-                 DType autocast) {
-  HR_CHECK(batch.size() > 0, "train_step: empty batch");
-  Tensor x = batch.input.to(dev), target = batch.target.to(dev), weight = batch.weight.to(dev);
-  AutocastGuard ac(autocast);
-  opt.zero_grad();
-  Tensor loss = ops::heatmap_loss(model(x), target, weight);
-  loss.backward();
-  opt.step();
-  return loss.item();
-}
-
-GraphTrainStep::GraphTrainStep(models::HRNet& model, Optimizer& opt, Device dev, DType autocast)
-    : model_(model), opt_(opt), dev_(dev), autocast_(autocast) {
-  // CUDA: after one eager step per batch shape, the whole step (forward, backward, optimizer)
-  // replays as one CUDA graph
-  if (dev_.is_cuda()) opt_.set_capturable(true);
-}
-
-GraphTrainStep::~GraphTrainStep() = default;
-
-float GraphTrainStep::operator()(const data::Batch& batch) {
-  HR_CHECK(batch.size() > 0, "train_step: empty batch");
-  HR_CHECK(model_.is_training(), "train_step: the model is in eval mode");
-  auto& exe = graphs_[batch.input.shape()];
-  if (!exe) {
-    graph::Graph g(graph::GraphOptions{dev_});
-    Tensor loss;
-    {
-      AutocastGuard ac(autocast_);
-      loss = models::add_training_loss(g, model_,
-                                       model_.forward_all(g.input("input", batch.input.shape())));
-    }
-    g.output(loss, "loss");
-    graph::CompileOptions co;
-    co.loss = loss;
-    exe = std::make_unique<graph::Executable>(std::move(g), co);
-  }
-  graph::Executable& e = *exe;
-  if (last_ != &e) {
-    // the optimizer reads the gradients where this graph writes them
-    for (Tensor p : model_.parameters()) p.set_grad(e.grad(p));
-    last_ = &e;
-  }
-  e.set_input("input", batch.input);
-  e.set_input("target", batch.target);
-  e.set_input("weight", batch.weight);
-  if (e.captured()) {
-    e.run();  // prepare_step on the host, then the graph: forward, backward, optimizer
-    return e.output("loss").item();
-  }
-  e.run();
-  opt_.step();
-  const float loss = e.output("loss").item();  // synchronises: the step is done
-  if (dev_.is_cuda())
-    e.capture([this] { opt_.enqueue_step(); }, [this] { opt_.prepare_step(); });
-  return loss;
-}
-
-void save_training_checkpoint(const std::string& path, const models::HRNet& model,
-                              const Optimizer& opt, const TrainState& st, uint64_t seed,
-                              const std::string& config_text) {
-  NamedTensors all;
-  for (auto& [k, t] : model.state_dict()) all.emplace_back("model." + k, t);
-  for (auto& [k, t] : opt.state_dict()) all.emplace_back("optimizer." + k, t);
-  save_safetensors(path, all,
-                   {{"format", models::kTrainingCheckpointFormat},
-                    {"model", model.spec().name},
-                    {"epoch", std::to_string(st.epoch)},
-                    {"best_ap", str_cat(st.best_ap)},
-                    {"global_step", std::to_string(st.global_step)},
-                    {"seed", std::to_string(seed)},
-                    {"config", config_text}});
-}
-
-TrainState load_training_checkpoint(const std::string& path, models::HRNet& model, Optimizer& opt,
-                                    uint64_t seed) {
-  std::map<std::string, std::string> meta;
-  NamedTensors all = load_checkpoint(path, &meta);
-  auto get = [&](const char* key) -> const std::string& {
-    auto it = meta.find(key);
-    HR_CHECK(it != meta.end(), "[resume] ", path, ": not an hrnet-train checkpoint (no '", key,
-             "' in its metadata)");
-    return it->second;
-  };
-  HR_CHECK(get("format") == models::kTrainingCheckpointFormat, "[resume] ", path,
-           ": unknown checkpoint format ", get("format"));
-  HR_CHECK(get("seed") == std::to_string(seed), "[resume] ", path, ": made with ENGINE.SEED ",
-           get("seed"), ", this run has ", seed, " (the sample order would differ)");
-  NamedTensors weights, state;
-  for (auto& [k, t] : all) {
-    if (k.compare(0, 6, "model.") == 0)
-      weights.emplace_back(k.substr(6), t);
-    else if (k.compare(0, 10, "optimizer.") == 0)
-      state.emplace_back(k.substr(10), t);
-    else
-      throw Error(str_cat("[resume] ", path, ": unexpected entry ", k));
-  }
-  try {
-    model.load_state_dict(weights);
-    opt.load_state_dict(state);
-  } catch (const Error& e) {
-    throw Error(str_cat("[resume] ", path, ": ", e.what()));
-  }
-  TrainState st;
-  try {
-    st.epoch = std::stoll(get("epoch"));
-    st.best_ap = std::stod(get("best_ap"));
-    st.global_step = std::stoll(get("global_step"));
-  } catch (const std::logic_error&) {
-    throw Error(str_cat("[resume] ", path, ": corrupt metadata"));
-  }
-  return st;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Evaluation
 // ---------------------------------------------------------------------------------------------
 
-EvalOptions eval_options(const PoseSettings& s) {
+EvalOptions eval_options(const PoseSettings& s, const RunOptions& run) {
   EvalOptions o;
   o.flip_test = s.flip_test;
   o.shift_heatmap = s.shift_heatmap;
   o.in_vis_thre = s.in_vis_thre;
   o.oks_thre = s.oks_thre;
   o.batch = s.test_batch;
-  o.workers = s.workers;
-  o.device = s.engine_device();
-  o.autocast = s.autocast();
-  o.graph = s.graph;
+  o.run = run;
   return o;
 }
 
@@ -353,21 +169,22 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   lo.batch_size = static_cast<int>(o.batch);
   lo.shuffle = false;
   lo.drop_last = false;
-  lo.workers = o.workers;
+  lo.workers = o.run.workers;
   data::DataLoader loader(ds, lo);
   loader.start_epoch(0);
   model.eval();
   InferenceMode no_grad;
   // the compiled inference graph (batch norm folded, one arena), or the eager forward
+  const RunOptions& r = o.run;
   graph::InferenceRunner graph_forward(
-      [&model](const Tensor& x) { return model.forward_all(x); }, o.device, o.autocast);
+      [&model](const Tensor& x) { return model.forward_all(x); }, r.device, r.autocast);
   auto heatmaps = [&](const Tensor& x) {
     Tensor y;
-    if (o.graph) {
+    if (r.graph) {
       y = graph_forward(x)[0];
     } else {
-      AutocastGuard ac(o.autocast);
-      y = model(x.to(o.device));
+      AutocastGuard ac(r.autocast);
+      y = model(x.to(r.device));
     }
     Tensor host = Tensor::empty(y.shape());  // f32, contiguous, a copy (graph outputs are reused)
     host.copy_(y);
@@ -378,7 +195,7 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   const auto& tp = ds.options().target;
   const int J = data::kNumJoints;
   std::unique_ptr<ProgressBar> bar;
-  if (o.progress)
+  if (r.progress)
     bar = std::make_unique<ProgressBar>("eval", static_cast<int64_t>(ds.size()), "img");
   int skip = 0;
   data::Batch b;
@@ -386,7 +203,8 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   while (loader.next(b)) {
     skip += b.skipped;
     if (b.size() == 0) continue;
-    Tensor heat = heatmaps(b.input);
+    const Tensor& input = b.input();
+    Tensor heat = heatmaps(input);
     HR_CHECK(heat.size(1) == J && heat.size(2) == tp.heatmap_h && heat.size(3) == tp.heatmap_w,
              "evaluate: the model's output ", shape_str(heat.shape()),
              " does not match MODEL.HEATMAP_SIZE / NUM_JOINTS");
@@ -395,9 +213,9 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
     float* hm = heat.data<float>();
     if (o.flip_test) {
       const int64_t in_plane = 3 * int64_t(tp.image_h) * tp.image_w;
-      Tensor xin = Tensor::empty(b.input.shape());
+      Tensor xin = Tensor::empty(b.input().shape());
       for (int64_t i = 0; i < n; ++i)
-        data::flip_input(b.input.data<float>() + i * in_plane, 3, tp.image_h, tp.image_w,
+        data::flip_input(b.input().data<float>() + i * in_plane, 3, tp.image_h, tp.image_w,
                          xin.data<float>() + i * in_plane);
       Tensor hf = heatmaps(xin);
       float* f = hf.data<float>();
@@ -477,6 +295,64 @@ void save_prediction_grid(const data::CocoKeypoints& coco, const std::string& im
       std::copy(img.row(y), img.row(y) + size_t(img.width) * 3, grid.row(oy + y) + size_t(ox) * 3);
   }
   data::write_image(grid, path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The task
+// ---------------------------------------------------------------------------------------------
+PoseTask::PoseTask(Config cfg) : Task(std::move(cfg)), pose_(PoseSettings::from_config(cfg_)) {}
+
+const data::Dataset& PoseTask::train_data() {
+  if (!train_ds_) {
+    train_ = std::make_unique<PoseData>(load_train_data(pose_));
+    train_ds_ = std::make_unique<data::PoseDataset>(train_->records, train_dataset_options(pose_));
+  }
+  return *train_ds_;
+}
+
+const PoseData& PoseTask::val_data() {
+  if (!val_) val_ = std::make_unique<PoseData>(load_eval_data(pose_));
+  return *val_;
+}
+
+std::string PoseTask::describe_data() {
+  train_data();
+  const PoseData& val = val_data();
+  return str_cat(train_->records.size(), " training people in ", train_->coco.images.size(),
+                 " images, ", val.records.size(), " val people in ", val.coco.images.size(),
+                 " images");
+}
+
+Tensor PoseTask::loss(const std::vector<Tensor>& outputs,
+                      const std::map<std::string, Tensor>& targets) const {
+  return ops::heatmap_loss(outputs[0], targets.at("target"), targets.at("weight"));
+}
+
+EvalSummary PoseTask::evaluate(models::HRNet& model, const RunOptions& run) {
+  last_ = tasks::evaluate(model, val_data(), eval_dataset_options(pose_), eval_options(pose_, run));
+  static const char* keys[10] = {"AP", "AP50", "AP75", "APm", "APl",
+                                 "AR", "AR50", "AR75", "ARm", "ARl"};
+  EvalSummary e;
+  e.score_name = "AP";
+  e.score = last_.metrics.ap();
+  for (int i = 0; i < 10; ++i) e.metrics.emplace_back(keys[i], last_.metrics.stats[i]);
+  e.table = last_.metrics.table();
+  e.count = last_.people;
+  e.skipped = last_.skipped;
+  e.seconds = last_.seconds;
+  return e;
+}
+
+std::string PoseTask::score_results(const std::string& path) {
+  const data::CocoKeypoints gt = data::load_coco_keypoints(pose_.annotation_file(pose_.test_set));
+  return data::evaluate_keypoints(gt, data::load_keypoint_results(path)).table();
+}
+
+void PoseTask::save_outputs(const std::string& dir) {
+  const PoseData& val = val_data();
+  data::save_keypoint_results(last_.results,
+                              dir + "/results/keypoints_" + pose_.test_set + "_results.json");
+  save_prediction_grid(val.coco, val.image_dir, last_.results, dir + "/predictions.png");
 }
 
 }  // namespace hr::tasks

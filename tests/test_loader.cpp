@@ -10,6 +10,7 @@
 #include <set>
 
 #include "data/loader.h"
+#include "data/pose.h"
 #include "engine/error.h"
 #include "test_util.h"
 
@@ -82,17 +83,11 @@ std::vector<Batch> whole_epoch(DataLoader& dl, int64_t epoch, int64_t first = 0)
 void require_same(const Batch& a, const Batch& b) {
   REQUIRE(a.indices == b.indices);
   REQUIRE(a.skipped == b.skipped);
-  REQUIRE(a.input.shape() == b.input.shape());
-  REQUIRE(a.input.to_vector() == b.input.to_vector());
-  REQUIRE(a.target.to_vector() == b.target.to_vector());
-  REQUIRE(a.weight.to_vector() == b.weight.to_vector());
-  REQUIRE(a.meta.size() == b.meta.size());
-  for (size_t i = 0; i < a.meta.size(); ++i) {
-    REQUIRE(a.meta[i].center == b.meta[i].center);
-    REQUIRE(a.meta[i].scale == b.meta[i].scale);
-    REQUIRE(a.meta[i].rotation == b.meta[i].rotation);
-    REQUIRE(a.meta[i].flipped == b.meta[i].flipped);
-  }
+  REQUIRE(a["input"].shape() == b["input"].shape());
+  REQUIRE(a["input"].to_vector() == b["input"].to_vector());
+  REQUIRE(a["target"].to_vector() == b["target"].to_vector());
+  REQUIRE(a["weight"].to_vector() == b["weight"].to_vector());
+  REQUIRE(a.fields.size() == b.fields.size());
 }
 
 }  // namespace
@@ -131,18 +126,17 @@ TEST_CASE("batches are identical for 1 and 3 workers and equal PoseDataset::load
     const auto order = epoch_order(11, 5, epoch, true);
     size_t pos = 0;
     for (const Batch& batch : a) {
-      REQUIRE(batch.input.shape() == Shape{batch.size(), 3, 40, 32});
-      REQUIRE(batch.target.shape() == Shape{batch.size(), 17, 10, 8});
-      REQUIRE(batch.weight.shape() == Shape{batch.size(), 17, 1});
+      REQUIRE(batch["input"].shape() == Shape{batch.size(), 3, 40, 32});
+      REQUIRE(batch["target"].shape() == Shape{batch.size(), 17, 10, 8});
+      REQUIRE(batch["weight"].shape() == Shape{batch.size(), 17, 1});
       for (int64_t k = 0; k < batch.size(); ++k, ++pos) {
         REQUIRE(batch.indices[k] == order[pos]);
         std::vector<float> in(3 * 40 * 32), tg(17 * 10 * 8), w(17);
-        CropMeta m;
-        ds.load(order[pos], sample_seed(5, epoch, order[pos]), in.data(), tg.data(), w.data(), &m);
-        REQUIRE(std::equal(in.begin(), in.end(), batch.input.data<float>() + k * in.size()));
-        REQUIRE(std::equal(tg.begin(), tg.end(), batch.target.data<float>() + k * tg.size()));
-        REQUIRE(std::equal(w.begin(), w.end(), batch.weight.data<float>() + k * 17));
-        REQUIRE(batch.meta[k].center == m.center);
+        ds.load_sample(order[pos], sample_seed(5, epoch, order[pos]), in.data(), tg.data(), w.data(),
+                       nullptr);
+        REQUIRE(std::equal(in.begin(), in.end(), batch["input"].data<float>() + k * in.size()));
+        REQUIRE(std::equal(tg.begin(), tg.end(), batch["target"].data<float>() + k * tg.size()));
+        REQUIRE(std::equal(w.begin(), w.end(), batch["weight"].data<float>() + k * 17));
       }
     }
   }
@@ -229,7 +223,7 @@ TEST_CASE("corrupt and missing images are skipped and counted, or thrown", "[loa
     REQUIRE(batches[0].size() == 2);
     REQUIRE(batches[0].skipped == 1);
     REQUIRE(batches[0].indices == std::vector<size_t>{0, 1});
-    REQUIRE(batches[0].input.shape() == Shape{2, 3, 40, 32});
+    REQUIRE(batches[0]["input"].shape() == Shape{2, 3, 40, 32});
     REQUIRE(batches[0].errors.size() == 1);
     REQUIRE_THAT(batches[0].errors[0], Catch::Contains("corrupt.png"));
     REQUIRE(batches[1].skipped == 1);
@@ -239,8 +233,8 @@ TEST_CASE("corrupt and missing images are skipped and counted, or thrown", "[loa
     REQUIRE(batches[2].errors.empty());
     // the kept samples are those of a clean run
     std::vector<float> in(3 * 40 * 32);
-    ds.load(1, sample_seed(0, 0, 1), in.data(), nullptr, nullptr, nullptr);
-    REQUIRE(std::equal(in.begin(), in.end(), batches[0].input.data<float>() + in.size()));
+    ds.load_sample(1, sample_seed(0, 0, 1), in.data(), nullptr, nullptr, nullptr);
+    REQUIRE(std::equal(in.begin(), in.end(), batches[0]["input"].data<float>() + in.size()));
   }
   {
     opt.skip_corrupt = false;
@@ -291,8 +285,8 @@ TEST_CASE("PoseDataset::load names the file of an unreadable image", "[loader]")
   recs[0].image_path = (scratch() / "nope.png").string();
   PoseDataset ds(recs, small_options());
   std::vector<float> in(3 * 40 * 32);
-  REQUIRE_THROWS_WITH(ds.load(0, 1, in.data(), nullptr, nullptr, nullptr),
+  REQUIRE_THROWS_WITH(ds.load_sample(0, 1, in.data(), nullptr, nullptr, nullptr),
                       Catch::Contains("nope.png"));
-  REQUIRE_THROWS_WITH(ds.load(1, 1, in.data(), nullptr, nullptr, nullptr),
+  REQUIRE_THROWS_WITH(ds.load_sample(1, 1, in.data(), nullptr, nullptr, nullptr),
                       Catch::Contains("out of range"));
 }

@@ -1,0 +1,126 @@
+// The settings every task shares, the Task base, and the family dispatch.
+#include "tasks/task.h"
+
+#include <filesystem>
+
+#include "tasks/pose.h"
+
+namespace hr::tasks {
+
+namespace fs = std::filesystem;
+using models::Config;
+
+TrainSettings TrainSettings::from_config(const Config& cfg) {
+  TrainSettings s;
+  const std::string src = cfg.source();
+  s.optimizer = cfg.get_str("TRAIN.OPTIMIZER", s.optimizer);
+  HR_CHECK(s.optimizer == "adam" || s.optimizer == "sgd", "[config] ", src,
+           ": TRAIN.OPTIMIZER must be adam or sgd, got ", s.optimizer);
+  s.lr = cfg.get_float("TRAIN.LR", s.lr);
+  s.lr_factor = cfg.get_float("TRAIN.LR_FACTOR", s.lr_factor);
+  s.momentum = cfg.get_float("TRAIN.MOMENTUM", s.momentum);
+  s.wd = cfg.get_float("TRAIN.WD", s.wd);
+  s.nesterov = cfg.get_bool("TRAIN.NESTEROV", s.nesterov);
+  if (cfg.has("TRAIN.LR_STEP")) s.lr_step = cfg.get_int_list("TRAIN.LR_STEP");
+  s.begin_epoch = cfg.get_int("TRAIN.BEGIN_EPOCH", s.begin_epoch);
+  s.end_epoch = cfg.get_int("TRAIN.END_EPOCH", s.end_epoch);
+  HR_CHECK(s.end_epoch > s.begin_epoch && s.begin_epoch >= 0, "[config] ", src,
+           ": TRAIN.END_EPOCH must be greater than TRAIN.BEGIN_EPOCH >= 0");
+  s.batch = cfg.get_int("TRAIN.BATCH_SIZE_PER_GPU", s.batch);
+  HR_CHECK(s.batch > 0, "[config] ", src, ": TRAIN.BATCH_SIZE_PER_GPU must be positive");
+  s.shuffle = cfg.get_bool("TRAIN.SHUFFLE", s.shuffle);
+  s.workers = static_cast<int>(cfg.get_int("WORKERS", s.workers));
+  s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);
+  s.print_freq = std::max<int64_t>(1, cfg.get_int("PRINT_FREQ", s.print_freq));
+  s.auto_resume = cfg.get_bool("AUTO_RESUME", s.auto_resume);
+  s.device = cfg.get_str("ENGINE.DEVICE", s.device);
+  HR_CHECK(s.device == "cpu" || s.device == "cuda", "[config] ", src,
+           ": ENGINE.DEVICE must be cpu or cuda, got ", s.device);
+  s.precision = cfg.get_str("ENGINE.PRECISION", s.precision);
+  HR_CHECK(s.precision == "fp32" || s.precision == "bf16" || s.precision == "fp16", "[config] ",
+           src, ": ENGINE.PRECISION must be fp32, bf16 or fp16, got ", s.precision);
+  s.seed = static_cast<uint64_t>(cfg.get_int("ENGINE.SEED", 0));
+  s.skip_corrupt = cfg.get_bool("ENGINE.SKIP_CORRUPT", s.skip_corrupt);
+  s.eval_every = std::max<int64_t>(1, cfg.get_int("ENGINE.EVAL_EVERY", s.eval_every));
+  s.threads = static_cast<int>(cfg.get_int("ENGINE.THREADS", s.threads));
+  s.graph = cfg.get_bool("ENGINE.GRAPH", s.graph);
+  s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", s.lr_schedule);
+  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine", "[config] ", src,
+           ": ENGINE.LR_SCHEDULE must be multistep or cosine, got '", s.lr_schedule, "'");
+  return s;
+}
+
+Device TrainSettings::engine_device() const {
+  return device == "cuda" ? Device::cuda() : Device::cpu();
+}
+
+DType TrainSettings::autocast() const {
+  if (device != "cuda") return DType::f32;
+  return precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
+}
+
+RunOptions run_options(const TrainSettings& s) {
+  RunOptions r;
+  r.device = s.engine_device();
+  r.autocast = s.autocast();
+  r.graph = s.graph;
+  r.workers = std::max(1, s.workers);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+Task::Task(Config cfg) : cfg_(std::move(cfg)), settings_(TrainSettings::from_config(cfg_)) {}
+
+std::shared_ptr<models::HRNet> Task::make_model(uint64_t seed) const {
+  auto model = models::make_hrnet(cfg_, seed);
+  const auto hw = models::config_input_hw(cfg_);
+  if (hw[0] > 0 && hw[1] > 0) model->check_input({1, 3, hw[0], hw[1]});
+  return model;
+}
+
+std::string Task::score_results(const std::string& path) {
+  throw Error(str_cat(name(), ": no results file to score (", path, ")"));
+}
+
+std::string Task::load_pretrained(models::HRNet& model) const {
+  const std::string path = cfg_.get_str("MODEL.PRETRAINED", "");
+  if (path.empty() || !cfg_.get_bool("MODEL.INIT_WEIGHTS", true)) return "";
+  HR_CHECK(fs::exists(path), "MODEL.PRETRAINED ", path,
+           " does not exist (download it, or set MODEL.PRETRAINED '')");
+  const auto rep = models::load_pretrained_layers(model, path, model.spec().pretrained_layers);
+  return str_cat("initialised from ", path, ": ", rep.summary());
+}
+
+// ---------------------------------------------------------------------------------------------
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  Config cfg = Config::load(path);
+  cfg.merge_from_list(overrides);
+  return cfg;
+}
+
+std::unique_ptr<Task> make_task(const Config& cfg) {
+  const std::string family = cfg.get_str("MODEL.NAME", "");
+  if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0)
+    throw Error(str_cat("[config] ", cfg.source(), ": MODEL.NAME ", family, " is a ",
+                        family[0] == 's' ? "segmentation" : "classification",
+                        " experiment; this engine trains and evaluates pose experiments so far "
+                        "(hrnet-infer --summary and tensor inference take any family)"));
+  return std::make_unique<PoseTask>(cfg);
+}
+
+std::string experiment_output_dir(const Config& cfg, const std::string& cfg_path) {
+  std::string out = cfg.get_str("OUTPUT_DIR", "");
+  if (out.empty()) out = "output";
+  return (fs::path(out) / cfg.get_str("DATASET.DATASET", "") / cfg.get_str("MODEL.NAME", "") /
+          fs::path(cfg_path).stem())
+      .string();
+}
+
+void make_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(fs::path(dir) / "results", ec);
+  HR_CHECK(!ec && fs::is_directory(dir), "cannot create output directory ", dir, ": ",
+           ec.message());
+}
+
+}  // namespace hr::tasks

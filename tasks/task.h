@@ -1,0 +1,121 @@
+// What a task is to the trainer and the programs: the data, the model, the loss, the evaluation
+// and what it writes. One Task subclass per HRNet task (tasks/pose.h is the first); the trainer
+// (tasks/trainer.h) owns everything else: the epoch loop, the optimizer and schedules from the
+// config, exact resume, checkpoints, metrics, progress, the best-model rule.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/dataset.h"
+#include "engine/tensor.h"
+#include "models/config.h"
+#include "models/hrnet.h"
+
+namespace hr::tasks {
+
+// What every experiment config says about training and the engine, whatever the task: the
+// official TRAIN.* / WORKERS / OUTPUT_DIR / PRINT_FREQ / AUTO_RESUME keys and the engine's own
+// ENGINE.* section (official files have none: its defaults then apply).
+struct TrainSettings {
+  // TRAIN.*
+  std::string optimizer = "adam";  // adam | sgd
+  double lr = 1e-3, lr_factor = 0.1, momentum = 0.9, wd = 1e-4;
+  bool nesterov = false;
+  std::vector<int64_t> lr_step;
+  int64_t begin_epoch = 0, end_epoch = 140;
+  int64_t batch = 32;  // TRAIN.BATCH_SIZE_PER_GPU
+  bool shuffle = true;
+  int workers = 0;     // WORKERS
+  std::string output_dir;  // OUTPUT_DIR
+  int64_t print_freq = 100;
+  bool auto_resume = false;
+  // ENGINE.*
+  std::string device = "cpu";      // cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 | fp16 (CUDA)
+  uint64_t seed = 0;
+  bool skip_corrupt = true;
+  int64_t eval_every = 1;  // evaluate every N epochs (and after the last)
+  int threads = 0;         // 0: all cores
+  bool graph = true;       // training step and evaluation through compiled static graphs
+  std::string lr_schedule = "multistep";  // multistep (TRAIN.LR_STEP, official) | cosine
+
+  static TrainSettings from_config(const models::Config& cfg);
+  Device engine_device() const;
+  DType autocast() const;  // f32 when off
+};
+
+// How evaluation and inference run (from TrainSettings, or set by a program).
+struct RunOptions {
+  Device device = Device::cpu();
+  DType autocast = DType::f32;
+  bool graph = true;  // the compiled inference graph, else the eager forward
+  int workers = 1;
+  bool progress = true;
+};
+RunOptions run_options(const TrainSettings& s);
+
+// One evaluation: the best-model rule's score (higher is better), every metric for the log, and
+// a table to print.
+struct EvalSummary {
+  std::string score_name;  // "AP", "mIoU", "top1"
+  double score = 0;
+  std::vector<std::pair<std::string, double>> metrics;
+  std::string table;
+  int64_t count = 0;  // evaluated samples (people, images)
+  int skipped = 0;    // unreadable samples left out
+  double seconds = 0;
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual const char* name() const = 0;  // "pose"
+  const models::Config& config() const { return cfg_; }
+  const TrainSettings& settings() const { return settings_; }
+
+  // The model the config describes, with the official initialisation drawn from `seed`, checked
+  // against the config's input size (an error says why it cannot take it).
+  virtual std::shared_ptr<models::HRNet> make_model(uint64_t seed) const;
+  // MODEL.PRETRAINED when the config asks for it (MODEL.INIT_WEIGHTS), by the official
+  // PRETRAINED_LAYERS rule; returns a one-line report, empty when nothing was loaded.
+  virtual std::string load_pretrained(models::HRNet& model) const;
+
+  // The training split (loaded on first use; errors name the files) and a line describing it.
+  virtual const data::Dataset& train_data() = 0;
+  virtual std::string describe_data() = 0;
+  // The training loss of the model's outputs against a batch's other fields, by name: eager
+  // tensors, or inputs of a graph being recorded (the same code records the training graph).
+  virtual Tensor loss(const std::vector<Tensor>& outputs,
+                      const std::map<std::string, Tensor>& targets) const = 0;
+
+  // Evaluates the model (eval mode) on the validation split.
+  virtual EvalSummary evaluate(models::HRNet& model, const RunOptions& run) = 0;
+  // Writes what the last evaluation produced (results files, a picture) under `dir`.
+  virtual void save_outputs(const std::string& dir) = 0;
+  // Scores a results file the task writes (hrnet-eval --results); returns the metrics table.
+  // The default says the task has no such file.
+  virtual std::string score_results(const std::string& path);
+
+ protected:
+  explicit Task(models::Config cfg);
+  models::Config cfg_;
+  TrainSettings settings_;
+};
+
+// The experiment file (and yacs-style KEY VALUE overrides) of any family.
+models::Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+// The task of the config's family (MODEL.NAME: pose_*, seg_*, cls_*); an error names the family
+// when it has no task yet.
+std::unique_ptr<Task> make_task(const models::Config& cfg);
+
+// Where the official tools put an experiment's outputs:
+// OUTPUT_DIR/DATASET.DATASET/MODEL.NAME/<config file name without extension> ("output" when
+// OUTPUT_DIR is empty).
+std::string experiment_output_dir(const models::Config& cfg, const std::string& cfg_path);
+// Creates DIR and DIR/results; throws naming DIR when it cannot (before any work is done).
+void make_output_dir(const std::string& dir);
+
+}  // namespace hr::tasks

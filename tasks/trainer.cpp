@@ -1,0 +1,342 @@
+// The trainer: the epoch loop every task shares.
+#include "tasks/trainer.h"
+
+#include <omp.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "data/loader.h"
+#include "engine/checkpoint.h"
+#include "engine/file_util.h"
+#include "engine/progress.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace hr::tasks {
+
+namespace fs = std::filesystem;
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, std::vector<Tensor> params) {
+  if (s.optimizer == "adam") {
+    AdamOptions o;
+    o.lr = s.lr;
+    return std::make_unique<Adam>(std::move(params), o);
+  }
+  SGDOptions o;
+  o.lr = s.lr;
+  o.momentum = s.momentum;
+  o.weight_decay = s.wd;
+  o.nesterov = s.nesterov;
+  return std::make_unique<SGD>(std::move(params), o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------------------------
+void save_training_checkpoint(const std::string& path, const models::HRNet& model,
+                              const Optimizer& opt, const TrainState& st, uint64_t seed,
+                              const std::string& config_text) {
+  NamedTensors all;
+  for (auto& [k, t] : model.state_dict()) all.emplace_back("model." + k, t);
+  for (auto& [k, t] : opt.state_dict()) all.emplace_back("optimizer." + k, t);
+  save_safetensors(path, all,
+                   {{"format", models::kTrainingCheckpointFormat},
+                    {"model", model.spec().name},
+                    {"epoch", std::to_string(st.epoch)},
+                    {"best_score", str_cat(st.best_score)},
+                    {"global_step", std::to_string(st.global_step)},
+                    {"seed", std::to_string(seed)},
+                    {"config", config_text}});
+}
+
+TrainState load_training_checkpoint(const std::string& path, models::HRNet& model, Optimizer& opt,
+                                    uint64_t seed) {
+  std::map<std::string, std::string> meta;
+  NamedTensors all = load_checkpoint(path, &meta);
+  auto get = [&](const char* key) -> const std::string& {
+    auto it = meta.find(key);
+    HR_CHECK(it != meta.end(), "[resume] ", path, ": not an hrnet-train checkpoint (no '", key,
+             "' in its metadata)");
+    return it->second;
+  };
+  HR_CHECK(get("format") == models::kTrainingCheckpointFormat, "[resume] ", path,
+           ": unknown checkpoint format ", get("format"));
+  HR_CHECK(get("seed") == std::to_string(seed), "[resume] ", path, ": made with ENGINE.SEED ",
+           get("seed"), ", this run has ", seed, " (the sample order would differ)");
+  NamedTensors weights, state;
+  for (auto& [k, t] : all) {
+    if (k.compare(0, 6, "model.") == 0)
+      weights.emplace_back(k.substr(6), t);
+    else if (k.compare(0, 10, "optimizer.") == 0)
+      state.emplace_back(k.substr(10), t);
+    else
+      throw Error(str_cat("[resume] ", path, ": unexpected entry ", k));
+  }
+  try {
+    model.load_state_dict(weights);
+    opt.load_state_dict(state);
+  } catch (const Error& e) {
+    throw Error(str_cat("[resume] ", path, ": ", e.what()));
+  }
+  TrainState st;
+  try {
+    st.epoch = std::stoll(get("epoch"));
+    // checkpoints of the pose-only trainer named the score best_ap
+    st.best_score = std::stod(meta.count("best_score") ? get("best_score") : get("best_ap"));
+    st.global_step = std::stoll(get("global_step"));
+  } catch (const std::logic_error&) {
+    throw Error(str_cat("[resume] ", path, ": corrupt metadata"));
+  }
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The training step
+// ---------------------------------------------------------------------------------------------
+TrainStep::TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Device dev,
+                     DType autocast, bool graph)
+    : task_(task), model_(model), opt_(opt), dev_(dev), autocast_(autocast), graph_(graph) {
+  // CUDA: after one eager step per batch shape, the whole step (forward, backward, optimizer)
+  // replays as one CUDA graph
+  if (graph_ && dev_.is_cuda()) opt_.set_capturable(true);
+}
+
+TrainStep::~TrainStep() = default;
+
+float TrainStep::operator()(const data::Batch& batch) {
+  HR_CHECK(batch.size() > 0, "train step: empty batch");
+  HR_CHECK(model_.is_training(), "train step: the model is in eval mode");
+  const Tensor& input = batch.input();
+  if (!graph_) {
+    std::map<std::string, Tensor> targets;
+    for (size_t f = 1; f < batch.fields.size(); ++f)
+      targets[batch.fields[f].first] = batch.fields[f].second.to(dev_);
+    AutocastGuard ac(autocast_);
+    opt_.zero_grad();
+    Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
+    loss.backward();
+    opt_.step();
+    return loss.item();
+  }
+  auto& exe = graphs_[input.shape()];
+  if (!exe) {
+    graph::Graph g(graph::GraphOptions{dev_});
+    std::map<std::string, Tensor> targets;
+    for (size_t f = 1; f < batch.fields.size(); ++f) {
+      const Tensor& t = batch.fields[f].second;
+      targets[batch.fields[f].first] = g.input(batch.fields[f].first, t.shape(), t.dtype());
+    }
+    Tensor loss;
+    {
+      AutocastGuard ac(autocast_);
+      loss = task_.loss(model_.forward_all(g.input(batch.fields[0].first, input.shape())), targets);
+    }
+    g.output(loss, "loss");
+    graph::CompileOptions co;
+    co.loss = loss;
+    exe = std::make_unique<graph::Executable>(std::move(g), co);
+  }
+  graph::Executable& e = *exe;
+  if (last_ != &e) {
+    // the optimizer reads the gradients where this graph writes them
+    for (Tensor p : model_.parameters()) p.set_grad(e.grad(p));
+    last_ = &e;
+  }
+  for (const auto& [name, t] : batch.fields) e.set_input(name, t);
+  if (e.captured()) {
+    e.run();  // prepare_step on the host, then the graph: forward, backward, optimizer
+    return e.output("loss").item();
+  }
+  e.run();
+  opt_.step();
+  const float loss = e.output("loss").item();  // synchronises: the step is done
+  if (dev_.is_cuda())
+    e.capture([this] { opt_.enqueue_step(); }, [this] { opt_.prepare_step(); });
+  return loss;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+// Appends one JSON object per line and flushes: a run's metrics can be plotted while it runs. A
+// failed write (a full disk) is an error, not a cut line.
+class MetricsLog {
+ public:
+  explicit MetricsLog(std::string path) : path_(std::move(path)), f_(std::fopen(path_.c_str(), "a")) {
+    HR_CHECK(f_, "cannot open ", path_, " for writing: ", std::strerror(errno));
+  }
+  ~MetricsLog() { std::fclose(f_); }
+  void write(const std::string& json) {
+    const std::string line = json + "\n";
+    HR_CHECK(std::fputs(line.c_str(), f_) >= 0 && std::fflush(f_) == 0, "cannot write ", path_,
+             ": ", std::strerror(errno));
+  }
+
+ private:
+  std::string path_;
+  FILE* f_;
+};
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+
+std::string json_metrics(const EvalSummary& e) {
+  std::string s;
+  for (const auto& [k, v] : e.metrics) s += str_cat(",\"", k, "\":", num(v));
+  return s;
+}
+
+}  // namespace
+
+Trainer::Trainer(Task& task, std::string out_dir, int resume)
+    : task_(task), out_(std::move(out_dir)), resume_(resume) {}
+
+EvalSummary Trainer::run() {
+  const TrainSettings& s = task_.settings();
+  const models::Config& cfg = task_.config();
+  if (s.threads > 0) omp_set_num_threads(s.threads);
+  const Device dev = s.engine_device();
+  HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
+  make_output_dir(out_);  // an unwritable place fails before any work
+
+  const data::Dataset& train = task_.train_data();
+  std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
+
+  // Model and optimizer
+  auto model = task_.make_model(s.seed);
+  const std::string pre = task_.load_pretrained(*model);
+  if (!pre.empty()) std::fprintf(stderr, "hrnet-train: %s\n", pre.c_str());
+  model->to(dev);
+  std::unique_ptr<Optimizer> opt = make_optimizer(s, model->parameters());
+
+  TrainState st;
+  st.epoch = s.begin_epoch;
+  const std::string ckpt = out_ + "/checkpoint.safetensors";
+  const bool resume = resume_ == 1 || (resume_ == -1 && s.auto_resume);
+  if (resume) {
+    if (fs::exists(ckpt)) {
+      st = load_training_checkpoint(ckpt, *model, *opt, s.seed);
+      std::fprintf(stderr, "hrnet-train: resumed from %s at epoch %lld (best score %.4f)\n",
+                   ckpt.c_str(), static_cast<long long>(st.epoch), st.best_score);
+    } else if (resume_ == 1) {
+      throw Error(str_cat("--resume: no checkpoint at ", ckpt));
+    }
+  }
+  // the merged config, once the run is known to go ahead
+  const std::string cfg_text = cfg.dump();
+  write_file_atomic(out_ + "/config.yaml", cfg_text.data(), cfg_text.size(),
+                    "cannot write " + out_ + "/config.yaml");
+
+  data::LoaderOptions lo;
+  lo.batch_size = static_cast<int>(s.batch);
+  lo.shuffle = s.shuffle;
+  lo.drop_last = true;
+  lo.workers = std::max(1, std::min<int>(s.workers > 0 ? s.workers : 1,
+                                         static_cast<int>(std::thread::hardware_concurrency())));
+  lo.seed = s.seed;
+  data::DataLoader loader(train, lo);
+  HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
+           " samples, fewer than one batch of ", s.batch);
+  RunOptions run = run_options(s);
+  run.workers = lo.workers;
+
+  MetricsLog log(out_ + "/metrics.jsonl");
+  EvalSummary last_eval;
+  bool evaluated = false;
+  ProgressBar total_clock("", 0, "img", nullptr);
+  TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph);
+  const MultiStepLR multistep(s.lr_step, s.lr_factor);
+  // ENGINE.LR_SCHEDULE cosine: torch CosineAnnealingLR stepped every iteration, from LR to 0 at
+  // END_EPOCH, in place of the official steps
+  const int64_t iters_per_epoch = loader.batches_per_epoch();
+  const CosineLR cosine((s.end_epoch - s.begin_epoch) * iters_per_epoch);
+  const std::string unit = task_.name() == std::string("pose") ? "img" : "sample";
+  for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
+    double lr = multistep.lr(epoch, s.lr);
+    opt->set_lr(lr);
+    model->train();
+    loader.start_epoch(epoch);
+    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch), iters_per_epoch * s.batch, unit);
+    double loss_sum = 0;
+    int64_t seen = 0, iter = 0, skipped = 0;
+    data::Batch b;
+    while (loader.next(b)) {
+      skipped += b.skipped;
+      for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
+      if (b.size() == 0) continue;
+      if (s.lr_schedule == "cosine") {
+        lr = cosine.lr((epoch - s.begin_epoch) * iters_per_epoch + iter, s.lr);
+        opt->set_lr(lr);
+      }
+      const float loss = step(b);
+      HR_CHECK(std::isfinite(loss), "training diverged at epoch ", epoch, " iteration ", iter,
+               ": loss ", loss);
+      loss_sum += double(loss) * b.size();
+      seen += b.size();
+      ++st.global_step;
+      bar.update(b.size() + b.skipped, str_cat("loss ", num(loss_sum / seen), " lr ", num(lr)));
+      if (iter % s.print_freq == 0)
+        log.write(str_cat("{\"type\":\"train\",\"epoch\":", epoch, ",\"iter\":", iter,
+                          ",\"step\":", st.global_step, ",\"loss\":", num(loss),
+                          ",\"avg_loss\":", num(loss_sum / seen), ",\"lr\":", num(lr),
+                          ",\"", unit, "_per_s\":", num(bar.rate()),
+                          ",\"time_s\":", num(total_clock.elapsed_s()), "}"));
+      ++iter;
+    }
+    bar.finish();
+    st.epoch = epoch + 1;
+    log.write(str_cat("{\"type\":\"epoch\",\"epoch\":", epoch,
+                      ",\"loss\":", num(seen ? loss_sum / seen : NAN), ",\"samples\":", seen,
+                      ",\"skipped\":", skipped, ",\"seconds\":", num(bar.elapsed_s()),
+                      ",\"", unit, "_per_s\":", num(bar.rate()), ",\"lr\":", num(lr), "}"));
+    if (skipped)
+      std::fprintf(stderr, "hrnet-train: %lld corrupt samples skipped in epoch %lld\n",
+                   static_cast<long long>(skipped), static_cast<long long>(epoch + 1));
+
+    const bool last = epoch + 1 == s.end_epoch;
+    if (last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0) {
+      last_eval = task_.evaluate(*model, run);
+      evaluated = true;
+      std::string line;
+      for (size_t k = 0; k < std::min<size_t>(3, last_eval.metrics.size()); ++k)
+        line += str_cat(k ? ", " : "", last_eval.metrics[k].first, " ",
+                        num(last_eval.metrics[k].second));
+      std::fprintf(stderr, "hrnet-train: epoch %lld: val %s %.4f (%s), %lld samples, %.1f s\n",
+                   static_cast<long long>(epoch + 1), last_eval.score_name.c_str(), last_eval.score,
+                   line.c_str(), static_cast<long long>(last_eval.count), last_eval.seconds);
+      log.write(str_cat("{\"type\":\"eval\",\"epoch\":", epoch, json_metrics(last_eval),
+                        ",\"samples\":", last_eval.count, ",\"skipped\":", last_eval.skipped,
+                        ",\"seconds\":", num(last_eval.seconds), "}"));
+      if (last_eval.score > st.best_score) {
+        st.best_score = last_eval.score;
+        save_safetensors(out_ + "/model_best.safetensors", model->state_dict(),
+                         {{"model", model->spec().name},
+                          {"epoch", std::to_string(epoch + 1)},
+                          {last_eval.score_name, num(last_eval.score)}});
+      }
+    }
+    save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+  }
+
+  save_safetensors(out_ + "/final_state.safetensors", model->state_dict(),
+                   {{"model", model->spec().name}, {"epoch", std::to_string(st.epoch)}});
+  if (!evaluated) last_eval = task_.evaluate(*model, run);
+  task_.save_outputs(out_);
+  std::printf("%s", last_eval.table.c_str());
+  std::printf("hrnet-train: done in %s; %s %.4f (best %.4f); output in %s\n",
+              ProgressBar::format_duration(total_clock.elapsed_s()).c_str(),
+              last_eval.score_name.c_str(), last_eval.score, st.best_score, out_.c_str());
+  return last_eval;
+}
+
+}  // namespace hr::tasks
