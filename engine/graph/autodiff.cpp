@@ -6,23 +6,11 @@
 
 namespace hr::graph {
 
-namespace {
-
-// The end of a run: uses the outputs and gradients (its inputs), so they live to the end.
-struct EndOp final : OpDef {
-  const char* name() const override { return "end"; }
-  std::vector<Meta> infer(const std::vector<Meta>&) const override { return {}; }
-  void run_cpu(const KernelArgs&) const override {}
-  void run_cuda(const KernelArgs&) const override {}
-};
-
-}  // namespace
-
 void add_end_node(GraphIR& g, const std::vector<V>& also_live) {
   std::vector<V> in;
   for (const auto& [name, v] : g.outputs) in.push_back(v);
   in.insert(in.end(), also_live.begin(), also_live.end());
-  g.add_node(std::make_shared<EndOp>(), std::move(in), {}, 0);
+  g.add_node(marker_op("end"), std::move(in), {}, 0);
 }
 
 Gradients differentiate(GraphIR& g, V loss) {

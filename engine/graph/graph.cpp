@@ -9,15 +9,18 @@ namespace {
 
 thread_local int g_stream = 0;
 
-// The start of a run: defines the inputs (the end node, added by compilation, is its twin).
-struct StartOp final : OpDef {
-  const char* name() const override { return "start"; }
+struct MarkerOp final : OpDef {
+  const char* label;
+  explicit MarkerOp(const char* l) : label(l) {}
+  const char* name() const override { return label; }
   std::vector<Meta> infer(const std::vector<Meta>&) const override { return {}; }
   void run_cpu(const KernelArgs&) const override {}
   void run_cuda(const KernelArgs&) const override {}
 };
 
 }  // namespace
+
+OpPtr marker_op(const char* name) { return std::make_shared<MarkerOp>(name); }
 
 StreamScope::StreamScope(int s) : prev_(g_stream) {
   HR_CHECK(s >= 0, "graph: stream index must be >= 0, got ", s);
@@ -134,7 +137,7 @@ std::string GraphIR::str() const {
 Graph::Graph(GraphOptions opt) : ir_(std::make_shared<GraphIR>()) {
   ir_->opt = opt;
   ir_->self = ir_;
-  ir_->add_node(std::make_shared<StartOp>(), {}, {}, 0);
+  ir_->add_node(marker_op("start"), {}, {}, 0);
 }
 
 Tensor Graph::input(const std::string& name, const Shape& shape, DType dtype) {

@@ -115,6 +115,10 @@ class StreamScope {
 };
 int recording_stream();
 
+// A node that computes nothing and marks a point of a run: "start" (defines the inputs) and "end"
+// (uses the outputs and gradients, joining every stream).
+OpPtr marker_op(const char* name);
+
 // The graph an op on `inputs` records into: that of its symbolic inputs (all must belong to one
 // graph), or nullptr when none is symbolic (eager execution).
 GraphIR* recording_graph(const std::vector<Tensor>& inputs, const char* op);
