@@ -189,6 +189,15 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
                          training_ ? num_batches_tracked : Tensor());
 }
 
+GroupNorm::GroupNorm(int64_t groups_, int64_t channels, float eps_) : groups(groups_), eps(eps_) {
+  HR_CHECK(groups > 0 && channels > 0 && channels % groups == 0, "GroupNorm: ", channels,
+           " channels do not split into ", groups, " groups");
+  weight = register_parameter("weight", Tensor::ones({channels}));
+  bias = register_parameter("bias", Tensor::zeros({channels}));
+}
+
+Tensor GroupNorm::forward(const Tensor& x) { return ops::group_norm(x, groups, weight, bias, eps); }
+
 Linear::Linear(int64_t in, int64_t out, bool with_bias) {
   const float bound = 1.f / std::sqrt(static_cast<float>(in));
   weight = register_parameter("weight", uniform({out, in}, bound));

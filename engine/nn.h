@@ -92,6 +92,17 @@ class BatchNorm2d : public Module {
   float eps, momentum;
 };
 
+// torch.nn.GroupNorm(num_groups, num_channels, eps) with its affine weight (ones) and bias
+// (zeros); no running statistics.
+class GroupNorm : public Module {
+ public:
+  GroupNorm(int64_t groups, int64_t channels, float eps = 1e-5f);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias;
+  int64_t groups;
+  float eps;
+};
+
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias = true);

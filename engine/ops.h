@@ -56,6 +56,11 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& residual, bool relu, const 
                       float momentum = 0.1f, float eps = 1e-5f,
                       Tensor num_batches_tracked = Tensor());
 
+// torch.nn.functional.group_norm: x [N,C,H,W] or [N,C] in `groups` groups of C/groups channels,
+// each normalised by its own mean and (biased) variance, then gamma * x + beta (f32 [C]).
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& gamma, const Tensor& beta,
+                  float eps = 1e-5f);
+
 Tensor relu(const Tensor& x);
 Tensor add(const Tensor& a, const Tensor& b);  // same shape
 Tensor mul(const Tensor& x, float alpha);       // alpha * x
@@ -107,6 +112,11 @@ std::array<Tensor, 4> batch_norm_backward(const Tensor& x, const Tensor& y, cons
                                           const Tensor& gamma, const Tensor& stat_a,
                                           const Tensor& stat_b, bool training, bool relu,
                                           float eps, std::array<bool, 4> need);
+// mean, rstd: group_norm's saved statistics [N, groups]; need: dx, dgamma, dbeta
+// -> {dx, dgamma, dbeta}, undefined where not needed
+std::array<Tensor, 3> group_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                                          const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                          std::array<bool, 3> need);
 // y: the ReLU's output; dx = y > 0 ? dy : 0
 Tensor relu_backward(const Tensor& y, const Tensor& dy);
 // Backward of upsample_*: dy [N,C,OH,OW] -> dx [N,C,input_h,input_w], the forward's arguments.

@@ -353,6 +353,18 @@ TEST_CASE("batch_norm matches torch (train, eval, running statistics)", "[torch]
   });
 }
 
+TEST_CASE("group_norm matches torch (4-D, 2-D, one channel per group)", "[torch][group_norm]") {
+  run_op("group_norm", {"group_norm", "group_norm_2d", "group_norm_per_channel"},
+         [](const Case& c, CaseLog& log) {
+           Tensor x = input(c, "x"), gamma = input(c, "gamma"), beta = input(c, "beta");
+           Tensor y = hr::ops::group_norm(x, static_cast<int64_t>(c.num("groups")), gamma, beta,
+                                          static_cast<float>(c.num("eps")));
+           log.tensor("y", y, "y");
+           y.backward(upstream(c));
+           log.grads({{"x", x}, {"gamma", gamma}, {"beta", beta}});
+         });
+}
+
 TEST_CASE("element-wise ops and reshape match torch", "[torch][elementwise]") {
   run_op("relu", {"relu"}, [](const Case& c, CaseLog& log) {
     Tensor x = input(c, "x");
@@ -603,7 +615,7 @@ TEST_CASE("every case in ops_reference.safetensors belongs to a tested op", "[to
   const std::set<std::string> known = {
       "conv2d", "batch_norm", "relu", "add", "mul", "sum_all", "reshape", "upsample_nearest",
       "upsample_bilinear", "concat", "avg_pool2d", "global_avg_pool", "linear", "heatmap_loss",
-      "cross_entropy", "module_conv_bn_relu", "optimizer", "schedule"};
+      "cross_entropy", "module_conv_bn_relu", "optimizer", "schedule", "group_norm"};
   REQUIRE(ref().cases().size() >= 60);
   for (const Case& c : ref().cases()) {
     INFO("case " << c.name << " has op '" << c.str("op") << "'");

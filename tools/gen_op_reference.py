@@ -341,6 +341,19 @@ def schedule_cases():
 
 
 # ---------------------------------------------------------------- file
+def group_norm_cases():
+    # last: the cases before keep their seeds. Odd sizes; 2-D input; groups of one channel.
+    for name, shape, groups in (("group_norm", (2, 6, 5, 3), 3),
+                                ("group_norm_2d", (4, 8), 2),
+                                ("group_norm_per_channel", (2, 4, 3, 3), 4)):
+        case(name, "group_norm", groups=groups, eps=1e-5)
+        C = shape[1]
+        x = (rnd(*shape) * 1.5 + 0.7).float().double()
+        gamma, beta = (rnd(C, scale=0.5) + 1.0).float().double(), rnd(C, scale=0.5)
+        run_grad(name, lambda x, gamma, beta: F.group_norm(x, groups, gamma, beta, eps=1e-5),
+                 dict(x=x, gamma=gamma, beta=beta))
+
+
 def write_safetensors(path, tensors, metadata):
     dtag = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
     # int64 first so every tensor is naturally aligned.
@@ -371,7 +384,7 @@ def main():
     torch.set_num_threads(1)
     for gen in (conv_cases, batch_norm_cases, elementwise_cases, resample_cases, concat_cases,
                 pool_cases, linear_cases, loss_cases, module_cases, optimizer_cases,
-                schedule_cases):
+                schedule_cases, group_norm_cases):
         gen()
     for k, a in TENSORS.items():
         assert a.dtype == np.int64 or np.all(np.isfinite(a)), k

@@ -69,6 +69,16 @@ void batchnorm_act_infer_backward(int64_t N, int64_t C, int64_t HW, const float*
                                   const float* running_var, float eps, bool relu, float* dx,
                                   float* dresidual, float* dgamma, float* dbeta);
 
+// ---- group norm over [N, C, HW] in G groups of C/G channels (torch group_norm) ----
+// mean / rstd [N, G] receive each group's mean and 1/sqrt(var_biased + eps).
+void group_norm_forward(int64_t N, int64_t C, int64_t HW, int64_t G, const float* x,
+                        const float* gamma, const float* beta, float eps, float* y, float* mean,
+                        float* rstd);
+// dx, dgamma, dbeta may each be nullptr (skipped).
+void group_norm_backward(int64_t N, int64_t C, int64_t HW, int64_t G, const float* x,
+                         const float* dy, const float* gamma, const float* mean, const float* rstd,
+                         float* dx, float* dgamma, float* dbeta);
+
 // ---- batch norm folded into the convolution before it (inference) ----
 // s[k] = gamma[k] / sqrt(running_var[k] + eps); w_out[k, i] = w[k, i] * s[k] for the `inner`
 // values of output channel k; b_out[k] = (b[k] - running_mean[k]) * s[k] + beta[k] (b = 0 when

@@ -122,6 +122,16 @@ void batchnorm_infer_backward(DT dt, int64_t M, int64_t C, const void* x, const 
                               const float* running_var, float eps, void* dx, float* dgamma,
                               float* dbeta, Stream st);
 
+// ---- group norm over rows [M = N*HW, C] in G groups of C/G channels ----
+// gamma, beta fp32 [C]; mean, rstd fp32 [N, G] (outputs of the forward, inputs of the backward).
+void group_norm_forward(DT dt, int64_t N, int64_t HW, int64_t C, int64_t G, const void* x,
+                        const float* gamma, const float* beta, float eps, void* y, float* mean,
+                        float* rstd, Stream st);
+// dx, dgamma, dbeta may each be nullptr (skipped).
+void group_norm_backward(DT dt, int64_t N, int64_t HW, int64_t C, int64_t G, const void* x,
+                         const void* dy, const float* gamma, const float* mean, const float* rstd,
+                         void* dx, float* dgamma, float* dbeta, Stream st);
+
 // Batch norm folded into the convolution before it (inference), as cpu::fold_batch_norm: w and
 // w_out [K, inner] in dt (KRSC or KCRS: K outermost), b (or nullptr), gamma, beta, running stats
 // and b_out fp32 [K].

@@ -83,6 +83,12 @@ HR_NO_CUDA(void, batchnorm_infer_backward,
             const float*, float, void*, float*, float*, Stream))
 
 // element-wise
+HR_NO_CUDA(void, group_norm_forward,
+          (DT, int64_t, int64_t, int64_t, int64_t, const void*, const float*, const float*, float,
+           void*, float*, float*, Stream))
+HR_NO_CUDA(void, group_norm_backward,
+          (DT, int64_t, int64_t, int64_t, int64_t, const void*, const void*, const float*,
+           const float*, const float*, void*, float*, float*, Stream))
 HR_NO_CUDA(void, fold_batch_norm,
           (DT, int64_t, int64_t, const void*, const float*, const float*, const float*,
            const float*, const float*, float, void*, float*, Stream))
