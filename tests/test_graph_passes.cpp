@@ -1,0 +1,196 @@
+// The graph compiler's passes one at a time (engine/graph/passes.h), on small recorded graphs:
+// what each rewrites, adds or decides, checked on the graph itself (node kinds, edges, events,
+// offsets) rather than through a whole compiled run (tests/test_graph.cpp does that).
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "engine/graph/passes.h"
+#include "engine/nn.h"
+#include "engine/ops.h"
+#include "tensor_checks.h"
+#include "test_util.h"
+
+using namespace hr;
+using namespace hr::graph;
+using hr::test::rand_tensor;
+
+namespace {
+
+std::vector<std::string> op_names(const GraphIR& g) {
+  std::vector<std::string> r;
+  for (const graph::Node& n : g.nodes) r.push_back(n.op->name());
+  return r;
+}
+
+int count(const GraphIR& g, const std::string& op) {
+  int k = 0;
+  for (const graph::Node& n : g.nodes) k += op == n.op->name();
+  return k;
+}
+
+// conv -> bn -> relu on branch 0, conv -> bn on stream 1 (then upsampled), summed, relu
+struct TwoBranch {
+  Conv2d c0{4, 4, 3, 1, 1, false}, c1{4, 4, 3, 2, 1, false};
+  BatchNorm2d b0{4}, b1{4};
+  Tensor forward(const Tensor& x) {
+    Tensor hi = ops::relu(b0(c0(x))), lo;
+    {
+      StreamScope side(1);
+      lo = ops::upsample_nearest_scale(b1(c1(x)), 2.0);
+    }
+    return ops::relu(ops::add(hi, lo));
+  }
+  void train(bool on) {
+    for (Module* m : std::initializer_list<Module*>{&c0, &c1, &b0, &b1}) m->train(on);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("fusion merges batch norm with the add and ReLU that follow it", "[graph][passes]") {
+  TwoBranch net;
+  net.train(true);
+  Graph g;
+  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
+  GraphIR& ir = g.ir();
+  REQUIRE(count(ir, "batch_norm") == 2);
+  REQUIRE(count(ir, "relu") == 2);
+  // b0 -> relu fuses; b1 feeds an upsample, which is not a fusion partner
+  CHECK(fuse_batch_norm_act(ir, false) == 1);
+  CHECK(count(ir, "batch_norm_act") == 1);
+  CHECK(count(ir, "batch_norm") == 1);
+  CHECK(count(ir, "relu") == 1);
+  // every value is still produced before it is used
+  for (size_t i = 0; i < ir.nodes.size(); ++i)
+    for (V v : ir.nodes[i].in)
+      if (v >= 0 && ir.values[v].kind == ValueKind::Activation)
+        CHECK(ir.values[v].producer < static_cast<int>(i));
+}
+
+TEST_CASE("folding rewrites conv + inference batch norm, keeping fused ones", "[graph][passes]") {
+  TwoBranch net;
+  net.train(false);
+  Graph g;
+  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
+  GraphIR& ir = g.ir();
+  fuse_batch_norm_act(ir, false);
+  CHECK(fold_batch_norm(ir) == 1);  // b1 (before the upsample); b0 is fused with its ReLU
+  CHECK(count(ir, "fold_batch_norm") == 1);
+  CHECK(count(ir, "batch_norm") == 0);
+  CHECK(count(ir, "batch_norm_act") == 1);
+  // the fold node computes from parameters only, right before its convolution
+  for (size_t i = 0; i < ir.nodes.size(); ++i) {
+    if (std::string(ir.nodes[i].op->name()) != "fold_batch_norm") continue;
+    for (V v : ir.nodes[i].in)
+      if (v >= 0) CHECK(ir.values[v].kind == ValueKind::Param);
+    REQUIRE(i + 1 < ir.nodes.size());
+    CHECK(std::string(ir.nodes[i + 1].op->name()) == "conv2d");
+    CHECK(ir.nodes[i + 1].in[1] == ir.nodes[i].out[0]);
+    CHECK(ir.nodes[i + 1].in[2] == ir.nodes[i].out[1]);
+  }
+  const std::vector<char> pro = find_prologue(ir);
+  int marked = 0;
+  for (size_t i = 0; i < pro.size(); ++i)
+    if (pro[i]) {
+      ++marked;
+      CHECK(std::string(ir.nodes[i].op->name()) == "fold_batch_norm");
+    }
+  CHECK(marked == 1);
+}
+
+TEST_CASE("dead nodes go, side effects stay", "[graph][passes]") {
+  Tensor w = rand_tensor({3, 2, 1, 1}, 1);
+  Tensor gamma = Tensor::ones({3}), beta = Tensor::zeros({3});
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  Graph g;
+  Tensor x = g.input("x", {1, 2, 4, 4});
+  ops::relu(x);                                                    // unused: removed
+  ops::batch_norm(ops::conv2d(x, w), gamma, beta, rm, rv, true);  // updates rm, rv: kept
+  g.output(ops::add(x, x), "y");
+  GraphIR& ir = g.ir();
+  CHECK(remove_dead_nodes(ir) == 1);
+  CHECK(op_names(ir) == std::vector<std::string>{"start", "conv2d", "batch_norm", "add"});
+}
+
+TEST_CASE("reverse mode appends each op's backward ops and one sum per shared value",
+          "[graph][passes]") {
+  Tensor w = rand_tensor({3, 3, 3, 3}, 2).set_requires_grad(true);
+  Graph g;
+  Tensor x = g.input("x", {1, 3, 5, 5});
+  Tensor h = ops::conv2d(x, w, Tensor(), {1, 1}, {1, 1});
+  // h is used twice: its gradient is the sum of two parts
+  Tensor loss = ops::heatmap_loss(ops::add(ops::relu(h), h), g.input("t", {1, 3, 5, 5}),
+                                  g.input("tw", {1, 3}));
+  g.output(loss, "loss");
+  GraphIR& ir = g.ir();
+  const size_t forward_nodes = ir.nodes.size();
+  const Gradients gr = differentiate(ir, ir.value_of(loss));
+  std::vector<std::string> added;
+  for (size_t i = forward_nodes; i < ir.nodes.size(); ++i) added.push_back(ir.nodes[i].op->name());
+  // heatmap loss, (add passes its gradient through), relu, the sum at h, conv's weight gradient
+  // (x is an input: no data gradient)
+  CHECK(added == std::vector<std::string>{"heatmap_loss_backward", "relu_backward", "add",
+                                          "conv2d_backward_weight"});
+  REQUIRE(gr.params.size() == 1);
+  CHECK(gr.params[0].impl() == w.impl());
+  CHECK(ir.values[gr.seed].kind == ValueKind::Constant);
+  const V gw = gr.of_param.at(w.impl());
+  CHECK(ir.values[gw].shape == w.shape());
+  CHECK(std::string(ir.nodes[ir.values[gw].producer].op->name()) == "conv2d_backward_weight");
+}
+
+TEST_CASE("the schedule places events only where streams meet and nothing orders them yet",
+          "[graph][passes]") {
+  TwoBranch net;
+  net.train(true);
+  Graph g;
+  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
+  GraphIR& ir = g.ir();
+  add_end_node(ir, {});
+  const Schedule s = schedule(ir, true, {});
+  CHECK(s.streams == 2);
+  // stream 1 waits for the start (its first node) and the join on stream 0 waits for stream 1;
+  // the end needs no extra wait: the join already ordered stream 1 before it
+  int64_t waits = 0;
+  for (const auto& w : s.waits) waits += static_cast<int64_t>(w.size());
+  CHECK(waits == 2);
+  CHECK(s.events == 2);
+  for (size_t i = 0; i < ir.nodes.size(); ++i)
+    for (int p : s.waits[i]) {
+      CHECK(ir.nodes[p].stream != ir.nodes[i].stream);
+      CHECK(s.records[p]);
+      CHECK(s.before(ir, p, static_cast<int>(i)));
+    }
+  // one stream: no events at all, program order
+  Graph h;
+  h.output(net.forward(h.input("x", {2, 4, 8, 8})), "y");
+  add_end_node(h.ir(), {});
+  const Schedule one = schedule(h.ir(), false, {});
+  CHECK(one.streams == 1);
+  CHECK(one.events == 0);
+}
+
+TEST_CASE("the memory plan shares bytes only between ordered values", "[graph][passes]") {
+  TwoBranch net;
+  net.train(true);
+  Graph g;
+  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
+  GraphIR& ir = g.ir();
+  add_end_node(ir, {});
+  const Schedule s = schedule(ir, true, {});
+  const MemoryPlan p = plan_memory(ir, s, {});
+  verify_plan(ir, s, p);
+  CHECK(p.arena_bytes < p.total_bytes);
+  CHECK(p.peak_live_bytes <= p.arena_bytes);
+  for (size_t v = 0; v < ir.values.size(); ++v) {
+    const bool planned = ir.values[v].kind == ValueKind::Activation ||
+                         ir.values[v].kind == ValueKind::Input;
+    CHECK((p.offset[v] >= 0) == planned);
+  }
+  // a plan that ignores the events is caught
+  MemoryPlan bad = p;
+  for (auto& o : bad.offset)
+    if (o >= 0) o = 0;
+  CHECK_THROWS_WITH(verify_plan(ir, s, bad), Catch::Contains("share arena bytes"));
+}
