@@ -203,10 +203,15 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
       st.activation_bytes / 1048576.0);
   const GraphPlans gp = plan_graphs(model, in);
   auto line = [](const char* what, const graph::PlanStats& p) {
-    std::printf("%-12s %.1f MiB fp32 arena (%.1f MiB with no reuse), %lld nodes, %lld fused, "
+    char folded[64] = "";
+    if (p.constant_bytes)
+      std::snprintf(folded, sizeof folded, "; %.1f MiB of it folded weights",
+                    p.constant_bytes / 1048576.0);
+    std::printf("%-12s %.1f MiB fp32 arena (%.1f MiB with no reuse%s), %lld nodes, %lld fused, "
                 "%lld folded, %lld streams, %lld events\n",
-                what, p.arena_bytes / 1048576.0, p.total_bytes / 1048576.0, (long long)p.nodes,
-                (long long)p.fused, (long long)p.folded, (long long)p.streams, (long long)p.events);
+                what, p.arena_bytes / 1048576.0, p.total_bytes / 1048576.0, folded,
+                (long long)p.nodes, (long long)p.fused, (long long)p.folded, (long long)p.streams,
+                (long long)p.events);
   };
   line("graph infer", gp.inference);
   if (gp.has_training) line("graph train", gp.training);

@@ -149,6 +149,7 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   m.stats.arena_bytes = m.plan.arena_bytes;
   m.stats.peak_live_bytes = m.plan.peak_live_bytes;
   m.stats.total_bytes = m.plan.total_bytes;
+  m.stats.constant_bytes = m.plan.persistent_bytes;
   if (!opt.allocate) return;
 
   m.arena = std::make_shared<Storage>(static_cast<size_t>(std::max<int64_t>(m.plan.arena_bytes, 256)),

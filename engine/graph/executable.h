@@ -41,6 +41,7 @@ struct PlanStats {
   int64_t arena_bytes = 0;      // the planned arena
   int64_t peak_live_bytes = 0;  // most bytes alive at once in program order: a lower bound
   int64_t total_bytes = 0;      // every planned value's bytes: the footprint with no reuse
+  int64_t constant_bytes = 0;   // of the arena: what the prologue computes (folded weights)
 };
 
 class Executable {

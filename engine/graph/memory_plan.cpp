@@ -61,6 +61,7 @@ MemoryPlan plan_memory(const GraphIR& g, const Schedule& s, const std::vector<ch
     std::vector<int> last;  // per stream: latest position of an access (0: none)
     int first_order, last_order;
     bool keep;              // inputs and prologue outputs: never shared
+    bool constant;          // a prologue output
   };
   std::vector<int> buf_of(g.values.size(), -1);
   std::vector<Buf> bufs;
@@ -69,9 +70,9 @@ MemoryPlan plan_memory(const GraphIR& g, const Schedule& s, const std::vector<ch
     if (buf_of[v] < 0) {
       buf_of[v] = static_cast<int>(bufs.size());
       const int def = g.values[v].producer;
-      const bool keep = g.values[v].kind == ValueKind::Input ||
-                        (!persistent.empty() && def >= 0 && persistent[def]);
-      bufs.push_back(Buf{v, def, std::vector<int>(S, 0), node, node, keep});
+      const bool constant = !persistent.empty() && def >= 0 && persistent[def];
+      const bool keep = constant || g.values[v].kind == ValueKind::Input;
+      bufs.push_back(Buf{v, def, std::vector<int>(S, 0), node, node, keep, constant});
     }
     Buf& b = bufs[buf_of[v]];
     const int st = nodes[node].stream;
@@ -104,6 +105,7 @@ MemoryPlan plan_memory(const GraphIR& g, const Schedule& s, const std::vector<ch
   for (size_t i = 0; i < bufs.size(); ++i) {
     p.offset[bufs[i].v] = off[i];
     p.total_bytes += rounded(bytes[i], align);
+    if (bufs[i].constant) p.persistent_bytes += rounded(bytes[i], align);
   }
   // most bytes alive at once in program order
   std::vector<int64_t> delta(nodes.size() + 1, 0);

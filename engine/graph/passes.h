@@ -88,6 +88,7 @@ struct MemoryPlan {
   int64_t arena_bytes = 0;      // the planned arena
   int64_t peak_live_bytes = 0;  // most bytes alive at once in program order: a lower bound
   int64_t total_bytes = 0;      // every planned value's bytes: the footprint with no reuse
+  int64_t persistent_bytes = 0; // the outputs of `persistent` nodes (folded weights)
 };
 // Every activation and input gets an offset. Two values share bytes only when every access to
 // one happens before the definition of the other (stream order and events), so the plan is
