@@ -1,0 +1,1104 @@
+// The op table, after ggml's tests/test-backend-ops.cpp: every op's cases (odd sizes, 1x1 maps,
+// C = 1, stride 2 on odd sizes, channel counts that are not multiples of 8) in one table, each
+// case run on four backends: CPU eager (the reference), CPU graph, CUDA eager and CUDA graph, the
+// CUDA rows in f32 and, where the op takes them, f16, bf16 and bf16 autocast. Every row is
+// compared with CPU eager on the same (rounded) inputs: the forward outputs, the gradient of each
+// differentiable input through one scalar probe loss, and the running statistics batch norm
+// updates in place; CPU eager must also repeat itself bit for bit.
+//
+//   test_backend_ops [check]  every case on every backend (what ctest runs)
+//   test_backend_ops grad     the CPU eager gradients against central differences (gradcheck.h)
+//   test_backend_ops perf     ms, GFLOP/s and GB/s of HRNet-sized cases per backend and pass
+//   -o OP   only ops whose name contains OP      -b B   only backends whose name contains B
+//   -r N    perf: timed repetitions (median)            (cpu, cuda, cpu-graph, cuda-eager, ...)
+// Any other argument goes to Catch2 (-s, --durations yes, ...).
+#define CATCH_CONFIG_RUNNER
+#include <algorithm>
+#include <array>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/graph.h"
+#include "engine/ops.h"
+#include "gradcheck.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "test_util.h"
+
+using namespace hr;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+struct Options {
+  std::string mode = "check";  // check, grad, perf
+  std::string op;              // -o
+  std::string backend;         // -b
+  int reps = 10;               // -r
+};
+Options& options() {
+  static Options o;
+  return o;
+}
+
+const char* const kBackends[] = {"cpu-eager", "cpu-graph", "cuda-eager", "cuda-graph"};
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+enum class In : uint8_t {
+  Data,     // floating; stored in the row's dtype on CUDA (f16, bf16)
+  Param,    // f32 on every row (bias, batch-norm weight and bias, target weight)
+  State,    // f32, updated in place (running statistics): compared after the run
+  Labels,   // i64 class labels, some equal to the ignore index
+  Counter,  // i64 CPU scalar (num_batches_tracked): compared after the run
+  Absent,   // an optional operand left out
+};
+
+struct Input {
+  std::string name;
+  In kind = In::Data;
+  Shape shape;
+  bool grad = false;          // differentiable: its gradient is compared
+  float lo = 0.1f, hi = 1.f;  // magnitudes, never zero
+  bool positive = false;      // else a random sign
+  int64_t classes = 0, ignore = 0;
+  std::vector<float> values;  // explicit values instead of random ones
+};
+
+Input input(std::string name, In kind, Shape shape, bool grad = false) {
+  Input in;
+  in.name = std::move(name);
+  in.kind = kind;
+  in.shape = std::move(shape);
+  in.grad = grad;
+  return in;
+}
+Input data(std::string n, Shape s, bool grad = true) {
+  return input(std::move(n), In::Data, s, grad);
+}
+Input param(std::string n, Shape s, bool grad = true) {
+  return input(std::move(n), In::Param, s, grad);
+}
+Input positive(std::string n, Shape s, In kind = In::Param) {
+  Input in = input(std::move(n), kind, s);
+  in.lo = 0.5f;
+  in.hi = 1.5f;
+  in.positive = true;
+  return in;
+}
+Input running_mean(int64_t c) {
+  Input in = input("running_mean", In::State, {c});
+  in.hi = 0.5f;
+  return in;
+}
+Input running_var(int64_t c) { return positive("running_var", {c}, In::State); }
+Input labels(Shape s, int64_t classes, int64_t ignore) {
+  Input in = input("labels", In::Labels, s);
+  in.classes = classes;
+  in.ignore = ignore;
+  return in;
+}
+Input counter() { return input("num_batches_tracked", In::Counter, {}); }
+Input absent(std::string n) { return input(std::move(n), In::Absent, {}); }
+
+// The CUDA rows of a case: the storage dtype of its Data inputs, or f32 inputs under autocast.
+enum Prec : unsigned { kF32 = 1, kF16 = 2, kBF16 = 4, kAutocast = 8 };
+constexpr unsigned kFloat = kF32 | kF16 | kBF16;
+constexpr Prec kPrecs[] = {kF32, kF16, kBF16, kAutocast};
+
+const char* prec_name(Prec p) {
+  return p == kF32 ? "f32" : p == kF16 ? "f16" : p == kBF16 ? "bf16" : "bf16 autocast";
+}
+DType storage(Prec p) { return p == kF16 ? DType::f16 : p == kBF16 ? DType::bf16 : DType::f32; }
+// The dtype the device computes in: the inputs of the reference are rounded to it.
+DType rounding(Prec p) { return p == kAutocast ? DType::bf16 : storage(p); }
+
+using Args = std::vector<Tensor>;
+using OpFn = std::function<std::vector<Tensor>(const Args&)>;
+
+struct Case {
+  std::string op, attrs;
+  std::vector<Input> in;
+  OpFn fn;                 // the op on the inputs, in table order; -> its outputs
+  unsigned cuda = kFloat;  // CUDA rows
+  std::string no_cuda;     // why there are none
+  bool matmul = false;     // conv2d, linear: TF32 under HR_ALLOW_TF32=1
+  double tol = 1;          // scales the per-dtype tolerances
+  float fd_eps = 1e-2f;    // grad mode
+  double fd_atol = 2e-3, fd_rtol = 1e-2;
+  std::string no_fd;  // why grad mode skips it
+  bool perf = false;  // HRNet-sized: timed by perf, not checked
+  size_t index = 0;   // in the table (seeds the inputs)
+
+  bool differentiable() const {
+    return std::any_of(in.begin(), in.end(), [](const Input& i) { return i.grad; });
+  }
+  std::string str() const {
+    std::string s = op + "(";
+    bool first = true;
+    for (const Input& i : in) {
+      if (i.kind == In::Absent || i.kind == In::Counter) continue;
+      s += (first ? "" : ", ") + i.name + shape_str(i.shape);
+      first = false;
+    }
+    return s + (attrs.empty() ? "" : "; " + attrs) + ")";
+  }
+};
+
+std::string pair(std::array<int64_t, 2> p) {
+  return p[0] == p[1] ? std::to_string(p[0]) : str_cat(p[0], "x", p[1]);
+}
+
+std::vector<Case> make_table() {
+  std::vector<Case> t;
+  auto add = [&](Case c) -> Case& {
+    c.index = t.size();
+    t.push_back(std::move(c));
+    return t.back();
+  };
+  using V = std::vector<Tensor>;
+  using P2 = std::array<int64_t, 2>;
+
+  // ---- conv2d: x, weight, bias (f32 or absent)
+  auto conv = [&](Shape x, Shape w, bool bias, P2 s, P2 p) -> Case& {
+    Case c;
+    c.op = "conv2d";
+    c.attrs = "stride " + pair(s) + ", pad " + pair(p);
+    c.in = {data("x", x), data("w", w), bias ? param("bias", {w[0]}) : absent("bias")};
+    c.fn = [s, p](const Args& a) { return V{ops::conv2d(a[0], a[1], a[2], s, p)}; };
+    c.cuda = kFloat | kAutocast;
+    c.matmul = true;
+    return add(std::move(c));
+  };
+  conv({2, 3, 5, 6}, {4, 3, 3, 3}, true, {1, 1}, {1, 1});
+  conv({1, 2, 7, 5}, {3, 2, 3, 3}, false, {2, 2}, {1, 1});  // stride 2 on odd H, W
+  conv({2, 4, 4, 4}, {2, 4, 1, 1}, true, {1, 1}, {0, 0});
+  conv({1, 2, 6, 5}, {2, 2, 1, 3}, false, {2, 1}, {0, 1});    // rectangular kernel, stride, pad
+  conv({2, 12, 3, 3}, {10, 12, 3, 3}, true, {2, 2}, {1, 1});  // C, K not multiples of 8
+  conv({1, 1, 1, 1}, {1, 1, 1, 1}, true, {1, 1}, {0, 0});     // C = K = 1 on a 1x1 map
+  conv({2, 5, 1, 1}, {3, 5, 3, 3}, false, {1, 1}, {1, 1});    // 1x1 map: the padding only
+  conv({1, 3, 9, 9}, {8, 3, 3, 3}, false, {2, 2}, {0, 0});    // the stem's C = 3
+  conv({1, 9, 5, 7}, {6, 9, 1, 1}, true, {2, 2}, {0, 0});     // 1x1 stride 2, odd sizes
+  conv({2, 16, 6, 5}, {24, 16, 3, 3}, true, {1, 1}, {1, 1});  // tensor-core friendly channels
+  conv({8, 3, 256, 192}, {64, 3, 3, 3}, false, {2, 2}, {1, 1}).perf = true;
+  conv({8, 32, 64, 48}, {32, 32, 3, 3}, false, {1, 1}, {1, 1}).perf = true;
+  conv({8, 32, 64, 48}, {64, 32, 3, 3}, false, {2, 2}, {1, 1}).perf = true;
+  conv({8, 256, 64, 48}, {64, 256, 1, 1}, false, {1, 1}, {0, 0}).perf = true;
+
+  // ---- batch_norm: x, gamma, beta, running mean and variance, num_batches_tracked
+  auto bn = [&](Shape x, bool training) -> Case& {
+    const int64_t C = x[1];
+    Case c;
+    c.op = "batch_norm";
+    c.attrs = training ? "training" : "inference";
+    c.in = {data("x", x),    param("gamma", {C}), param("beta", {C}),
+            running_mean(C), running_var(C),      counter()};
+    c.fn = [training](const Args& a) {
+      return V{ops::batch_norm(a[0], a[1], a[2], a[3], a[4], training, 0.1f, 1e-5f, a[5])};
+    };
+    c.fd_atol = 3e-3;
+    c.fd_rtol = 2e-2;
+    return add(std::move(c));
+  };
+  bn({2, 3, 3, 4}, true);
+  bn({2, 3, 3, 4}, false);
+  bn({5, 4}, true);  // [N, C]: BatchNorm1d
+  bn({4, 9}, false);
+  bn({3, 1, 1, 1}, true);  // C = 1 on 1x1 maps: three values per channel
+  bn({2, 5, 1, 1}, false);
+  bn({1, 7, 3, 5}, true);
+  bn({2, 12, 5, 3}, true);
+  bn({8, 32, 64, 48}, true).perf = true;
+  bn({8, 32, 64, 48}, false).perf = true;
+
+  // ---- batch_norm_act: batch_norm's inputs, then the residual (or absent)
+  auto bn_act = [&](Shape x, bool residual, bool relu, bool training) -> Case& {
+    const int64_t C = x[1];
+    Case c;
+    c.op = "batch_norm_act";
+    c.attrs = str_cat(training ? "training" : "inference", relu ? ", relu" : "");
+    c.in = {data("x", x),
+            param("gamma", {C}),
+            param("beta", {C}),
+            running_mean(C),
+            running_var(C),
+            counter(),
+            residual ? data("residual", x) : absent("residual")};
+    c.fn = [relu, training](const Args& a) {
+      return V{ops::batch_norm_act(a[0], a[6], relu, a[1], a[2], a[3], a[4], training, 0.1f, 1e-5f,
+                                   a[5])};
+    };
+    c.fd_eps = 1e-3f;  // ReLU kinks
+    c.fd_atol = 3e-3;
+    c.fd_rtol = 2e-2;
+    return add(std::move(c));
+  };
+  bn_act({2, 3, 3, 5}, true, true, true);
+  bn_act({1, 5, 2, 3}, false, true, true);
+  bn_act({2, 3, 3, 5}, true, false, true);
+  bn_act({3, 1, 1, 1}, true, true, true);
+  bn_act({2, 6, 3, 3}, true, true, false);
+  bn_act({2, 4, 1, 3}, false, true, false);
+  bn_act({8, 32, 64, 48}, true, true, true).perf = true;
+  {  // the unfused ops, which the graph compiler fuses into one batch_norm_act node
+    Case c;
+    c.op = "batch_norm+add+relu";
+    c.attrs = "training, fused in graphs";
+    c.in = {data("x", {2, 5, 3, 3}), param("gamma", {5}), param("beta", {5}),
+            running_mean(5),         running_var(5),      data("residual", {2, 5, 3, 3})};
+    c.fn = [](const Args& a) {
+      return V{ops::relu(ops::add(ops::batch_norm(a[0], a[1], a[2], a[3], a[4], true), a[5]))};
+    };
+    c.fd_eps = 1e-3f;
+    c.fd_atol = 3e-3;
+    c.fd_rtol = 2e-2;
+    add(std::move(c));
+  }
+
+  // ---- group norm: x, gamma, beta
+  auto gn = [&](Shape x, int64_t groups) -> Case& {
+    Case c;
+    c.op = "group_norm";
+    c.attrs = str_cat("groups ", groups);
+    c.in = {data("x", x), param("gamma", {x[1]}), param("beta", {x[1]})};
+    c.fn = [groups](const Args& a) { return V{ops::group_norm(a[0], groups, a[1], a[2])}; };
+    return add(std::move(c));
+  };
+  gn({2, 6, 5, 3}, 3);
+  gn({2, 4, 3, 3}, 4);   // one channel per group
+  gn({3, 5, 1, 1}, 1);   // one group, 1x1 maps
+  gn({4, 8}, 2);         // [N, C]
+  gn({2, 10, 7, 9}, 5);  // odd sizes, channels not a multiple of 8
+  gn({8, 256, 25, 34}, 32).perf = true;  // the FCOS head's GroupNorm(32, 256)
+
+  // ---- element-wise (and the other one-input ops below)
+  using Unary = std::function<Tensor(const Tensor&)>;
+  auto unary = [&](const char* op, Shape x, std::string attrs, Unary f) -> Case& {
+    Case c;
+    c.op = op;
+    c.attrs = std::move(attrs);
+    c.in = {data("x", x)};
+    c.fn = [f](const Args& a) { return V{f(a[0])}; };
+    return add(std::move(c));
+  };
+  const Unary relu = [](const Tensor& x) { return ops::relu(x); };
+  for (Shape s : {Shape{2, 3, 4, 5}, Shape{7}, Shape{1, 1, 1, 1}, Shape{3, 5}})
+    unary("relu", s, "", relu);
+  unary("relu", {8, 32, 64, 48}, "", relu).perf = true;
+  for (Shape s : {Shape{2, 3, 4}, Shape{2, 5, 3, 7}, Shape{1, 1, 1, 1}, Shape{8, 32, 64, 48}}) {
+    Case c;
+    c.op = "add";
+    c.in = {data("a", s), data("b", s)};
+    c.fn = [](const Args& a) { return V{ops::add(a[0], a[1])}; };
+    c.perf = s[0] == 8;
+    add(std::move(c));
+  }
+  auto mul = [&](Shape x, float alpha) -> Case& {
+    return unary("mul", x, str_cat("alpha ", alpha),
+                 [alpha](const Tensor& v) { return ops::mul(v, alpha); });
+  };
+  mul({7}, -2.5f);
+  mul({2, 3, 5, 5}, 0.5f);
+  mul({8, 32, 64, 48}, 0.5f).perf = true;
+  for (Shape s : {Shape{2, 3, 4}, Shape{1}, Shape{1, 1, 1, 1}}) {
+    Case& c = unary("sum_all", s, "", [](const Tensor& x) { return ops::sum_all(x); });
+    c.cuda = 0;
+    c.no_cuda = "sum_all is a CPU test helper (no CUDA kernel)";
+  }
+
+  // ---- resampling
+  auto nearest_scale = [&](Shape x, double sf) -> Case& {
+    return unary("upsample_nearest", x, str_cat("scale ", sf),
+                 [sf](const Tensor& v) { return ops::upsample_nearest_scale(v, sf); });
+  };
+  auto nearest_size = [&](Shape x, P2 size) -> Case& {
+    return unary("upsample_nearest", x, str_cat("size ", size[0], "x", size[1]),
+                 [size](const Tensor& v) { return ops::upsample_nearest(v, size); });
+  };
+  nearest_scale({2, 3, 5, 7}, 2.0);
+  nearest_scale({1, 2, 1, 1}, 3.0);  // 1x1 map
+  nearest_scale({1, 3, 5, 4}, 1.5);
+  nearest_size({2, 3, 5, 7}, {12, 9});
+  nearest_size({2, 3, 5, 7}, {3, 4});  // down
+  nearest_size({1, 9, 3, 2}, {1, 1});
+  nearest_scale({8, 64, 32, 24}, 2.0).perf = true;
+  nearest_scale({8, 256, 8, 6}, 8.0).perf = true;
+  for (bool ac : {false, true}) {
+    const std::string a = ac ? ", align_corners" : "";
+    auto size = [&](Shape x, P2 sz) -> Case& {
+      return unary("upsample_bilinear", x, str_cat("size ", sz[0], "x", sz[1], a),
+                   [sz, ac](const Tensor& v) { return ops::upsample_bilinear(v, sz, ac); });
+    };
+    auto scale = [&](Shape x, double sf) -> Case& {
+      return unary("upsample_bilinear", x, str_cat("scale ", sf, a),
+                   [sf, ac](const Tensor& v) { return ops::upsample_bilinear_scale(v, sf, ac); });
+    };
+    size({2, 3, 5, 7}, {11, 13});
+    size({2, 3, 5, 7}, {3, 4});  // down
+    size({1, 2, 1, 1}, {3, 3});  // from a 1x1 map
+    size({1, 3, 4, 5}, {1, 1});  // to a 1x1 map
+    scale({2, 3, 5, 7}, 1.5);
+    scale({1, 5, 3, 3}, 2.0);
+    size({8, 64, 32, 24}, {64, 48}).perf = true;
+  }
+
+  // ---- concat
+  auto concat = [&](std::vector<Shape> xs, int64_t dim) -> Case& {
+    Case c;
+    c.op = "concat";
+    c.attrs = str_cat("dim ", dim);
+    for (size_t i = 0; i < xs.size(); ++i) c.in.push_back(data(str_cat("x", i), xs[i]));
+    c.fn = [dim](const Args& a) { return V{ops::concat(a, dim)}; };
+    return add(std::move(c));
+  };
+  concat({{2, 1, 3, 2}, {2, 3, 3, 2}, {2, 2, 3, 2}}, 1);
+  concat({{1, 5, 3, 3}, {1, 7, 3, 3}}, 1);
+  concat({{2, 3, 1, 1}}, 1);  // one input
+  concat({{1, 3}, {2, 3}}, 0);
+  concat({{2, 3}, {2, 5}}, 1);
+  concat({{2, 3}, {2, 1}}, -1);
+  {
+    Case& c = concat({{1, 2, 3, 3}, {2, 2, 3, 3}}, 0);
+    c.cuda = 0;
+    c.no_cuda = "CUDA concatenates 4-D (channels-last) tensors along dim 1 only";
+  }
+  concat({{8, 32, 64, 48}, {8, 64, 64, 48}, {8, 128, 64, 48}, {8, 256, 64, 48}}, 1).perf = true;
+
+  // ---- pooling
+  auto pool = [&](Shape x, P2 k, P2 s, P2 p, bool cip) -> Case& {
+    return unary("avg_pool2d", x,
+                 "kernel " + pair(k) + ", stride " + pair(s) + ", pad " + pair(p) +
+                     (cip ? "" : ", exclude pad"),
+                 [k, s, p, cip](const Tensor& v) { return ops::avg_pool2d(v, k, s, p, cip); });
+  };
+  pool({2, 2, 7, 6}, {3, 3}, {2, 2}, {1, 1}, true);
+  pool({2, 2, 7, 6}, {3, 3}, {2, 2}, {1, 1}, false);
+  pool({1, 3, 5, 5}, {2, 2}, {2, 2}, {0, 0}, true);  // odd size: the last row/column dropped
+  pool({1, 1, 1, 1}, {3, 3}, {1, 1}, {1, 1}, false);
+  pool({1, 9, 1, 2}, {3, 3}, {2, 2}, {1, 1}, true);
+  pool({2, 3, 6, 5}, {3, 2}, {1, 2}, {1, 0}, false);
+  pool({8, 32, 64, 48}, {3, 3}, {2, 2}, {1, 1}, true).perf = true;
+  const Unary gap = [](const Tensor& x) { return ops::global_avg_pool(x); };
+  for (Shape s : {Shape{2, 3, 4, 5}, Shape{1, 5, 1, 1}, Shape{3, 1, 7, 3}})
+    unary("global_avg_pool", s, "", gap);
+  unary("global_avg_pool", {8, 2048, 7, 7}, "", gap).perf = true;
+
+  // ---- linear: x, weight, bias (f32 or absent)
+  auto linear = [&](Shape x, Shape w, bool bias) -> Case& {
+    Case c;
+    c.op = "linear";
+    c.in = {data("x", x), data("w", w), bias ? param("bias", {w[0]}) : absent("bias")};
+    c.fn = [](const Args& a) { return V{ops::linear(a[0], a[1], a[2])}; };
+    c.cuda = kFloat | kAutocast;
+    c.matmul = true;
+    return add(std::move(c));
+  };
+  linear({3, 5}, {4, 5}, true);
+  linear({1, 1}, {1, 1}, true);
+  linear({2, 17}, {10, 17}, false);
+  linear({7, 33}, {9, 33}, true);
+  linear({8, 2048}, {1000, 2048}, true).perf = true;
+
+  // ---- reshape (on CUDA 4-D tensors are channels-last: the logical order must survive)
+  auto reshape = [&](Shape from, Shape to) -> Case& {
+    return unary("reshape", from, "to " + shape_str(to),
+                 [to](const Tensor& x) { return ops::reshape(x, to); });
+  };
+  reshape({2, 3, 4}, {6, 4});
+  reshape({2, 3, 2, 2}, {2, 12});
+  reshape({6, 4}, {2, 3, 2, 2});
+  reshape({2, 3, 2, 2}, {2, 2, 3, 2});
+  reshape({1, 5, 1, 1}, {5});
+  reshape({8, 17, 64, 48}, {8, 17, 3072}).perf = true;
+
+  // ---- cast
+  auto round_trip = [&](Shape x, DType d) -> Case& {
+    Case& c = unary("cast", x, str_cat("f32 -> ", dtype_name(d), " -> f32"),
+                    [d](const Tensor& v) { return ops::cast(ops::cast(v, d), DType::f32); });
+    c.cuda = kF32;
+    c.no_fd = "rounding is piecewise constant (the gradient passes straight through)";
+    return c;
+  };
+  round_trip({2, 3, 4, 5}, DType::bf16);
+  round_trip({3, 7}, DType::f16);
+  unary("cast", {2, 3, 3, 5}, "the row's dtype -> f32",
+        [](const Tensor& x) { return ops::cast(x, DType::f32); });
+  round_trip({8, 32, 64, 48}, DType::bf16).perf = true;
+
+  // ---- losses
+  auto heatmap = [&](Shape x, Shape w, std::vector<float> wv = {}) -> Case& {
+    Case c;
+    c.op = "heatmap_loss";
+    c.in = {data("pred", x), data("target", x, false), positive("weight", w)};
+    c.in[2].lo = 0.25f;
+    c.in[2].hi = 1.f;
+    c.in[2].values = std::move(wv);
+    if (!c.in[2].values.empty()) c.attrs = "zero weights";
+    c.fn = [](const Args& a) { return V{ops::heatmap_loss(a[0], a[1], a[2])}; };
+    return add(std::move(c));
+  };
+  heatmap({2, 3, 4, 5}, {2, 3});
+  heatmap({1, 17, 3, 5}, {1, 17, 1});
+  heatmap({2, 1, 1, 1}, {2, 1});
+  // zero target weights (joints not visible) are part of the op's contract
+  heatmap({2, 3, 4, 5}, {2, 3, 1}, {1, 0, 1, 1, 1, 0});
+  heatmap({8, 17, 64, 48}, {8, 17, 1}).perf = true;
+  auto ce = [&](Shape x, int64_t ignore) -> Case& {
+    Case c;
+    c.op = "cross_entropy";
+    c.attrs = str_cat("ignore ", ignore);
+    Shape l = x.size() == 4 ? Shape{x[0], x[2], x[3]} : Shape{x[0]};
+    c.in = {data("logits", x), labels(l, x[1], ignore)};
+    c.fn = [ignore](const Args& a) { return V{ops::cross_entropy(a[0], a[1], ignore)}; };
+    return add(std::move(c));
+  };
+  ce({2, 4, 2, 3}, 255);
+  ce({5, 3}, -100);
+  ce({3, 5, 1, 1}, 255);
+  ce({1, 19, 3, 7}, 255);
+  ce({8, 19, 64, 48}, 255).perf = true;
+
+  // ---- fold_batch_norm (inference; no backward): weight, bias, gamma, beta, mean, variance
+  auto fold = [&](Shape w, bool bias) -> Case& {
+    const int64_t K = w[0];
+    Case c;
+    c.op = "fold_batch_norm";
+    c.in = {data("w", w, false),        bias ? param("bias", {K}, false) : absent("bias"),
+            param("gamma", {K}, false), param("beta", {K}, false),
+            param("mean", {K}, false),  positive("var", {K})};
+    c.fn = [](const Args& a) {
+      auto r = ops::fold_batch_norm(a[0], a[1], a[2], a[3], a[4], a[5], 1e-5f);
+      return V{r[0], r[1]};
+    };
+    return add(std::move(c));
+  };
+  fold({4, 3, 3, 3}, true);
+  fold({5, 2, 1, 1}, false);
+  fold({1, 1, 1, 1}, true);
+  fold({256, 256, 3, 3}, true).perf = true;
+  return t;
+}
+
+const std::vector<Case>& table() {
+  static const std::vector<Case> t = make_table();
+  return t;
+}
+
+bool selected(const Case& c, bool perf) {
+  return c.perf == perf && c.op.find(options().op) != std::string::npos;
+}
+bool backend_selected(const std::string& name) {
+  return name.find(options().backend) != std::string::npos;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+// Host values of one input (f32 or i64 on the CPU); undefined when absent.
+Tensor host_input(const Input& in, uint64_t seed) {
+  const size_t n = static_cast<size_t>(shape_numel(in.shape));
+  switch (in.kind) {
+    case In::Absent:
+      return Tensor();
+    case In::Counter:
+      return Tensor::from_vector_i64({0}, {});
+    case In::Labels: {
+      std::mt19937_64 rng(seed);
+      std::vector<int64_t> v(n);
+      for (size_t i = 0; i < n; ++i)
+        v[i] = i % 5 == 2 ? in.ignore : static_cast<int64_t>(rng() % in.classes);
+      return Tensor::from_vector_i64(v, in.shape);
+    }
+    default: {
+      if (!in.values.empty()) return Tensor::from_vector(in.values, in.shape);
+      std::vector<float> v = test::uniform(n, seed, in.lo, in.hi);
+      const std::vector<float> sign = test::uniform(n, seed + 7, -1.f, 1.f);
+      if (!in.positive)
+        for (size_t i = 0; i < n; ++i) v[i] = sign[i] < 0 ? -v[i] : v[i];
+      return Tensor::from_vector(v, in.shape);
+    }
+  }
+}
+
+// The case's host inputs for precision p: Data rounded to the dtype the device computes in.
+std::vector<Tensor> host_inputs(const Case& c, Prec p) {
+  std::vector<Tensor> h;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    Tensor t = host_input(c.in[i], 1000 * c.index + 10 * i + 1);
+    if (c.in[i].kind == In::Data && rounding(p) != DType::f32) t = t.to(rounding(p)).to(DType::f32);
+    h.push_back(t);
+  }
+  return h;
+}
+
+// A fresh copy of a host input on the backend (CUDA: Data in the row's storage dtype, 4-D tensors
+// channels-last), a leaf that requires grad when the input is differentiable.
+Tensor on_backend(const Input& in, const Tensor& h, Device dev, Prec p) {
+  if (!h.defined()) return Tensor();
+  if (in.kind == In::Counter) return h.clone();  // a CPU scalar on every device
+  if (dev.is_cpu()) {  // the CPU computes in f32: the inputs come rounded already
+    Tensor t = h.clone();
+    if (in.grad) t.set_requires_grad(true);
+    return t;
+  }
+  Tensor t = in.kind == In::Data ? h.to(storage(p)) : h;
+  t = t.to(dev).contiguous(device_format(t.shape(), dev));
+  if (in.grad) t.set_requires_grad(true);
+  return t;
+}
+
+// The probe loss: a scalar on any device for an output y of any shape and dtype,
+// heatmap_loss of y viewed as [1, J, HW, 1] (HW: the spatial size of a 4-D y, else its last
+// dimension) against a fixed target with unit weights, times y's element count: 0.5 *
+// sum((y - target)^2), so the gradient reaching y is y - target.
+struct Probe {
+  Shape view;
+  Tensor target, weight;  // host f32
+};
+Probe probe(const Shape& y, Prec p) {
+  const int64_t n = shape_numel(y);
+  const int64_t hw = y.size() == 4 ? y[2] * y[3] : y.empty() ? 1 : y.back();
+  const Shape view{1, n / hw, hw, 1};
+  Tensor t = Tensor::from_vector(test::randn(static_cast<size_t>(n), 99), view);
+  // the device subtracts in its dtype: the target is rounded to it for the reference too
+  if (rounding(p) != DType::f32) t = t.to(rounding(p)).to(DType::f32);
+  return {view, t, Tensor::ones({1, n / hw})};
+}
+Tensor probe_loss(const Tensor& y, const Shape& view, const Tensor& target, const Tensor& weight) {
+  return ops::mul(ops::heatmap_loss(ops::reshape(y, view), target, weight),
+                  static_cast<float>(y.numel()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running one row
+
+// What a row produced, copied to the host as f32.
+struct Outcome {
+  std::vector<std::vector<float>> out, grad, state;  // per output; per input (grad, state)
+  std::vector<Shape> out_shape;
+  std::vector<bool> has_grad;
+  std::vector<int64_t> counter;  // per input: num_batches_tracked after the run
+};
+
+Outcome collect(const Case& c, const std::vector<Tensor>& real, const std::vector<Tensor>& outs,
+                const std::function<Tensor(size_t)>& grad_of) {
+  Outcome o;
+  for (const Tensor& y : outs) {
+    o.out.push_back(y.defined() ? y.to_vector() : std::vector<float>());
+    o.out_shape.push_back(y.defined() ? y.shape() : Shape{-1});
+  }
+  const size_t n = c.in.size();
+  o.grad.resize(n);
+  o.state.resize(n);
+  o.has_grad.assign(n, false);
+  o.counter.assign(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    if (c.in[i].grad) {
+      const Tensor g = grad_of(i);
+      o.has_grad[i] = g.defined();
+      if (g.defined()) {
+        HR_CHECK(g.shape() == c.in[i].shape, "the gradient of ", c.in[i].name, " has shape ",
+                 shape_str(g.shape()), ", expected ", shape_str(c.in[i].shape));
+        o.grad[i] = g.to_vector();
+      }
+    }
+    if (c.in[i].kind == In::State) o.state[i] = real[i].to_vector();
+    if (c.in[i].kind == In::Counter) o.counter[i] = real[i].to_vector_i64()[0];
+  }
+  return o;
+}
+
+std::vector<Tensor> backend_inputs(const Case& c, const std::vector<Tensor>& host, Device dev,
+                                   Prec p) {
+  std::vector<Tensor> real;
+  for (size_t i = 0; i < c.in.size(); ++i) real.push_back(on_backend(c.in[i], host[i], dev, p));
+  return real;
+}
+
+// The case's op applied eagerly (under autocast for kAutocast rows).
+std::vector<Tensor> apply_case(const Case& c, const Args& a, Prec p) {
+  std::optional<AutocastGuard> ac;
+  if (p == kAutocast) ac.emplace(DType::bf16);
+  return c.fn(a);
+}
+
+Outcome run_eager(const Case& c, const std::vector<Tensor>& host, Device dev, Prec p) {
+  const std::vector<Tensor> real = backend_inputs(c, host, dev, p);
+  const std::vector<Tensor> outs = apply_case(c, real, p);
+  if (c.differentiable()) {
+    const Probe pr = probe(outs[0].shape(), p);
+    probe_loss(outs[0], pr.view, pr.target.to(dev), pr.weight.to(dev)).backward();
+  }
+  return collect(c, real, outs, [&](size_t i) { return real[i].grad(); });
+}
+
+// The case recorded and compiled: differentiable inputs and running statistics enter as
+// parameters by handle (exe.grad() of a parameter; statistics updated in place), the other
+// inputs as graph inputs bound by set_input. With `loss`, the probe loss is the training loss.
+struct Compiled {
+  std::unique_ptr<graph::Executable> exe;
+  size_t outputs = 0;
+};
+
+Compiled compile_case(const Case& c, const std::vector<Tensor>& real,
+                      const std::vector<Tensor>& host, Device dev, Prec p, bool loss,
+                      graph::CompileOptions co = {}) {
+  graph::Graph g(graph::GraphOptions{dev});
+  graph::GraphIR& ir = g.ir();
+  std::vector<Tensor> args(real.size());
+  std::vector<size_t> bound;
+  for (size_t i = 0; i < real.size(); ++i) {
+    const Input& in = c.in[i];
+    if (!real[i].defined() || in.kind == In::Counter) {
+      args[i] = real[i];  // absent, or held by the op itself (num_batches_tracked)
+    } else if (in.grad || in.kind == In::State) {
+      args[i] = ir.symbolic(ir.param(real[i], in.name));
+    } else {
+      args[i] = g.input(in.name, real[i].shape(), real[i].dtype());
+      bound.push_back(i);
+    }
+  }
+  const std::vector<Tensor> outs = apply_case(c, args, p);
+  Compiled r;
+  for (const Tensor& y : outs) {
+    if (y.defined()) g.output(y, str_cat("out", r.outputs));
+    ++r.outputs;
+  }
+  std::optional<Probe> pr;
+  if (loss) {
+    pr = probe(outs[0].shape(), p);
+    co.loss = probe_loss(outs[0], pr->view, g.input("probe_target", pr->target.shape()),
+                         g.input("probe_weight", pr->weight.shape()));
+    g.output(co.loss, "loss");
+  }
+  r.exe = std::make_unique<graph::Executable>(std::move(g), co);
+  if (!co.allocate) return r;
+  for (size_t i : bound) r.exe->set_input(c.in[i].name, host[i]);
+  if (pr) {
+    r.exe->set_input("probe_target", pr->target);
+    r.exe->set_input("probe_weight", pr->weight);
+  }
+  return r;
+}
+
+Outcome run_graph(const Case& c, const std::vector<Tensor>& host, Device dev, Prec p) {
+  const std::vector<Tensor> real = backend_inputs(c, host, dev, p);
+  Compiled cg = compile_case(c, real, host, dev, p, c.differentiable());
+  cg.exe->run();
+  std::vector<Tensor> outs(cg.outputs);
+  for (size_t k = 0; k < cg.outputs; ++k) outs[k] = cg.exe->output(str_cat("out", k));
+  return collect(c, real, outs, [&](size_t i) { return cg.exe->grad(real[i]); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison
+
+struct Tol {
+  double atol, rtol;
+  Tol operator*(double k) const { return {atol * k, rtol * k}; }
+};
+
+bool tf32_allowed() {
+  static const bool on = [] {
+    const char* e = std::getenv("HR_ALLOW_TF32");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
+// Forward tolerance of a CUDA row: |got - ref| <= atol + rtol * |ref| per element, the inputs of
+// the reference rounded as the device's. Gradients get kGradTol times more (longer chains of
+// rounded intermediates, reductions over the batch).
+Tol cuda_tol(const Case& c, Prec p) {
+  Tol t{1e-5, 1e-5};
+  if (p == kF32 && c.matmul && tf32_allowed()) t = {1e-3, 1e-3};
+  if (p == kF16) t = {3e-3, 3e-3};
+  if (p == kBF16 || p == kAutocast) t = {1e-2, 1e-2};
+  return t * c.tol;
+}
+constexpr double kGradTol = 4;
+
+struct RowStat {
+  bool ok = true;
+  double out_err = 0, grad_err = 0;
+};
+
+void check_tensor(const std::vector<float>& got, const std::vector<float>& ref, Tol t,
+                  const std::string& what, RowStat& st, double& err) {
+  const test::CompareResult r = test::compare(got, ref, t.atol, t.rtol, what);
+  err = std::max(err, r.max_abs);
+  if (!r.ok) {
+    st.ok = false;
+    FAIL_CHECK(r.report);
+  }
+}
+
+// Compares a row with the reference; every mismatch is a Catch2 failure naming the op, the case,
+// the row, the first elements off and the largest error.
+RowStat check_row(const Case& c, const Outcome& ref, const Outcome& got, Tol fwd, Tol grad,
+                  const std::string& row) {
+  RowStat st;
+  const std::string head = c.str() + " [" + row + "] ";
+  for (size_t k = 0; k < ref.out.size(); ++k) {
+    const std::string what = head + "output " + std::to_string(k);
+    if (k >= got.out.size() || got.out_shape[k] != ref.out_shape[k]) {
+      st.ok = false;
+      FAIL_CHECK(what << ": shape " << (k < got.out.size() ? shape_str(got.out_shape[k]) : "none")
+                      << ", expected " << shape_str(ref.out_shape[k]));
+      continue;
+    }
+    check_tensor(got.out[k], ref.out[k], fwd, what, st, st.out_err);
+  }
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const std::string& name = c.in[i].name;
+    if (c.in[i].grad) {
+      if (!got.has_grad[i]) {
+        st.ok = false;
+        FAIL_CHECK(head << "no gradient reached " << name);
+      } else {
+        check_tensor(got.grad[i], ref.grad[i], grad, head + "gradient of " + name, st, st.grad_err);
+      }
+    }
+    if (c.in[i].kind == In::State)
+      check_tensor(got.state[i], ref.state[i], fwd, head + name + " after the run", st, st.out_err);
+    if (c.in[i].kind == In::Counter && got.counter[i] != ref.counter[i]) {
+      st.ok = false;
+      FAIL_CHECK(head << name << " is " << got.counter[i] << " after the run, expected "
+                      << ref.counter[i]);
+    }
+  }
+  return st;
+}
+
+struct Totals {
+  int cases = 0, rows = 0, passed = 0, failed = 0, skipped = 0;
+} g_totals;
+
+std::string row_name(Device dev, bool graph) {
+  return str_cat(dev.is_cuda() ? "cuda" : "cpu", graph ? "-graph" : "-eager");
+}
+
+void print_row(const std::string& row, const char* prec, const std::string& status) {
+  std::printf("  %-11s %-14s %s\n", row.c_str(), prec, status.c_str());
+}
+
+// Runs one row and compares it; exceptions fail the row.
+void check_backend(const Case& c, const Outcome* ref, Device dev, bool graph, Prec p, Tol fwd,
+                   Tol grad) {
+  const std::string row = row_name(dev, graph);
+  if (!backend_selected(row)) return;
+  ++g_totals.rows;
+  RowStat st;
+  try {
+    const std::vector<Tensor> host = host_inputs(c, p);
+    const Outcome got = graph ? run_graph(c, host, dev, p) : run_eager(c, host, dev, p);
+    st = check_row(c, *ref, got, fwd, grad, row + " " + prec_name(p));
+  } catch (const std::exception& e) {
+    st.ok = false;
+    FAIL_CHECK(c.str() << " [" << row << " " << prec_name(p) << "] threw: " << e.what());
+  }
+  (st.ok ? g_totals.passed : g_totals.failed)++;
+  std::string errs = str_cat("max err: out ", st.out_err);
+  if (c.differentiable()) errs += str_cat(", grad ", st.grad_err);
+  print_row(row, prec_name(p), (st.ok ? "ok    " : "FAIL  ") + errs);
+}
+
+void check_case(const Case& c) {
+  ++g_totals.cases;
+  std::printf("%s\n", c.str().c_str());
+  // the reference, twice: CPU eager must repeat itself bit for bit
+  const std::vector<Tensor> host = host_inputs(c, kF32);
+  const Outcome ref = run_eager(c, host, Device::cpu(), kF32);
+  if (backend_selected("cpu-eager")) {
+    ++g_totals.rows;
+    const Outcome again = run_eager(c, host, Device::cpu(), kF32);
+    const RowStat st = check_row(c, ref, again, {0, 0}, {0, 0}, "cpu-eager f32, run twice");
+    (st.ok ? g_totals.passed : g_totals.failed)++;
+    print_row("cpu-eager", "f32",
+              st.ok ? "ok    the reference, repeatable" : "FAIL  not repeatable");
+  }
+  // the same kernels on the same values: bit-identical
+  check_backend(c, &ref, Device::cpu(), true, kF32, {0, 0}, {0, 0});
+
+  const bool cuda_rows = backend_selected("cuda-eager") || backend_selected("cuda-graph");
+  if (!cuda_rows) return;
+  if (c.cuda == 0) {
+    print_row("cuda", "", "none: " + c.no_cuda);
+    return;
+  }
+  if (!cuda::available()) {
+    std::string precs;
+    for (Prec p : kPrecs)
+      if (c.cuda & p) precs += std::string(precs.empty() ? "" : ", ") + prec_name(p);
+    int n = 0;
+    for (const char* b : {"cuda-eager", "cuda-graph"})
+      for (Prec p : kPrecs) n += backend_selected(b) && (c.cuda & p);
+    g_totals.rows += n;
+    g_totals.skipped += n;
+    print_row("cuda", "",
+              "SKIPPED (no usable CUDA device): " + std::to_string(n) + " rows, " + precs);
+    return;
+  }
+  for (Prec p : kPrecs) {
+    if (!(c.cuda & p)) continue;
+    Outcome ref_p;
+    const Outcome* r = &ref;
+    if (p != kF32) {  // the reference on the inputs rounded as the device's
+      ref_p = run_eager(c, host_inputs(c, p), Device::cpu(), p);
+      r = &ref_p;
+    }
+    const Tol t = cuda_tol(c, p);
+    for (bool graph : {false, true}) check_backend(c, r, Device::cuda(), graph, p, t, t * kGradTol);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// perf
+
+// Multiply-adds (OpDef::macs) and bytes read and written by the nodes of a compiled graph.
+struct Work {
+  double macs = 0, bytes = 0;
+};
+Work work_of(const graph::GraphIR& g) {
+  Work w;
+  for (const graph::Node& n : g.nodes) {
+    const std::string name = n.op->name();
+    if (name == "start" || name == "end") continue;
+    std::vector<Meta> in;
+    for (graph::V v : n.in) {
+      in.push_back(v >= 0 ? g.values[v].meta(g.opt.device) : Meta::none());
+      if (v >= 0) w.bytes += static_cast<double>(in.back().bytes());
+    }
+    for (graph::V v : n.out)
+      if (v >= 0) w.bytes += static_cast<double>(g.values[v].meta(g.opt.device).bytes());
+    w.macs += n.op->macs(in);
+  }
+  return w;
+}
+
+void sync(Device dev) {
+  if (dev.is_cuda()) cuda::synchronize(cuda::default_stream());
+}
+
+// Median milliseconds of f over `reps` runs after two warm-up runs (CUDA: synchronised).
+double median_ms(const std::function<void()>& f, Device dev, int reps) {
+  for (int i = 0; i < 2; ++i) f();
+  sync(dev);
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    sync(dev);
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Timing {
+  double ms;
+  Work work;
+};
+
+// The probe loss alone (forward and backward) on a leaf shaped like the case's output: what the
+// fwd+bwd timings of a case subtract.
+Timing time_probe(const Tensor& y_like, Device dev, Prec p, bool graph) {
+  const Probe pr = probe(y_like.shape(), p);
+  Tensor y =
+      Tensor::from_vector(test::randn(static_cast<size_t>(y_like.numel()), 5), y_like.shape())
+          .to(y_like.dtype())
+          .to(dev);
+  y = y.contiguous(device_format(y.shape(), dev));
+  y.set_requires_grad(true);
+  graph::Graph g(graph::GraphOptions{dev});
+  graph::GraphIR& ir = g.ir();
+  graph::CompileOptions co;
+  co.loss = probe_loss(ir.symbolic(ir.param(y)), pr.view, g.input("target", pr.target.shape()),
+                       g.input("weight", pr.weight.shape()));
+  g.output(co.loss, "loss");
+  co.fuse = graph;
+  co.allocate = graph;
+  graph::Executable exe(std::move(g), co);
+  const Work w = work_of(exe.graph());
+  if (graph) {
+    exe.set_input("target", pr.target);
+    exe.set_input("weight", pr.weight);
+    return {median_ms([&] { exe.run(); }, dev, options().reps), w};
+  }
+  const Tensor target = pr.target.to(dev), weight = pr.weight.to(dev);
+  return {median_ms(
+              [&] {
+                y.zero_grad();
+                probe_loss(y, pr.view, target, weight).backward();
+              },
+              dev, options().reps),
+          w};
+}
+
+// One timing row: the forward alone, or forward and backward through the probe loss less the
+// probe's own time and work. Eager rows count the work of the unfused graph.
+Timing time_row(const Case& c, const std::vector<Tensor>& host, Device dev, Prec p, bool graph,
+                bool train) {
+  const std::vector<Tensor> real = backend_inputs(c, host, dev, p);
+  graph::CompileOptions co;
+  co.fuse = graph;
+  co.allocate = graph;  // eager rows: the plan only, for the work
+  Compiled cg = compile_case(c, real, host, dev, p, train, co);
+  Timing t{0, work_of(cg.exe->graph())};
+  if (graph) {
+    t.ms = median_ms([&] { cg.exe->run(); }, dev, options().reps);
+  } else if (!train) {
+    NoGradGuard ng;
+    t.ms = median_ms([&] { apply_case(c, real, p); }, dev, options().reps);
+  } else {
+    const Probe pr = probe(apply_case(c, real, p)[0].shape(), p);
+    const Tensor target = pr.target.to(dev), weight = pr.weight.to(dev);
+    t.ms = median_ms(
+        [&] {
+          for (Tensor x : real)
+            if (x.defined() && x.requires_grad()) x.zero_grad();
+          probe_loss(apply_case(c, real, p)[0], pr.view, target, weight).backward();
+        },
+        dev, options().reps);
+  }
+  if (train) {
+    Tensor y;
+    {
+      NoGradGuard ng;
+      y = apply_case(c, real, p)[0];
+    }
+    const Timing pt = time_probe(y, dev, p, graph);
+    t.ms = std::max(t.ms - pt.ms, 1e-6);
+    t.work.macs -= pt.work.macs;
+    t.work.bytes -= pt.work.bytes;
+  }
+  return t;
+}
+
+void time_case(const Case& c) {
+  const std::vector<Tensor> host = host_inputs(c, kF32);
+  for (Device dev : {Device::cpu(), Device::cuda()}) {
+    if (dev.is_cuda() && (c.cuda == 0 || !cuda::available())) continue;
+    for (Prec p : kPrecs) {
+      if (dev.is_cuda() ? !(c.cuda & p) : p != kF32) continue;
+      for (bool train : {false, true}) {
+        if (train && !c.differentiable()) continue;
+        for (bool graph : {false, true}) {
+          const std::string row = row_name(dev, graph);
+          if (!backend_selected(row)) continue;
+          const Timing t = time_row(c, host, dev, p, graph, train);
+          const double s = t.ms * 1e-3;
+          char gflops[32] = "-";
+          if (t.work.macs > 0)
+            std::snprintf(gflops, sizeof gflops, "%.1f", 2 * t.work.macs / s * 1e-9);
+          std::printf("%-10s %-13s %-7s %10.3f %9s %8.1f  %s\n", row.c_str(), prec_name(p),
+                      train ? "fwd+bwd" : "fwd", t.ms, gflops, t.work.bytes / s * 1e-9,
+                      c.str().c_str());
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("backend ops: every case on every backend against CPU eager", "[check]") {
+  for (const Case& c : table()) {
+    if (!selected(c, false)) continue;
+    DYNAMIC_SECTION("#" << c.index << " " << c.str()) { check_case(c); }
+  }
+}
+
+TEST_CASE("backend ops: CPU eager gradients against central differences", "[.grad]") {
+  for (const Case& c : table()) {
+    if (!selected(c, false) || !c.differentiable() || !backend_selected("cpu-eager")) continue;
+    DYNAMIC_SECTION("#" << c.index << " " << c.str()) {
+      ++g_totals.cases;
+      if (!c.no_fd.empty()) {
+        std::printf("%-70s skipped: %s\n", c.str().c_str(), c.no_fd.c_str());
+        ++g_totals.skipped;
+        continue;
+      }
+      std::vector<size_t> which;
+      for (size_t i = 0; i < c.in.size(); ++i)
+        if (c.in[i].grad) which.push_back(i);
+      ++g_totals.rows;
+      test::gradcheck(
+          c.str() + " [cpu-eager f32]", [&c](const std::vector<Tensor>& in) { return c.fn(in)[0]; },
+          host_inputs(c, kF32), which, c.fd_eps, c.fd_atol, c.fd_rtol);
+      ++g_totals.passed;
+      std::printf("%-70s ok\n", c.str().c_str());
+    }
+  }
+}
+
+TEST_CASE("backend ops: timings", "[.perf]") {
+  std::printf("%-10s %-13s %-7s %10s %9s %8s  %s\n", "backend", "dtype", "pass", "ms", "GFLOP/s",
+              "GB/s", "case (fwd+bwd: the probe loss's own time and work taken out)");
+  for (const Case& c : table())
+    if (selected(c, true)) time_case(c);
+  if (!cuda::available()) std::printf("(no usable CUDA device: CPU rows only)\n");
+}
+
+int main(int argc, char** argv) {
+  Options& o = options();
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "check" || a == "grad" || a == "perf") {
+      o.mode = a;
+    } else if (a == "-h" || a == "--help") {
+      std::printf(
+          "usage: %s [check|grad|perf] [-o OP] [-b BACKEND] [-r N] [Catch2 options]\n"
+          "  check  every case on every backend against CPU eager (the default)\n"
+          "  grad   CPU eager gradients against central differences\n"
+          "  perf   ms, GFLOP/s, GB/s of the HRNet-sized cases\n"
+          "  -o OP  ops whose name contains OP; -b B  backends whose name contains B\n"
+          "         (cpu-eager, cpu-graph, cuda-eager, cuda-graph); -r N  perf repetitions\n",
+          argv[0]);
+      return 0;
+    } else if ((a == "-o" || a == "-b" || a == "-r") && i + 1 < argc) {
+      const std::string v = argv[++i];
+      if (a == "-o") o.op = v;
+      if (a == "-r") o.reps = std::max(1, std::atoi(v.c_str()));
+      if (a == "-b") {
+        o.backend = v;
+        if (std::none_of(std::begin(kBackends), std::end(kBackends), [&](const char* b) {
+              return std::string(b).find(v) != std::string::npos;
+            })) {
+          std::fprintf(stderr,
+                       "-b %s matches no backend (cpu-eager, cpu-graph, cuda-eager, "
+                       "cuda-graph)\n",
+                       v.c_str());
+          return 2;
+        }
+      }
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (o.mode == "check" && !cuda::available())
+    std::printf("CUDA rows are skipped: no usable CUDA device (hr::cuda::available() is false)\n");
+  std::string spec = "[" + o.mode + "]";
+  rest.push_back(spec.data());
+  Catch::Session session;
+  const int rc = session.run(static_cast<int>(rest.size()), rest.data());
+  if (o.mode == "grad") g_totals.failed = g_totals.rows - g_totals.passed;  // REQUIRE threw
+  if (o.mode != "perf")
+    std::printf("backend ops (%s): %d cases, %d rows: %d passed, %d failed, %d skipped\n",
+                o.mode.c_str(), g_totals.cases, g_totals.rows, g_totals.passed, g_totals.failed,
+                g_totals.skipped);
+  return rc;
+}
