@@ -4,9 +4,11 @@
 // (a JPEG cut short decodes with grey fill) is detected from the container before decoding.
 #include "data/image.h"
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -70,6 +72,10 @@ std::string png_problem(const uint8_t* d, size_t n) {
   return "truncated PNG (no IEND chunk)";
 }
 
+bool is_jpeg(const uint8_t* d, size_t n) {
+  return n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF;
+}
+
 // A JPEG is whole when it ends with the EOI marker (FF D9); some writers pad with zeros after it.
 bool jpeg_complete(const uint8_t* d, size_t n) {
   while (n > 2 && d[n - 1] == 0) --n;
@@ -114,7 +120,9 @@ void jpeg_silent(j_common_ptr, int) {}
 
 }  // namespace
 
-Image decode_jpeg_libjpeg(const uint8_t* data, size_t size, const std::string& name) {
+Image decode_jpeg_libjpeg(const uint8_t* data, size_t size, const std::string& name, int denom) {
+  HR_CHECK(denom == 1 || denom == 2 || denom == 4 || denom == 8, "cannot read image ", name,
+           ": JPEG scale 1/", denom, " (1, 2, 4 or 8)");
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -131,6 +139,8 @@ Image decode_jpeg_libjpeg(const uint8_t* data, size_t size, const std::string& n
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
+  cinfo.scale_num = 1;
+  cinfo.scale_denom = static_cast<unsigned>(denom);
   cinfo.out_color_space = JCS_RGB;  // grey and CMYK/YCCK are converted by libjpeg
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK)
     cinfo.out_color_space = JCS_CMYK;
@@ -163,11 +173,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
     const std::string why = png_problem(data, size);
     if (!why.empty()) fail_read(name, why);
   }
-  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF &&
-      !jpeg_complete(data, size))
+  if (is_jpeg(data, size) && !jpeg_complete(data, size))
     fail_read(name, "truncated JPEG (no end-of-image marker)");
-  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
-    return decode_jpeg_libjpeg(data, size, name);
+  if (is_jpeg(data, size)) return decode_jpeg_libjpeg(data, size, name);
   int w = 0, h = 0, c = 0;
   uint8_t* px = stbi_load_from_memory(data, int(size), &w, &h, &c, 3);
   if (!px) {
@@ -183,7 +191,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   return img;
 }
 
-Image read_image(const std::string& path) {
+namespace {
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) fail_read(path, std::strerror(errno));
   std::vector<uint8_t> bytes;
@@ -194,7 +204,204 @@ Image read_image(const std::string& path) {
   const int e = errno;
   std::fclose(f);
   if (err) fail_read(path, e == EISDIR ? "is a directory" : std::strerror(e));
+  return bytes;
+}
+
+// A JPEG's size from its header (libjpeg), nothing decoded.
+void jpeg_size(const uint8_t* data, size_t size, const std::string& name, int* w, int* h) {
+  jpeg_decompress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_error_exit;
+  err.mgr.emit_message = jpeg_silent;
+  err.message[0] = 0;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    fail_read(name, err.message[0] ? err.message : "corrupt JPEG");
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  *w = static_cast<int>(cinfo.image_width);
+  *h = static_cast<int>(cinfo.image_height);
+  jpeg_destroy_decompress(&cinfo);
+}
+
+}  // namespace
+
+Image read_image(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_bytes(path);
   return decode_image(bytes.data(), bytes.size(), path);
+}
+
+EncodedImage EncodedImage::read(const std::string& path) {
+  EncodedImage e;
+  e.path_ = path;
+  e.bytes_ = read_bytes(path);
+  const uint8_t* d = e.bytes_.data();
+  const size_t n = e.bytes_.size();
+  if (n == 0) fail_read(path, "empty file");
+  if (data::is_jpeg(d, n)) {
+    if (!jpeg_complete(d, n)) fail_read(path, "truncated JPEG (no end-of-image marker)");
+    e.jpeg_ = true;
+    jpeg_size(d, n, path, &e.width_, &e.height_);
+    HR_CHECK(e.width_ > 0 && e.height_ > 0, "cannot read image ", path, ": empty JPEG");
+    return e;
+  }
+  e.full_ = decode_image(d, n, path);
+  e.width_ = e.full_.width;
+  e.height_ = e.full_.height;
+  e.bytes_.clear();
+  return e;
+}
+
+Image EncodedImage::decode(int denom) const {
+  if (!jpeg_) return full_;
+  return decode_jpeg_libjpeg(bytes_.data(), bytes_.size(), path_, denom);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's bilinear resize (src/libImaging/Resample.c, Pillow 9)
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// Per output pixel: the first input pixel, the number of taps, and the 22-bit weights.
+struct Coeffs {
+  int ksize = 0;
+  std::vector<int> bounds;  // [out][2]: xmin, count
+  std::vector<int32_t> k;   // [out][ksize]
+};
+
+Coeffs pil_coeffs(int in_size, int out_size) {
+  const double scale = double(in_size) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 1.0 * filterscale;  // the bilinear (triangle) filter's support
+  Coeffs c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(size_t(out_size) * 2);
+  c.k.assign(size_t(out_size) * c.ksize, 0);
+  std::vector<double> w(c.ksize);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    const int xmin = std::max(static_cast<int>(center - support + 0.5), 0);
+    const int xmax = std::min(static_cast<int>(center + support + 0.5), in_size) - xmin;
+    double ww = 0;
+    for (int x = 0; x < xmax; ++x) {
+      double t = (x + xmin - center + 0.5) * ss;
+      t = t < 0 ? -t : t;
+      w[x] = t < 1 ? 1 - t : 0;
+      ww += w[x];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      const double v = ww != 0.0 ? w[x] / ww : w[x];
+      c.k[size_t(xx) * c.ksize + x] = static_cast<int32_t>(
+          v < 0 ? -0.5 + v * (1 << kPrecisionBits) : 0.5 + v * (1 << kPrecisionBits));
+    }
+    c.bounds[size_t(xx) * 2] = xmin;
+    c.bounds[size_t(xx) * 2 + 1] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+  if (v >= (1 << kPrecisionBits << 8)) return 255;
+  if (v <= 0) return 0;
+  return static_cast<uint8_t>(v >> kPrecisionBits);
+}
+
+}  // namespace
+
+Image resize_bilinear_pil(const Image& src, int out_w, int out_h) {
+  HR_CHECK(src.channels == 3 && src.width > 0 && src.height > 0 && out_w > 0 && out_h > 0,
+           "resize: bad sizes ", src.width, "x", src.height, "x", src.channels, " -> ", out_w,
+           "x", out_h);
+  const bool horizontal = out_w != src.width, vertical = out_h != src.height;
+  const Coeffs ch = pil_coeffs(src.width, out_w), cv = pil_coeffs(src.height, out_h);
+  // the rows the vertical pass reads
+  const int ybox_first = cv.bounds[0];
+  const int ybox_last = cv.bounds[size_t(out_h - 1) * 2] + cv.bounds[size_t(out_h - 1) * 2 + 1];
+  Image tmp;
+  const Image* cur = &src;
+  int row0 = 0;  // the row of `cur` that source row ybox_first is at
+  if (horizontal) {
+    tmp = Image(out_w, ybox_last - ybox_first, 3);
+    for (int y = 0; y < tmp.height; ++y) {
+      const uint8_t* in = src.row(y + ybox_first);
+      uint8_t* out = tmp.row(y);
+      for (int xx = 0; xx < out_w; ++xx) {
+        const int xmin = ch.bounds[size_t(xx) * 2], xmax = ch.bounds[size_t(xx) * 2 + 1];
+        const int32_t* k = &ch.k[size_t(xx) * ch.ksize];
+        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < xmax; ++x) {
+          const uint8_t* p = in + size_t(x + xmin) * 3;
+          s0 += p[0] * k[x];
+          s1 += p[1] * k[x];
+          s2 += p[2] * k[x];
+        }
+        out[3 * xx] = clip8(s0);
+        out[3 * xx + 1] = clip8(s1);
+        out[3 * xx + 2] = clip8(s2);
+      }
+    }
+    cur = &tmp;
+    row0 = -ybox_first;
+  }
+  if (!vertical) return horizontal ? tmp : src;
+  Image out(cur->width, out_h, 3);
+  for (int yy = 0; yy < out_h; ++yy) {
+    const int ymin = cv.bounds[size_t(yy) * 2] + row0, ymax = cv.bounds[size_t(yy) * 2 + 1];
+    const int32_t* k = &cv.k[size_t(yy) * cv.ksize];
+    uint8_t* o = out.row(yy);
+    for (int xx = 0; xx < cur->width; ++xx) {
+      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+      for (int y = 0; y < ymax; ++y) {
+        const uint8_t* p = cur->row(y + ymin) + size_t(xx) * 3;
+        s0 += p[0] * k[y];
+        s1 += p[1] * k[y];
+        s2 += p[2] * k[y];
+      }
+      o[3 * xx] = clip8(s0);
+      o[3 * xx + 1] = clip8(s1);
+      o[3 * xx + 2] = clip8(s2);
+    }
+  }
+  return out;
+}
+
+void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
+  // (v / 255 - mean) / std in float32, tabulated once
+  struct Lut {
+    float v[3][256];
+    Lut() {
+      const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+      for (int c = 0; c < 3; ++c)
+        for (int i = 0; i < 256; ++i) v[c][i] = (static_cast<float>(i) / 255.f - mean[c]) / std[c];
+    }
+  };
+  static const Lut lut;
+  const size_t n = static_cast<size_t>(h) * w;
+  float* r = chw;
+  float* g = chw + n;
+  float* b = chw + 2 * n;
+  for (size_t i = 0; i < n; ++i) {
+    r[i] = lut.v[0][hwc[3 * i]];
+    g[i] = lut.v[1][hwc[3 * i + 1]];
+    b[i] = lut.v[2][hwc[3 * i + 2]];
+  }
+}
+
+Image crop(const Image& src, int x, int y, int w, int h) {
+  HR_CHECK(w > 0 && h > 0 && x >= 0 && y >= 0 && x + w <= src.width && y + h <= src.height,
+           "crop: box ", x, ",", y, " ", w, "x", h, " outside the ", src.width, "x", src.height,
+           " image");
+  Image out(w, h, src.channels);
+  const size_t rb = size_t(w) * src.channels;
+  for (int r = 0; r < h; ++r)
+    std::memcpy(out.row(r), src.row(y + r) + size_t(x) * src.channels, rb);
+  return out;
 }
 
 void write_image(const Image& img, const std::string& path, int jpeg_quality) {

@@ -3,6 +3,7 @@
 // order. Sample seeds and the epoch order are pure functions of (seed, epoch, index), so batches
 // are identical for any number of workers.
 #include "data/loader.h"
+#include "data/random.h"
 
 #include <algorithm>
 #include <condition_variable>
@@ -17,26 +18,6 @@
 
 namespace hr::data {
 
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Uniform in [0, n) by rejection (portable, unlike std::uniform_int_distribution).
-uint64_t bounded(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = ~uint64_t(0) - ~uint64_t(0) % n;
-  uint64_t v;
-  do v = rng();
-  while (v >= limit);
-  return v % n;
-}
-
-}  // namespace
-
 std::vector<size_t> epoch_order(size_t n, uint64_t seed, int64_t epoch, bool shuffle) {
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = i;
@@ -44,7 +25,7 @@ std::vector<size_t> epoch_order(size_t n, uint64_t seed, int64_t epoch, bool shu
   // a different stream from the sample seeds: the tag keeps the two hashes apart
   std::mt19937_64 rng(
       splitmix64(splitmix64(seed ^ 0x6f726465725f7065ull) ^ static_cast<uint64_t>(epoch)));
-  for (size_t i = n - 1; i > 0; --i) std::swap(order[i], order[bounded(rng, i + 1)]);
+  for (size_t i = n - 1; i > 0; --i) std::swap(order[i], order[uniform_int(rng, i + 1)]);
   return order;
 }
 

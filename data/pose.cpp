@@ -369,14 +369,6 @@ std::vector<PoseRecord> detection_records(const std::vector<DetectionBox>& dets,
   return out;
 }
 
-double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
-
-double standard_normal(std::mt19937_64& rng) {
-  const double u1 = 1.0 - uniform01(rng);  // (0, 1]: log is finite
-  const double u2 = uniform01(rng);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-}
-
 bool half_body_center_scale(const float* joints_xyv, int num_joints, bool prefer_upper,
                             float aspect_ratio, std::array<float, 2>& center,
                             std::array<float, 2>& scale) {
@@ -444,28 +436,6 @@ CropMeta draw_augmentation(const PoseRecord& rec, int image_width, const Augment
     m.center[0] = static_cast<float>(static_cast<double>(image_width) - m.center[0] - 1);
   }
   return m;
-}
-
-void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
-  // (v / 255 - mean) / std in float32, tabulated once
-  struct Lut {
-    float v[3][256];
-    Lut() {
-      const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
-      for (int c = 0; c < 3; ++c)
-        for (int i = 0; i < 256; ++i) v[c][i] = (static_cast<float>(i) / 255.f - mean[c]) / std[c];
-    }
-  };
-  static const Lut lut;
-  const size_t n = static_cast<size_t>(h) * w;
-  float* r = chw;
-  float* g = chw + n;
-  float* b = chw + 2 * n;
-  for (size_t i = 0; i < n; ++i) {
-    r[i] = lut.v[0][hwc[3 * i]];
-    g[i] = lut.v[1][hwc[3 * i + 1]];
-    b[i] = lut.v[2][hwc[3 * i + 2]];
-  }
 }
 
 void render_sample(const Image& img, const PoseRecord& rec, const CropMeta& crop,

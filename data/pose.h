@@ -13,6 +13,7 @@
 #include "data/coco.h"
 #include "data/dataset.h"
 #include "data/image.h"
+#include "data/random.h"
 
 namespace hr::data {
 
@@ -142,14 +143,6 @@ void render_sample(const Image& img, const PoseRecord& rec, const CropMeta& crop
                    const TargetParams& tp, float* input, float* target, float* weight,
                    float* joints_out = nullptr);
 
-// RGB uint8 interleaved [H,W,3] -> normalised f32 [3,H,W]: (v/255 - mean)/std per channel, in
-// float32 as torchvision's ToTensor + Normalize compute it.
-void normalize_input(const uint8_t* hwc, int h, int w, float* chw);
-
-// Portable random draws for the augmentation (the same on every standard library): uniform in
-// [0,1) from the top 53 bits, standard normal by the Box-Muller transform.
-double uniform01(std::mt19937_64& rng);
-double standard_normal(std::mt19937_64& rng);
 
 // ---- the dataset the loader and the trainer see ----
 struct PoseDatasetOptions {
