@@ -92,8 +92,10 @@ Tensor cast(const Tensor& x, DType dtype);
 // HRNet JointsMSELoss with target weights: pred, target [N,J,H,W], weight [N,J] or [N,J,1].
 Tensor heatmap_loss(const Tensor& pred, const Tensor& target, const Tensor& weight);
 // Mean softmax cross-entropy over classes of logits [N,C,H,W] (or [N,C]) against i64 labels
-// [N,H,W] (or [N]); pixels equal to ignore_index are not counted.
-Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index = 255);
+// [N,H,W] (or [N]); pixels equal to ignore_index are not counted. label_smoothing e as torch's:
+// (1 - e) * -log p_label + e * mean over classes of -log p_c.
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index = 255,
+                     float label_smoothing = 0.f);
 
 // ---- the ops backward rules are written with (not differentiable themselves) ----
 // dy [N,K,P,Q], w [K,C,R,S] -> dx of shape `input`
@@ -137,7 +139,7 @@ std::array<Tensor, 3> linear_backward(const Tensor& x, const Tensor& w, const Te
 Tensor heatmap_loss_backward(const Tensor& pred, const Tensor& target, const Tensor& weight,
                              const Tensor& dloss);
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& dloss,
-                              int64_t ignore_index);
+                              int64_t ignore_index, float label_smoothing = 0.f);
 // A tensor of `shape` filled with the value of the one-element tensor g (sum_all's backward).
 Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype);
 

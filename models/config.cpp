@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 
@@ -413,8 +414,11 @@ const DefaultRow kPoseDefaults[] = {
     {"DEBUG.SAVE_BATCH_IMAGES_PRED", "False"},
     {"DEBUG.SAVE_HEATMAPS_GT", "False"},
     {"DEBUG.SAVE_HEATMAPS_PRED", "False"},
-    // This engine's own section (official files do not have it, so they keep these values):
-    // where and how hrnet-train / hrnet-eval run. See tasks/pose.h.
+};
+
+// This engine's own section (official files do not have it, so they keep these values): where
+// and how hrnet-train / hrnet-eval run, for every family. See tasks/task.h.
+const DefaultRow kEngineDefaults[] = {
     {"ENGINE", "{}"},
     {"ENGINE.DEVICE", "'cpu'"},         // cpu | cuda
     {"ENGINE.PRECISION", "'fp32'"},     // fp32 | bf16 | fp16 (autocast on CUDA)
@@ -425,7 +429,28 @@ const DefaultRow kPoseDefaults[] = {
     {"ENGINE.THREADS", "0"},            // CPU threads for the model (0: all cores)
     {"ENGINE.GRAPH", "True"},           // training step as a compiled static graph (False: eager)
     {"ENGINE.LR_SCHEDULE", "'multistep'"},  // multistep (TRAIN.LR_STEP) | cosine (per iteration)
+    {"ENGINE.LABEL_SMOOTHING", "0.0"},  // classification: cross-entropy label smoothing
+    {"ENGINE.FAST_DECODE", "True"},     // classification training: JPEGs decoded at 1/2..1/8
 };
+
+// Adds the rows' keys to `root` where they are missing (rows in parent-first order).
+void add_defaults(CfgNode& root, const DefaultRow* rows, size_t n) {
+  for (size_t r = 0; r < n; ++r) {
+    const auto parts = split_key(rows[r].key);
+    CfgNode* node = &root;
+    for (size_t k = 0; k + 1 < parts.size(); ++k) node = node->find(parts[k]);
+    if (node->find(parts.back())) continue;
+    CfgNode v;
+    const std::string lit = rows[r].value;
+    if (lit == "{}" || lit == "{new}") {
+      v.kind = Kind::Map;
+      v.new_allowed = lit == "{new}";
+    } else {
+      HR_CHECK(python_literal(lit, v), "[config] bad default literal for ", rows[r].key);
+    }
+    node->entries.emplace_back(parts.back(), v);
+  }
+}
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -443,20 +468,8 @@ std::string read_file(const std::string& path) {
 Config Config::pose_defaults() {
   Config c;
   c.source_ = "<pose defaults>";
-  for (const auto& row : kPoseDefaults) {
-    auto parts = split_key(row.key);
-    CfgNode* node = &c.root_;
-    for (size_t k = 0; k + 1 < parts.size(); ++k) node = node->find(parts[k]);
-    CfgNode v;
-    const std::string lit = row.value;
-    if (lit == "{}" || lit == "{new}") {
-      v.kind = Kind::Map;
-      v.new_allowed = lit == "{new}";
-    } else {
-      HR_CHECK(python_literal(lit, v), "[config] bad default literal for ", row.key);
-    }
-    node->entries.emplace_back(parts.back(), v);
-  }
+  add_defaults(c.root_, kPoseDefaults, std::size(kPoseDefaults));
+  add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
   return c;
 }
 
@@ -468,6 +481,8 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
   Config c;
   if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0) {
     c.root_ = file;
+    // the engine's section, where the file has none of it (or lacks some of its keys)
+    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
   } else {
     c = pose_defaults();
     merge_into(c.root_, file, "", source);

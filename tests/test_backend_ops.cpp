@@ -453,19 +453,23 @@ std::vector<Case> make_table() {
   // zero target weights (joints not visible) are part of the op's contract
   heatmap({2, 3, 4, 5}, {2, 3, 1}, {1, 0, 1, 1, 1, 0});
   heatmap({8, 17, 64, 48}, {8, 17, 1}).perf = true;
-  auto ce = [&](Shape x, int64_t ignore) -> Case& {
+  auto ce = [&](Shape x, int64_t ignore, float smoothing = 0.f) -> Case& {
     Case c;
     c.op = "cross_entropy";
-    c.attrs = str_cat("ignore ", ignore);
+    c.attrs = str_cat("ignore ", ignore, smoothing > 0 ? str_cat(", smoothing ", smoothing) : "");
     Shape l = x.size() == 4 ? Shape{x[0], x[2], x[3]} : Shape{x[0]};
     c.in = {data("logits", x), labels(l, x[1], ignore)};
-    c.fn = [ignore](const Args& a) { return V{ops::cross_entropy(a[0], a[1], ignore)}; };
+    c.fn = [ignore, smoothing](const Args& a) {
+      return V{ops::cross_entropy(a[0], a[1], ignore, smoothing)};
+    };
     return add(std::move(c));
   };
   ce({2, 4, 2, 3}, 255);
   ce({5, 3}, -100);
   ce({3, 5, 1, 1}, 255);
   ce({1, 19, 3, 7}, 255);
+  ce({6, 10}, 255, 0.1f);       // label smoothing (classification)
+  ce({2, 5, 3, 2}, 255, 0.3f);
   ce({8, 19, 64, 48}, 255).perf = true;
 
   // ---- fold_batch_norm (inference; no backward): weight, bias, gamma, beta, mean, variance

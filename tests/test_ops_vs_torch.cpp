@@ -492,11 +492,16 @@ TEST_CASE("heatmap_loss matches HRNet JointsMSELoss; cross_entropy matches F.cro
     y.backward();
     log.grads({{"pred", pred}});
   });
-  run_op("cross_entropy", {"cross_entropy_4d", "cross_entropy_2d"},
+  run_op("cross_entropy",
+         {"cross_entropy_4d", "cross_entropy_2d", "cross_entropy_smooth_2d",
+          "cross_entropy_smooth_4d"},
          [](const Case& c, CaseLog& log) {
            Tensor logits = input(c, "logits");
            Tensor labels = ref().tensor_i64(key(c, "labels"));
-           Tensor y = hr::ops::cross_entropy(logits, labels, c.i("ignore_index"));
+           const bool smooth = c.name.find("smooth") != std::string::npos;
+           Tensor y = hr::ops::cross_entropy(
+               logits, labels, c.i("ignore_index"),
+               smooth ? static_cast<float>(c.num("label_smoothing")) : 0.f);
            log.tensor("loss", y, "y");
            y.backward();
            log.grads({{"logits", logits}});

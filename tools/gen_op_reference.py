@@ -354,6 +354,20 @@ def group_norm_cases():
                  dict(x=x, gamma=gamma, beta=beta))
 
 
+def label_smoothing_cases():
+    # after group norm: the cases before keep their seeds
+    for name, shape, eps in (("cross_entropy_smooth_2d", (6, 5), 0.1),
+                             ("cross_entropy_smooth_4d", (2, 4, 3, 3), 0.25)):
+        case(name, "cross_entropy", ignore_index=255, label_smoothing=eps)
+        n, c = shape[0], shape[1]
+        labels = torch.randint(0, c, (n,) + shape[2:], dtype=torch.int64)
+        labels.view(-1)[1] = 255
+        put(name, "labels", labels)
+        run_grad(name, lambda logits: F.cross_entropy(logits, labels, ignore_index=255,
+                                                      label_smoothing=eps),
+                 dict(logits=rnd(*shape, scale=2.0)), scalar=True)
+
+
 def write_safetensors(path, tensors, metadata):
     dtag = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
     # int64 first so every tensor is naturally aligned.
@@ -384,7 +398,7 @@ def main():
     torch.set_num_threads(1)
     for gen in (conv_cases, batch_norm_cases, elementwise_cases, resample_cases, concat_cases,
                 pool_cases, linear_cases, loss_cases, module_cases, optimizer_cases,
-                schedule_cases, group_norm_cases):
+                schedule_cases, group_norm_cases, label_smoothing_cases):
         gen()
     for k, a in TENSORS.items():
         assert a.dtype == np.int64 or np.all(np.isfinite(a)), k

@@ -106,11 +106,16 @@ struct CeDims {
 
 const int64_t* labels_of(const Tensor& t) { return t.data<int64_t>(); }
 
+std::string ce_attributes(int64_t ignore_index, float smoothing) {
+  return str_cat("ignore ", ignore_index, smoothing > 0 ? str_cat(", label smoothing ", smoothing) : "");
+}
+
 struct CrossEntropyOp final : OpDef {
   int64_t ignore_index;
-  explicit CrossEntropyOp(int64_t ig) : ignore_index(ig) {}
+  float smoothing;
+  CrossEntropyOp(int64_t ig, float sm) : ignore_index(ig), smoothing(sm) {}
   const char* name() const override { return "cross_entropy"; }
-  std::string attributes() const override { return str_cat("ignore ", ignore_index); }
+  std::string attributes() const override { return ce_attributes(ignore_index, smoothing); }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
     check_ce_args(in, name());
     return {f32_on({}, in[0])};
@@ -118,25 +123,28 @@ struct CrossEntropyOp final : OpDef {
   void run_cpu(const KernelArgs& a) const override {
     const CeDims d(a.in[0]);
     *fptr(a.out[0]) = cpu::softmax_ce_forward(d.N, d.C, d.HW, fptr(a.in[0]), labels_of(a.in[1]),
-                                              ignore_index);
+                                              ignore_index, smoothing);
   }
   // A label outside [0, C) that is not ignore_index makes the loss NaN (the CPU throws).
   void run_cuda(const KernelArgs& a) const override {
     const CeDims d(a.in[0]);
     cuda::softmax_ce_forward_dev(dt(a.in[0], name()), d.N, d.C, d.HW, a.in[0].raw_data(),
-                                 labels_of(a.in[1]), ignore_index, fptr(a.out[0]), a.stream);
+                                 labels_of(a.in[1]), ignore_index, fptr(a.out[0]), a.stream,
+                                 smoothing);
   }
   bool differentiable(size_t i) const override { return i == 0; }
   std::vector<Tensor> backward(const GradArgs& a) const override {
-    return {cross_entropy_backward(a.in[0], a.in[1], a.grad_out[0], ignore_index), Tensor()};
+    return {cross_entropy_backward(a.in[0], a.in[1], a.grad_out[0], ignore_index, smoothing),
+            Tensor()};
   }
 };
 
 struct CrossEntropyBwdOp final : OpDef {
   int64_t ignore_index;
-  explicit CrossEntropyBwdOp(int64_t ig) : ignore_index(ig) {}
+  float smoothing;
+  CrossEntropyBwdOp(int64_t ig, float sm) : ignore_index(ig), smoothing(sm) {}
   const char* name() const override { return "cross_entropy_backward"; }
-  std::string attributes() const override { return str_cat("ignore ", ignore_index); }
+  std::string attributes() const override { return ce_attributes(ignore_index, smoothing); }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
     check_ce_args(in, name());
     check_defined(in[2], name(), "dloss");
@@ -147,13 +155,13 @@ struct CrossEntropyBwdOp final : OpDef {
   void run_cpu(const KernelArgs& a) const override {
     const CeDims d(a.in[0]);
     cpu::softmax_ce_backward(d.N, d.C, d.HW, fptr(a.in[0]), labels_of(a.in[1]), ignore_index,
-                             *fptr(a.in[2]), fptr(a.out[0]));
+                             *fptr(a.in[2]), fptr(a.out[0]), smoothing);
   }
   void run_cuda(const KernelArgs& a) const override {
     const CeDims d(a.in[0]);
     cuda::softmax_ce_backward_dev(dt(a.in[0], name()), d.N, d.C, d.HW, a.in[0].raw_data(),
                                   labels_of(a.in[1]), ignore_index, fptr(a.in[2]),
-                                  a.out[0].raw_data(), a.stream);
+                                  a.out[0].raw_data(), a.stream, smoothing);
   }
 };
 
@@ -172,13 +180,18 @@ Tensor heatmap_loss_backward(const Tensor& pred, const Tensor& target, const Ten
   return hr::apply(std::make_shared<HeatmapLossBwdOp>(), {pred, target, weight, dloss})[0];
 }
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index) {
-  return hr::apply(std::make_shared<CrossEntropyOp>(ignore_index), {logits, labels})[0];
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index,
+                     float label_smoothing) {
+  HR_CHECK(label_smoothing >= 0.f && label_smoothing <= 1.f,
+           "cross_entropy: label smoothing ", label_smoothing, " outside [0, 1]");
+  return hr::apply(std::make_shared<CrossEntropyOp>(ignore_index, label_smoothing),
+                   {logits, labels})[0];
 }
 
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& dloss,
-                              int64_t ignore_index) {
-  return hr::apply(std::make_shared<CrossEntropyBwdOp>(ignore_index), {logits, labels, dloss})[0];
+                              int64_t ignore_index, float label_smoothing) {
+  return hr::apply(std::make_shared<CrossEntropyBwdOp>(ignore_index, label_smoothing),
+                   {logits, labels, dloss})[0];
 }
 
 }  // namespace hr::ops

@@ -131,10 +131,12 @@ void heatmap_loss_backward(int64_t N, int64_t J, int64_t HW, const float* pred, 
 // Softmax cross-entropy over channels of logits [N, C, HW] with labels [N, HW] (int64);
 // labels equal to ignore_index are skipped; the loss is the mean over the counted pixels
 // (0 when none). A label outside [0, C) that is not ignore_index throws hr::Error naming it.
+// With label smoothing e (torch's label_smoothing): (1 - e) * -log p_label + e * mean_c -log p_c.
 float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
-                         const int64_t* labels, int64_t ignore_index);
+                         const int64_t* labels, int64_t ignore_index, float smoothing = 0.f);
 void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
-                         const int64_t* labels, int64_t ignore_index, float dloss, float* dlogits);
+                         const int64_t* labels, int64_t ignore_index, float dloss, float* dlogits,
+                         float smoothing = 0.f);
 
 // ---- optimizer steps (PyTorch torch.optim semantics, one parameter tensor of n floats) ----
 // SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);

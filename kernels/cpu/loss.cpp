@@ -87,7 +87,7 @@ void heatmap_loss_backward(int64_t N, int64_t J, int64_t HW, const float* pred, 
 
 // logits [N,C,HW], labels [N,HW]
 float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
-                         const int64_t* labels, int64_t ignore_index) {
+                         const int64_t* labels, int64_t ignore_index, float smoothing) {
   const int64_t counted = check_labels("softmax_ce_forward", N, C, HW, labels, ignore_index);
   if (counted == 0) return 0.f;
   const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
@@ -103,7 +103,16 @@ float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
     double s = 0;
     for (int64_t i = 0; i < len; ++i) {
       if (ln[i] == ignore_index) continue;
-      s += double(lse[i]) - (double(xn[ln[i] * HW + i0 + i]) - double(mx[i]));
+      // -log p_label, and with smoothing the mean of -log p_c over the classes
+      const double nll = double(lse[i]) - (double(xn[ln[i] * HW + i0 + i]) - double(mx[i]));
+      if (smoothing == 0.f) {
+        s += nll;
+        continue;
+      }
+      double mean_x = 0;
+      for (int64_t c = 0; c < C; ++c) mean_x += xn[c * HW + i0 + i];
+      const double uniform = double(lse[i]) - (mean_x / double(C) - double(mx[i]));
+      s += (1.0 - smoothing) * nll + smoothing * uniform;
     }
     parts[b] = s;
   }
@@ -115,7 +124,8 @@ float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
 // logits [N,C,HW], labels [N,HW] -> dlogits [N,C,HW]
 void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss,
-                         float* dlogits) {
+                         float* dlogits, float smoothing) {
+  const float on = 1.f - smoothing + smoothing / float(C), off = smoothing / float(C);
   const int64_t counted = check_labels("softmax_ce_backward", N, C, HW, labels, ignore_index);
   const float k = counted ? float(double(dloss) / double(counted)) : 0.f;
   const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
@@ -134,7 +144,7 @@ void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
       float* d = dn + c * HW + i0;
       for (int64_t i = 0; i < len; ++i) {
         const float prob = std::exp(r[i] - mx[i] - lse[i]);
-        d[i] = kk[i] * (prob - (ln[i] == c ? 1.f : 0.f));
+        d[i] = kk[i] * (prob - (ln[i] == c ? on : off));
       }
     }
   }

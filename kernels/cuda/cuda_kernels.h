@@ -178,12 +178,13 @@ float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* 
 void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
                            const void* gt, const float* weight, float dloss, void* dpred,
                            Stream st);
-// logits NHWC [N, HW, C]; labels [N, HW] int64
+// logits NHWC [N, HW, C]; labels [N, HW] int64; label smoothing e as cpu::softmax_ce_forward
 float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                         const int64_t* labels, int64_t ignore_index, Stream st);
+                         const int64_t* labels, int64_t ignore_index, Stream st,
+                         float smoothing = 0.f);
 void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
-                         Stream st);
+                         Stream st, float smoothing = 0.f);
 // The same losses with the scalars on the device, for graph capture: no host synchronisation,
 // deterministic, the same numerics (the synchronous versions above are the forwards plus one
 // copy to the host, and the backwards with dloss from the host).
@@ -198,10 +199,11 @@ void heatmap_loss_backward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const vo
 // A label outside [0, C) that is not ignore_index makes *loss NaN (softmax_ce_forward throws,
 // naming it); the backward treats such a label as ignored.
 void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st);
+                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st,
+                            float smoothing = 0.f);
 void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                              const int64_t* labels, int64_t ignore_index, const float* dloss,
-                             void* dlogits, Stream st);
+                             void* dlogits, Stream st, float smoothing = 0.f);
 
 // ---- optimizers (fp32 master weights and state) ----
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,

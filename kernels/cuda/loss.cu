@@ -95,7 +95,7 @@ __device__ __forceinline__ void row_lse(const T* x, int64_t C, float& mx, float&
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     softmax_ce_kernel(int64_t P, int64_t C, const T* __restrict__ logits,
-                      const int64_t* __restrict__ labels, int64_t ignore_index,
+                      const int64_t* __restrict__ labels, int64_t ignore_index, float smoothing,
                       double* __restrict__ part, unsigned long long* bad) {
   double loss = 0, count = 0;
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < P;
@@ -109,7 +109,14 @@ __global__ void __launch_bounds__(kThreads)
     const T* x = logits + p * C;
     float mx, lse;
     row_lse(x, C, mx, lse);
-    loss += double(lse) - (double(to_f(x[l])) - double(mx));
+    const double nll = double(lse) - (double(to_f(x[l])) - double(mx));
+    if (smoothing == 0.f) {
+      loss += nll;
+    } else {  // (1 - e) * -log p_label + e * mean_c -log p_c
+      double mean_x = 0;
+      for (int64_t c = 0; c < C; ++c) mean_x += to_f(x[c]);
+      loss += (1.0 - smoothing) * nll + smoothing * (double(lse) - (mean_x / C - double(mx)));
+    }
     count += 1;
   }
   const double sl = block_sum(loss);
@@ -164,13 +171,16 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) *k = total > 0 ? float(double(dloss) / total) : 0.f;
 }
 
-// dlogits [P, C] = k * (softmax - onehot(label)), 0 on ignored pixels.
+// dlogits [P, C] = k * (softmax - target), target the one-hot label smoothed by e
+// ((1 - e) onehot + e / C); 0 on ignored pixels.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     softmax_ce_backward_kernel(int64_t P, int64_t C, const T* __restrict__ logits,
                                const int64_t* __restrict__ labels, int64_t ignore_index,
-                               const float* __restrict__ kptr, T* __restrict__ dlogits) {
+                               float smoothing, const float* __restrict__ kptr,
+                               T* __restrict__ dlogits) {
   const float k = *kptr;
+  const float on = 1.f - smoothing + smoothing / float(C), off = smoothing / float(C);
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < P;
        p += int64_t(gridDim.x) * blockDim.x) {
     const int64_t l = labels[p];
@@ -184,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
     row_lse(x, C, mx, lse);
     for (int64_t c = 0; c < C; ++c) {
       const float prob = expf(to_f(x[c]) - mx - lse);
-      d[c] = from_f<T>(k * (prob - (c == l ? 1.f : 0.f)));
+      d[c] = from_f<T>(k * (prob - (c == l ? on : off)));
     }
   }
 }
@@ -257,8 +267,8 @@ namespace {
 // logits [N,HW,C], labels [N,HW] -> *loss (device); *bad (device) = the smallest pixel index
 // with an invalid label, all ones when none (a slot of the workspace when bad is null).
 void softmax_ce_forward_to(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                           const int64_t* labels, int64_t ignore_index, float* loss,
-                           unsigned long long* bad, Stream st) {
+                           const int64_t* labels, int64_t ignore_index, float smoothing,
+                           float* loss, unsigned long long* bad, Stream st) {
   const int64_t P = N * HW;
   const cudaStream_t cs = detail::stream_of(st);
   if (P <= 0) {
@@ -273,7 +283,7 @@ void softmax_ce_forward_to(DT dt, int64_t N, int64_t C, int64_t HW, const void* 
   CUDA_CHECK(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), cs));
   HR_DISPATCH_DT(dt, T, {
     softmax_ce_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
-        P, C, static_cast<const T*>(logits), labels, ignore_index, part, bad);
+        P, C, static_cast<const T*>(logits), labels, ignore_index, smoothing, part, bad);
   });
   HR_CUDA_LAUNCH_CHECK();
   softmax_ce_finish_kernel<<<1, kThreads, 0, cs>>>(blocks, part, bad, loss);
@@ -283,12 +293,13 @@ void softmax_ce_forward_to(DT dt, int64_t N, int64_t C, int64_t HW, const void* 
 
 // logits [N,HW,C], labels [N,HW]; loss: one fp32 on the device
 void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st) {
-  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, loss, nullptr, st);
+                            const int64_t* labels, int64_t ignore_index, float* loss, Stream st,
+                            float smoothing) {
+  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, smoothing, loss, nullptr, st);
 }
 
 float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                         const int64_t* labels, int64_t ignore_index, Stream st) {
+                         const int64_t* labels, int64_t ignore_index, Stream st, float smoothing) {
   if (N * HW <= 0) return 0.f;
   // {bad (u64), loss (f32)}: one copy to the host
   struct Out {
@@ -297,7 +308,8 @@ float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* lo
   };
   detail::Workspace ws(sizeof(Out), st);
   auto* dev = ws.as<Out>();
-  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, &dev->loss, &dev->bad, st);
+  softmax_ce_forward_to(dt, N, C, HW, logits, labels, ignore_index, smoothing, &dev->loss,
+                        &dev->bad, st);
   Out host;
   memcpy_d2h(&host, dev, sizeof(Out), st);
   if (host.bad != std::numeric_limits<unsigned long long>::max()) {
@@ -313,7 +325,7 @@ float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* lo
 namespace {
 // logits, dlogits [N,HW,C], labels [N,HW]; dloss from the device when dloss_dev is set
 void softmax_ce_backward_impl(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
-                              const int64_t* labels, int64_t ignore_index,
+                              const int64_t* labels, int64_t ignore_index, float smoothing,
                               const float* dloss_dev, float dloss_host, void* dlogits,
                               Stream st) {
   const int64_t P = N * HW;
@@ -329,7 +341,8 @@ void softmax_ce_backward_impl(DT dt, int64_t N, int64_t C, int64_t HW, const voi
   HR_CUDA_LAUNCH_CHECK();
   HR_DISPATCH_DT(dt, T, {
     softmax_ce_backward_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
-        P, C, static_cast<const T*>(logits), labels, ignore_index, k, static_cast<T*>(dlogits));
+        P, C, static_cast<const T*>(logits), labels, ignore_index, smoothing, k,
+        static_cast<T*>(dlogits));
   });
   HR_CUDA_LAUNCH_CHECK();
 }
@@ -337,15 +350,16 @@ void softmax_ce_backward_impl(DT dt, int64_t N, int64_t C, int64_t HW, const voi
 
 void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
-                         Stream st) {
-  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, nullptr, dloss, dlogits,
-                           st);
+                         Stream st, float smoothing) {
+  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, smoothing, nullptr, dloss,
+                           dlogits, st);
 }
 
 void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                              const int64_t* labels, int64_t ignore_index, const float* dloss,
-                             void* dlogits, Stream st) {
-  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, dloss, 0.f, dlogits, st);
+                             void* dlogits, Stream st, float smoothing) {
+  softmax_ce_backward_impl(dt, N, C, HW, logits, labels, ignore_index, smoothing, dloss, 0.f,
+                           dlogits, st);
 }
 
 }  // namespace hr::cuda

@@ -123,20 +123,21 @@ HR_NO_CUDA(void, heatmap_loss_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, float, void*,
             Stream))
 HR_NO_CUDA(float, softmax_ce_forward,
-           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, Stream))
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, Stream, float))
 HR_NO_CUDA(void, softmax_ce_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float, void*,
-            Stream))
+            Stream, float))
 HR_NO_CUDA(void, heatmap_loss_forward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, float*, Stream))
 HR_NO_CUDA(void, heatmap_loss_backward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, const float*,
             void*, Stream))
 HR_NO_CUDA(void, softmax_ce_forward_dev,
-           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float*, Stream))
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float*, Stream,
+            float))
 HR_NO_CUDA(void, softmax_ce_backward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, const float*,
-            void*, Stream))
+            void*, Stream, float))
 
 // optimizers
 HR_NO_CUDA(void, sgd_step,
