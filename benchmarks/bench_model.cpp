@@ -2,7 +2,7 @@
 // inference forward, ours and PyTorch's side by side in the same run.
 //   bench_model [--model w32:pose] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
-//               [--profile]
+//               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile]
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
 // norm, planned memory, branch streams; on CUDA replayed as a CUDA graph). --profile prints the
 // graph's per-op time on the CPU.
@@ -10,6 +10,12 @@
 // the same spec) runs when a Python with torch is found ($HR_PYTHON, python3, /usr/bin/python3):
 // on the CPU it is eager fp32 with the same thread count; on CUDA it is eager (autocast,
 // channels_last, cudnn.benchmark) and torch.compile. Ratio = PyTorch time / our time (> 1: we are faster).
+// --peer-results FILE reads the peer's "RESULT key value" lines from FILE instead of running it
+// (tools/window/run.sh starts the peer early, so that torch.compile has compiled by then).
+// --latency: inference only, at --batch (1 for latency), eager and as a captured graph, against
+// the peer's eager and torch.compile(mode="reduce-overhead") inference at the same batch.
+// --save FILE writes our results; --load FILE prints the table from them without measuring
+// (tools/window/run.sh: ours is timed while the peer is paused, the peer later, alone).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,8 +47,11 @@ struct Args {
   int64_t batch = 8, height = 256, width = 192;
   std::string device = "cpu", amp;
   int steps = 5, warmup = 2;
-  bool torch = true, profile = false;
+  bool torch = true, profile = false, latency = false;
+  std::string peer_results, save, load;
 };
+
+using Results = std::map<std::string, double>;
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -63,6 +72,10 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::max(0, std::atoi(val().c_str()));
     else if (k == "--no-torch") a.torch = false;
     else if (k == "--profile") a.profile = true;
+    else if (k == "--peer-results") a.peer_results = val();
+    else if (k == "--latency") a.latency = true;
+    else if (k == "--save") a.save = val();
+    else if (k == "--load") a.load = val();
     else throw Error("bench_model: unknown argument " + k);
   }
   HR_CHECK(a.device == "cpu" || a.device == "cuda", "bench_model: --device must be cpu or cuda");
@@ -83,8 +96,36 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-std::map<std::string, double> run_torch(const Args& a, const ModelSpec& spec) {
-  std::map<std::string, double> r;
+// "RESULT key value" lines, from the peer's output or a file holding it; other lines go to stderr
+void parse_peer_line(const char* line, Results& r) {
+  char key[128];
+  double v;
+  const char* p = std::strstr(line, "RESULT ");
+  if (p && std::sscanf(p, "RESULT %127s %lf", key, &v) == 2) {
+    r[key] = v;
+    std::printf("peer: %s %.3f\n", key, v);  // as it comes: survives a peer that times out
+    std::fflush(stdout);
+  } else {
+    std::fputs(line, stderr);
+  }
+}
+
+Results read_peer_results(const std::string& path) {
+  Results r;
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) {
+    std::fprintf(stderr, "bench_model: no peer results in %s\n", path.c_str());
+    return r;
+  }
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) parse_peer_line(line, r);
+  std::fclose(f);
+  return r;
+}
+
+Results run_torch(const Args& a, const ModelSpec& spec) {
+  Results r;
+  if (!a.peer_results.empty()) return read_peer_results(a.peer_results);
   const std::string py = a.torch ? bench::torch_python() : "";
   if (py.empty()) return r;
   std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py --width-base " +
@@ -93,31 +134,21 @@ std::map<std::string, double> run_torch(const Args& a, const ModelSpec& spec) {
                     " --width " + std::to_string(a.width) + " --device " + a.device +
                     " --steps " + std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) +
                     " --threads " + std::to_string(omp_get_max_threads()) +
-                    (a.amp.empty() ? "" : " --amp " + a.amp);
+                    (a.amp.empty() ? "" : " --amp " + a.amp) +
+                    (a.latency ? " --no-throughput --latency-batch " + std::to_string(a.batch) +
+                                     " --latency-steps " + std::to_string(a.steps)
+                               : "");
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
   char line[512];
-  while (std::fgets(line, sizeof line, p)) {
-    char key[128];
-    double v;
-    if (std::sscanf(line, "RESULT %127s %lf", key, &v) == 2) {
-      r[key] = v;
-      std::printf("peer: %s %.3f\n", key, v);  // as it comes: survives a peer that times out
-      std::fflush(stdout);
-    } else {
-      std::fputs(line, stderr);
-    }
-  }
+  while (std::fgets(line, sizeof line, p)) parse_peer_line(line, r);
   pclose(p);
   return r;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) try {
-  Args a = parse(argc, argv);
-  ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
-  HR_CHECK(spec.head == Head::Pose, "bench_model: the benchmark uses the pose head (heatmap loss)");
+// Ours, measured: keys train_eager_ms, train_graph_ms, infer_eager_ms, infer_graph_ms,
+// train_arena_gb, train_peak_gb (CUDA); with --latency only infer_eager_ms and infer_graph_ms.
+Results measure(const Args& a, const ModelSpec& spec) {
   const Device dev = a.device == "cuda" ? Device::cuda() : Device::cpu();
   HR_CHECK(dev.is_cpu() || cuda::available(), "bench_model: no CUDA device");
   auto model = std::make_shared<HRNet>(spec, 1);
@@ -199,62 +230,133 @@ int main(int argc, char** argv) try {
     e.capture();
   };
 
-  model->train();
-  if (dev.is_cuda()) cuda::empty_cache();
-  const double train_ms = time_it(train_step);
-  const double peak_gb = dev.is_cuda() ? cuda::peak_allocated_bytes() / 1e9 : 0;
-  gtrain = compile(true);
-  prepare(*gtrain);
-  if (a.profile) gtrain->set_profiling(true);
-  const double gtrain_ms = time_it(graph_train_step);
-  if (a.profile && dev.is_cpu())
-    std::printf("graph training step, per op (CPU wall time):\n%s\n", gtrain->profile_report().c_str());
-  const double gtrain_arena = gtrain->stats().arena_bytes / 1e9;
-  gtrain.reset();
-  opt.zero_grad();  // the graph's gradient views go with it
+  Results r;
+  if (!a.latency) {
+    model->train();
+    if (dev.is_cuda()) cuda::empty_cache();
+    r["train_eager_ms"] = time_it(train_step);
+    if (dev.is_cuda()) r["train_peak_gb"] = cuda::peak_allocated_bytes() / 1e9;
+    gtrain = compile(true);
+    prepare(*gtrain);
+    if (a.profile) gtrain->set_profiling(true);
+    r["train_graph_ms"] = time_it(graph_train_step);
+    if (a.profile && dev.is_cpu())
+      std::printf("graph training step, per op (CPU wall time):\n%s\n", gtrain->profile_report().c_str());
+    r["train_arena_gb"] = gtrain->stats().arena_bytes / 1e9;
+    gtrain.reset();
+    opt.zero_grad();  // the graph's gradient views go with it
+  }
   model->eval();
-  const double infer_ms = time_it(infer_step);
+  r["infer_eager_ms"] = time_it(infer_step);
   ginfer = compile(false);
   prepare(*ginfer);
-  const double ginfer_ms = time_it(graph_infer_step);
+  r["infer_graph_ms"] = time_it(graph_infer_step);
+  return r;
+}
 
-  std::printf("ours: train step eager %.1f ms, graph %.1f ms (%.1f img/s); inference eager %.1f ms, "
-              "graph %.1f ms (%.1f img/s); training graph arena %.2f GB%s\n",
-              train_ms, gtrain_ms, a.batch * 1e3 / gtrain_ms, infer_ms, ginfer_ms,
-              a.batch * 1e3 / ginfer_ms, gtrain_arena,
-              dev.is_cuda() ? str_cat(", peak eager training memory ", peak_gb, " GB").c_str() : "");
-  std::fflush(stdout);
-  std::map<std::string, double> t = run_torch(a, spec);
-  std::printf("\nbench_model: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d steps\n\n",
-              a.config.empty() ? a.model.c_str() : a.config.c_str(), (long long)a.batch,
-              (long long)a.height, (long long)a.width, a.device.c_str(),
-              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(), a.steps);
-  std::printf("| what | ours ms | ours img/s | peer | peer ms | ratio (peer/ours) |\n|---|---:|---:|---|---:|---:|\n");
-  auto row = [&](const char* what, double ours, const char* peer, const std::string& key) {
-    auto it = t.find(key);
-    if (it == t.end()) {
-      std::printf("| %s | %.1f | %.1f | %s | - | - |\n", what, ours, a.batch * 1e3 / ours, peer);
-      return;
-    }
-    std::printf("| %s | %.1f | %.1f | %s | %.1f | %.2f |\n", what, ours, a.batch * 1e3 / ours, peer,
-                it->second, it->second / ours);
+// "OURS key value" lines (--save / --load): the table can be printed again later with the
+// peer's results, without measuring again
+void save_results(const std::string& path, const Results& r) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  HR_CHECK(f != nullptr, "bench_model: cannot write ", path);
+  for (const auto& [k, v] : r) std::fprintf(f, "OURS %s %.6f\n", k.c_str(), v);
+  std::fclose(f);
+}
+
+Results load_results(const std::string& path) {
+  Results r;
+  FILE* f = std::fopen(path.c_str(), "r");
+  HR_CHECK(f != nullptr, "bench_model: cannot read ", path);
+  char line[512], key[128];
+  double v;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "OURS %127s %lf", key, &v) == 2) r[key] = v;
+  std::fclose(f);
+  HR_CHECK(r.count("infer_graph_ms"), "bench_model: no results of ours in ", path);
+  return r;
+}
+
+void print_table(const Args& a, const Results& ours, const Results& peer) {
+  const bool cuda = a.device == "cuda";
+  const char* gname = cuda ? "CUDA graph" : "graph";
+  auto get = [](const Results& m, const std::string& k) {
+    auto it = m.find(k);
+    return it == m.end() ? -1.0 : it->second;
   };
-  if (dev.is_cpu()) {
-    row("train step, graph", gtrain_ms, "PyTorch eager fp32", "train_eager_ms");
-    row("train step, eager", train_ms, "PyTorch eager fp32", "train_eager_ms");
-    row("inference, graph", ginfer_ms, "PyTorch eager fp32", "infer_eager_ms");
-    row("inference, eager", infer_ms, "PyTorch eager fp32", "infer_eager_ms");
-  } else {
-    row("train step, CUDA graph", gtrain_ms, "PyTorch eager", "train_eager_ms");
-    row("train step, CUDA graph", gtrain_ms, "torch.compile", "train_compiled_ms");
-    row("train step, eager", train_ms, "PyTorch eager", "train_eager_ms");
-    row("inference, CUDA graph", ginfer_ms, "PyTorch eager", "infer_eager_ms");
-    row("inference, CUDA graph", ginfer_ms, "torch.compile", "infer_compiled_ms");
-    row("inference, eager", infer_ms, "PyTorch eager", "infer_eager_ms");
-    std::printf("\npeak GPU memory in training: ours %.2f GB", peak_gb);
-    if (t.count("train_peak_gb")) std::printf(", PyTorch eager %.2f GB", t["train_peak_gb"]);
-    std::printf("\n");
+  std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d %s\n\n",
+              a.latency ? " --latency" : "", a.config.empty() ? a.model.c_str() : a.config.c_str(),
+              (long long)a.batch, (long long)a.height, (long long)a.width, a.device.c_str(),
+              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(), a.steps,
+              a.latency ? "runs" : "steps");
+  if (a.latency) {
+    std::printf("| what | ours ms | peer | peer ms | ratio (peer/ours) |\n|---|---:|---|---:|---:|\n");
+    auto row = [&](const std::string& what, const std::string& our_key, const char* pname,
+                   const std::string& key) {
+      const double o = get(ours, our_key), p = get(peer, key);
+      if (p < 0)
+        std::printf("| %s | %.3f | %s | - | - |\n", what.c_str(), o, pname);
+      else
+        std::printf("| %s | %.3f | %s | %.3f | %.2f |\n", what.c_str(), o, pname, p, p / o);
+    };
+    const std::string g = std::string("inference, ") + gname;
+    row(g, "infer_graph_ms", "PyTorch eager", "latency_eager_ms");
+    if (cuda) row(g, "infer_graph_ms", "torch.compile reduce-overhead", "latency_compiled_ms");
+    row("inference, eager", "infer_eager_ms", "PyTorch eager", "latency_eager_ms");
+    return;
   }
+  std::printf("| what | ours ms | ours img/s | peer | peer ms | ratio (peer/ours) |\n|---|---:|---:|---|---:|---:|\n");
+  auto row = [&](const std::string& what, const std::string& our_key, const char* pname,
+                 const std::string& key) {
+    const double o = get(ours, our_key), p = get(peer, key);
+    if (p < 0)
+      std::printf("| %s | %.1f | %.1f | %s | - | - |\n", what.c_str(), o, a.batch * 1e3 / o, pname);
+    else
+      std::printf("| %s | %.1f | %.1f | %s | %.1f | %.2f |\n", what.c_str(), o, a.batch * 1e3 / o,
+                  pname, p, p / o);
+  };
+  const std::string tg = std::string("train step, ") + gname, ig = std::string("inference, ") + gname;
+  if (!cuda) {
+    row(tg, "train_graph_ms", "PyTorch eager fp32", "train_eager_ms");
+    row("train step, eager", "train_eager_ms", "PyTorch eager fp32", "train_eager_ms");
+    row(ig, "infer_graph_ms", "PyTorch eager fp32", "infer_eager_ms");
+    row("inference, eager", "infer_eager_ms", "PyTorch eager fp32", "infer_eager_ms");
+    return;
+  }
+  row(tg, "train_graph_ms", "PyTorch eager", "train_eager_ms");
+  row(tg, "train_graph_ms", "torch.compile", "train_compiled_ms");
+  row("train step, eager", "train_eager_ms", "PyTorch eager", "train_eager_ms");
+  row(ig, "infer_graph_ms", "PyTorch eager", "infer_eager_ms");
+  row(ig, "infer_graph_ms", "torch.compile", "infer_compiled_ms");
+  row("inference, eager", "infer_eager_ms", "PyTorch eager", "infer_eager_ms");
+  std::printf("\npeak GPU memory in training: ours %.2f GB", get(ours, "train_peak_gb"));
+  if (peer.count("train_peak_gb")) std::printf(", PyTorch eager %.2f GB", peer.at("train_peak_gb"));
+  std::printf("\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  Args a = parse(argc, argv);
+  ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
+  HR_CHECK(spec.head == Head::Pose, "bench_model: the benchmark uses the pose head (heatmap loss)");
+  const Results ours = a.load.empty() ? measure(a, spec) : load_results(a.load);
+  if (!a.save.empty()) save_results(a.save, ours);
+  auto get = [&](const char* k) { return ours.count(k) ? ours.at(k) : 0.0; };
+  if (a.latency)
+    std::printf("ours: inference at batch %lld: eager %.3f ms, graph %.3f ms\n", (long long)a.batch,
+                get("infer_eager_ms"), get("infer_graph_ms"));
+  else
+    std::printf("ours: train step eager %.1f ms, graph %.1f ms (%.1f img/s); inference eager %.1f ms, "
+                "graph %.1f ms (%.1f img/s); training graph arena %.2f GB%s\n",
+                get("train_eager_ms"), get("train_graph_ms"), a.batch * 1e3 / get("train_graph_ms"),
+                get("infer_eager_ms"), get("infer_graph_ms"), a.batch * 1e3 / get("infer_graph_ms"),
+                get("train_arena_gb"),
+                ours.count("train_peak_gb")
+                    ? str_cat(", peak eager training memory ", get("train_peak_gb"), " GB").c_str()
+                    : "");
+  std::fflush(stdout);
+  const Results peer = run_torch(a, spec);
+  print_table(a, ours, peer);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_model: %s\n", e.what());

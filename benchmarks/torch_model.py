@@ -4,6 +4,15 @@ architecture and key names as ours) timed on the same input: a training step (fo
 heatmap loss, backward, Adam) and an inference forward. CPU: eager fp32 with --threads threads.
 CUDA: eager with channels_last + cudnn.benchmark (+ autocast with --amp), and torch.compile.
 Prints lines "RESULT <key> <value>" that bench_model reads (times in ms, median of --steps).
+
+--latency-batch N adds inference at batch N (keys latency_eager_ms, latency_compiled_ms; the
+compiled one with mode="reduce-overhead", i.e. CUDA graphs, as our captured graph);
+--no-throughput leaves out the cases at --batch.
+--ready-file F --go-file G (tools/window/run.sh): the cases come in groups (0: all but the
+compiled latency case, 1: that one); a group's cases are warmed up first (torch.compile compiles,
+cudnn.benchmark chooses), then F.<group> is created and the peer waits for G.<group> before
+timing them, and creates F.<group>.done after (F.all at the end): it compiles in the
+background while other GPU work runs, and is timed alone.
 """
 import argparse
 import os
@@ -23,19 +32,23 @@ def heatmap_loss(pred, gt, w):
     return 0.5 * torch.mean((pred * w - gt * w) ** 2)
 
 
-def timeit(fn, steps, warmup, cuda):
-    for _ in range(warmup):
-        fn()
+def sync(cuda):
     if cuda:
         torch.cuda.synchronize()
+
+
+def timeit(fn, steps, cuda):
     t = []
     for _ in range(steps):
         t0 = time.perf_counter()
         fn()
-        if cuda:
-            torch.cuda.synchronize()
+        sync(cuda)
         t.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(t)
+
+
+def log(msg):
+    print(f"peer: {msg}", file=sys.stderr, flush=True)
 
 
 def main():
@@ -50,6 +63,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-throughput", action="store_true", help="leave out the cases at --batch")
+    ap.add_argument("--latency-batch", type=int, default=0, help="also inference at this batch")
+    ap.add_argument("--latency-steps", type=int, default=50)
+    ap.add_argument("--ready-file", default="", help="created once every case is warmed up")
+    ap.add_argument("--go-file", default="", help="timing starts once this file exists")
+    ap.add_argument("--go-timeout", type=float, default=1800.0)
     a = ap.parse_args()
     cuda = a.device == "cuda"
     if a.threads:
@@ -60,6 +79,8 @@ def main():
     amp_dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(a.amp)
     if cuda:
         torch.backends.cudnn.benchmark = True
+        log(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"{torch.cuda.get_device_name()}")
 
     class Pose(torch.nn.Module):
         # the reference model returns a list of head outputs; the pose head has one
@@ -74,38 +95,99 @@ def main():
     def build():
         return Pose().to(dev).to(memory_format=fmt)
 
-    x = torch.randn(a.batch, 3, a.height, a.width, device=dev).to(memory_format=fmt)
+    def autocast():
+        return torch.autocast(a.device, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    def measure(model, tag):
+    # every case: (group, key, mode "train"/"eval", model, fn, steps). Group by group, its cases
+    # are warmed up, then timed (after the handshake of --ready-file/--go-file, if given): group 0
+    # holds everything but the compiled latency case, whose extra compile is group 1, so that
+    # the table's figures need not wait for it.
+    cases = []
+    heat_shape = (a.batch, 17, a.height // 4, a.width // 4)  # the pose head: 17 maps at 1/4
+
+    def add_throughput(model, tag):
+        x = torch.randn(a.batch, 3, a.height, a.width, device=dev).to(memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        with torch.no_grad():
-            y0 = model(x)
-        gt = torch.randn_like(y0) * 0.1
-        w = torch.ones(a.batch, y0.shape[1], device=dev)
+        gt = torch.randn(heat_shape, device=dev) * 0.1
+        w = torch.ones(a.batch, heat_shape[1], device=dev)
 
         def train():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(a.device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with autocast():
                 loss = heatmap_loss(model(x).float(), gt, w)
             loss.backward()
             opt.step()
 
         def infer():
-            with torch.no_grad(), torch.autocast(a.device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.no_grad(), autocast():
                 model(x)
 
-        model.train()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        print(f"RESULT train_{tag}_ms {timeit(train, a.steps, a.warmup, cuda):.3f}", flush=True)
-        if cuda:
-            print(f"RESULT train_peak_gb {torch.cuda.max_memory_allocated() / 1e9:.3f}" if tag == "eager" else "", flush=True)
-        model.eval()
-        print(f"RESULT infer_{tag}_ms {timeit(infer, a.steps, a.warmup, cuda):.3f}", flush=True)
+        cases.append((0, f"train_{tag}_ms", "train", model, train, a.steps))
+        cases.append((0, f"infer_{tag}_ms", "eval", model, infer, a.steps))
 
-    measure(build(), "eager")
-    if cuda and not a.no_compile:
-        measure(torch.compile(build()), "compiled")
+    def add_latency(model, tag, group):
+        x = torch.randn(a.latency_batch, 3, a.height, a.width, device=dev).to(memory_format=fmt)
+
+        def infer():
+            with torch.no_grad(), autocast():
+                model(x)
+
+        cases.append((group, f"latency_{tag}_ms", "eval", model, infer, a.latency_steps))
+
+    compile_ = cuda and not a.no_compile
+    if not a.no_throughput:
+        add_throughput(build(), "eager")
+    if a.latency_batch > 0:
+        add_latency(build(), "eager", 0)
+    if compile_ and not a.no_throughput:
+        add_throughput(torch.compile(build()), "compiled")
+    if compile_ and a.latency_batch > 0:
+        add_latency(torch.compile(build(), mode="reduce-overhead"), "compiled", 1)
+
+    def handshake(group):
+        if a.ready_file:
+            if cuda:
+                torch.cuda.empty_cache()
+            tmp = f"{a.ready_file}.{group}.tmp"
+            with open(tmp, "w") as f:
+                f.write("ready\n")
+            os.replace(tmp, f"{a.ready_file}.{group}")
+            log(f"group {group} ready; waiting for {a.go_file}.{group}")
+        if a.go_file:
+            t0 = time.perf_counter()
+            while not os.path.exists(f"{a.go_file}.{group}"):
+                if time.perf_counter() - t0 > a.go_timeout:
+                    log(f"no {a.go_file}.{group} after {a.go_timeout:.0f} s: group {group} not timed")
+                    sys.exit(3)
+                time.sleep(0.1)
+
+    def mark(suffix):
+        if a.ready_file:
+            open(f"{a.ready_file}.{suffix}", "w").close()
+
+    for group in sorted({c[0] for c in cases}):
+        mine = [c for c in cases if c[0] == group]
+        # warm-up: compiles and chooses algorithms; the eager training step's peak memory
+        for _, key, mode, model, fn, _ in mine:
+            t0 = time.perf_counter()
+            getattr(model, mode)()
+            if cuda and key == "train_eager_ms":
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(max(1, a.warmup)):
+                fn()
+            sync(cuda)
+            if cuda and key == "train_eager_ms":
+                print(f"RESULT train_peak_gb {torch.cuda.max_memory_allocated() / 1e9:.3f}", flush=True)
+            log(f"{key[:-3]} warmed up in {time.perf_counter() - t0:.1f} s")
+        handshake(group)
+        for _, key, mode, model, fn, steps in mine:
+            getattr(model, mode)()
+            fn()  # after a mode switch: the first call may check guards or re-record a graph
+            sync(cuda)
+            print(f"RESULT {key} {timeit(fn, steps, cuda):.3f}", flush=True)
+        mark(f"{group}.done")
+    mark("all")
+    log("all timed")
 
 
 if __name__ == "__main__":

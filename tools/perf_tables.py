@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Condenses the CSVs written by benchmarks/bench_cuda_conv and bench_cuda_fuse (via
-tools/gpu_check.sh) into the markdown tables kept in docs/PERFORMANCE.md.
+tools/window/run.sh) into the markdown tables kept in docs/PERFORMANCE.md.
 
-Usage: tools/perf_tables.py OUTDIR   (the gpu_check output folder with bench_conv.csv, bench_fuse.csv)
+Usage: tools/perf_tables.py DIR   (a folder with bench_conv.csv, bench_fuse.csv and, for the
+PyTorch columns, torch_conv_all.csv: the run's OUT/logs.tar.gz unpacked)
 """
 import collections
 import csv
