@@ -22,9 +22,10 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
 
 Optimizer::~Optimizer() {
   try {
-    if (hyper_copied_) {
-      cuda::event_synchronize(hyper_copied_);
-      cuda::destroy_event(hyper_copied_);
+    for (void*& e : hyper_copied_) {
+      if (!e) continue;
+      cuda::event_synchronize(e);  // the copy no longer reads the pinned memory
+      cuda::destroy_event(e);
     }
     if (hyper_host_) cuda::free_pinned(hyper_host_);
   } catch (...) {
@@ -37,9 +38,10 @@ void Optimizer::set_capturable(bool on) {
     for (const Tensor& p : params_)
       HR_CHECK(p.device().is_cuda(), "optimizer: capturable mode (CUDA graphs) needs CUDA "
                "parameters, got ", p.str());
-    hyper_host_ = static_cast<float*>(cuda::alloc_pinned(4 * sizeof(float)));
-    hyper_copied_ = cuda::create_event();
-    hyper_dev_ = Tensor::zeros({4}, DType::f32, params_[0].device());
+    hyper_host_ =
+        static_cast<float*>(cuda::alloc_pinned(kHyperSlots * kHyperFloats * sizeof(float)));
+    for (void*& e : hyper_copied_) e = cuda::create_event();
+    hyper_dev_ = Tensor::zeros({kHyperFloats}, DType::f32, params_[0].device());
   }
   capturable_ = on;
 }
@@ -51,11 +53,40 @@ void Optimizer::enqueue_step() {
   throw Error("optimizer: this optimizer has no capturable step");
 }
 
+// The hand-off of the hyper-parameters to the device, and why it is done this way:
+//  - The copy from pinned memory is enqueued by prepare_step(), outside any capture, on the
+//    stream the step then runs on. A graph launch is ordered after the work already in its
+//    stream (cudaGraphLaunch), so each replay reads the values of the prepare_step() before it,
+//    and the next copy (queued after that launch) cannot overwrite them while it runs.
+//  - The host may rewrite a pinned slot only once the copy that read it has completed: an event
+//    recorded after each copy, outside any capture, and waited for on the host. An event last
+//    recorded inside a capture cannot be waited for (cudaEventSynchronize / cudaEventQuery fail
+//    with cudaErrorCapturedEvent, "not permitted on an event which was last recorded in a
+//    capturing stream"), which is why the copy is not part of the graph.
+//  - Two slots used in turn: prepare_step() for step t waits only for the copy of step t-2,
+//    queued before step t-1 was launched, so the host may run a whole step ahead of the GPU
+//    (and never waits when the GPU keeps up).
 float* Optimizer::hyper_for_write() {
   HR_CHECK(capturable_, "optimizer: prepare_step needs set_capturable(true)");
-  // the previous step's copy (eager or replayed) must have read the pinned values
-  if (hyper_pending_) cuda::event_synchronize(hyper_copied_);
-  return hyper_host_;
+  HR_CHECK(!cuda::is_capturing(current_stream()),
+           "optimizer: prepare_step must not be captured "
+           "(it runs on the host before each launch; capture enqueue_step)");
+  const int k = hyper_slot_;
+  if (hyper_pending_[k]) {
+    cuda::event_synchronize(hyper_copied_[k]);
+    hyper_pending_[k] = false;
+  }
+  return hyper_host_ + k * kHyperFloats;
+}
+
+void Optimizer::upload_hyper(int n) {
+  const int k = hyper_slot_;
+  const cuda::Stream st = current_stream();
+  cuda::memcpy_h2d_async(hyper_dev_.data<float>(), hyper_host_ + k * kHyperFloats,
+                         size_t(n) * sizeof(float), st);
+  cuda::record_event(hyper_copied_[k], st);
+  hyper_pending_[k] = true;
+  hyper_slot_ = (k + 1) % kHyperSlots;
 }
 
 namespace {
@@ -126,15 +157,13 @@ void SGD::prepare_step() {
   float* h = hyper_for_write();
   h[0] = float(lr_);
   h[1] = steps_ == 0 ? 1.f : 0.f;  // the first step initialises the momentum buffers
+  upload_hyper(2);
   ++steps_;
 }
 
 void SGD::enqueue_step() {
   HR_CHECK(capturable_, "SGD: enqueue_step needs set_capturable(true)");
   const cuda::Stream st = current_stream();
-  cuda::memcpy_h2d_async(hyper_dev_.data<float>(), hyper_host_, 2 * sizeof(float), st);
-  cuda::record_event(hyper_copied_, st);
-  hyper_pending_ = true;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
@@ -180,14 +209,12 @@ void Adam::prepare_step() {
   h[0] = float(lr_);
   h[1] = float(1.0 - std::pow(o_.beta1, double(steps_)));
   h[2] = float(1.0 - std::pow(o_.beta2, double(steps_)));
+  upload_hyper(3);
 }
 
 void Adam::enqueue_step() {
   HR_CHECK(capturable_, "Adam: enqueue_step needs set_capturable(true)");
   const cuda::Stream st = current_stream();
-  cuda::memcpy_h2d_async(hyper_dev_.data<float>(), hyper_host_, 3 * sizeof(float), st);
-  cuda::record_event(hyper_copied_, st);
-  hyper_pending_ = true;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;

@@ -24,17 +24,22 @@ class Optimizer {
   virtual NamedTensors state_dict() const;
   virtual void load_state_dict(const NamedTensors& sd);
 
-  // CUDA graphs (parameters on CUDA). A capturable optimizer splits step() into a host part,
-  // prepare_step() (step count; learning rate and step-dependent factors written to pinned
-  // memory), and a device part, enqueue_step() (an asynchronous copy of those values to the
-  // device, then kernels that read them there). Captured once, enqueue_step() replays with the
-  // values of each prepare_step(); step() is prepare_step() then enqueue_step(). The set of
-  // parameters with gradients must not change after capture. Results equal step()'s up to the
-  // float rounding of the step-dependent factors.
+  // CUDA graphs (parameters on CUDA). A capturable optimizer splits step() into
+  //  - prepare_step(), never captured: the step count; the learning rate and step-dependent
+  //    factors written to pinned memory and copied asynchronously to the device on the current
+  //    stream (the host does not wait for the GPU, except for the copy of two steps before);
+  //  - enqueue_step(), which may be captured: kernels that read those values on the device when
+  //    they run.
+  // Launch the enqueued or captured kernels on the stream prepare_step() ran on, after it. A
+  // graph holding enqueue_step() replays with the values of the prepare_step() before each
+  // launch; step() is prepare_step() then enqueue_step(). The set of parameters with gradients
+  // must not change after capture. Results equal step()'s up to the float rounding of the
+  // step-dependent factors.
   void set_capturable(bool on);
   bool capturable() const { return capturable_; }
   virtual void prepare_step();
   virtual void enqueue_step();
+
  protected:
   std::vector<Tensor> params_;
   // slots_[i][k]: per-parameter state tensors (created lazily, same shape as the parameter)
@@ -43,13 +48,21 @@ class Optimizer {
   double lr_;
   int64_t steps_ = 0;
   Tensor& slot(size_t param, size_t k);
-  // capturable mode: hyper-parameters in pinned host memory and on the device
+  // capturable mode: hyper-parameters in pinned host memory (kHyperSlots slots, used in turn)
+  // and on the device
+  static constexpr int kHyperSlots = 2;
+  static constexpr int kHyperFloats = 4;
   bool capturable_ = false;
-  float* hyper_host_ = nullptr;  // pinned
-  Tensor hyper_dev_;
-  void* hyper_copied_ = nullptr;  // event after the copy: the host may rewrite hyper_host_
-  bool hyper_pending_ = false;
-  float* hyper_for_write();      // waits until the last copy has read the pinned values
+  float* hyper_host_ = nullptr;           // pinned, kHyperSlots x kHyperFloats
+  Tensor hyper_dev_;                      // kHyperFloats
+  void* hyper_copied_[kHyperSlots] = {};  // per slot: recorded after its copy (never captured)
+  bool hyper_pending_[kHyperSlots] = {};
+  int hyper_slot_ = 0;  // the slot prepare_step writes next
+  // The next slot, once the copy that last read it has completed.
+  float* hyper_for_write();
+  // Copies the first n values of the slot hyper_for_write() returned to hyper_dev_ on the
+  // current stream and moves to the next slot.
+  void upload_hyper(int n);
 
  public:
   Optimizer(const Optimizer&) = delete;

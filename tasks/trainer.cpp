@@ -13,7 +13,9 @@
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/file_util.h"
+#include "engine/ops.h"
 #include "engine/progress.h"
+#include "engine/stream.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace hr::tasks {
@@ -107,7 +109,42 @@ TrainStep::TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Dev
 
 TrainStep::~TrainStep() = default;
 
+void TrainStep::add_host_loss(float loss, int64_t samples) {
+  host_losses_.last = loss;
+  host_losses_.sum += double(loss) * double(samples);
+  host_losses_.samples += samples;
+  ++host_losses_.steps;
+}
+
+// The graph's loss output (fp32) into the device's running sum, on the current stream: eagerly
+// after an uncaptured run, or inside the capture (the graph then adds every replay's loss).
+void TrainStep::add_device_loss(const graph::Executable& e, int64_t samples) {
+  cuda::loss_accumulate(e.output("loss").data<float>(), double(samples),
+                        static_cast<double*>(device_sum_.raw_data()), current_stream());
+}
+
+TrainStep::Losses TrainStep::take_losses() {
+  Losses out = host_losses_;
+  host_losses_ = Losses();
+  if (device_counts_.steps > 0) {
+    double sum[2];  // waits for the steps
+    cuda::memcpy_d2h(sum, device_sum_.raw_data(), sizeof sum, current_stream());
+    cuda::memset_zero(device_sum_.raw_data(), sizeof sum, current_stream());
+    out.last = float(sum[1]);
+    out.sum += sum[0];
+    out.samples += device_counts_.samples;
+    out.steps += device_counts_.steps;
+    device_counts_ = Losses();
+  }
+  return out;
+}
+
 float TrainStep::operator()(const data::Batch& batch) {
+  step(batch);
+  return take_losses().last;
+}
+
+void TrainStep::step(const data::Batch& batch) {
   HR_CHECK(batch.size() > 0, "train step: empty batch");
   HR_CHECK(model_.is_training(), "train step: the model is in eval mode");
   const Tensor& input = batch.input();
@@ -120,7 +157,8 @@ float TrainStep::operator()(const data::Batch& batch) {
     Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
     loss.backward();
     opt_.step();
-    return loss.item();
+    add_host_loss(loss.item(), batch.size());
+    return;
   }
   auto& exe = graphs_[input.shape()];
   if (!exe) {
@@ -135,7 +173,8 @@ float TrainStep::operator()(const data::Batch& batch) {
       AutocastGuard ac(autocast_);
       loss = task_.loss(model_.forward_all(g.input(batch.fields[0].first, input.shape())), targets);
     }
-    g.output(loss, "loss");
+    // fp32, as the device's running sum reads it
+    g.output(loss.dtype() == DType::f32 ? loss : ops::cast(loss, DType::f32), "loss");
     graph::CompileOptions co;
     co.loss = loss;
     exe = std::make_unique<graph::Executable>(std::move(g), co);
@@ -146,17 +185,32 @@ float TrainStep::operator()(const data::Batch& batch) {
     for (Tensor p : model_.parameters()) p.set_grad(e.grad(p));
     last_ = &e;
   }
+  // CUDA: asynchronous uploads from pinned staging buffers, on the stream the graph runs on
   for (const auto& [name, t] : batch.fields) e.set_input(name, t);
-  if (e.captured()) {
-    e.run();  // prepare_step on the host, then the graph: forward, backward, optimizer
-    return e.output("loss").item();
+  if (!dev_.is_cuda()) {
+    e.run();
+    opt_.step();
+    add_host_loss(e.output("loss").item(), batch.size());
+    return;
   }
-  e.run();
-  opt_.step();
-  const float loss = e.output("loss").item();  // synchronises: the step is done
-  if (dev_.is_cuda())
-    e.capture([this] { opt_.enqueue_step(); }, [this] { opt_.prepare_step(); });
-  return loss;
+  if (!device_sum_.defined()) device_sum_ = Tensor::zeros({2}, DType::i64, dev_);  // 2 doubles
+  const int64_t n = batch.size();
+  if (!e.captured()) {
+    e.run();
+    opt_.step();
+    add_device_loss(e, n);
+    // the same step, captured once; each later step replays it
+    e.capture(
+        [this, &e, n] {
+          add_device_loss(e, n);
+          opt_.enqueue_step();
+        },
+        [this] { opt_.prepare_step(); });
+  } else {
+    e.run();  // prepare_step on the host, then the graph: forward, backward, loss sum, optimizer
+  }
+  device_counts_.samples += n;
+  ++device_counts_.steps;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,15 +314,27 @@ EvalSummary Trainer::run() {
   // END_EPOCH, in place of the official steps
   const int64_t iters_per_epoch = loader.batches_per_epoch();
   const CosineLR cosine((s.end_epoch - s.begin_epoch) * iters_per_epoch);
-  const std::string unit = task_.name() == std::string("pose") ? "img" : "sample";
   for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
     double lr = multistep.lr(epoch, s.lr);
     opt->set_lr(lr);
     model->train();
     loader.start_epoch(epoch);
-    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch), iters_per_epoch * s.batch, unit);
-    double loss_sum = 0;
-    int64_t seen = 0, iter = 0, skipped = 0;
+    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch), iters_per_epoch * s.batch, "img");
+    // The losses are read (on CUDA: the one wait for the GPU) every PRINT_FREQ iterations and at
+    // the end of the epoch; a non-finite loss in any step since the last read stops training.
+    double loss_sum = 0;  // of the steps read so far
+    float loss = NAN;     // the last step read
+    int64_t seen = 0, loss_seen = 0, iter = 0, skipped = 0;
+    auto read_losses = [&](int64_t last_iter) {
+      const TrainStep::Losses l = step.take_losses();
+      if (l.steps == 0) return;
+      HR_CHECK(std::isfinite(l.last) && std::isfinite(l.sum), "training diverged at epoch ", epoch,
+               ", by iteration ", last_iter, ": loss ", l.last, ", mean of the last ", l.steps,
+               " iterations ", l.sum / double(l.samples));
+      loss = l.last;
+      loss_sum += l.sum;
+      loss_seen += l.samples;
+    };
     data::Batch b;
     while (loader.next(b)) {
       skipped += b.skipped;
@@ -278,27 +344,29 @@ EvalSummary Trainer::run() {
         lr = cosine.lr((epoch - s.begin_epoch) * iters_per_epoch + iter, s.lr);
         opt->set_lr(lr);
       }
-      const float loss = step(b);
-      HR_CHECK(std::isfinite(loss), "training diverged at epoch ", epoch, " iteration ", iter,
-               ": loss ", loss);
-      loss_sum += double(loss) * b.size();
+      step.step(b);
       seen += b.size();
       ++st.global_step;
-      bar.update(b.size() + b.skipped, str_cat("loss ", num(loss_sum / seen), " lr ", num(lr)));
-      if (iter % s.print_freq == 0)
+      const bool print = iter % s.print_freq == 0;
+      if (print) read_losses(iter);
+      bar.update(b.size() + b.skipped,
+                 str_cat("loss ", num(loss_seen ? loss_sum / loss_seen : NAN), " lr ", num(lr)));
+      if (print)
         log.write(str_cat("{\"type\":\"train\",\"epoch\":", epoch, ",\"iter\":", iter,
                           ",\"step\":", st.global_step, ",\"loss\":", num(loss),
-                          ",\"avg_loss\":", num(loss_sum / seen), ",\"lr\":", num(lr),
-                          ",\"", unit, "_per_s\":", num(bar.rate()),
+                          ",\"avg_loss\":", num(loss_sum / loss_seen), ",\"lr\":", num(lr),
+                          ",\"img_per_s\":", num(bar.rate()),
                           ",\"time_s\":", num(total_clock.elapsed_s()), "}"));
       ++iter;
     }
+    read_losses(iter - 1);
     bar.finish();
     st.epoch = epoch + 1;
     log.write(str_cat("{\"type\":\"epoch\",\"epoch\":", epoch,
-                      ",\"loss\":", num(seen ? loss_sum / seen : NAN), ",\"samples\":", seen,
+                      ",\"loss\":", num(loss_seen ? loss_sum / loss_seen : NAN),
+                      ",\"samples\":", seen,
                       ",\"skipped\":", skipped, ",\"seconds\":", num(bar.elapsed_s()),
-                      ",\"", unit, "_per_s\":", num(bar.rate()), ",\"lr\":", num(lr), "}"));
+                      ",\"img_per_s\":", num(bar.rate()), ",\"lr\":", num(lr), "}"));
     if (skipped)
       std::fprintf(stderr, "hrnet-train: %lld corrupt samples skipped in epoch %lld\n",
                    static_cast<long long>(skipped), static_cast<long long>(epoch + 1));

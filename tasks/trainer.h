@@ -39,16 +39,32 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
                                     uint64_t seed);
 
 // One optimisation step on a batch: the model's forward on the "input" field, the task's loss
-// against the other fields, backward, the optimizer's step; returns the loss. Eager, or (graph)
-// through a static graph compiled on first use for each batch shape (fused batch norm, planned
-// memory, the branches on their own streams on CUDA), the optimizer reading the gradients from
-// the graph's buffers; on CUDA the optimizer is made capturable and, after one eager step per
-// batch shape, each step replays as one CUDA graph. The two agree up to float rounding.
+// against the other fields, backward, the optimizer's step. Eager, or (graph) through a static
+// graph compiled on first use for each batch shape (fused batch norm, planned memory, the
+// branches on their own streams on CUDA), the optimizer reading the gradients from the graph's
+// buffers; on CUDA the optimizer is made capturable and, after one eager step per batch shape,
+// each step replays as one CUDA graph. The two agree up to float rounding.
+// The losses are kept until take_losses() reads them: on CUDA with the graph as a running sum on
+// the device, added to by the graph itself, so that steps are queued without the host waiting
+// for the GPU (the batch is uploaded asynchronously from pinned memory, Executable::set_input);
+// otherwise on the host (exact: the same double sum).
 class TrainStep {
  public:
   TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Device dev, DType autocast,
             bool graph);
   ~TrainStep();
+  // One step; on CUDA with the graph it may still be running on return.
+  void step(const data::Batch& batch);
+  struct Losses {
+    float last = 0;       // the loss of the last step
+    double sum = 0;       // the sum over the steps of loss x batch size (double)
+    int64_t samples = 0;  // the sum of their batch sizes
+    int64_t steps = 0;    // how many (0: none, the other fields are 0)
+  };
+  // The losses of the steps since the last call, and resets them. On CUDA with the graph this
+  // waits for those steps (one synchronisation), so call it every few steps, not every step.
+  Losses take_losses();
+  // step(), then that step's loss (take_losses(): synchronises every step).
   float operator()(const data::Batch& batch);
   // The graph of the last batch shape (nullptr before the first step or when eager).
   const graph::Executable* executable() const { return last_; }
@@ -60,8 +76,14 @@ class TrainStep {
   Device dev_;
   DType autocast_;
   bool graph_;
+  Losses host_losses_;    // the steps not yet taken whose losses the host read (CPU, eager)
+  Tensor device_sum_;     // CUDA graph: loss_accumulate's {sum, last} (raw storage for two
+                          // doubles); declared before graphs_, so it outlives them
+  Losses device_counts_;  // the steps added to device_sum_ since it was last taken (counts)
   std::map<Shape, std::unique_ptr<graph::Executable>> graphs_;
   graph::Executable* last_ = nullptr;
+  void add_host_loss(float loss, int64_t samples);
+  void add_device_loss(const graph::Executable& e, int64_t samples);  // enqueues, capturable
 };
 
 class Trainer {

@@ -238,6 +238,47 @@ TEST_CASE("hrnet-train: the eager step matches the graph step; the cosine schedu
   CHECK(bad.err.find("LR_SCHEDULE") != std::string::npos);
 }
 
+// The trainer reads the losses every PRINT_FREQ iterations (on CUDA that is its one wait for the
+// GPU): the train lines thin out, and what they and the epoch lines say stays the same.
+TEST_CASE("hrnet-train: PRINT_FREQ thins the train lines, the losses stay the same",
+          "[apps][pose]") {
+  const Trained& t = trained();  // PRINT_FREQ 1
+  const std::string d = (kWork / "run_print3").string();
+  Run r = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + d + " PRINT_FREQ 3");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto every = train_lines(t.dir), thinned = train_lines(d);
+  REQUIRE(every.size() > 4);
+  size_t matched = 0;
+  for (const auto& l : thinned) {
+    INFO(l);
+    const int64_t iter = int64_t(json_number(l, "iter"));
+    CHECK(iter % 3 == 0);
+    for (const auto& e : every)
+      if (json_number(e, "step") == json_number(l, "step")) {
+        ++matched;
+        for (const char* k : {"loss", "avg_loss", "lr"}) {
+          INFO(k);
+          CHECK(json_number(l, k) == Approx(json_number(e, k)).epsilon(1e-5));
+        }
+      }
+  }
+  CHECK(matched == thinned.size());
+  CHECK(thinned.size() < every.size());
+  auto epoch_losses = [](const std::string& dir) {
+    std::istringstream log(slurp(dir + "/metrics.jsonl"));
+    std::vector<double> out;
+    for (std::string line; std::getline(log, line);)
+      if (line.find("\"type\":\"epoch\"") != std::string::npos)
+        out.push_back(json_number(line, "loss"));
+    return out;
+  };
+  const std::vector<double> le = epoch_losses(t.dir), lt = epoch_losses(d);
+  REQUIRE(le.size() == 2);
+  REQUIRE(lt.size() == 2);
+  for (size_t i = 0; i < le.size(); ++i) CHECK(lt[i] == Approx(le[i]).epsilon(1e-5));
+}
+
 TEST_CASE(
     "hrnet-eval reproduces the AP hrnet-train reported, and --results "
     "scores the file",

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <iomanip>
 #include <random>
 #include <sstream>
@@ -36,6 +37,15 @@ struct Executable::Impl {
   std::vector<cuda::Event> events;    // by node (nullptr where none)
   cuda::GraphExec exec = nullptr;
   std::function<void()> before_replay;
+  // CUDA inputs from host memory: pinned staging buffers, two per input, used in turn
+  struct Staging {
+    void* host[2] = {nullptr, nullptr};
+    cuda::Event uploaded[2] = {nullptr, nullptr};  // recorded after each buffer's upload
+    bool pending[2] = {false, false};
+    size_t bytes = 0;
+    int next = 0;
+  };
+  std::map<V, Staging> staging;
   // profiling
   bool profiling = false;
   std::map<std::string, double> prof_seconds;
@@ -49,6 +59,8 @@ struct Executable::Impl {
   void run_prologue();
   void launch_all();
   void on_run();
+  void upload_input(V v, const Tensor& t);
+  void free_staging();
 };
 
 Tensor Executable::Impl::view(V v) const {
@@ -90,6 +102,54 @@ void Executable::Impl::run_prologue() {
   for (size_t i = 0; i < prologue.size(); ++i)
     if (prologue[i]) run_kernel(*g().nodes[i].op, KernelArgs{launches[i].in, launches[i].out, st}, dev);
   prologue_done = true;
+}
+
+// t (host memory) into value v's buffer: t's bytes into a pinned staging buffer, an
+// asynchronous copy to a device tensor on the main stream (from pinned memory cudaMemcpyAsync
+// does not wait for the host or the stream; from pageable memory it may synchronise), then the
+// conversions copy_ does on the device (dtype, layout), also on the main stream. The host waits
+// only until the buffer's previous upload, two calls ago, has read it.
+void Executable::Impl::upload_input(V v, const Tensor& t) {
+  const MemoryFormat f = t.suggest_format();
+  const Tensor src = t.contiguous(f);  // on the host
+  const size_t n = src.nbytes();
+  Staging& s = staging[v];
+  if (s.bytes < n) {  // first use (or a wider dtype): the buffers, once
+    for (int k = 0; k < 2; ++k) {
+      if (!s.uploaded[k]) s.uploaded[k] = cuda::create_event();
+      if (s.pending[k]) cuda::event_synchronize(s.uploaded[k]);
+      s.pending[k] = false;
+      cuda::free_pinned(s.host[k]);
+      s.host[k] = nullptr;
+    }
+    s.bytes = 0;
+    for (int k = 0; k < 2; ++k) s.host[k] = cuda::alloc_pinned(n);
+    s.bytes = n;
+  }
+  const int k = s.next;
+  s.next = 1 - k;
+  if (s.pending[k]) {
+    cuda::event_synchronize(s.uploaded[k]);
+    s.pending[k] = false;
+  }
+  std::memcpy(s.host[k], src.raw_data(), n);
+  const cuda::Stream st = streams[0];
+  StreamGuard guard(st);
+  Tensor dev_src = Tensor::empty(src.shape(), src.dtype(), dev, f);
+  cuda::memcpy_h2d_async(dev_src.raw_data(), s.host[k], n, st);
+  cuda::record_event(s.uploaded[k], st);
+  s.pending[k] = true;
+  views[v].copy_(dev_src);  // device to device: asynchronous
+}
+
+void Executable::Impl::free_staging() {
+  for (auto& [v, s] : staging)
+    for (int k = 0; k < 2; ++k) {
+      if (s.pending[k]) cuda::event_synchronize(s.uploaded[k]);
+      if (s.host[k]) cuda::free_pinned(s.host[k]);
+      if (s.uploaded[k]) cuda::destroy_event(s.uploaded[k]);
+    }
+  staging.clear();
 }
 
 void Executable::Impl::on_run() {
@@ -178,6 +238,7 @@ Executable::~Executable() {
   if (!m.dev.is_cuda() || !m.arena) return;
   try {
     for (cuda::Stream s : m.streams) cuda::synchronize(s);
+    m.free_staging();
     if (m.exec) cuda::destroy_graph(m.exec);
     for (cuda::Event e : m.events)
       if (e) cuda::destroy_event(e);
@@ -194,6 +255,10 @@ void Executable::set_input(const std::string& name, const Tensor& t) {
   HR_CHECK(t.defined() && t.shape() == v.shape, "graph set_input '", name, "': expected ",
            dtype_name(v.dtype), shape_str(v.shape), ", got ", t.defined() ? t.str() : "undefined");
   HR_CHECK(m.arena, "graph run: compiled with allocate = false (plan only)");
+  if (m.dev.is_cuda() && t.device().is_cpu() && t.numel() > 0) {
+    m.upload_input(it->second, t);
+    return;
+  }
   StreamGuard guard(m.dev.is_cuda() ? m.streams[0] : nullptr);
   m.views[it->second].copy_(t);
 }
@@ -204,7 +269,10 @@ void Executable::run() {
   m.run_prologue();
   m.on_run();
   if (m.exec) {
-    if (m.before_replay) m.before_replay();
+    if (m.before_replay) {
+      StreamGuard guard(m.streams[0]);  // what it enqueues runs before the graph
+      m.before_replay();
+    }
     cuda::launch_graph(m.exec, m.streams[0]);
     return;
   }

@@ -52,7 +52,10 @@ class Executable {
   Executable& operator=(const Executable&) = delete;
 
   // Copies `t` (any device, layout) into the input's buffer, which keeps it for every later run
-  // until the next set_input. Shape must match exactly.
+  // until the next set_input. Shape must match exactly. On CUDA from host memory: `t` is copied
+  // into pinned staging memory (two buffers per input, used in turn) and uploaded
+  // asynchronously on the main stream; the host waits only for the upload of two calls before
+  // (never for the runs), and may reuse `t` at once.
   void set_input(const std::string& name, const Tensor& t);
   // One run: forward (and backward, for training), on the graph's device. Asynchronous on CUDA
   // (outputs are ready when the main stream is).
@@ -71,8 +74,9 @@ class Executable {
   // CUDA: records one run as a CUDA graph (after at least one run, which chose the convolution
   // algorithms and warmed the allocator); later run() calls replay it. `after` enqueues more work
   // on the main stream into the same graph (a capturable optimizer's enqueue_step), and
-  // `before_replay` runs on the host before each replay (its prepare_step), so one replay is a
-  // whole training step. Throws on the CPU.
+  // `before_replay` runs before each replay, not captured, with the main stream current: what
+  // it enqueues there runs before the graph (a capturable optimizer's prepare_step and its copy
+  // of the hyper-parameters), so one replay is a whole training step. Throws on the CPU.
   void capture(std::function<void()> after = {}, std::function<void()> before_replay = {});
   bool captured() const;
 

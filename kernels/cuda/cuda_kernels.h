@@ -204,6 +204,10 @@ void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void*
 void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                              const int64_t* labels, int64_t ignore_index, const float* dloss,
                              void* dlogits, Stream st, float smoothing = 0.f);
+// A running sum of losses on the device, for training without reading every step's loss back
+// (capturable): acc[0] += double(*loss) * weight (rounded multiply, then add: the host's
+// arithmetic), acc[1] = *loss. loss: one fp32; acc: two doubles, all on the device.
+void loss_accumulate(const float* loss, double weight, double* acc, Stream st);
 
 // ---- optimizers (fp32 master weights and state) ----
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,

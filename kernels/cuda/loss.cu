@@ -362,4 +362,19 @@ void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void
                            dlogits, st);
 }
 
+namespace {
+// Rounded multiply and add (no fused multiply-add): the host's double(loss) * weight + sum.
+__global__ void loss_accumulate_kernel(const float* loss, double weight, double* acc) {
+  const double l = double(*loss);
+  acc[0] = __dadd_rn(acc[0], __dmul_rn(l, weight));
+  acc[1] = l;
+}
+}  // namespace
+
+void loss_accumulate(const float* loss, double weight, double* acc, Stream st) {
+  HR_CHECK(loss && acc, "loss_accumulate: loss and acc must be device pointers");
+  loss_accumulate_kernel<<<1, 1, 0, detail::stream_of(st)>>>(loss, weight, acc);
+  HR_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace hr::cuda

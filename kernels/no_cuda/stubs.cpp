@@ -138,6 +138,7 @@ HR_NO_CUDA(void, softmax_ce_forward_dev,
 HR_NO_CUDA(void, softmax_ce_backward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, const float*,
             void*, Stream, float))
+HR_NO_CUDA(void, loss_accumulate, (const float*, double, double*, Stream))
 
 // optimizers
 HR_NO_CUDA(void, sgd_step,

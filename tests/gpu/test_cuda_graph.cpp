@@ -7,7 +7,8 @@
 //    need cudaMalloc while capturing throws the warm-up error; refused and illegal calls make
 //    end_capture throw and leave the streams usable;
 //  - convolutions (our implicit GEMM with split-K, cuDNN) and the cooperative batch-norm
-//    kernels replay; a convolution not yet timed throws the warm-up error while capturing;
+//    kernels replay, the latter also on two streams at once (eager and captured); a
+//    convolution not yet timed throws the warm-up error while capturing;
 //  - the device-result losses (*_dev) equal the synchronous ones and the CPU reference;
 //  - adam_step_dev / sgd_step_dev equal adam_step / sgd_step and the CPU reference over 5 steps,
 //    eagerly and as a graph replayed with the hyper-parameters updated before each launch.
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -730,6 +732,92 @@ TEST_CASE("graph: training batch norm (cooperative kernels) replays like eager e
   }
   cu::synchronize(st);
   cu::destroy_stream(st);
+}
+
+// Two cooperative batch-norm launches (each a full wave of co-resident blocks with grid-wide
+// syncs) on two streams at once, as HRNet's branch streams run them: eagerly and captured as
+// one graph (fork and join through events). cudaLaunchCooperativeKernel guarantees that the
+// blocks of one launch are co-resident; the graph keeps the launches cooperative (kernel node
+// attribute cudaLaunchAttributeCooperative). A deadlock here would show as a hang (the window
+// time-boxes the test); the results must equal the same launches one after the other.
+TEST_CASE("graph: cooperative batch norm on two streams at once, eager and captured",
+          "[gpu][graph][bn]") {
+  const cu::Stream s0 = cu::create_stream(), s1 = cu::create_stream();
+  const cu::Event fork = cu::create_event(), join = cu::create_event();
+  struct Problem {
+    int64_t M, C;
+    std::unique_ptr<Buf> x, dy, y, dx, gamma, beta, rmean, rvar, smean, sinv, dgamma, dbeta;
+    Problem(int64_t m, int64_t c, DT dt, cu::Stream s, uint64_t seed) : M(m), C(c) {
+      const size_t n = size_t(M * C), k = size_t(C);
+      for (auto* b : {&x, &dy, &y, &dx}) b->reset(new Buf(n, dt, s));
+      for (auto* b : {&gamma, &beta, &rmean, &rvar, &smean, &sinv, &dgamma, &dbeta})
+        b->reset(new Buf(k, DT::f32, s));
+      x->set(randn(n, seed, 1.5f, 0.2f));
+      dy->set(randn(n, seed + 1));
+      gamma->set(uniform(k, seed + 2, 0.5f, 1.5f));
+      beta->set(randn(k, seed + 3));
+      rmean->set(Vec(k, 0.f));
+      rvar->set(Vec(k, 1.f));
+    }
+    void run(DT dt, cu::Stream st) const {
+      cu::batchnorm_train_forward(dt, M, C, x->p(), gamma->f(), beta->f(), 1e-5f, 0.1f,
+                                  rmean->f(), rvar->f(), y->p(), smean->f(), sinv->f(), st);
+      cu::batchnorm_train_backward(dt, M, C, x->p(), dy->p(), gamma->f(), smean->f(), sinv->f(),
+                                   dx->p(), dgamma->f(), dbeta->f(), st);
+    }
+    // the outputs that do not depend on how often the running statistics were updated
+    std::vector<Vec> outputs() const {
+      return {y->get(), smean->get(), sinv->get(), dx->get(), dgamma->get(), dbeta->get()};
+    }
+    void poison() const {
+      for (const auto* b : {&y, &smean, &sinv, &dx, &dgamma, &dbeta}) (*b)->poison();
+    }
+  };
+  for (DT dt : {DT::f32, DT::bf16}) {
+    INFO(dt_name(dt));
+    const Problem a(2 * 96 * 72, 64, dt, s0, 9100), b(4 * 48 * 36, 128, dt, s0, 9200);
+    cu::synchronize(s0);
+    a.run(dt, s0);  // one after the other: the reference (and the warm-up of both shapes)
+    b.run(dt, s0);
+    const std::vector<Vec> ref_a = a.outputs(), ref_b = b.outputs();
+    auto concurrent = [&] {
+      cu::record_event(fork, s0);
+      cu::wait_event(s1, fork);
+      a.run(dt, s0);
+      b.run(dt, s1);
+      cu::record_event(join, s1);
+      cu::wait_event(s0, join);
+    };
+    auto check = [&](const char* what) {
+      INFO(what);
+      const std::vector<Vec> ga = a.outputs(), gb = b.outputs();
+      for (size_t i = 0; i < ga.size(); ++i) {
+        INFO("output " << i);
+        REQUIRE_CLOSE(ga[i], ref_a[i], 1e-6, 1e-6);
+        REQUIRE_CLOSE(gb[i], ref_b[i], 1e-6, 1e-6);
+      }
+    };
+    a.poison();
+    b.poison();
+    for (int rep = 0; rep < 20; ++rep) concurrent();
+    cu::synchronize(s0);
+    check("eager, two streams");
+    cu::begin_capture(s0);
+    concurrent();
+    const cu::GraphExec g = cu::end_capture(s0);
+    a.poison();
+    b.poison();
+    for (int rep = 0; rep < 20; ++rep) cu::launch_graph(g, s0);
+    cu::synchronize(s0);
+    check("captured fork/join, replayed");
+    cu::destroy_graph(g);
+  }
+  cu::synchronize(s0);
+  cu::synchronize(s1);
+  cu::destroy_event(fork);
+  cu::destroy_event(join);
+  cu::destroy_stream(s1);
+  cu::destroy_stream(s0);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -2,25 +2,40 @@
 // the branches on their own streams equals the CPU eager reference; a captured CUDA graph replays
 // to the same results as the uncaptured run, with new inputs bound between replays; bf16
 // autocast graphs stay within bf16 tolerances of fp32; inference graphs equal eager inference.
-#include <catch2/catch.hpp>
+// What lets the host run ahead of the GPU: inputs uploaded from pinned staging memory
+// (set_input), the capturable optimizers' hyper-parameters handed to each replay without an
+// event recorded inside the capture, and the trainer's step (TrainStep) summing the losses on
+// the device: none of them waits for the GPU (a stream held by a host function shows it), and
+// the results equal eager steps with the learning rate changing every step.
+#include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/graph.h"
 #include "engine/nn.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/stream.h"
+#include "heatmap_task.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/hrnet.h"
 #include "small_specs.h"
+#include "tasks/trainer.h"
 #include "tensor_checks.h"
 #include "test_util.h"
 
 using namespace hr;
 using namespace hr::models;
+using hr::test::heatmap_batch;
+using hr::test::HeatmapTask;
 using hr::test::rand_tensor;
 using hr::test::require_close_scaled;
 using hr::test::small_spec;
@@ -46,6 +61,53 @@ Step compile_pose_training(HRNet& model, const Shape& in, DType compute) {
   graph::CompileOptions co;
   co.loss = loss;
   return {std::make_unique<graph::Executable>(std::move(g), co), out};
+}
+
+// Holds stream s at a host function until release(), or until 10 s pass (then expired()): work
+// queued after it waits, so a call that waits for s returns only once the hold has expired.
+// Releases and waits for s when destroyed.
+class StreamBlocker {
+ public:
+  explicit StreamBlocker(cuda::Stream s) : s_(static_cast<cudaStream_t>(s)) {
+    REQUIRE(cudaLaunchHostFunc(s_, &hold, this) == cudaSuccess);
+  }
+  ~StreamBlocker() {
+    release();
+    cudaStreamSynchronize(s_);
+  }
+  void release() { open_.store(true); }
+  bool expired() const { return expired_.load(); }
+  StreamBlocker(const StreamBlocker&) = delete;
+  StreamBlocker& operator=(const StreamBlocker&) = delete;
+
+ private:
+  static void CUDART_CB hold(void* p) {
+    auto* b = static_cast<StreamBlocker*>(p);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!b->open_.load()) {
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(10)) {
+        b->expired_.store(true);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  cudaStream_t s_;
+  std::atomic<bool> open_{false}, expired_{false};
+};
+
+std::unique_ptr<Optimizer> make_test_optimizer(const std::string& kind, std::vector<Tensor> ps) {
+  if (kind == "adam") {
+    AdamOptions o;
+    o.lr = 1e-3;
+    return std::make_unique<Adam>(std::move(ps), o);
+  }
+  SGDOptions o;  // momentum (the first step initialises the buffers), Nesterov, weight decay
+  o.lr = 0.01;
+  o.momentum = 0.9;
+  o.weight_decay = 1e-4;
+  o.nesterov = true;
+  return std::make_unique<SGD>(std::move(ps), o);
 }
 
 }  // namespace
@@ -99,7 +161,8 @@ TEST_CASE("cuda graph exec: bf16 autocast training graph is close to fp32", "[cu
   a.to(Device::cuda());
   b.to(Device::cuda());
   const Shape in{4, 3, 64, 64};
-  Step f32 = compile_pose_training(a, in, DType::f32), bf16 = compile_pose_training(b, in, DType::bf16);
+  Step f32 = compile_pose_training(a, in, DType::f32),
+       bf16 = compile_pose_training(b, in, DType::bf16);
   const Tensor x = rand_tensor(in, 1);
   const Tensor target = rand_tensor(f32.out, 2, 0.f, 1.f);
   const Tensor weight = rand_tensor({f32.out[0], f32.out[1]}, 3, 0.25f, 1.f);
@@ -155,48 +218,211 @@ TEST_CASE("cuda graph exec: inference graph equals eager inference, captured", "
   }
 }
 
-TEST_CASE("cuda graph exec: a whole training step (with a capturable Adam) replays like eager steps",
+TEST_CASE("cuda graph exec: a whole training step (capturable Adam, SGD) replays like eager steps",
           "[cuda][graph]") {
-  const ModelSpec spec = small_spec(Head::Pose, true);
-  HRNet eager(spec, 21), replayed(spec, 21);
-  for (HRNet* m : {&eager, &replayed}) {
-    m->train();
-    m->to(Device::cuda());
-  }
-  AdamOptions ao;
-  ao.lr = 1e-3;
-  Adam oe(eager.parameters(), ao), og(replayed.parameters(), ao);
-  og.set_capturable(true);
-  const Shape in{2, 3, 64, 64};
-  Step s = compile_pose_training(replayed, in, DType::f32);
-  for (Tensor p : replayed.parameters()) p.set_grad(s.exe->grad(p));
-  for (int step = 0; step < 4; ++step) {
-    const Tensor x = rand_tensor(in, 40 + step);
-    const Tensor target = rand_tensor(s.out, 50 + step, 0.f, 1.f);
-    const Tensor weight = rand_tensor({s.out[0], s.out[1]}, 60 + step, 0.25f, 1.f);
-    oe.zero_grad();
-    Tensor loss = ops::heatmap_loss(eager.forward(x.to(Device::cuda())), target.to(Device::cuda()),
-                                    weight.to(Device::cuda()));
-    loss.backward();
-    oe.step();
-    oe.set_lr(oe.lr() * 0.5);  // a changing learning rate must reach the replayed graph
-    s.exe->set_input("x", x);
-    s.exe->set_input("target", target);
-    s.exe->set_input("weight", weight);
-    if (step == 0) {
-      s.exe->run();
-      og.step();
-      cuda::synchronize(cuda::default_stream());
-      s.exe->capture([&] { og.enqueue_step(); }, [&] { og.prepare_step(); });
-    } else {
-      s.exe->run();  // prepare_step, then forward + backward + Adam as one graph
+  for (const std::string kind : {"adam", "sgd"}) {
+    INFO(kind);
+    const ModelSpec spec = small_spec(Head::Pose, true);
+    HRNet eager(spec, 21), replayed(spec, 21);
+    for (HRNet* m : {&eager, &replayed}) {
+      m->train();
+      m->to(Device::cuda());
     }
-    og.set_lr(og.lr() * 0.5);
-    INFO("step " << step);
-    require_close_scaled(s.exe->output("loss"), loss.detach(), 1e-3, "loss");
+    std::unique_ptr<Optimizer> oe_ = make_test_optimizer(kind, eager.parameters()),
+                               og_ = make_test_optimizer(kind, replayed.parameters());
+    Optimizer &oe = *oe_, &og = *og_;
+    og.set_capturable(true);
+    const Shape in{2, 3, 64, 64};
+    Step s = compile_pose_training(replayed, in, DType::f32);
+    for (Tensor p : replayed.parameters()) p.set_grad(s.exe->grad(p));
+    for (int step = 0; step < 4; ++step) {
+      const Tensor x = rand_tensor(in, 40 + step);
+      const Tensor target = rand_tensor(s.out, 50 + step, 0.f, 1.f);
+      const Tensor weight = rand_tensor({s.out[0], s.out[1]}, 60 + step, 0.25f, 1.f);
+      oe.zero_grad();
+      Tensor loss = ops::heatmap_loss(eager.forward(x.to(Device::cuda())),
+                                      target.to(Device::cuda()), weight.to(Device::cuda()));
+      loss.backward();
+      oe.step();
+      oe.set_lr(oe.lr() * 0.5);  // a changing learning rate must reach the replayed graph
+      s.exe->set_input("x", x);
+      s.exe->set_input("target", target);
+      s.exe->set_input("weight", weight);
+      if (step == 0) {
+        s.exe->run();
+        og.step();
+        cuda::synchronize(cuda::default_stream());
+        s.exe->capture([&] { og.enqueue_step(); }, [&] { og.prepare_step(); });
+      } else {
+        s.exe->run();  // prepare_step, then forward + backward + the optimizer as one graph
+      }
+      og.set_lr(og.lr() * 0.5);
+      INFO("step " << step);
+      require_close_scaled(s.exe->output("loss"), loss.detach(), 1e-3, "loss");
+    }
+    CHECK(og.steps() == 4);
+    const NamedTensors pe = eager.named_parameters(), pg = replayed.named_parameters();
+    for (size_t i = 0; i < pe.size(); ++i)
+      require_close_scaled(pg[i].second, pe[i].second, 2e-3, "parameter " + pe[i].first);
   }
-  CHECK(og.steps() == 4);
-  const NamedTensors pe = eager.named_parameters(), pg = replayed.named_parameters();
-  for (size_t i = 0; i < pe.size(); ++i)
-    require_close_scaled(pg[i].second, pe[i].second, 2e-3, "parameter " + pe[i].first);
+}
+
+// The optimizer alone, captured: the replays are queued back to back, a new learning rate and
+// new gradients before each, first behind a held stream (prepare_step must not wait for the GPU:
+// the old hand-off recorded its event inside the capture, and the first prepare_step after it
+// failed with cudaErrorCapturedEvent), then freely; the parameters equal eager steps.
+TEST_CASE("cuda graph exec: capturable SGD, Adam: replays queued without waiting, new lr each",
+          "[cuda][graph]") {
+  const cuda::Stream st = cuda::default_stream();
+  const std::vector<Shape> shapes = {{15}, {1000}, {7, 27}};
+  const int steps = 7;
+  for (const std::string kind : {"adam", "sgd"}) {
+    INFO(kind);
+    std::vector<Tensor> pe, pg;
+    std::vector<std::vector<Tensor>> grads(steps);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const Tensor p0 = rand_tensor(shapes[i], 70 + i).to(Device::cuda());
+      pe.push_back(p0.clone());
+      pg.push_back(p0.clone());
+      pe.back().set_grad(Tensor::zeros(shapes[i], DType::f32, Device::cuda()));
+      pg.back().set_grad(Tensor::zeros(shapes[i], DType::f32, Device::cuda()));
+      for (int k = 0; k < steps; ++k)
+        grads[k].push_back(rand_tensor(shapes[i], 100 * (k + 1) + i).to(Device::cuda()));
+    }
+    auto oe = make_test_optimizer(kind, pe), og = make_test_optimizer(kind, pg);
+    og->set_capturable(true);
+    auto lr_at = [&](int k) { return (kind == "adam" ? 1e-3 : 1e-2) * (1.0 + 0.5 * k); };
+    // eager reference
+    for (int k = 0; k < steps; ++k) {
+      for (size_t i = 0; i < pe.size(); ++i) Tensor(pe[i].grad()).copy_(grads[k][i]);
+      oe->set_lr(lr_at(k));
+      oe->step();
+    }
+    // step 0 eagerly (creates the state), then the step captured
+    for (size_t i = 0; i < pg.size(); ++i) Tensor(pg[i].grad()).copy_(grads[0][i]);
+    og->set_lr(lr_at(0));
+    og->step();
+    cuda::synchronize(st);
+    cuda::begin_capture(st);
+    og->enqueue_step();
+    const cuda::GraphExec g = cuda::end_capture(st);
+    auto replay = [&](int k) {
+      for (size_t i = 0; i < pg.size(); ++i) Tensor(pg[i].grad()).copy_(grads[k][i]);  // async
+      og->set_lr(lr_at(k));
+      og->prepare_step();
+      cuda::launch_graph(g, st);
+    };
+    {
+      StreamBlocker hold(st);
+      replay(1);  // two steps: the two pinned slots (a third waits for the first's copy)
+      replay(2);
+      CHECK_FALSE(hold.expired());  // returned while the GPU was held: no host wait
+    }
+    for (int k = 3; k < steps; ++k) replay(k);
+    cuda::synchronize(st);
+    CHECK(og->steps() == steps);
+    for (size_t i = 0; i < pe.size(); ++i)
+      require_close_scaled(pg[i], pe[i], 1e-5, "parameter " + std::to_string(i));
+    cuda::destroy_graph(g);
+  }
+}
+
+// set_input from host memory stages the bytes in pinned memory and uploads them asynchronously:
+// it returns while the stream is held, the caller may overwrite its tensor at once, and every
+// run sees its own inputs (4-D: the NCHW -> NHWC layout change on the device; 2-D: as is).
+TEST_CASE("cuda graph exec: set_input from host memory does not wait for the GPU",
+          "[cuda][graph]") {
+  const Shape xs{2, 3, 8, 8}, ws{2, 5};
+  graph::Graph gr(graph::GraphOptions{Device::cuda()});
+  gr.output(ops::relu(gr.input("x", xs)), "rx");
+  gr.output(ops::relu(gr.input("w", ws)), "rw");
+  graph::Executable e(std::move(gr));
+  const cuda::Stream st = cuda::default_stream();
+  const int runs = 6;
+  std::vector<Tensor> xs_ref, ws_ref, rx, rw;
+  for (int k = 0; k < runs; ++k) {  // allocated now: nothing below needs a new allocation
+    rx.push_back(Tensor::empty(xs, DType::f32, Device::cuda(), MemoryFormat::ChannelsLast));
+    rw.push_back(Tensor::empty(ws, DType::f32, Device::cuda()));
+  }
+  Tensor x = Tensor::zeros(xs), w = Tensor::zeros(ws);  // host tensors, reused every run
+  auto bind_and_run = [&](int k) {
+    const Tensor xk = rand_tensor(xs, 300 + k), wk = rand_tensor(ws, 400 + k);
+    x.copy_(xk);
+    w.copy_(wk);
+    e.set_input("x", x);
+    e.set_input("w", w);
+    x.fill_(1e9f);  // the staged copy must not see this
+    w.fill_(1e9f);
+    e.run();
+    rx[k].copy_(e.output("rx"));  // on the device, ordered after the run
+    rw[k].copy_(e.output("rw"));
+    xs_ref.push_back(ops::relu(xk));
+    ws_ref.push_back(ops::relu(wk));
+  };
+  bind_and_run(0);  // the staging buffers are allocated by the first call
+  cuda::synchronize(st);
+  {
+    StreamBlocker hold(st);
+    bind_and_run(1);  // two calls per input: the two staging buffers
+    bind_and_run(2);
+    CHECK_FALSE(hold.expired());  // returned while the GPU was held: no host wait
+  }
+  for (int k = 3; k < runs; ++k) bind_and_run(k);  // back to back, the buffers reused
+  for (int k = 0; k < runs; ++k) {
+    INFO("run " << k);
+    REQUIRE(rx[k].to_vector() == xs_ref[k].to_vector());
+    REQUIRE(rw[k].to_vector() == ws_ref[k].to_vector());
+  }
+}
+
+// The trainer's step on CUDA with the graph (inputs staged, each step one replay with the
+// optimizer and the running loss sum inside) against the eager step on CUDA, the learning rate
+// changing every step: the same losses (read every few steps, as the trainer does) and weights.
+TEST_CASE("cuda graph exec: TrainStep's captured steps equal eager steps; losses read later",
+          "[cuda][graph]") {
+  HeatmapTask task;
+  const ModelSpec spec = small_spec(Head::Pose, true);
+  const Shape in{2, 3, 64, 64};
+  for (const std::string kind : {"adam", "sgd"}) {
+    INFO(kind);
+    HRNet eager(spec, 31), replayed(spec, 31);
+    for (HRNet* m : {&eager, &replayed}) {
+      m->train();
+      m->to(Device::cuda());
+    }
+    auto oe = make_test_optimizer(kind, eager.parameters()),
+         og = make_test_optimizer(kind, replayed.parameters());
+    tasks::TrainStep se(task, eager, *oe, Device::cuda(), DType::f32, false),
+        sg(task, replayed, *og, Device::cuda(), DType::f32, true);
+    const double lr0 = oe->lr();
+    std::vector<float> eager_losses;
+    auto run_steps = [&](int from, int to) {
+      for (int k = from; k < to; ++k) {
+        const data::Batch b = heatmap_batch(in, spec.num_joints, 500 + 10 * k);
+        for (Optimizer* o : {oe.get(), og.get()}) o->set_lr(lr0 * (1.0 + 0.25 * k));
+        eager_losses.push_back(se(b));
+        sg.step(b);
+      }
+    };
+    auto expect = [&](const tasks::TrainStep::Losses& l, int from, int to) {
+      CHECK(l.steps == to - from);
+      CHECK(l.samples == (to - from) * in[0]);
+      double sum = 0;
+      for (int k = from; k < to; ++k) sum += double(eager_losses[k]) * double(in[0]);
+      CHECK(l.sum == Approx(sum).epsilon(1e-3));
+      CHECK(l.last == Approx(eager_losses[to - 1]).epsilon(1e-3));
+    };
+    run_steps(0, 1);  // eager run, then the capture
+    expect(sg.take_losses(), 0, 1);
+    run_steps(1, 5);  // replays, nothing read back
+    expect(sg.take_losses(), 1, 5);
+    CHECK(sg.take_losses().steps == 0);
+    run_steps(5, 7);
+    expect(sg.take_losses(), 5, 7);
+    REQUIRE(sg.executable() != nullptr);
+    CHECK(sg.executable()->captured());
+    const NamedTensors pe = eager.named_parameters(), pg = replayed.named_parameters();
+    for (size_t i = 0; i < pe.size(); ++i)
+      require_close_scaled(pg[i].second, pe[i].second, 2e-3, "parameter " + pe[i].first);
+  }
 }

@@ -739,6 +739,37 @@ TEST_CASE("cuda softmax cross-entropy: a label outside [0, C) throws, naming it"
   }
 }
 
+TEST_CASE("cuda loss_accumulate: the host's double sum of loss x weight, and the last loss",
+          "[gpu][kernels][loss]") {
+  // acc = {sum, last} as two doubles; losses with many significant bits, weights not powers of 2
+  const std::vector<float> losses = {0.123456789f, 3.14159274f, 1e-7f, 12345.678f, 0.5f};
+  const std::vector<double> weights = {32, 7, 3, 128, 1};
+  Buf loss(1, DT::f32);
+  void* acc = cu::alloc(2 * sizeof(double), st());
+  cu::memset_zero(acc, 2 * sizeof(double), st());
+  double ref = 0;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    loss.set({losses[i]});
+    cu::loss_accumulate(loss.f(), weights[i], static_cast<double*>(acc), st());
+    // no fused multiply-add on the host either: the product rounded, then the sum
+    volatile double prod = double(losses[i]) * weights[i];
+    ref = ref + prod;
+    double got[2];
+    cu::memcpy_d2h(got, acc, sizeof got, st());
+    INFO("step " << i);
+    REQUIRE(got[0] == ref);
+    REQUIRE(got[1] == double(losses[i]));
+  }
+  // a NaN loss makes the sum NaN (the trainer's divergence check reads it)
+  loss.set({std::nanf("")});
+  cu::loss_accumulate(loss.f(), 2.0, static_cast<double*>(acc), st());
+  double got[2];
+  cu::memcpy_d2h(got, acc, sizeof got, st());
+  CHECK(std::isnan(got[0]));
+  CHECK(std::isnan(got[1]));
+  cu::free(acc, st());
+}
+
 TEST_CASE("cuda SGD and Adam steps vs cpu", "[gpu][kernels][optim]") {
   const int64_t n = 1003;
   struct SgdCfg {
