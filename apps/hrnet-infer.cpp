@@ -12,7 +12,9 @@
 //   hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG
 //     [--box X,Y,W,H]... [--boxes DETS.json [--box-thre T]] [--json OUT.json] [--overlay OUT.png]
 //   (pose head) keypoints of the people in the boxes (the whole image when none is given),
-//   with flip test and the official decoding, as JSON, and the image with skeletons drawn.
+//   with flip test and the official decoding, as JSON, and the image with skeletons drawn;
+//   (cls head) the top-5 classes with their probabilities (the validation transform), named
+//   from --classes FILE (one name a line) or the config's class folders, and --json OUT.json.
 //
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
@@ -21,6 +23,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -30,6 +35,7 @@
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/file_util.h"
+#include "tasks/classification.h"
 #include "tasks/pose.h"
 #include "models/config.h"
 #include "models/hrnet.h"
@@ -48,13 +54,15 @@ const char* kUsage =
     "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
     "         [--box X,Y,W,H]... [--boxes DETS.json [--box-thre T]] [--json OUT.json]\n"
     "         [--overlay OUT.png] [--device cpu|cuda]   (pose models)\n"
+    "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
+    "         [--classes NAMES.txt] [--json OUT.json] [--device cpu|cuda]   (cls models)\n"
     "  --eager: run the ops one by one instead of the compiled inference graph\n"
     "NAME: HEAD_VARIANT with HEAD in pose, seg, det, cls and VARIANT in w18_small_v1,\n"
     "      w18_small_v2, w18, w30, w32, w40, w44, w48, w64 (e.g. pose_w32)\n";
 
 struct Args {
   std::string config, model, weights, input, output, device = "cpu", input_size;
-  std::string image, boxes_file, json_out, overlay_out;
+  std::string image, boxes_file, json_out, overlay_out, classes;
   std::vector<std::array<float, 4>> boxes;
   float box_thre = 0.5f;
   std::vector<std::string> overrides;
@@ -93,6 +101,8 @@ Args parse(int argc, char** argv) {
       a.json_out = value(i);
     else if (k == "--overlay")
       a.overlay_out = value(i);
+    else if (k == "--classes")
+      a.classes = value(i);
     else if (k == "--box-thre") {
       const std::string v = value(i);
       char* end = nullptr;
@@ -136,13 +146,11 @@ Args parse(int argc, char** argv) {
     throw UsageError("--set applies to --config files only");
   if (!a.image.empty()) {
     if (a.weights.empty()) throw UsageError("--image needs --weights");
-    if (a.json_out.empty() && a.overlay_out.empty())
-      throw UsageError("--image needs --json OUT.json and/or --overlay OUT.png");
     if (!a.input.empty() || !a.output.empty() || a.summary)
       throw UsageError("--image does not combine with --input-tensor/--output-tensor/--summary");
   } else if (!a.boxes.empty() || !a.boxes_file.empty() || !a.json_out.empty() ||
-             !a.overlay_out.empty()) {
-    throw UsageError("--box, --boxes, --json and --overlay go with --image");
+             !a.overlay_out.empty() || !a.classes.empty()) {
+    throw UsageError("--box, --boxes, --classes, --json and --overlay go with --image");
   } else if (!a.summary && (a.weights.empty() || a.input.empty() || a.output.empty())) {
     throw UsageError(
         "inference needs --weights, --input-tensor and --output-tensor, or --image (or --summary)");
@@ -264,26 +272,14 @@ void infer(HRNet& model, const Args& a) {
                    {{"model", model.spec().name}, {"head", head_name(model.spec().head)}});
 }
 
-std::string json_escape(const std::string& v) {
-  std::string r;
-  for (char c : v) {
-    if (c == '"' || c == '\\') r += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      r += b;
-      continue;
-    }
-    r += c;
-  }
-  return r;
-}
-
 // Keypoints of the people in an image: crops of the given boxes (the whole image when none),
 // the model with flip test, the official decoding; JSON and/or an overlay picture.
 void infer_image(HRNet& model, const Args& a, const Config* cfg) {
-  HR_CHECK(model.spec().head == Head::Pose, "--image needs a pose model, ", model.spec().name,
+  HR_CHECK(model.spec().head == Head::Pose, "--image takes pose and cls models, ", model.spec().name,
            " has the ", head_name(model.spec().head), " head");
+  if (a.json_out.empty() && a.overlay_out.empty())
+    throw UsageError("--image with a pose model needs --json OUT.json and/or --overlay OUT.png");
+  if (!a.classes.empty()) throw UsageError("--classes goes with classification models");
   const Device dev = parse_device(a.device);
   const data::Image img = data::read_image(a.image);  // fails early, naming the file
   data::PoseDatasetOptions dopt;
@@ -330,7 +326,7 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
   const auto preds = tasks::predict(model, ds, eo);
 
   data::Image overlay = img;
-  std::string json = "{\"image\": \"" + json_escape(a.image) + "\", \"width\": " + std::to_string(img.width) +
+  std::string json = "{\"image\": " + json_quote(a.image) + ", \"width\": " + std::to_string(img.width) +
                      ", \"height\": " + std::to_string(img.height) + ", \"keypoint_names\": [";
   const auto& names = data::coco_keypoint_names();
   for (size_t j = 0; j < names.size(); ++j) json += (j ? ", \"" : "\"") + names[j] + "\"";
@@ -359,6 +355,60 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
                preds.size() == 1 ? "person" : "people", a.image.c_str());
 }
 
+// The top-5 classes of an image: the validation transform (Resize(size/0.875) + CenterCrop), the
+// model, softmax.
+void classify_image(HRNet& model, const Args& a, const Config* cfg) {
+  HR_CHECK(a.overlay_out.empty() && a.boxes.empty() && a.boxes_file.empty(),
+           "--overlay, --box and --boxes go with pose models");
+  const Device dev = parse_device(a.device);
+  data::ClassificationOptions o;
+  o.size = static_cast<int>(model.spec().image_size[0]);
+  o.train = false;
+  HR_CHECK(o.size > 0, "the model gives no MODEL.IMAGE_SIZE");
+  std::vector<std::string> names;
+  if (!a.classes.empty()) {
+    std::ifstream f(a.classes);
+    HR_CHECK(f, "cannot open the class list ", a.classes);
+    for (std::string line; std::getline(f, line);)
+      if (!line.empty()) names.push_back(line);
+  } else if (cfg) {
+    const tasks::ClsSettings s = tasks::ClsSettings::from_config(*cfg);
+    std::error_code ec;
+    if (s.train_list.empty() && std::filesystem::is_directory(s.root + "/" + s.train_set, ec))
+      names = data::scan_image_folder(s.root + "/" + s.train_set).classes;
+  }
+  const int64_t C = model.spec().num_classes;
+  HR_CHECK(names.empty() || static_cast<int64_t>(names.size()) == C, "the class list has ",
+           names.size(), " names, the model ", C, " classes");
+  std::vector<float> input(size_t(3) * o.size * o.size);
+  std::mt19937_64 rng(0);
+  data::make_classification_sample(data::EncodedImage::read(a.image), o, rng, input.data());
+  load_hrnet_checkpoint(model, a.weights);
+  model.eval();
+  if (dev != Device::cpu()) model.to(dev);
+  const Tensor x = Tensor::from_vector(input, {1, 3, o.size, o.size});
+  Tensor y;
+  if (a.eager) {
+    InferenceMode guard;
+    y = model.forward(x.to(dev));
+  } else {
+    graph::InferenceRunner run([&model](const Tensor& in) { return model.forward_all(in); }, dev);
+    y = run(x)[0];
+  }
+  const std::vector<float> logits = y.to_vector();
+  const tasks::TopK top = tasks::top_classes(logits.data(), C, 5);
+  std::string json = "{\"image\": " + json_quote(a.image) + ", \"top5\": [";
+  for (size_t k = 0; k < top.size(); ++k) {
+    const std::string name = names.empty() ? std::to_string(top[k].first) : names[top[k].first];
+    std::printf("%zu  %-24s %.4f\n", k + 1, name.c_str(), top[k].second);
+    json += str_cat(k ? ", " : "", "{\"class\": ", top[k].first, ", \"name\": ", json_quote(name),
+                    ", \"probability\": ", top[k].second, "}");
+  }
+  json += "]}\n";
+  if (!a.json_out.empty())
+    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -379,6 +429,8 @@ int main(int argc, char** argv) {
     }
     if (a.summary)
       summary(*model, a, hw);
+    else if (!a.image.empty() && model->spec().head == Head::Cls)
+      classify_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else if (!a.image.empty())
       infer_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else

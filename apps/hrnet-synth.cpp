@@ -1,8 +1,12 @@
-// hrnet-synth: writes the built-in synthetic pose dataset, a COCO 2017 layout of JPEG images of
-// articulated figures with person_keypoints_{train2017,val2017}.json (see data/synth.h).
+// hrnet-synth: writes a built-in synthetic dataset: for pose (the default), a COCO 2017 layout
+// of JPEG images of articulated figures with person_keypoints_{train2017,val2017}.json (see
+// data/synth.h); for classification (--task cls), the ImageNet folder layout of JPEG images of
+// ten shape classes (see data/synth_cls.h).
 //
-//   hrnet-synth --out DIR [--train N] [--val M] [--seed S] [--width W --height H]
-//               [--max-people K] [--threads T] [--quality Q] [--quiet]
+//   hrnet-synth --out DIR [--task pose] [--train N] [--val M] [--width W --height H]
+//               [--max-people K] [--seed S] [--threads T] [--quality Q] [--quiet]
+//   hrnet-synth --out DIR --task cls [--per-class N] [--val-per-class M] [--seed S]
+//               [--threads T] [--quality Q] [--quiet]
 //
 // The output depends only on the options, not on --threads. Bad arguments print one line and
 // exit 2; other errors print one line and exit 1.
@@ -13,6 +17,7 @@
 
 #include "apps/app_common.h"
 #include "data/synth.h"
+#include "data/synth_cls.h"
 #include "engine/error.h"
 
 using namespace hr;
@@ -21,19 +26,26 @@ using apps::UsageError;
 namespace {
 
 const char* kUsage =
-    "usage: hrnet-synth --out DIR [--train N] [--val M] [--seed S] [--width W --height H]\n"
-    "                   [--max-people K] [--threads T] [--quality Q] [--quiet]\n"
-    "Writes DIR/images/{train2017,val2017}/*.jpg and\n"
+    "usage: hrnet-synth --out DIR [--task pose] [--train N] [--val M] [--width W --height H]\n"
+    "                   [--max-people K] [--seed S] [--threads T] [--quality Q] [--quiet]\n"
+    "       hrnet-synth --out DIR --task cls [--per-class N] [--val-per-class M] [--seed S]\n"
+    "                   [--threads T] [--quality Q] [--quiet]\n"
+    "pose: DIR/images/{train2017,val2017}/*.jpg and\n"
     "DIR/annotations/person_keypoints_{train2017,val2017}.json (COCO keypoint format).\n"
-    "  --train N       training images (default 2000)\n"
-    "  --val M         validation images (default 200)\n"
-    "  --seed S        random seed (default 1); the same seed gives identical files\n"
-    "  --width W       image width (default 320)\n"
-    "  --height H      image height (default 240)\n"
-    "  --max-people K  people per image: 1..K (default 3)\n"
-    "  --threads T     worker threads, 0 = all cores (default 0); does not change the output\n"
-    "  --quality Q     JPEG quality 1..100 (default 92)\n"
-    "  --quiet         no progress bar\n";
+    "cls: DIR/{train,val}/<class>/*.jpg (ImageNet folder layout) of 10 shape classes, images of\n"
+    "96..160 pixels a side, and DIR/classes.txt, written last.\n"
+    "  --task T           pose (default) or cls\n"
+    "  --train N          pose: training images (default 2000)\n"
+    "  --val M            pose: validation images (default 200)\n"
+    "  --width W          pose: image width (default 320)\n"
+    "  --height H         pose: image height (default 240)\n"
+    "  --max-people K     pose: people per image: 1..K (default 3)\n"
+    "  --per-class N      cls: training images per class (default 1000)\n"
+    "  --val-per-class M  cls: validation images per class (default 50)\n"
+    "  --seed S           random seed (default 1); the same seed gives identical files\n"
+    "  --threads T        worker threads, 0 = all cores (default 0); does not change the output\n"
+    "  --quality Q        JPEG quality 1..100 (default 92)\n"
+    "  --quiet            no progress bar\n";
 
 long long parse_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
   char* end = nullptr;
@@ -49,7 +61,8 @@ long long parse_int(const std::string& flag, const std::string& v, long long lo,
 int main(int argc, char** argv) {
   return apps::app_main("hrnet-synth", "\n", [&] {
     data::SynthOptions opt;
-    std::string out;
+    data::SynthClsOptions cls;
+    std::string out, task = "pose", pose_only, cls_only;  // the last option of each task seen
     bool quiet = false;
     auto value = [&](int& i) -> std::string {
       if (i + 1 >= argc) throw UsageError(std::string(argv[i]) + " needs a value");
@@ -62,10 +75,22 @@ int main(int argc, char** argv) {
         return 0;
       } else if (k == "--out") {
         out = value(i);
+      } else if (k == "--task") {
+        task = value(i);
+        if (task != "pose" && task != "cls")
+          throw UsageError("--task must be pose or cls, got '" + task + "'");
       } else if (k == "--train") {
         opt.train_images = int(parse_int(k, value(i), 1, 100000000));
+        pose_only = k;
       } else if (k == "--val") {
         opt.val_images = int(parse_int(k, value(i), 1, 100000000));
+        pose_only = k;
+      } else if (k == "--per-class") {
+        cls.train_per_class = int(parse_int(k, value(i), 1, 10000000));
+        cls_only = k;
+      } else if (k == "--val-per-class") {
+        cls.val_per_class = int(parse_int(k, value(i), 1, 10000000));
+        cls_only = k;
       } else if (k == "--seed") {
         const std::string v = value(i);
         char* end = nullptr;
@@ -73,17 +98,20 @@ int main(int argc, char** argv) {
         const unsigned long long s = std::strtoull(v.c_str(), &end, 10);
         if (v.empty() || v[0] == '-' || *end || errno == ERANGE)
           throw UsageError("--seed must be a non-negative integer, got '" + v + "'");
-        opt.seed = s;
+        opt.seed = cls.seed = s;
       } else if (k == "--width") {
         opt.width = int(parse_int(k, value(i), 32, 8192));
+        pose_only = k;
       } else if (k == "--height") {
         opt.height = int(parse_int(k, value(i), 32, 8192));
+        pose_only = k;
       } else if (k == "--max-people") {
         opt.max_people = int(parse_int(k, value(i), 1, 200));
+        pose_only = k;
       } else if (k == "--threads") {
-        opt.threads = int(parse_int(k, value(i), 0, 1024));
+        opt.threads = cls.threads = int(parse_int(k, value(i), 0, 1024));
       } else if (k == "--quality") {
-        opt.jpeg_quality = int(parse_int(k, value(i), 1, 100));
+        opt.jpeg_quality = cls.jpeg_quality = int(parse_int(k, value(i), 1, 100));
       } else if (k == "--quiet") {
         quiet = true;
       } else {
@@ -91,7 +119,14 @@ int main(int argc, char** argv) {
       }
     }
     if (out.empty()) throw UsageError("--out DIR is required (see --help)");
-    data::generate_synthetic_coco(out, opt, !quiet);
+    if (task == "cls" && !pose_only.empty())
+      throw UsageError(pose_only + " is a pose option; --task cls takes --per-class and " +
+                       "--val-per-class");
+    if (task == "pose" && !cls_only.empty()) throw UsageError(cls_only + " needs --task cls");
+    if (task == "cls")
+      data::generate_synthetic_classification(out, cls, !quiet);
+    else
+      data::generate_synthetic_coco(out, opt, !quiet);
     return 0;
   });
 }

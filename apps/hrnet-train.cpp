@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "apps/app_common.h"
-#include "data/synth.h"
 #include "quickstart_config.h"
 #include "tasks/trainer.h"
 
@@ -36,7 +35,7 @@ const char* kUsage =
     "  With no --cfg: the quick start (built-in synthetic data, small model, CPU).\n"
     "  KEY VALUE pairs override config keys, as the official tools' opts do\n"
     "  (e.g. TRAIN.END_EPOCH 1 DATASET.ROOT data/coco ENGINE.DEVICE cuda).\n"
-    "  HRNET_SYNTH_DIR sets where the quick start caches its data\n"
+    "  HRNET_SYNTH_DIR sets where built-in synthetic data is cached (ENGINE.SYNTHETIC)\n"
     "  (default: $XDG_CACHE_HOME/hrnet or ~/.cache/hrnet).\n";
 
 struct Args {
@@ -77,34 +76,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// The quick start's data: generated once into the cache, reused when complete.
-std::string quickstart_data() {
-  std::string base;
-  if (const char* d = std::getenv("HRNET_SYNTH_DIR"); d && *d) {
-    base = d;
-  } else {
-    const char* xdg = std::getenv("XDG_CACHE_HOME");
-    const char* home = std::getenv("HOME");
-    base = (xdg && *xdg) ? std::string(xdg) + "/hrnet"
-                         : std::string(home && *home ? home : ".") + "/.cache/hrnet";
-  }
-  data::SynthOptions o;
-  o.train_images = kQuickstartTrainImages;
-  o.val_images = kQuickstartValImages;
-  o.seed = 1;
-  const std::string dir = base + "/synth-coco-v1-" + std::to_string(o.train_images) + "-" +
-                          std::to_string(o.val_images) + "-s" + std::to_string(o.seed);
-  const bool complete = fs::exists(dir + "/annotations/person_keypoints_train2017.json") &&
-                        fs::exists(dir + "/annotations/person_keypoints_val2017.json");
-  if (complete) {
-    std::fprintf(stderr, "hrnet-train: synthetic data in %s (cached)\n", dir.c_str());
-  } else {
-    std::fprintf(stderr, "hrnet-train: generating the synthetic dataset into %s\n", dir.c_str());
-    data::generate_synthetic_coco(dir, o, true);
-  }
-  return dir;
-}
-
 int run(const Args& a) {
   const bool quickstart = a.cfg.empty();
   std::vector<std::string> overrides = a.overrides;
@@ -114,12 +85,12 @@ int run(const Args& a) {
     cfg = models::Config::pose_defaults();
     cfg.merge_yaml(kQuickstartConfig, "configs/quickstart_synth.yaml (built in)");
     cfg_path = "quickstart_synth.yaml";
-    overrides.insert(overrides.begin(), {"DATASET.ROOT", quickstart_data()});
     cfg.merge_from_list(overrides);
   } else {
     cfg = tasks::load_config(a.cfg, overrides);
   }
   if (!a.device.empty()) cfg.set("ENGINE.DEVICE", a.device);
+  tasks::prepare_synthetic_data(cfg);
   std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, cfg_path) : a.out;
   tasks::Trainer(*task, out, a.resume).run();

@@ -1,8 +1,13 @@
-// Data pipeline benchmark: training samples (256x192 crops with augmentation, 64x48 targets) from
-// COCO-sized JPEGs (640x480, synthetic people from data/synth.h, written to a temp dir).
-//   bench_data [--images N] [--samples S] [--workers 1,2,...] [--batch B] [--quality Q]
-// Prints the cost of each stage on one core (read + JPEG decode, warp, whole make_sample) and the
-// DataLoader's throughput for each worker count, in samples/s and samples/s per worker.
+// Data pipeline benchmark, written to a temp dir and timed there:
+//  - pose (default): training samples (256x192 crops with augmentation, 64x48 targets) from
+//    COCO-sized JPEGs (640x480, synthetic people from data/synth.h);
+//  - cls (--task cls): ImageNet training samples (RandomResizedCrop 224 + flip, normalised) and
+//    validation samples (Resize 256 + CenterCrop 224) from ImageNet-typical JPEGs (500x375), with
+//    and without reduced-scale JPEG decoding.
+//   bench_data [--task pose|cls] [--images N] [--samples S] [--workers 1,2,...] [--batch B]
+//              [--quality Q]
+// Prints the cost of each stage on one core and the DataLoader's throughput for each worker
+// count, in samples/s and samples/s per worker.
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "data/classification.h"
 #include "data/loader.h"
 #include "data/pose.h"
 #include "data/synth.h"
@@ -44,7 +50,8 @@ double best_of(int rounds, int reps, F&& fn) {
 }
 
 struct Args {
-  int images = 24, samples = 768, batch = 32, quality = 90;
+  std::string task = "pose";
+  int images = 0, samples = 768, batch = 32, quality = 90;  // images 0: 24 (pose), 128 (cls)
   std::vector<int> workers;
 };
 
@@ -59,7 +66,9 @@ Args parse(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (k == "--images")
+    if (k == "--task")
+      a.task = val();
+    else if (k == "--images")
       a.images = std::stoi(val());
     else if (k == "--samples")
       a.samples = std::stoi(val());
@@ -77,17 +86,106 @@ Args parse(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: bench_data [--images N] [--samples S] [--workers 1,2] [--batch B] "
-                   "[--quality Q]\n");
+                   "usage: bench_data [--task pose|cls] [--images N] [--samples S] "
+                   "[--workers 1,2] [--batch B] [--quality Q]\n");
       std::exit(2);
     }
   }
+  if (a.task != "pose" && a.task != "cls") {
+    std::fprintf(stderr, "bench_data: --task must be pose or cls\n");
+    std::exit(2);
+  }
+  if (a.images <= 0) a.images = a.task == "cls" ? 128 : 24;  // cls: more than a batch of files
   if (a.workers.empty()) {
     const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     a.workers = {1};
     if (hw > 1) a.workers.push_back(hw);
   }
   return a;
+}
+
+// samples/s of the DataLoader over `ds` for `samples` samples after a first batch of warm-up
+double loader_rate(const Dataset& ds, int workers, int batch, int samples) {
+  LoaderOptions lo;
+  lo.batch_size = batch;
+  lo.workers = workers;
+  lo.prefetch = 2;
+  DataLoader dl(ds, lo);
+  int64_t epoch = 0, done = 0;
+  Batch b;
+  dl.start_epoch(epoch);
+  if (!dl.next(b)) throw Error("fewer samples than one batch");
+  const double t = now();
+  while (done < samples) {
+    if (!dl.next(b)) {
+      dl.start_epoch(++epoch);
+      continue;
+    }
+    done += b.size();
+  }
+  return done / (now() - t);
+}
+
+void loader_table(const Dataset& ds, const Args& args, const char* what) {
+  std::printf("\nDataLoader, %s, batch %d, %d samples per run:\n", what, args.batch, args.samples);
+  std::printf("  %8s %12s %20s\n", "workers", "samples/s", "samples/s/worker");
+  for (int nw : args.workers) {
+    double best = 0;
+    for (int round = 0; round < 3; ++round)
+      best = std::max(best, loader_rate(ds, nw, args.batch, args.samples));
+    std::printf("  %8d %12.0f %20.0f\n", nw, best, best / nw);
+  }
+}
+
+// ImageNet-typical JPEGs (500x375, the synthetic scenes) in DIR/train/<class>/.
+int bench_cls(const Args& args, const fs::path& dir) {
+  size_t jpeg_bytes = 0;
+  for (int i = 0; i < args.images; ++i) {
+    const fs::path p = dir / "train" / ("c" + std::to_string(i % 4)) / ("img" + std::to_string(i) + ".jpg");
+    fs::create_directories(p.parent_path());
+    write_image(render_synthetic_image(2000 + i, 500, 375, 3).image, p.string(), args.quality);
+    jpeg_bytes += fs::file_size(p);
+  }
+  const ImageSet set = scan_image_folder((dir / "train").string());
+  std::printf("data: %d JPEGs 500x375 (quality %d, %.0f KB average)\n", args.images, args.quality,
+              jpeg_bytes / 1024.0 / args.images);
+  const int reps = std::max(args.images, 24);
+  std::vector<float> in(3 * 224 * 224);
+  std::mt19937_64 rng(1);
+  auto sample = [&](bool train, bool fast) {
+    ClassificationOptions o;
+    o.train = train;
+    o.fast_decode = fast;
+    return best_of(5, reps, [&](int i) {
+      make_classification_sample(EncodedImage::read(set.images[i % set.images.size()].path), o, rng,
+                                 in.data());
+    });
+  };
+  const double t_read = best_of(5, reps, [&](int i) {
+    (void)EncodedImage::read(set.images[i % set.images.size()].path);
+  });
+  const EncodedImage enc = EncodedImage::read(set.images[0].path);
+  const double t_full = best_of(5, reps, [&](int) { (void)enc.decode(1); });
+  const double t_half = best_of(5, reps, [&](int) { (void)enc.decode(2); });
+  const double t_train = sample(true, false), t_train_fast = sample(true, true);
+  const double t_eval = sample(false, false);
+  std::printf("\none core, per sample:\n");
+  std::printf("  %-52s %8.3f ms\n", "read the file and its JPEG header", t_read * 1e3);
+  std::printf("  %-52s %8.3f ms\n", "decode 500x375 (full size)", t_full * 1e3);
+  std::printf("  %-52s %8.3f ms\n", "decode at 1/2 (250x188)", t_half * 1e3);
+  std::printf("  %-52s %8.3f ms  (%4.0f samples/s)\n", "training sample, full decode",
+              t_train * 1e3, 1 / t_train);
+  std::printf("  %-52s %8.3f ms  (%4.0f samples/s)\n", "training sample, reduced decode",
+              t_train_fast * 1e3, 1 / t_train_fast);
+  std::printf("  %-52s %8.3f ms  (%4.0f samples/s)\n", "validation sample (Resize 256 + CenterCrop)",
+              t_eval * 1e3, 1 / t_eval);
+  for (bool fast : {false, true}) {
+    ClassificationOptions o;
+    o.fast_decode = fast;
+    const ClassificationDataset ds(set, o);
+    loader_table(ds, args, fast ? "training, reduced decode" : "training, full decode");
+  }
+  return 0;
 }
 
 }  // namespace
@@ -103,6 +201,7 @@ int main(int argc, char** argv) try {
       fs::remove_all(d, ec);
     }
   } cleanup{dir};
+  if (args.task == "cls") return bench_cls(args, dir);
 
   // COCO-like images and annotations
   CocoKeypoints coco;
@@ -149,35 +248,7 @@ int main(int argc, char** argv) try {
   std::printf("  %-40s %8.3f ms\n", "make_sample (warp, normalise, target)", t_sample * 1e3);
   std::printf("  %-40s %8.0f samples/s\n", "=> bound on one core", 1.0 / (t_decode + t_sample));
 
-  // the loader
-  std::printf("\nDataLoader, batch %d, %d samples per run:\n", args.batch, args.samples);
-  std::printf("  %8s %12s %20s\n", "workers", "samples/s", "samples/s/worker");
-  // samples/s of one run over args.samples samples after a first batch of warm-up
-  auto loader_rate = [&](int nw) {
-    LoaderOptions lo;
-    lo.batch_size = args.batch;
-    lo.workers = nw;
-    lo.prefetch = 2;
-    DataLoader dl(ds, lo);
-    int64_t epoch = 0, done = 0;
-    Batch b;
-    dl.start_epoch(epoch);
-    if (!dl.next(b)) throw Error("fewer persons than one batch");
-    const double t = now();
-    while (done < args.samples) {
-      if (!dl.next(b)) {
-        dl.start_epoch(++epoch);
-        continue;
-      }
-      done += b.size();
-    }
-    return done / (now() - t);
-  };
-  for (int nw : args.workers) {
-    double best = 0;
-    for (int round = 0; round < 3; ++round) best = std::max(best, loader_rate(nw));
-    std::printf("  %8d %12.0f %20.0f\n", nw, best, best / nw);
-  }
+  loader_table(ds, args, "pose training");
   std::printf(
       "\nhardware threads: %u (shared machines: per-worker rates drop when cores are busy)\n",
       std::thread::hardware_concurrency());

@@ -1,6 +1,8 @@
-// Whole-model benchmark: HRNet training step (forward, heatmap loss, backward, Adam) and
-// inference forward, ours and PyTorch's side by side in the same run.
-//   bench_model [--model w32:pose] [--config FILE] [--batch N] [--height H --width W]
+// Whole-model benchmark: HRNet training step and inference forward, ours and PyTorch's side by
+// side in the same run. The step is the task's: pose (heatmap loss, Adam, as the official pose
+// recipes) or classification (--model w32:cls or a cls config: cross-entropy, SGD with Nesterov
+// momentum and weight decay, as the official cls recipes, at 224x224 unless given).
+//   bench_model [--model w32:pose|w32:cls] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile]
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
@@ -44,7 +46,7 @@ namespace {
 
 struct Args {
   std::string model = "w32:pose", config;
-  int64_t batch = 8, height = 256, width = 192;
+  int64_t batch = 8, height = 0, width = 0;  // 0: 256x192 (pose), 224x224 (cls)
   std::string device = "cpu", amp;
   int steps = 5, warmup = 2;
   bool torch = true, profile = false, latency = false;
@@ -123,13 +125,23 @@ Results read_peer_results(const std::string& path) {
   return r;
 }
 
+// the classification head's widths for the peer
+std::string cls_peer_args(const ModelSpec& spec) {
+  std::string hc;
+  for (int64_t c : spec.cls_head_channels) hc += (hc.empty() ? "" : ",") + std::to_string(c);
+  return " --head cls --classes " + std::to_string(spec.num_classes) + " --head-channels " + hc +
+         " --head-features " + std::to_string(spec.cls_features);
+}
+
 Results run_torch(const Args& a, const ModelSpec& spec) {
   Results r;
   if (!a.peer_results.empty()) return read_peer_results(a.peer_results);
   const std::string py = a.torch ? bench::torch_python() : "";
   if (py.empty()) return r;
   std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py --width-base " +
-                    std::to_string(spec.stages.back().num_channels[0]) + " --batch " +
+                    std::to_string(spec.stages.back().num_channels[0]) +
+                    (spec.head == Head::Cls ? cls_peer_args(spec) : std::string()) +
+                    " --batch " +
                     std::to_string(a.batch) + " --height " + std::to_string(a.height) +
                     " --width " + std::to_string(a.width) + " --device " + a.device +
                     " --steps " + std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) +
@@ -161,16 +173,33 @@ Results measure(const Args& a, const ModelSpec& spec) {
     InferenceMode g;
     y0 = (*model)(x);
   }
-  Tensor target = Tensor::randn(y0.shape(), 3, 0.1f).to(dev);
-  Tensor tw = Tensor::ones({a.batch, y0.size(1), 1}).to(dev);
-  AdamOptions ao;
-  Adam opt(model->parameters(), ao);
+  // the task's targets, loss and optimizer
+  const bool cls = spec.head == Head::Cls;
+  Tensor target, tw, labels;
+  std::unique_ptr<Optimizer> optimizer;
+  if (cls) {
+    std::vector<int64_t> l(static_cast<size_t>(a.batch));
+    for (size_t i = 0; i < l.size(); ++i) l[i] = static_cast<int64_t>((i * 7919) % spec.num_classes);
+    labels = Tensor::from_vector_i64(l, {a.batch}, dev);
+    SGDOptions so;
+    so.lr = 0.05;
+    so.momentum = 0.9;
+    so.weight_decay = 1e-4;
+    so.nesterov = true;
+    optimizer = std::make_unique<SGD>(model->parameters(), so);
+  } else {
+    target = Tensor::randn(y0.shape(), 3, 0.1f).to(dev);
+    tw = Tensor::ones({a.batch, y0.size(1), 1}).to(dev);
+    optimizer = std::make_unique<Adam>(model->parameters(), AdamOptions{});
+  }
+  Optimizer& opt = *optimizer;
   const DType amp = a.amp == "bf16" ? DType::bf16 : a.amp == "f16" ? DType::f16 : DType::f32;
 
   auto train_step = [&] {
     AutocastGuard ac(amp);
     opt.zero_grad();
-    Tensor loss = ops::heatmap_loss((*model)(x), target, tw);
+    Tensor y = (*model)(x);
+    Tensor loss = cls ? ops::cross_entropy(y, labels) : ops::heatmap_loss(y, target, tw);
     loss.backward();
     opt.step();
   };
@@ -205,11 +234,14 @@ Results measure(const Args& a, const ModelSpec& spec) {
       g.output(co.loss, "loss");
     } else {
       co.inference = true;
-      g.output(ys[0], "heatmaps");
+      g.output(ys[0], "output");
     }
     auto e = std::make_unique<graph::Executable>(std::move(g), co);
     e->set_input("x", x);
-    if (training) {
+    if (training && cls) {
+      e->set_input("labels", labels);
+      for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
+    } else if (training) {
       e->set_input("target", target);
       e->set_input("weight", tw);
       for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
@@ -338,7 +370,10 @@ void print_table(const Args& a, const Results& ours, const Results& peer) {
 int main(int argc, char** argv) try {
   Args a = parse(argc, argv);
   ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
-  HR_CHECK(spec.head == Head::Pose, "bench_model: the benchmark uses the pose head (heatmap loss)");
+  HR_CHECK(spec.head == Head::Pose || spec.head == Head::Cls,
+           "bench_model: the benchmark has the pose and classification steps");
+  if (a.height == 0) a.height = spec.head == Head::Cls ? 224 : 256;
+  if (a.width == 0) a.width = spec.head == Head::Cls ? 224 : 192;
   const Results ours = a.load.empty() ? measure(a, spec) : load_results(a.load);
   if (!a.save.empty()) save_results(a.save, ours);
   auto get = [&](const char* k) { return ours.count(k) ? ours.at(k) : 0.0; };

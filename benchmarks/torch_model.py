@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch peer of benchmarks/bench_model: the pose HRNet of tools/gen_model_reference.py (same
-architecture and key names as ours) timed on the same input: a training step (forward, the
-heatmap loss, backward, Adam) and an inference forward. CPU: eager fp32 with --threads threads.
+"""PyTorch peer of benchmarks/bench_model: the HRNet of tools/gen_model_reference.py (same
+architecture and key names as ours) timed on the same input: a training step and an inference
+forward. The step is the task's: pose (--head pose: the heatmap loss, Adam) or classification
+(--head cls: cross-entropy, SGD with Nesterov momentum and weight decay), as bench_model's. CPU: eager fp32 with --threads threads.
 CUDA: eager with channels_last + cudnn.benchmark (+ autocast with --amp), and torch.compile.
 Prints lines "RESULT <key> <value>" that bench_model reads (times in ms, median of --steps).
 
@@ -54,6 +55,10 @@ def log(msg):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--width-base", type=int, default=32)
+    ap.add_argument("--head", default="pose", choices=["pose", "cls"])
+    ap.add_argument("--classes", type=int, default=1000, help="cls: the number of classes")
+    ap.add_argument("--head-channels", default="32,64,128,256", help="cls: the head's widths")
+    ap.add_argument("--head-features", type=int, default=2048, help="cls: the head's features")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=192)
@@ -82,18 +87,24 @@ def main():
         log(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
             f"{torch.cuda.get_device_name()}")
 
-    class Pose(torch.nn.Module):
-        # the reference model returns a list of head outputs; the pose head has one
+    class Net(torch.nn.Module):
+        # the reference model returns a list of head outputs; pose and cls heads have one
         def __init__(self):
             super().__init__()
-            self.net = HRNet(official("pose", a.width_base, num_joints=17))
+            if a.head == "cls":
+                spec = official("cls", a.width_base,
+                                cls_head_channels=[int(c) for c in a.head_channels.split(",")],
+                                cls_features=a.head_features, num_classes=a.classes)
+            else:
+                spec = official("pose", a.width_base, num_joints=17)
+            self.net = HRNet(spec)
 
         def forward(self, x):
             y = self.net(x)
             return y[0] if isinstance(y, (list, tuple)) else y
 
     def build():
-        return Pose().to(dev).to(memory_format=fmt)
+        return Net().to(dev).to(memory_format=fmt)
 
     def autocast():
         return torch.autocast(a.device, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -107,14 +118,25 @@ def main():
 
     def add_throughput(model, tag):
         x = torch.randn(a.batch, 3, a.height, a.width, device=dev).to(memory_format=fmt)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        gt = torch.randn(heat_shape, device=dev) * 0.1
-        w = torch.ones(a.batch, heat_shape[1], device=dev)
+        if a.head == "cls":
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
+                                  nesterov=True)
+            labels = torch.tensor([(i * 7919) % a.classes for i in range(a.batch)], device=dev)
+
+            def loss_of(y):
+                return torch.nn.functional.cross_entropy(y.float(), labels)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            gt = torch.randn(heat_shape, device=dev) * 0.1
+            w = torch.ones(a.batch, heat_shape[1], device=dev)
+
+            def loss_of(y):
+                return heatmap_loss(y.float(), gt, w)
 
         def train():
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = heatmap_loss(model(x).float(), gt, w)
+                loss = loss_of(model(x))
             loss.backward()
             opt.step()
 

@@ -169,7 +169,7 @@ void make_classification_sample(const EncodedImage& img, const ClassificationOpt
   const int S = o.size;
   Image out;
   if (o.train) {
-    const Box b = random_resized_crop_box(img.width(), img.height(), rng);
+    const Box b = random_resized_crop_box(img.width(), img.height(), rng, {o.min_scale, 1.0});
     const int d = decode_denom(img, o.fast_decode, b.w, b.h, S);
     const Image full = img.decode(d);
     const Box r = d == 1 ? b : scaled_box(b, d, full);

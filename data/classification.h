@@ -56,6 +56,7 @@ Box center_crop_box(int width, int height, int size);
 struct ClassificationOptions {
   int size = 224;               // MODEL.IMAGE_SIZE
   bool train = true;            // RandomResizedCrop + flip; else Resize + CenterCrop
+  double min_scale = 0.08;      // RandomResizedCrop's area scale range is [min_scale, 1]
   double eval_ratio = 0.875;    // evaluation resizes the shorter side to int(size / eval_ratio)
   bool fast_decode = false;     // JPEGs decoded at 1/2, 1/4, 1/8 where the output allows it
   bool skip_corrupt = true;

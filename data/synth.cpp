@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "data/draw.h"
+#include "data/synth_common.h"
 #include "engine/error.h"
 #include "engine/progress.h"
 
@@ -24,52 +25,14 @@ namespace hr::data {
 
 namespace {
 
-constexpr float kPi = 3.14159265358979f;
-constexpr float kDeg = kPi / 180.f;
+using namespace synth;  // Rng, colours, noise (data/synth_common.h)
+
 constexpr int kMinArea = 32 * 32;   // smallest visible silhouette of a person kept
 constexpr int kMinKeypoints = 4;    // fewest labelled joints inside the image
 constexpr uint8_t kOccluder = 255;  // owner value of an occluding object
 
 // ---------------------------------------------------------------------------------------------
-// Randomness: xoshiro256** seeded by splitmix64, with our own float/normal transforms so the
-// output does not depend on the standard library's distributions.
-
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-struct Rng {
-  uint64_t s[4];
-  explicit Rng(uint64_t seed) {
-    for (auto& v : s) v = splitmix64(seed);
-  }
-  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t next() {
-    const uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-  }
-  float uni() { return float(next() >> 40) * (1.f / 16777216.f); }  // [0, 1)
-  float uni(float a, float b) { return a + (b - a) * uni(); }
-  float deg(float a, float b) { return uni(a, b) * kDeg; }
-  int range(int lo, int hi) { return lo + int((next() >> 33) % uint64_t(hi - lo + 1)); }
-  bool chance(float p) { return uni() < p; }
-  float normal() {  // Box-Muller
-    const double u1 = (double(next() >> 11) + 1.0) * 0x1.0p-53, u2 = double(next() >> 11) * 0x1.0p-53;
-    return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * 3.141592653589793 * u2));
-  }
-};
-
-// ---------------------------------------------------------------------------------------------
-// Geometry and colours.
+// Geometry.
 
 struct V2 {
   float x = 0, y = 0;
@@ -83,28 +46,6 @@ V2 rot(V2 v, float a) {
 }
 V2 lerp(V2 a, V2 b, float t) { return a + (b - a) * t; }
 float norm(V2 v) { return std::hypot(v.x, v.y); }
-
-uint8_t u8(float v) { return uint8_t(std::clamp(v, 0.f, 255.f) + 0.5f); }
-RGB shade(RGB c, float k) { return {u8(c[0] * k), u8(c[1] * k), u8(c[2] * k)}; }
-RGB jitter(RGB c, Rng& rng, float amount) {
-  return {u8(c[0] + rng.uni(-amount, amount)), u8(c[1] + rng.uni(-amount, amount)),
-          u8(c[2] + rng.uni(-amount, amount))};
-}
-RGB hsv(float h, float s, float v) {
-  auto ch = [&](float off) {
-    const float k = std::fmod(h * 6.f + off, 6.f);
-    return u8(255.f * v * (1.f - s * std::clamp(std::min(k, 4.f - k), 0.f, 1.f)));
-  };
-  return {ch(5.f), ch(3.f), ch(1.f)};
-}
-RGB random_colour(Rng& rng) {
-  if (rng.chance(0.2f)) {
-    const uint8_t g = u8(rng.uni(20.f, 235.f));
-    return {g, g, g};
-  }
-  const float h = rng.uni(), sat = rng.uni(0.15f, 0.9f), val = rng.uni(0.2f, 0.95f);
-  return hsv(h, sat, val);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Shapes: what a figure or an occluder is drawn with, in image coordinates.
@@ -495,7 +436,6 @@ void render_background(Image& img, Rng& rng) {
     }
   const int layers = rng.range(1, 2);
   bool blobs = rng.chance(0.25f);
-  std::vector<float> grid;
   for (int l = 0; l < layers; ++l) {
     const int kind = rng.range(0, 3);
     const RGB c = random_colour(rng);
@@ -522,23 +462,7 @@ void render_background(Image& img, Rng& rng) {
     } else if (kind == 2) {  // value noise: random values on a coarse grid, bilinear
       const float cell = rng.uni(6.f, 40.f), amp = rng.uni(15.f, 60.f);
       const bool mono = rng.chance(0.5f);
-      const int gw = int(W / cell) + 2, gh = int(H / cell) + 2;
-      grid.resize(size_t(gw) * gh * 3);
-      for (auto& g : grid) g = rng.uni(-1.f, 1.f);
-      for (int y = 0; y < H; ++y)
-        for (int x = 0; x < W; ++x) {
-          const float gx = x / cell, gy = y / cell;
-          const int ix = int(gx), iy = int(gy);
-          const float tx = gx - ix, ty = gy - iy;
-          float* p = &f[(size_t(y) * W + x) * 3];
-          for (int k = 0; k < 3; ++k) {
-            const int kk = mono ? 0 : k;
-            auto g = [&](int a, int b2) { return grid[(size_t(b2) * gw + a) * 3 + kk]; };
-            const float v = (g(ix, iy) * (1 - tx) + g(ix + 1, iy) * tx) * (1 - ty) +
-                            (g(ix, iy + 1) * (1 - tx) + g(ix + 1, iy + 1) * tx) * ty;
-            p[k] += amp * v;
-          }
-        }
+      add_value_noise(f, W, H, cell, amp, mono, rng);
     } else {
       blobs = true;  // a few large translucent blobs, drawn below
     }
@@ -554,19 +478,6 @@ void render_background(Image& img, Rng& rng) {
       const RGB c = random_colour(rng);
       fill_ellipse(img, x, y, rx, ry, ang, c, rng.uni(0.2f, 0.5f));
     }
-  }
-}
-
-void add_noise(Image& img, Rng& rng, float sigma) {
-  uint64_t st = rng.next() | 1;
-  for (auto& p : img.pixels) {
-    st ^= st << 13;
-    st ^= st >> 7;
-    st ^= st << 17;
-    // sum of four uniforms: close enough to a normal for sensor noise (variance 4/12)
-    float s = 0;
-    for (int k = 0; k < 4; ++k) s += float((st >> (16 * k)) & 0xFFFF) * (1.f / 65536.f);
-    p = u8(p + (s - 2.f) * sigma * 1.732f);
   }
 }
 
@@ -808,53 +719,14 @@ void generate_synthetic_coco(const std::string& out_dir, const SynthOptions& opt
 
   const int64_t total = int64_t(opt.train_images) + opt.val_images;
   std::vector<std::vector<CocoPersonAnn>> anns(static_cast<size_t>(total));
-  std::atomic<int64_t> next{0}, done{0};
-  std::atomic<bool> failed{false};
-  std::string error;
-  std::mutex mu;
-  std::condition_variable cv;
-  auto work = [&] {
-    for (;;) {
-      const int64_t i = next.fetch_add(1);
-      if (i >= total || failed.load()) break;
-      try {
-        SynthImage im = render_synthetic_image(synthetic_image_seed(opt.seed, i), opt.width,
-                                               opt.height, opt.max_people);
-        const int split = i < opt.train_images ? 0 : 1;
-        const fs::path file =
-            fs::path(out_dir) / "images" / split_names[split] / image_file_name(i + 1);
-        write_image(im.image, file.string(), opt.jpeg_quality);
-        anns[size_t(i)] = std::move(im.people);
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lk(mu);
-        if (!failed.exchange(true)) error = e.what();
-      }
-      done.fetch_add(1);
-      cv.notify_one();
-    }
-  };
-  const int nt = int(std::max<int64_t>(
-      1, std::min<int64_t>(total, opt.threads > 0 ? opt.threads
-                                                  : std::max(1u, std::thread::hardware_concurrency()))));
-  std::vector<std::thread> pool;
-  for (int t = 0; t < nt; ++t) pool.emplace_back(work);
-  {
-    ProgressBar bar("synthetic images", total, "img", progress ? stderr : nullptr);
-    int64_t shown = 0;
-    std::unique_lock<std::mutex> lk(mu);
-    while (shown < total && !failed.load()) {
-      cv.wait_for(lk, std::chrono::milliseconds(100));
-      const int64_t d = done.load();
-      if (d > shown) {
-        lk.unlock();
-        bar.update(d - shown);
-        lk.lock();
-        shown = d;
-      }
-    }
-  }
-  for (auto& t : pool) t.join();
-  if (failed) throw Error(error);
+  synth::render_all(total, opt.threads, progress, [&](int64_t i) {
+    SynthImage im = render_synthetic_image(synthetic_image_seed(opt.seed, i), opt.width,
+                                           opt.height, opt.max_people);
+    const int split = i < opt.train_images ? 0 : 1;
+    const fs::path file = fs::path(out_dir) / "images" / split_names[split] / image_file_name(i + 1);
+    write_image(im.image, file.string(), opt.jpeg_quality);
+    anns[size_t(i)] = std::move(im.people);
+  });
 
   // annotation files last: a directory holding both is complete
   int64_t ann_id = 1;
@@ -877,4 +749,52 @@ void generate_synthetic_coco(const std::string& out_dir, const SynthOptions& opt
   }
 }
 
+namespace synth {
+
+void render_all(int64_t total, int threads, bool progress,
+                const std::function<void(int64_t)>& render) {
+  std::atomic<int64_t> next{0}, done{0};
+  std::atomic<bool> failed{false};
+  std::string error;
+  std::mutex mu;
+  std::condition_variable cv;
+  auto work = [&] {
+    for (;;) {
+      const int64_t i = next.fetch_add(1);
+      if (i >= total || failed.load()) break;
+      try {
+        render(i);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!failed.exchange(true)) error = e.what();
+      }
+      done.fetch_add(1);
+      cv.notify_one();
+    }
+  };
+  const int64_t want =
+      threads > 0 ? int64_t(threads) : int64_t(std::max(1u, std::thread::hardware_concurrency()));
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(total, want)));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < nt; ++t) pool.emplace_back(work);
+  {
+    ProgressBar bar("synthetic images", total, "img", progress ? stderr : nullptr);
+    int64_t shown = 0;
+    std::unique_lock<std::mutex> lk(mu);
+    while (shown < total && !failed.load()) {
+      cv.wait_for(lk, std::chrono::milliseconds(100));
+      const int64_t d = done.load();
+      if (d > shown) {
+        lk.unlock();
+        bar.update(d - shown);
+        lk.lock();
+        shown = d;
+      }
+    }
+  }
+  for (auto& t : pool) t.join();
+  if (failed) throw Error(error);
+}
+
+}  // namespace synth
 }  // namespace hr::data

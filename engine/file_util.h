@@ -12,4 +12,7 @@ namespace hr {
 void write_file_atomic(const std::string& path, const void* data, size_t size,
                        const std::string& what);
 
+// s as a JSON string literal, quotes included (", \ and control characters escaped).
+std::string json_quote(const std::string& s);
+
 }  // namespace hr

@@ -12,6 +12,7 @@
 
 #include "engine/checkpoint_io.h"
 #include "engine/error.h"
+#include "engine/file_util.h"
 
 namespace hr::io {
 namespace {
@@ -304,24 +305,6 @@ uint64_t read_le64(const uint8_t* p) {
   return v;
 }
 
-std::string json_escape(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      static const char* hex = "0123456789abcdef";
-      out += "\\u00";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
 struct Span {
   uint64_t begin, end;
   size_t tensor;
@@ -491,7 +474,7 @@ void write_safetensors(const std::string& path, const std::vector<RawTensor>& te
     header += "\"__metadata__\":{";
     bool first = true;
     for (const auto& kv : metadata) {
-      header += (first ? "" : ",") + json_escape(kv.first) + ":" + json_escape(kv.second);
+      header += (first ? "" : ",") + json_quote(kv.first) + ":" + json_quote(kv.second);
       first = false;
     }
     header += "}";
@@ -500,7 +483,7 @@ void write_safetensors(const std::string& path, const std::vector<RawTensor>& te
   for (size_t i : order) {
     const RawTensor& t = tensors[i];
     if (header.size() > 1) header += ",";
-    header += json_escape(t.name) + ":{\"dtype\":\"" + dtype_tag(t.dtype) + "\",\"shape\":[";
+    header += json_quote(t.name) + ":{\"dtype\":\"" + dtype_tag(t.dtype) + "\",\"shape\":[";
     for (size_t d = 0; d < t.shape.size(); ++d) header += (d ? "," : "") + std::to_string(t.shape[d]);
     header += str_cat("],\"data_offsets\":[", offset, ",", offset + t.nbytes, "]}");
     offset += t.nbytes;

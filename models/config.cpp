@@ -431,6 +431,8 @@ const DefaultRow kEngineDefaults[] = {
     {"ENGINE.LR_SCHEDULE", "'multistep'"},  // multistep (TRAIN.LR_STEP) | cosine (per iteration)
     {"ENGINE.LABEL_SMOOTHING", "0.0"},  // classification: cross-entropy label smoothing
     {"ENGINE.FAST_DECODE", "True"},     // classification training: JPEGs decoded at 1/2..1/8
+    {"ENGINE.CROP_SCALE_MIN", "0.08"},  // classification training: RandomResizedCrop's smallest area
+    {"ENGINE.SYNTHETIC", "False"},      // the built-in synthetic data (cached) as DATASET.ROOT
 };
 
 // Adds the rows' keys to `root` where they are missing (rows in parent-first order).
@@ -802,6 +804,12 @@ ModelSpec spec_from_config(const Config& cfg) {
     spec.fuse = FuseUpsample::Nearest;
     spec.stage1 = read_stage1(cfg);
     spec.num_classes = cfg.get_int("MODEL.NUM_CLASSES", 1000);
+    // engine extensions for small classifiers (no official file sets them): the planes of the
+    // incre_modules and the width of final_layer, which the official code fixes at
+    // [32, 64, 128, 256] and 2048
+    if (cfg.has("MODEL.EXTRA.HEAD_CHANNELS"))
+      spec.cls_head_channels = cfg.get_int_list("MODEL.EXTRA.HEAD_CHANNELS");
+    spec.cls_features = cfg.get_int("MODEL.EXTRA.HEAD_FEATURES", spec.cls_features);
     if (cfg.has("MODEL.IMAGE_SIZE")) spec.image_size = read_wh(cfg, "MODEL.IMAGE_SIZE");
   } else if (model == "seg_hrnet_ocr") {
     throw Error("[config] " + src +

@@ -1,8 +1,14 @@
 // The settings every task shares, the Task base, and the family dispatch.
 #include "tasks/task.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
+#include "data/synth.h"
+#include "data/synth_cls.h"
+
+#include "tasks/classification.h"
 #include "tasks/pose.h"
 
 namespace hr::tasks {
@@ -32,7 +38,8 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.workers = static_cast<int>(cfg.get_int("WORKERS", s.workers));
   s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);
   s.print_freq = std::max<int64_t>(1, cfg.get_int("PRINT_FREQ", s.print_freq));
-  s.auto_resume = cfg.get_bool("AUTO_RESUME", s.auto_resume);
+  // AUTO_RESUME in the pose files, TRAIN.RESUME in the classification ones
+  s.auto_resume = cfg.get_bool("AUTO_RESUME", cfg.get_bool("TRAIN.RESUME", s.auto_resume));
   s.device = cfg.get_str("ENGINE.DEVICE", s.device);
   HR_CHECK(s.device == "cpu" || s.device == "cuda", "[config] ", src,
            ": ENGINE.DEVICE must be cpu or cuda, got ", s.device);
@@ -100,12 +107,59 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
 std::unique_ptr<Task> make_task(const Config& cfg) {
   const std::string family = cfg.get_str("MODEL.NAME", "");
-  if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0)
-    throw Error(str_cat("[config] ", cfg.source(), ": MODEL.NAME ", family, " is a ",
-                        family[0] == 's' ? "segmentation" : "classification",
-                        " experiment; this engine trains and evaluates pose experiments so far "
-                        "(hrnet-infer --summary and tensor inference take any family)"));
+  if (family.rfind("cls_", 0) == 0) return std::make_unique<ClsTask>(cfg);
+  if (family.rfind("seg_", 0) == 0)
+    throw Error(str_cat("[config] ", cfg.source(), ": MODEL.NAME ", family,
+                        " is a segmentation experiment; this engine trains and evaluates pose and "
+                        "classification experiments so far (hrnet-infer --summary and tensor "
+                        "inference take any family)"));
   return std::make_unique<PoseTask>(cfg);
+}
+
+namespace {
+
+std::string synthetic_cache_dir() {
+  if (const char* d = std::getenv("HRNET_SYNTH_DIR"); d && *d) return d;
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  return (xdg && *xdg) ? std::string(xdg) + "/hrnet"
+                       : std::string(home && *home ? home : ".") + "/.cache/hrnet";
+}
+
+}  // namespace
+
+std::string prepare_synthetic_data(Config& cfg) {
+  if (!cfg.get_bool("ENGINE.SYNTHETIC", false) || !cfg.get_str("DATASET.ROOT", "").empty())
+    return "";
+  const std::string base = synthetic_cache_dir();
+  const bool cls = cfg.get_str("MODEL.NAME", "").rfind("cls_", 0) == 0;
+  std::string dir;
+  bool complete;
+  if (cls) {
+    data::SynthClsOptions o;
+    dir = str_cat(base, "/synth-cls-v1-", o.train_per_class, "-", o.val_per_class, "-s", o.seed);
+    complete = fs::exists(dir + "/classes.txt");
+    if (!complete) {
+      std::fprintf(stderr, "hrnet-train: generating the synthetic classification set into %s\n",
+                   dir.c_str());
+      data::generate_synthetic_classification(dir, o, true);
+    }
+  } else {
+    data::SynthOptions o;
+    o.train_images = 1500;
+    o.val_images = 200;
+    o.seed = 1;
+    dir = str_cat(base, "/synth-coco-v1-", o.train_images, "-", o.val_images, "-s", o.seed);
+    complete = fs::exists(dir + "/annotations/person_keypoints_train2017.json") &&
+               fs::exists(dir + "/annotations/person_keypoints_val2017.json");
+    if (!complete) {
+      std::fprintf(stderr, "hrnet-train: generating the synthetic dataset into %s\n", dir.c_str());
+      data::generate_synthetic_coco(dir, o, true);
+    }
+  }
+  if (complete) std::fprintf(stderr, "hrnet-train: synthetic data in %s (cached)\n", dir.c_str());
+  cfg.set("DATASET.ROOT", dir);
+  return dir;
 }
 
 std::string experiment_output_dir(const Config& cfg, const std::string& cfg_path) {

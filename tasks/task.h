@@ -111,6 +111,12 @@ models::Config load_config(const std::string& path, const std::vector<std::strin
 // when it has no task yet.
 std::unique_ptr<Task> make_task(const models::Config& cfg);
 
+// ENGINE.SYNTHETIC with an empty DATASET.ROOT: the family's built-in synthetic dataset (pose: hrnet-synth's COCO layout;
+// classification: the shapes in ImageNet folders), generated once into the cache
+// ($HRNET_SYNTH_DIR, else $XDG_CACHE_HOME/hrnet or ~/.cache/hrnet) and reused when complete;
+// DATASET.ROOT is set to it. Returns the root, "" when the config does not ask for it.
+std::string prepare_synthetic_data(models::Config& cfg);
+
 // Where the official tools put an experiment's outputs:
 // OUTPUT_DIR/DATASET.DATASET/MODEL.NAME/<config file name without extension> ("output" when
 // OUTPUT_DIR is empty).

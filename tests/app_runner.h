@@ -9,14 +9,9 @@
 #include <sstream>
 #include <string>
 
-namespace hr::test {
+#include "test_util.h"
 
-inline std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+namespace hr::test {
 
 struct Run {
   int code;  // exit status, -1 when the program did not exit normally

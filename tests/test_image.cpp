@@ -16,32 +16,17 @@
 #include "data/draw.h"
 #include "data/image.h"
 #include "engine/error.h"
+#include "test_util.h"
 
 using namespace hr;
 using namespace hr::data;
 namespace fs = std::filesystem;
+using hr::test::slurp;
+using hr::test::TempDir;
 
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int n = 0;
-    path = fs::temp_directory_path() /
-           ("hr_test_image_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 Image random_image(int w, int h, int c, uint32_t seed) {
   Image img(w, h, c);

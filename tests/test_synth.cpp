@@ -18,32 +18,15 @@
 #include "data/image.h"
 #include "data/synth.h"
 #include "engine/error.h"
+#include "test_util.h"
 
 using namespace hr;
 using namespace hr::data;
 namespace fs = std::filesystem;
+using hr::test::slurp;
+using hr::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int n = 0;
-    path = fs::temp_directory_path() /
-           ("hr_test_synth_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
 
 bool same_ann(const CocoPersonAnn& a, const CocoPersonAnn& b, float tol) {
   if (a.num_keypoints != b.num_keypoints || a.area != b.area || a.bbox != b.bbox) return false;

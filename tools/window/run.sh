@@ -22,7 +22,7 @@
 #     micro-benchmarks
 #  6. compute-sanitizer: memcheck on the capture cases; memcheck and racecheck on the cases of
 #     the changed kernels
-#  7. with time left: the other GPU tests
+#  7. with time left: W32 cls 224x224 training step and inference (ours), the other GPU tests
 # Each step has a time box; the whole run stays within HR_WINDOW_BUDGET seconds (default 400),
 # later steps are skipped when it is spent. OUT gets at most 8 files, written as the run goes:
 # summary.md (rewritten after every step; printed last), run.log, env.txt, correctness.log,
@@ -504,7 +504,13 @@ if want sanitizer; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 7. time left: the other GPU tests
+# 7. time left: the classifier's step (W32 cls 224x224, ours; timm's published hrnet_w32
+# throughput is the sanity check until the peer has a cls group), then the other GPU tests
+peer_ready_now && peer_collect 0
+peer_pause
+step gpu rest "bench_model W32 cls 224 b128 bf16 (ours: eager, CUDA graph)" "$WORK/cls_bench_model.log" 90 \
+  "$BIN/bench_model" --model w32:cls --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch
+peer_resume
 for t in test_cuda_ops test_cuda_kernels test_cuda_conv; do
   peer_ready_now && peer_collect 0
   step gpu rest "$t" "$CORR" 120 "$BIN/$t"
@@ -539,7 +545,7 @@ fi
   echo
   echo "PyTorch peer: $PEER_STATE; $(grep -E '^peer: (torch|.*warmed|.*ready)' "$PEER_LOG" 2>/dev/null | tr '\n' ';')"
   grep '^RESULT' "$PEER_LOG" 2>/dev/null
-  for f in bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
+  for f in cls_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
     [ -f "$WORK/$f.log" ] && { echo; echo "## $f"; echo; grep -v '^== ' "$WORK/$f.log"; }
   done
   for f in "$WORK"/ops_perf_*.log; do
