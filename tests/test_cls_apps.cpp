@@ -14,8 +14,12 @@
 #include <regex>
 
 #include "app_runner.h"
+#include "data/classification.h"
+#include "data/synth_cls.h"
 #include "engine/checkpoint.h"
 #include "tasks/pose.h"
+#include "tasks/task.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace hr;
@@ -233,4 +237,35 @@ TEST_CASE("hrnet-train refuses bad classification settings in one line", "[apps]
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
     CHECK_FALSE(fs::exists(fs::path(out) / "checkpoint.safetensors"));
   }
+}
+
+TEST_CASE("ENGINE.SYNTHETIC: the built-in set generated once into the cache, then reused",
+          "[apps][cls]") {
+  const fs::path cache = kWork / "cache";
+  hr::test::EnvGuard env("HRNET_SYNTH_DIR", cache.c_str());
+  const std::string cfg_path = cls_cfg(dataset());
+  // a root given, or SYNTHETIC off: nothing happens
+  {
+    models::Config c = tasks::load_config(cfg_path, {"ENGINE.SYNTHETIC", "True"});
+    CHECK(tasks::prepare_synthetic_data(c).empty());
+    CHECK(c.get_str("DATASET.ROOT", "") == dataset());
+    models::Config off = tasks::load_config(cfg_path, {"DATASET.ROOT", "''"});
+    CHECK(tasks::prepare_synthetic_data(off).empty());
+    CHECK_FALSE(fs::exists(cache));
+  }
+  models::Config c = tasks::load_config(cfg_path, {"DATASET.ROOT", "''", "ENGINE.SYNTHETIC", "True"});
+  const std::string dir = tasks::prepare_synthetic_data(c);
+  CHECK(dir.rfind(cache.string(), 0) == 0);
+  CHECK(c.get_str("DATASET.ROOT", "") == dir);
+  const data::ImageSet train = data::scan_image_folder(dir + "/train");
+  CHECK(train.classes == data::synthetic_class_names());
+  CHECK(train.images.size() == 10 * size_t(data::SynthClsOptions().train_per_class));
+  // the second time it is taken from the cache as it is (a changed image stays changed)
+  const std::string probe = dir + "/val/star/000000.jpg";
+  std::ofstream(probe, std::ios::app) << "x";
+  const auto size = fs::file_size(probe);
+  models::Config again = tasks::load_config(cfg_path, {"DATASET.ROOT", "''", "ENGINE.SYNTHETIC", "True"});
+  CHECK(tasks::prepare_synthetic_data(again) == dir);
+  CHECK(fs::file_size(probe) == size);
+  fs::remove_all(cache);
 }
