@@ -19,6 +19,8 @@
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
 // written atomically. Errors print one line and exit non-zero, leaving no output file.
+#include <omp.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +37,7 @@
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/file_util.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "tasks/classification.h"
 #include "tasks/pose.h"
 #include "models/config.h"
@@ -223,6 +226,8 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   };
   line("graph infer", gp.inference);
   if (gp.has_training) line("graph train", gp.training);
+  std::printf("CPU          %d threads, kernels %s (this processor: %s; HR_CPU_ISA chooses)\n",
+              omp_get_max_threads(), cpu::cpu_isa(), cpu::cpu_isas_supported().c_str());
 }
 
 Device parse_device(const std::string& d) {

@@ -35,6 +35,7 @@
 #include "engine/nn.h"
 #include "engine/optim.h"
 #include "engine/stream.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/config.h"
 #include "models/hrnet.h"
@@ -315,10 +316,11 @@ void print_table(const Args& a, const Results& ours, const Results& peer) {
     auto it = m.find(k);
     return it == m.end() ? -1.0 : it->second;
   };
-  std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d, median of %d %s\n\n",
+  std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d%s, median of %d %s\n\n",
               a.latency ? " --latency" : "", a.config.empty() ? a.model.c_str() : a.config.c_str(),
               (long long)a.batch, (long long)a.height, (long long)a.width, a.device.c_str(),
-              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(), a.steps,
+              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(),
+              cuda ? "" : (std::string(", CPU kernels ") + cpu::cpu_isa()).c_str(), a.steps,
               a.latency ? "runs" : "steps");
   if (a.latency) {
     std::printf("| what | ours ms | peer | peer ms | ratio (peer/ours) |\n|---|---:|---|---:|---:|\n");

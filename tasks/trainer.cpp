@@ -16,6 +16,7 @@
 #include "engine/ops.h"
 #include "engine/progress.h"
 #include "engine/stream.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace hr::tasks {
@@ -265,6 +266,9 @@ EvalSummary Trainer::run() {
 
   const data::Dataset& train = task_.train_data();
   std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
+  if (dev.is_cpu())
+    std::fprintf(stderr, "hrnet-train: CPU, %d threads, kernels %s\n", omp_get_max_threads(),
+                 cpu::cpu_isa());
 
   // Model and optimizer
   auto model = task_.make_model(s.seed);

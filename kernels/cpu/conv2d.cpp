@@ -17,17 +17,17 @@
 // Threading: tiles go to OpenMP threads (dynamic schedule), each running a single-threaded
 // GEMM on thread_local scratch. With too few tiles for the threads (one small image), tiles
 // run in turn with Eigen-threaded GEMMs and the copies around them split over the threads.
+// Compiled once per instruction set (kernels/cpu/isa.h): no std containers or shared helpers
+// here, only this file's own types; the arguments are checked by kernels/cpu/dispatch.cpp.
 #include <omp.h>
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
-#include "engine/error.h"
-#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/isa.h"
 
-namespace hr::cpu {
+namespace hr::cpu::HR_ISA_NS {
 namespace {
 
 using kern::ConvShape;
@@ -44,33 +44,46 @@ constexpr int64_t kMinTileCols = 192;
 constexpr int64_t kBatchCols = 96;
 constexpr int64_t kRowShiftMinPQ = 128;
 
-// Buffers that grow and are kept between calls (no page faults in the steady state).
+// A buffer that grows (new elements zero, old ones kept, as std::vector::resize) and is kept
+// between calls (no page faults in the steady state). This file's own type, not std::vector:
+// its code is then local to this build (kernels/cpu/isa.h).
+template <class T>
+struct Buf {
+  T* p = nullptr;
+  int64_t n = 0;
+  Buf() = default;
+  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { delete[] p; }
+  T* data() { return p; }
+  T& operator[](int64_t i) { return p[i]; }
+};
+template <class T>
+T* grow(Buf<T>& v, int64_t n) {
+  if (v.n < n) {
+    T* q = new T[static_cast<size_t>(n)]();
+    if (v.n) std::memcpy(q, v.p, static_cast<size_t>(v.n) * sizeof(T));
+    delete[] v.p;
+    v.p = q;
+    v.n = n;
+  }
+  return v.p;
+}
+
+void fill(float* y, int64_t n, float v) {
+  for (int64_t i = 0; i < n; ++i) y[i] = v;
+}
+
 struct Scratch {
-  std::vector<float> a, b, c;
+  Buf<float> a, b, c;
 };
 Scratch& scratch() {
   thread_local Scratch s;
   return s;
 }
-float* grow(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 int num_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
-
-void check_shape(const ConvShape& s, const char* op) {
-  HR_CHECK(s.N >= 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.R > 0 && s.S > 0 &&
-               s.stride_h > 0 && s.stride_w > 0 && s.pad_h >= 0 && s.pad_w >= 0,
-           op, ": invalid shape N=", s.N, " C=", s.C, " H=", s.H, " W=", s.W, " K=", s.K,
-           " R=", s.R, " S=", s.S, " stride=", s.stride_h, "x", s.stride_w, " pad=", s.pad_h, "x",
-           s.pad_w);
-  HR_CHECK(s.P == (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1 &&
-               s.Q == (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1 && s.P > 0 && s.Q > 0,
-           op, ": output ", s.P, "x", s.Q, " does not follow from input ", s.H, "x", s.W,
-           ", kernel ", s.R, "x", s.S, ", stride ", s.stride_h, "x", s.stride_w, ", pad ", s.pad_h,
-           "x", s.pad_w);
-}
 
 // ---- tiling ----
 
@@ -80,7 +93,8 @@ struct Tile {
 };
 
 struct Plan {
-  std::vector<Tile> tiles;
+  Buf<Tile> tiles;
+  int64_t ntiles = 0;
   int64_t tiles_per_image = 1;  // consecutive tiles that cover the same images
   bool threaded_gemm = false;   // tiles run in turn, each GEMM (and its copies) threaded
 };
@@ -99,12 +113,12 @@ Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo
   int64_t nb = 1;
   if (nrt == 1 && batch && PQ < kBatchCols)
     nb = std::clamp<int64_t>((kBatchCols + PQ - 1) / PQ, 1, (s.N + nthreads - 1) / nthreads);
+  grow(plan.tiles, ((s.N + nb - 1) / nb) * ((s.P + rows - 1) / rows));
   for (int64_t n = 0; n < s.N; n += nb)
     for (int64_t p = 0; p < s.P; p += rows)
-      plan.tiles.push_back({n, std::min(nb, s.N - n), p, std::min(p + rows, s.P)});
+      plan.tiles[plan.ntiles++] = {n, std::min(nb, s.N - n), p, std::min(p + rows, s.P)};
   plan.tiles_per_image = nrt;
-  const int64_t units = whole_images ? static_cast<int64_t>(plan.tiles.size()) / nrt
-                                     : static_cast<int64_t>(plan.tiles.size());
+  const int64_t units = whole_images ? plan.ntiles / nrt : plan.ntiles;
   // Too few tiles to keep every thread busy: one threaded GEMM at a time instead.
   plan.threaded_gemm = nthreads > 1 && units < 2 * nthreads && units % nthreads != 0;
   return plan;
@@ -115,10 +129,10 @@ Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo
 // thread takes a fixed, contiguous share of the tiles: results that threads accumulate
 // (weight gradients) are then the same from run to run, not dependent on timing.
 template <class Fn>
-void run_tiles(const Plan& plan, int nthreads, bool whole_images, Fn&& fn, bool fixed = false) {
-  const int64_t nt = static_cast<int64_t>(plan.tiles.size());
+void run_tiles(Plan& plan, int nthreads, bool whole_images, Fn&& fn, bool fixed = false) {
+  const int64_t nt = plan.ntiles;
   if (nthreads <= 1 || plan.threaded_gemm) {
-    for (const Tile& t : plan.tiles) fn(t, 0, nthreads > 1);
+    for (int64_t i = 0; i < nt; ++i) fn(plan.tiles[i], 0, nthreads > 1);
     return;
   }
   const int64_t g = whole_images ? plan.tiles_per_image : 1;
@@ -217,7 +231,7 @@ bool rowshift_ok(const ConvShape& s) {
 // ks - pad_w columns, for every (c, ks): out[(c*S + ks)*ps + i*W + q]. Returns the operand
 // (x itself when no copy is needed) and its plane stride ps.
 const float* rowshift_planes(const ConvShape& s, const float* x, int64_t p0, int64_t p1,
-                             std::vector<float>& buf, int64_t& ps) {
+                             Buf<float>& buf, int64_t& ps) {
   const int64_t W = s.W, nr = p1 - p0 + s.R - 1, ih0 = p0 - s.pad_h;
   if (s.S == 1 && ih0 >= 0 && ih0 + nr <= s.H) {
     ps = s.H * W;
@@ -258,7 +272,7 @@ void forward_rowshift(const ConvShape& s, const float* x, const float* w_krcs, c
                       float* y) {
   const int nthreads = num_threads();
   const int64_t K = s.K, CS = s.C * s.S, PQ = s.P * s.Q, CHW = s.C * s.H * s.W;
-  const Plan plan =
+  Plan plan =
       make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false);
   run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool) {
     const int64_t L = (t.p1 - t.p0) * s.Q;
@@ -267,7 +281,7 @@ void forward_rowshift(const ConvShape& s, const float* x, const float* w_krcs, c
     float* out = y + t.n0 * K * PQ + t.p0 * s.Q;
     MapM om(out, K, L, Eigen::OuterStride<>(PQ));
     if (bias)
-      for (int64_t k = 0; k < K; ++k) std::fill_n(out + k * PQ, L, bias[k]);
+      for (int64_t k = 0; k < K; ++k) fill(out + k * PQ, L, bias[k]);
     for (int64_t r = 0; r < s.R; ++r) {
       const MapC wr(w_krcs + r * CS, K, CS, Eigen::OuterStride<>(s.R * CS));
       const MapC xr(xs + r * s.W, CS, L, Eigen::OuterStride<>(ps));
@@ -469,7 +483,7 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
   const int64_t PQ = s.P * s.Q, CRS = s.C * s.R * s.S, K = s.K, CHW = s.C * s.H * s.W;
   const bool identity =
       s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
-  const Plan plan = identity ? make_plan(s, nthreads, 4 * K * s.Q, 0, false, false)
+  Plan plan = identity ? make_plan(s, nthreads, 4 * K * s.Q, 0, false, false)
                              : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
   run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool par) {
@@ -481,7 +495,7 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
     const int64_t out_ld = t.nb == 1 ? PQ : L;
     MapM om(out, K, L, Eigen::OuterStride<>(out_ld));
     if (bias) {
-      for (int64_t k = 0; k < K; ++k) std::fill_n(out + k * out_ld, L, bias[k]);
+      for (int64_t k = 0; k < K; ++k) fill(out + k * out_ld, L, bias[k]);
       om.noalias() += wm * cm;
     } else {
       om.noalias() = wm * cm;
@@ -500,7 +514,7 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
 void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, float* dx) {
   const int nthreads = num_threads();
   const int64_t K = s.K, C = s.C, CRS = C * s.R * s.S, PQ = s.P * s.Q, CHW = C * s.H * s.W;
-  const Plan plan = make_plan(s, nthreads, im2col_row_bytes(s), 0, true, true);
+  Plan plan = make_plan(s, nthreads, im2col_row_bytes(s), 0, true, true);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
   run_tiles(plan, nthreads, true, [&](const Tile& t, int, bool par) {
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
@@ -530,8 +544,8 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
 }
 
 // Per-thread weight-gradient accumulators, kept between calls.
-std::vector<float>& weight_accumulators() {
-  thread_local std::vector<float> acc;
+Buf<float>& weight_accumulators() {
+  thread_local Buf<float> acc;
   return acc;
 }
 
@@ -539,10 +553,9 @@ std::vector<float>& weight_accumulators() {
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias,
                     float* y) {
-  check_shape(s, "conv2d_forward");
   if (s.N == 0) return;
   if (rowshift_ok(s)) {
-    thread_local std::vector<float> wk;
+    thread_local Buf<float> wk;
     permute_kcrs_to_krcs(s, w, grow(wk, s.K * s.C * s.R * s.S), num_threads() > 1);
     forward_rowshift(s, x, wk.data(), bias, y);
   } else {
@@ -551,7 +564,6 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
 }
 
 void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx) {
-  check_shape(s, "conv2d_backward_data");
   if (s.N == 0) return;
   const int64_t K = s.K, C = s.C, R = s.R, S = s.S;
   // Stride 1 with a row-shift-friendly map: dx = conv(dy, w') with w'[c,k,r,s] =
@@ -560,8 +572,8 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
     const ConvShape t =
         ConvShape::make(s.N, K, s.P, s.Q, C, R, S, 1, 1, R - 1 - s.pad_h, S - 1 - s.pad_w);
     if (rowshift_ok(t)) {
-      HR_CHECK(t.P == s.H && t.Q == s.W, "conv2d_backward_data: internal shape mismatch");
-      thread_local std::vector<float> wt;
+      if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
+      thread_local Buf<float> wt;
       flip_transpose(s, w, grow(wt, K * C * R * S), num_threads() > 1);
       forward_rowshift(t, dy, wt.data(), nullptr, dx);
       return;
@@ -572,7 +584,6 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
 
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy, float* dw,
                             float* dbias) {
-  check_shape(s, "conv2d_backward_weight");
   const int64_t K = s.K, C = s.C, R = s.R, S = s.S, CRS = C * R * S, CS = C * S;
   const int64_t PQ = s.P * s.Q, CHW = C * s.H * s.W;
   const int nthreads = num_threads();
@@ -590,17 +601,18 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     }
   }
   if (s.N == 0) {
-    std::fill_n(dw, K * CRS, 0.f);
+    fill(dw, K * CRS, 0.f);
     return;
   }
   const bool rs = rowshift_ok(s);
-  const Plan plan =
+  Plan plan =
       rs ? make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false)
          : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
   const int nacc = plan.threaded_gemm ? 1 : nthreads;
   // Accumulators [K, R, C, S] on the row-shift path, [K, C, R, S] on the im2col path.
   float* acc = grow(weight_accumulators(), nacc * K * CRS);
-  std::vector<char> used(static_cast<size_t>(nacc), 0);
+  Buf<char> used;
+  grow(used, nacc);
   run_tiles(plan, nthreads, false, [&](const Tile& t, int tid, bool par) {
     float* a = acc + tid * K * CRS;
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
@@ -644,4 +656,4 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
         }
 }
 
-}  // namespace hr::cpu
+}  // namespace hr::cpu::HR_ISA_NS

@@ -3,10 +3,20 @@
 // accumulates gradients itself). Kernels are multithreaded with OpenMP; matrix work uses Eigen.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "kernels/shapes.h"
 
 namespace hr::cpu {
+
+// ---- instruction set of the GEMM-bound kernels (convolution, linear) ----
+// They are built for the build's baseline (avx2: x86-64-v3, AVX2 + FMA) and, on x86-64, once
+// more for avx512 (x86-64-v4: AVX-512F/BW/CD/DQ/VL); the best the processor runs is used, unless
+// HR_CPU_ISA=avx2|avx512 (read at the first call) or set_cpu_isa() chooses (an unsupported choice
+// is an error). Every build gives the same results up to float rounding.
+const char* cpu_isa();               // the one in use
+std::string cpu_isas_supported();    // "avx2, avx512" or "avx2"
+void set_cpu_isa(const std::string& name);
 
 // ---- convolution ----
 // x [N,C,H,W], w [K,C,R,S], bias [K] or nullptr, y [N,K,P,Q]

@@ -1,11 +1,12 @@
 // CPU fully connected layer (torch.nn.Linear) through Eigen matrix products on the row-major
-// buffers as stored; Eigen's GEMM runs on the OpenMP threads.
+// buffers as stored; Eigen's GEMM runs on the OpenMP threads. Compiled once per instruction set
+// (kernels/cpu/isa.h); kernels/cpu/dispatch.cpp defines the public functions.
 #include <Eigen/Core>
 #include <cstdint>
 
-#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/isa.h"
 
-namespace hr::cpu {
+namespace hr::cpu::HR_ISA_NS {
 namespace {
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MapC = Eigen::Map<const RowMat>;
@@ -37,4 +38,4 @@ void linear_backward(int64_t M, int64_t I, int64_t O, const float* x, const floa
   }
 }
 
-}  // namespace hr::cpu
+}  // namespace hr::cpu::HR_ISA_NS

@@ -1,0 +1,136 @@
+// The public GEMM-bound CPU kernels (cpu_kernels.h): argument checks, then the build of
+// kernels/cpu/conv2d.cpp / linear.cpp for the instruction set chosen at run time (isa.h).
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "engine/error.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/isa.h"
+
+namespace hr::cpu {
+
+void isa_internal_error(const char* what) { throw Error(what); }
+
+namespace {
+
+constexpr const char* kIsaNames[] = {"avx2", "avx512"};
+
+bool isa_supported(int isa) {
+  if (isa == 0) return true;  // the build's baseline
+#if defined(HR_CPU_AVX512) && (defined(__x86_64__) || defined(__i386__))
+  // what -march=x86-64-v4 may use; libgcc checks that the OS saves the AVX-512 state
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512cd");
+#else
+  return false;
+#endif
+}
+
+int parse_isa(const std::string& name, const char* from) {
+  for (int i = 0; i < 2; ++i)
+    if (name == kIsaNames[i]) {
+      HR_CHECK(isa_supported(i), from, ": the CPU kernels cannot use ", name, " here (",
+               i == 1 ? "this processor lacks AVX-512F/BW/DQ/VL/CD or the build has no AVX-512 copy"
+                      : "",
+               "); supported: ", cpu_isas_supported());
+      return i;
+    }
+  throw Error(str_cat(from, ": unknown instruction set '", name, "' (avx2 or avx512)"));
+}
+
+std::atomic<int> g_isa{-1};
+
+int current() {
+  int v = g_isa.load(std::memory_order_relaxed);
+  if (v >= 0) return v;
+  const char* env = std::getenv("HR_CPU_ISA");
+  v = env && *env ? parse_isa(env, "HR_CPU_ISA") : (isa_supported(1) ? 1 : 0);
+  g_isa.store(v, std::memory_order_relaxed);
+  return v;
+}
+
+void check_conv(const kern::ConvShape& s, const char* op) {
+  HR_CHECK(s.N >= 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.R > 0 && s.S > 0 &&
+               s.stride_h > 0 && s.stride_w > 0 && s.pad_h >= 0 && s.pad_w >= 0,
+           op, ": invalid shape N=", s.N, " C=", s.C, " H=", s.H, " W=", s.W, " K=", s.K,
+           " R=", s.R, " S=", s.S, " stride=", s.stride_h, "x", s.stride_w, " pad=", s.pad_h, "x",
+           s.pad_w);
+  HR_CHECK(s.P == (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1 &&
+               s.Q == (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1 && s.P > 0 && s.Q > 0,
+           op, ": output ", s.P, "x", s.Q, " does not follow from input ", s.H, "x", s.W,
+           ", kernel ", s.R, "x", s.S, ", stride ", s.stride_h, "x", s.stride_w, ", pad ", s.pad_h,
+           "x", s.pad_w);
+}
+
+}  // namespace
+
+const char* cpu_isa() { return kIsaNames[current()]; }
+
+std::string cpu_isas_supported() {
+  std::string s;
+  for (int i = 0; i < 2; ++i)
+    if (isa_supported(i)) s += std::string(s.empty() ? "" : ", ") + kIsaNames[i];
+  return s;
+}
+
+void set_cpu_isa(const std::string& name) { g_isa.store(parse_isa(name, "set_cpu_isa")); }
+
+void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y) {
+  check_conv(s, "conv2d_forward");
+  current() == 1 ? avx512::conv2d_forward(s, x, w, bias, y) : avx2::conv2d_forward(s, x, w, bias, y);
+}
+
+void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float* w, float* dx) {
+  check_conv(s, "conv2d_backward_data");
+  current() == 1 ? avx512::conv2d_backward_data(s, dy, w, dx)
+                 : avx2::conv2d_backward_data(s, dy, w, dx);
+}
+
+void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const float* dy, float* dw,
+                            float* dbias) {
+  check_conv(s, "conv2d_backward_weight");
+  current() == 1 ? avx512::conv2d_backward_weight(s, x, dy, dw, dbias)
+                 : avx2::conv2d_backward_weight(s, x, dy, dw, dbias);
+}
+
+void linear_forward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,
+                    const float* bias, float* y) {
+  HR_CHECK(M >= 0 && I > 0 && O > 0, "linear_forward: invalid shape M=", M, " I=", I, " O=", O);
+  current() == 1 ? avx512::linear_forward(M, I, O, x, w, bias, y)
+                 : avx2::linear_forward(M, I, O, x, w, bias, y);
+}
+
+void linear_backward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,
+                     const float* dy, float* dx, float* dw, float* dbias) {
+  HR_CHECK(M >= 0 && I > 0 && O > 0, "linear_backward: invalid shape M=", M, " I=", I, " O=", O);
+  current() == 1 ? avx512::linear_backward(M, I, O, x, w, dy, dx, dw, dbias)
+                 : avx2::linear_backward(M, I, O, x, w, dy, dx, dw, dbias);
+}
+
+}  // namespace hr::cpu
+
+#if !defined(HR_CPU_AVX512)
+// No AVX-512 copy in this build (not x86-64, or a compiler without -march=x86-64-v4): the
+// dispatcher never calls these.
+namespace hr::cpu::avx512 {
+void conv2d_forward(const kern::ConvShape&, const float*, const float*, const float*, float*) {
+  isa_internal_error("no AVX-512 build of conv2d_forward");
+}
+void conv2d_backward_data(const kern::ConvShape&, const float*, const float*, float*) {
+  isa_internal_error("no AVX-512 build of conv2d_backward_data");
+}
+void conv2d_backward_weight(const kern::ConvShape&, const float*, const float*, float*, float*) {
+  isa_internal_error("no AVX-512 build of conv2d_backward_weight");
+}
+void linear_forward(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) {
+  isa_internal_error("no AVX-512 build of linear_forward");
+}
+void linear_backward(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*,
+                     float*, float*) {
+  isa_internal_error("no AVX-512 build of linear_backward");
+}
+}  // namespace hr::cpu::avx512
+#endif
