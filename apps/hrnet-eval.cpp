@@ -1,5 +1,6 @@
 // hrnet-eval: evaluation as the official tools/test.py runs it, for the task of the config's
-// family (tasks/task.h). Pose:
+// family (tasks/task.h); seg: the official tools/test.py testval (TEST.FLIP_TEST, MULTI_SCALE,
+// SCALE_LIST, sliding windows of TEST.IMAGE_SIZE), mIoU and per-class IoU. Pose:
 //
 //   hrnet-eval --cfg FILE [--weights CKPT] [--out DIR] [KEY VALUE ...]
 //       runs the model on TEST_SET with GT boxes (TEST.USE_GT_BBOX) or the person detections of
@@ -101,7 +102,9 @@ int run(const Args& a) {
   auto model = task->make_model(s.seed);
   models::load_hrnet_checkpoint(*model, weights);
   model->to(dev);
-  const tasks::EvalSummary r = task->evaluate(*model, tasks::run_options(s));
+  tasks::RunOptions run = tasks::run_options(s);
+  run.test_augmentation = true;  // the official test tools' flip / multi-scale (seg)
+  const tasks::EvalSummary r = task->evaluate(*model, run);
   task->save_outputs(out);
   std::printf("%s", r.table.c_str());
   std::fprintf(stderr, "hrnet-eval: %s %.4f on %lld samples, %d unreadable skipped, %.1f s; "

@@ -14,7 +14,11 @@
 //   (pose head) keypoints of the people in the boxes (the whole image when none is given),
 //   with flip test and the official decoding, as JSON, and the image with skeletons drawn;
 //   (cls head) the top-5 classes with their probabilities (the validation transform), named
-//   from --classes FILE (one name a line) or the config's class folders, and --json OUT.json.
+//   from --classes FILE (one name a line) or the config's class folders, and --json OUT.json;
+//   (seg head) the label map, coloured with the dataset's palette (Cityscapes' for its 19
+//   classes), with --label-map OUT.png, the image blended with it with --overlay OUT.png, and the
+//   share of each class with --json OUT.json; inference as the official test (the config's
+//   TEST.BASE_SIZE, IMAGE_SIZE windows, FLIP_TEST, MULTI_SCALE/SCALE_LIST).
 //
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
@@ -40,6 +44,8 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "tasks/classification.h"
 #include "tasks/pose.h"
+#include "tasks/segmentation.h"
+#include "data/seg_classes.h"
 #include "models/config.h"
 #include "models/hrnet.h"
 
@@ -59,13 +65,16 @@ const char* kUsage =
     "         [--overlay OUT.png] [--device cpu|cuda]   (pose models)\n"
     "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
     "         [--classes NAMES.txt] [--json OUT.json] [--device cpu|cuda]   (cls models)\n"
+    "       hrnet-infer (--config FILE | --model NAME) --weights CKPT --image IMG\n"
+    "         [--label-map OUT.png] [--overlay OUT.png] [--json OUT.json] [--device cpu|cuda]\n"
+    "         (seg models)\n"
     "  --eager: run the ops one by one instead of the compiled inference graph\n"
     "NAME: HEAD_VARIANT with HEAD in pose, seg, det, cls and VARIANT in w18_small_v1,\n"
     "      w18_small_v2, w18, w30, w32, w40, w44, w48, w64 (e.g. pose_w32)\n";
 
 struct Args {
   std::string config, model, weights, input, output, device = "cpu", input_size;
-  std::string image, boxes_file, json_out, overlay_out, classes;
+  std::string image, boxes_file, json_out, overlay_out, classes, label_map;
   std::vector<std::array<float, 4>> boxes;
   float box_thre = 0.5f;
   std::vector<std::string> overrides;
@@ -106,6 +115,8 @@ Args parse(int argc, char** argv) {
       a.overlay_out = value(i);
     else if (k == "--classes")
       a.classes = value(i);
+    else if (k == "--label-map")
+      a.label_map = value(i);
     else if (k == "--box-thre") {
       const std::string v = value(i);
       char* end = nullptr;
@@ -152,8 +163,8 @@ Args parse(int argc, char** argv) {
     if (!a.input.empty() || !a.output.empty() || a.summary)
       throw UsageError("--image does not combine with --input-tensor/--output-tensor/--summary");
   } else if (!a.boxes.empty() || !a.boxes_file.empty() || !a.json_out.empty() ||
-             !a.overlay_out.empty() || !a.classes.empty()) {
-    throw UsageError("--box, --boxes, --classes, --json and --overlay go with --image");
+             !a.overlay_out.empty() || !a.classes.empty() || !a.label_map.empty()) {
+    throw UsageError("--box, --boxes, --classes, --label-map, --json and --overlay go with --image");
   } else if (!a.summary && (a.weights.empty() || a.input.empty() || a.output.empty())) {
     throw UsageError(
         "inference needs --weights, --input-tensor and --output-tensor, or --image (or --summary)");
@@ -200,9 +211,10 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   std::printf("layers       %lld conv, %lld batch-norm, %lld linear\n", (long long)st.conv_layers,
               (long long)st.bn_layers, (long long)st.linear_layers);
   std::printf(
-      "mult-adds    %s (conv %s + linear %s; batch-norm, ReLU, additions, resampling "
+      "mult-adds    %s (conv %s + linear %s + bmm %s; batch-norm, ReLU, additions, resampling "
       "and pooling are not counted)\n",
-      grouped(st.macs()).c_str(), grouped(st.conv_macs).c_str(), grouped(st.linear_macs).c_str());
+      grouped(st.macs()).c_str(), grouped(st.conv_macs).c_str(), grouped(st.linear_macs).c_str(),
+      grouped(st.bmm_macs).c_str());
   std::printf("GFLOPs       %.2f (mult-adds / 2^30, as the HRNet papers report)\n", st.gflops());
   for (size_t i = 0; i < st.outputs.size(); ++i)
     std::printf("output%-6s %s\n", st.outputs.size() > 1 ? ("." + std::to_string(i)).c_str() : "",
@@ -280,11 +292,12 @@ void infer(HRNet& model, const Args& a) {
 // Keypoints of the people in an image: crops of the given boxes (the whole image when none),
 // the model with flip test, the official decoding; JSON and/or an overlay picture.
 void infer_image(HRNet& model, const Args& a, const Config* cfg) {
-  HR_CHECK(model.spec().head == Head::Pose, "--image takes pose and cls models, ", model.spec().name,
+  HR_CHECK(model.spec().head == Head::Pose, "--image takes pose, seg and cls models, ", model.spec().name,
            " has the ", head_name(model.spec().head), " head");
   if (a.json_out.empty() && a.overlay_out.empty())
     throw UsageError("--image with a pose model needs --json OUT.json and/or --overlay OUT.png");
   if (!a.classes.empty()) throw UsageError("--classes goes with classification models");
+  if (!a.label_map.empty()) throw UsageError("--label-map goes with segmentation models");
   const Device dev = parse_device(a.device);
   const data::Image img = data::read_image(a.image);  // fails early, naming the file
   data::PoseDatasetOptions dopt;
@@ -363,8 +376,8 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
 // The top-5 classes of an image: the validation transform (Resize(size/0.875) + CenterCrop), the
 // model, softmax.
 void classify_image(HRNet& model, const Args& a, const Config* cfg) {
-  HR_CHECK(a.overlay_out.empty() && a.boxes.empty() && a.boxes_file.empty(),
-           "--overlay, --box and --boxes go with pose models");
+  HR_CHECK(a.overlay_out.empty() && a.boxes.empty() && a.boxes_file.empty() && a.label_map.empty(),
+           "--overlay, --box and --boxes go with pose and seg models, --label-map with seg models");
   const Device dev = parse_device(a.device);
   data::ClassificationOptions o;
   o.size = static_cast<int>(model.spec().image_size[0]);
@@ -414,6 +427,79 @@ void classify_image(HRNet& model, const Args& a, const Config* cfg) {
     write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
 }
 
+// The label map of an image: the official test's inference (tasks::seg_inference), argmax; a
+// coloured label map, an overlay and the share of each class.
+void segment_image(HRNet& model, const Args& a, const Config* cfg) {
+  HR_CHECK(a.boxes.empty() && a.boxes_file.empty() && a.classes.empty(),
+           "--box, --boxes and --classes do not go with seg models");
+  if (a.json_out.empty() && a.overlay_out.empty() && a.label_map.empty())
+    throw UsageError("--image with a seg model needs --label-map, --overlay and/or --json");
+  const Device dev = parse_device(a.device);
+  const data::Image img = data::read_image(a.image);  // fails early, naming the file
+  const int64_t C = model.spec().num_classes;
+  tasks::SegInferOptions o;
+  std::string dataset = "cityscapes";
+  if (cfg) {
+    const tasks::SegSettings s = tasks::SegSettings::from_config(*cfg);
+    o = tasks::infer_options(s, true);
+    dataset = s.dataset;
+  } else {  // a built-in model: the whole image at its size
+    o.base_size = std::max(img.width, img.height);
+    o.crop_h = img.height;
+    o.crop_w = img.width;
+    o.align_corners = model.spec().align_corners;
+    o.classes = C;
+  }
+  HR_CHECK(o.classes == C, "the config has ", o.classes, " classes, the model ", C);
+  load_hrnet_checkpoint(model, a.weights);
+  model.eval();
+  if (dev != Device::cpu()) model.to(dev);
+  graph::InferenceRunner run([&model](const Tensor& in) { return model.forward_all(in); }, dev);
+  const tasks::SegForward forward = [&](const Tensor& x) {
+    std::vector<Tensor> ys;
+    if (a.eager) {
+      InferenceMode guard;
+      ys = model.forward_all(x.to(dev));
+    } else {
+      ys = run(x);
+    }
+    Tensor h = Tensor::empty(ys.back().shape());  // the last output (OCR: the final one)
+    h.copy_(ys.back());
+    return h;
+  };
+  Tensor x = Tensor::empty({1, 3, img.height, img.width});
+  data::normalize_input(img.pixels.data(), img.height, img.width, x.data<float>());
+  const std::vector<int64_t> pred = tasks::seg_argmax(tasks::seg_inference(forward, x, o));
+
+  const data::SegClassTable classes = data::seg_class_table(dataset, C);
+  data::Image colour(img.width, img.height), overlay = img;
+  std::vector<int64_t> count(static_cast<size_t>(C), 0);
+  for (size_t p = 0; p < pred.size(); ++p) {
+    const auto& c = classes.colours[static_cast<size_t>(pred[p])];
+    ++count[static_cast<size_t>(pred[p])];
+    for (int k = 0; k < 3; ++k) {
+      colour.pixels[p * 3 + k] = c[k];
+      overlay.pixels[p * 3 + k] = static_cast<uint8_t>((img.pixels[p * 3 + k] + c[k] + 1) / 2);
+    }
+  }
+  if (!a.label_map.empty()) data::write_image(colour, a.label_map);
+  if (!a.overlay_out.empty()) data::write_image(overlay, a.overlay_out);
+  std::string json = str_cat("{\"image\": ", json_quote(a.image), ", \"width\": ", img.width,
+                             ", \"height\": ", img.height, ", \"classes\": [");
+  bool first = true;
+  for (int64_t k = 0; k < C; ++k) {
+    if (!count[static_cast<size_t>(k)]) continue;
+    const double share = double(count[static_cast<size_t>(k)]) / double(pred.size());
+    std::printf("%-16s %6.2f%%\n", classes.names[static_cast<size_t>(k)].c_str(), 100 * share);
+    json += str_cat(first ? "" : ", ", "{\"class\": ", k, ", \"name\": ",
+                    json_quote(classes.names[static_cast<size_t>(k)]), ", \"share\": ", share, "}");
+    first = false;
+  }
+  json += "]}\n";
+  if (!a.json_out.empty())
+    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -436,6 +522,8 @@ int main(int argc, char** argv) {
       summary(*model, a, hw);
     else if (!a.image.empty() && model->spec().head == Head::Cls)
       classify_image(*model, a, a.config.empty() ? nullptr : &cfg);
+    else if (!a.image.empty() && model->spec().head == Head::Seg)
+      segment_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else if (!a.image.empty())
       infer_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else

@@ -1,8 +1,11 @@
 // Whole-model benchmark: HRNet training step and inference forward, ours and PyTorch's side by
 // side in the same run. The step is the task's: pose (heatmap loss, Adam, as the official pose
 // recipes) or classification (--model w32:cls or a cls config: cross-entropy, SGD with Nesterov
-// momentum and weight decay, as the official cls recipes, at 224x224 unless given).
-//   bench_model [--model w32:pose|w32:cls] [--config FILE] [--batch N] [--height H --width W]
+// momentum and weight decay, as the official cls recipes, at 224x224 unless given) or
+// segmentation (--model w48:seg or a seg config: logits upsampled to the labels' size, the
+// cross-entropy with the Cityscapes class weights and ignore label, SGD with momentum and weight
+// decay, as the official Cityscapes recipe, at 512x1024 unless given).
+//   bench_model [--model w32:pose|w32:cls|w48:seg] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile]
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
@@ -23,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,6 +42,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/config.h"
+#include "data/seg_classes.h"
 #include "models/hrnet.h"
 
 using namespace hr;
@@ -127,6 +132,11 @@ Results read_peer_results(const std::string& path) {
 }
 
 // the classification head's widths for the peer
+std::string seg_peer_args(const ModelSpec& spec) {
+  return " --head seg --classes " + std::to_string(spec.num_classes) +
+         (spec.align_corners ? " --align-corners" : "");
+}
+
 std::string cls_peer_args(const ModelSpec& spec) {
   std::string hc;
   for (int64_t c : spec.cls_head_channels) hc += (hc.empty() ? "" : ",") + std::to_string(c);
@@ -141,7 +151,9 @@ Results run_torch(const Args& a, const ModelSpec& spec) {
   if (py.empty()) return r;
   std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py --width-base " +
                     std::to_string(spec.stages.back().num_channels[0]) +
-                    (spec.head == Head::Cls ? cls_peer_args(spec) : std::string()) +
+                    (spec.head == Head::Cls   ? cls_peer_args(spec)
+                     : spec.head == Head::Seg ? seg_peer_args(spec)
+                                              : std::string()) +
                     " --batch " +
                     std::to_string(a.batch) + " --height " + std::to_string(a.height) +
                     " --width " + std::to_string(a.width) + " --device " + a.device +
@@ -175,10 +187,25 @@ Results measure(const Args& a, const ModelSpec& spec) {
     y0 = (*model)(x);
   }
   // the task's targets, loss and optimizer
-  const bool cls = spec.head == Head::Cls;
-  Tensor target, tw, labels;
+  const bool cls = spec.head == Head::Cls, seg = spec.head == Head::Seg;
+  Tensor target, tw, labels, class_weights;
   std::unique_ptr<Optimizer> optimizer;
-  if (cls) {
+  if (seg) {
+    // labels at the input's size, one pixel in ten ignored (255)
+    std::vector<int64_t> l(static_cast<size_t>(a.batch * a.height * a.width));
+    for (size_t i = 0; i < l.size(); ++i)
+      l[i] = i % 10 == 9 ? 255 : static_cast<int64_t>((i * 7919 / 13) % spec.num_classes);
+    labels = Tensor::from_vector_i64(l, {a.batch, a.height, a.width}, dev);
+    std::vector<float> w(static_cast<size_t>(spec.num_classes), 1.f);
+    for (size_t k = 0; k < w.size() && k < data::kCityscapesClassWeights.size(); ++k)
+      w[k] = data::kCityscapesClassWeights[k];
+    class_weights = Tensor::from_vector(w, {spec.num_classes}, DType::f32, dev);
+    SGDOptions so;
+    so.lr = 0.01;
+    so.momentum = 0.9;
+    so.weight_decay = 5e-4;
+    optimizer = std::make_unique<SGD>(model->parameters(), so);
+  } else if (cls) {
     std::vector<int64_t> l(static_cast<size_t>(a.batch));
     for (size_t i = 0; i < l.size(); ++i) l[i] = static_cast<int64_t>((i * 7919) % spec.num_classes);
     labels = Tensor::from_vector_i64(l, {a.batch}, dev);
@@ -196,11 +223,20 @@ Results measure(const Args& a, const ModelSpec& spec) {
   Optimizer& opt = *optimizer;
   const DType amp = a.amp == "bf16" ? DType::bf16 : a.amp == "f16" ? DType::f16 : DType::f32;
 
+  // the official seg loss: logits upsampled to the labels' size, weighted cross-entropy
+  std::function<Tensor(const Tensor&, const Tensor&)> seg_loss;
+  if (seg)
+    seg_loss = [&](const Tensor& y, const Tensor& l) {
+      return ops::cross_entropy(ops::upsample_bilinear(y, {a.height, a.width}, spec.align_corners),
+                                l, 255, 0.f, class_weights);
+    };
   auto train_step = [&] {
     AutocastGuard ac(amp);
     opt.zero_grad();
     Tensor y = (*model)(x);
-    Tensor loss = cls ? ops::cross_entropy(y, labels) : ops::heatmap_loss(y, target, tw);
+    Tensor loss = seg_loss ? seg_loss(y, labels)
+                  : cls    ? ops::cross_entropy(y, labels)
+                           : ops::heatmap_loss(y, target, tw);
     loss.backward();
     opt.step();
   };
@@ -230,7 +266,10 @@ Results measure(const Args& a, const ModelSpec& spec) {
       ys = model->forward_all(g.input("x", in));
     }
     graph::CompileOptions co;
-    if (training) {
+    if (training && seg) {
+      co.loss = seg_loss(ys.back(), g.input("labels", labels.shape(), DType::i64));
+      g.output(co.loss, "loss");
+    } else if (training) {
       co.loss = add_training_loss(g, *model, ys);
       g.output(co.loss, "loss");
     } else {
@@ -239,7 +278,7 @@ Results measure(const Args& a, const ModelSpec& spec) {
     }
     auto e = std::make_unique<graph::Executable>(std::move(g), co);
     e->set_input("x", x);
-    if (training && cls) {
+    if (training && (cls || seg)) {
       e->set_input("labels", labels);
       for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
     } else if (training) {
@@ -372,10 +411,9 @@ void print_table(const Args& a, const Results& ours, const Results& peer) {
 int main(int argc, char** argv) try {
   Args a = parse(argc, argv);
   ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
-  HR_CHECK(spec.head == Head::Pose || spec.head == Head::Cls,
-           "bench_model: the benchmark has the pose and classification steps");
-  if (a.height == 0) a.height = spec.head == Head::Cls ? 224 : 256;
-  if (a.width == 0) a.width = spec.head == Head::Cls ? 224 : 192;
+  HR_CHECK(spec.head != Head::Det, "bench_model: the benchmark has the pose, seg and cls steps");
+  if (a.height == 0) a.height = spec.head == Head::Cls ? 224 : spec.head == Head::Seg ? 512 : 256;
+  if (a.width == 0) a.width = spec.head == Head::Cls ? 224 : spec.head == Head::Seg ? 1024 : 192;
   const Results ours = a.load.empty() ? measure(a, spec) : load_results(a.load);
   if (!a.save.empty()) save_results(a.save, ours);
   auto get = [&](const char* k) { return ours.count(k) ? ours.at(k) : 0.0; };

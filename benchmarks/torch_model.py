@@ -2,7 +2,10 @@
 """PyTorch peer of benchmarks/bench_model: the HRNet of tools/gen_model_reference.py (same
 architecture and key names as ours) timed on the same input: a training step and an inference
 forward. The step is the task's: pose (--head pose: the heatmap loss, Adam) or classification
-(--head cls: cross-entropy, SGD with Nesterov momentum and weight decay), as bench_model's. CPU: eager fp32 with --threads threads.
+(--head cls: cross-entropy, SGD with Nesterov momentum and weight decay) or segmentation (--head
+seg: logits upsampled to the labels' size, cross-entropy with the Cityscapes class weights and
+ignore label 255, SGD with momentum and weight decay), as bench_model's. CPU: eager fp32 with
+--threads threads.
 CUDA: eager with channels_last + cudnn.benchmark (+ autocast with --amp), and torch.compile.
 Prints lines "RESULT <key> <value>" that bench_model reads (times in ms, median of --steps).
 
@@ -25,6 +28,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 from gen_model_reference import HRNet, official  # noqa: E402
+
+
+CITYSCAPES_WEIGHTS = [0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786,
+                      1.0023, 0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529,
+                      1.0507]
 
 
 def heatmap_loss(pred, gt, w):
@@ -55,8 +63,9 @@ def log(msg):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--width-base", type=int, default=32)
-    ap.add_argument("--head", default="pose", choices=["pose", "cls"])
-    ap.add_argument("--classes", type=int, default=1000, help="cls: the number of classes")
+    ap.add_argument("--head", default="pose", choices=["pose", "cls", "seg"])
+    ap.add_argument("--classes", type=int, default=1000, help="cls/seg: the number of classes")
+    ap.add_argument("--align-corners", action="store_true", help="seg: MODEL.ALIGN_CORNERS")
     ap.add_argument("--head-channels", default="32,64,128,256", help="cls: the head's widths")
     ap.add_argument("--head-features", type=int, default=2048, help="cls: the head's features")
     ap.add_argument("--batch", type=int, default=8)
@@ -91,7 +100,10 @@ def main():
         # the reference model returns a list of head outputs; pose and cls heads have one
         def __init__(self):
             super().__init__()
-            if a.head == "cls":
+            if a.head == "seg":
+                spec = official("seg", a.width_base, num_classes=a.classes,
+                                align_corners=a.align_corners)
+            elif a.head == "cls":
                 spec = official("cls", a.width_base,
                                 cls_head_channels=[int(c) for c in a.head_channels.split(",")],
                                 cls_features=a.head_features, num_classes=a.classes)
@@ -118,7 +130,19 @@ def main():
 
     def add_throughput(model, tag):
         x = torch.randn(a.batch, 3, a.height, a.width, device=dev).to(memory_format=fmt)
-        if a.head == "cls":
+        if a.head == "seg":
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            idx = torch.arange(a.batch * a.height * a.width, device=dev)
+            labels = ((idx * 7919 // 13) % a.classes).reshape(a.batch, a.height, a.width)
+            labels[(idx % 10 == 9).reshape(a.batch, a.height, a.width)] = 255
+            cw = torch.ones(a.classes, device=dev)
+            cw[:19] = torch.tensor(CITYSCAPES_WEIGHTS[:a.classes], device=dev)
+
+            def loss_of(y):
+                y = torch.nn.functional.interpolate(y.float(), size=(a.height, a.width),
+                                                    mode="bilinear", align_corners=a.align_corners)
+                return torch.nn.functional.cross_entropy(y, labels, weight=cw, ignore_index=255)
+        elif a.head == "cls":
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
                                   nesterov=True)
             labels = torch.tensor([(i * 7919) % a.classes for i in range(a.batch)], device=dev)

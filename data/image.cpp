@@ -8,6 +8,7 @@
 #include <array>
 #include <cctype>
 #include <cerrno>
+#include <cfloat>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
@@ -255,6 +256,51 @@ EncodedImage EncodedImage::read(const std::string& path) {
   return e;
 }
 
+Image read_gray_image(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_bytes(path);
+  const uint8_t* d = bytes.data();
+  const size_t n = bytes.size();
+  if (n == 0) fail_read(path, "empty file");
+  if (n > size_t(INT32_MAX)) fail_read(path, "file larger than 2 GiB");
+  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    const std::string why = png_problem(d, n);
+    if (!why.empty()) fail_read(path, why);
+    // IHDR: length, type, width, height, bit depth, colour type
+    if (n < 33 || std::memcmp(d + 12, "IHDR", 4) != 0) fail_read(path, "PNG without an IHDR chunk");
+    const int depth = d[24], type = d[25];
+    static const char* const kTypes[7] = {"grey", "?", "RGB", "palette", "grey + alpha", "?",
+                                          "RGBA"};
+    if (type != 0 || depth != 8)
+      fail_read(path, str_cat("expected an 8-bit single-channel (grey) PNG of label ids, got ",
+                              depth, "-bit ", type <= 6 ? kTypes[type] : "?",
+                              " (convert it to 8-bit grey ids)"));
+  } else {
+    if (is_jpeg(d, n) && !jpeg_complete(d, n))
+      fail_read(path, "truncated JPEG (no end-of-image marker)");
+    int w = 0, h = 0, c = 0;
+    if (!stbi_info_from_memory(d, int(n), &w, &h, &c)) {
+      const char* why = stbi_failure_reason();
+      fail_read(path, why ? why : "unknown image format");
+    }
+    if (c != 1 || stbi_is_16_bit_from_memory(d, int(n)))
+      fail_read(path, str_cat("expected an 8-bit single-channel image of label ids, got ", c,
+                              " channels", stbi_is_16_bit_from_memory(d, int(n)) ? ", 16-bit" : ""));
+  }
+  int w = 0, h = 0, c = 0;
+  uint8_t* px = stbi_load_from_memory(d, int(n), &w, &h, &c, 1);
+  if (!px) {
+    const char* why = stbi_failure_reason();
+    fail_read(path, why ? why : "unknown decoding error");
+  }
+  Image img;
+  img.width = w;
+  img.height = h;
+  img.channels = 1;
+  img.pixels.assign(px, px + size_t(w) * h);
+  stbi_image_free(px);
+  return img;
+}
+
 Image EncodedImage::decode(int denom) const {
   if (!jpeg_) return full_;
   return decode_jpeg_libjpeg(bytes_.data(), bytes_.size(), path_, denom);
@@ -369,6 +415,159 @@ Image resize_bilinear_pil(const Image& src, int out_w, int out_h) {
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenCV's resize (modules/imgproc/src/resize.cpp, 4.10, x86-64 with 128-bit universal intrinsics)
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+constexpr int kCoefBits = 11, kCoefScale = 1 << kCoefBits;  // INTER_RESIZE_COEF_BITS/SCALE
+
+// cvRound / saturate_cast<int>(double|float): to nearest, ties to even (the default rounding mode)
+inline int cv_round(double v) { return static_cast<int>(std::lrint(v)); }
+inline int cv_floor(double v) { return static_cast<int>(std::floor(v)); }
+inline uint8_t sat_u8(int v) { return static_cast<uint8_t>(std::clamp(v, 0, 255)); }
+inline int16_t sat_s16(int v) { return static_cast<int16_t>(std::clamp(v, -32768, 32767)); }
+
+void check_resize(const Image& src, int out_w, int out_h, const char* what) {
+  HR_CHECK(src.width > 0 && src.height > 0 && src.channels >= 1 && src.channels <= 4 &&
+               src.pixels.size() == size_t(src.width) * src.height * src.channels && out_w > 0 &&
+               out_h > 0,
+           what, ": bad sizes ", src.width, "x", src.height, "x", src.channels, " -> ", out_w, "x",
+           out_h);
+}
+
+// resizeAreaFast_ for an exact halving: the 2x2 mean. OpenCV rounds (sum + 2) >> 2 for 1, 3 and 4
+// channels (ResizeAreaFastVec) and saturate_cast<uchar>(sum * 0.25f) (ties to even) for 2.
+Image halve_area(const Image& src, int out_w, int out_h) {
+  const int cn = src.channels;
+  Image out(out_w, out_h, cn);
+  for (int y = 0; y < out_h; ++y) {
+    const uint8_t* a = src.row(2 * y);
+    const uint8_t* b = src.row(2 * y + 1);
+    uint8_t* o = out.row(y);
+    for (int x = 0; x < out_w; ++x)
+      for (int c = 0; c < cn; ++c) {
+        const int i = 2 * x * cn + c;
+        const int sum = a[i] + a[i + cn] + b[i] + b[i + cn];
+        o[x * cn + c] = cn == 2 ? sat_u8(cv_round(float(sum) * 0.25f)) : uint8_t((sum + 2) >> 2);
+      }
+  }
+  return out;
+}
+
+}  // namespace
+
+Image resize_linear(const Image& src, int out_w, int out_h) {
+  check_resize(src, out_w, out_h, "resize_linear");
+  if (out_w == src.width && out_h == src.height) return src;
+  const int cn = src.channels, sw = src.width, sh = src.height;
+  const double inv_x = double(out_w) / sw, inv_y = double(out_h) / sh;
+  const double scale_x = 1. / inv_x, scale_y = 1. / inv_y;
+  const int iscale_x = cv_round(scale_x), iscale_y = cv_round(scale_y);
+  const bool area_fast = std::abs(scale_x - iscale_x) < DBL_EPSILON &&
+                         std::abs(scale_y - iscale_y) < DBL_EPSILON;
+  if (area_fast && iscale_x == 2 && iscale_y == 2) return halve_area(src, out_w, out_h);
+
+  // horizontal coefficients (per output column): first source column and the two weights
+  std::vector<int> xofs(out_w);
+  std::vector<int16_t> alpha(size_t(out_w) * 2);
+  int xmax = out_w;
+  for (int dx = 0; dx < out_w; ++dx) {
+    float fx = float((dx + 0.5) * scale_x - 0.5);
+    int sx = cv_floor(fx);
+    fx -= float(sx);
+    if (sx < 0) fx = 0, sx = 0;
+    if (sx + 1 >= sw) {
+      xmax = std::min(xmax, dx);
+      if (sx >= sw - 1) fx = 0, sx = sw - 1;
+    }
+    xofs[dx] = sx;
+    alpha[2 * dx] = sat_s16(cv_round((1.f - fx) * kCoefScale));
+    alpha[2 * dx + 1] = sat_s16(cv_round(fx * kCoefScale));
+  }
+  // the horizontal pass of one source row: int sums (weights times pixels)
+  const int wc = out_w * cn;
+  auto hrow = [&](int sy, std::vector<int>& d) {
+    const uint8_t* s = src.row(sy);
+    for (int dx = 0; dx < out_w; ++dx) {
+      const uint8_t* p = s + size_t(xofs[dx]) * cn;
+      for (int c = 0; c < cn; ++c)
+        d[size_t(dx) * cn + c] = dx < xmax ? p[c] * alpha[2 * dx] + p[c + cn] * alpha[2 * dx + 1]
+                                           : p[c] * kCoefScale;
+    }
+  };
+  Image out(out_w, out_h, cn);
+  std::vector<int> r0(wc), r1(wc);
+  int have0 = -1, have1 = -1;  // the source rows r0 and r1 hold
+  for (int dy = 0; dy < out_h; ++dy) {
+    float fy = float((dy + 0.5) * scale_y - 0.5);
+    const int sy = cv_floor(fy);
+    fy -= float(sy);
+    const int b0 = sat_s16(cv_round((1.f - fy) * kCoefScale));
+    const int b1 = sat_s16(cv_round(fy * kCoefScale));
+    const int y0 = std::clamp(sy, 0, sh - 1), y1 = std::clamp(sy + 1, 0, sh - 1);
+    if (have0 != y0) {
+      if (have1 == y0) {
+        std::swap(r0, r1);
+        std::swap(have0, have1);
+      } else {
+        hrow(y0, r0);
+        have0 = y0;
+      }
+    }
+    if (have1 != y1) {
+      if (y1 == have0) {
+        r1 = r0;
+      } else {
+        hrow(y1, r1);
+      }
+      have1 = y1;
+    }
+    uint8_t* o = out.row(dy);
+    // VResizeLinearVec_32s8u's arithmetic, which the 4.10 build applies to every value of the
+    // row (checked against cv2 for widths 1..49, 1 and 3 channels): 16-bit products' high halves
+    for (int x = 0; x < wc; ++x) {
+      const int a = (sat_s16(r0[x] >> 4) * b0) >> 16, b = (sat_s16(r1[x] >> 4) * b1) >> 16;
+      o[x] = sat_u8((sat_s16(a + b) + 2) >> 2);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// resizeNN: source index min(floor(d * inverse), size - 1) in double
+Image nearest(const Image& src, int out_w, int out_h, double ifx, double ify) {
+  const int cn = src.channels;
+  std::vector<int> xofs(out_w);
+  for (int x = 0; x < out_w; ++x) xofs[x] = std::min(cv_floor(x * ifx), src.width - 1) * cn;
+  Image out(out_w, out_h, cn);
+  for (int y = 0; y < out_h; ++y) {
+    const uint8_t* s = src.row(std::min(cv_floor(y * ify), src.height - 1));
+    uint8_t* o = out.row(y);
+    for (int x = 0; x < out_w; ++x)
+      for (int c = 0; c < cn; ++c) o[x * cn + c] = s[xofs[x] + c];
+  }
+  return out;
+}
+
+}  // namespace
+
+Image resize_nearest(const Image& src, int out_w, int out_h) {
+  check_resize(src, out_w, out_h, "resize_nearest");
+  if (out_w == src.width && out_h == src.height) return src;
+  return nearest(src, out_w, out_h, 1. / (double(out_w) / src.width),
+                 1. / (double(out_h) / src.height));
+}
+
+Image resize_nearest_scale(const Image& src, double fx, double fy) {
+  HR_CHECK(fx > 0 && fy > 0, "resize_nearest_scale: bad factors ", fx, ", ", fy);
+  const int out_w = cv_round(src.width * fx), out_h = cv_round(src.height * fy);
+  check_resize(src, out_w, out_h, "resize_nearest_scale");
+  if (out_w == src.width && out_h == src.height) return src;
+  return nearest(src, out_w, out_h, 1. / fx, 1. / fy);
 }
 
 void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {

@@ -56,6 +56,26 @@ class EncodedImage {
 // reducing (antialiasing), 22-bit fixed-point weights, a horizontal pass into an 8-bit image
 // then a vertical pass, each rounding and clipping as Pillow 9 does.
 Image resize_bilinear_pil(const Image& src, int out_w, int out_h);
+// cv2.resize(src, (out_w, out_h), interpolation=cv2.INTER_LINEAR) on an 8-bit image of 1 to 4
+// channels, bit for bit with OpenCV 4.10 on x86-64 (modules/imgproc/src/resize.cpp): the same
+// size is a copy; an exact halving of both sides is INTER_AREA's 2x2 mean ((a+b+c+d+2)>>2);
+// otherwise source position (d+0.5)*scale-0.5 in float, 11-bit weights (INTER_RESIZE_COEF_BITS)
+// rounded from float, a horizontal pass into int sums S, then the vertical pass as its SIMD code
+// computes it for every value: (((S0>>4)*b0 >> 16) + ((S1>>4)*b1 >> 16) + 2) >> 2.
+Image resize_linear(const Image& src, int out_w, int out_h);
+// cv2.resize(src, (out_w, out_h), interpolation=cv2.INTER_NEAREST): source index
+// min(floor(d * (1 / (out/in))), in - 1) in double, any channel count.
+Image resize_nearest(const Image& src, int out_w, int out_h);
+// cv2.resize(src, None, fx=fx, fy=fy, interpolation=cv2.INTER_NEAREST): the output size is
+// round(in * f) (half to even) and the source index min(floor(d / f), in - 1).
+Image resize_nearest_scale(const Image& src, double fx, double fy);
+
+// An 8-bit single-channel image such as a label map, as cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+// reads an 8-bit grey PNG (channels = 1, values untouched). A file holding anything else (16-bit,
+// colour, palette, grey + alpha, fewer than 8 bits) is an error naming the file and what it holds:
+// a grey conversion would turn label ids into luminances. Errors as read_image's.
+Image read_gray_image(const std::string& path);
+
 // RGB uint8 interleaved [H,W,3] -> normalised f32 [3,H,W] with the ImageNet mean and std:
 // (v/255 - mean)/std per channel, in float32 as torchvision's ToTensor + Normalize compute it.
 void normalize_input(const uint8_t* hwc, int h, int w, float* chw);

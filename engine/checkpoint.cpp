@@ -42,14 +42,19 @@ NamedTensors copy_out(const std::vector<io::RawTensor>& raw) {
 }  // namespace
 
 NamedTensors load_checkpoint(const std::string& path, std::map<std::string, std::string>* metadata) {
-  char magic[4] = {0, 0, 0, 0};
+  char magic[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   {
     std::ifstream f(path, std::ios::binary);
     HR_CHECK(f.good(), "load_checkpoint: cannot open ", path);
-    f.read(magic, 4);
+    f.read(magic, 9);
   }
-  // torch.save zip (since 1.6), or the legacy pickle stream (0x80 PROTO) that PthReader names.
-  if (std::memcmp(magic, "PK\x03\x04", 4) == 0 || static_cast<unsigned char>(magic[0]) == 0x80) {
+  // safetensors: an 8-byte header length, then the JSON header ('{'); its length may begin with
+  // any byte, 0x80 included. Else torch.save's zip (since 1.6), or the legacy pickle stream
+  // (0x80 PROTO, protocol 2..5) that PthReader names.
+  const bool safetensors = magic[8] == '{';
+  const auto proto = static_cast<unsigned char>(magic[1]);
+  if (!safetensors && (std::memcmp(magic, "PK\x03\x04", 4) == 0 ||
+                       (static_cast<unsigned char>(magic[0]) == 0x80 && proto >= 2 && proto <= 5))) {
     io::PthReader r(path);
     if (metadata) metadata->clear();
     return copy_out(r.tensors());

@@ -84,6 +84,28 @@ Tensor global_avg_pool(const Tensor& x);
 // x [M,I], w [O,I], bias [O] or undefined -> [M,O]
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 
+// Batched matrix product of 3-D tensors: op(a) [B,M,K] x op(b) [B,K,N] -> [B,M,N], where op
+// transposes the last two dimensions of an operand stored [B,K,M] (trans_a) or [B,N,K]
+// (trans_b). Under autocast both operands are cast as for linear. Its backward is bmm again.
+Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+
+// torch.softmax(x, dim): max-subtracted exponentials normalised along `dim` (negative counts
+// from the end), any rank.
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+
+// torch.nn.Dropout2d in training: each channel (n, c) of x [N,C,...] is zeroed with probability
+// p, the others scaled by 1/(1-p). The mask comes from a counter-based hash of (seed, step, n, c)
+// with `state` = {seed, step} (i64 [2] on x's device, see dropout_state) read and advanced by one
+// in place by the kernel, so that eager calls, compiled graphs and CUDA-graph replays each draw a
+// fresh mask, the same one on the CPU and on CUDA for the same state. -> {y, mask f32 [N,C] of
+// 0 and 1/(1-p)}. The gradient of x is dy * mask. Give each dropout its own state. (Eval mode:
+// call no op at all.)
+std::array<Tensor, 2> dropout2d(const Tensor& x, const Tensor& state, float p);
+// A dropout2d state {seed, 0} on `device`.
+Tensor dropout_state(uint64_t seed, Device device = Device::cpu());
+// y[n, c, ...] = x[n, c, ...] * s[n, c] (s f32 [N,C], no gradient): dropout2d's backward.
+Tensor channel_scale(const Tensor& x, const Tensor& s);
+
 // Differentiable reshape (the elements in logical row-major order, copied).
 Tensor reshape(const Tensor& x, const Shape& shape);
 // Differentiable dtype change (mixed precision: fp32 master weights cast to bf16/f16).
@@ -93,9 +115,26 @@ Tensor cast(const Tensor& x, DType dtype);
 Tensor heatmap_loss(const Tensor& pred, const Tensor& target, const Tensor& weight);
 // Mean softmax cross-entropy over classes of logits [N,C,H,W] (or [N,C]) against i64 labels
 // [N,H,W] (or [N]); pixels equal to ignore_index are not counted. label_smoothing e as torch's:
-// (1 - e) * -log p_label + e * mean over classes of -log p_c.
+// (1 - e) * -log p_label + e * mean over classes of -log p_c. class_weight: f32 [C] on the
+// logits' device, or undefined (unweighted): torch's CrossEntropyLoss(weight=w) with reduction
+// 'mean', sum_i w[y_i] * -log p_{y_i} / sum_i w[y_i]; with label smoothing, torch 1.13's
+// ((1 - e) * sum_i w[y_i] * -log p_{y_i} + (e / C) * sum_i sum_c w[c] * -log p_c) / sum_i w[y_i].
+// When nothing is counted (every pixel ignored, or the weights of the labels sum to 0 or less)
+// the loss is 0 with a zero gradient (torch gives NaN).
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index = 255,
-                     float label_smoothing = 0.f);
+                     float label_smoothing = 0.f, const Tensor& class_weight = Tensor());
+// The OHEM cross-entropy of HRNet-Semantic-Segmentation (OhemCrossEntropy._ohem_forward), on
+// logits and labels as cross_entropy: p_i, the softmax probability of pixel i's label over the
+// counted pixels, sorted ascending; threshold = max(p_sorted[min(min_kept, count - 1)], thresh)
+// with min_kept raised to 1 as OhemCrossEntropy's constructor does; the loss is the plain mean of
+// w[y_i] * -log p_i (w = class_weight, f32 [C], or 1 when undefined) over the pixels with
+// p_i < threshold (ties: all pixels equal to the threshold are dropped, as torch's strict
+// comparison does). The backward treats the selection as constant. When no pixel is counted or
+// none is below the threshold, the loss is 0 with a zero gradient (torch raises an IndexError for
+// the first and gives NaN for the second).
+Tensor ohem_cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ignore_index = 255,
+                          float thresh = 0.7f, int64_t min_kept = 100000,
+                          const Tensor& class_weight = Tensor());
 
 // ---- the ops backward rules are written with (not differentiable themselves) ----
 // dy [N,K,P,Q], w [K,C,R,S] -> dx of shape `input`
@@ -121,6 +160,8 @@ std::array<Tensor, 3> group_norm_backward(const Tensor& x, const Tensor& dy, con
                                           std::array<bool, 3> need);
 // y: the ReLU's output; dx = y > 0 ? dy : 0
 Tensor relu_backward(const Tensor& y, const Tensor& dy);
+// y: softmax's output; dx = y * (dy - sum over dim of dy * y)
+Tensor softmax_backward(const Tensor& y, const Tensor& dy, int64_t dim = -1);
 // Backward of upsample_*: dy [N,C,OH,OW] -> dx [N,C,input_h,input_w], the forward's arguments.
 Tensor upsample_backward(const Tensor& dy, std::array<int64_t, 2> input_hw, bool bilinear,
                          bool align_corners, double scale_factor);
@@ -139,7 +180,12 @@ std::array<Tensor, 3> linear_backward(const Tensor& x, const Tensor& w, const Te
 Tensor heatmap_loss_backward(const Tensor& pred, const Tensor& target, const Tensor& weight,
                              const Tensor& dloss);
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& dloss,
-                              int64_t ignore_index, float label_smoothing = 0.f);
+                              int64_t ignore_index, float label_smoothing = 0.f,
+                              const Tensor& class_weight = Tensor());
+// threshold: the forward's selection threshold (one f32 on the logits' device)
+Tensor ohem_cross_entropy_backward(const Tensor& logits, const Tensor& labels,
+                                   const Tensor& class_weight, const Tensor& threshold,
+                                   const Tensor& dloss, int64_t ignore_index);
 // A tensor of `shape` filled with the value of the one-element tensor g (sum_all's backward).
 Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype);
 

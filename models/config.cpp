@@ -428,7 +428,7 @@ const DefaultRow kEngineDefaults[] = {
     {"ENGINE.MAX_VAL_IMAGES", "0"},     // evaluate on the first N val images (0: all)
     {"ENGINE.THREADS", "0"},            // CPU threads for the model (0: all cores)
     {"ENGINE.GRAPH", "True"},           // training step as a compiled static graph (False: eager)
-    {"ENGINE.LR_SCHEDULE", "'multistep'"},  // multistep (TRAIN.LR_STEP) | cosine (per iteration)
+    {"ENGINE.LR_SCHEDULE", "''"},  // '': the family's official (multistep; seg poly) | cosine
     {"ENGINE.LABEL_SMOOTHING", "0.0"},  // classification: cross-entropy label smoothing
     {"ENGINE.FAST_DECODE", "True"},     // classification training: JPEGs decoded at 1/2..1/8
     {"ENGINE.CROP_SCALE_MIN", "0.08"},  // classification training: RandomResizedCrop's smallest area
@@ -675,6 +675,11 @@ void ModelSpec::validate(const std::string& where) const {
     }
   }
   const int64_t branches = stages[2].num_branches();
+  if (ocr && head != Head::Seg)
+    fail("OCR head", str_cat("needs the seg head, not ", head_name(head)));
+  if (head != Head::Seg && num_outputs != 1)
+    fail("MODEL.NUM_OUTPUTS", str_cat("is ", num_outputs, " but the ", head_name(head),
+                                      " head is described by one output"));
   if (final_conv_kernel != 1 && final_conv_kernel != 3)
     fail("FINAL_CONV_KERNEL", str_cat("must be 1 or 3, got ", final_conv_kernel));
   switch (head) {
@@ -683,6 +688,15 @@ void ModelSpec::validate(const std::string& where) const {
       break;
     case Head::Seg:
       positive("NUM_CLASSES", num_classes);
+      if (ocr) {
+        positive("MODEL.OCR.MID_CHANNELS", ocr_mid_channels);
+        positive("MODEL.OCR.KEY_CHANNELS", ocr_key_channels);
+        if (!(ocr_dropout >= 0 && ocr_dropout <= 1))
+          fail("MODEL.OCR.DROPOUT", str_cat("must be in [0, 1], got ", ocr_dropout));
+      }
+      if (num_outputs != (ocr ? 2 : 1))
+        fail("MODEL.NUM_OUTPUTS", str_cat("is ", num_outputs, " but the ", ocr ? "OCR" : "seg",
+                                          " head gives ", ocr ? 2 : 1, " output(s)"));
       break;
     case Head::Cls:
       positive("NUM_CLASSES", num_classes);
@@ -791,8 +805,17 @@ ModelSpec spec_from_config(const Config& cfg) {
     spec.pretrained_layers = cfg.get_str_list("MODEL.EXTRA.PRETRAINED_LAYERS");
     if (cfg.has("MODEL.IMAGE_SIZE")) spec.image_size = read_wh(cfg, "MODEL.IMAGE_SIZE");
     if (cfg.has("MODEL.HEATMAP_SIZE")) spec.heatmap_size = read_wh(cfg, "MODEL.HEATMAP_SIZE");
-  } else if (model == "seg_hrnet") {
+  } else if (model == "seg_hrnet" || model == "seg_hrnet_ocr") {
     spec.head = Head::Seg;
+    spec.ocr = model == "seg_hrnet_ocr";
+    spec.num_outputs = cfg.get_int("MODEL.NUM_OUTPUTS", 1);  // the seg repository's default
+    if (spec.ocr) {
+      spec.ocr_mid_channels = cfg.get_int("MODEL.OCR.MID_CHANNELS", spec.ocr_mid_channels);
+      spec.ocr_key_channels = cfg.get_int("MODEL.OCR.KEY_CHANNELS", spec.ocr_key_channels);
+      // The official model fixes the dropout at 0.05 (the key's default) and never reads
+      // MODEL.OCR.SCALE (its gather and attention use scale 1); DROPOUT is read here.
+      spec.ocr_dropout = cfg.get_float("MODEL.OCR.DROPOUT", spec.ocr_dropout);
+    }
     spec.fuse = FuseUpsample::Bilinear;
     spec.stage1 = cfg.has("MODEL.EXTRA.STAGE1") ? read_stage1(cfg) : default_stage1();
     spec.align_corners = cfg.get_bool("MODEL.ALIGN_CORNERS", true);  // seg repository default
@@ -811,13 +834,10 @@ ModelSpec spec_from_config(const Config& cfg) {
       spec.cls_head_channels = cfg.get_int_list("MODEL.EXTRA.HEAD_CHANNELS");
     spec.cls_features = cfg.get_int("MODEL.EXTRA.HEAD_FEATURES", spec.cls_features);
     if (cfg.has("MODEL.IMAGE_SIZE")) spec.image_size = read_wh(cfg, "MODEL.IMAGE_SIZE");
-  } else if (model == "seg_hrnet_ocr") {
-    throw Error("[config] " + src +
-                ": MODEL.NAME seg_hrnet_ocr: the OCR head is not implemented "
-                "(seg_hrnet is)");
   } else {
     throw Error("[config] " + src + ": MODEL.NAME '" + model +
-                "' is not an HRNet model (expected pose_hrnet, seg_hrnet or cls_hrnet)");
+                "' is not an HRNet model (expected pose_hrnet, seg_hrnet, seg_hrnet_ocr or "
+                "cls_hrnet)");
   }
   for (int s = 0; s < 3; ++s) spec.stages[s] = read_stage(cfg, s + 2);
   spec.validate(src);

@@ -121,6 +121,14 @@ struct ModelSpec {
   int64_t num_classes = 1000;  // seg: DATASET.NUM_CLASSES, cls: classifier outputs
   std::vector<int64_t> cls_head_channels = {32, 64, 128, 256};  // incre_modules planes
   int64_t cls_features = 2048;                                  // final_layer width
+  // seg: the OCR head (MODEL.NAME seg_hrnet_ocr: aux_head, conv3x3_ocr, ocr_gather_head,
+  // ocr_distri_head, cls_head) instead of last_layer; MODEL.OCR.{MID,KEY}_CHANNELS, DROPOUT
+  // (the official code fixes the dropout at 0.05, the key's default)
+  bool ocr = false;
+  int64_t ocr_mid_channels = 512;
+  int64_t ocr_key_channels = 256;
+  double ocr_dropout = 0.05;
+  int64_t num_outputs = 1;  // MODEL.NUM_OUTPUTS: the outputs forward_all gives (OCR: 2)
   int64_t det_channels = 256;                                   // V2p: reduction conv width
   int64_t det_levels = 5;  // V2p: pyramid levels at strides 4 * 2^l
   // From the experiment file; zero / empty when unknown.

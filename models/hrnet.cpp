@@ -219,6 +219,134 @@ class HRModule : public Module {
 };
 
 // ---------------------------------------------------------------------------------------------
+// The OCR head (seg_hrnet_ocr.py: SpatialGather_Module, SpatialOCR_Module with its
+// ObjectAttentionBlock2D at scale 1), with the official module names
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+// torch.nn.Dropout2d: no parameters. Its generator state {seed, step} is no buffer (PyTorch's
+// module has none, so the state dict is unchanged); it follows the input's device on first use.
+class Dropout2d : public Module {
+ public:
+  Dropout2d(float p, uint64_t seed) : p_(p), state_(ops::dropout_state(seed)) {}
+  Tensor forward(const Tensor& x) override {
+    if (!is_training() || p_ == 0.f) return x;
+    if (state_.device() != x.device()) state_ = state_.to(x.device());
+    return ops::dropout2d(x, state_, p_)[0];
+  }
+  const Tensor& state() const { return state_; }
+  void reseed(uint64_t seed) {
+    NoGradGuard g;
+    state_.copy_(ops::dropout_state(seed));
+  }
+
+ private:
+  float p_;
+  Tensor state_;
+};
+
+// A BatchNorm2d followed by a ReLU, registered as nn.Sequential(BN, ReLU) under `name` of
+// `parent` (ModuleHelper.BNReLU): keys <name>.0.*.
+std::shared_ptr<BatchNorm2d> add_bn_relu(Module& parent, const std::string& name, int64_t c) {
+  auto seq = parent.register_module(name, container());
+  return seq->register_module("0", std::make_shared<BatchNorm2d>(c));
+}
+
+// Bias-free 1x1 convolutions, each followed by BN + ReLU, registered "0", "1", "2", "3", ...
+// (conv at even indices, BNReLU at odd ones).
+class ConvBNReLUChain : public Module {
+ public:
+  explicit ConvBNReLUChain(const std::vector<int64_t>& widths) {
+    for (size_t i = 0; i + 1 < widths.size(); ++i) {
+      convs_.push_back(register_module(std::to_string(2 * i),
+                                       std::make_shared<Conv2d>(widths[i], widths[i + 1], 1, 1, 0,
+                                                                false)));
+      bns_.push_back(add_bn_relu(*this, std::to_string(2 * i + 1), widths[i + 1]));
+    }
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor y = x;
+    for (size_t i = 0; i < convs_.size(); ++i) y = ops::relu((*bns_[i])((*convs_[i])(y)));
+    return y;
+  }
+
+ private:
+  std::vector<std::shared_ptr<Conv2d>> convs_;
+  std::vector<std::shared_ptr<BatchNorm2d>> bns_;
+};
+
+}  // namespace
+
+struct OcrHead {
+  int64_t key_channels = 0;
+  // aux_head: conv 1x1 (bias), BN, ReLU, conv 1x1 (bias) -> class logits
+  std::shared_ptr<Conv2d> aux_conv, aux_cls;
+  std::shared_ptr<BatchNorm2d> aux_bn;
+  // conv3x3_ocr: conv 3x3 (bias), BN, ReLU
+  std::shared_ptr<Conv2d> mid_conv;
+  std::shared_ptr<BatchNorm2d> mid_bn;
+  // ocr_distri_head.object_context_block
+  std::shared_ptr<ConvBNReLUChain> f_pixel, f_object, f_down, f_up;
+  // ocr_distri_head.conv_bn_dropout: conv 1x1 (no bias), BNReLU, Dropout2d
+  std::shared_ptr<Conv2d> out_conv;
+  std::shared_ptr<BatchNorm2d> out_bn;
+  std::shared_ptr<Dropout2d> dropout;
+  std::shared_ptr<Conv2d> cls_head;
+
+  // Registers the modules on `net` in the official order (conv3x3_ocr, ocr_distri_head,
+  // cls_head, aux_head; ocr_gather_head has no parameters).
+  OcrHead(Module& net, int64_t in, const ModelSpec& s, uint64_t seed)
+      : key_channels(s.ocr_key_channels) {
+    const int64_t mid = s.ocr_mid_channels, key = s.ocr_key_channels, k = s.num_classes;
+    auto c3 = net.register_module("conv3x3_ocr", container());
+    mid_conv = c3->register_module("0", std::make_shared<Conv2d>(in, mid, 3, 1, 1, true));
+    mid_bn = c3->register_module("1", std::make_shared<BatchNorm2d>(mid));
+    auto distri = net.register_module("ocr_distri_head", container());
+    auto ocb = distri->register_module("object_context_block", container());
+    auto chain = [](std::vector<int64_t> widths) {
+      return std::make_shared<ConvBNReLUChain>(widths);
+    };
+    f_pixel = ocb->register_module("f_pixel", chain({mid, key, key}));
+    f_object = ocb->register_module("f_object", chain({mid, key, key}));
+    f_down = ocb->register_module("f_down", chain({mid, key}));
+    f_up = ocb->register_module("f_up", chain({key, mid}));
+    auto cbd = distri->register_module("conv_bn_dropout", container());
+    out_conv = cbd->register_module("0", std::make_shared<Conv2d>(2 * mid, mid, 1, 1, 0, false));
+    out_bn = add_bn_relu(*cbd, "1", mid);
+    dropout = cbd->register_module(
+        "2", std::make_shared<Dropout2d>(static_cast<float>(s.ocr_dropout), seed));
+    cls_head = net.register_module("cls_head", std::make_shared<Conv2d>(mid, k, 1, 1, 0, true));
+    auto aux = net.register_module("aux_head", container());
+    aux_conv = aux->register_module("0", std::make_shared<Conv2d>(in, in, 1, 1, 0, true));
+    aux_bn = aux->register_module("1", std::make_shared<BatchNorm2d>(in));
+    aux_cls = aux->register_module("3", std::make_shared<Conv2d>(in, k, 1, 1, 0, true));
+  }
+
+  // feats [N, C, H, W] (the concatenated branches) -> {aux, out} [N, classes, H, W]
+  std::vector<Tensor> run(const Tensor& feats) const {
+    const int64_t N = feats.size(0), H = feats.size(2), W = feats.size(3), HW = H * W;
+    Tensor aux = (*aux_cls)(ops::relu((*aux_bn)((*aux_conv)(feats))));
+    Tensor f = ops::relu((*mid_bn)((*mid_conv)(feats)));
+    const int64_t mid = f.size(1), K = aux.size(1), key = key_channels;
+    // ocr_gather_head: class centres [N, mid, K, 1] = feats [N,mid,HW] x softmax_HW(aux)^T
+    Tensor probs = ops::softmax(ops::reshape(aux, {N, K, HW}), -1);
+    Tensor proxy = ops::reshape(ops::bmm(ops::reshape(f, {N, mid, HW}), probs, false, true),
+                                {N, mid, K, 1});
+    // object_context_block: pixel-to-object attention
+    Tensor query = ops::reshape((*f_pixel)(f), {N, key, HW});
+    Tensor keys = ops::reshape((*f_object)(proxy), {N, key, K});
+    Tensor value = ops::reshape((*f_down)(proxy), {N, key, K});
+    Tensor sim = ops::bmm(query, keys, true, false);  // [N, HW, K]
+    sim = ops::softmax(ops::mul(sim, static_cast<float>(std::pow(double(key), -0.5))), -1);
+    Tensor context = ops::reshape(ops::bmm(value, sim, false, true), {N, key, H, W});
+    context = (*f_up)(context);
+    // conv_bn_dropout on [context, feats], then cls_head
+    Tensor out = ops::relu((*out_bn)((*out_conv)(ops::concat({context, f}, 1))));
+    return {aux, (*cls_head)((*dropout)(out))};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // HRNet
 // ---------------------------------------------------------------------------------------------
 HRNet::HRNet(const ModelSpec& spec, uint64_t seed) : spec_(spec) {
@@ -278,6 +406,10 @@ HRNet::HRNet(const ModelSpec& spec, uint64_t seed) : spec_(spec) {
           "final_layer", std::make_shared<Conv2d>(pre[0], spec_.num_joints, k, 1, k == 3 ? 1 : 0));
       break;
     case Head::Seg: {
+      if (spec_.ocr) {
+        ocr_ = std::make_shared<OcrHead>(*this, total, spec_, seed);
+        break;
+      }
       auto last = register_module("last_layer", container());
       seg_conv1_ = last->register_module("0", std::make_shared<Conv2d>(total, total, 1));
       seg_bn_ = last->register_module("1", std::make_shared<BatchNorm2d>(total));
@@ -352,6 +484,7 @@ std::vector<Tensor> HRNet::run(const Tensor& x) {
       for (size_t i = 1; i < ys.size(); ++i)
         parts.push_back(ops::upsample_bilinear(ys[i], {ys[0].size(2), ys[0].size(3)}, ac));
       Tensor cat = parts.size() == 1 ? parts[0] : ops::concat(parts, 1);
+      if (ocr_) return ocr_->run(cat);
       if (spec_.head == Head::Seg)
         return {(*seg_conv2_)(ops::relu((*seg_bn_)((*seg_conv1_)(cat))))};
       Tensor base = (*det_reduce_)(cat);
@@ -408,7 +541,16 @@ std::vector<Tensor> HRNet::forward_all(const Tensor& x) {
   return run(x);
 }
 
-Tensor HRNet::forward(const Tensor& x) { return forward_all(x)[0]; }
+Tensor HRNet::forward(const Tensor& x) {
+  std::vector<Tensor> ys = forward_all(x);
+  return ocr_ ? ys.back() : ys[0];
+}
+
+Tensor HRNet::dropout_state() const { return ocr_ ? ocr_->dropout->state() : Tensor(); }
+
+void HRNet::seed_dropout(uint64_t seed) {
+  if (ocr_) ocr_->dropout->reseed(seed);
+}
 
 std::vector<Tensor> HRNet::forward_backbone(const Tensor& x) {
   HR_CHECK(x.defined(), "[hrnet] ", spec_.name, ": undefined input");
@@ -421,8 +563,12 @@ Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<
   switch (model.spec().head) {
     case Head::Pose:
       return ops::heatmap_loss(ys[0], g.input("target", y), g.input("weight", {y[0], y[1], 1}));
-    case Head::Seg:
-      return ops::cross_entropy(ys[0], g.input("labels", {y[0], y[2], y[3]}, DType::i64));
+    case Head::Seg: {
+      Tensor labels = g.input("labels", {y[0], y[2], y[3]}, DType::i64);
+      if (!model.spec().ocr) return ops::cross_entropy(ys[0], labels);
+      return ops::add(ops::mul(ops::cross_entropy(ys[0], labels), 0.4f),
+                      ops::cross_entropy(ys[1], labels));
+    }
     case Head::Cls:
       return ops::cross_entropy(ys[0], g.input("labels", {y[0]}, DType::i64));
     case Head::Det:
@@ -497,6 +643,7 @@ ModelStats HRNet::stats(const Shape& input) {
     for (graph::V v : n.in) in.push_back(v >= 0 ? ir.values[v].meta(ir.opt.device) : Meta::none());
     const double macs = n.op->macs(in);
     if (std::strcmp(n.op->name(), "linear") == 0) st.linear_macs += macs;
+    else if (std::strcmp(n.op->name(), "bmm") == 0) st.bmm_macs += macs;
     else st.conv_macs += macs;
     for (graph::V v : n.out)
       if (v >= 0) st.activation_bytes += 4.0 * static_cast<double>(shape_numel(ir.values[v].shape));
@@ -560,7 +707,9 @@ struct Init {
   }
 };
 
-enum class ConvInit { Normal001, KaimingFanOut, Caffe2Xavier };
+// TorchDefault: nn.Conv2d's reset_parameters (kaiming uniform a = sqrt(5), i.e. weights and
+// biases U(+-1/sqrt(fan_in))).
+enum class ConvInit { Normal001, KaimingFanOut, Caffe2Xavier, TorchDefault };
 
 void init_tree(Module& m, Init& init, ConvInit mode, bool zero_conv_bias) {
   for (const auto& [name, c] : m.children()) {
@@ -577,6 +726,9 @@ void init_tree(Module& m, Init& init, ConvInit mode, bool zero_conv_bias) {
           break;
         case ConvInit::Caffe2Xavier:
           init.uniform(cv->weight, std::sqrt(3.0 / fan_in));
+          break;
+        case ConvInit::TorchDefault:
+          init.uniform(cv->weight, 1.0 / std::sqrt(fan_in));
           break;
       }
       if (cv->bias.defined()) {
@@ -610,10 +762,16 @@ void HRNet::init_weights(uint64_t seed) {
   const bool zero_bias = spec_.head == Head::Pose;
   for (const auto& [name, c] : children()) {
     const bool det_head = name == "reduction_conv" || name == "fpn_convs";
+    // seg_hrnet_ocr.py's init_weights skips every module whose name contains cls, aux or ocr
+    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    const bool ocr_head = spec_.ocr && (has("cls") || has("aux") || has("ocr"));
     Module holder;  // init_tree walks children, so wrap the top-level module
     holder.register_module(name, c);
-    init_tree(holder, init, det_head ? ConvInit::Caffe2Xavier : backbone, zero_bias);
+    init_tree(holder, init,
+              det_head ? ConvInit::Caffe2Xavier : ocr_head ? ConvInit::TorchDefault : backbone,
+              zero_bias);
   }
+  seed_dropout(seed);
 }
 
 std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed) {
@@ -679,7 +837,11 @@ PretrainedReport load_pretrained_layers(HRNet& model, const NamedTensors& ckpt,
   std::vector<std::pair<Tensor, Tensor>> copies;  // dst, src
   std::set<std::string> got;
   for (const auto& [raw, src] : ckpt) {
-    const std::string k = strip_prefix(raw);
+    std::string k = strip_prefix(raw);
+    // seg_hrnet_ocr.py init_weights: k.replace('last_layer', 'aux_head')
+    if (model.spec().ocr)
+      for (size_t p = k.find("last_layer"); p != std::string::npos; p = k.find("last_layer", p))
+        k.replace(p, 10, "aux_head");
     if (!take(k)) {
       rep.skipped.push_back(raw);
       continue;

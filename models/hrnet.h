@@ -1,5 +1,6 @@
 // HRNet as engine Modules: the shared backbone (stem, layer1, transitions, multi-resolution
-// modules with fuse layers) and the four heads (V1 pose, V2 seg, V2p detection pyramid, cls),
+// modules with fuse layers) and the heads (V1 pose, V2 seg, V2 + OCR seg, V2p detection
+// pyramid, cls),
 // with the official checkpoints' parameter names, the official initialisation, strict and
 // PRETRAINED_LAYERS checkpoint loading, and an analytic summary (params, mult-adds, shapes).
 #pragma once
@@ -16,12 +17,15 @@ namespace hr::models {
 class ResBlock;  // BasicBlock or Bottleneck
 class ConvBN;    // conv + BN (+ ReLU), named like nn.Sequential(conv, bn, relu)
 class HRModule;  // one multi-resolution module: branches + fuse layers
+struct OcrHead;  // the seg_hrnet_ocr head's modules
 
 // What a forward costs, computed from shapes alone (no tensor is allocated).
 struct ModelStats {
   int64_t params = 0;
   int64_t conv_layers = 0, bn_layers = 0, linear_layers = 0;  // modules in the model
-  double conv_macs = 0, linear_macs = 0;  // multiply-adds; nothing else is counted
+  // multiply-adds of convolutions, linear layers and batched matrix products (OCR's attention);
+  // nothing else is counted
+  double conv_macs = 0, linear_macs = 0, bmm_macs = 0;
   // Sum over every op of its output's bytes in an inference forward (conv, BN, ReLU, add,
   // upsample, concat, pool, linear; fp32): an upper bound on activation memory, since buffers
   // whose lifetimes do not overlap could share memory.
@@ -32,7 +36,7 @@ struct ModelStats {
   double planned_activation_bytes = 0;
   double peak_live_bytes = 0;
   std::vector<Shape> outputs;
-  double macs() const { return conv_macs + linear_macs; }
+  double macs() const { return conv_macs + linear_macs + bmm_macs; }
   double gflops() const { return macs() / double(1ull << 30); }  // the HRNet papers' "GFLOPs"
 };
 
@@ -43,14 +47,17 @@ class HRNet : public Module {
 
   const ModelSpec& spec() const { return spec_; }
 
-  // x [N,3,H,W] -> the head's output: pose heatmaps [N,J,H/4,W/4], seg logits
-  // [N,classes,H/4,W/4] (stride-4 map; upsample for loss/inference), cls logits [N,classes],
-  // det: the first (stride-4) pyramid level; forward_all gives every level.
+  // x [N,3,H,W] -> the head's prediction: pose heatmaps [N,J,H/4,W/4], seg logits
+  // [N,classes,H/4,W/4] (stride-4 map; upsample for loss/inference; OCR: the final output, the
+  // official TEST.OUTPUT_INDEX -1), cls logits [N,classes], det: the first (stride-4) pyramid
+  // level. forward_all gives every output: det's levels, OCR's [aux, out] in the official order.
   // On a graph's symbolic input (graph::Graph::input) the same calls record the model, with
   // batch norm in the model's current mode; branch b's blocks, the transition into it and its
   // fuse output on stream b, so on CUDA the branches of a module overlap.
   Tensor forward(const Tensor& x) override;
-  // Every head output: one tensor, or det_levels tensors [N,det_channels,H/4/2^l,W/4/2^l].
+  // Every head output: one tensor, det_levels tensors [N,det_channels,H/4/2^l,W/4/2^l], or the
+  // OCR head's [aux logits, OCR logits], both [N,classes,H/4,W/4]. In training mode the OCR
+  // head's Dropout2d draws a fresh channel mask at every call (eager or compiled graph).
   std::vector<Tensor> forward_all(const Tensor& x);
   // Backbone only: the last stage's fused outputs (pose: only output 0 exists).
   std::vector<Tensor> forward_backbone(const Tensor& x);
@@ -65,11 +72,18 @@ class HRNet : public Module {
   ModelStats stats(const Shape& input);
 
   // The official initialisation: pose and seg conv weights N(0, 0.001) (pose conv biases 0,
-  // seg conv biases PyTorch's default); cls and det-backbone conv weights kaiming normal
-  // (fan_out); det head convs caffe2-xavier uniform with bias 0; BN weight 1, bias 0, running
-  // mean 0, var 1, counter 0; Linear PyTorch's default. Deterministic in `seed`, whatever the
-  // number of threads.
+  // seg conv biases PyTorch's default); the OCR head's modules (names with cls, aux or ocr)
+  // PyTorch's defaults (conv weights kaiming uniform a = sqrt(5), biases U(+-1/sqrt(fan_in)));
+  // cls and det-backbone conv weights kaiming normal (fan_out); det head convs caffe2-xavier
+  // uniform with bias 0; BN weight 1, bias 0, running mean 0, var 1, counter 0; Linear PyTorch's
+  // default. Deterministic in `seed`, whatever the number of threads. The OCR dropout's
+  // generator is reset to {seed, step 0}.
   void init_weights(uint64_t seed);
+
+  // The OCR head's Dropout2d generator state {seed, step} (i64 [2], not in the state dict, on the
+  // device of the last forward), reset in place by seed_dropout; undefined without OCR.
+  Tensor dropout_state() const;
+  void seed_dropout(uint64_t seed);
 
  private:
   std::vector<Tensor> run_backbone(const Tensor& x);
@@ -92,12 +106,14 @@ class HRNet : public Module {
   std::vector<std::shared_ptr<ConvBN>> cls_down_;
   std::shared_ptr<ConvBN> cls_final_;
   std::shared_ptr<Linear> cls_classifier_;
+  std::shared_ptr<OcrHead> ocr_;
 };
 
 // The standard training loss of the model's head on recorded outputs `ys`, with its targets as
 // inputs of g: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J,1] as the
 // official target_weight and data::Batch have it); seg and cls
-// cross-entropy ("labels": [N,H/4,W/4] / [N] i64); det has none (throws).
+// cross-entropy ("labels": [N,H/4,W/4] / [N] i64; OCR: 0.4 CE(aux) + CE(out), the official
+// OCR configs' LOSS.BALANCE_WEIGHTS); det has none (throws).
 Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<Tensor>& ys);
 
 // The static graphs' memory plans for an input shape, planned without allocating or running:
@@ -122,7 +138,9 @@ void load_hrnet_checkpoint(HRNet& model, const std::string& path);
 inline constexpr const char* kTrainingCheckpointFormat = "hrnet-train-checkpoint/1";
 
 // Initialising from another model's checkpoint (pose from an ImageNet cls checkpoint): only
-// keys whose first component is in `layers` ("*" as the first entry: all) are taken.
+// keys whose first component is in `layers` ("*" as the first entry: all) are taken. For an OCR
+// model, as the official init_weights does, `last_layer` in a key reads `aux_head` (a plain seg
+// checkpoint's head initialises the auxiliary head).
 struct PretrainedReport {
   std::vector<std::string> loaded;      // copied into the model
   std::vector<std::string> skipped;     // first component not in `layers`

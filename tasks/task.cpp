@@ -7,9 +7,12 @@
 
 #include "data/synth.h"
 #include "data/synth_cls.h"
+#include "data/synth_seg.h"
+#include "engine/optim.h"
 
 #include "tasks/classification.h"
 #include "tasks/pose.h"
+#include "tasks/segmentation.h"
 
 namespace hr::tasks {
 
@@ -32,8 +35,12 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.end_epoch = cfg.get_int("TRAIN.END_EPOCH", s.end_epoch);
   HR_CHECK(s.end_epoch > s.begin_epoch && s.begin_epoch >= 0, "[config] ", src,
            ": TRAIN.END_EPOCH must be greater than TRAIN.BEGIN_EPOCH >= 0");
-  s.batch = cfg.get_int("TRAIN.BATCH_SIZE_PER_GPU", s.batch);
-  HR_CHECK(s.batch > 0, "[config] ", src, ": TRAIN.BATCH_SIZE_PER_GPU must be positive");
+  s.batch_per_gpu = cfg.get_int("TRAIN.BATCH_SIZE_PER_GPU", s.batch_per_gpu);
+  HR_CHECK(s.batch_per_gpu > 0, "[config] ", src, ": TRAIN.BATCH_SIZE_PER_GPU must be positive");
+  if (const models::CfgNode* g = cfg.find("GPUS")) {
+    if (g->kind == models::CfgNode::Kind::List) s.gpus = std::max<int64_t>(1, int64_t(g->items.size()));
+  }
+  s.batch = s.batch_per_gpu * s.gpus;
   s.shuffle = cfg.get_bool("TRAIN.SHUFFLE", s.shuffle);
   s.workers = static_cast<int>(cfg.get_int("WORKERS", s.workers));
   s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);
@@ -51,10 +58,21 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.eval_every = std::max<int64_t>(1, cfg.get_int("ENGINE.EVAL_EVERY", s.eval_every));
   s.threads = static_cast<int>(cfg.get_int("ENGINE.THREADS", s.threads));
   s.graph = cfg.get_bool("ENGINE.GRAPH", s.graph);
-  s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", s.lr_schedule);
-  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine", "[config] ", src,
-           ": ENGINE.LR_SCHEDULE must be multistep or cosine, got '", s.lr_schedule, "'");
+  const bool seg = cfg.get_str("MODEL.NAME", "").rfind("seg_", 0) == 0;
+  s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", "");
+  if (s.lr_schedule.empty()) s.lr_schedule = seg ? "poly" : "multistep";
+  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine" || s.lr_schedule == "poly",
+           "[config] ", src, ": ENGINE.LR_SCHEDULE must be multistep, poly or cosine, got '",
+           s.lr_schedule, "'");
   return s;
+}
+
+double TrainSettings::lr_at(int64_t t, int64_t iters_per_epoch) const {
+  if (lr_schedule == "poly")
+    return PolyLR(end_epoch * iters_per_epoch, 0.9).lr(std::max<int64_t>(t - 1, 0), lr);
+  if (lr_schedule == "cosine")  // torch CosineAnnealingLR stepped every iteration, LR to 0
+    return CosineLR((end_epoch - begin_epoch) * iters_per_epoch).lr(t - begin_epoch * iters_per_epoch, lr);
+  return MultiStepLR(lr_step, lr_factor).lr(t / iters_per_epoch, lr);
 }
 
 Device TrainSettings::engine_device() const {
@@ -108,11 +126,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::unique_ptr<Task> make_task(const Config& cfg) {
   const std::string family = cfg.get_str("MODEL.NAME", "");
   if (family.rfind("cls_", 0) == 0) return std::make_unique<ClsTask>(cfg);
-  if (family.rfind("seg_", 0) == 0)
-    throw Error(str_cat("[config] ", cfg.source(), ": MODEL.NAME ", family,
-                        " is a segmentation experiment; this engine trains and evaluates pose and "
-                        "classification experiments so far (hrnet-infer --summary and tensor "
-                        "inference take any family)"));
+  if (family.rfind("seg_", 0) == 0) return std::make_unique<SegTask>(cfg);
   return std::make_unique<PoseTask>(cfg);
 }
 
@@ -132,10 +146,21 @@ std::string prepare_synthetic_data(Config& cfg) {
   if (!cfg.get_bool("ENGINE.SYNTHETIC", false) || !cfg.get_str("DATASET.ROOT", "").empty())
     return "";
   const std::string base = synthetic_cache_dir();
-  const bool cls = cfg.get_str("MODEL.NAME", "").rfind("cls_", 0) == 0;
+  const std::string family = cfg.get_str("MODEL.NAME", "");
+  const bool cls = family.rfind("cls_", 0) == 0, seg = family.rfind("seg_", 0) == 0;
   std::string dir;
   bool complete;
-  if (cls) {
+  if (seg) {
+    data::SynthSegOptions o;
+    dir = str_cat(base, "/synth-cityscapes-v1-", o.train_images, "-", o.val_images, "-", o.width,
+                  "x", o.height, "-s", o.seed);
+    complete = fs::exists(dir + "/list/cityscapes/val.lst");  // written last
+    if (!complete) {
+      std::fprintf(stderr, "hrnet-train: generating the synthetic street scenes into %s\n",
+                   dir.c_str());
+      data::generate_synthetic_cityscapes(dir, o, true);
+    }
+  } else if (cls) {
     data::SynthClsOptions o;
     dir = str_cat(base, "/synth-cls-v1-", o.train_per_class, "-", o.val_per_class, "-s", o.seed);
     complete = fs::exists(dir + "/classes.txt");

@@ -26,7 +26,11 @@ struct TrainSettings {
   bool nesterov = false;
   std::vector<int64_t> lr_step;
   int64_t begin_epoch = 0, end_epoch = 140;
-  int64_t batch = 32;  // TRAIN.BATCH_SIZE_PER_GPU
+  // The batch of one step: TRAIN.BATCH_SIZE_PER_GPU x the number of GPUS, the batch the official
+  // recipe means (its DataParallel/distributed runs average the gradient over all of it; our one
+  // device takes the whole batch, so batch norm sees it all, as the official SyncBN runs do).
+  int64_t batch = 32;
+  int64_t batch_per_gpu = 32, gpus = 1;  // TRAIN.BATCH_SIZE_PER_GPU, len(GPUS)
   bool shuffle = true;
   int workers = 0;     // WORKERS
   std::string output_dir;  // OUTPUT_DIR
@@ -40,9 +44,15 @@ struct TrainSettings {
   int64_t eval_every = 1;  // evaluate every N epochs (and after the last)
   int threads = 0;         // 0: all cores
   bool graph = true;       // training step and evaluation through compiled static graphs
-  std::string lr_schedule = "multistep";  // multistep (TRAIN.LR_STEP, official) | cosine
+  // multistep (TRAIN.LR_STEP: the official pose and cls schedule) | poly (the official seg
+  // schedule, the default for seg files) | cosine
+  std::string lr_schedule = "multistep";
 
   static TrainSettings from_config(const models::Config& cfg);
+  // The learning rate of global step t (0-based; iters steps per epoch) under lr_schedule.
+  // poly: the official seg trainer sets base * (1 - t/T)^0.9 after step t with
+  // T = END_EPOCH * iters, so step t runs with the value set after step t-1.
+  double lr_at(int64_t t, int64_t iters_per_epoch) const;
   Device engine_device() const;
   DType autocast() const;  // f32 when off
 };
@@ -54,6 +64,9 @@ struct RunOptions {
   bool graph = true;  // the compiled inference graph, else the eager forward
   int workers = 1;
   bool progress = true;
+  // The test-time augmentation of the config (seg: TEST.FLIP_TEST, MULTI_SCALE), as the official
+  // test tools use it; the official trainers' validation leaves it out (hrnet-eval sets it).
+  bool test_augmentation = false;
 };
 RunOptions run_options(const TrainSettings& s);
 
@@ -112,7 +125,7 @@ models::Config load_config(const std::string& path, const std::vector<std::strin
 std::unique_ptr<Task> make_task(const models::Config& cfg);
 
 // ENGINE.SYNTHETIC with an empty DATASET.ROOT: the family's built-in synthetic dataset (pose: hrnet-synth's COCO layout;
-// classification: the shapes in ImageNet folders), generated once into the cache
+// classification: the shapes in ImageNet folders; seg: street scenes in the Cityscapes layout), generated once into the cache
 // ($HRNET_SYNTH_DIR, else $XDG_CACHE_HOME/hrnet or ~/.cache/hrnet) and reused when complete;
 // DATASET.ROOT is set to it. Returns the root, "" when the config does not ask for it.
 std::string prepare_synthetic_data(models::Config& cfg);

@@ -46,6 +46,8 @@ void save_training_checkpoint(const std::string& path, const models::HRNet& mode
   NamedTensors all;
   for (auto& [k, t] : model.state_dict()) all.emplace_back("model." + k, t);
   for (auto& [k, t] : opt.state_dict()) all.emplace_back("optimizer." + k, t);
+  // the OCR head's dropout generator {seed, step}: no buffer of the model (PyTorch's has none)
+  if (const Tensor d = model.dropout_state(); d.defined()) all.emplace_back("rng.dropout", d.to(Device::cpu()));
   save_safetensors(path, all,
                    {{"format", models::kTrainingCheckpointFormat},
                     {"model", model.spec().name},
@@ -76,7 +78,13 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
       weights.emplace_back(k.substr(6), t);
     else if (k.compare(0, 10, "optimizer.") == 0)
       state.emplace_back(k.substr(10), t);
-    else
+    else if (k == "rng.dropout" && model.dropout_state().defined()) {
+      NoGradGuard g;
+      Tensor d = model.dropout_state();
+      HR_CHECK(t.shape() == d.shape() && t.dtype() == d.dtype(), "[resume] ", path,
+               ": rng.dropout does not fit the model's dropout state");
+      d.copy_(t);
+    } else
       throw Error(str_cat("[resume] ", path, ": unexpected entry ", k));
   }
   try {
@@ -266,6 +274,10 @@ EvalSummary Trainer::run() {
 
   const data::Dataset& train = task_.train_data();
   std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
+  if (s.gpus > 1)
+    std::fprintf(stderr, "hrnet-train: batch %lld per step (%lld per GPU x %lld GPUS, as the "
+                 "official recipe means it, on one device)\n", static_cast<long long>(s.batch),
+                 static_cast<long long>(s.batch_per_gpu), static_cast<long long>(s.gpus));
   if (dev.is_cpu())
     std::fprintf(stderr, "hrnet-train: CPU, %d threads, kernels %s\n", omp_get_max_threads(),
                  cpu::cpu_isa());
@@ -313,13 +325,10 @@ EvalSummary Trainer::run() {
   bool evaluated = false;
   ProgressBar total_clock("", 0, "img", nullptr);
   TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph);
-  const MultiStepLR multistep(s.lr_step, s.lr_factor);
-  // ENGINE.LR_SCHEDULE cosine: torch CosineAnnealingLR stepped every iteration, from LR to 0 at
-  // END_EPOCH, in place of the official steps
+  // the schedule of ENGINE.LR_SCHEDULE (TrainSettings::lr_at), set before every step
   const int64_t iters_per_epoch = loader.batches_per_epoch();
-  const CosineLR cosine((s.end_epoch - s.begin_epoch) * iters_per_epoch);
   for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
-    double lr = multistep.lr(epoch, s.lr);
+    double lr = s.lr_at(epoch * iters_per_epoch, iters_per_epoch);
     opt->set_lr(lr);
     model->train();
     loader.start_epoch(epoch);
@@ -344,8 +353,8 @@ EvalSummary Trainer::run() {
       skipped += b.skipped;
       for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
       if (b.size() == 0) continue;
-      if (s.lr_schedule == "cosine") {
-        lr = cosine.lr((epoch - s.begin_epoch) * iters_per_epoch + iter, s.lr);
+      if (s.lr_schedule != "multistep") {
+        lr = s.lr_at(epoch * iters_per_epoch + iter, iters_per_epoch);
         opt->set_lr(lr);
       }
       step.step(b);

@@ -17,6 +17,7 @@
 #include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -61,6 +62,7 @@ enum class In : uint8_t {
   State,    // f32, updated in place (running statistics): compared after the run
   Labels,   // i64 class labels, some equal to the ignore index
   Counter,  // i64 CPU scalar (num_batches_tracked): compared after the run
+  Rng,      // i64 [2] {seed, step} on the backend (dropout2d's state): the step compared after
   Absent,   // an optional operand left out
 };
 
@@ -109,6 +111,7 @@ Input labels(Shape s, int64_t classes, int64_t ignore) {
   return in;
 }
 Input counter() { return input("num_batches_tracked", In::Counter, {}); }
+Input rng_state() { return input("state", In::Rng, {2}); }
 Input absent(std::string n) { return input(std::move(n), In::Absent, {}); }
 
 // The CUDA rows of a case: the storage dtype of its Data inputs, or f32 inputs under autocast.
@@ -157,6 +160,47 @@ struct Case {
 
 std::string pair(std::array<int64_t, 2> p) {
   return p[0] == p[1] ? std::to_string(p[0]) : str_cat(p[0], "x", p[1]);
+}
+
+// OHEM inputs: logits [N,C,H,W] or [N,C] whose softmax probability of the label at every counted
+// pixel is a distinct value of the grid 0.01, 0.03, ..., 0.99 (drawn without replacement; at most
+// 50 counted pixels), the other logits uniform in [-1, 1]; every fifth pixel (p % 5 == 2)
+// ignored. No probability lies within 0.01 of another or of a threshold at a multiple of 0.1, so
+// the selection is the same on every device and under the finite-difference steps.
+struct OhemInputs {
+  std::vector<float> logits, labels;
+};
+OhemInputs ohem_inputs(const Shape& x, int64_t ignore, uint64_t seed) {
+  const int64_t N = x[0], C = x[1], HW = x.size() == 4 ? x[2] * x[3] : 1;
+  std::mt19937_64 rng(seed);
+  std::vector<int> grid(50);
+  for (int i = 0; i < 50; ++i) grid[i] = i;
+  std::shuffle(grid.begin(), grid.end(), rng);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  OhemInputs r;
+  r.logits.resize(static_cast<size_t>(N * C * HW));
+  r.labels.resize(static_cast<size_t>(N * HW));
+  size_t next = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t i = 0; i < HW; ++i) {
+      const int64_t pix = n * HW + i;
+      auto at = [&](int64_t c) -> float& { return r.logits[static_cast<size_t>((n * C + c) * HW + i)]; };
+      for (int64_t c = 0; c < C; ++c) at(c) = static_cast<float>(u(rng));
+      if (pix % 5 == 2) {
+        r.labels[static_cast<size_t>(pix)] = static_cast<float>(ignore);
+        continue;
+      }
+      HR_CHECK(next < grid.size(), "ohem_inputs: more than 50 counted pixels in ", shape_str(x));
+      const int64_t y = static_cast<int64_t>(rng() % static_cast<uint64_t>(C));
+      r.labels[static_cast<size_t>(pix)] = static_cast<float>(y);
+      const double p = 0.01 + 0.02 * grid[next++];
+      double rest = 0;
+      for (int64_t c = 0; c < C; ++c)
+        if (c != y) rest += std::exp(double(at(c)));
+      at(y) = static_cast<float>(std::log(p / (1 - p)) + std::log(rest));
+    }
+  }
+  return r;
 }
 
 std::vector<Case> make_table() {
@@ -490,6 +534,122 @@ std::vector<Case> make_table() {
   fold({5, 2, 1, 1}, false);
   fold({1, 1, 1, 1}, true);
   fold({256, 256, 3, 3}, true).perf = true;
+
+  // ---- bmm: a, b (transposes as attributes)
+  auto bmm = [&](Shape a, Shape b, bool ta, bool tb) -> Case& {
+    Case c;
+    c.op = "bmm";
+    c.attrs = str_cat(ta ? "a^T" : "a", " x ", tb ? "b^T" : "b");
+    c.in = {data("a", a), data("b", b)};
+    c.fn = [ta, tb](const Args& x) { return V{ops::bmm(x[0], x[1], ta, tb)}; };
+    c.cuda = kFloat | kAutocast;
+    c.matmul = true;
+    return add(std::move(c));
+  };
+  bmm({2, 3, 5}, {2, 5, 4}, false, false);
+  bmm({3, 7, 2}, {3, 6, 7}, true, true);    // OCR's sim^T order: both transposed
+  bmm({2, 9, 3}, {2, 6, 3}, false, true);   // gather: feats [N,C,HW] x probs [N,K,HW]^T
+  bmm({2, 5, 11}, {2, 5, 3}, true, false);  // similarity: query^T [N,HW,Kc] x key [N,Kc,K]
+  bmm({1, 1, 1}, {1, 1, 1}, false, false);
+  bmm({4, 1, 13}, {4, 1, 2}, true, false);  // K = 1
+  bmm({8, 256, 3072}, {8, 256, 19}, true, false).perf = true;   // OCR W48 sim at 64x48
+  bmm({8, 256, 19}, {8, 3072, 19}, false, true).perf = true;    // OCR context
+
+  // ---- softmax over one dimension (4-D tensors are channels-last on CUDA: every dim)
+  auto softmax = [&](Shape x, int64_t dim) -> Case& {
+    return unary("softmax", x, str_cat("dim ", dim),
+                 [dim](const Tensor& v) { return ops::softmax(v, dim); });
+  };
+  softmax({2, 3, 7}, -1);
+  softmax({2, 5, 3}, 1);   // strided lines
+  softmax({9}, 0);
+  softmax({3, 1}, -1);     // one element: exactly 1
+  softmax({2, 3, 1500}, 2);  // rows longer than a warp's kernel takes (OCR gather over HW)
+  for (int64_t d : {0, 1, 2, 3}) softmax({2, 4, 3, 5}, d);
+  softmax({8, 19, 3072}, -1).perf = true;  // gather over HW
+  softmax({8, 3072, 19}, -1).perf = true;  // similarity over objects
+
+  // ---- dropout2d: x, state {seed, step} (updated in place); outputs y and the mask
+  auto dropout = [&](Shape x, float p) -> Case& {
+    Case c;
+    c.op = "dropout2d";
+    c.attrs = str_cat("p ", p);
+    c.in = {data("x", x), rng_state()};
+    c.fn = [p](const Args& a) {
+      auto r = ops::dropout2d(a[0], a[1], p);
+      return V{r[0], r[1]};
+    };
+    return add(std::move(c));
+  };
+  dropout({2, 6, 3, 5}, 0.5f);
+  dropout({3, 5, 1, 1}, 0.05f);
+  dropout({4, 7}, 0.3f);      // [N, C]
+  dropout({2, 3, 4}, 0.5f);   // [N, C, L]
+  dropout({1, 4, 2, 2}, 0.f);  // keeps everything
+  dropout({1, 3, 2, 2}, 1.f);  // drops everything
+  dropout({8, 512, 64, 48}, 0.05f).perf = true;
+  {
+    Case c;
+    c.op = "channel_scale";
+    c.in = {data("x", {2, 3, 4, 5}), param("s", {2, 3}, false)};
+    c.fn = [](const Args& a) { return V{ops::channel_scale(a[0], a[1])}; };
+    add(std::move(c));
+  }
+
+  // ---- segmentation losses (HRNet-Semantic-Segmentation's criterion.py)
+  // class-weighted cross-entropy: logits, labels, class weights (f32 [C])
+  auto wce = [&](Shape x, int64_t ignore, float smoothing = 0.f) -> Case& {
+    Case c;
+    c.op = "cross_entropy";
+    c.attrs = str_cat("ignore ", ignore, ", class weights",
+                      smoothing > 0 ? str_cat(", smoothing ", smoothing) : "");
+    Shape l = x.size() == 4 ? Shape{x[0], x[2], x[3]} : Shape{x[0]};
+    c.in = {data("logits", x), labels(l, x[1], ignore), positive("class_weight", {x[1]})};
+    c.fn = [ignore, smoothing](const Args& a) {
+      return V{ops::cross_entropy(a[0], a[1], ignore, smoothing, a[2])};
+    };
+    return add(std::move(c));
+  };
+  wce({2, 4, 2, 3}, 255);
+  wce({5, 3}, -100);
+  wce({1, 19, 3, 7}, 255);
+  wce({6, 10}, 255, 0.1f);
+  wce({2, 5, 3, 2}, 255, 0.3f);
+  wce({8, 19, 64, 48}, 255).perf = true;
+  // OHEM cross-entropy: logits, labels, class weights (or absent). Inputs from ohem_inputs (the
+  // selection away from every threshold) unless `zeros` (every probability 1/C: ties).
+  auto ohem = [&](Shape x, float thresh, int64_t min_kept, bool weighted,
+                  bool zeros = false) -> Case& {
+    Case c;
+    c.op = "ohem_cross_entropy";
+    c.attrs = str_cat("thresh ", thresh, ", min_kept ", min_kept,
+                      weighted ? ", class weights" : "", zeros ? ", zero logits (ties)" : "");
+    Shape l = x.size() == 4 ? Shape{x[0], x[2], x[3]} : Shape{x[0]};
+    c.in = {data("logits", x), labels(l, x[1], 255),
+            weighted ? positive("class_weight", {x[1]}) : absent("class_weight")};
+    if (zeros) {
+      c.in[0].values.assign(static_cast<size_t>(shape_numel(x)), 0.f);
+    } else if (shape_numel(x) < 100000) {
+      OhemInputs v = ohem_inputs(x, 255, 7919 * (t.size() + 1));
+      c.in[0].values = std::move(v.logits);
+      c.in[1].values = std::move(v.labels);
+    }
+    c.fn = [thresh, min_kept](const Args& a) {
+      return V{ops::ohem_cross_entropy(a[0], a[1], 255, thresh, min_kept, a[2])};
+    };
+    c.fd_eps = 1e-3f;  // probabilities move by < 2.5e-4: no pixel crosses the threshold
+    return add(std::move(c));
+  };
+  ohem({2, 5, 3, 4}, 0.7f, 5, false);      // threshold = thresh
+  ohem({2, 5, 3, 4}, 0.3f, 12, false);     // threshold = the 12th smallest probability
+  ohem({1, 19, 4, 5}, 0.9f, 4, true);      // 19 classes, Cityscapes-like weights
+  ohem({2, 4, 3, 3}, 0.7f, 1000, false);   // min_kept above the counted pixels
+  ohem({2, 4, 3, 3}, 0.3f, 1000, true);
+  ohem({12, 6}, 0.5f, 3, true);            // [N, C]
+  ohem({1, 4, 2, 3}, 0.5f, 2, false, true);  // ties below the threshold: all kept
+  ohem({1, 4, 2, 3}, 0.1f, 2, false, true)  // ties at the threshold: none kept, loss 0
+      .no_fd = "every probability equals the threshold: any step changes the selection";
+  ohem({8, 19, 64, 48}, 0.7f, 100000, true).perf = true;
   return t;
 }
 
@@ -516,7 +676,12 @@ Tensor host_input(const Input& in, uint64_t seed) {
       return Tensor();
     case In::Counter:
       return Tensor::from_vector_i64({0}, {});
+    case In::Rng:
+      return ops::dropout_state(seed);
     case In::Labels: {
+      if (!in.values.empty())  // explicit labels (OHEM cases)
+        return Tensor::from_vector_i64(std::vector<int64_t>(in.values.begin(), in.values.end()),
+                                       in.shape);
       std::mt19937_64 rng(seed);
       std::vector<int64_t> v(n);
       for (size_t i = 0; i < n; ++i)
@@ -618,6 +783,7 @@ Outcome collect(const Case& c, const std::vector<Tensor>& real, const std::vecto
     }
     if (c.in[i].kind == In::State) o.state[i] = real[i].to_vector();
     if (c.in[i].kind == In::Counter) o.counter[i] = real[i].to_vector_i64()[0];
+    if (c.in[i].kind == In::Rng) o.counter[i] = real[i].to_vector_i64()[1];  // the step
   }
   return o;
 }
@@ -665,7 +831,7 @@ Compiled compile_case(const Case& c, const std::vector<Tensor>& real,
     const Input& in = c.in[i];
     if (!real[i].defined() || in.kind == In::Counter) {
       args[i] = real[i];  // absent, or held by the op itself (num_batches_tracked)
-    } else if (in.grad || in.kind == In::State) {
+    } else if (in.grad || in.kind == In::State || in.kind == In::Rng) {
       args[i] = ir.symbolic(ir.param(real[i], in.name));
     } else {
       args[i] = g.input(in.name, real[i].shape(), real[i].dtype());
@@ -775,7 +941,8 @@ RowStat check_row(const Case& c, const Outcome& ref, const Outcome& got, Tol fwd
     }
     if (c.in[i].kind == In::State)
       check_tensor(got.state[i], ref.state[i], fwd, head + name + " after the run", st, st.out_err);
-    if (c.in[i].kind == In::Counter && got.counter[i] != ref.counter[i]) {
+    if ((c.in[i].kind == In::Counter || c.in[i].kind == In::Rng) &&
+        got.counter[i] != ref.counter[i]) {
       st.ok = false;
       FAIL_CHECK(head << name << " is " << got.counter[i] << " after the run, expected "
                       << ref.counter[i]);
@@ -1039,9 +1206,19 @@ TEST_CASE("backend ops: CPU eager gradients against central differences", "[.gra
       for (size_t i = 0; i < c.in.size(); ++i)
         if (c.in[i].grad) which.push_back(i);
       ++g_totals.rows;
+      // a generator state is reset before every evaluation: one mask for every difference
+      const std::vector<Tensor> host = host_inputs(c, kF32);
+      std::vector<Tensor> rng_start(host.size());
+      for (size_t i = 0; i < host.size(); ++i)
+        if (c.in[i].kind == In::Rng) rng_start[i] = host[i].clone();
       test::gradcheck(
-          c.str() + " [cpu-eager f32]", [&c](const std::vector<Tensor>& in) { return c.fn(in)[0]; },
-          host_inputs(c, kF32), which, c.fd_eps, c.fd_atol, c.fd_rtol);
+          c.str() + " [cpu-eager f32]",
+          [&c, rng_start](const std::vector<Tensor>& in) {
+            for (size_t i = 0; i < in.size(); ++i)
+              if (rng_start[i].defined()) Tensor(in[i]).copy_(rng_start[i]);
+            return c.fn(in)[0];
+          },
+          host, which, c.fd_eps, c.fd_atol, c.fd_rtol);
       ++g_totals.passed;
       std::printf("%-70s ok\n", c.str().c_str());
     }

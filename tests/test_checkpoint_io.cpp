@@ -11,8 +11,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <random>
 
+#include "engine/checkpoint.h"
 #include "engine/checkpoint_io.h"
 #include "engine/error.h"
 #include "test_util.h"
@@ -731,4 +733,27 @@ TEST_CASE("fuzz: mutated checkpoints either read or throw hr::Error", "[checkpoi
   INFO(read << " mutated files read, " << refused << " refused");
   CHECK(read + refused == 900);
   CHECK(refused > 450);
+}
+
+TEST_CASE("load_checkpoint: a safetensors header length whose first byte is 0x80", "[checkpoint_io]") {
+  // the first byte of a safetensors file is its header length's low byte; 0x80 is also the
+  // pickle PROTO opcode that starts a legacy torch.save stream
+  hr::test::TempDir dir;
+  const hr::Tensor t = hr::Tensor::from_vector({1.5f, -2.f, 3.25f}, {3});
+  bool found = false;
+  for (int pad = 0; pad < 300 && !found; ++pad) {
+    const std::string path = (dir.path / "m.safetensors").string();
+    hr::save_safetensors(path, {{"w", t}}, {{"note", std::string(static_cast<size_t>(pad), 'x')}});
+    std::ifstream f(path, std::ios::binary);
+    const int first = f.get();
+    if (first != 0x80) continue;
+    found = true;
+    std::map<std::string, std::string> meta;
+    const hr::NamedTensors back = hr::load_checkpoint(path, &meta);
+    REQUIRE(back.size() == 1);
+    REQUIRE(back[0].first == "w");
+    REQUIRE(back[0].second.to_vector() == t.to_vector());
+    REQUIRE(meta.at("note").size() == static_cast<size_t>(pad));
+  }
+  REQUIRE(found);
 }

@@ -482,7 +482,8 @@ TEST_CASE("linear matches F.linear", "[torch][linear]") {
   });
 }
 
-TEST_CASE("heatmap_loss matches HRNet JointsMSELoss; cross_entropy matches F.cross_entropy",
+TEST_CASE("heatmap_loss matches HRNet JointsMSELoss; cross_entropy matches F.cross_entropy "
+          "(class weights included); ohem_cross_entropy matches OhemCrossEntropy",
           "[torch][loss]") {
   run_op("heatmap_loss", {"heatmap_loss"}, [](const Case& c, CaseLog& log) {
     Tensor pred = input(c, "pred");
@@ -494,14 +495,32 @@ TEST_CASE("heatmap_loss matches HRNet JointsMSELoss; cross_entropy matches F.cro
   });
   run_op("cross_entropy",
          {"cross_entropy_4d", "cross_entropy_2d", "cross_entropy_smooth_2d",
-          "cross_entropy_smooth_4d"},
+          "cross_entropy_smooth_4d", "cross_entropy_weighted_cityscapes",
+          "cross_entropy_weighted_smooth_4d", "cross_entropy_weighted_smooth_2d"},
          [](const Case& c, CaseLog& log) {
            Tensor logits = input(c, "logits");
            Tensor labels = ref().tensor_i64(key(c, "labels"));
-           const bool smooth = c.name.find("smooth") != std::string::npos;
+           const bool smooth = c.has("label_smoothing");
+           const bool weighted = c.has("weighted") && c.flag("weighted");
            Tensor y = hr::ops::cross_entropy(
                logits, labels, c.i("ignore_index"),
-               smooth ? static_cast<float>(c.num("label_smoothing")) : 0.f);
+               smooth ? static_cast<float>(c.num("label_smoothing")) : 0.f,
+               weighted ? input(c, "class_weight", false) : Tensor());
+           log.tensor("loss", y, "y");
+           y.backward();
+           log.grads({{"logits", logits}});
+         });
+  // OhemCrossEntropy._ohem_forward of HRNet-Semantic-Segmentation (a verbatim copy in the
+  // generator), thresholds 0.7 and 0.9, min_kept below and above the counted pixels
+  run_op("ohem_cross_entropy",
+         {"ohem_t07_kept_small", "ohem_t07_kept_min_value", "ohem_t07_kept_large",
+          "ohem_t09_kept_small", "ohem_t09_kept_large"},
+         [](const Case& c, CaseLog& log) {
+           Tensor logits = input(c, "logits");
+           Tensor labels = ref().tensor_i64(key(c, "labels"));
+           Tensor y = hr::ops::ohem_cross_entropy(
+               logits, labels, c.i("ignore_index"), static_cast<float>(c.num("thresh")),
+               c.i("min_kept"), c.flag("weighted") ? input(c, "class_weight", false) : Tensor());
            log.tensor("loss", y, "y");
            y.backward();
            log.grads({{"logits", logits}});
@@ -620,7 +639,8 @@ TEST_CASE("every case in ops_reference.safetensors belongs to a tested op", "[to
   const std::set<std::string> known = {
       "conv2d", "batch_norm", "relu", "add", "mul", "sum_all", "reshape", "upsample_nearest",
       "upsample_bilinear", "concat", "avg_pool2d", "global_avg_pool", "linear", "heatmap_loss",
-      "cross_entropy", "module_conv_bn_relu", "optimizer", "schedule", "group_norm"};
+      "cross_entropy", "module_conv_bn_relu", "optimizer", "schedule", "group_norm",
+      "ohem_cross_entropy"};
   REQUIRE(ref().cases().size() >= 60);
   for (const Case& c : ref().cases()) {
     INFO("case " << c.name << " has op '" << c.str("op") << "'");

@@ -368,6 +368,93 @@ def label_smoothing_cases():
                  dict(logits=rnd(*shape, scale=2.0)), scalar=True)
 
 
+# HRNet-Semantic-Segmentation's Cityscapes class weights (lib/datasets/cityscapes.py)
+CITYSCAPES_WEIGHTS = [0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786,
+                      1.0023, 0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529,
+                      1.0507]
+
+
+def ohem_forward(score, target, ignore_label, thresh, min_kept, weight):
+    """OhemCrossEntropy._ohem_forward of HRNet-Semantic-Segmentation lib/core/criterion.py,
+    verbatim but for the resize (score and target have the same size here) and with
+    self.min_kept = max(1, min_kept) as its constructor sets it."""
+    min_kept = max(1, min_kept)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_label,
+                                          reduction='none')
+    pred = F.softmax(score, dim=1)
+    pixel_losses = criterion(score, target).contiguous().view(-1)
+    mask = target.contiguous().view(-1) != ignore_label
+
+    tmp_target = target.clone()
+    tmp_target[tmp_target == ignore_label] = 0
+    pred = pred.gather(1, tmp_target.unsqueeze(1))
+    pred, ind = pred.contiguous().view(-1,)[mask].contiguous().sort()
+    min_value = pred[min(min_kept, pred.numel() - 1)]
+    threshold = max(min_value, thresh)
+
+    pixel_losses = pixel_losses[mask][ind]
+    pixel_losses = pixel_losses[pred < threshold]
+    return pixel_losses.mean(), pred, threshold
+
+
+def seg_labels(shape, c, ignore_frac):
+    """Labels [N, H, W] in [0, c) with round(ignore_frac * count) pixels set to 255."""
+    labels = torch.randint(0, c, shape, dtype=torch.int64)
+    flat = labels.view(-1)
+    flat[torch.randperm(flat.numel())[: max(1, round(flat.numel() * ignore_frac))]] = 255
+    return labels
+
+
+def seg_loss_cases():
+    # last: the cases before keep their seeds. The losses of HRNet-Semantic-Segmentation's
+    # criterion.py: nn.CrossEntropyLoss(weight, ignore_index) and OhemCrossEntropy.
+    cityscapes = torch.tensor(CITYSCAPES_WEIGHTS, dtype=torch.float32).double()
+    for name, shape, eps, official in (("cross_entropy_weighted_cityscapes", (2, 19, 6, 5), 0.0, True),
+                                       ("cross_entropy_weighted_smooth_4d", (2, 5, 3, 4), 0.2, False),
+                                       ("cross_entropy_weighted_smooth_2d", (7, 6), 0.1, False)):
+        case(name, "cross_entropy", ignore_index=255, label_smoothing=eps, weighted=True)
+        n, c = shape[0], shape[1]
+        labels = seg_labels((n,) + shape[2:], c, 0.1)
+        w = cityscapes if official else (torch.rand(c) + 0.5).double()
+        put(name, "labels", labels)
+        put(name, "class_weight", w)
+        run_grad(name, lambda logits: F.cross_entropy(logits, labels, weight=w, ignore_index=255,
+                                                      label_smoothing=eps),
+                 dict(logits=rnd(*shape, scale=2.0)), scalar=True)
+
+    # OHEM on [2, 19, 4, 6] (48 pixels, ~43 counted): logits N(0, 2) with +6 on the label at
+    # 60% of the pixels, so the label's probability covers (0, 1) and both thresholds select.
+    # (name, thresh, min_kept, weighted, threshold expected from min_value rather than thresh)
+    for name, thresh, min_kept, weighted, from_min in (
+            ("ohem_t07_kept_small", 0.7, 10, True, False),
+            ("ohem_t07_kept_min_value", 0.7, 30, True, True),
+            ("ohem_t07_kept_large", 0.7, 100000, False, True),
+            ("ohem_t09_kept_small", 0.9, 5, False, False),
+            ("ohem_t09_kept_large", 0.9, 1000, True, True)):
+        case(name, "ohem_cross_entropy", ignore_index=255, thresh=thresh, min_kept=min_kept,
+             weighted=weighted)
+        labels = seg_labels((2, 4, 6), 19, 0.1)
+        logits = rnd(2, 19, 4, 6, scale=2.0)
+        boost = (torch.rand(2, 4, 6) < 0.6).double() * 6.0
+        logits.scatter_add_(1, (labels % 255).unsqueeze(1), boost.unsqueeze(1))
+        logits = logits.float().double()
+        w = cityscapes if weighted else None
+        put(name, "labels", labels)
+        if weighted:
+            put(name, "class_weight", w)
+        y, pred, threshold = ohem_forward(logits, labels, 255, thresh, min_kept, w)
+        # the case exercises the branch it names, and no probability is within 1e-5 of the
+        # threshold but the one that defines it (float32 probabilities select the same pixels)
+        thr = float(threshold)
+        assert (thr > thresh) == from_min, (name, thr)
+        near = ((pred - thr).abs() < 1e-5).sum().item()
+        assert near == (1 if from_min else 0), (name, near)
+        kept = (pred < threshold).sum().item()
+        assert 0 < kept < pred.numel(), (name, kept)
+        run_grad(name, lambda logits: ohem_forward(logits, labels, 255, thresh, min_kept, w)[0],
+                 dict(logits=logits), scalar=True)
+
+
 def write_safetensors(path, tensors, metadata):
     dtag = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
     # int64 first so every tensor is naturally aligned.
@@ -398,7 +485,7 @@ def main():
     torch.set_num_threads(1)
     for gen in (conv_cases, batch_norm_cases, elementwise_cases, resample_cases, concat_cases,
                 pool_cases, linear_cases, loss_cases, module_cases, optimizer_cases,
-                schedule_cases, group_norm_cases, label_smoothing_cases):
+                schedule_cases, group_norm_cases, label_smoothing_cases, seg_loss_cases):
         gen()
     for k, a in TENSORS.items():
         assert a.dtype == np.int64 or np.all(np.isfinite(a)), k

@@ -142,11 +142,28 @@ void heatmap_loss_backward(int64_t N, int64_t J, int64_t HW, const float* pred, 
 // labels equal to ignore_index are skipped; the loss is the mean over the counted pixels
 // (0 when none). A label outside [0, C) that is not ignore_index throws hr::Error naming it.
 // With label smoothing e (torch's label_smoothing): (1 - e) * -log p_label + e * mean_c -log p_c.
+// class_weight [C] (null: unweighted): torch's CrossEntropyLoss(weight=w), reduction 'mean':
+// sum_i l_i / sum_i w[y_i], l_i = w[y_i] * -log p_{y_i}, with smoothing
+// (1 - e) * w[y_i] * -log p_{y_i} + (e / C) * sum_c w[c] * -log p_c (torch 1.13); 0 when the
+// denominator is not positive.
 float softmax_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
-                         const int64_t* labels, int64_t ignore_index, float smoothing = 0.f);
+                         const int64_t* labels, int64_t ignore_index, float smoothing = 0.f,
+                         const float* class_weight = nullptr);
 void softmax_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss, float* dlogits,
-                         float smoothing = 0.f);
+                         float smoothing = 0.f, const float* class_weight = nullptr);
+// OHEM cross-entropy (HRNet-Semantic-Segmentation OhemCrossEntropy._ohem_forward): p_i the
+// softmax probability of pixel i's label (counted pixels only); threshold = max(k-th smallest p,
+// thresh), k = min(max(min_kept, 1), count - 1); the loss is the plain mean of
+// w[y_i] * -log p_i over the pixels with p_i < threshold (0 when none; threshold = thresh when
+// no pixel is counted). class_weight [C] or null. Labels as softmax_ce_forward (throws).
+float ohem_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
+                      const int64_t* labels, int64_t ignore_index, float thresh, int64_t min_kept,
+                      const float* class_weight, float* threshold);
+// The gradient of that mean with the selection (p < threshold, the forward's threshold) constant.
+void ohem_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
+                      const int64_t* labels, int64_t ignore_index, const float* class_weight,
+                      float threshold, float dloss, float* dlogits);
 
 // ---- optimizer steps (PyTorch torch.optim semantics, one parameter tensor of n floats) ----
 // SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);
@@ -157,6 +174,25 @@ void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float
 void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
                float beta1, float beta2, float eps, float weight_decay, bool decoupled,
                int64_t step);
+
+// ---- batched matrix product (row-major [batch, rows, cols] operands) ----
+// c[i] = op(a[i]) op(b[i]) for i < batch: op(a) [M,K] (a stored [M,K], or [K,M] when trans_a),
+// op(b) [K,N] (b stored [K,N], or [N,K] when trans_b), c [batch, M, N].
+void bmm(int64_t batch, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
+         const float* a, const float* b, float* c);
+
+// ---- softmax over dimension j of x viewed as [outer, L, inner] ----
+void softmax_forward(int64_t outer, int64_t L, int64_t inner, const float* x, float* y);
+// dx = y * (dy - sum_j dy y), from the forward's output y
+void softmax_backward(int64_t outer, int64_t L, int64_t inner, const float* y, const float* dy,
+                      float* dx);
+
+// ---- channel dropout (Dropout2d) ----
+// state: {seed, step} (i64); mask [N, C] = scale or 0 (dropped with probability p), drawn by
+// kern::dropout_keep (kernels/dropout_hash.h) from (seed, step, n, c); then state[1] += 1.
+void dropout2d_mask(int64_t* state, int64_t N, int64_t C, float p, float scale, float* mask);
+// y[n, c, i] = x[n, c, i] * s[n, c] over [N, C, HW]
+void channel_scale(int64_t N, int64_t C, int64_t HW, const float* x, const float* s, float* y);
 
 // ---- dtype conversion (round to nearest even) ----
 void f32_to_bf16(int64_t n, const float* x, uint16_t* y);

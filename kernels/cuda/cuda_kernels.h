@@ -170,6 +170,25 @@ void linear_forward(DT dt, int64_t M, int64_t I, int64_t O, const void* x, const
                     const float* bias, void* y, Stream st);
 void linear_backward(DT dt, int64_t M, int64_t I, int64_t O, const void* x, const void* w,
                      const void* dy, void* dx, void* dw, float* dbias, Stream st);
+// Batched row-major products c[i] = op(a[i]) op(b[i]) in cpu::bmm's layout (3-D operands are
+// row-major on the GPU too), one cublasGemmStridedBatchedEx with fp32 accumulation.
+void bmm(DT dt, int64_t batch, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
+         const void* a, const void* b, void* c, Stream st);
+
+// ---- softmax over dimension j of x viewed in memory as [outer, L, inner] (fp32 arithmetic) ----
+void softmax_forward(DT dt, int64_t outer, int64_t L, int64_t inner, const void* x, void* y,
+                     Stream st);
+void softmax_backward(DT dt, int64_t outer, int64_t L, int64_t inner, const void* y,
+                      const void* dy, void* dx, Stream st);
+
+// ---- channel dropout (Dropout2d) ----
+// state: {seed, step} i64 on the device, read and advanced (step += 1) by the kernel itself, so a
+// captured graph draws a fresh mask at every replay; mask fp32 [N, C] as cpu::dropout2d_mask.
+void dropout2d_mask(int64_t* state, int64_t N, int64_t C, float p, float scale, float* mask,
+                    Stream st);
+// y = x * s[n, c]: x, y [N, HW, C] when channels_last (NHWC), else [N, C, HW]; s fp32 [N, C].
+void channel_scale(DT dt, int64_t N, int64_t C, int64_t HW, bool channels_last, const void* x,
+                   const float* s, void* y, Stream st);
 
 // ---- losses (pred/logits in dt, loss fp32, synchronous: return the value) ----
 // pred, gt channels-last [N, HW, J]; weight [N, J] fp32.
@@ -178,13 +197,14 @@ float heatmap_loss_forward(DT dt, int64_t N, int64_t J, int64_t HW, const void* 
 void heatmap_loss_backward(DT dt, int64_t N, int64_t J, int64_t HW, const void* pred,
                            const void* gt, const float* weight, float dloss, void* dpred,
                            Stream st);
-// logits NHWC [N, HW, C]; labels [N, HW] int64; label smoothing e as cpu::softmax_ce_forward
+// logits NHWC [N, HW, C]; labels [N, HW] int64; label smoothing e and class_weight (fp32 [C] on
+// the device, null: unweighted) as cpu::softmax_ce_forward
 float softmax_ce_forward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                          const int64_t* labels, int64_t ignore_index, Stream st,
-                         float smoothing = 0.f);
+                         float smoothing = 0.f, const float* class_weight = nullptr);
 void softmax_ce_backward(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                          const int64_t* labels, int64_t ignore_index, float dloss, void* dlogits,
-                         Stream st, float smoothing = 0.f);
+                         Stream st, float smoothing = 0.f, const float* class_weight = nullptr);
 // The same losses with the scalars on the device, for graph capture: no host synchronisation,
 // deterministic, the same numerics (the synchronous versions above are the forwards plus one
 // copy to the host, and the backwards with dloss from the host).
@@ -200,10 +220,22 @@ void heatmap_loss_backward_dev(DT dt, int64_t N, int64_t J, int64_t HW, const vo
 // naming it); the backward treats such a label as ignored.
 void softmax_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                             const int64_t* labels, int64_t ignore_index, float* loss, Stream st,
-                            float smoothing = 0.f);
+                            float smoothing = 0.f, const float* class_weight = nullptr);
 void softmax_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
                              const int64_t* labels, int64_t ignore_index, const float* dloss,
-                             void* dlogits, Stream st, float smoothing = 0.f);
+                             void* dlogits, Stream st, float smoothing = 0.f,
+                             const float* class_weight = nullptr);
+// OHEM cross-entropy as cpu::ohem_ce_forward (the k-th smallest probability by a cub radix sort
+// of the target probabilities, workspace from the caching allocator): *loss and *threshold, one
+// fp32 each on the device; an invalid label makes *loss NaN. class_weight fp32 [C] or null.
+void ohem_ce_forward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                         const int64_t* labels, int64_t ignore_index, float thresh,
+                         int64_t min_kept, const float* class_weight, float* loss,
+                         float* threshold, Stream st);
+// threshold, dloss: the forward's threshold and the loss's gradient, one fp32 each on the device.
+void ohem_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* logits,
+                          const int64_t* labels, int64_t ignore_index, const float* class_weight,
+                          const float* threshold, const float* dloss, void* dlogits, Stream st);
 // A running sum of losses on the device, for training without reading every step's loss back
 // (capturable): acc[0] += double(*loss) * weight (rounded multiply, then add: the host's
 // arithmetic), acc[1] = *loss. loss: one fp32; acc: two doubles, all on the device.

@@ -1,5 +1,6 @@
 // CUDA fully connected layer (torch.nn.Linear on row-major [M, I] inputs) through cublasGemmEx
-// with fp32 accumulation; the fp32 bias is added by a row kernel, dbias is a column sum.
+// with fp32 accumulation, and batched products (bmm) through cublasGemmStridedBatchedEx; the
+// fp32 bias is added by a row kernel, dbias is a column sum.
 // f32 runs in true fp32 unless HR_ALLOW_TF32=1 (read once) permits TF32 tensor cores.
 // One cuBLAS handle per device, guarded by a mutex; each call sets the stream and a workspace
 // from the caching allocator on that stream, so concurrent streams never share a workspace.
@@ -84,6 +85,32 @@ void linear_backward(DT dt, int64_t M, int64_t I, int64_t O, const void* x, cons
   // dw[O,I] = dy^T x: column-major dw^T[I,O] = x^T[I,M] (dy^T[O,M])^T
   if (dw) gemm(dt, CUBLAS_OP_N, CUBLAS_OP_T, I, O, M, x, I, dy, O, dw, I, st);
   if (dbias) detail::column_sum(dt, 1, M, O, dy, 1.f, true, dbias, st);
+}
+
+// c[i] = op(a[i]) op(b[i]), row-major: column-major c^T[N,M] = op(b)^T op(a)^T, where a row-major
+// [r, c] buffer is the column-major [c, r] matrix with leading dimension c.
+void bmm(DT dt, int64_t batch, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
+         const void* a, const void* b, void* c, Stream st) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (K == 0) {
+    memset_zero(c, size_t(batch * M * N) * detail::dt_size(dt), st);
+    return;
+  }
+  HR_CHECK(M < INT_MAX && N < INT_MAX && K < INT_MAX && batch < INT_MAX, "bmm: ", batch, " x ", M,
+           " x ", N, " x ", K, " exceeds cuBLAS's int range");
+  const float alpha = 1.f, beta = 0.f;
+  const cudaDataType_t t = cuda_type(dt);
+  const cublasComputeType_t compute = dt == DT::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                    : CUBLAS_COMPUTE_32F;
+  std::lock_guard<std::mutex> lock(g_mu);
+  cublasHandle_t h = handle();
+  detail::Workspace ws(kWorkspace, st);
+  CUBLAS_CHECK(cublasSetStream(h, detail::stream_of(st)));
+  CUBLAS_CHECK(cublasSetWorkspace(h, ws.get(), kWorkspace));
+  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M),
+      int(K), &alpha, b, t, int(trans_b ? K : N), K * N, a, t, int(trans_a ? M : K), M * K, &beta,
+      c, t, int(N), M * N, int(batch), compute, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace hr::cuda

@@ -115,6 +115,17 @@ HR_NO_CUDA(void, linear_forward,
 HR_NO_CUDA(void, linear_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const void*, void*, void*,
             float*, Stream))
+HR_NO_CUDA(void, bmm,
+           (DT, int64_t, int64_t, int64_t, int64_t, bool, bool, const void*, const void*, void*,
+            Stream))
+
+// softmax, dropout
+HR_NO_CUDA(void, softmax_forward, (DT, int64_t, int64_t, int64_t, const void*, void*, Stream))
+HR_NO_CUDA(void, softmax_backward,
+           (DT, int64_t, int64_t, int64_t, const void*, const void*, void*, Stream))
+HR_NO_CUDA(void, dropout2d_mask, (int64_t*, int64_t, int64_t, float, float, float*, Stream))
+HR_NO_CUDA(void, channel_scale,
+           (DT, int64_t, int64_t, int64_t, bool, const void*, const float*, void*, Stream))
 
 // losses
 HR_NO_CUDA(float, heatmap_loss_forward,
@@ -123,10 +134,11 @@ HR_NO_CUDA(void, heatmap_loss_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, float, void*,
             Stream))
 HR_NO_CUDA(float, softmax_ce_forward,
-           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, Stream, float))
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, Stream, float,
+            const float*))
 HR_NO_CUDA(void, softmax_ce_backward,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float, void*,
-            Stream, float))
+            Stream, float, const float*))
 HR_NO_CUDA(void, heatmap_loss_forward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const void*, const float*, float*, Stream))
 HR_NO_CUDA(void, heatmap_loss_backward_dev,
@@ -134,10 +146,16 @@ HR_NO_CUDA(void, heatmap_loss_backward_dev,
             void*, Stream))
 HR_NO_CUDA(void, softmax_ce_forward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float*, Stream,
-            float))
+            float, const float*))
 HR_NO_CUDA(void, softmax_ce_backward_dev,
            (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, const float*,
-            void*, Stream, float))
+            void*, Stream, float, const float*))
+HR_NO_CUDA(void, ohem_ce_forward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, float, int64_t,
+            const float*, float*, float*, Stream))
+HR_NO_CUDA(void, ohem_ce_backward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, int64_t, const float*,
+            const float*, const float*, void*, Stream))
 HR_NO_CUDA(void, loss_accumulate, (const float*, double, double*, Stream))
 
 // optimizers

@@ -22,7 +22,8 @@
 #     micro-benchmarks
 #  6. compute-sanitizer: memcheck on the capture cases; memcheck and racecheck on the cases of
 #     the changed kernels
-#  7. with time left: W32 cls 224x224 training step and inference (ours), the other GPU tests
+#  7. with time left: W32 cls 224x224 and W48 seg 512x1024 training step and inference (ours), the
+#     seg losses on CUDA, the other GPU tests
 # Each step has a time box; the whole run stays within HR_WINDOW_BUDGET seconds (default 400),
 # later steps are skipped when it is spent. OUT gets at most 8 files, written as the run goes:
 # summary.md (rewritten after every step; printed last), run.log, env.txt, correctness.log,
@@ -510,6 +511,9 @@ peer_ready_now && peer_collect 0
 peer_pause
 step gpu rest "bench_model W32 cls 224 b128 bf16 (ours: eager, CUDA graph)" "$WORK/cls_bench_model.log" 90 \
   "$BIN/bench_model" --model w32:cls --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch
+step gpu rest "test_cuda_seg_losses (weighted CE, OHEM on CUDA)" "$CORR" 60 "$BIN/test_cuda_seg_losses"
+step gpu rest "bench_model W48 seg 512x1024 b8 bf16 (ours: eager, CUDA graph)" "$WORK/seg_bench_model.log" 120 \
+  "$BIN/bench_model" --model w48:seg --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2 --no-torch
 peer_resume
 for t in test_cuda_ops test_cuda_kernels test_cuda_conv; do
   peer_ready_now && peer_collect 0
@@ -545,7 +549,7 @@ fi
   echo
   echo "PyTorch peer: $PEER_STATE; $(grep -E '^peer: (torch|.*warmed|.*ready)' "$PEER_LOG" 2>/dev/null | tr '\n' ';')"
   grep '^RESULT' "$PEER_LOG" 2>/dev/null
-  for f in cls_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
+  for f in cls_bench_model seg_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
     [ -f "$WORK/$f.log" ] && { echo; echo "## $f"; echo; grep -v '^== ' "$WORK/$f.log"; }
   done
   for f in "$WORK"/ops_perf_*.log; do
