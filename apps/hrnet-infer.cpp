@@ -25,12 +25,15 @@
 // written atomically. Errors print one line and exit non-zero, leaving no output file.
 #include <omp.h>
 
+#include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -83,6 +86,52 @@ struct Args {
 };
 
 
+// Boxes are pixels of an image: coordinates beyond kMaxBoxCoord, or not finite, are refused
+// (they made the overlay's line drawing overflow, and NaN reached the JSON as an invalid token).
+constexpr float kMaxBoxCoord = 1e6f;
+
+std::string box_problem(const std::array<float, 4>& b) {
+  for (float v : b)
+    if (!std::isfinite(v)) return "coordinates must be finite numbers";
+  for (float v : b)
+    if (std::fabs(v) > kMaxBoxCoord)
+      return str_cat("coordinates must be within +-", kMaxBoxCoord, " pixels");
+  if (!(b[2] > 0 && b[3] > 0)) return "needs a positive width and height";
+  return "";
+}
+
+// The images hrnet-infer writes: PNG or JPEG by extension, checked before any work.
+void check_image_path(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  std::string ext = std::filesystem::path(path).extension().string();
+  for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (ext != ".png" && ext != ".jpg" && ext != ".jpeg")
+    throw UsageError(flag + " must name a .png, .jpg or .jpeg file, got " + path);
+}
+
+// A number for the JSON output: JSON has no NaN or infinity, so those are written as null.
+std::string jnum(double v) { return std::isfinite(v) ? str_cat(v) : "null"; }
+
+// Writes the outputs of a run, each atomically, all or none: when one fails, those already
+// written are removed, so no partial set is left (images first: they are the likelier to fail).
+void write_outputs(const std::vector<std::pair<std::string, std::function<void()>>>& outs) {
+  std::vector<std::string> done;
+  try {
+    for (const auto& [path, write] : outs) {
+      if (path.empty()) continue;
+      write();
+      done.push_back(path);
+    }
+  } catch (...) {
+    for (const auto& p : done) std::remove(p.c_str());
+    throw;
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  write_file_atomic(path, text.data(), text.size(), "cannot write " + path);
+}
+
 Args parse(int argc, char** argv) {
   Args a;
   auto value = [&](int& i) -> std::string {
@@ -121,7 +170,8 @@ Args parse(int argc, char** argv) {
       const std::string v = value(i);
       char* end = nullptr;
       a.box_thre = std::strtof(v.c_str(), &end);
-      if (*end || v.empty()) throw UsageError("--box-thre must be a number, got " + v);
+      if (*end || v.empty() || !std::isfinite(a.box_thre))
+        throw UsageError("--box-thre must be a finite number, got " + v);
     } else if (k == "--box") {
       const std::string v = value(i);
       std::array<float, 4> b{};
@@ -133,7 +183,8 @@ Args parse(int argc, char** argv) {
           throw UsageError("--box must be X,Y,W,H, got " + v);
         p = end + 1;
       }
-      if (b[2] <= 0 || b[3] <= 0) throw UsageError("--box needs a positive width and height, got " + v);
+      const std::string why = box_problem(b);
+      if (!why.empty()) throw UsageError("--box " + v + ": " + why);
       a.boxes.push_back(b);
     } else if (k == "--summary")
       a.summary = true;
@@ -171,6 +222,10 @@ Args parse(int argc, char** argv) {
   }
   if (a.device != "cpu" && a.device.rfind("cuda", 0) != 0)
     throw UsageError("--device must be cpu or cuda[:N], got " + a.device);
+  check_image_path("--overlay", a.overlay_out);
+  check_image_path("--label-map", a.label_map);
+  if (!a.json_out.empty() && (a.json_out == a.overlay_out || a.json_out == a.label_map))
+    throw UsageError("--json and the image outputs must be different files");
   return a;
 }
 
@@ -327,9 +382,23 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
 
   std::vector<std::array<float, 5>> boxes;  // x, y, w, h, score
   for (const auto& b : a.boxes) boxes.push_back({b[0], b[1], b[2], b[3], 1.f});
-  if (!a.boxes_file.empty())
-    for (const auto& d : data::load_detections(a.boxes_file))
-      if (d.score >= a.box_thre) boxes.push_back({d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score});
+  if (!a.boxes_file.empty()) {
+    const auto dets = data::load_detections(a.boxes_file);
+    for (size_t k = 0; k < dets.size(); ++k) {
+      const auto& d = dets[k];
+      if (!(d.score >= a.box_thre)) continue;
+      const std::array<float, 4> b = {float(d.bbox[0]), float(d.bbox[1]), float(d.bbox[2]),
+                                      float(d.bbox[3])};
+      // zero-sized detections are kept (they crop nothing), as the official test does
+      for (float v : b)
+        if (!std::isfinite(v) || std::fabs(v) > kMaxBoxCoord)
+          throw Error(str_cat(a.boxes_file, ": detection ", k, ": bbox [", d.bbox[0], ", ",
+                              d.bbox[1], ", ", d.bbox[2], ", ", d.bbox[3],
+                              "]: coordinates must be finite and within +-", kMaxBoxCoord,
+                              " pixels"));
+      boxes.push_back({b[0], b[1], b[2], b[3], float(d.score)});
+    }
+  }
   if (boxes.empty()) boxes.push_back({0, 0, float(img.width), float(img.height), 1.f});
   const float aspect = float(dopt.target.image_w) / float(dopt.target.image_h);
   std::vector<data::PoseRecord> recs;
@@ -356,19 +425,19 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
     for (int j = 0; j < data::kNumJoints; ++j)
       if (preds[p].keypoints[3 * j + 2] > 0.2f) sum += preds[p].keypoints[3 * j + 2], ++n;
     const float score = (n ? sum / n : 0.f) * boxes[p][4];
-    json += str_cat(p ? ",\n  " : "\n  ", "{\"bbox\": [", boxes[p][0], ", ", boxes[p][1], ", ",
-                    boxes[p][2], ", ", boxes[p][3], "], \"box_score\": ", boxes[p][4],
-                    ", \"score\": ", score, ", \"keypoints\": [");
+    json += str_cat(p ? ",\n  " : "\n  ", "{\"bbox\": [", jnum(boxes[p][0]), ", ",
+                    jnum(boxes[p][1]), ", ", jnum(boxes[p][2]), ", ", jnum(boxes[p][3]),
+                    "], \"box_score\": ", jnum(boxes[p][4]), ", \"score\": ", jnum(score),
+                    ", \"keypoints\": [");
     for (int k = 0; k < 3 * data::kNumJoints; ++k)
-      json += str_cat(k ? ", " : "", preds[p].keypoints[k]);
+      json += str_cat(k ? ", " : "", jnum(preds[p].keypoints[k]));
     json += "]}";
     data::draw_skeleton(overlay, preds[p].keypoints.data(), data::kNumJoints, 0.2f,
                         std::max(2.f, img.width / 200.f));
   }
   json += "\n ]}\n";
-  if (!a.json_out.empty())
-    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
-  if (!a.overlay_out.empty()) data::write_image(overlay, a.overlay_out);
+  write_outputs({{a.overlay_out, [&] { data::write_image(overlay, a.overlay_out); }},
+                 {a.json_out, [&] { write_text(a.json_out, json); }}});
   std::fprintf(stderr, "hrnet-infer: %zu %s in %s\n", preds.size(),
                preds.size() == 1 ? "person" : "people", a.image.c_str());
 }
@@ -420,11 +489,10 @@ void classify_image(HRNet& model, const Args& a, const Config* cfg) {
     const std::string name = names.empty() ? std::to_string(top[k].first) : names[top[k].first];
     std::printf("%zu  %-24s %.4f\n", k + 1, name.c_str(), top[k].second);
     json += str_cat(k ? ", " : "", "{\"class\": ", top[k].first, ", \"name\": ", json_quote(name),
-                    ", \"probability\": ", top[k].second, "}");
+                    ", \"probability\": ", jnum(top[k].second), "}");
   }
   json += "]}\n";
-  if (!a.json_out.empty())
-    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
+  if (!a.json_out.empty()) write_text(a.json_out, json);
 }
 
 // The label map of an image: the official test's inference (tasks::seg_inference), argmax; a
@@ -482,8 +550,6 @@ void segment_image(HRNet& model, const Args& a, const Config* cfg) {
       overlay.pixels[p * 3 + k] = static_cast<uint8_t>((img.pixels[p * 3 + k] + c[k] + 1) / 2);
     }
   }
-  if (!a.label_map.empty()) data::write_image(colour, a.label_map);
-  if (!a.overlay_out.empty()) data::write_image(overlay, a.overlay_out);
   std::string json = str_cat("{\"image\": ", json_quote(a.image), ", \"width\": ", img.width,
                              ", \"height\": ", img.height, ", \"classes\": [");
   bool first = true;
@@ -492,12 +558,13 @@ void segment_image(HRNet& model, const Args& a, const Config* cfg) {
     const double share = double(count[static_cast<size_t>(k)]) / double(pred.size());
     std::printf("%-16s %6.2f%%\n", classes.names[static_cast<size_t>(k)].c_str(), 100 * share);
     json += str_cat(first ? "" : ", ", "{\"class\": ", k, ", \"name\": ",
-                    json_quote(classes.names[static_cast<size_t>(k)]), ", \"share\": ", share, "}");
+                    json_quote(classes.names[static_cast<size_t>(k)]), ", \"share\": ", jnum(share), "}");
     first = false;
   }
   json += "]}\n";
-  if (!a.json_out.empty())
-    write_file_atomic(a.json_out, json.data(), json.size(), "cannot write " + a.json_out);
+  write_outputs({{a.label_map, [&] { data::write_image(colour, a.label_map); }},
+                 {a.overlay_out, [&] { data::write_image(overlay, a.overlay_out); }},
+                 {a.json_out, [&] { write_text(a.json_out, json); }}});
 }
 
 }  // namespace

@@ -11,9 +11,17 @@
 // (every epoch, atomic; resumed by --resume or AUTO_RESUME), model_best.safetensors (best score,
 // AP for pose),
 // final_state.safetensors, metrics.jsonl (one JSON object per line), results/, predictions.png,
-// config.yaml (the merged config). Errors print one line and exit non-zero.
+// config.yaml (the merged config), train.lock (a second run on the same directory is refused).
+// Errors print one line and exit non-zero.
+//
+// Ctrl-C (SIGINT) or SIGTERM: the run stops at the next step boundary, writes a checkpoint of
+// where it stopped (mid-epoch included), prints one line saying where and how to resume, and
+// exits with 128 + the signal (130 for Ctrl-C); --resume then continues as if never stopped. A
+// second signal exits at once.
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -42,10 +50,32 @@ struct Args {
   std::string cfg, out, device;
   int resume = -1;  // -1: AUTO_RESUME decides
   std::vector<std::string> overrides;
+  std::vector<std::string> argv;  // as given, for the resume hint
 };
+
+// The command line that resumes this run: the same arguments, --resume instead of --no-resume.
+std::string resume_command(const Args& a) {
+  auto quote = [](const std::string& w) {
+    if (!w.empty() && w.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789_-+=./,:@%") == std::string::npos)
+      return w;
+    std::string q = "'";
+    for (char c : w) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+  };
+  std::string cmd;
+  bool has_resume = false;
+  for (size_t i = 0; i < a.argv.size(); ++i) {
+    if (a.argv[i] == "--no-resume") continue;
+    has_resume |= i > 0 && a.argv[i] == "--resume";
+    cmd += (i ? " " : "") + quote(a.argv[i]);
+  }
+  return has_resume ? cmd : cmd + " --resume";
+}
 
 Args parse(int argc, char** argv) {
   Args a;
+  a.argv.assign(argv, argv + argc);
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
     auto value = [&]() -> std::string {
@@ -93,13 +123,24 @@ int run(const Args& a) {
   tasks::prepare_synthetic_data(cfg);
   std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, cfg_path) : a.out;
-  tasks::Trainer(*task, out, a.resume).run();
+  try {
+    tasks::Trainer(*task, out, a.resume).run();
+  } catch (const tasks::Interrupted& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "hrnet-train: %s%s\n", apps::one_line(e.what()).c_str(),
+                 e.checkpoint ? ("; resume with: " + resume_command(a)).c_str() : "");
+    return e.signal > 0 ? 128 + e.signal : 1;
+  }
+  // the evaluation table went to stdout: a failed write there is an error too
+  if (std::fflush(stdout) != 0 || std::ferror(stdout))
+    throw Error(std::string("cannot write the results to standard output: ") + std::strerror(errno));
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  tasks::install_stop_handlers("hrnet-train");
   return apps::app_main("hrnet-train", std::string("\n") + kUsage,
                         [&] { return run(parse(argc, argv)); });
 }

@@ -22,16 +22,20 @@ void raster(Image& img, float bx0, float by0, float bx1, float by1, RGB c, float
   alpha = std::min(alpha, 1.f);
   if (img.empty() || !(alpha > 0.f)) return;
   if (!(bx0 <= bx1 && by0 <= by1)) return;  // also rejects NaN
-  const int x0 = int(std::max(0.f, std::floor(bx0)));
-  const int y0 = int(std::max(0.f, std::floor(by0)));
-  const int x1 = int(std::min(float(img.width - 1), std::ceil(bx1)));
-  const int y1 = int(std::min(float(img.height - 1), std::ceil(by1)));
+  // clipped to the image in float before any conversion to int: a box at 1e30 or +-inf (float
+  // to int out of range is undefined) is off the image or covers it, never a wild pixel range
+  const float fw = float(img.width - 1), fh = float(img.height - 1);
+  if (bx1 < 0.f || by1 < 0.f || bx0 > fw || by0 > fh) return;
+  const int x0 = int(std::clamp(std::floor(bx0), 0.f, fw));
+  const int y0 = int(std::clamp(std::floor(by0), 0.f, fh));
+  const int x1 = int(std::clamp(std::ceil(bx1), 0.f, fw));
+  const int y1 = int(std::clamp(std::ceil(by1), 0.f, fh));
   const int ch = img.channels;
   for (int y = y0; y <= y1; ++y) {
     uint8_t* row = img.row(y);
     for (int x = x0; x <= x1; ++x) {
       const float cov = coverage(float(x), float(y));
-      if (cov <= 0.f) continue;
+      if (!(cov > 0.f)) continue;  // NaN too (distances from coordinates near float's limit)
       const float a = alpha * std::min(cov, 1.f);
       uint8_t* p = row + size_t(x) * ch;
       const int colour_ch = ch == 4 ? 3 : std::min(ch, 3);
@@ -83,10 +87,43 @@ void fill_ellipse(Image& img, float cx, float cy, float rx, float ry, float angl
   });
 }
 
+// Clips the segment to the box [lo, hi]^2 (Liang-Barsky, in double): false when it misses the
+// box or has a non-finite end. A segment from far outside the image (1e30) keeps only its part
+// near the image, so the distances below stay small and exact.
+bool clip_segment(float& x0, float& y0, float& x1, float& y1, double xlo, double ylo, double xhi,
+                  double yhi) {
+  if (!(std::isfinite(x0) && std::isfinite(y0) && std::isfinite(x1) && std::isfinite(y1)))
+    return false;
+  const double dx = double(x1) - x0, dy = double(y1) - y0;
+  double t0 = 0, t1 = 1;
+  const double p[4] = {-dx, dx, -dy, dy};
+  const double q[4] = {x0 - xlo, xhi - x0, y0 - ylo, yhi - y0};
+  for (int k = 0; k < 4; ++k) {
+    if (p[k] == 0) {
+      if (q[k] < 0) return false;
+      continue;
+    }
+    const double t = q[k] / p[k];
+    if (p[k] < 0)
+      t0 = std::max(t0, t);
+    else
+      t1 = std::min(t1, t);
+    if (t0 > t1) return false;
+  }
+  const double ox = x0, oy = y0;
+  x0 = float(ox + t0 * dx);
+  y0 = float(oy + t0 * dy);
+  x1 = float(ox + t1 * dx);
+  y1 = float(oy + t1 * dy);
+  return true;
+}
+
 void draw_line(Image& img, float x0, float y0, float x1, float y1, float width, RGB c,
                float alpha) {
-  if (!(width > 0.f)) return;
+  if (!(width > 0.f) || img.empty()) return;
   const float r = 0.5f * width;
+  const double m = double(r) + 2;
+  if (!clip_segment(x0, y0, x1, y1, -m, -m, img.width - 1 + m, img.height - 1 + m)) return;
   raster(img, std::min(x0, x1) - r - 1, std::min(y0, y1) - r - 1, std::max(x0, x1) + r + 1,
          std::max(y0, y1) + r + 1, c, alpha,
          [&](float x, float y) { return ramp(std::sqrt(segment_distance2(x, y, x0, y0, x1, y1)) - r); });

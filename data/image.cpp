@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cfloat>
@@ -98,9 +99,39 @@ void append_bytes(void* ctx, void* data, int size) {
   buf->insert(buf->end(), p, p + size);
 }
 
+std::atomic<int64_t> g_max_pixels{kDefaultMaxImagePixels};
+
 }  // namespace
 
+void set_max_image_pixels(int64_t max_pixels) {
+  HR_CHECK(max_pixels >= 0, "set_max_image_pixels: negative cap ", max_pixels);
+  g_max_pixels.store(max_pixels == 0 ? kDefaultMaxImagePixels : max_pixels);
+}
+
+int64_t max_image_pixels() { return g_max_pixels.load(); }
+
+void check_image_size(int64_t w, int64_t h, const std::string& name) {
+  if (w <= 0 || h <= 0) fail_read(name, str_cat("header gives an empty size ", w, "x", h));
+  const int64_t cap = max_image_pixels();
+  if (w > kMaxImageSide || h > kMaxImageSide)
+    fail_read(name, str_cat("header claims ", w, "x", h, " pixels, more than ", kMaxImageSide,
+                            " on a side (the limit kMaxImageSide)"));
+  if (w * h > cap)  // both <= 2^15: no overflow
+    fail_read(name, str_cat("header claims ", w, "x", h, " = ", w * h, " pixels, more than the ",
+                            cap, " allowed (set_max_image_pixels)"));
+}
+
 namespace {
+
+// The size in the header of an image stb reads, checked against the caps before stb decodes.
+void check_stb_header(const uint8_t* d, size_t n, const std::string& name) {
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info_from_memory(d, int(n), &w, &h, &c)) {
+    const char* why = stbi_failure_reason();
+    fail_read(name, why ? why : "unknown image format");
+  }
+  check_image_size(w, h, name);
+}
 
 // JPEG through libjpeg-turbo: 2.5x faster than stb_image here, and the decoder (and default
 // settings: islow IDCT, fancy upsampling) that cv2.imread uses in the official pipeline, so the
@@ -140,6 +171,13 @@ Image decode_jpeg_libjpeg(const uint8_t* data, size_t size, const std::string& n
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
+  if (int64_t(cinfo.image_width) > kMaxImageSide || int64_t(cinfo.image_height) > kMaxImageSide ||
+      int64_t(cinfo.image_width) * cinfo.image_height > max_image_pixels() ||
+      cinfo.image_width == 0 || cinfo.image_height == 0) {
+    const int64_t w = cinfo.image_width, h = cinfo.image_height;
+    jpeg_destroy_decompress(&cinfo);
+    check_image_size(w, h, name);  // throws (no longjmp from here on: the struct is gone)
+  }
   cinfo.scale_num = 1;
   cinfo.scale_denom = static_cast<unsigned>(denom);
   cinfo.out_color_space = JCS_RGB;  // grey and CMYK/YCCK are converted by libjpeg
@@ -173,10 +211,13 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   if (size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0) {
     const std::string why = png_problem(data, size);
     if (!why.empty()) fail_read(name, why);
+    if (size >= 24 && std::memcmp(data + 12, "IHDR", 4) == 0)  // the size, before stb sees it
+      check_image_size(be32(data + 16), be32(data + 20), name);
   }
   if (is_jpeg(data, size) && !jpeg_complete(data, size))
     fail_read(name, "truncated JPEG (no end-of-image marker)");
   if (is_jpeg(data, size)) return decode_jpeg_libjpeg(data, size, name);
+  check_stb_header(data, size, name);
   int w = 0, h = 0, c = 0;
   uint8_t* px = stbi_load_from_memory(data, int(size), &w, &h, &c, 3);
   if (!px) {
@@ -223,9 +264,11 @@ void jpeg_size(const uint8_t* data, size_t size, const std::string& name, int* w
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
-  *w = static_cast<int>(cinfo.image_width);
-  *h = static_cast<int>(cinfo.image_height);
+  const int64_t iw = cinfo.image_width, ih = cinfo.image_height;
   jpeg_destroy_decompress(&cinfo);
+  check_image_size(iw, ih, name);
+  *w = static_cast<int>(iw);
+  *h = static_cast<int>(ih);
 }
 
 }  // namespace
@@ -245,8 +288,7 @@ EncodedImage EncodedImage::read(const std::string& path) {
   if (data::is_jpeg(d, n)) {
     if (!jpeg_complete(d, n)) fail_read(path, "truncated JPEG (no end-of-image marker)");
     e.jpeg_ = true;
-    jpeg_size(d, n, path, &e.width_, &e.height_);
-    HR_CHECK(e.width_ > 0 && e.height_ > 0, "cannot read image ", path, ": empty JPEG");
+    jpeg_size(d, n, path, &e.width_, &e.height_);  // checked against the caps
     return e;
   }
   e.full_ = decode_image(d, n, path);
@@ -274,6 +316,7 @@ Image read_gray_image(const std::string& path) {
       fail_read(path, str_cat("expected an 8-bit single-channel (grey) PNG of label ids, got ",
                               depth, "-bit ", type <= 6 ? kTypes[type] : "?",
                               " (convert it to 8-bit grey ids)"));
+    check_image_size(be32(d + 16), be32(d + 20), path);
   } else {
     if (is_jpeg(d, n) && !jpeg_complete(d, n))
       fail_read(path, "truncated JPEG (no end-of-image marker)");
@@ -285,6 +328,7 @@ Image read_gray_image(const std::string& path) {
     if (c != 1 || stbi_is_16_bit_from_memory(d, int(n)))
       fail_read(path, str_cat("expected an 8-bit single-channel image of label ids, got ", c,
                               " channels", stbi_is_16_bit_from_memory(d, int(n)) ? ", 16-bit" : ""));
+    check_image_size(w, h, path);
   }
   int w = 0, h = 0, c = 0;
   uint8_t* px = stbi_load_from_memory(d, int(n), &w, &h, &c, 1);

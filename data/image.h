@@ -18,8 +18,22 @@ struct Image {
   bool empty() const { return pixels.empty(); }
 };
 
+// The largest image any reader here decodes, checked against the size in the file's header
+// before a pixel is allocated (a small file can claim 65000x65000 pixels): at most
+// kDefaultMaxImagePixels (2^28, e.g. 16384x16384: 768 MiB as RGB) width x height, and at most
+// kMaxImageSide (32768) on either side. A larger image is refused like a corrupt one ("cannot read
+// image F: header claims WxH pixels, more than ..."), so a loader that skips unreadable images
+// skips and counts it. set_max_image_pixels() changes the pixel cap for the whole process
+// (thread-safe; 0 restores the default); the per-side cap is fixed.
+constexpr int64_t kDefaultMaxImagePixels = int64_t(1) << 28;
+constexpr int kMaxImageSide = 32768;
+void set_max_image_pixels(int64_t max_pixels);
+int64_t max_image_pixels();
+// Throws the error above when a w x h image is over the caps (or has a non-positive side).
+void check_image_size(int64_t w, int64_t h, const std::string& name);
+
 // Decodes to RGB (channels = 3). Throws hr::Error "cannot read image F: reason" for a missing,
-// empty, truncated or corrupt file.
+// empty, truncated or corrupt file, or one whose header claims more pixels than the cap above.
 Image read_image(const std::string& path);
 Image decode_image(const uint8_t* data, size_t size, const std::string& name);
 // JPEG decoding with libjpeg(-turbo), what read_image/decode_image use for JPEG files; denom

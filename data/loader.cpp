@@ -79,13 +79,22 @@ struct DataLoader::Impl {
   int64_t next_deliver = 0;  // the batch next() returns
   size_t next_claim = 0;     // the epoch position of the next sample to build
   std::map<int64_t, std::shared_ptr<BatchState>> batches;
+  // What a worker threw outside a sample's load() (allocating a batch's tensors: bad_alloc or
+  // "out of host memory"): next() rethrows it in the calling thread; start_epoch clears it.
+  std::exception_ptr fatal;
   std::vector<std::thread> threads;
 
   Impl(const Dataset& d, LoaderOptions o) : ds(d), opt(o), fields(d.fields()) {
     HR_CHECK(opt.batch_size > 0, "DataLoader: batch size ", opt.batch_size);
     HR_CHECK(!fields.empty(), "DataLoader: the dataset has no fields");
-    for (const Field& f : fields)
-      sample_bytes.push_back(static_cast<size_t>(shape_numel(f.shape)) * dtype_size(f.dtype));
+    for (const Field& f : fields) {
+      int64_t bytes = 0;  // shape_numel throws on an overflowing shape, this on its bytes
+      HR_CHECK(!__builtin_mul_overflow(shape_numel(f.shape), int64_t(dtype_size(f.dtype)), &bytes) &&
+                   bytes >= 0,
+               "DataLoader: field '", f.name, "' of shape ", shape_str(f.shape),
+               " is too large (its byte size overflows)");
+      sample_bytes.push_back(static_cast<size_t>(bytes));
+    }
     opt.prefetch = std::max(opt.prefetch, 1);
     const size_t n = ds.size(), bs = static_cast<size_t>(opt.batch_size);
     n_batches = static_cast<int64_t>(opt.drop_last ? n / bs : (n + bs - 1) / bs);
@@ -111,11 +120,12 @@ struct DataLoader::Impl {
            static_cast<int64_t>(next_claim / opt.batch_size) < next_deliver + opt.prefetch;
   }
 
-  // Called with `mu` held: the state of batch b, made (tensors allocated) on first use.
+  // Called with `mu` held: the state of batch b, made (tensors allocated) on first use. It
+  // enters the map only when whole: an allocation that throws leaves no half-made batch.
   std::shared_ptr<BatchState> batch_state(int64_t b) {
-    auto& st = batches[b];
-    if (st) return st;
-    st = std::make_shared<BatchState>();
+    auto it = batches.find(b);
+    if (it != batches.end()) return it->second;
+    auto st = std::make_shared<BatchState>();
     st->begin = static_cast<size_t>(b) * opt.batch_size;
     st->count = std::min(used, st->begin + opt.batch_size) - st->begin;
     const int64_t n = static_cast<int64_t>(st->count);
@@ -128,18 +138,28 @@ struct DataLoader::Impl {
     st->ok.assign(st->count, 0);
     st->errors.resize(st->count);
     st->failures.resize(st->count);
+    batches.emplace(b, st);
     return st;
   }
 
   void worker() {
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
-      work_cv.wait(lock, [&] { return stop || claimable(); });
+      work_cv.wait(lock, [&] { return stop || (claimable() && !fatal); });
       if (stop) return;
-      const size_t pos = next_claim++;
+      const size_t pos = next_claim;
       const uint64_t gen = generation;
       const int64_t ep = epoch;
-      std::shared_ptr<BatchState> st = batch_state(static_cast<int64_t>(pos / opt.batch_size));
+      std::shared_ptr<BatchState> st;
+      try {
+        st = batch_state(static_cast<int64_t>(pos / opt.batch_size));
+      } catch (...) {
+        // nothing escapes a worker (that is std::terminate): the error goes to next()
+        fatal = std::current_exception();
+        ready_cv.notify_all();
+        continue;
+      }
+      ++next_claim;
       const size_t slot = pos - st->begin;
       const size_t index = st->indices[slot];
       lock.unlock();
@@ -178,6 +198,7 @@ struct DataLoader::Impl {
     {
       std::lock_guard<std::mutex> lock(mu);
       ++generation;
+      fatal = nullptr;
       batches.clear();  // workers still on old samples hold their own references
       order = std::move(ord);
       epoch = ep;
@@ -196,9 +217,11 @@ struct DataLoader::Impl {
       if (next_deliver >= n_batches) return false;
       const int64_t b = next_deliver;
       ready_cv.wait(lock, [&] {
+        if (fatal) return true;
         auto it = batches.find(b);
         return it != batches.end() && it->second->done == it->second->count;
       });
+      if (fatal) std::rethrow_exception(fatal);
       st = batches[b];
       batches.erase(b);
       ++next_deliver;

@@ -35,6 +35,10 @@ class DataLoader {
   // Starts epoch `epoch` (permutation and sample seeds drawn from seed and epoch); batches are
   // then taken in order with next() until it returns false.
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
+  // The next batch in order, false at the end of the epoch. What a worker thread throws (a
+  // sample's load() outside skip_corrupt: hr::Error, std::bad_alloc, anything; or the batch's
+  // tensors failing to allocate) is rethrown here, in the calling thread, as the same exception:
+  // nothing escapes a worker (that would be std::terminate).
   bool next(Batch& out);
 
  private:

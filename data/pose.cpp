@@ -113,8 +113,12 @@ void warp_impl(const Image& src, const Affine& M, int out_w, int out_h, uint8_t*
     bdelta[x] = static_cast<int32_t>(cv_round(inv.m[3] * x * 1024));
   }
   for (int y = 0; y < out_h; ++y) {
-    const int32_t X0 = static_cast<int32_t>(cv_round((inv.m[1] * y + inv.m[2]) * 1024)) + 16;
-    const int32_t Y0 = static_cast<int32_t>(cv_round((inv.m[4] * y + inv.m[5]) * 1024)) + 16;
+    // cv_round saturates to the int range; the + 16 wraps as OpenCV's int addition does on
+    // x86-64 (in unsigned arithmetic here: no signed overflow for a far-off or degenerate map)
+    const int32_t X0 = static_cast<int32_t>(
+        static_cast<uint32_t>(cv_round((inv.m[1] * y + inv.m[2]) * 1024)) + 16u);
+    const int32_t Y0 = static_cast<int32_t>(
+        static_cast<uint32_t>(cv_round((inv.m[4] * y + inv.m[5]) * 1024)) + 16u);
     for (int x = 0; x < out_w; ++x) {
       // int arithmetic as OpenCV's (wrapping only for positions beyond 2^21 px)
       const int32_t X = static_cast<int32_t>(static_cast<uint32_t>(X0) + adelta[x]) >> 5;

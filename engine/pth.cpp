@@ -650,6 +650,7 @@ class Unpickler {
   std::vector<Obj> all_;
 };
 
+// Called once the element count is known to be below 2^62: no product here overflows.
 bool is_contiguous(const std::vector<int64_t>& size, const std::vector<int64_t>& stride) {
   int64_t expect = 1;
   for (size_t d = size.size(); d-- > 0;) {
@@ -743,7 +744,10 @@ PthReader::PthReader(const std::string& path)
       numel *= static_cast<uint64_t>(t.size[d]);
       if (t.size[d] > 0) last += static_cast<__int128>(t.size[d] - 1) * t.stride[d];
     }
-    r.nbytes = static_cast<size_t>(numel * esize);
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(numel, esize, &nbytes) || nbytes > (uint64_t(1) << 62))
+      bad("size " + shape_str(t.size) + " overflows");
+    r.nbytes = static_cast<size_t>(nbytes);
     if (numel == 0) {
       r.data = kEmpty;
     } else {
@@ -760,14 +764,23 @@ PthReader::PthReader(const std::string& path)
         owned_->emplace_back(r.nbytes);
         uint8_t* dst = owned_->back().data();
         const size_t nd = t.size.size();
+        // The stride of a size-1 dimension is never used (it can be anything, INT64_MAX
+        // included): 0 here, so that the odometer below stays within [offset, last] and no
+        // step overflows (each stride * (size - 1) is below the storage size, checked above).
+        std::vector<int64_t> stride(t.stride);
+        for (size_t d = 0; d < nd; ++d)
+          if (t.size[d] == 1) stride[d] = 0;
         std::vector<int64_t> idx(nd, 0);
         int64_t src = t.offset;
         for (uint64_t n = 0; n < numel; ++n) {
           std::memcpy(dst + n * esize, base + static_cast<uint64_t>(src) * esize, esize);
+          if (n + 1 == numel) break;
           for (size_t d = nd; d-- > 0;) {
-            src += t.stride[d];
-            if (++idx[d] < t.size[d]) break;
-            src -= t.stride[d] * t.size[d];
+            if (++idx[d] < t.size[d]) {
+              src += stride[d];
+              break;
+            }
+            src -= stride[d] * (t.size[d] - 1);
             idx[d] = 0;
           }
         }

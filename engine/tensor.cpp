@@ -1,6 +1,7 @@
 // Tensor, Storage and the copies between devices, dtypes and memory formats.
 #include "engine/tensor.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -53,9 +54,24 @@ Storage::~Storage() {
 }
 
 // ---------------------------------------------------------------- helpers
+// Element counts, strides and byte sizes are products of user-given dimensions (configs,
+// checkpoint headers): each multiplication is checked, so a shape whose size overflows int64 is
+// an error naming it instead of a wrapped (undefined) value.
+namespace {
+int64_t checked_mul(int64_t a, int64_t b, const Shape& shape, const char* what) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw Error(str_cat("tensor: the ", what, " of shape ", shape_str(shape),
+                        " overflows int64"));
+  return r;
+}
+}  // namespace
+
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (d == 0) return 0;  // no elements whatever the other dimensions are
+  for (int64_t d : shape) n = checked_mul(n, d, shape, "element count");
   return n;
 }
 
@@ -63,13 +79,14 @@ Shape make_strides(const Shape& shape, MemoryFormat fmt) {
   Shape st(shape.size());
   if (fmt == MemoryFormat::ChannelsLast && shape.size() == 4) {
     const int64_t C = shape[1], H = shape[2], W = shape[3];
-    st = {H * W * C, 1, W * C, C};
+    const int64_t WC = checked_mul(W, C, shape, "stride");
+    st = {checked_mul(H, WC, shape, "stride"), 1, WC, C};
     return st;
   }
   int64_t s = 1;
   for (int64_t i = static_cast<int64_t>(shape.size()) - 1; i >= 0; --i) {
     st[i] = s;
-    s *= shape[i];
+    if (i > 0) s = checked_mul(s, shape[i], shape, "stride");
   }
   return st;
 }
@@ -80,7 +97,11 @@ static Tensor make_tensor(const Shape& shape, DType dtype, Device device, Memory
   impl->shape = shape;
   impl->strides = make_strides(shape, fmt);
   impl->dtype = dtype;
-  impl->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  const int64_t nbytes =
+      checked_mul(shape_numel(shape), static_cast<int64_t>(dtype_size(dtype)), shape, "byte size");
+  HR_CHECK(nbytes <= INT64_MAX - 64, "tensor: the byte size of shape ", shape_str(shape),
+           " overflows int64");
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(nbytes), device);
   return Tensor(impl);
 }
 

@@ -6,6 +6,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <regex>
@@ -110,14 +114,19 @@ bool python_literal(const std::string& t, CfgNode& out) {
     out.kind = Kind::Null;
     return true;
   }
+  // (std::stoll / std::stod threw a bare std::out_of_range "stoll" / "stod" here, naming
+  // neither the key nor the file: the callers add those to this error)
   if (std::regex_match(t, int_re())) {
     out.kind = Kind::Int;
-    out.i = std::stoll(t);
+    errno = 0;
+    out.i = std::strtoll(t.c_str(), nullptr, 10);
+    HR_CHECK(errno != ERANGE, "the integer ", t, " is out of the 64-bit range");
     return true;
   }
   if (std::regex_match(t, float_re())) {
     out.kind = Kind::Float;
-    out.f = std::stod(t);
+    out.f = std::strtod(t.c_str(), nullptr);  // underflow gives 0 or a denormal, as Python
+    HR_CHECK(std::isfinite(out.f), "the number ", t, " is out of the double range");
     return true;
   }
   if (t.size() >= 2 && (t[0] == '\'' || t[0] == '"') && t.back() == t[0]) {
@@ -234,32 +243,59 @@ CfgNode parse_value(const std::string& text, bool quoted) {
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-CfgNode from_yaml_node(const YAML::Node& y) {
-  CfgNode n;
-  switch (y.Type()) {
-    case YAML::NodeType::Undefined:
-    case YAML::NodeType::Null:
-      return n;
-    case YAML::NodeType::Scalar:
-      return parse_value(y.Scalar(), y.Tag() == "!");
-    case YAML::NodeType::Sequence:
-      n.kind = Kind::List;
-      for (const auto& item : y) n.items.push_back(from_yaml_node(item));
-      return n;
-    case YAML::NodeType::Map:
-      n.kind = Kind::Map;
-      for (const auto& kv : y) {
-        std::string key = kv.first.as<std::string>();
-        CfgNode v = from_yaml_node(kv.second);
-        if (CfgNode* old = n.find(key))
-          *old = v;  // PyYAML keeps the last of duplicate keys
-        else
-          n.entries.emplace_back(key, v);
-      }
-      return n;
+// Limits on what one YAML text may expand to. yaml-cpp keeps an alias as a reference to its
+// anchor's node, so a 1.5 KB file of nested aliases ("billion laughs") is small in memory until
+// it is copied into the CfgNode tree below: there every alias is expanded. No config comes near
+// either limit (the largest official one has a few hundred nodes, 5 levels).
+constexpr int64_t kMaxConfigNodes = 1000000;
+constexpr int kMaxConfigDepth = 64;
+
+struct YamlWalk {
+  const std::string& source;
+  int64_t nodes = 0;
+
+  CfgNode convert(const YAML::Node& y, const std::string& key, int depth) {
+    if (++nodes > kMaxConfigNodes)
+      throw Error(str_cat("[config] ", source, ": more than ", kMaxConfigNodes,
+                          " nodes once aliases are expanded (near ", key.empty() ? "the top" : key,
+                          "): refusing what looks like an alias bomb"));
+    if (depth > kMaxConfigDepth)
+      throw Error(str_cat("[config] ", source, ": ", key.empty() ? "" : key + ": ",
+                          "nested deeper than ", kMaxConfigDepth, " levels"));
+    CfgNode n;
+    switch (y.Type()) {
+      case YAML::NodeType::Undefined:
+      case YAML::NodeType::Null:
+        return n;
+      case YAML::NodeType::Scalar:
+        try {
+          return parse_value(y.Scalar(), y.Tag() == "!");
+        } catch (const Error& e) {
+          throw Error(str_cat("[config] ", source, ": ", key.empty() ? "" : key + ": ", e.what()));
+        }
+      case YAML::NodeType::Sequence:
+        n.kind = Kind::List;
+        for (const auto& item : y) n.items.push_back(convert(item, key, depth + 1));
+        return n;
+      case YAML::NodeType::Map:
+        n.kind = Kind::Map;
+        for (const auto& kv : y) {
+          if (!kv.first.IsScalar())
+            throw Error(str_cat("[config] ", source, ": ", key.empty() ? "" : key + ": ",
+                                "a key that is not a plain name (line ", kv.first.Mark().line + 1,
+                                ")"));
+          std::string k = kv.first.Scalar();
+          CfgNode v = convert(kv.second, key.empty() ? k : key + "." + k, depth + 1);
+          if (CfgNode* old = n.find(k))
+            *old = std::move(v);  // PyYAML keeps the last of duplicate keys
+          else
+            n.entries.emplace_back(k, std::move(v));
+        }
+        return n;
+    }
+    return n;
   }
-  return n;
-}
+};
 
 CfgNode parse_yaml_text(const std::string& text, const std::string& source) {
   YAML::Node doc;
@@ -269,7 +305,14 @@ CfgNode parse_yaml_text(const std::string& text, const std::string& source) {
     throw Error(str_cat("[config] ", source, ": YAML error at line ", e.mark.line + 1, ", column ",
                         e.mark.column + 1, ": ", e.msg));
   }
-  CfgNode root = from_yaml_node(doc);
+  CfgNode root;
+  try {
+    YamlWalk walk{source};
+    root = walk.convert(doc, "", 0);
+  } catch (const YAML::Exception& e) {
+    throw Error(str_cat("[config] ", source, ": YAML error at line ", e.mark.line + 1, ", column ",
+                        e.mark.column + 1, ": ", e.msg));
+  }
   if (root.kind == Kind::Null) root.kind = Kind::Map;
   HR_CHECK(root.kind == Kind::Map, "[config] ", source,
            ": the top level must be a mapping of keys, got ", kind_name(root.kind));
@@ -455,10 +498,14 @@ void add_defaults(CfgNode& root, const DefaultRow* rows, size_t n) {
 }
 
 std::string read_file(const std::string& path) {
+  std::error_code ec;
+  HR_CHECK(!std::filesystem::is_directory(path, ec), "[config] ", path,
+           ": is a directory, not a config file");
   std::ifstream f(path, std::ios::binary);
   HR_CHECK(f.good(), "[config] cannot open ", path);
   std::ostringstream os;
   os << f.rdbuf();
+  HR_CHECK(!f.bad(), "[config] ", path, ": read error");
   return os.str();
 }
 
@@ -493,7 +540,13 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
   return c;
 }
 
-Config Config::load(const std::string& path) { return from_yaml(read_file(path), path); }
+Config Config::load(const std::string& path) {
+  const std::string text = read_file(path);
+  // an empty file (or one of comments only) would silently be the defaults
+  HR_CHECK(!parse_yaml_text(text, path).entries.empty(), "[config] ", path,
+           ": the file is empty (no keys): not an experiment config");
+  return from_yaml(text, path);
+}
 
 void Config::merge_yaml(const std::string& text, const std::string& source) {
   merge_into(root_, parse_yaml_text(text, source), "", source);
@@ -605,7 +658,12 @@ void Config::set(const std::string& key, const std::string& value) {
     n = n->find(part);
     HR_CHECK(n, "[config] ", source_, ": cannot set ", key, ": no such key");
   }
-  CfgNode v = parse_value(value);
+  CfgNode v;
+  try {
+    v = parse_value(value);
+  } catch (const Error& e) {
+    throw Error(str_cat("[config] ", source_, ": cannot set ", key, ": ", e.what()));
+  }
   HR_CHECK(!(n->kind == Kind::Map && v.kind != Kind::Map), "[config] ", source_, ": cannot set ",
            key, ": it is a section, not a value");
   coerce(v, *n, key, source_);

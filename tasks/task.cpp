@@ -1,6 +1,8 @@
 // The settings every task shares, the Task base, and the family dispatch.
 #include "tasks/task.h"
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,10 +27,23 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.optimizer = cfg.get_str("TRAIN.OPTIMIZER", s.optimizer);
   HR_CHECK(s.optimizer == "adam" || s.optimizer == "sgd", "[config] ", src,
            ": TRAIN.OPTIMIZER must be adam or sgd, got ", s.optimizer);
-  s.lr = cfg.get_float("TRAIN.LR", s.lr);
-  s.lr_factor = cfg.get_float("TRAIN.LR_FACTOR", s.lr_factor);
-  s.momentum = cfg.get_float("TRAIN.MOMENTUM", s.momentum);
-  s.wd = cfg.get_float("TRAIN.WD", s.wd);
+  // numbers in range, each error naming the key and the file
+  auto number = [&](const char* key, double fallback, bool zero_ok) {
+    const double v = cfg.get_float(key, fallback);
+    HR_CHECK(std::isfinite(v) && (zero_ok ? v >= 0 : v > 0), "[config] ", src, ": ", key,
+             zero_ok ? " must be a number >= 0, got " : " must be a number > 0, got ", v);
+    return v;
+  };
+  auto integer = [&](const char* key, int64_t fallback, int64_t lo, int64_t hi) {
+    const int64_t v = cfg.get_int(key, fallback);
+    HR_CHECK(v >= lo && v <= hi, "[config] ", src, ": ", key, " must be ",
+             hi == INT64_MAX ? str_cat(">= ", lo) : str_cat("in [", lo, ", ", hi, "]"), ", got ", v);
+    return v;
+  };
+  s.lr = number("TRAIN.LR", s.lr, false);
+  s.lr_factor = number("TRAIN.LR_FACTOR", s.lr_factor, false);
+  s.momentum = number("TRAIN.MOMENTUM", s.momentum, true);
+  s.wd = number("TRAIN.WD", s.wd, true);
   s.nesterov = cfg.get_bool("TRAIN.NESTEROV", s.nesterov);
   if (cfg.has("TRAIN.LR_STEP")) s.lr_step = cfg.get_int_list("TRAIN.LR_STEP");
   s.begin_epoch = cfg.get_int("TRAIN.BEGIN_EPOCH", s.begin_epoch);
@@ -42,9 +57,9 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   }
   s.batch = s.batch_per_gpu * s.gpus;
   s.shuffle = cfg.get_bool("TRAIN.SHUFFLE", s.shuffle);
-  s.workers = static_cast<int>(cfg.get_int("WORKERS", s.workers));
+  s.workers = static_cast<int>(integer("WORKERS", s.workers, 0, 4096));
   s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);
-  s.print_freq = std::max<int64_t>(1, cfg.get_int("PRINT_FREQ", s.print_freq));
+  s.print_freq = integer("PRINT_FREQ", s.print_freq, 1, INT64_MAX);
   // AUTO_RESUME in the pose files, TRAIN.RESUME in the classification ones
   s.auto_resume = cfg.get_bool("AUTO_RESUME", cfg.get_bool("TRAIN.RESUME", s.auto_resume));
   s.device = cfg.get_str("ENGINE.DEVICE", s.device);
@@ -55,8 +70,8 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
            src, ": ENGINE.PRECISION must be fp32, bf16 or fp16, got ", s.precision);
   s.seed = static_cast<uint64_t>(cfg.get_int("ENGINE.SEED", 0));
   s.skip_corrupt = cfg.get_bool("ENGINE.SKIP_CORRUPT", s.skip_corrupt);
-  s.eval_every = std::max<int64_t>(1, cfg.get_int("ENGINE.EVAL_EVERY", s.eval_every));
-  s.threads = static_cast<int>(cfg.get_int("ENGINE.THREADS", s.threads));
+  s.eval_every = integer("ENGINE.EVAL_EVERY", s.eval_every, 1, INT64_MAX);
+  s.threads = static_cast<int>(integer("ENGINE.THREADS", s.threads, 0, 4096));
   s.graph = cfg.get_bool("ENGINE.GRAPH", s.graph);
   const bool seg = cfg.get_str("MODEL.NAME", "").rfind("seg_", 0) == 0;
   s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", "");

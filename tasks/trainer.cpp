@@ -2,12 +2,18 @@
 #include "tasks/trainer.h"
 
 #include <omp.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <thread>
 
 #include "data/loader.h"
@@ -40,6 +46,16 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, std::vector<Te
 // ---------------------------------------------------------------------------------------------
 // Checkpoints
 // ---------------------------------------------------------------------------------------------
+namespace {
+// A double as text that reads back to the same bits (the best score decides model_best after a
+// resume as it would have without one).
+std::string exact(double v) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+}  // namespace
+
 void save_training_checkpoint(const std::string& path, const models::HRNet& model,
                               const Optimizer& opt, const TrainState& st, uint64_t seed,
                               const std::string& config_text) {
@@ -52,8 +68,13 @@ void save_training_checkpoint(const std::string& path, const models::HRNet& mode
                    {{"format", models::kTrainingCheckpointFormat},
                     {"model", model.spec().name},
                     {"epoch", std::to_string(st.epoch)},
-                    {"best_score", str_cat(st.best_score)},
+                    {"best_score", exact(st.best_score)},
                     {"global_step", std::to_string(st.global_step)},
+                    {"iter", std::to_string(st.iter)},
+                    {"epoch_loss_sum", exact(st.epoch_loss_sum)},
+                    {"epoch_loss_samples", std::to_string(st.epoch_loss_samples)},
+                    {"epoch_samples", std::to_string(st.epoch_samples)},
+                    {"epoch_skipped", std::to_string(st.epoch_skipped)},
                     {"seed", std::to_string(seed)},
                     {"config", config_text}});
 }
@@ -99,6 +120,17 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
     // checkpoints of the pose-only trainer named the score best_ap
     st.best_score = std::stod(meta.count("best_score") ? get("best_score") : get("best_ap"));
     st.global_step = std::stoll(get("global_step"));
+    // the position within the epoch (checkpoints of a run stopped mid-epoch; none before)
+    auto opt_int = [&](const char* key) -> int64_t {
+      return meta.count(key) ? std::stoll(meta.at(key)) : 0;
+    };
+    st.iter = opt_int("iter");
+    st.epoch_loss_samples = opt_int("epoch_loss_samples");
+    st.epoch_samples = opt_int("epoch_samples");
+    st.epoch_skipped = opt_int("epoch_skipped");
+    st.epoch_loss_sum = meta.count("epoch_loss_sum") ? std::stod(meta.at("epoch_loss_sum")) : 0.0;
+    HR_CHECK(st.epoch >= 0 && st.iter >= 0 && st.global_step >= 0, "[resume] ", path,
+             ": corrupt metadata (negative epoch, iteration or step)");
   } catch (const std::logic_error&) {
     throw Error(str_cat("[resume] ", path, ": corrupt metadata"));
   }
@@ -223,28 +255,59 @@ void TrainStep::step(const data::Batch& batch) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The loop
+// Stopping
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-// Appends one JSON object per line and flushes: a run's metrics can be plotted while it runs. A
-// failed write (a full disk) is an error, not a cut line.
-class MetricsLog {
- public:
-  explicit MetricsLog(std::string path) : path_(std::move(path)), f_(std::fopen(path_.c_str(), "a")) {
-    HR_CHECK(f_, "cannot open ", path_, " for writing: ", std::strerror(errno));
-  }
-  ~MetricsLog() { std::fclose(f_); }
-  void write(const std::string& json) {
-    const std::string line = json + "\n";
-    HR_CHECK(std::fputs(line.c_str(), f_) >= 0 && std::fflush(f_) == 0, "cannot write ", path_,
-             ": ", std::strerror(errno));
-  }
+std::atomic<int> g_stop{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the stop flag is set in a signal handler");
+const char* g_program = "hrnet";
 
- private:
-  std::string path_;
-  FILE* f_;
-};
+// Async-signal-safe: atomics, write(2) and _exit only.
+void append_cstr(char* buf, size_t& n, size_t cap, const char* s) {
+  while (*s && n + 1 < cap) buf[n++] = *s++;
+}
+
+extern "C" void on_stop_signal(int sig) {
+  int none = 0;
+  if (g_stop.compare_exchange_strong(none, sig)) return;  // the first: stop at the next step
+  char msg[160];
+  size_t n = 0;
+  append_cstr(msg, n, sizeof msg, "\n");
+  append_cstr(msg, n, sizeof msg, g_program);
+  append_cstr(msg, n, sizeof msg, sig == SIGINT ? ": SIGINT" : sig == SIGTERM ? ": SIGTERM" : ": signal");
+  append_cstr(msg, n, sizeof msg, " while stopping: exiting at once\n");
+  [[maybe_unused]] const ssize_t w = ::write(2, msg, n);
+  ::_exit(128 + sig);
+}
+
+const char* signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig ? "a signal" : "request";
+}
+
+}  // namespace
+
+void request_stop(int signal) {
+  int none = 0;
+  g_stop.compare_exchange_strong(none, signal ? signal : -1);
+}
+int stop_requested() { return g_stop.load(); }
+void clear_stop() { g_stop.store(0); }
+
+void install_stop_handlers(const char* program) {
+  g_program = program;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+// ---------------------------------------------------------------------------------------------
+namespace {
 
 std::string num(double v) {
   if (!std::isfinite(v)) return "null";
@@ -259,6 +322,41 @@ std::string json_metrics(const EvalSummary& e) {
   return s;
 }
 
+// What metrics.jsonl already holds of the run a resumed run continues (the lines since the last
+// start of a fresh run): the lines a resumed run would repeat are marked "resumed":true.
+struct LoggedRun {
+  int64_t max_step = -1;              // train lines
+  std::set<int64_t> epochs, evals;    // epoch and eval lines
+};
+
+LoggedRun scan_metrics(const std::string& path) {
+  LoggedRun r;
+  std::ifstream f(path);
+  auto field = [](const std::string& line, const char* key, int64_t& v) {
+    const std::string k = str_cat("\"", key, "\":");
+    const size_t at = line.find(k);
+    if (at == std::string::npos) return false;
+    char* end = nullptr;
+    const long long x = std::strtoll(line.c_str() + at + k.size(), &end, 10);
+    if (end == line.c_str() + at + k.size()) return false;
+    v = x;
+    return true;
+  };
+  for (std::string line; std::getline(f, line);) {
+    int64_t v = 0;
+    if (line.find("\"type\":\"start\"") != std::string::npos) {
+      if (line.find("\"resumed\":true") == std::string::npos) r = LoggedRun();
+    } else if (line.find("\"type\":\"train\"") != std::string::npos) {
+      if (field(line, "step", v)) r.max_step = std::max(r.max_step, v);
+    } else if (line.find("\"type\":\"epoch\"") != std::string::npos) {
+      if (field(line, "epoch", v)) r.epochs.insert(v);
+    } else if (line.find("\"type\":\"eval\"") != std::string::npos) {
+      if (field(line, "epoch", v)) r.evals.insert(v);
+    }
+  }
+  return r;
+}
+
 }  // namespace
 
 Trainer::Trainer(Task& task, std::string out_dir, int resume)
@@ -270,7 +368,24 @@ EvalSummary Trainer::run() {
   if (s.threads > 0) omp_set_num_threads(s.threads);
   const Device dev = s.engine_device();
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
+
+  // Nothing is written before the run is known to go ahead: a --resume with nothing to resume
+  // is refused before the directory is made; the lock is taken before anything in it is read
+  // or changed; config.yaml and metrics.jsonl are written once the checkpoint has loaded.
+  const std::string ckpt = out_ + "/checkpoint.safetensors";
+  const bool resume = resume_ == 1 || (resume_ == -1 && s.auto_resume);
+  if (resume_ == 1 && !fs::exists(ckpt)) throw Error(str_cat("--resume: no checkpoint at ", ckpt));
   make_output_dir(out_);  // an unwritable place fails before any work
+  DirLock lock;
+  try {
+    lock = DirLock::acquire(out_, "train.lock");
+  } catch (const DirLock::Busy& e) {
+    throw Error(str_cat("output directory ", e.what(),
+                        ": wait for that run to end or train into another directory"));
+  }
+  for (const std::string& f : remove_stale_temp_files(out_, 2))
+    std::fprintf(stderr, "hrnet-train: removed the temp file of an interrupted write: %s\n",
+                 f.c_str());
 
   const data::Dataset& train = task_.train_data();
   std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
@@ -289,24 +404,6 @@ EvalSummary Trainer::run() {
   model->to(dev);
   std::unique_ptr<Optimizer> opt = make_optimizer(s, model->parameters());
 
-  TrainState st;
-  st.epoch = s.begin_epoch;
-  const std::string ckpt = out_ + "/checkpoint.safetensors";
-  const bool resume = resume_ == 1 || (resume_ == -1 && s.auto_resume);
-  if (resume) {
-    if (fs::exists(ckpt)) {
-      st = load_training_checkpoint(ckpt, *model, *opt, s.seed);
-      std::fprintf(stderr, "hrnet-train: resumed from %s at epoch %lld (best score %.4f)\n",
-                   ckpt.c_str(), static_cast<long long>(st.epoch), st.best_score);
-    } else if (resume_ == 1) {
-      throw Error(str_cat("--resume: no checkpoint at ", ckpt));
-    }
-  }
-  // the merged config, once the run is known to go ahead
-  const std::string cfg_text = cfg.dump();
-  write_file_atomic(out_ + "/config.yaml", cfg_text.data(), cfg_text.size(),
-                    "cannot write " + out_ + "/config.yaml");
-
   data::LoaderOptions lo;
   lo.batch_size = static_cast<int>(s.batch);
   lo.shuffle = s.shuffle;
@@ -317,27 +414,85 @@ EvalSummary Trainer::run() {
   data::DataLoader loader(train, lo);
   HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
            " samples, fewer than one batch of ", s.batch);
+  const int64_t iters_per_epoch = loader.batches_per_epoch();
+
+  TrainState st;
+  st.epoch = s.begin_epoch;
+  bool resumed = false;
+  if (resume && fs::exists(ckpt)) {
+    st = load_training_checkpoint(ckpt, *model, *opt, s.seed);
+    HR_CHECK(st.iter <= iters_per_epoch, "[resume] ", ckpt, ": stopped at iteration ", st.iter,
+             " of epoch ", st.epoch + 1, ", but an epoch of this run has ", iters_per_epoch,
+             " iterations (another batch size or training set?)");
+    resumed = true;
+    if (st.iter > 0)
+      std::fprintf(stderr, "hrnet-train: resumed from %s in epoch %lld at iteration %lld of %lld "
+                   "(best score %.4f)\n", ckpt.c_str(), static_cast<long long>(st.epoch + 1),
+                   static_cast<long long>(st.iter), static_cast<long long>(iters_per_epoch),
+                   st.best_score);
+    else
+      std::fprintf(stderr, "hrnet-train: resumed from %s at epoch %lld (best score %.4f)\n",
+                   ckpt.c_str(), static_cast<long long>(st.epoch), st.best_score);
+  }
+  // the run goes ahead: the merged config, then the metrics
+  const std::string cfg_text = cfg.dump();
+  write_file_atomic(out_ + "/config.yaml", cfg_text.data(), cfg_text.size(),
+                    "cannot write " + out_ + "/config.yaml");
   RunOptions run = run_options(s);
   run.workers = lo.workers;
 
-  MetricsLog log(out_ + "/metrics.jsonl");
+  const std::string log_path = out_ + "/metrics.jsonl";
+  const LoggedRun logged = resumed ? scan_metrics(log_path) : LoggedRun();
+  LineLog log(log_path);
+  if (log.cut_bytes())
+    std::fprintf(stderr, "hrnet-train: %s ended in a cut line (%zu bytes, from an interrupted "
+                 "write): removed\n", log_path.c_str(), log.cut_bytes());
+  log.append(str_cat("{\"type\":\"start\",\"epoch\":", st.epoch, ",\"iter\":", st.iter,
+                     ",\"step\":", st.global_step, ",\"resumed\":", resumed ? "true" : "false",
+                     ",\"pid\":", long(::getpid()), "}"));
+  // lines of a resumed run that the log already has (a run killed mid-epoch resumes from the
+  // epoch's start): marked, never silent
+  auto mark = [](bool repeated) { return repeated ? ",\"resumed\":true" : ""; };
+  if (logged.max_step > st.global_step)
+    std::fprintf(stderr, "hrnet-train: the metrics of steps %lld to %lld are logged again, marked "
+                 "\"resumed\":true\n", static_cast<long long>(st.global_step + 1),
+                 static_cast<long long>(logged.max_step));
+
   EvalSummary last_eval;
   bool evaluated = false;
   ProgressBar total_clock("", 0, "img", nullptr);
   TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph);
+  // Stops where the run is: a checkpoint of that position when there is one to write, then
+  // Interrupted (hrnet-train says where it stopped and exits non-zero).
+  auto stop_here = [&](bool save, const std::string& where) {
+    const int sig = stop_requested();
+    if (save) save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+    log.append(str_cat("{\"type\":\"stop\",\"epoch\":", st.epoch, ",\"iter\":", st.iter,
+                       ",\"step\":", st.global_step, ",\"signal\":\"", signal_name(sig), "\"}"));
+    log.close();
+    const bool has_ckpt = fs::exists(ckpt);
+    throw Interrupted(str_cat("stopped by ", signal_name(sig), " ", where,
+                              has_ckpt ? str_cat("; checkpoint ", ckpt) : std::string("; nothing to resume from")),
+                      sig, has_ckpt);
+  };
+  if (stop_requested()) stop_here(false, "before training");
+
   // the schedule of ENGINE.LR_SCHEDULE (TrainSettings::lr_at), set before every step
-  const int64_t iters_per_epoch = loader.batches_per_epoch();
   for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
+    // a run stopped mid-epoch continues at the iteration it reached, with the epoch's sums
+    const int64_t first_iter = st.iter;
     double lr = s.lr_at(epoch * iters_per_epoch, iters_per_epoch);
     opt->set_lr(lr);
     model->train();
-    loader.start_epoch(epoch);
-    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch), iters_per_epoch * s.batch, "img");
+    loader.start_epoch(epoch, first_iter);
+    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch),
+                    (iters_per_epoch - first_iter) * s.batch, "img");
     // The losses are read (on CUDA: the one wait for the GPU) every PRINT_FREQ iterations and at
     // the end of the epoch; a non-finite loss in any step since the last read stops training.
-    double loss_sum = 0;  // of the steps read so far
-    float loss = NAN;     // the last step read
-    int64_t seen = 0, loss_seen = 0, iter = 0, skipped = 0;
+    double loss_sum = st.epoch_loss_sum;  // of the steps read so far
+    float loss = NAN;                     // the last step read
+    int64_t seen = st.epoch_samples, loss_seen = st.epoch_loss_samples, iter = first_iter,
+            skipped = st.epoch_skipped;
     auto read_losses = [&](int64_t last_iter) {
       const TrainStep::Losses l = step.take_losses();
       if (l.steps == 0) return;
@@ -352,34 +507,54 @@ EvalSummary Trainer::run() {
     while (loader.next(b)) {
       skipped += b.skipped;
       for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
-      if (b.size() == 0) continue;
-      if (s.lr_schedule != "multistep") {
-        lr = s.lr_at(epoch * iters_per_epoch + iter, iters_per_epoch);
-        opt->set_lr(lr);
+      if (b.size() > 0) {
+        if (s.lr_schedule != "multistep") {
+          lr = s.lr_at(epoch * iters_per_epoch + iter, iters_per_epoch);
+          opt->set_lr(lr);
+        }
+        step.step(b);
+        seen += b.size();
+        ++st.global_step;
+        const bool print = iter % s.print_freq == 0;
+        if (print) read_losses(iter);
+        bar.update(b.size() + b.skipped,
+                   str_cat("loss ", num(loss_seen ? loss_sum / loss_seen : NAN), " lr ", num(lr)));
+        if (print)
+          log.append(str_cat("{\"type\":\"train\",\"epoch\":", epoch, ",\"iter\":", iter,
+                             ",\"step\":", st.global_step, ",\"loss\":", num(loss),
+                             ",\"avg_loss\":", num(loss_sum / loss_seen), ",\"lr\":", num(lr),
+                             ",\"img_per_s\":", num(bar.rate()),
+                             ",\"time_s\":", num(total_clock.elapsed_s()),
+                             mark(st.global_step <= logged.max_step), "}"));
       }
-      step.step(b);
-      seen += b.size();
-      ++st.global_step;
-      const bool print = iter % s.print_freq == 0;
-      if (print) read_losses(iter);
-      bar.update(b.size() + b.skipped,
-                 str_cat("loss ", num(loss_seen ? loss_sum / loss_seen : NAN), " lr ", num(lr)));
-      if (print)
-        log.write(str_cat("{\"type\":\"train\",\"epoch\":", epoch, ",\"iter\":", iter,
-                          ",\"step\":", st.global_step, ",\"loss\":", num(loss),
-                          ",\"avg_loss\":", num(loss_sum / loss_seen), ",\"lr\":", num(lr),
-                          ",\"img_per_s\":", num(bar.rate()),
-                          ",\"time_s\":", num(total_clock.elapsed_s()), "}"));
       ++iter;
+      if (stop_requested()) {
+        // the step boundary: the position reached and the epoch's sums so far
+        read_losses(iter - 1);
+        bar.finish();
+        st.epoch = epoch;
+        st.iter = iter;
+        st.epoch_loss_sum = loss_sum;
+        st.epoch_loss_samples = loss_seen;
+        st.epoch_samples = seen;
+        st.epoch_skipped = skipped;
+        stop_here(true, str_cat("in epoch ", epoch + 1, " of ", s.end_epoch, " at iteration ", iter,
+                                " of ", iters_per_epoch, " (step ", st.global_step, ")"));
+      }
     }
     read_losses(iter - 1);
     bar.finish();
     st.epoch = epoch + 1;
-    log.write(str_cat("{\"type\":\"epoch\",\"epoch\":", epoch,
-                      ",\"loss\":", num(loss_seen ? loss_sum / loss_seen : NAN),
-                      ",\"samples\":", seen,
-                      ",\"skipped\":", skipped, ",\"seconds\":", num(bar.elapsed_s()),
-                      ",\"img_per_s\":", num(bar.rate()), ",\"lr\":", num(lr), "}"));
+    st.iter = 0;
+    st.epoch_loss_sum = 0;
+    st.epoch_loss_samples = st.epoch_samples = st.epoch_skipped = 0;
+    log.append(str_cat("{\"type\":\"epoch\",\"epoch\":", epoch,
+                       ",\"loss\":", num(loss_seen ? loss_sum / loss_seen : NAN),
+                       ",\"samples\":", seen,
+                       ",\"skipped\":", skipped, ",\"seconds\":", num(bar.elapsed_s()),
+                       ",\"img_per_s\":", num(bar.rate()), ",\"lr\":", num(lr),
+                       mark(logged.epochs.count(epoch) > 0), "}"));
+    log.sync();
     if (skipped)
       std::fprintf(stderr, "hrnet-train: %lld corrupt samples skipped in epoch %lld\n",
                    static_cast<long long>(skipped), static_cast<long long>(epoch + 1));
@@ -395,9 +570,10 @@ EvalSummary Trainer::run() {
       std::fprintf(stderr, "hrnet-train: epoch %lld: val %s %.4f (%s), %lld samples, %.1f s\n",
                    static_cast<long long>(epoch + 1), last_eval.score_name.c_str(), last_eval.score,
                    line.c_str(), static_cast<long long>(last_eval.count), last_eval.seconds);
-      log.write(str_cat("{\"type\":\"eval\",\"epoch\":", epoch, json_metrics(last_eval),
-                        ",\"samples\":", last_eval.count, ",\"skipped\":", last_eval.skipped,
-                        ",\"seconds\":", num(last_eval.seconds), "}"));
+      log.append(str_cat("{\"type\":\"eval\",\"epoch\":", epoch, json_metrics(last_eval),
+                         ",\"samples\":", last_eval.count, ",\"skipped\":", last_eval.skipped,
+                         ",\"seconds\":", num(last_eval.seconds),
+                         mark(logged.evals.count(epoch) > 0), "}"));
       if (last_eval.score > st.best_score) {
         st.best_score = last_eval.score;
         save_safetensors(out_ + "/model_best.safetensors", model->state_dict(),
@@ -407,12 +583,16 @@ EvalSummary Trainer::run() {
       }
     }
     save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+    if (stop_requested() && !last)
+      stop_here(false, str_cat("after epoch ", epoch + 1, " of ", s.end_epoch, " (step ",
+                               st.global_step, ")"));
   }
 
   save_safetensors(out_ + "/final_state.safetensors", model->state_dict(),
                    {{"model", model->spec().name}, {"epoch", std::to_string(st.epoch)}});
   if (!evaluated) last_eval = task_.evaluate(*model, run);
   task_.save_outputs(out_);
+  log.close();
   std::printf("%s", last_eval.table.c_str());
   std::printf("hrnet-train: done in %s; %s %.4f (best %.4f); output in %s\n",
               ProgressBar::format_duration(total_clock.elapsed_s()).c_str(),

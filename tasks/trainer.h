@@ -2,11 +2,15 @@
 // task's dataset; the optimizer and the learning-rate schedule the config names; the training
 // step eager or as a compiled static graph (replayed as one CUDA graph on a GPU); evaluation
 // every ENGINE.EVAL_EVERY epochs with the best-model rule; resumable checkpoints every epoch
-// (exact resume); metrics as JSON lines; a progress bar with rate and ETA.
+// and where a run is stopped (exact resume, mid-epoch included); metrics as JSON lines; a
+// progress bar with rate and ETA.
 //
 // Output directory: checkpoint.safetensors (every epoch, atomic; --resume or AUTO_RESUME),
 // model_best.safetensors (best score), final_state.safetensors, metrics.jsonl, config.yaml (the
-// merged config), and what the task writes (results/, a picture of predictions).
+// merged config), train.lock (held while a run trains there: a second run is refused), and what
+// the task writes (results/, a picture of predictions). A run starts by removing the temp files
+// of atomic writes whose writer is gone (engine/file_util.h), and writes nothing until the
+// run is known to go ahead (a refused --resume leaves the directory as it was).
 #pragma once
 #include <map>
 #include <memory>
@@ -27,6 +31,12 @@ struct TrainState {
   int64_t epoch = 0;         // epochs completed: training resumes at this epoch
   double best_score = -1;    // best validation score so far (-1: none yet)
   int64_t global_step = 0;
+  // A run stopped mid-epoch (request_stop): the iterations of `epoch` done (0: at its start;
+  // the epoch's iteration count: its steps are done, its epoch line, evaluation and checkpoint
+  // not yet), and the epoch's sums so far, so that its epoch line is the uninterrupted run's.
+  int64_t iter = 0;
+  double epoch_loss_sum = 0;  // sum of loss x batch size over the steps done
+  int64_t epoch_loss_samples = 0, epoch_samples = 0, epoch_skipped = 0;
 };
 // Writes PATH atomically as safetensors: "model.<key>" weights and buffers, "optimizer.<slot>"
 // state, and the TrainState, the seed and the config text as metadata.
@@ -86,13 +96,37 @@ class TrainStep {
   void add_device_loss(const graph::Executable& e, int64_t samples);  // enqueues, capturable
 };
 
+// Stopping a run (Ctrl-C): request_stop() asks every running Trainer::run() to stop at the next
+// step boundary; it then writes a checkpoint of the position reached (mid-epoch: the epoch and
+// the iteration within it; the resumed run continues from that iteration with the same samples,
+// augmentation and weights as an uninterrupted run) and throws Interrupted. Async-signal-safe.
+// The request stays until clear_stop().
+void request_stop(int signal);
+int stop_requested();  // the signal passed to request_stop, 0 when none
+void clear_stop();
+// SIGINT and SIGTERM: the first calls request_stop(signal); a second ends the process at once
+// (exit status 128 + signal) with "<program>: <signal> while stopping: exiting at once".
+// `program` must outlive the handlers (a string literal).
+void install_stop_handlers(const char* program);
+
+// What run() throws when a stop was requested: the run stopped at a step boundary (before
+// training: nothing done). what() says where and whether a checkpoint was written.
+struct Interrupted : Error {
+  Interrupted(const std::string& what, int signal, bool checkpoint)
+      : Error(what), signal(signal), checkpoint(checkpoint) {}
+  int signal;       // as request_stop was given it
+  bool checkpoint;  // a checkpoint to resume from is in the output directory
+};
+
 class Trainer {
  public:
   // resume: 1 resumes from out_dir/checkpoint.safetensors (an error when there is none), 0 never,
   // -1 as AUTO_RESUME says.
   Trainer(Task& task, std::string out_dir, int resume = -1);
   // Trains from the config's TRAIN.BEGIN_EPOCH (or the checkpoint) to TRAIN.END_EPOCH; returns
-  // the last evaluation.
+  // the last evaluation. Throws Interrupted when a stop was requested (request_stop), Error
+  // naming the directory when another process trains in it, and Error naming the file when a
+  // write fails (metrics.jsonl included: never a cut line).
   EvalSummary run();
 
  private:
