@@ -129,12 +129,16 @@ NamedTensors Optimizer::state_dict() const {
 void Optimizer::load_state_dict(const NamedTensors& sd) {
   for (const auto& [name, t] : sd) {
     if (name == "step") {
-      steps_ = t.to_vector_i64().at(0);
+      HR_CHECK(t.numel() == 1 && t.dtype() == DType::i64, "optimizer state: 'step' must be one i64, got ",
+               dtype_name(t.dtype()), shape_str(t.shape()));
+      steps_ = t.to_vector_i64()[0];
       continue;
     }
     size_t dot = name.find('.');
-    HR_CHECK(dot != std::string::npos, "optimizer state: bad key '", name, "'");
-    size_t i = std::stoul(name.substr(0, dot));
+    HR_CHECK(dot != std::string::npos && dot > 0 && dot <= 9 &&
+                 name.find_first_not_of("0123456789") == dot,
+             "optimizer state: bad key '", name, "' (expected <parameter index>.<slot>)");
+    size_t i = std::stoul(name.substr(0, dot));  // 1 to 9 digits: cannot throw
     std::string sname = name.substr(dot + 1);
     auto it = std::find(slot_names_.begin(), slot_names_.end(), sname);
     HR_CHECK(i < params_.size() && it != slot_names_.end(), "optimizer state: unexpected key '",

@@ -216,3 +216,19 @@ TEST_CASE("checkpoints: module state round-trips through safetensors; .pth loads
                       Catch::Contains("ckpt_legacy.pth") && Catch::Contains("legacy"));
   REQUIRE_THROWS_WITH(load_checkpoint("/nonexistent/x.safetensors"), Catch::Contains("/nonexistent/x.safetensors"));
 }
+
+TEST_CASE("optimizer state with bad keys is one clear error", "[optim]") {
+  Tensor p = Tensor::randn({5}, 1);
+  p.set_requires_grad(true);
+  SGDOptions o;
+  o.momentum = 0.9;
+  SGD opt({p}, o);
+  const Tensor z = Tensor::zeros({5});
+  for (const char* key : {"x.momentum_buffer", ".momentum_buffer", "99999999999999999999.momentum_buffer",
+                          "0x.momentum_buffer", "nodot"}) {
+    INFO(key);
+    REQUIRE_THROWS_WITH(opt.load_state_dict({{key, z}}), Catch::Contains("optimizer state: bad key"));
+  }
+  REQUIRE_THROWS_WITH(opt.load_state_dict({{"step", Tensor::zeros({0})}}),
+                      Catch::Contains("'step' must be one i64"));
+}
