@@ -3,6 +3,8 @@
 #pragma once
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -27,6 +29,15 @@ inline Run run_program(const std::string& exe, const std::string& args,
   std::remove(out.c_str());
   std::remove(err.c_str());
   return r;
+}
+
+// "key":number from a JSON line (metrics.jsonl); the key must be there.
+inline double json_number(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const size_t at = line.find(k);
+  INFO("no " << k << " in " << line);
+  REQUIRE(at != std::string::npos);
+  return std::strtod(line.c_str() + at + k.size(), nullptr);
 }
 
 }  // namespace hr::test

@@ -6,10 +6,36 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+#include <map>
+
+#include "engine/error.h"
+#include "engine/nn.h"
 #include "engine/tensor.h"
 #include "test_util.h"
 
 namespace hr::test {
+
+// The message of the hr::Error f throws, "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// A module's state dict by key.
+inline std::map<std::string, Tensor> state_map(const Module& m) {
+  std::map<std::string, Tensor> r;
+  for (auto& [k, t] : m.state_dict()) r[k] = t;
+  return r;
+}
 
 inline Tensor rand_tensor(const Shape& s, uint64_t seed, float lo = -1.f, float hi = 1.f) {
   return Tensor::from_vector(uniform(static_cast<size_t>(shape_numel(s)), seed, lo, hi), s);

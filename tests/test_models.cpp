@@ -22,6 +22,7 @@
 #include "models/config.h"
 #include "models/hrnet.h"
 #include "small_specs.h"
+#include "tensor_checks.h"
 #include "test_util.h"
 
 using namespace hr;
@@ -30,41 +31,19 @@ using hr::test::small_spec;
 
 namespace {
 
+using test::contains;
+using test::error_of;
+using test::state_map;
+
 const std::string kData = HR_TEST_DATA_DIR;
 const std::string kConfigs = kData + "/model_configs/";
 
 std::string cfg_path(const std::string& name) { return kConfigs + name; }
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
-
 std::string replace_once(std::string s, const std::string& from, const std::string& to) {
   size_t p = s.find(from);
   REQUIRE(p != std::string::npos);
   return s.replace(p, from.size(), to);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-std::map<std::string, Tensor> state_map(const Module& m) {
-  std::map<std::string, Tensor> r;
-  for (auto& [k, t] : m.state_dict()) r[k] = t;
-  return r;
 }
 
 std::string tmp_path(const std::string& name) {
@@ -687,7 +666,7 @@ TEST_CASE("config reader: yacs semantics and overrides", "[models][config]") {
 }
 
 TEST_CASE("bad configs name the file and the field", "[models][config]") {
-  const std::string pose = read_text(cfg_path("w32_256x192_adam_lr1e-3.yaml"));
+  const std::string pose = test::slurp(cfg_path("w32_256x192_adam_lr1e-3.yaml"));
   auto spec_error = [](const std::string& text) {
     return error_of([&] { spec_from_config(Config::from_yaml(text, "bad.yaml")); });
   };
@@ -728,7 +707,7 @@ TEST_CASE("bad configs name the file and the field", "[models][config]") {
                                 "    FINAL_CONV_KERNEL: 1\n    UNUSED_KEY: 3\n")) == "");
   // seg: missing STAGE4 is named
   const std::string seg =
-      read_text(cfg_path("seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml"));
+      test::slurp(cfg_path("seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml"));
   e = spec_error(replace_once(seg, "STAGE4:", "STAGE5:"));
   CHECK(contains(e, "missing required key MODEL.EXTRA.STAGE4.NUM_MODULES"));
   e = spec_error(replace_once(seg, "ALIGN_CORNERS: False", "ALIGN_CORNERS: maybe"));

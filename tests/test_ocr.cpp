@@ -19,12 +19,17 @@
 #include "models/config.h"
 #include "models/hrnet.h"
 #include "small_specs.h"
+#include "tensor_checks.h"
 #include "test_util.h"
 
 using namespace hr;
 using namespace hr::models;
 
 namespace {
+
+using test::contains;
+using test::error_of;
+using test::state_map;
 
 const std::string kData = HR_TEST_DATA_DIR;
 const char* const kOcrConfig =
@@ -41,32 +46,6 @@ ModelSpec small_ocr_spec(double dropout) {
   s.ocr_dropout = dropout;
   s.num_outputs = 2;
   return s;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-std::map<std::string, Tensor> state_map(const Module& m) {
-  std::map<std::string, Tensor> r;
-  for (auto& [k, t] : m.state_dict()) r[k] = t;
-  return r;
 }
 
 struct Reference {
@@ -198,7 +177,7 @@ TEST_CASE("official OCR configs: params, key names, outputs", "[ocr][models]") {
   CHECK(pos("cls_head.bias") < pos("aux_head.0.weight"));
 
   // Pascal-Context's 59 classes (the official pascal_ctx OCR file): 70,422,038 in PyTorch
-  std::string text = read_text(kData + kOcrConfig);
+  std::string text = test::slurp(kData + kOcrConfig);
   const size_t p = text.find("NUM_CLASSES: 19");
   REQUIRE(p != std::string::npos);
   text.replace(p, 15, "NUM_CLASSES: 59");
@@ -207,7 +186,7 @@ TEST_CASE("official OCR configs: params, key names, outputs", "[ocr][models]") {
 }
 
 TEST_CASE("OCR config errors name the file and the field", "[ocr][config]") {
-  const std::string text = read_text(kData + kOcrConfig);
+  const std::string text = test::slurp(kData + kOcrConfig);
   auto spec_error = [](const std::string& t) {
     return error_of([&] { spec_from_config(Config::from_yaml(t, "bad_ocr.yaml")); });
   };
@@ -225,7 +204,7 @@ TEST_CASE("OCR config errors name the file and the field", "[ocr][config]") {
   }());
   CHECK(contains(e, "MODEL.OCR.KEY_CHANNELS"));
   // a plain seg file with two outputs: seg_hrnet gives one
-  const std::string seg = read_text(
+  const std::string seg = test::slurp(
       kData + "/model_configs/seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml");
   std::string t = seg;
   t.replace(t.find("  NAME: seg_hrnet"), 17, "  NAME: seg_hrnet\n  NUM_OUTPUTS: 2");

@@ -186,13 +186,7 @@ TEST_CASE("hrnet-train writes its outputs and resumes exactly", "[apps][pose]") 
 }
 
 namespace {
-// "key":number from a JSON line of metrics.jsonl
-double json_number(const std::string& line, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  const size_t at = line.find(k);
-  REQUIRE(at != std::string::npos);
-  return std::strtod(line.c_str() + at + k.size(), nullptr);
-}
+using hr::test::json_number;
 std::vector<std::string> train_lines(const std::string& dir) {
   std::istringstream log(slurp(dir + "/metrics.jsonl"));
   std::vector<std::string> out;

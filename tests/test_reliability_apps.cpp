@@ -25,21 +25,10 @@ using hr::test::slurp;
 
 namespace {
 
-// A temp directory for the file's outputs, removed at exit.
-struct Scratch {
-  fs::path dir = fs::temp_directory_path() / ("hr_test_rel_apps_" + std::to_string(::getpid()));
-  Scratch() {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-};
+// a temp directory for the file's outputs, removed at exit
 const fs::path& work() {
-  static const Scratch s;
-  return s.dir;
+  static const hr::test::TempDir d;
+  return d.path;
 }
 std::string at(const std::string& name) { return (work() / name).string(); }
 

@@ -41,21 +41,10 @@ using namespace hr::data;
 
 namespace {
 
-// A temp directory for the file's outputs, removed at exit.
-struct Scratch {
-  fs::path dir = fs::temp_directory_path() / ("hr_test_rel_inputs_" + std::to_string(::getpid()));
-  Scratch() {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-};
+// a temp directory for the file's outputs, removed at exit
 const fs::path& scratch() {
-  static const Scratch s;
-  return s.dir;
+  static const hr::test::TempDir d;
+  return d.path;
 }
 std::string path_of(const std::string& name) { return (scratch() / name).string(); }
 

@@ -90,11 +90,7 @@ const Trained& trained() {
   return t;
 }
 
-double json_number(const std::string& line, const std::string& key) {
-  std::smatch m;
-  REQUIRE(std::regex_search(line, m, std::regex("\"" + key + "\":([-0-9.eE]+)")));
-  return std::stod(m[1]);
-}
+using hr::test::json_number;
 
 }  // namespace
 

@@ -21,11 +21,11 @@ training step's forward), y_eval (eval-mode output with the updated running stat
 import argparse
 import json
 import os
-import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors_out import write_safetensors  # noqa: E402
 
 CASES = {}    # name -> metadata dict
 TENSORS = {}  # "<case>/<role>" -> numpy array (float32 or int64)
@@ -453,29 +453,6 @@ def seg_loss_cases():
         assert 0 < kept < pred.numel(), (name, kept)
         run_grad(name, lambda logits: ohem_forward(logits, labels, 255, thresh, min_kept, w)[0],
                  dict(logits=logits), scalar=True)
-
-
-def write_safetensors(path, tensors, metadata):
-    dtag = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    # int64 first so every tensor is naturally aligned.
-    names = sorted(tensors, key=lambda k: (tensors[k].dtype != np.int64, k))
-    header, offset, blobs = {"__metadata__": metadata}, 0, []
-    for k in names:
-        a = tensors[k]
-        raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[k] = {"dtype": dtag[a.dtype], "shape": list(a.shape),
-                     "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        blobs.append(raw)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 def main():

@@ -29,10 +29,10 @@ With --sweep-out FILE, also a file of random resizes for the hidden wider test (
 import argparse
 import json
 import os
-import struct
 
 import cv2
 import numpy as np
+from safetensors_out import write_safetensors  # noqa: E402
 
 CASES = {}
 TENSORS = {}
@@ -246,28 +246,6 @@ def write_sweep(path, n):
             tensors[k + "/out"] = np.ascontiguousarray(out.reshape(oh, ow, c))
     write_safetensors(path, tensors, meta)
     print(f"{path}: {2 * n} resize cases")
-
-
-def write_safetensors(path, tensors, metadata):
-    dtypes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
-    header, blobs, off = {"__metadata__": metadata}, [], 0
-    for k in sorted(tensors):
-        a = tensors[k]
-        b = a.tobytes()
-        header[k] = {"dtype": dtypes[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    if len(hb) & 0xFF == 0x80:  # a first byte of 0x80 reads as a pickle (engine/checkpoint.cpp)
-        hb += b" " * 8
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

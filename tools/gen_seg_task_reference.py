@@ -23,12 +23,12 @@ Cases (tensors "<case>/<role>", options in the metadata):
 import argparse
 import json
 import os
-import struct
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors_out import write_safetensors  # noqa: E402
 
 CASES = {}
 TENSORS = {}
@@ -260,26 +260,6 @@ def main():
                           f"OpenCV {cv2.__version__}")
     write_safetensors(args.out, TENSORS, meta)
     print(f"{args.out}: {len(CASES)} cases, {len(TENSORS)} tensors, {os.path.getsize(args.out)} bytes")
-
-
-def write_safetensors(path, tensors, metadata):
-    dtypes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    header, blobs, off = {"__metadata__": metadata}, [], 0
-    for k in sorted(tensors):
-        a = tensors[k]
-        b = a.tobytes()
-        header[k] = {"dtype": dtypes[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
