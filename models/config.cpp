@@ -475,6 +475,7 @@ const DefaultRow kEngineDefaults[] = {
     {"ENGINE.LABEL_SMOOTHING", "0.0"},  // classification: cross-entropy label smoothing
     {"ENGINE.FAST_DECODE", "True"},     // classification training: JPEGs decoded at 1/2..1/8
     {"ENGINE.CROP_SCALE_MIN", "0.08"},  // classification training: RandomResizedCrop's smallest area
+    {"ENGINE.ACCUMULATE_STEPS", "1"},   // the batch as N micro-batches, gradients summed
     {"ENGINE.SYNTHETIC", "False"},      // the built-in synthetic data (cached) as DATASET.ROOT
 };
 

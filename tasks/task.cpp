@@ -56,6 +56,9 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
     if (g->kind == models::CfgNode::Kind::List) s.gpus = std::max<int64_t>(1, int64_t(g->items.size()));
   }
   s.batch = s.batch_per_gpu * s.gpus;
+  s.accumulate = static_cast<int>(cfg.get_int("ENGINE.ACCUMULATE_STEPS", 1));
+  HR_CHECK(s.accumulate >= 1 && s.accumulate <= s.batch, "[config] ", src,
+           ": ENGINE.ACCUMULATE_STEPS must be in 1..", s.batch, " (the batch), got ", s.accumulate);
   s.shuffle = cfg.get_bool("TRAIN.SHUFFLE", s.shuffle);
   s.workers = static_cast<int>(integer("WORKERS", s.workers, 0, 4096));
   s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);

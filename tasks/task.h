@@ -31,6 +31,9 @@ struct TrainSettings {
   // device takes the whole batch, so batch norm sees it all, as the official SyncBN runs do).
   int64_t batch = 32;
   int64_t batch_per_gpu = 32, gpus = 1;  // TRAIN.BATCH_SIZE_PER_GPU, len(GPUS)
+  // ENGINE.ACCUMULATE_STEPS: the batch as that many micro-batches with their gradients summed
+  // (one device standing in for several when the whole batch does not fit; TrainStep)
+  int accumulate = 1;
   bool shuffle = true;
   int workers = 0;     // WORKERS
   std::string output_dir;  // OUTPUT_DIR

@@ -141,8 +141,15 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
 // The training step
 // ---------------------------------------------------------------------------------------------
 TrainStep::TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Device dev,
-                     DType autocast, bool graph)
-    : task_(task), model_(model), opt_(opt), dev_(dev), autocast_(autocast), graph_(graph) {
+                     DType autocast, bool graph, int accumulate)
+    : task_(task),
+      model_(model),
+      opt_(opt),
+      dev_(dev),
+      autocast_(autocast),
+      graph_(graph),
+      accumulate_(accumulate) {
+  HR_CHECK(accumulate_ >= 1, "train step: accumulate must be at least 1, got ", accumulate_);
   // CUDA: after one eager step per batch shape, the whole step (forward, backward, optimizer)
   // replays as one CUDA graph
   if (graph_ && dev_.is_cuda()) opt_.set_capturable(true);
@@ -185,22 +192,9 @@ float TrainStep::operator()(const data::Batch& batch) {
   return take_losses().last;
 }
 
-void TrainStep::step(const data::Batch& batch) {
-  HR_CHECK(batch.size() > 0, "train step: empty batch");
-  HR_CHECK(model_.is_training(), "train step: the model is in eval mode");
+// The compiled training graph for the batch's shape (compiled on first use).
+graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
   const Tensor& input = batch.input();
-  if (!graph_) {
-    std::map<std::string, Tensor> targets;
-    for (size_t f = 1; f < batch.fields.size(); ++f)
-      targets[batch.fields[f].first] = batch.fields[f].second.to(dev_);
-    AutocastGuard ac(autocast_);
-    opt_.zero_grad();
-    Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
-    loss.backward();
-    opt_.step();
-    add_host_loss(loss.item(), batch.size());
-    return;
-  }
   auto& exe = graphs_[input.shape()];
   if (!exe) {
     graph::Graph g(graph::GraphOptions{dev_});
@@ -220,7 +214,92 @@ void TrainStep::step(const data::Batch& batch) {
     co.loss = loss;
     exe = std::make_unique<graph::Executable>(std::move(g), co);
   }
-  graph::Executable& e = *exe;
+  return *exe;
+}
+
+namespace {
+
+// Rows [begin, end) of every field of a host batch.
+data::Batch slice_batch(const data::Batch& b, int64_t begin, int64_t end) {
+  data::Batch r;
+  for (const auto& [name, t] : b.fields) {
+    Shape s = t.shape();
+    const int64_t row = t.numel() / s[0] * static_cast<int64_t>(dtype_size(t.dtype()));
+    s[0] = end - begin;
+    Tensor part = Tensor::empty(s, t.dtype());
+    std::memcpy(part.raw_data(), static_cast<const char*>(t.raw_data()) + begin * row,
+                static_cast<size_t>((end - begin) * row));
+    r.fields.emplace_back(name, part);
+  }
+  r.indices.assign(b.indices.begin() + begin, b.indices.begin() + end);
+  return r;
+}
+
+}  // namespace
+
+void TrainStep::step_accumulated(const data::Batch& batch) {
+  const int64_t N = batch.size(), k = std::min<int64_t>(accumulate_, N);
+  std::vector<data::Batch> parts;
+  for (int64_t i = 0; i < k; ++i) parts.push_back(slice_batch(batch, i * N / k, (i + 1) * N / k));
+  double loss_sum = 0;
+  if (!graph_) {
+    opt_.zero_grad();
+    for (const data::Batch& part : parts) {
+      std::map<std::string, Tensor> targets;
+      for (size_t f = 1; f < part.fields.size(); ++f)
+        targets[part.fields[f].first] = part.fields[f].second.to(dev_);
+      AutocastGuard ac(autocast_);
+      Tensor loss = task_.loss(model_.forward_all(part.input().to(dev_)), targets);
+      ops::mul(loss, float(double(part.size()) / double(N))).backward();
+      loss_sum += double(loss.item()) * double(part.size());
+    }
+    opt_.step();
+    add_host_loss(float(loss_sum / double(N)), N);
+    return;
+  }
+  // each part through the graph of its shape, uncaptured; the gradients summed into our own
+  // tensors, which the optimizer then reads
+  const std::vector<Tensor> params = model_.parameters();
+  std::vector<Tensor> sum(params.size());
+  for (const data::Batch& part : parts) {
+    graph::Executable& e = executable_for(part);
+    for (const auto& [name, t] : part.fields) e.set_input(name, t);
+    e.run();
+    NoGradGuard g;
+    const float w = float(double(part.size()) / double(N));
+    for (size_t j = 0; j < params.size(); ++j) {
+      const Tensor d = ops::mul(e.grad(params[j]), w);
+      sum[j] = sum[j].defined() ? ops::add(sum[j], d) : d;
+    }
+    loss_sum += double(e.output("loss").item()) * double(part.size());
+  }
+  for (size_t j = 0; j < params.size(); ++j) {
+    Tensor p = params[j];
+    p.set_grad(sum[j]);
+  }
+  last_ = nullptr;  // an unaccumulated step binds the graph's gradients again
+  opt_.step();
+  add_host_loss(float(loss_sum / double(N)), N);
+}
+
+void TrainStep::step(const data::Batch& batch) {
+  HR_CHECK(batch.size() > 0, "train step: empty batch");
+  HR_CHECK(model_.is_training(), "train step: the model is in eval mode");
+  if (accumulate_ > 1 && batch.size() > 1) return step_accumulated(batch);
+  const Tensor& input = batch.input();
+  if (!graph_) {
+    std::map<std::string, Tensor> targets;
+    for (size_t f = 1; f < batch.fields.size(); ++f)
+      targets[batch.fields[f].first] = batch.fields[f].second.to(dev_);
+    AutocastGuard ac(autocast_);
+    opt_.zero_grad();
+    Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
+    loss.backward();
+    opt_.step();
+    add_host_loss(loss.item(), batch.size());
+    return;
+  }
+  graph::Executable& e = executable_for(batch);
   if (last_ != &e) {
     // the optimizer reads the gradients where this graph writes them
     for (Tensor p : model_.parameters()) p.set_grad(e.grad(p));
@@ -389,10 +468,13 @@ EvalSummary Trainer::run() {
 
   const data::Dataset& train = task_.train_data();
   std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
-  if (s.gpus > 1)
+  if (s.gpus > 1 || s.accumulate > 1)
     std::fprintf(stderr, "hrnet-train: batch %lld per step (%lld per GPU x %lld GPUS, as the "
-                 "official recipe means it, on one device)\n", static_cast<long long>(s.batch),
-                 static_cast<long long>(s.batch_per_gpu), static_cast<long long>(s.gpus));
+                 "official recipe means it, on one device)%s\n", static_cast<long long>(s.batch),
+                 static_cast<long long>(s.batch_per_gpu), static_cast<long long>(s.gpus),
+                 s.accumulate > 1 ? str_cat(", as ", s.accumulate, " micro-batches with their "
+                                            "gradients summed (ENGINE.ACCUMULATE_STEPS)").c_str()
+                                  : "");
   if (dev.is_cpu())
     std::fprintf(stderr, "hrnet-train: CPU, %d threads, kernels %s\n", omp_get_max_threads(),
                  cpu::cpu_isa());
@@ -461,7 +543,7 @@ EvalSummary Trainer::run() {
   EvalSummary last_eval;
   bool evaluated = false;
   ProgressBar total_clock("", 0, "img", nullptr);
-  TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph);
+  TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph, s.accumulate);
   // Stops where the run is: a checkpoint of that position when there is one to write, then
   // Interrupted (hrnet-train says where it stopped and exits non-zero).
   auto stop_here = [&](bool save, const std::string& where) {

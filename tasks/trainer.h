@@ -60,8 +60,14 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
 // otherwise on the host (exact: the same double sum).
 class TrainStep {
  public:
+  // accumulate > 1: each batch runs as that many micro-batches (split along the batch, sizes as
+  // even as they come), their gradients summed weighted by size (the gradient of the whole
+  // batch's mean loss when the loss is a mean over samples), then one optimizer step: a batch
+  // larger than one device holds. Batch norm then sees each micro-batch alone (as unsynchronised
+  // per-GPU batch norm would) and updates its running statistics once per micro-batch. On CUDA
+  // such steps run uncaptured.
   TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Device dev, DType autocast,
-            bool graph);
+            bool graph, int accumulate = 1);
   ~TrainStep();
   // One step; on CUDA with the graph it may still be running on return.
   void step(const data::Batch& batch);
@@ -86,6 +92,9 @@ class TrainStep {
   Device dev_;
   DType autocast_;
   bool graph_;
+  int accumulate_;
+  void step_accumulated(const data::Batch& batch);
+  graph::Executable& executable_for(const data::Batch& batch);
   Losses host_losses_;    // the steps not yet taken whose losses the host read (CPU, eager)
   Tensor device_sum_;     // CUDA graph: loss_accumulate's {sum, last} (raw storage for two
                           // doubles); declared before graphs_, so it outlives them

@@ -92,6 +92,12 @@ TEST_CASE("the batch is per GPU x GPUS, as the official recipe means it", "[seg]
   REQUIRE(s.batch_per_gpu == 3);
   REQUIRE(s.gpus == 4);
   REQUIRE(s.batch == 12);
+  REQUIRE(s.accumulate == 1);
+  cfg.set("ENGINE.ACCUMULATE_STEPS", "4");  // one device standing in for the four GPUs
+  REQUIRE(TrainSettings::from_config(cfg).accumulate == 4);
+  cfg.set("ENGINE.ACCUMULATE_STEPS", "13");
+  REQUIRE_THROWS_WITH(TrainSettings::from_config(cfg),
+                      Catch::Contains("ENGINE.ACCUMULATE_STEPS must be in 1..12"));
 }
 
 TEST_CASE("seg loss: two outputs, class weights, OHEM, upsampling, balance weights", "[seg]") {

@@ -68,3 +68,80 @@ TEST_CASE("TrainStep keeps the losses until take_losses reads them", "[trainer]"
     CHECK(step.take_losses().steps == 0);
   }
 }
+
+TEST_CASE("TrainStep with accumulation: the size-weighted sum of its micro-batches' gradients",
+          "[trainer]") {
+  HeatmapTask task;
+  const models::ModelSpec spec = small_spec(models::Head::Pose, true);
+  const data::Batch batch = heatmap_batch({5, 3, 32, 32}, spec.num_joints, 4242);
+  // the micro-batches the step makes of 5 samples in 2: rows [0, 2) and [2, 5)
+  auto rows = [&](int64_t b, int64_t e) {
+    data::Batch r;
+    for (const auto& [name, t] : batch.fields) {
+      Shape s = t.shape();
+      const int64_t row = t.numel() / s[0];
+      s[0] = e - b;
+      std::vector<float> v(t.data<float>() + b * row, t.data<float>() + e * row);
+      r.fields.emplace_back(name, Tensor::from_vector(v, s));
+    }
+    for (int64_t i = b; i < e; ++i) r.indices.push_back(size_t(i));
+    return r;
+  };
+  const data::Batch parts[2] = {rows(0, 2), rows(2, 5)};
+  const float w[2] = {2.f / 5.f, 3.f / 5.f};
+  SGDOptions so;
+  so.lr = 0.1;
+
+  // the reference, by hand: each part's gradient on its own, then p - lr * sum w_i g_i
+  models::HRNet ref(spec, 3);
+  ref.train();
+  std::vector<std::vector<float>> g(ref.parameters().size());
+  double loss = 0;
+  for (int i = 0; i < 2; ++i) {
+    for (Tensor p : ref.parameters()) p.zero_grad();
+    std::map<std::string, Tensor> targets{{"target", parts[i]["target"]}, {"weight", parts[i]["weight"]}};
+    Tensor l = task.loss(ref.forward_all(parts[i].input()), targets);
+    l.backward();
+    loss += double(l.item()) * parts[i].size();
+    const auto ps = ref.parameters();
+    for (size_t j = 0; j < ps.size(); ++j) {
+      const std::vector<float> gj = ps[j].grad().to_vector();
+      if (g[j].empty()) g[j].assign(gj.size(), 0.f);
+      for (size_t e = 0; e < gj.size(); ++e) g[j][e] += w[i] * gj[e];
+    }
+  }
+  std::vector<std::vector<float>> want;
+  for (size_t j = 0; j < g.size(); ++j) {
+    std::vector<float> p = ref.parameters()[j].to_vector();
+    for (size_t e = 0; e < p.size(); ++e) p[e] -= float(so.lr) * g[j][e];
+    want.push_back(p);
+  }
+  const auto ref_state = ref.state_dict();
+
+  for (bool graph : {false, true}) {
+    INFO((graph ? "graph" : "eager") << " step, 2 micro-batches");
+    models::HRNet model(spec, 3);
+    model.train();
+    SGD opt(model.parameters(), so);
+    tasks::TrainStep step(task, model, opt, Device::cpu(), DType::f32, graph, 2);
+    step.step(batch);
+    const tasks::TrainStep::Losses l = step.take_losses();
+    CHECK(l.samples == 5);
+    CHECK(l.last == Approx(loss / 5).epsilon(1e-5));
+    const auto ps = model.parameters();
+    for (size_t j = 0; j < ps.size(); ++j) {
+      const auto r = hr::test::compare(ps[j].to_vector(), want[j], 1e-6, 1e-4, "parameter " + std::to_string(j));
+      INFO(r.report);
+      REQUIRE(r.ok);
+    }
+    // batch norm ran once per micro-batch: the running statistics equal the reference's
+    const auto st = model.state_dict();
+    for (size_t k = 0; k < st.size(); ++k)
+      if (st[k].first.find("running_mean") != std::string::npos) {
+        const auto r = hr::test::compare(st[k].second.to_vector(), ref_state[k].second.to_vector(),
+                                         1e-6, 1e-4, st[k].first);
+        INFO(r.report);
+        REQUIRE(r.ok);
+      }
+  }
+}
