@@ -25,6 +25,12 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_FAILURE_USERMSG
+// stb decodes PNG, BMP and 8-bit PNM only (JPEG is libjpeg's): the formats a dataset or a user
+// image comes in, and the least of stb 2.27's decoders for hostile files to reach (the fuzzers
+// found overflows in its JPEG and PNM readers: tests/data/fuzz_regressions/image/)
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_PNM
 #include <stb_image.h>
 
 #define STB_IMAGE_WRITE_STATIC
@@ -74,8 +80,36 @@ std::string png_problem(const uint8_t* d, size_t n) {
   return "truncated PNG (no IEND chunk)";
 }
 
+// What stb_image 2.27 cannot read safely in a binary PGM/PPM (P5/P6) header, "" if nothing
+// (tests/data/fuzz_regressions/image/): a number that overflows its int (undefined behaviour),
+// and a 16-bit file (maximum value > 255), whose pixels it reads into a buffer sized for 8 bits
+// and then converts, past the end. Its scan: width, height and maximum value, each after
+// whitespace and '#' comments to the end of the line.
+std::string pnm_problem(const uint8_t* d, size_t n) {
+  if (n < 2 || d[0] != 'P' || (d[1] != '5' && d[1] != '6')) return "";
+  auto space = [](uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  size_t i = 2;
+  for (int field = 0; field < 3; ++field) {
+    for (;;) {
+      while (i < n && space(d[i])) ++i;
+      if (i >= n || d[i] != '#') break;
+      while (i < n && d[i] != '\n' && d[i] != '\r') ++i;
+    }
+    int64_t v = 0;
+    for (; i < n && d[i] >= '0' && d[i] <= '9'; ++i)
+      if ((v = v * 10 + (d[i] - '0')) > INT32_MAX) return "corrupt PNM header (a number too large)";
+    if (field == 2 && v > 255) return str_cat("16-bit PNM (maximum value ", v, "): not supported");
+  }
+  return "";
+}
+
+// Also SOI after FF fill bytes, or not followed by a marker: stb_image takes those for JPEGs,
+// and none may reach its JPEG decoder (v2.27 writes past its Huffman size table on a DHT segment
+// of more than 256 codes: tests/data/fuzz_regressions/image/); libjpeg refuses them.
 bool is_jpeg(const uint8_t* d, size_t n) {
-  return n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF;
+  size_t i = 0;
+  while (i < n && d[i] == 0xFF) ++i;
+  return i >= 1 && i < n && d[i] == 0xD8;
 }
 
 // A JPEG is whole when it ends with the EOI marker (FF D9); some writers pad with zeros after it.
@@ -126,6 +160,8 @@ namespace {
 // The size in the header of an image stb reads, checked against the caps before stb decodes.
 void check_stb_header(const uint8_t* d, size_t n, const std::string& name) {
   int w = 0, h = 0, c = 0;
+  const std::string why = pnm_problem(d, n);
+  if (!why.empty()) fail_read(name, why);
   if (!stbi_info_from_memory(d, int(n), &w, &h, &c)) {
     const char* why = stbi_failure_reason();
     fail_read(name, why ? why : "unknown image format");
@@ -249,8 +285,9 @@ std::vector<uint8_t> read_bytes(const std::string& path) {
   return bytes;
 }
 
-// A JPEG's size from its header (libjpeg), nothing decoded.
-void jpeg_size(const uint8_t* data, size_t size, const std::string& name, int* w, int* h) {
+// A JPEG's size (and number of components) from its header (libjpeg), nothing decoded.
+void jpeg_size(const uint8_t* data, size_t size, const std::string& name, int* w, int* h,
+               int* components = nullptr) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -265,6 +302,7 @@ void jpeg_size(const uint8_t* data, size_t size, const std::string& name, int* w
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
   const int64_t iw = cinfo.image_width, ih = cinfo.image_height;
+  if (components) *components = cinfo.num_components;
   jpeg_destroy_decompress(&cinfo);
   check_image_size(iw, ih, name);
   *w = static_cast<int>(iw);
@@ -317,9 +355,22 @@ Image read_gray_image(const std::string& path) {
                               depth, "-bit ", type <= 6 ? kTypes[type] : "?",
                               " (convert it to 8-bit grey ids)"));
     check_image_size(be32(d + 16), be32(d + 20), path);
+  } else if (is_jpeg(d, n)) {
+    // libjpeg as in decode_image, never stb_image: stb 2.27 writes past its Huffman size table on
+    // a DHT segment of more than 256 codes (tests/data/fuzz_regressions/image/)
+    if (!jpeg_complete(d, n)) fail_read(path, "truncated JPEG (no end-of-image marker)");
+    int w = 0, h = 0, c = 0;
+    jpeg_size(d, n, path, &w, &h, &c);
+    if (c != 1)
+      fail_read(path, str_cat("expected an 8-bit single-channel image of label ids, got ", c,
+                              " channels"));
+    const Image rgb = decode_jpeg_libjpeg(d, n, path);  // grey replicated into R, G and B
+    Image img(rgb.width, rgb.height, 1);
+    for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = rgb.pixels[3 * i];
+    return img;
   } else {
-    if (is_jpeg(d, n) && !jpeg_complete(d, n))
-      fail_read(path, "truncated JPEG (no end-of-image marker)");
+    const std::string why = pnm_problem(d, n);
+    if (!why.empty()) fail_read(path, why);
     int w = 0, h = 0, c = 0;
     if (!stbi_info_from_memory(d, int(n), &w, &h, &c)) {
       const char* why = stbi_failure_reason();

@@ -763,7 +763,8 @@ void HRNet::init_weights(uint64_t seed) {
   for (const auto& [name, c] : children()) {
     const bool det_head = name == "reduction_conv" || name == "fpn_convs";
     // seg_hrnet_ocr.py's init_weights skips every module whose name contains cls, aux or ocr
-    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    const std::string& module_name = name;  // a structured binding: not capturable in C++17
+    auto has = [&](const char* part) { return module_name.find(part) != std::string::npos; };
     const bool ocr_head = spec_.ocr && (has("cls") || has("aux") || has("ocr"));
     Module holder;  // init_tree walks children, so wrap the top-level module
     holder.register_module(name, c);

@@ -2,7 +2,8 @@
 # Installs the build dependencies from Debian's packages (CUDA is optional: the CUDA backend is
 # built when nvcc is found). Safe to re-run; installs only what is missing.
 set -euo pipefail
-pkgs=(build-essential cmake libeigen3-dev catch2 libyaml-cpp-dev libstb-dev libsimdjson-dev libjpeg62-turbo-dev)
+pkgs=(build-essential cmake libeigen3-dev catch2 libyaml-cpp-dev libstb-dev libsimdjson-dev libjpeg62-turbo-dev
+      clang)  # clang: libFuzzer for scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

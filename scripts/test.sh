@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, tests: installs dependencies, builds, runs the test suite (GPU tests skip without
-# a device), then installs the package and builds the example that uses find_package(hrnet).
+# a device), fuzzes every parser of user files for HR_FUZZ_SECONDS (60) each, then installs the
+# package and builds the example that uses find_package(hrnet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # OpenMP threads sleep rather than spin while waiting: far faster on a shared or small machine
@@ -8,6 +9,8 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 scripts/setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j"$(nproc)"
+# the parsers of user files under libFuzzer (clang, ASan + UBSan), a bounded pass each
+scripts/fuzz.sh "${HR_FUZZ_SECONDS:-60}"
 cmake --install build --prefix build/install >/dev/null
 cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
 cmake --build build/consumer -j"$(nproc)" >/dev/null
