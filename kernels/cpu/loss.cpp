@@ -142,6 +142,26 @@ void target_probs(int64_t C, int64_t HW, const float* xn, const int64_t* ln, int
     p[i] = ln[i] == ignore_index ? INFINITY : std::exp(xn[ln[i] * HW + i0 + i] - mx[i] - lse[i]);
 }
 
+// Every pixel's softmax probability of its label (+inf where ignored), with the max and
+// log-sum-exp of its logits, which the OHEM loss's selection pass and its loss or gradient pass
+// both read: computed once.
+struct OhemPixels {
+  std::vector<float> prob, mx, lse;  // [N * HW]
+  OhemPixels(int64_t N, int64_t C, int64_t HW, const float* logits, const int64_t* labels,
+             int64_t ignore_index)
+      : prob(static_cast<size_t>(N * HW)), mx(prob.size()), lse(prob.size()) {
+    const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
+#pragma omp parallel for schedule(static) if (N * C * HW >= 16384)
+    for (int64_t b = 0; b < N * blocks_per_n; ++b) {
+      const int64_t n = b / blocks_per_n, i0 = (b % blocks_per_n) * kPixelBlock;
+      const int64_t len = std::min(kPixelBlock, HW - i0);
+      const size_t at = static_cast<size_t>(n * HW + i0);
+      target_probs(C, HW, logits + n * C * HW, labels + n * HW + i0, ignore_index, i0, len,
+                   mx.data() + at, lse.data() + at, prob.data() + at);
+    }
+  }
+};
+
 }  // namespace
 
 // pred, gt [N,J,HW], weight [N,J]
@@ -261,15 +281,8 @@ float ohem_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
   const int64_t counted = check_labels("ohem_ce_forward", N, C, HW, labels, ignore_index);
   const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
   const int64_t nblocks = N * blocks_per_n;
-  std::vector<float> prob(static_cast<size_t>(N * HW));
-#pragma omp parallel for schedule(static) if (N * C * HW >= 16384)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t n = b / blocks_per_n, i0 = (b % blocks_per_n) * kPixelBlock;
-    const int64_t len = std::min(kPixelBlock, HW - i0);
-    float mx[kPixelBlock], lse[kPixelBlock];
-    target_probs(C, HW, logits + n * C * HW, labels + n * HW + i0, ignore_index, i0, len, mx, lse,
-                 prob.data() + n * HW + i0);
-  }
+  const OhemPixels px(N, C, HW, logits, labels, ignore_index);
+  const std::vector<float>& prob = px.prob;
   // the k-th smallest probability, k = min(min_kept, count - 1) (torch: sort, then index)
   float thr = thresh;
   if (counted > 0) {
@@ -292,8 +305,8 @@ float ohem_ce_forward(int64_t N, int64_t C, int64_t HW, const float* logits,
     const float* xn = logits + n * C * HW;
     const int64_t* ln = labels + n * HW + i0;
     const float* pn = prob.data() + n * HW + i0;
-    float mx[kPixelBlock], lse[kPixelBlock];
-    log_sum_exp(C, HW, xn, i0, len, mx, lse);
+    const float* mx = px.mx.data() + n * HW + i0;
+    const float* lse = px.lse.data() + n * HW + i0;
     double s = 0, kept = 0;
     for (int64_t i = 0; i < len; ++i) {
       if (ln[i] == ignore_index || !(pn[i] < thr)) continue;
@@ -320,15 +333,8 @@ void ohem_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
   check_labels("ohem_ce_backward", N, C, HW, labels, ignore_index);
   const int64_t blocks_per_n = (HW + kPixelBlock - 1) / kPixelBlock;
   const int64_t nblocks = N * blocks_per_n;
-  std::vector<float> prob(static_cast<size_t>(N * HW));
-#pragma omp parallel for schedule(static) if (N * C * HW >= 16384)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t n = b / blocks_per_n, i0 = (b % blocks_per_n) * kPixelBlock;
-    const int64_t len = std::min(kPixelBlock, HW - i0);
-    float mx[kPixelBlock], lse[kPixelBlock];
-    target_probs(C, HW, logits + n * C * HW, labels + n * HW + i0, ignore_index, i0, len, mx, lse,
-                 prob.data() + n * HW + i0);
-  }
+  const OhemPixels px(N, C, HW, logits, labels, ignore_index);
+  const std::vector<float>& prob = px.prob;
   int64_t kept = 0;
   for (int64_t p = 0; p < N * HW; ++p) kept += labels[p] != ignore_index && prob[p] < threshold;
   const double k = kept ? double(dloss) / double(kept) : 0.0;
@@ -340,8 +346,9 @@ void ohem_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
     float* dn = dlogits + n * C * HW;
     const int64_t* ln = labels + n * HW + i0;
     const float* pn = prob.data() + n * HW + i0;
-    float mx[kPixelBlock], lse[kPixelBlock], kk[kPixelBlock];
-    log_sum_exp(C, HW, xn, i0, len, mx, lse);
+    const float* mx = px.mx.data() + n * HW + i0;
+    const float* lse = px.lse.data() + n * HW + i0;
+    float kk[kPixelBlock];
     for (int64_t i = 0; i < len; ++i) {
       const bool sel = ln[i] != ignore_index && pn[i] < threshold;
       kk[i] = sel ? float(k * (class_weight ? double(class_weight[ln[i]]) : 1.0)) : 0.f;
