@@ -45,58 +45,10 @@ std::string last_line(const std::string& s) {
   return t.substr(t.rfind('\n') == std::string::npos ? 0 : t.rfind('\n') + 1);
 }
 
-// A tiny HRNet and a tiny run: fast enough for the suite, real enough to
-// exercise every part.
-const char* kTinyCfg = R"(
-DATASET:
-  DATASET: synth
-  ROOT: '@ROOT@'
-  TRAIN_SET: train2017
-  TEST_SET: val2017
-  FLIP: true
-  PROB_HALF_BODY: 0.3
-  ROT_FACTOR: 30
-  SCALE_FACTOR: 0.25
-WORKERS: 2
-PRINT_FREQ: 1
-MODEL:
-  NAME: pose_hrnet
-  NUM_JOINTS: 17
-  IMAGE_SIZE: [64, 96]
-  HEATMAP_SIZE: [16, 24]
-  SIGMA: 2
-  EXTRA:
-    PRETRAINED_LAYERS: ['*']
-    FINAL_CONV_KERNEL: 1
-    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
-    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
-    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
-LOSS:
-  USE_TARGET_WEIGHT: true
-TRAIN:
-  BATCH_SIZE_PER_GPU: 4
-  END_EPOCH: 2
-  OPTIMIZER: adam
-  LR: 0.001
-  LR_STEP: [1]
-TEST:
-  BATCH_SIZE_PER_GPU: 8
-  USE_GT_BBOX: true
-  FLIP_TEST: true
-  POST_PROCESS: true
-  SHIFT_HEATMAP: true
-  IN_VIS_THRE: 0.2
-  OKS_THRE: 0.9
-ENGINE:
-  SEED: 3
-  THREADS: 2
-)";
 
 std::string write_cfg(const std::string& name, const std::string& root) {
-  std::string text = kTinyCfg;
-  text.replace(text.find("@ROOT@"), 6, root);
   const std::string path = (kWork / name).string();
-  std::ofstream(path) << text;
+  std::ofstream(path) << hr::test::tiny_pose_config(root);
   return path;
 }
 

@@ -71,52 +71,8 @@ std::string last_line(std::string s) {
   return nl == std::string::npos ? s : s.substr(nl + 1);
 }
 
-// The tiny pose model of test_pose_apps, on 30 training images: 13 iterations an epoch.
-const char* kCfg = R"(
-DATASET:
-  DATASET: synth
-  ROOT: '@ROOT@'
-  TRAIN_SET: train2017
-  TEST_SET: val2017
-  FLIP: true
-  PROB_HALF_BODY: 0.3
-  ROT_FACTOR: 30
-  SCALE_FACTOR: 0.25
-WORKERS: 2
-PRINT_FREQ: 1
-MODEL:
-  NAME: pose_hrnet
-  NUM_JOINTS: 17
-  IMAGE_SIZE: [64, 96]
-  HEATMAP_SIZE: [16, 24]
-  SIGMA: 2
-  EXTRA:
-    PRETRAINED_LAYERS: ['*']
-    FINAL_CONV_KERNEL: 1
-    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
-    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
-    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
-LOSS:
-  USE_TARGET_WEIGHT: true
-TRAIN:
-  BATCH_SIZE_PER_GPU: 4
-  END_EPOCH: 2
-  OPTIMIZER: adam
-  LR: 0.001
-  LR_STEP: [1]
-TEST:
-  BATCH_SIZE_PER_GPU: 8
-  USE_GT_BBOX: true
-  FLIP_TEST: true
-  POST_PROCESS: true
-  SHIFT_HEATMAP: true
-  IN_VIS_THRE: 0.2
-  OKS_THRE: 0.9
-ENGINE:
-  SEED: 3
-  THREADS: 2
-)";
-
+// The data of test_pose_apps' tiny pose model (tiny_pose_config): 30 training images, 13
+// iterations an epoch.
 const std::string& dataset() {
   static std::string root = [] {
     fs::remove_all(kWork);
@@ -132,8 +88,7 @@ const std::string& dataset() {
 
 const std::string& config() {
   static std::string path = [] {
-    std::string text = kCfg;
-    text.replace(text.find("@ROOT@"), 6, dataset());
+    const std::string text = hr::test::tiny_pose_config(dataset());  // dataset() makes kWork
     const std::string p = (kWork / "tiny.yaml").string();
     std::ofstream(p) << text;
     return p;
