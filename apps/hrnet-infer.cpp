@@ -536,7 +536,8 @@ void segment_image(HRNet& model, const Args& a, const Config* cfg) {
     return h;
   };
   Tensor x = Tensor::empty({1, 3, img.height, img.width});
-  data::normalize_input(img.pixels.data(), img.height, img.width, x.data<float>());
+  const data::SegOptions norm;  // the official ImageNet mean and std, as the seg datasets use
+  data::normalize_seg_input(img, norm.mean, norm.std, x.data<float>());
   const std::vector<int64_t> pred = tasks::seg_argmax(tasks::seg_inference(forward, x, o));
 
   const data::SegClassTable classes = data::seg_class_table(dataset, C);
