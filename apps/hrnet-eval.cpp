@@ -10,6 +10,11 @@
 //       Weights: --weights, else TEST.MODEL_FILE, else <output dir>/final_state.safetensors.
 //   hrnet-eval --cfg FILE --results RESULTS.json [KEY VALUE ...]
 //       scores an existing results file against TEST_SET's annotations.
+// Det (HRNet-FCOS files): the official test (MIN_SIZE_TEST / MAX_SIZE_TEST, FCOS post-processing)
+// on DATASETS.TEST[0], the 12 COCO box AP/AR numbers, the detections as COCO-format JSON
+// (DIR/results/bbox_<dataset>_results.json: also a person-detection file for pose's
+// TEST.COCO_BBOX_FILE); --results scores a box results file against DATASETS.TEST[0]. Weights:
+// --weights, else MODEL.WEIGHT (as the official test_net.py), else the output's final_state.
 //
 // Errors print one line and exit non-zero.
 #include <omp.h>
@@ -94,6 +99,7 @@ int run(const Args& a) {
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, a.cfg) : a.out;
   std::string weights = a.weights;
   if (weights.empty()) weights = cfg.get_str("TEST.MODEL_FILE", "");
+  if (weights.empty()) weights = cfg.get_str("MODEL.WEIGHT", "");  // det (maskrcnn-benchmark)
   if (weights.empty()) weights = out + "/final_state.safetensors";
   HR_CHECK(fs::exists(weights), "weights ", weights,
            " do not exist (give --weights or TEST.MODEL_FILE)");

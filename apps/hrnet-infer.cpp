@@ -19,6 +19,11 @@
 //   classes), with --label-map OUT.png, the image blended with it with --overlay OUT.png, and the
 //   share of each class with --json OUT.json; inference as the official test (the config's
 //   TEST.BASE_SIZE, IMAGE_SIZE windows, FLIP_TEST, MULTI_SCALE/SCALE_LIST).
+//   (det head, an HRNet-FCOS config) the objects found, score >= --box-thre (default 0.5), as
+//   JSON (COCO [x,y,w,h], score, category) and the image with their boxes drawn; inference as
+//   the official test (MIN_SIZE_TEST / MAX_SIZE_TEST, FCOS post-processing).
+//   (pose head) --detector DET.yaml --detector-weights CKPT: the people are found by that
+//   detector (its "person" detections with score >= --box-thre), then their keypoints.
 //
 // IN is a .safetensors file holding a float32 [N,3,H,W] tensor named "input"; OUT receives the
 // head's raw output as float32 "output" (the det head's pyramid levels as "output.0" ...),
@@ -46,6 +51,7 @@
 #include "engine/file_util.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "tasks/classification.h"
+#include "tasks/detection.h"
 #include "tasks/pose.h"
 #include "tasks/segmentation.h"
 #include "data/seg_classes.h"
@@ -78,6 +84,7 @@ const char* kUsage =
 struct Args {
   std::string config, model, weights, input, output, device = "cpu", input_size;
   std::string image, boxes_file, json_out, overlay_out, classes, label_map;
+  std::string detector, detector_weights;  // pose: find the people with this det config
   std::vector<std::array<float, 4>> boxes;
   float box_thre = 0.5f;
   std::vector<std::string> overrides;
@@ -166,6 +173,10 @@ Args parse(int argc, char** argv) {
       a.classes = value(i);
     else if (k == "--label-map")
       a.label_map = value(i);
+    else if (k == "--detector")
+      a.detector = value(i);
+    else if (k == "--detector-weights")
+      a.detector_weights = value(i);
     else if (k == "--box-thre") {
       const std::string v = value(i);
       char* end = nullptr;
@@ -209,6 +220,10 @@ Args parse(int argc, char** argv) {
     throw UsageError("give exactly one of --config, --model");
   if (!a.model.empty() && !a.overrides.empty())
     throw UsageError("--set applies to --config files only");
+  if (a.detector.empty() != a.detector_weights.empty())
+    throw UsageError("--detector and --detector-weights go together");
+  if (!a.detector.empty() && (a.image.empty() || !a.boxes.empty() || !a.boxes_file.empty()))
+    throw UsageError("--detector finds the people of an --image: it replaces --box and --boxes");
   if (!a.image.empty()) {
     if (a.weights.empty()) throw UsageError("--image needs --weights");
     if (!a.input.empty() || !a.output.empty() || a.summary)
@@ -344,10 +359,82 @@ void infer(HRNet& model, const Args& a) {
                    {{"model", model.spec().name}, {"head", head_name(model.spec().head)}});
 }
 
+// The detections of an HRNet-FCOS model with score >= --box-thre (of category `only` when given),
+// highest score first; `categories` receives each label's category.
+struct FoundObject : tasks::DetBox {
+  data::CocoCategory category;
+};
+std::vector<FoundObject> find_objects(HRNet& model, const Config& cfg, const std::string& weights,
+                                      const data::Image& img, const Args& a,
+                                      const std::string& only = "") {
+  const tasks::DetSettings s = tasks::DetSettings::from_config(cfg);
+  const auto categories = tasks::det_label_categories(s, model.spec().num_classes);
+  load_hrnet_checkpoint(model, weights);
+  tasks::RunOptions run;
+  run.device = parse_device(a.device);
+  run.graph = !a.eager;
+  if (run.device != Device::cpu()) model.to(run.device);
+  tasks::Detector detect(model, s, run);
+  std::vector<FoundObject> found;
+  for (const tasks::DetBox& d : detect(img)) {
+    const data::CocoCategory& c = categories.at(static_cast<size_t>(d.label));
+    if (!(d.score >= a.box_thre) || (!only.empty() && c.name != only)) continue;
+    found.push_back({d, c});
+  }
+  std::stable_sort(found.begin(), found.end(),
+                   [](const FoundObject& x, const FoundObject& y) { return x.score > y.score; });
+  return found;
+}
+std::vector<FoundObject> find_objects(const std::string& det_cfg, const std::string& weights,
+                                      const data::Image& img, const Args& a,
+                                      const std::string& only) {
+  const Config cfg = Config::load(det_cfg);
+  HR_CHECK(cfg.get_str("MODEL.NAME", "") == "fcos_hrnet", "--detector ", det_cfg,
+           " is not a detection (HRNet-FCOS) config");
+  HRNet model(spec_from_config(cfg));
+  return find_objects(model, cfg, weights, img, a, only);
+}
+
+// The objects in an image (det head): JSON and/or the image with their boxes.
+void detect_image(HRNet& model, const Args& a, const Config* cfg) {
+  if (a.json_out.empty() && a.overlay_out.empty())
+    throw UsageError("--image with a det model needs --json OUT.json and/or --overlay OUT.png");
+  if (!a.boxes.empty() || !a.boxes_file.empty() || !a.classes.empty() || !a.label_map.empty())
+    throw UsageError("--box, --boxes, --classes and --label-map do not go with det models");
+  if (!cfg) throw UsageError("--image with a det model needs its --config (the test transform)");
+  const data::Image img = data::read_image(a.image);
+  const std::vector<FoundObject> found = find_objects(model, *cfg, a.weights, img, a);
+  data::Image overlay = img;
+  std::string json = str_cat("{\"image\": ", json_quote(a.image), ", \"width\": ", img.width,
+                             ", \"height\": ", img.height, ", \"detections\": [");
+  const float line = std::max(2.f, img.width / 250.f);
+  const data::SegClassTable palette = data::seg_class_table("cityscapes", 19);  // box colours
+  for (size_t k = 0; k < found.size(); ++k) {
+    const FoundObject& d = found[k];
+    json += str_cat(k ? ",\n  " : "\n  ", "{\"bbox\": [", jnum(d.xywh[0]), ", ",
+                    jnum(d.xywh[1]), ", ", jnum(d.xywh[2]), ", ", jnum(d.xywh[3]),
+                    "], \"score\": ", jnum(d.score), ", \"category_id\": ", d.category.id,
+                    ", \"name\": ", json_quote(d.category.name), "}");
+    const float x0 = d.xywh[0], y0 = d.xywh[1], x1 = x0 + d.xywh[2], y1 = y0 + d.xywh[3];
+    const auto& c = palette.colours[static_cast<size_t>(d.label) % palette.colours.size()];
+    for (const auto& [ax, ay, bx, by] : std::vector<std::array<float, 4>>{
+             {x0, y0, x1, y0}, {x1, y0, x1, y1}, {x1, y1, x0, y1}, {x0, y1, x0, y0}})
+      data::draw_line(overlay, ax, ay, bx, by, line, c);
+  }
+  json += "\n ]}\n";
+  write_outputs({{a.overlay_out, [&] { data::write_image(overlay, a.overlay_out); }},
+                 {a.json_out, [&] { write_text(a.json_out, json); }}});
+  for (const FoundObject& d : found)
+    std::printf("%-14s %.3f  [%.1f, %.1f, %.1f, %.1f]\n", d.category.name.c_str(), d.score,
+                d.xywh[0], d.xywh[1], d.xywh[2], d.xywh[3]);
+  std::fprintf(stderr, "hrnet-infer: %zu objects with score >= %g in %s\n", found.size(),
+               a.box_thre, a.image.c_str());
+}
+
 // Keypoints of the people in an image: crops of the given boxes (the whole image when none),
 // the model with flip test, the official decoding; JSON and/or an overlay picture.
 void infer_image(HRNet& model, const Args& a, const Config* cfg) {
-  HR_CHECK(model.spec().head == Head::Pose, "--image takes pose, seg and cls models, ", model.spec().name,
+  HR_CHECK(model.spec().head == Head::Pose, "--image takes pose, seg, det and cls models, ", model.spec().name,
            " has the ", head_name(model.spec().head), " head");
   if (a.json_out.empty() && a.overlay_out.empty())
     throw UsageError("--image with a pose model needs --json OUT.json and/or --overlay OUT.png");
@@ -397,6 +484,20 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
                               "]: coordinates must be finite and within +-", kMaxBoxCoord,
                               " pixels"));
       boxes.push_back({b[0], b[1], b[2], b[3], float(d.score)});
+    }
+  }
+  if (!a.detector.empty()) {
+    for (const auto& d : find_objects(a.detector, a.detector_weights, img, a, "person"))
+      boxes.push_back({d.xywh[0], d.xywh[1], d.xywh[2], d.xywh[3], d.score});
+    std::fprintf(stderr, "hrnet-infer: %zu %s found by %s\n", boxes.size(),
+                 boxes.size() == 1 ? "person" : "people", a.detector.c_str());
+    if (boxes.empty()) {  // nobody: an empty result, not the whole image
+      write_outputs({{a.overlay_out, [&] { data::write_image(img, a.overlay_out); }},
+                     {a.json_out, [&] {
+                        write_text(a.json_out, str_cat("{\"image\": ", json_quote(a.image),
+                                                       ", \"people\": []}\n"));
+                      }}});
+      return;
     }
   }
   if (boxes.empty()) boxes.push_back({0, 0, float(img.width), float(img.height), 1.f});
@@ -592,6 +693,8 @@ int main(int argc, char** argv) {
       classify_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else if (!a.image.empty() && model->spec().head == Head::Seg)
       segment_image(*model, a, a.config.empty() ? nullptr : &cfg);
+    else if (!a.image.empty() && model->spec().head == Head::Det)
+      detect_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else if (!a.image.empty())
       infer_image(*model, a, a.config.empty() ? nullptr : &cfg);
     else

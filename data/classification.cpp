@@ -95,7 +95,7 @@ namespace {
 int py_round(double v) { return static_cast<int>(std::nearbyint(v)); }
 }  // namespace
 
-Box random_resized_crop_box(int width, int height, std::mt19937_64& rng,
+CropBox random_resized_crop_box(int width, int height, std::mt19937_64& rng,
                             std::array<double, 2> scale, std::array<double, 2> ratio) {
   const double area = double(width) * height;
   const double lr0 = std::log(ratio[0]), lr1 = std::log(ratio[1]);
@@ -126,7 +126,7 @@ std::array<int, 2> resize_shorter(int width, int height, int size) {
   return {static_cast<int>(double(size) * width / height), size};
 }
 
-Box center_crop_box(int width, int height, int size) {
+CropBox center_crop_box(int width, int height, int size) {
   HR_CHECK(width >= size && height >= size, "center crop: ", size, "x", size, " from a ", width,
            "x", height, " image");
   return {py_round((width - size) / 2.0), py_round((height - size) / 2.0), size, size};
@@ -147,7 +147,7 @@ int decode_denom(const EncodedImage& img, bool fast, int need_w, int need_h, int
 }
 
 // The region of a full-size box in an image decoded at 1/d (ceil(W/d) x ceil(H/d) pixels).
-Box scaled_box(const Box& b, int d, const Image& decoded) {
+CropBox scaled_box(const CropBox& b, int d, const Image& decoded) {
   const int x0 = b.x / d, y0 = b.y / d;
   const int x1 = std::min((b.x + b.w + d - 1) / d, decoded.width);
   const int y1 = std::min((b.y + b.h + d - 1) / d, decoded.height);
@@ -169,10 +169,10 @@ void make_classification_sample(const EncodedImage& img, const ClassificationOpt
   const int S = o.size;
   Image out;
   if (o.train) {
-    const Box b = random_resized_crop_box(img.width(), img.height(), rng, {o.min_scale, 1.0});
+    const CropBox b = random_resized_crop_box(img.width(), img.height(), rng, {o.min_scale, 1.0});
     const int d = decode_denom(img, o.fast_decode, b.w, b.h, S);
     const Image full = img.decode(d);
-    const Box r = d == 1 ? b : scaled_box(b, d, full);
+    const CropBox r = d == 1 ? b : scaled_box(b, d, full);
     out = resize_bilinear_pil(crop(full, r.x, r.y, r.w, r.h), S, S);
     if (uniform01(rng) < 0.5) flip_rows(out);
   } else {
@@ -182,7 +182,7 @@ void make_classification_sample(const EncodedImage& img, const ClassificationOpt
     const Image full = img.decode(d);
     const auto [rw, rh] = resize_shorter(full.width, full.height, R);
     const Image resized = resize_bilinear_pil(full, rw, rh);
-    const Box c = center_crop_box(rw, rh, S);
+    const CropBox c = center_crop_box(rw, rh, S);
     out = crop(resized, c.x, c.y, S, S);
   }
   normalize_input(out.pixels.data(), S, S, input);

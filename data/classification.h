@@ -39,19 +39,19 @@ ImageSet scan_image_folder(const std::string& dir);
 ImageSet read_image_list(const std::string& list_file, const std::string& root);
 
 // A crop box in pixels of the full image.
-struct Box {
+struct CropBox {
   int x = 0, y = 0, w = 0, h = 0;
 };
 // torchvision RandomResizedCrop.get_params: up to 10 tries of an area fraction in `scale` and a
 // log-uniform aspect ratio in `ratio` (rounded as Python rounds), then the centre crop clamped to
 // the ratio range.
-Box random_resized_crop_box(int width, int height, std::mt19937_64& rng,
+CropBox random_resized_crop_box(int width, int height, std::mt19937_64& rng,
                             std::array<double, 2> scale = {0.08, 1.0},
                             std::array<double, 2> ratio = {3.0 / 4.0, 4.0 / 3.0});
 // torchvision Resize(size) with an int: the shorter side to `size`, the other int(size*long/short).
 std::array<int, 2> resize_shorter(int width, int height, int size);  // -> {w, h}
 // torchvision CenterCrop(size): top and left rounded half to even, as Python's round().
-Box center_crop_box(int width, int height, int size);
+CropBox center_crop_box(int width, int height, int size);
 
 struct ClassificationOptions {
   int size = 224;               // MODEL.IMAGE_SIZE

@@ -751,6 +751,34 @@ void generate_synthetic_coco(const std::string& out_dir, const SynthOptions& opt
 
 namespace synth {
 
+struct PersonFigure::Impl {
+  std::vector<Shape> shapes;
+};
+
+PersonFigure::PersonFigure() : impl_(std::make_unique<Impl>()) {}
+PersonFigure::~PersonFigure() = default;
+PersonFigure::PersonFigure(PersonFigure&&) noexcept = default;
+PersonFigure& PersonFigure::operator=(PersonFigure&&) noexcept = default;
+
+// As try_person builds its figures (without the keypoints)
+PersonFigure PersonFigure::random(Rng& rng, float height, float angle, bool back) {
+  Builder b;
+  b.mirror = back ? -1.f : 1.f;
+  b.angle = angle;
+  b.scale = height;
+  b.outline = std::max(0.004f, 0.8f / b.scale);
+  build_figure(rng, b, back);
+  PersonFigure f;
+  f.impl_->shapes = std::move(b.shapes);
+  return f;
+}
+
+std::array<float, 4> PersonFigure::extent() const { return data::extent(impl_->shapes); }
+void PersonFigure::translate(float dx, float dy) { data::translate(impl_->shapes, V2{dx, dy}); }
+void PersonFigure::paint(Image& img, bool mask) const { data::paint(impl_->shapes, img, mask); }
+
+void pose_background(Image& img, Rng& rng) { render_background(img, rng); }
+
 void render_all(int64_t total, int threads, bool progress,
                 const std::function<void(int64_t)>& render) {
   std::atomic<int64_t> next{0}, done{0};

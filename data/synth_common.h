@@ -1,12 +1,14 @@
 // What the built-in synthetic datasets (data/synth.cpp: pose, data/synth_cls.cpp:
-// classification) share: one random generator per image, random colours and sensor noise. Every
+// classification, data/synth_det.cpp: detection) share: one random generator per image, random colours and sensor noise. Every
 // draw is computed here, not by the standard library's distributions, so a dataset is the same
 // on every platform; the image writers depend only on (seed, index), never on threads.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "data/draw.h"
@@ -114,6 +116,32 @@ inline void add_value_noise(std::vector<float>& f, int W, int H, float cell, flo
       }
     }
 }
+
+// The pose dataset's people and backgrounds (defined in data/synth.cpp), for the other datasets
+// to draw with.
+//
+// One person: a random pose, proportions, clothes and view, its standing height `height` pixels,
+// turned by `angle` radians, seen from the back when `back` (face hidden, mirrored). Built around
+// the origin: translate() it into place. paint() draws it in colour, or with `mask` its coverage
+// in white (on a 1-channel image, >= 128 where at least half a pixel is covered).
+class PersonFigure {
+ public:
+  PersonFigure();
+  ~PersonFigure();
+  PersonFigure(PersonFigure&&) noexcept;
+  PersonFigure& operator=(PersonFigure&&) noexcept;
+  static PersonFigure random(Rng& rng, float height, float angle, bool back);
+  std::array<float, 4> extent() const;  // x0, y0, x1, y1 of everything it draws
+  void translate(float dx, float dy);
+  void paint(Image& img, bool mask) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+// The pose dataset's background: a gradient under stripes, checkers, value noise or translucent
+// blobs, with nothing shaped like a limb or a head.
+void pose_background(Image& img, Rng& rng);
 
 // Runs render(i) for every i in [0, total) on `threads` threads (0: every core), with a progress
 // bar on stderr if `progress`. The first exception stops the others and is rethrown (as an Error

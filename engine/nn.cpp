@@ -20,16 +20,23 @@ Tensor uniform(const Shape& shape, float bound) {
   return Tensor::from_vector(v, shape);
 }
 
-std::string strip(const std::string& key, const std::vector<std::string>& prefixes) {
-  for (const auto& p : prefixes)
-    if (key.compare(0, p.size(), p) == 0) return key.substr(p.size());
-  return key;
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 }  // namespace
+
+std::string strip_key_prefixes(std::string key, const std::vector<std::string>& prefixes) {
+  for (bool again = true; again;) {
+    again = false;
+    for (const auto& p : prefixes)
+      if (!p.empty() && key.compare(0, p.size(), p) == 0) {
+        key = key.substr(p.size());
+        again = true;
+      }
+  }
+  return key;
+}
 
 void manual_seed(uint64_t seed) { generator().seed(seed); }
 uint64_t next_seed() { return generator()(); }
@@ -101,7 +108,7 @@ void Module::load_state_dict(const NamedTensors& sd, const LoadOptions& opt) {
   std::set<std::string> seen;
   std::vector<std::string> unexpected, misshaped, missing;
   for (const auto& [raw, src] : sd) {
-    std::string k = strip(raw, opt.strip_prefixes);
+    std::string k = strip_key_prefixes(raw, opt.strip_prefixes);
     auto it = mine.find(k);
     if (it == mine.end()) {
       unexpected.push_back(raw);
@@ -129,7 +136,7 @@ void Module::load_state_dict(const NamedTensors& sd, const LoadOptions& opt) {
   }
   NoGradGuard g;
   for (const auto& [raw, src] : sd) {
-    auto it = mine.find(strip(raw, opt.strip_prefixes));
+    auto it = mine.find(strip_key_prefixes(raw, opt.strip_prefixes));
     if (it == mine.end()) continue;
     Tensor dst = it->second;
     dst.copy_(src.shape() == dst.shape() ? src : src.view(dst.shape()));

@@ -20,8 +20,13 @@ uint64_t next_seed();
 struct LoadOptions {
   bool strict = true;                     // missing / unexpected keys are errors
   bool allow_missing_num_batches = true;  // absent `num_batches_tracked` is accepted
+  // removed from the front of a key for as long as one matches
   std::vector<std::string> strip_prefixes = {"module.", "model."};
 };
+
+// Removes the listed prefixes from the front of `key` for as long as one matches
+// ("module.backbone.body.conv1.weight" -> "conv1.weight").
+std::string strip_key_prefixes(std::string key, const std::vector<std::string>& prefixes);
 
 class Module {
  public:
@@ -49,7 +54,8 @@ class Module {
   std::map<std::string, Tensor> gradients() const;
   int64_t num_parameters() const;
 
-  void train(bool on = true);
+  // Sets this module's and its children's mode (virtual: a model may keep parts in eval mode).
+  virtual void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
   // Moves every floating parameter and buffer to `device` in place (tensor handles stay valid;

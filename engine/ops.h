@@ -65,6 +65,11 @@ Tensor relu(const Tensor& x);
 Tensor add(const Tensor& a, const Tensor& b);  // same shape
 Tensor mul(const Tensor& x, float alpha);       // alpha * x
 Tensor sum_all(const Tensor& x);                // scalar f32 (CPU tensors only)
+Tensor exp(const Tensor& x);
+// s * x with s a one-element f32 tensor on x's device (a learnable scale: FCOS's per-level
+// Scale); x any shape and floating dtype. Gradients: dx = s * dy, ds = sum(dy * x) (f32, a
+// fixed-order reduction).
+Tensor scale(const Tensor& x, const Tensor& s);
 
 // PyTorch F.interpolate(mode="nearest"): by integer/float scale factor or to a size.
 Tensor upsample_nearest(const Tensor& x, std::array<int64_t, 2> size);
@@ -136,6 +141,29 @@ Tensor ohem_cross_entropy(const Tensor& logits, const Tensor& labels, int64_t ig
                           float thresh = 0.7f, int64_t min_kept = 100000,
                           const Tensor& class_weight = Tensor());
 
+// ---- detection losses (HRNet-FCOS, maskrcnn_benchmark/modeling/rpn/fcos/loss.py) ----
+// Scalar f32 losses on the prediction's device; the prediction may be f16/bf16 on CUDA, the
+// other operands are data (targets, weights and masks in another floating dtype are cast to f32)
+// and carry no gradient.
+// maskrcnn-benchmark's SigmoidFocalLoss(gamma, alpha) divided by num_pos + N, FCOS's normaliser:
+// logits [N,C,P] (C classes, no background), labels i64 [N,P]: 0 background, k in 1..C marks
+// class k - 1 positive, a negative label is ignored (no term); num_pos = the labels > 0. The
+// terms, p = sigmoid(x): -alpha (1 - p)^gamma log p for the positive class, -(1 - alpha) p^gamma
+// log(1 - p) for every other class, in the stable form of their CUDA kernel (forward and
+// backward). A label above C throws on the CPU and makes the loss NaN on CUDA.
+Tensor sigmoid_focal_loss(const Tensor& logits, const Tensor& labels, float gamma, float alpha);
+// maskrcnn-benchmark's IOULoss, -log((I + 1) / (U + 1)), of pred and target [N,4,P] (distances
+// to the left, top, right and bottom sides), averaged with weights [N,P] (FCOS: the centerness
+// targets) over the locations whose weight is > 0: sum w_p loss_p / sum w_p. Nothing else is
+// read (any values may stand at the other locations, whose gradient is 0); 0 with a zero
+// gradient when no weight is > 0. min's gradient splits ties in halves, as torch.min's.
+Tensor iou_loss(const Tensor& pred, const Tensor& target, const Tensor& weight);
+// BCE with logits, max(x, 0) - x t + log1p(exp(-|x|)), of logits, target and mask [N,P], over
+// the elements with mask > 0: sum m_i bce_i / sum m_i (FCOS's centerness loss, mask the positive
+// locations: nn.BCEWithLogitsLoss's mean over them); nothing else is read; 0 with a zero
+// gradient when no mask is > 0.
+Tensor masked_bce_with_logits(const Tensor& logits, const Tensor& target, const Tensor& mask);
+
 // ---- the ops backward rules are written with (not differentiable themselves) ----
 // dy [N,K,P,Q], w [K,C,R,S] -> dx of shape `input`
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& input,
@@ -186,6 +214,17 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& labels, const 
 Tensor ohem_cross_entropy_backward(const Tensor& logits, const Tensor& labels,
                                    const Tensor& class_weight, const Tensor& threshold,
                                    const Tensor& dloss, int64_t ignore_index);
+// y: exp's output; dx = dy * y
+Tensor exp_backward(const Tensor& y, const Tensor& dy);
+// The scale's gradient: sum(dy * x) as f32 of scale_shape (one element)
+Tensor scale_backward(const Tensor& x, const Tensor& dy, const Shape& scale_shape);
+// dloss: the loss's gradient, a scalar f32 on the prediction's device; the forward's arguments
+Tensor sigmoid_focal_loss_backward(const Tensor& logits, const Tensor& labels, const Tensor& dloss,
+                                   float gamma, float alpha);
+Tensor iou_loss_backward(const Tensor& pred, const Tensor& target, const Tensor& weight,
+                         const Tensor& dloss);
+Tensor masked_bce_with_logits_backward(const Tensor& logits, const Tensor& target,
+                                       const Tensor& mask, const Tensor& dloss);
 // A tensor of `shape` filled with the value of the one-element tensor g (sum_all's backward).
 Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype);
 

@@ -154,6 +154,8 @@ void Optimizer::load_state_dict(const NamedTensors& sd) {
 SGD::SGD(std::vector<Tensor> params, const SGDOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
   HR_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
            "SGD: Nesterov momentum requires a momentum and zero dampening");
+  HR_CHECK(o.group2.empty() || o.group2.size() == params_.size(), "SGD: group2 has ",
+           o.group2.size(), " entries for ", params_.size(), " parameters");
   slot_names_ = {"momentum_buffer"};
 }
 
@@ -161,9 +163,13 @@ void SGD::prepare_step() {
   float* h = hyper_for_write();
   h[0] = float(lr_);
   h[1] = steps_ == 0 ? 1.f : 0.f;  // the first step initialises the momentum buffers
-  upload_hyper(2);
+  h[2] = float(lr_ * o_.group2_lr_factor);  // the second group's {lr, first}
+  h[3] = h[1];
+  upload_hyper(4);
   ++steps_;
 }
+
+bool SGD::in_group2(size_t i) const { return i < o_.group2.size() && o_.group2[i]; }
 
 void SGD::enqueue_step() {
   HR_CHECK(capturable_, "SGD: enqueue_step needs set_capturable(true)");
@@ -172,9 +178,11 @@ void SGD::enqueue_step() {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
     float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
+    const bool g2 = in_group2(i);
     cuda::sgd_step_dev(p.numel(), p.data<float>(), capturable_grad(p, i), buf,
-                       hyper_dev_.data<float>(), float(o_.momentum), float(o_.dampening),
-                       float(o_.weight_decay), o_.nesterov, st);
+                       hyper_dev_.data<float>() + (g2 ? 2 : 0), float(o_.momentum),
+                       float(o_.dampening),
+                       float(g2 ? o_.group2_weight_decay : o_.weight_decay), o_.nesterov, st);
   }
 }
 
@@ -191,13 +199,15 @@ void SGD::step() {
     // torch initialises the momentum buffer with the first gradient a parameter receives.
     const bool first = slots_[i].empty() || !slots_[i][0].defined();
     float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
+    const bool g2 = in_group2(i);
+    const float lr = float(g2 ? lr_ * o_.group2_lr_factor : lr_);
+    const float wd = float(g2 ? o_.group2_weight_decay : o_.weight_decay);
     if (p.device().is_cpu())
-      cpu::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, float(lr_), float(o_.momentum),
-                    float(o_.dampening), float(o_.weight_decay), o_.nesterov, first);
+      cpu::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, lr, float(o_.momentum),
+                    float(o_.dampening), wd, o_.nesterov, first);
     else
-      cuda::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, float(lr_),
-                     float(o_.momentum), float(o_.dampening), float(o_.weight_decay), o_.nesterov,
-                     first, current_stream());
+      cuda::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, lr, float(o_.momentum),
+                     float(o_.dampening), wd, o_.nesterov, first, current_stream());
   }
   ++steps_;
 }

@@ -72,6 +72,11 @@ class Optimizer {
 struct SGDOptions {
   double lr = 0.01, momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false;
+  // A second parameter group, as maskrcnn-benchmark's make_optimizer builds one for biases:
+  // parameter i with group2[i] true steps at lr * group2_lr_factor with weight decay
+  // group2_weight_decay (empty: one group).
+  std::vector<bool> group2;
+  double group2_lr_factor = 1, group2_weight_decay = 0;
 };
 
 class SGD : public Optimizer {
@@ -83,6 +88,7 @@ class SGD : public Optimizer {
 
  private:
   SGDOptions o_;
+  bool in_group2(size_t i) const;
 };
 
 struct AdamOptions {

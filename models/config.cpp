@@ -477,6 +477,81 @@ const DefaultRow kEngineDefaults[] = {
     {"ENGINE.CROP_SCALE_MIN", "0.08"},  // classification training: RandomResizedCrop's smallest area
     {"ENGINE.ACCUMULATE_STEPS", "1"},   // the batch as N micro-batches, gradients summed
     {"ENGINE.SYNTHETIC", "False"},      // the built-in synthetic data (cached) as DATASET.ROOT
+    {"ENGINE.DET_CANVAS", "[0, 0]"},    // det training input [W, H] (0: the largest resize, square)
+};
+
+// HRNet-FCOS's maskrcnn_benchmark/config/defaults.py: the rows this engine reads (the files
+// set only what differs from these). MODEL.NAME 'fcos_hrnet' and DATASET.ROOT are this engine's:
+// the family's name, and the folder the DATASETS names are found in (paths_catalog.py's layout).
+const DefaultRow kDetDefaults[] = {
+    {"MODEL", "{}"},
+    {"MODEL.NAME", "'fcos_hrnet'"},
+    {"MODEL.META_ARCHITECTURE", "'GeneralizedRCNN'"},
+    {"MODEL.RPN_ONLY", "False"},
+    {"MODEL.FCOS_ON", "True"},
+    {"MODEL.WEIGHT", "''"},
+    {"MODEL.SYNCBN", "False"},
+    {"MODEL.BACKBONE", "{}"},
+    {"MODEL.BACKBONE.CONV_BODY", "'HRNET-W32'"},
+    {"MODEL.HRNET", "{}"},
+    {"MODEL.HRNET.NORM_EVAL", "True"},
+    {"MODEL.HRNET.FPN", "{}"},
+    {"MODEL.HRNET.FPN.TYPE", "'HRFPN'"},
+    {"MODEL.HRNET.FPN.OUT_CHANNEL", "256"},
+    {"MODEL.HRNET.FPN.CONV_STRIDE", "2"},
+    {"MODEL.FCOS", "{}"},
+    {"MODEL.FCOS.NUM_CLASSES", "81"},
+    {"MODEL.FCOS.FPN_STRIDES", "[8, 16, 32, 64, 128]"},
+    {"MODEL.FCOS.TARGET_ASSIGN",
+     "[[-1, 64], [64, 128], [128, 256], [256, 512], [512, 100000000]]"},
+    {"MODEL.FCOS.PRIOR_PROB", "0.01"},
+    {"MODEL.FCOS.INFERENCE_TH", "0.05"},
+    {"MODEL.FCOS.NMS_TH", "0.6"},
+    {"MODEL.FCOS.PRE_NMS_TOP_N", "1000"},
+    {"MODEL.FCOS.LOSS_ALPHA", "0.25"},
+    {"MODEL.FCOS.LOSS_GAMMA", "2.0"},
+    {"MODEL.FCOS.NUM_CONVS", "4"},
+    {"INPUT", "{}"},
+    {"INPUT.MIN_SIZE_TRAIN", "(800,)"},
+    {"INPUT.MIN_SIZE_RANGE_TRAIN", "(-1, -1)"},
+    {"INPUT.MAX_SIZE_TRAIN", "1333"},
+    {"INPUT.MIN_SIZE_TEST", "800"},
+    {"INPUT.MAX_SIZE_TEST", "1333"},
+    {"INPUT.PIXEL_MEAN", "[102.9801, 115.9465, 122.7717]"},
+    {"INPUT.PIXEL_STD", "[1., 1., 1.]"},
+    {"INPUT.TO_BGR255", "True"},
+    {"DATASET", "{}"},
+    {"DATASET.ROOT", "''"},
+    {"DATASETS", "{}"},
+    {"DATASETS.TRAIN", "()"},
+    {"DATASETS.TEST", "()"},
+    {"DATALOADER", "{}"},
+    {"DATALOADER.NUM_WORKERS", "4"},
+    {"DATALOADER.SIZE_DIVISIBILITY", "0"},
+    {"DATALOADER.ASPECT_RATIO_GROUPING", "True"},
+    {"SOLVER", "{}"},
+    {"SOLVER.MAX_ITER", "40000"},
+    {"SOLVER.BASE_LR", "0.001"},
+    {"SOLVER.BIAS_LR_FACTOR", "2"},
+    {"SOLVER.MOMENTUM", "0.9"},
+    {"SOLVER.WEIGHT_DECAY", "0.0005"},
+    {"SOLVER.WEIGHT_DECAY_BIAS", "0"},
+    {"SOLVER.GAMMA", "0.1"},
+    {"SOLVER.STEPS", "(30000,)"},
+    {"SOLVER.WARMUP_FACTOR", "0.3333333333333333"},
+    {"SOLVER.WARMUP_ITERS", "500"},
+    {"SOLVER.WARMUP_METHOD", "'linear'"},
+    {"SOLVER.CHECKPOINT_PERIOD", "2500"},
+    {"SOLVER.IMS_PER_BATCH", "16"},
+    {"TEST", "{}"},
+    {"TEST.IMS_PER_BATCH", "8"},
+    {"TEST.DETECTIONS_PER_IMG", "100"},
+    {"OUTPUT_DIR", "'.'"},
+    // this engine's, as the pose files have them: the log's interval (the official trainer logs
+    // every 20 iterations) and resuming from OUTPUT_DIR's checkpoint (its Checkpointer always
+    // does)
+    {"PRINT_FREQ", "20"},
+    {"AUTO_RESUME", "True"},
 };
 
 // Adds the rows' keys to `root` where they are missing (rows in parent-first order).
@@ -496,6 +571,15 @@ void add_defaults(CfgNode& root, const DefaultRow* rows, size_t n) {
     }
     node->entries.emplace_back(parts.back(), v);
   }
+}
+
+// A maskrcnn-benchmark detection file: MODEL.NAME fcos_hrnet, or (the official files, which
+// have no MODEL.NAME) MODEL.FCOS_ON / MODEL.META_ARCHITECTURE.
+bool is_det_file(const CfgNode& file, const std::string& family) {
+  if (family == "fcos_hrnet") return true;
+  if (!family.empty()) return false;
+  const CfgNode* model = file.find("MODEL");
+  return model && (model->find("FCOS_ON") || model->find("META_ARCHITECTURE"));
 }
 
 std::string read_file(const std::string& path) {
@@ -529,7 +613,13 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
   const CfgNode* name = model ? model->find("NAME") : nullptr;
   const std::string family = name && name->kind == Kind::Str ? name->s : "";
   Config c;
-  if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0) {
+  if (is_det_file(file, family)) {
+    // maskrcnn-benchmark files (HRNet-FCOS): kept as written, with the keys they omit at that
+    // repository's defaults
+    c.root_ = file;
+    add_defaults(c.root_, kDetDefaults, std::size(kDetDefaults));
+    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
+  } else if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0) {
     c.root_ = file;
     // the engine's section, where the file has none of it (or lacks some of its keys)
     add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
@@ -768,6 +858,12 @@ void ModelSpec::validate(const std::string& where) const {
     case Head::Det:
       positive("det channels", det_channels);
       positive("det levels", det_levels);
+      positive("NUM_CLASSES", num_classes);
+      if (det_channels % 32 != 0)
+        fail("MODEL.HRNET.FPN.OUT_CHANNEL", str_cat("must be a multiple of 32 (the FCOS towers' "
+                                                    "GroupNorm(32)), got ", det_channels));
+      if (det_conv_stride != 1 && det_conv_stride != 2)
+        fail("MODEL.HRNET.FPN.CONV_STRIDE", str_cat("must be 1 or 2, got ", det_conv_stride));
       break;
   }
 }
@@ -843,6 +939,60 @@ std::array<int64_t, 2> read_wh(const Config& cfg, const std::string& key) {
 
 }  // namespace
 
+namespace {
+// HRNet-FCOS (maskrcnn-benchmark format): the backbone by MODEL.BACKBONE.CONV_BODY (HRNET-W18,
+// -W32, -W40 as backbone.py builds them: the cls repository's rows; any other built-in variant
+// as HRNET-<NAME>, e.g. HRNET-W18-SMALL-V2, is an engine extension), HRFPN and the FCOS head.
+ModelSpec det_spec_from_config(const Config& cfg, const std::string& name) {
+  const std::string& src = cfg.source();
+  const std::string body = cfg.get_str("MODEL.BACKBONE.CONV_BODY");
+  HR_CHECK(body.rfind("HRNET-", 0) == 0 && body.size() > 6, "[config] ", src,
+           ": MODEL.BACKBONE.CONV_BODY must name an HRNet (HRNET-W18, HRNET-W32, HRNET-W40), got '",
+           body, "'");
+  std::string variant = body.substr(6);
+  for (char& ch : variant) ch = ch == '-' ? '_' : static_cast<char>(std::tolower(ch));
+  ModelSpec spec;
+  try {
+    spec = builtin_spec(variant, Head::Det);
+  } catch (const Error&) {
+    throw Error(str_cat("[config] ", src, ": MODEL.BACKBONE.CONV_BODY '", body,
+                        "' is not a known HRNet (HRNET-W18, HRNET-W32, HRNET-W40)"));
+  }
+  spec.name = name;
+  const std::string fpn = cfg.get_str("MODEL.HRNET.FPN.TYPE");
+  HR_CHECK(fpn == "HRFPN", "[config] ", src, ": MODEL.HRNET.FPN.TYPE must be HRFPN, got '", fpn,
+           "'");
+  spec.det_channels = cfg.get_int("MODEL.HRNET.FPN.OUT_CHANNEL");
+  spec.det_conv_stride = cfg.get_int("MODEL.HRNET.FPN.CONV_STRIDE");
+  HR_CHECK(spec.det_conv_stride == 1 || spec.det_conv_stride == 2, "[config] ", src,
+           ": MODEL.HRNET.FPN.CONV_STRIDE must be 1 or 2, got ", spec.det_conv_stride);
+  const std::vector<int64_t> strides = cfg.get_int_list("MODEL.FCOS.FPN_STRIDES");
+  HR_CHECK(!strides.empty() && strides.size() <= 8, "[config] ", src,
+           ": MODEL.FCOS.FPN_STRIDES must have 1 to 8 levels, got ", strides.size());
+  spec.det_levels = static_cast<int64_t>(strides.size());
+  for (int64_t l = 0; l < spec.det_levels; ++l)
+    HR_CHECK(strides[l] == spec.det_stride(l), "[config] ", src, ": MODEL.FCOS.FPN_STRIDES[", l,
+             "] is ", strides[l], " but HRFPN with CONV_STRIDE ", spec.det_conv_stride,
+             " puts level ", l, " at stride ", spec.det_stride(l));
+  spec.num_classes = cfg.get_int("MODEL.FCOS.NUM_CLASSES") - 1;
+  HR_CHECK(spec.num_classes >= 1, "[config] ", src,
+           ": MODEL.FCOS.NUM_CLASSES must be at least 2 (the background and one class)");
+  spec.fcos_num_convs = cfg.get_int("MODEL.FCOS.NUM_CONVS");
+  HR_CHECK(spec.fcos_num_convs >= 0 && spec.fcos_num_convs <= 16, "[config] ", src,
+           ": MODEL.FCOS.NUM_CONVS must be in [0, 16], got ", spec.fcos_num_convs);
+  spec.fcos_prior_prob = cfg.get_float("MODEL.FCOS.PRIOR_PROB");
+  HR_CHECK(spec.fcos_prior_prob > 0 && spec.fcos_prior_prob < 1, "[config] ", src,
+           ": MODEL.FCOS.PRIOR_PROB must be in (0, 1), got ", spec.fcos_prior_prob);
+  spec.norm_eval = cfg.get_bool("MODEL.HRNET.NORM_EVAL", true);
+  // the test input: MAX_SIZE_TEST x MIN_SIZE_TEST padded to the size divisibility
+  const int64_t div = std::max<int64_t>(1, cfg.get_int("DATALOADER.SIZE_DIVISIBILITY", 0));
+  auto up = [div](int64_t v) { return (v + div - 1) / div * div; };
+  spec.image_size = {up(cfg.get_int("INPUT.MAX_SIZE_TEST")), up(cfg.get_int("INPUT.MIN_SIZE_TEST"))};
+  spec.validate(src);
+  return spec;
+}
+}  // namespace
+
 ModelSpec spec_from_config(const Config& cfg) {
   const std::string& src = cfg.source();
   ModelSpec spec;
@@ -851,6 +1001,7 @@ ModelSpec spec_from_config(const Config& cfg) {
     name = name.substr(0, name.size() - 5);
   spec.name = name;
   const std::string model = cfg.get_str("MODEL.NAME", "pose_hrnet");
+  if (model == "fcos_hrnet") return det_spec_from_config(cfg, name);
   HR_CHECK(cfg.has("MODEL.EXTRA"), "[config] ", src, ": missing required key MODEL.EXTRA");
   if (model == "pose_hrnet") {
     spec.head = Head::Pose;
@@ -968,9 +1119,16 @@ ModelSpec builtin_spec(const std::string& variant, Head head) {
       spec.num_classes = 19;
       spec.image_size = {2048, 1024};
       break;
-    case Head::Det:
-      spec.image_size = {1344, 800};
-      break;  // 1333x800 padded to 32
+    case Head::Det:  // HRNet-FCOS's defaults: 5 levels at strides 8..128, COCO's 80 classes
+      spec.num_classes = 80;
+      spec.norm_eval = true;
+      // MODEL.WEIGHT: an ImageNet classifier gives the backbone, an HRNet-FCOS checkpoint all
+      spec.pretrained_layers = {"conv1",       "bn1",    "conv2",       "bn2",
+                                "layer1",      "transition1", "stage2", "transition2",
+                                "stage3",      "transition3", "stage4", "reduction_conv",
+                                "fpn_conv",    "rpn"};
+      spec.image_size = {1344, 800};  // 1333x800 padded to 32
+      break;
     case Head::Cls:
       spec.num_classes = 1000;
       spec.image_size = {224, 224};
@@ -995,6 +1153,10 @@ ModelSpec builtin_spec(const std::string& qualified) {
 
 std::array<int64_t, 2> config_input_hw(const Config& cfg) {
   const std::string model = cfg.get_str("MODEL.NAME", "pose_hrnet");
+  if (model == "fcos_hrnet") {
+    const auto wh = spec_from_config(cfg).image_size;
+    return {wh[1], wh[0]};
+  }
   const std::string key = model.rfind("seg_", 0) == 0 ? "TEST.IMAGE_SIZE" : "MODEL.IMAGE_SIZE";
   if (!cfg.has(key)) return {0, 0};
   auto wh = read_wh(cfg, key);

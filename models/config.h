@@ -129,8 +129,20 @@ struct ModelSpec {
   int64_t ocr_key_channels = 256;
   double ocr_dropout = 0.05;
   int64_t num_outputs = 1;  // MODEL.NUM_OUTPUTS: the outputs forward_all gives (OCR: 2)
-  int64_t det_channels = 256;                                   // V2p: reduction conv width
-  int64_t det_levels = 5;  // V2p: pyramid levels at strides 4 * 2^l
+  // det: HRNet-FCOS (HRNetV2p's HRFPN neck + the FCOS head). num_classes is the number of
+  // foreground classes (MODEL.FCOS.NUM_CLASSES - 1: the official count includes the background).
+  int64_t det_channels = 256;   // MODEL.HRNET.FPN.OUT_CHANNEL: reduction conv width
+  int64_t det_levels = 5;       // len(MODEL.FCOS.FPN_STRIDES)
+  int64_t det_conv_stride = 2;  // MODEL.HRNET.FPN.CONV_STRIDE of the pyramid's 3x3 convs
+  int64_t fcos_num_convs = 4;   // MODEL.FCOS.NUM_CONVS: conv + GroupNorm(32) + ReLU per tower
+  double fcos_prior_prob = 0.01;  // MODEL.FCOS.PRIOR_PROB: the classifier's initial bias
+  // Backbone batch norm kept in inference mode while training (running statistics used and
+  // not updated; affine parameters still trained): HRNet-FCOS's HighResolutionNet(norm_eval=
+  // True). Engine key MODEL.HRNET.NORM_EVAL (True when absent) turns it off for training from
+  // scratch.
+  bool norm_eval = false;
+  // det: the stride of pyramid level l (4 * 2^l * det_conv_stride).
+  int64_t det_stride(int64_t l) const { return (int64_t(4) << l) * det_conv_stride; }
   // From the experiment file; zero / empty when unknown.
   std::array<int64_t, 2> image_size{0, 0};    // [W, H] as the configs write it
   std::array<int64_t, 2> heatmap_size{0, 0};  // [W, H]

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -277,6 +278,69 @@ class ConvBNReLUChain : public Module {
 
 }  // namespace
 
+// FCOS's per-level learnable multiplier of the box regression (maskrcnn_benchmark/layers/
+// scale.py Scale: a parameter "scale" [1], initially 1).
+class ScaleModule : public Module {
+ public:
+  ScaleModule() { scale = register_parameter("scale", Tensor::ones({1})); }
+  Tensor forward(const Tensor& x) override { return ops::scale(x, scale); }
+  Tensor scale;
+};
+
+// The FCOS head of HRNet-FCOS (modeling/rpn/fcos/fcos.py FCOSHead), registered as "rpn.head"
+// as GeneralizedRCNN names it: cls_tower and bbox_tower (NUM_CONVS x conv 3x3 + GroupNorm(32)
+// + ReLU: modules 3i and 3i+1), cls_logits, bbox_pred and centerness (conv 3x3), scales.{l}.
+// The same modules run on every pyramid level; centerness branches off the classification tower.
+struct FcosHead {
+  std::vector<std::shared_ptr<Conv2d>> cls_conv, box_conv;
+  std::vector<std::shared_ptr<GroupNorm>> cls_gn, box_gn;
+  std::shared_ptr<Conv2d> cls_logits, bbox_pred, centerness;
+  std::vector<std::shared_ptr<ScaleModule>> scales;
+  std::shared_ptr<Module> head;
+
+  FcosHead(Module& net, const ModelSpec& s) {
+    const int64_t c = s.det_channels;
+    auto rpn = net.register_module("rpn", container());
+    head = rpn->register_module("head", container());
+    auto ct = head->register_module("cls_tower", container());
+    auto bt = head->register_module("bbox_tower", container());
+    for (int64_t i = 0; i < s.fcos_num_convs; ++i) {
+      const std::string conv = std::to_string(3 * i), gn = std::to_string(3 * i + 1);
+      cls_conv.push_back(ct->register_module(conv, std::make_shared<Conv2d>(c, c, 3, 1, 1, true)));
+      cls_gn.push_back(ct->register_module(gn, std::make_shared<GroupNorm>(32, c)));
+      box_conv.push_back(bt->register_module(conv, std::make_shared<Conv2d>(c, c, 3, 1, 1, true)));
+      box_gn.push_back(bt->register_module(gn, std::make_shared<GroupNorm>(32, c)));
+    }
+    cls_logits = head->register_module(
+        "cls_logits", std::make_shared<Conv2d>(c, s.num_classes, 3, 1, 1, true));
+    bbox_pred = head->register_module("bbox_pred", std::make_shared<Conv2d>(c, 4, 3, 1, 1, true));
+    centerness =
+        head->register_module("centerness", std::make_shared<Conv2d>(c, 1, 3, 1, 1, true));
+    auto sc = head->register_module("scales", container());
+    for (int64_t l = 0; l < s.det_levels; ++l)
+      scales.push_back(sc->register_module(std::to_string(l), std::make_shared<ScaleModule>()));
+  }
+
+  // features: the pyramid levels -> [cls logits of every level, box distances (exp(scale *
+  // bbox_pred)) of every level, centerness logits of every level], as FCOSHead.forward returns
+  // (logits, bbox_reg, centerness).
+  std::vector<Tensor> run(const std::vector<Tensor>& features) const {
+    const size_t n = features.size();
+    std::vector<Tensor> out(3 * n);
+    for (size_t l = 0; l < n; ++l) {
+      Tensor c = features[l], b = features[l];
+      for (size_t i = 0; i < cls_conv.size(); ++i) {
+        c = ops::relu((*cls_gn[i])((*cls_conv[i])(c)));
+        b = ops::relu((*box_gn[i])((*box_conv[i])(b)));
+      }
+      out[l] = (*cls_logits)(c);
+      out[n + l] = ops::exp((*scales[l])((*bbox_pred)(b)));
+      out[2 * n + l] = (*centerness)(c);
+    }
+    return out;
+  }
+};
+
 struct OcrHead {
   int64_t key_channels = 0;
   // aux_head: conv 1x1 (bias), BN, ReLU, conv 1x1 (bias) -> class logits
@@ -418,15 +482,17 @@ HRNet::HRNet(const ModelSpec& spec, uint64_t seed) : spec_(spec) {
       break;
     }
     case Head::Det: {
+      // HRFPN (modeling/backbone/hrfpn.py): reduction_conv.0 (1x1, bias), fpn_conv.{l} (3x3,
+      // bias, stride CONV_STRIDE); then the FCOS head
       auto red = register_module("reduction_conv", container());
       det_reduce_ =
-          red->register_module("conv", std::make_shared<Conv2d>(total, spec_.det_channels, 1));
-      auto fpn = register_module("fpn_convs", container());
-      for (int64_t l = 0; l < spec_.det_levels; ++l) {
-        auto lvl = fpn->register_module(std::to_string(l), container());
-        det_fpn_.push_back(lvl->register_module(
-            "conv", std::make_shared<Conv2d>(spec_.det_channels, spec_.det_channels, 3, 1, 1)));
-      }
+          red->register_module("0", std::make_shared<Conv2d>(total, spec_.det_channels, 1));
+      auto fpn = register_module("fpn_conv", container());
+      for (int64_t l = 0; l < spec_.det_levels; ++l)
+        det_fpn_.push_back(fpn->register_module(
+            std::to_string(l), std::make_shared<Conv2d>(spec_.det_channels, spec_.det_channels, 3,
+                                                        spec_.det_conv_stride, 1)));
+      fcos_ = std::make_shared<FcosHead>(*this, spec_);
       break;
     }
     case Head::Cls: {
@@ -488,12 +554,12 @@ std::vector<Tensor> HRNet::run(const Tensor& x) {
       if (spec_.head == Head::Seg)
         return {(*seg_conv2_)(ops::relu((*seg_bn_)((*seg_conv1_)(cat))))};
       Tensor base = (*det_reduce_)(cat);
-      std::vector<Tensor> out;
+      std::vector<Tensor> levels;
       for (int64_t l = 0; l < spec_.det_levels; ++l) {
         const int64_t k = int64_t(1) << l;
-        out.push_back((*det_fpn_[l])(l == 0 ? base : ops::avg_pool2d(base, {k, k}, {k, k})));
+        levels.push_back((*det_fpn_[l])(l == 0 ? base : ops::avg_pool2d(base, {k, k}, {k, k})));
       }
-      return out;
+      return fcos_->run(levels);
     }
     case Head::Cls: {
       Tensor y = (*cls_incre_[0])(ys[0]);
@@ -546,6 +612,19 @@ Tensor HRNet::forward(const Tensor& x) {
   return ocr_ ? ys.back() : ys[0];
 }
 
+void HRNet::train(bool on) {
+  Module::train(on);
+  if (!on || !spec_.norm_eval) return;
+  // HighResolutionNet.train(mode) with norm_eval: every batch norm back in eval mode
+  std::function<void(Module&)> freeze = [&](Module& m) {
+    for (const auto& [name, c] : m.children()) {
+      if (dynamic_cast<BatchNorm2d*>(c.get())) c->train(false);
+      freeze(*c);
+    }
+  };
+  freeze(*this);
+}
+
 Tensor HRNet::dropout_state() const { return ocr_ ? ocr_->dropout->state() : Tensor(); }
 
 void HRNet::seed_dropout(uint64_t seed) {
@@ -571,10 +650,54 @@ Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<
     }
     case Head::Cls:
       return ops::cross_entropy(ys[0], g.input("labels", {y[0]}, DType::i64));
-    case Head::Det:
-      break;
+    case Head::Det: {
+      const int64_t n = y[0], p = fcos_num_locations(ys);
+      return fcos_loss(ys, g.input("labels", {n, p}, DType::i64),
+                       g.input("reg_targets", {n, 4, p}), g.input("centerness", {n, p}),
+                       g.input("positive", {n, p}));
+    }
   }
-  throw Error(str_cat("[hrnet] ", model.spec().name, ": the det head has no training loss here"));
+  return Tensor();
+}
+
+std::vector<std::array<int64_t, 2>> det_level_sizes(const ModelSpec& spec, int64_t h, int64_t w) {
+  auto conv = [](int64_t n, int64_t stride) { return (n - 1) / stride + 1; };  // 3x3, padding 1
+  const int64_t h0 = conv(conv(h, 2), 2), w0 = conv(conv(w, 2), 2);
+  std::vector<std::array<int64_t, 2>> sizes;
+  for (int64_t l = 0; l < spec.det_levels; ++l) {
+    const int64_t k = int64_t(1) << l;
+    sizes.push_back({conv(h0 / k, spec.det_conv_stride), conv(w0 / k, spec.det_conv_stride)});
+  }
+  return sizes;
+}
+
+int64_t fcos_num_locations(const std::vector<Tensor>& ys) {
+  HR_CHECK(!ys.empty() && ys.size() % 3 == 0, "[hrnet] fcos: expected 3 outputs per level, got ",
+           ys.size());
+  int64_t p = 0;
+  for (size_t l = 0; l < ys.size() / 3; ++l) p += ys[l].size(2) * ys[l].size(3);
+  return p;
+}
+
+Tensor fcos_loss(const std::vector<Tensor>& ys, const Tensor& labels, const Tensor& reg_targets,
+                 const Tensor& centerness, const Tensor& positive, float gamma, float alpha) {
+  const size_t levels = ys.size() / 3;
+  const int64_t p = fcos_num_locations(ys);
+  // [N,C,h,w] of each level -> [N,C,h*w], concatenated along the locations (level-major, then
+  // row-major: the order of loss.py's per-level permute/reshape and cat)
+  auto flat = [&](size_t first) {
+    std::vector<Tensor> parts;
+    for (size_t l = 0; l < levels; ++l) {
+      const Tensor& t = ys[first + l];
+      parts.push_back(ops::reshape(t, {t.size(0), t.size(1), t.size(2) * t.size(3)}));
+    }
+    return parts.size() == 1 ? parts[0] : ops::concat(parts, 2);
+  };
+  const Tensor cls = flat(0), reg = flat(levels);
+  const Tensor ctr = ops::reshape(flat(2 * levels), {ys[0].size(0), p});
+  return ops::add(ops::add(ops::sigmoid_focal_loss(cls, labels, gamma, alpha),
+                           ops::iou_loss(reg, reg_targets, centerness)),
+                  ops::masked_bce_with_logits(ctr, centerness, positive));
 }
 
 namespace {
@@ -605,7 +728,7 @@ GraphPlans plan_graphs(HRNet& model, const Shape& input) {
     inf.inference = true;
     p.inference = graph::Executable(record_forward(model, input, &ys), inf).stats();
   }
-  if (model.spec().head != Head::Det) {
+  {
     ModeScope train(model, true);
     graph::Graph g = record_forward(model, input, &ys);
     co.loss = add_training_loss(g, model, ys);
@@ -709,7 +832,7 @@ struct Init {
 
 // TorchDefault: nn.Conv2d's reset_parameters (kaiming uniform a = sqrt(5), i.e. weights and
 // biases U(+-1/sqrt(fan_in))).
-enum class ConvInit { Normal001, KaimingFanOut, Caffe2Xavier, TorchDefault };
+enum class ConvInit { Normal001, KaimingFanOut, TorchDefault };
 
 void init_tree(Module& m, Init& init, ConvInit mode, bool zero_conv_bias) {
   for (const auto& [name, c] : m.children()) {
@@ -724,15 +847,12 @@ void init_tree(Module& m, Init& init, ConvInit mode, bool zero_conv_bias) {
         case ConvInit::KaimingFanOut:
           init.normal(cv->weight, std::sqrt(2.0 / fan_out));
           break;
-        case ConvInit::Caffe2Xavier:
-          init.uniform(cv->weight, std::sqrt(3.0 / fan_in));
-          break;
         case ConvInit::TorchDefault:
           init.uniform(cv->weight, 1.0 / std::sqrt(fan_in));
           break;
       }
       if (cv->bias.defined()) {
-        if (zero_conv_bias || mode == ConvInit::Caffe2Xavier)
+        if (zero_conv_bias)
           cv->bias.fill_(0.f);
         else
           init.uniform(cv->bias, 1.0 / std::sqrt(fan_in));  // PyTorch's default
@@ -758,19 +878,41 @@ void HRNet::init_weights(uint64_t seed) {
   NoGradGuard guard;
   Init init{std::mt19937_64(seed)};
   ConvInit backbone = ConvInit::Normal001;
-  if (spec_.head == Head::Cls || spec_.head == Head::Det) backbone = ConvInit::KaimingFanOut;
+  if (spec_.head == Head::Cls) backbone = ConvInit::KaimingFanOut;
+  // HRNet-FCOS initialises nothing itself but the FCOS head: the backbone and HRFPN keep
+  // PyTorch's defaults (HRFPN.init_weights is never called)
+  if (spec_.head == Head::Det) backbone = ConvInit::TorchDefault;
   const bool zero_bias = spec_.head == Head::Pose;
   for (const auto& [name, c] : children()) {
-    const bool det_head = name == "reduction_conv" || name == "fpn_convs";
+    if (fcos_ && name == "rpn") {
+      // FCOSHead: every conv N(0, 0.01) with bias 0, the classifier's bias
+      // -log((1 - prior) / prior); GroupNorm weight 1, bias 0; scales 1
+      const auto conv = [&](Conv2d& cv, float bias) {
+        init.normal(cv.weight, 0.01);
+        cv.bias.fill_(bias);
+      };
+      for (size_t i = 0; i < fcos_->cls_conv.size(); ++i) {
+        conv(*fcos_->cls_conv[i], 0.f);
+        conv(*fcos_->box_conv[i], 0.f);
+        for (GroupNorm* gn : {fcos_->cls_gn[i].get(), fcos_->box_gn[i].get()}) {
+          gn->weight.fill_(1.f);
+          gn->bias.fill_(0.f);
+        }
+      }
+      const double prior = spec_.fcos_prior_prob;
+      conv(*fcos_->cls_logits, static_cast<float>(-std::log((1 - prior) / prior)));
+      conv(*fcos_->bbox_pred, 0.f);
+      conv(*fcos_->centerness, 0.f);
+      for (const auto& sc : fcos_->scales) sc->scale.fill_(1.f);
+      continue;
+    }
     // seg_hrnet_ocr.py's init_weights skips every module whose name contains cls, aux or ocr
     const std::string& module_name = name;  // a structured binding: not capturable in C++17
     auto has = [&](const char* part) { return module_name.find(part) != std::string::npos; };
     const bool ocr_head = spec_.ocr && (has("cls") || has("aux") || has("ocr"));
     Module holder;  // init_tree walks children, so wrap the top-level module
     holder.register_module(name, c);
-    init_tree(holder, init,
-              det_head ? ConvInit::Caffe2Xavier : ocr_head ? ConvInit::TorchDefault : backbone,
-              zero_bias);
+    init_tree(holder, init, ocr_head ? ConvInit::TorchDefault : backbone, zero_bias);
   }
   seed_dropout(seed);
 }
@@ -782,6 +924,22 @@ std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed) {
 // ---------------------------------------------------------------------------------------------
 // Checkpoints
 // ---------------------------------------------------------------------------------------------
+namespace {
+// The prefixes checkpoints of the model's repository put before its keys: DataParallel's
+// "module.", the seg repository's "model."; HRNet-FCOS's GeneralizedRCNN nests the backbone
+// and HRFPN as "backbone.body." / "backbone.fpn.".
+std::vector<std::string> checkpoint_prefixes(const ModelSpec& spec) {
+  std::vector<std::string> p = {"module.", "model."};
+  if (spec.head == Head::Det) p.insert(p.end(), {"backbone.body.", "backbone.fpn."});
+  return p;
+}
+std::string first_component(const std::string& k) { return k.substr(0, k.find('.')); }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
 void load_hrnet_checkpoint(HRNet& model, const std::string& path) {
   std::map<std::string, std::string> meta;
   NamedTensors sd = load_checkpoint(path, &meta);
@@ -794,27 +952,15 @@ void load_hrnet_checkpoint(HRNet& model, const std::string& path) {
       if (k.compare(0, 6, "model.") == 0) weights.emplace_back(k.substr(6), t);
     sd = std::move(weights);
   }
+  LoadOptions opt;
+  opt.strip_prefixes = checkpoint_prefixes(model.spec());
   try {
-    model.load_state_dict(sd);
+    model.load_state_dict(sd, opt);
   } catch (const Error& e) {
     throw Error(str_cat("[hrnet] ", path, " does not fit ", model.spec().name, ": ", e.what()));
   }
 }
 
-namespace {
-std::string strip_prefix(const std::string& k) {
-  for (const char* p : {"module.", "model."}) {
-    const std::string pre = p;
-    if (k.compare(0, pre.size(), pre) == 0) return k.substr(pre.size());
-  }
-  return k;
-}
-std::string first_component(const std::string& k) { return k.substr(0, k.find('.')); }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-}  // namespace
 
 std::string PretrainedReport::summary() const {
   std::string s = str_cat(loaded.size(), " loaded, ", skipped.size(),
@@ -832,13 +978,14 @@ PretrainedReport load_pretrained_layers(HRNet& model, const NamedTensors& ckpt,
   auto take = [&](const std::string& k) { return all || wanted.count(first_component(k)); };
   std::map<std::string, Tensor> mine;
   for (auto& [k, t] : model.state_dict()) mine[k] = t;
+  const std::vector<std::string> prefixes = checkpoint_prefixes(model.spec());
 
   PretrainedReport rep;
   std::vector<std::string> misshaped;
   std::vector<std::pair<Tensor, Tensor>> copies;  // dst, src
   std::set<std::string> got;
   for (const auto& [raw, src] : ckpt) {
-    std::string k = strip_prefix(raw);
+    std::string k = strip_key_prefixes(raw, prefixes);
     // seg_hrnet_ocr.py init_weights: k.replace('last_layer', 'aux_head')
     if (model.spec().ocr)
       for (size_t p = k.find("last_layer"); p != std::string::npos; p = k.find("last_layer", p))

@@ -17,7 +17,8 @@ namespace hr::models {
 class ResBlock;  // BasicBlock or Bottleneck
 class ConvBN;    // conv + BN (+ ReLU), named like nn.Sequential(conv, bn, relu)
 class HRModule;  // one multi-resolution module: branches + fuse layers
-struct OcrHead;  // the seg_hrnet_ocr head's modules
+struct OcrHead;   // the seg_hrnet_ocr head's modules
+struct FcosHead;  // the det head's modules (HRNet-FCOS)
 
 // What a forward costs, computed from shapes alone (no tensor is allocated).
 struct ModelStats {
@@ -47,15 +48,22 @@ class HRNet : public Module {
 
   const ModelSpec& spec() const { return spec_; }
 
+  // Module::train, then with spec().norm_eval (HRNet-FCOS) every batch norm back in eval mode.
+  void train(bool on = true) override;
+
   // x [N,3,H,W] -> the head's prediction: pose heatmaps [N,J,H/4,W/4], seg logits
   // [N,classes,H/4,W/4] (stride-4 map; upsample for loss/inference; OCR: the final output, the
-  // official TEST.OUTPUT_INDEX -1), cls logits [N,classes], det: the first (stride-4) pyramid
-  // level. forward_all gives every output: det's levels, OCR's [aux, out] in the official order.
+  // official TEST.OUTPUT_INDEX -1), cls logits [N,classes], det: the class logits of the first
+  // pyramid level. forward_all gives every output: det's maps, OCR's [aux, out] in the official
+  // order.
   // On a graph's symbolic input (graph::Graph::input) the same calls record the model, with
   // batch norm in the model's current mode; branch b's blocks, the transition into it and its
   // fuse output on stream b, so on CUDA the branches of a module overlap.
   Tensor forward(const Tensor& x) override;
-  // Every head output: one tensor, det_levels tensors [N,det_channels,H/4/2^l,W/4/2^l], or the
+  // Every head output: one tensor; det (FCOS) 3 x det_levels tensors, level l at stride
+  // spec().det_stride(l): the class logits [N,classes,h,w] of every level, then the box distances
+  // [N,4,h,w] (l, t, r, b in input pixels: exp(scale_l * bbox_pred)), then the centerness logits
+  // [N,1,h,w]; or the
   // OCR head's [aux logits, OCR logits], both [N,classes,H/4,W/4]. In training mode the OCR
   // head's Dropout2d draws a fresh channel mask at every call (eager or compiled graph).
   std::vector<Tensor> forward_all(const Tensor& x);
@@ -74,8 +82,8 @@ class HRNet : public Module {
   // The official initialisation: pose and seg conv weights N(0, 0.001) (pose conv biases 0,
   // seg conv biases PyTorch's default); the OCR head's modules (names with cls, aux or ocr)
   // PyTorch's defaults (conv weights kaiming uniform a = sqrt(5), biases U(+-1/sqrt(fan_in)));
-  // cls and det-backbone conv weights kaiming normal (fan_out); det head convs caffe2-xavier
-  // uniform with bias 0; BN weight 1, bias 0, running mean 0, var 1, counter 0; Linear PyTorch's
+  // cls conv weights kaiming normal (fan_out); det (HRNet-FCOS): backbone and HRFPN PyTorch's
+  // defaults, FCOS head convs N(0, 0.01) with bias 0 but the classifier's -log((1-p)/p); BN weight 1, bias 0, running mean 0, var 1, counter 0; Linear PyTorch's
   // default. Deterministic in `seed`, whatever the number of threads. The OCR dropout's
   // generator is reset to {seed, step 0}.
   void init_weights(uint64_t seed);
@@ -107,17 +115,34 @@ class HRNet : public Module {
   std::shared_ptr<ConvBN> cls_final_;
   std::shared_ptr<Linear> cls_classifier_;
   std::shared_ptr<OcrHead> ocr_;
+  std::shared_ptr<FcosHead> fcos_;
 };
 
 // The standard training loss of the model's head on recorded outputs `ys`, with its targets as
 // inputs of g: pose JointsMSELoss ("target" like the heatmaps, "weight" [N,J,1] as the
 // official target_weight and data::Batch have it); seg and cls
 // cross-entropy ("labels": [N,H/4,W/4] / [N] i64; OCR: 0.4 CE(aux) + CE(out), the official
-// OCR configs' LOSS.BALANCE_WEIGHTS); det has none (throws).
+// OCR configs' LOSS.BALANCE_WEIGHTS); det the FCOS loss (fcos_loss with the default gamma and
+// alpha; "labels" [N,P] i64, "reg_targets" [N,4,P], "centerness" [N,P], "positive" [N,P]).
 Tensor add_training_loss(graph::Graph& g, const HRNet& model, const std::vector<Tensor>& ys);
 
+// The det head's outputs (forward_all: cls, box and centerness maps, level by level) -> the
+// number of locations P of all levels together.
+int64_t fcos_num_locations(const std::vector<Tensor>& ys);
+// The det head's level sizes {h, w} for an input of h x w, analytically (no model built): the
+// stem's two stride-2 convs give the stride-4 map, level l pools it by 2^l (floor), then HRFPN's
+// 3x3 conv of stride det_conv_stride.
+std::vector<std::array<int64_t, 2>> det_level_sizes(const ModelSpec& spec, int64_t h, int64_t w);
+// HRNet-FCOS's training loss (modeling/rpn/fcos/loss.py FCOSLossComputation) on the det head's
+// outputs and a batch's dense targets over the P locations (data::fcos_targets, level-major):
+// the sigmoid focal loss over (positives + N), the IoU loss weighted by the centerness targets,
+// and the centerness BCE over the positives, summed (the official trainer sums its loss dict).
+Tensor fcos_loss(const std::vector<Tensor>& ys, const Tensor& labels, const Tensor& reg_targets,
+                 const Tensor& centerness, const Tensor& positive, float gamma = 2.f,
+                 float alpha = 0.25f);
+
 // The static graphs' memory plans for an input shape, planned without allocating or running:
-// the inference pipeline (eval-mode batch norm, folded) and, except for det, the training step
+// the inference pipeline (eval-mode batch norm, folded) and the training step
 // (forward, loss, backward). The model's train/eval mode is restored.
 struct GraphPlans {
   graph::PlanStats inference, training;
@@ -130,8 +155,9 @@ std::shared_ptr<HRNet> make_hrnet(const Config& cfg, uint64_t seed = 0);
 
 // Strict load of a checkpoint (.safetensors or torch.save .pth; a state dict at the top level
 // or under state_dict/model): every model key must be present with its shape, no extra key;
-// `module.` / `model.` prefixes and absent num_batches_tracked are accepted. Errors name the
-// file and every missing, unexpected and mis-shaped key.
+// `module.` / `model.` prefixes (det: also HRNet-FCOS's `backbone.body.` / `backbone.fpn.`)
+// and absent num_batches_tracked are accepted. Errors name the file and every missing,
+// unexpected and mis-shaped key.
 // hrnet-train's resumable checkpoints (metadata "format" = kTrainingCheckpointFormat) hold the
 // weights as "model.<key>" next to "optimizer.<slot>" entries; only the weights are taken.
 void load_hrnet_checkpoint(HRNet& model, const std::string& path);

@@ -9,10 +9,12 @@
 
 #include "data/synth.h"
 #include "data/synth_cls.h"
+#include "data/synth_det.h"
 #include "data/synth_seg.h"
 #include "engine/optim.h"
 
 #include "tasks/classification.h"
+#include "tasks/detection.h"
 #include "tasks/pose.h"
 #include "tasks/segmentation.h"
 
@@ -76,11 +78,44 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.eval_every = integer("ENGINE.EVAL_EVERY", s.eval_every, 1, INT64_MAX);
   s.threads = static_cast<int>(integer("ENGINE.THREADS", s.threads, 0, 4096));
   s.graph = cfg.get_bool("ENGINE.GRAPH", s.graph);
-  const bool seg = cfg.get_str("MODEL.NAME", "").rfind("seg_", 0) == 0;
+  const std::string family = cfg.get_str("MODEL.NAME", "");
+  const bool seg = family.rfind("seg_", 0) == 0, det = family == "fcos_hrnet";
+  if (det) {
+    // maskrcnn-benchmark's SOLVER: SGD with momentum, the bias group, WarmupMultiStepLR, all in
+    // iterations; IMS_PER_BATCH is the whole batch (every GPU's images)
+    s.optimizer = "sgd";
+    s.lr = number("SOLVER.BASE_LR", s.lr, false);
+    s.momentum = number("SOLVER.MOMENTUM", s.momentum, true);
+    s.wd = number("SOLVER.WEIGHT_DECAY", s.wd, true);
+    s.nesterov = false;
+    s.bias_lr_factor = number("SOLVER.BIAS_LR_FACTOR", 1, false);
+    s.wd_bias = number("SOLVER.WEIGHT_DECAY_BIAS", 0, true);
+    s.lr_factor = number("SOLVER.GAMMA", 0.1, false);
+    s.lr_step = cfg.get_int_list("SOLVER.STEPS");
+    for (size_t i = 0; i < s.lr_step.size(); ++i)
+      HR_CHECK(s.lr_step[i] >= 0 && (i == 0 || s.lr_step[i] >= s.lr_step[i - 1]), "[config] ", src,
+               ": SOLVER.STEPS should be a list of increasing integers, got ",
+               cfg.at("SOLVER.STEPS").str());
+    s.max_iter = integer("SOLVER.MAX_ITER", 0, 1, INT64_MAX);
+    s.warmup_factor = number("SOLVER.WARMUP_FACTOR", s.warmup_factor, true);
+    s.warmup_iters = integer("SOLVER.WARMUP_ITERS", 0, 0, INT64_MAX);
+    s.warmup_method = cfg.get_str("SOLVER.WARMUP_METHOD");
+    HR_CHECK(s.warmup_method == "constant" || s.warmup_method == "linear", "[config] ", src,
+             ": SOLVER.WARMUP_METHOD must be constant or linear, got '", s.warmup_method, "'");
+    s.batch_per_gpu = s.batch = integer("SOLVER.IMS_PER_BATCH", 16, 1, INT64_MAX);
+    s.gpus = 1;
+    HR_CHECK(s.accumulate <= s.batch, "[config] ", src, ": ENGINE.ACCUMULATE_STEPS must be in 1..",
+             s.batch, " (the batch), got ", s.accumulate);
+    s.begin_epoch = 0;
+    s.end_epoch = 1;  // set from max_iter once the epoch's length is known (the trainer)
+    s.workers = static_cast<int>(integer("DATALOADER.NUM_WORKERS", s.workers, 0, 4096));
+  }
   s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", "");
-  if (s.lr_schedule.empty()) s.lr_schedule = seg ? "poly" : "multistep";
-  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine" || s.lr_schedule == "poly",
-           "[config] ", src, ": ENGINE.LR_SCHEDULE must be multistep, poly or cosine, got '",
+  if (s.lr_schedule.empty()) s.lr_schedule = det ? "warmup_multistep" : seg ? "poly" : "multistep";
+  HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine" || s.lr_schedule == "poly" ||
+               s.lr_schedule == "warmup_multistep",
+           "[config] ", src,
+           ": ENGINE.LR_SCHEDULE must be multistep, poly, cosine or warmup_multistep, got '",
            s.lr_schedule, "'");
   return s;
 }
@@ -90,6 +125,15 @@ double TrainSettings::lr_at(int64_t t, int64_t iters_per_epoch) const {
     return PolyLR(end_epoch * iters_per_epoch, 0.9).lr(std::max<int64_t>(t - 1, 0), lr);
   if (lr_schedule == "cosine")  // torch CosineAnnealingLR stepped every iteration, LR to 0
     return CosineLR((end_epoch - begin_epoch) * iters_per_epoch).lr(t - begin_epoch * iters_per_epoch, lr);
+  if (lr_schedule == "warmup_multistep") {  // WarmupMultiStepLR.get_lr at last_epoch t + 1
+    const int64_t e = t + 1;
+    double f = 1;
+    if (e < warmup_iters)
+      f = warmup_method == "constant"
+              ? warmup_factor
+              : warmup_factor * (1 - double(e) / double(warmup_iters)) + double(e) / double(warmup_iters);
+    return MultiStepLR(lr_step, lr_factor).lr(e, lr) * f;
+  }
   return MultiStepLR(lr_step, lr_factor).lr(t / iters_per_epoch, lr);
 }
 
@@ -145,6 +189,7 @@ std::unique_ptr<Task> make_task(const Config& cfg) {
   const std::string family = cfg.get_str("MODEL.NAME", "");
   if (family.rfind("cls_", 0) == 0) return std::make_unique<ClsTask>(cfg);
   if (family.rfind("seg_", 0) == 0) return std::make_unique<SegTask>(cfg);
+  if (family == "fcos_hrnet") return std::make_unique<DetTask>(cfg);
   return std::make_unique<PoseTask>(cfg);
 }
 
@@ -168,7 +213,18 @@ std::string prepare_synthetic_data(Config& cfg) {
   const bool cls = family.rfind("cls_", 0) == 0, seg = family.rfind("seg_", 0) == 0;
   std::string dir;
   bool complete;
-  if (seg) {
+  if (family == "fcos_hrnet") {
+    data::SynthDetOptions o;
+    dir = str_cat(base, "/synth-det-v1-", o.train_images, "-", o.val_images, "-", o.width, "x",
+                  o.height, "-s", o.seed);
+    complete = fs::exists(dir + "/annotations/instances_train2017.json") &&
+               fs::exists(dir + "/annotations/instances_val2017.json");
+    if (!complete) {
+      std::fprintf(stderr, "hrnet-train: generating the synthetic detection set into %s\n",
+                   dir.c_str());
+      data::generate_synthetic_detection(dir, o, true);
+    }
+  } else if (seg) {
     data::SynthSegOptions o;
     dir = str_cat(base, "/synth-cityscapes-v1-", o.train_images, "-", o.val_images, "-", o.width,
                   "x", o.height, "-s", o.seed);

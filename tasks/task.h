@@ -48,13 +48,25 @@ struct TrainSettings {
   int threads = 0;         // 0: all cores
   bool graph = true;       // training step and evaluation through compiled static graphs
   // multistep (TRAIN.LR_STEP: the official pose and cls schedule) | poly (the official seg
-  // schedule, the default for seg files) | cosine
+  // schedule, the default for seg files) | cosine | warmup_multistep (maskrcnn-benchmark's
+  // WarmupMultiStepLR, the det files' schedule: lr_step in iterations)
   std::string lr_schedule = "multistep";
+  // The det files' SOLVER.* (maskrcnn-benchmark): a run of max_iter steps (> 0: end_epoch is
+  // then the epochs that take, the last one cut short), biases (every parameter whose name holds
+  // "bias") at lr * bias_lr_factor with weight decay wd_bias, and the warm-up of
+  // WarmupMultiStepLR (constant: warmup_factor; linear: from warmup_factor to 1).
+  int64_t max_iter = 0;
+  double bias_lr_factor = 1, wd_bias = -1;  // wd_bias < 0: wd
+  double warmup_factor = 1.0 / 3;
+  int64_t warmup_iters = 0;
+  std::string warmup_method = "linear";
 
   static TrainSettings from_config(const models::Config& cfg);
   // The learning rate of global step t (0-based; iters steps per epoch) under lr_schedule.
   // poly: the official seg trainer sets base * (1 - t/T)^0.9 after step t with
   // T = END_EPOCH * iters, so step t runs with the value set after step t-1.
+  // warmup_multistep: maskrcnn-benchmark's trainer steps the scheduler before each iteration,
+  // so step t runs with WarmupMultiStepLR's value at last_epoch = t + 1.
   double lr_at(int64_t t, int64_t iters_per_epoch) const;
   Device engine_device() const;
   DType autocast() const;  // f32 when off
@@ -123,12 +135,13 @@ class Task {
 
 // The experiment file (and yacs-style KEY VALUE overrides) of any family.
 models::Config load_config(const std::string& path, const std::vector<std::string>& overrides);
-// The task of the config's family (MODEL.NAME: pose_*, seg_*, cls_*); an error names the family
-// when it has no task yet.
+// The task of the config's family (MODEL.NAME: pose_*, seg_*, cls_*; fcos_hrnet, which the det
+// files get by default); an error names the family when it has no task yet.
 std::unique_ptr<Task> make_task(const models::Config& cfg);
 
 // ENGINE.SYNTHETIC with an empty DATASET.ROOT: the family's built-in synthetic dataset (pose: hrnet-synth's COCO layout;
-// classification: the shapes in ImageNet folders; seg: street scenes in the Cityscapes layout), generated once into the cache
+// classification: the shapes in ImageNet folders; seg: street scenes in the Cityscapes layout;
+// det: five object categories in the COCO instances layout), generated once into the cache
 // ($HRNET_SYNTH_DIR, else $XDG_CACHE_HOME/hrnet or ~/.cache/hrnet) and reused when complete;
 // DATASET.ROOT is set to it. Returns the root, "" when the config does not ask for it.
 std::string prepare_synthetic_data(models::Config& cfg);

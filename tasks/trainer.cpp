@@ -29,7 +29,9 @@ namespace hr::tasks {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, std::vector<Tensor> params) {
+std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, const NamedTensors& named) {
+  std::vector<Tensor> params;
+  for (const auto& [k, p] : named) params.push_back(p);
   if (s.optimizer == "adam") {
     AdamOptions o;
     o.lr = s.lr;
@@ -40,6 +42,12 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, std::vector<Te
   o.momentum = s.momentum;
   o.weight_decay = s.wd;
   o.nesterov = s.nesterov;
+  const double wd_bias = s.wd_bias < 0 ? s.wd : s.wd_bias;
+  if (s.bias_lr_factor != 1 || wd_bias != s.wd) {  // maskrcnn-benchmark: "bias" in the name
+    o.group2_lr_factor = s.bias_lr_factor;
+    o.group2_weight_decay = wd_bias;
+    for (const auto& [k, p] : named) o.group2.push_back(k.find("bias") != std::string::npos);
+  }
   return std::make_unique<SGD>(std::move(params), o);
 }
 
@@ -484,7 +492,7 @@ EvalSummary Trainer::run() {
   const std::string pre = task_.load_pretrained(*model);
   if (!pre.empty()) std::fprintf(stderr, "hrnet-train: %s\n", pre.c_str());
   model->to(dev);
-  std::unique_ptr<Optimizer> opt = make_optimizer(s, model->parameters());
+  std::unique_ptr<Optimizer> opt = make_optimizer(s, model->named_parameters());
 
   data::LoaderOptions lo;
   lo.batch_size = static_cast<int>(s.batch);
@@ -497,6 +505,9 @@ EvalSummary Trainer::run() {
   HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
            " samples, fewer than one batch of ", s.batch);
   const int64_t iters_per_epoch = loader.batches_per_epoch();
+  // a run of SOLVER.MAX_ITER steps (det): the epochs that take, the last one cut short
+  const int64_t end_epoch =
+      s.max_iter > 0 ? (s.max_iter + iters_per_epoch - 1) / iters_per_epoch : s.end_epoch;
 
   TrainState st;
   st.epoch = s.begin_epoch;
@@ -560,14 +571,14 @@ EvalSummary Trainer::run() {
   if (stop_requested()) stop_here(false, "before training");
 
   // the schedule of ENGINE.LR_SCHEDULE (TrainSettings::lr_at), set before every step
-  for (int64_t epoch = st.epoch; epoch < s.end_epoch; ++epoch) {
+  for (int64_t epoch = st.epoch; epoch < end_epoch; ++epoch) {
     // a run stopped mid-epoch continues at the iteration it reached, with the epoch's sums
     const int64_t first_iter = st.iter;
     double lr = s.lr_at(epoch * iters_per_epoch, iters_per_epoch);
     opt->set_lr(lr);
     model->train();
     loader.start_epoch(epoch, first_iter);
-    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", s.end_epoch),
+    ProgressBar bar(str_cat("epoch ", epoch + 1, "/", end_epoch),
                     (iters_per_epoch - first_iter) * s.batch, "img");
     // The losses are read (on CUDA: the one wait for the GPU) every PRINT_FREQ iterations and at
     // the end of the epoch; a non-finite loss in any step since the last read stops training.
@@ -586,7 +597,7 @@ EvalSummary Trainer::run() {
       loss_seen += l.samples;
     };
     data::Batch b;
-    while (loader.next(b)) {
+    while ((s.max_iter <= 0 || st.global_step < s.max_iter) && loader.next(b)) {
       skipped += b.skipped;
       for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
       if (b.size() > 0) {
@@ -620,7 +631,7 @@ EvalSummary Trainer::run() {
         st.epoch_loss_samples = loss_seen;
         st.epoch_samples = seen;
         st.epoch_skipped = skipped;
-        stop_here(true, str_cat("in epoch ", epoch + 1, " of ", s.end_epoch, " at iteration ", iter,
+        stop_here(true, str_cat("in epoch ", epoch + 1, " of ", end_epoch, " at iteration ", iter,
                                 " of ", iters_per_epoch, " (step ", st.global_step, ")"));
       }
     }
@@ -641,7 +652,7 @@ EvalSummary Trainer::run() {
       std::fprintf(stderr, "hrnet-train: %lld corrupt samples skipped in epoch %lld\n",
                    static_cast<long long>(skipped), static_cast<long long>(epoch + 1));
 
-    const bool last = epoch + 1 == s.end_epoch;
+    const bool last = epoch + 1 == end_epoch;
     if (last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0) {
       last_eval = task_.evaluate(*model, run);
       evaluated = true;
@@ -666,7 +677,7 @@ EvalSummary Trainer::run() {
     }
     save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
     if (stop_requested() && !last)
-      stop_here(false, str_cat("after epoch ", epoch + 1, " of ", s.end_epoch, " (step ",
+      stop_here(false, str_cat("after epoch ", epoch + 1, " of ", end_epoch, " (step ",
                                st.global_step, ")"));
   }
 

@@ -23,8 +23,9 @@
 namespace hr::tasks {
 
 // The optimizer the config names (TRAIN.OPTIMIZER adam | sgd, as the official tools build them:
-// the official Adam takes no weight decay).
-std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, std::vector<Tensor> params);
+// the official Adam takes no weight decay; det's SGD with maskrcnn-benchmark's bias group: the
+// parameters whose name holds "bias" at lr * bias_lr_factor and weight decay wd_bias).
+std::unique_ptr<Optimizer> make_optimizer(const TrainSettings& s, const NamedTensors& params);
 
 // What a resumable training checkpoint carries besides weights and optimizer state.
 struct TrainState {

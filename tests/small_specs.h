@@ -37,9 +37,14 @@ inline models::ModelSpec small_spec(models::Head head, bool tiny) {
     s.cls_head_channels = {2, 2, 4, 4};
     s.cls_features = 16;
   }
+  // HRNet-FCOS: the towers' GroupNorm(32) needs 32 channels; three levels keep every level of a
+  // 64x64 input larger than 1x1 (a 1x1 map normalised over one value per group has no gradient)
   if (head == Head::Det) {
-    s.det_channels = 8;
-    s.det_levels = 5;
+    s.det_channels = 32;
+    s.det_levels = 3;
+    s.det_conv_stride = 2;
+    s.fcos_num_convs = 1;
+    s.num_classes = 3;
   }
   return s;
 }

@@ -56,4 +56,32 @@ inline void require_close_scaled(const Tensor& got, const Tensor& ref, double re
   REQUIRE_CLOSE(g, r, rel * scale + 1e-7, 0.0);
 }
 
+// PyTorch parity of a model's tensors: relative L2 error <= 1e-4 and per element |got - ref| <=
+// 1e-3 max|ref| + 1e-4 |ref|; a reference that is zero up to rounding (a conv bias before
+// training-mode batch norm) is compared against 1e-6 of the case's largest gradient
+// (case_scale > 0). l2_bound: the relative L2 bound (a float32 backward through long sums can
+// need more than 1e-4 against a float64 reference).
+inline void require_parity(const Tensor& got, const Tensor& ref, const std::string& what,
+                           double case_scale = 0, double l2_bound = 1e-4) {
+  INFO(what);
+  REQUIRE(got.defined());
+  REQUIRE(got.shape() == ref.shape());
+  auto g = got.to_vector(), r = ref.to_vector();
+  double scale = 0, d2 = 0, r2 = 0;
+  for (size_t i = 0; i < r.size(); ++i) {
+    const double d = double(g[i]) - r[i];
+    scale = std::max(scale, double(std::fabs(r[i])));
+    d2 += d * d;
+    r2 += double(r[i]) * r[i];
+  }
+  if (case_scale > 0 && scale < 1e-6 * case_scale) {
+    REQUIRE_CLOSE(g, r, 1e-6 * case_scale, 0.0);
+    return;
+  }
+  const double l2 = std::sqrt(d2 / std::max(r2, 1e-300));
+  INFO("relative L2 error " << l2);
+  CHECK(l2 <= l2_bound);
+  REQUIRE_CLOSE(g, r, 1e-3 * scale + 1e-30, 1e-4);
+}
+
 }  // namespace hr::test

@@ -203,6 +203,68 @@ OhemInputs ohem_inputs(const Shape& x, int64_t ignore, uint64_t seed) {
   return r;
 }
 
+// Detection loss inputs. The locations a loss must not read (weight or mask <= 0) hold garbage
+// (negative distances, +-1e20 or 1e30: NaN or inf if read); elsewhere IoU predictions lie 10% to
+// 40% away from the target on either side (never within a finite-difference step of min's kink).
+struct DetInputs {
+  std::vector<float> pred, target, weight;
+};
+// pred, target [N,4,P], weight [N,P]: every fourth location weight 0, the third -0.5 (none
+// positive unless `positive`)
+DetInputs iou_inputs(int64_t N, int64_t P, bool positive, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const float garbage[4] = {-3.f, 1e20f, -1e20f, 0.f};
+  DetInputs r;
+  r.pred.resize(static_cast<size_t>(N * 4 * P));
+  r.target.resize(r.pred.size());
+  r.weight.resize(static_cast<size_t>(N * P));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = n * P + p;
+      float w = static_cast<float>(0.1 + 0.9 * u(rng));
+      if (i % 4 == 1) w = 0.f;
+      if (i == 2) w = -0.5f;
+      if (!positive) w = 0.f;
+      r.weight[static_cast<size_t>(i)] = w;
+      for (int64_t j = 0; j < 4; ++j) {
+        const size_t at = static_cast<size_t>((n * 4 + j) * P + p);
+        if (w > 0.f) {
+          const double t = 0.5 + 2.5 * u(rng), sign = u(rng) < 0.5 ? -1.0 : 1.0;
+          r.target[at] = static_cast<float>(t);
+          r.pred[at] = static_cast<float>(t * (1.0 + sign * (0.1 + 0.3 * u(rng))));
+        } else {
+          r.pred[at] = garbage[(j + i) % 4];
+          r.target[at] = garbage[(j + i + 1) % 4];
+        }
+      }
+    }
+  }
+  return r;
+}
+enum class BceMask { Binary, Weights, None };
+// logits (pred), target in [0, 1], mask [N,P]: Binary 1 but every third element; Weights in
+// [0.2, 1.5] but every third 0 and the third element -0.5; None all 0
+DetInputs bce_inputs(int64_t N, int64_t P, BceMask kind, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  DetInputs r;
+  const size_t n = static_cast<size_t>(N * P);
+  r.pred.resize(n);
+  r.target.resize(n);
+  r.weight.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    float m = kind == BceMask::Binary ? 1.f : static_cast<float>(0.2 + 1.3 * u(rng));
+    if (i % 3 == 1 || kind == BceMask::None) m = 0.f;
+    if (i == 2 && kind == BceMask::Weights) m = -0.5f;
+    r.weight[i] = m;
+    const double x = (0.1 + 1.9 * u(rng)) * (u(rng) < 0.5 ? -1.0 : 1.0);
+    r.pred[i] = m > 0.f ? static_cast<float>(x) : 1e30f;
+    r.target[i] = m > 0.f ? static_cast<float>(u(rng)) : -1e30f;
+  }
+  return r;
+}
+
 std::vector<Case> make_table() {
   std::vector<Case> t;
   auto add = [&](Case c) -> Case& {
@@ -650,6 +712,83 @@ std::vector<Case> make_table() {
   ohem({1, 4, 2, 3}, 0.1f, 2, false, true)  // ties at the threshold: none kept, loss 0
       .no_fd = "every probability equals the threshold: any step changes the selection";
   ohem({8, 19, 64, 48}, 0.7f, 100000, true).perf = true;
+
+  // ---- detection (the FCOS head): exp, the learnable per-level scale, the three losses
+  const Unary exp_fn = [](const Tensor& x) { return ops::exp(x); };
+  for (Shape s : {Shape{2, 3, 4, 5}, Shape{7}, Shape{1, 1, 1, 1}, Shape{2, 4, 37}})
+    unary("exp", s, "", exp_fn);
+  unary("exp", {8, 4, 100, 136}, "", exp_fn).perf = true;
+  auto scale_by = [&](Shape x) -> Case& {
+    Case c;
+    c.op = "scale";
+    c.in = {data("x", x), param("s", {1})};
+    c.fn = [](const Args& a) { return V{ops::scale(a[0], a[1])}; };
+    return add(std::move(c));
+  };
+  scale_by({2, 3, 4, 5});  // 4-D: channels-last on CUDA
+  scale_by({7});
+  scale_by({2, 4, 37});
+  scale_by({8, 4, 100, 136}).perf = true;
+  // sigmoid focal loss: logits [N,C,P], labels [N,P] in 0..C (background 0), every fifth -1
+  // (ignored), or explicit ones
+  auto focal = [&](Shape x, float gamma, float alpha, std::vector<float> lv = {}) -> Case& {
+    Case c;
+    c.op = "sigmoid_focal_loss";
+    c.attrs = str_cat("gamma ", gamma, ", alpha ", alpha, lv.empty() ? "" : ", explicit labels");
+    c.in = {data("logits", x), labels({x[0], x[2]}, x[1] + 1, -1)};
+    c.in[1].values = std::move(lv);
+    c.fn = [gamma, alpha](const Args& a) {
+      return V{ops::sigmoid_focal_loss(a[0], a[1], gamma, alpha)};
+    };
+    return add(std::move(c));
+  };
+  focal({2, 5, 37}, 2.f, 0.25f);
+  focal({1, 1, 1}, 2.f, 0.25f);
+  focal({3, 80, 13}, 2.f, 0.25f);  // COCO's 80 classes
+  focal({2, 3, 23}, 1.5f, 0.4f);
+  // an image without objects, and the other one's labels 1..3 with ignored locations
+  focal({2, 3, 7}, 2.f, 0.25f, {0, 0, 0, 0, 0, 0, 0, 1, 0, -1, 3, 2, 0, -1});
+  focal({2, 4, 5}, 2.f, 0.25f, std::vector<float>(10, 0.f)).attrs += " (all background)";
+  focal({8, 80, 16800}, 2.f, 0.25f).perf = true;
+  // IoU loss: pred [N,4,P], target, weight (f32 data)
+  auto iou = [&](int64_t N, int64_t P, bool positive = true) -> Case& {
+    Case c;
+    c.op = "iou_loss";
+    c.attrs = positive ? "weights > 0, 0 and < 0" : "no positive weight";
+    DetInputs v = iou_inputs(N, P, positive, 104729 * (t.size() + 1));
+    c.in = {data("pred", {N, 4, P}), param("target", {N, 4, P}, false),
+            param("weight", {N, P}, false)};
+    c.in[0].values = std::move(v.pred);
+    c.in[1].values = std::move(v.target);
+    c.in[2].values = std::move(v.weight);
+    c.fn = [](const Args& a) { return V{ops::iou_loss(a[0], a[1], a[2])}; };
+    return add(std::move(c));
+  };
+  iou(2, 29);
+  iou(1, 1);
+  iou(3, 50);
+  iou(2, 9, false);
+  iou(8, 16800).perf = true;
+  // masked BCE with logits (centerness): logits, target, mask [N,P]
+  auto bce = [&](int64_t N, int64_t P, BceMask kind) -> Case& {
+    Case c;
+    c.op = "masked_bce_with_logits";
+    c.attrs = kind == BceMask::Binary    ? "0/1 mask"
+              : kind == BceMask::Weights ? "mask weights > 0, 0 and < 0"
+                                         : "no mask";
+    DetInputs v = bce_inputs(N, P, kind, 104729 * (t.size() + 1));
+    c.in = {data("logits", {N, P}), param("target", {N, P}, false), param("mask", {N, P}, false)};
+    c.in[0].values = std::move(v.pred);
+    c.in[1].values = std::move(v.target);
+    c.in[2].values = std::move(v.weight);
+    c.fn = [](const Args& a) { return V{ops::masked_bce_with_logits(a[0], a[1], a[2])}; };
+    return add(std::move(c));
+  };
+  bce(2, 31, BceMask::Binary);
+  bce(3, 17, BceMask::Weights);
+  bce(1, 1, BceMask::Binary);
+  bce(2, 5, BceMask::None);
+  bce(8, 16800, BceMask::Binary).perf = true;
   return t;
 }
 

@@ -129,7 +129,7 @@ TEST_CASE("the evaluation transform equals Resize + CenterCrop + ToTensor + Norm
     const int size = std::stoi(ref().opt(c, "size"));
     // the pixels, step by step
     const auto [rw, rh] = resize_shorter(src.width, src.height, static_cast<int>(size / 0.875));
-    const Box b = center_crop_box(rw, rh, size);
+    const CropBox b = center_crop_box(rw, rh, size);
     require_same_pixels(crop(resize_bilinear_pil(src, rw, rh), b.x, b.y, size, size),
                         ref().at(std::string(c) + "/out"), c);
     // the whole sample from a (lossless) file
@@ -171,7 +171,7 @@ TEST_CASE("RandomResizedCrop boxes follow torchvision's rules", "[classification
   std::mt19937_64 rng(3);
   for (int k = 0; k < 2000; ++k) {
     const int W = 40 + int(rng() % 500), H = 40 + int(rng() % 500);
-    const Box b = random_resized_crop_box(W, H, rng);
+    const CropBox b = random_resized_crop_box(W, H, rng);
     REQUIRE(b.w > 0);
     REQUIRE(b.h > 0);
     REQUIRE(b.x >= 0);
@@ -184,7 +184,7 @@ TEST_CASE("RandomResizedCrop boxes follow torchvision's rules", "[classification
     REQUIRE(double(b.w) / b.h <= 4.0 / 3.0 * 1.25);
   }
   // a strip no box of ratio 3/4..4/3 fits ten times: the fallback is the ratio-clamped centre
-  const Box f = random_resized_crop_box(1000, 10, rng);
+  const CropBox f = random_resized_crop_box(1000, 10, rng);
   CHECK(f.h == 10);
   CHECK(f.w == 13);  // round(10 * 4/3)
   CHECK(f.x == (1000 - 13) / 2);

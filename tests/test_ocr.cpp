@@ -29,6 +29,7 @@ namespace {
 
 using test::contains;
 using test::error_of;
+using test::require_parity;
 using test::state_map;
 
 const std::string kData = HR_TEST_DATA_DIR;
@@ -65,32 +66,6 @@ struct Reference {
     return it->second;
   }
 };
-
-// As tests/test_models.cpp: relative L2 error <= 1e-4 and per element |got - ref| <= 1e-3
-// max|ref| + 1e-4 |ref|; a reference that is zero up to rounding (a conv bias before
-// training-mode batch norm) is compared against 1e-6 of the case's largest gradient.
-void require_close(const Tensor& got, const Tensor& ref, const std::string& what,
-                   double case_scale = 0) {
-  INFO(what);
-  REQUIRE(got.defined());
-  REQUIRE(got.shape() == ref.shape());
-  auto g = got.to_vector(), r = ref.to_vector();
-  double scale = 0, d2 = 0, r2 = 0;
-  for (size_t i = 0; i < r.size(); ++i) {
-    const double d = double(g[i]) - r[i];
-    scale = std::max(scale, double(std::fabs(r[i])));
-    d2 += d * d;
-    r2 += double(r[i]) * r[i];
-  }
-  if (case_scale > 0 && scale < 1e-6 * case_scale) {
-    REQUIRE_CLOSE(g, r, 1e-6 * case_scale, 0.0);
-    return;
-  }
-  const double l2 = std::sqrt(d2 / std::max(r2, 1e-300));
-  INFO("relative L2 error " << l2);
-  CHECK(l2 <= 1e-4);
-  REQUIRE_CLOSE(g, r, 1e-3 * scale + 1e-30, 1e-4);
-}
 
 // sum(y * u) as a scalar, written with bmm ([1,1,n] x [1,n,1]) so that it records into graphs:
 // the gradient reaching y is exactly u.
@@ -228,27 +203,27 @@ TEST_CASE("OCR head matches PyTorch: forward, every gradient, the input's gradie
     auto outs = model.forward_all(x0);
     REQUIRE(outs.size() == 2);
     for (size_t i = 0; i < 2; ++i)
-      require_close(outs[i], ref["out_eval." + std::to_string(i)],
+      require_parity(outs[i], ref["out_eval." + std::to_string(i)],
                     "eval output " + std::to_string(i));
-    require_close(model.forward(x0), ref["out_eval.1"], "forward(): the OCR output");
+    require_parity(model.forward(x0), ref["out_eval.1"], "forward(): the OCR output");
   }
   model.train();
   Tensor x = x0.clone();
   x.set_requires_grad(true);
   auto outs = model.forward_all(x);
   for (size_t i = 0; i < 2; ++i)
-    require_close(outs[i], ref["out_train." + std::to_string(i)],
+    require_parity(outs[i], ref["out_train." + std::to_string(i)],
                   "train output " + std::to_string(i));
   upstream_loss(outs, ref).backward();
   const double largest = largest_gradient(model, ref);
   for (auto& [k, p] : model.named_parameters())
-    require_close(p.grad(), ref["grad." + k], "grad " + k, largest);
-  require_close(x.grad(), ref["grad_input"], "grad input");
+    require_parity(p.grad(), ref["grad." + k], "grad " + k, largest);
+  require_parity(x.grad(), ref["grad_input"], "grad input");
   for (auto& [k, b] : model.named_buffers()) {
     if (b.dtype() == DType::i64)
       CHECK(b.to_vector_i64() == ref["after." + k].to_vector_i64());
     else
-      require_close(b, ref["after." + k], "buffer " + k);
+      require_parity(b, ref["after." + k], "buffer " + k);
   }
 }
 
@@ -273,16 +248,16 @@ TEST_CASE("OCR head through static graphs: the training step and folded inferenc
   g.output(co.loss, "loss");
   graph::Executable step(std::move(g), co);
   step.run();
-  require_close(step.output("aux"), ref["out_train.0"], "graph train output 0");
-  require_close(step.output("out"), ref["out_train.1"], "graph train output 1");
+  require_parity(step.output("aux"), ref["out_train.0"], "graph train output 0");
+  require_parity(step.output("out"), ref["out_train.1"], "graph train output 1");
   const double largest = largest_gradient(model, ref);
   for (auto& [k, p] : model.named_parameters())
-    require_close(step.grad(p), ref["grad." + k], "graph grad " + k, largest);
-  require_close(step.grad(x), ref["grad_input"], "graph grad input");
+    require_parity(step.grad(p), ref["grad." + k], "graph grad " + k, largest);
+  require_parity(step.grad(x), ref["grad_input"], "graph grad input");
   for (auto& [k, b] : model.named_buffers())
-    if (b.dtype() != DType::i64) require_close(b, ref["after." + k], "graph buffer " + k);
+    if (b.dtype() != DType::i64) require_parity(b, ref["after." + k], "graph buffer " + k);
   step.run_interleaved(3);  // any stream order: the same gradients
-  require_close(step.grad(x), ref["grad_input"], "interleaved graph grad input");
+  require_parity(step.grad(x), ref["grad_input"], "interleaved graph grad input");
 
   // inference: batch norm folded into the convolutions before it (conv3x3_ocr's biased conv
   // included), the attention's bmm and softmax as they are
@@ -292,8 +267,8 @@ TEST_CASE("OCR head through static graphs: the training step and folded inferenc
                                Device::cpu());
   auto outs = infer(x0);
   REQUIRE(outs.size() == 2);
-  require_close(outs[0], ref["out_eval.0"], "inference graph output 0");
-  require_close(outs[1], ref["out_eval.1"], "inference graph output 1");
+  require_parity(outs[0], ref["out_eval.0"], "inference graph output 0");
+  require_parity(outs[1], ref["out_eval.1"], "inference graph output 1");
   CHECK(infer.last()->stats().folded > 0);
   const GraphPlans plans = plan_graphs(model, x0.shape());
   CHECK(plans.has_training);
@@ -316,7 +291,7 @@ TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager an
     eager.push_back(model.forward_all(x)[1]);
     eager.push_back(model.forward_all(x)[1]);
   }
-  require_close(eager[0], ref["out_drop.1"], "dropout output at step 0");
+  require_parity(eager[0], ref["out_drop.1"], "dropout output at step 0");
   CHECK(model.dropout_state().to_vector_i64()[1] == 2);
   CHECK(eager[0].to_vector() != eager[1].to_vector());  // a fresh mask
 
@@ -330,7 +305,7 @@ TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager an
   exe.set_input("x", x);
   for (int step = 0; step < 2; ++step) {
     exe.run();
-    require_close(exe.output("out"), eager[size_t(step)],
+    require_parity(exe.output("out"), eager[size_t(step)],
                   "graph dropout step " + std::to_string(step));
   }
   CHECK(model.dropout_state().to_vector_i64()[1] == 2);
@@ -354,7 +329,7 @@ TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager an
   train_step.run();
   const double largest = largest_gradient(model, ref);
   for (auto& [k, p] : model.named_parameters())
-    require_close(train_step.grad(p), eager_grads.at(k), "dropout graph grad " + k, largest);
+    require_parity(train_step.grad(p), eager_grads.at(k), "dropout graph grad " + k, largest);
   CHECK(model.dropout_state().to_vector_i64()[1] == 1);
 
   // eval: no dropout, no state change

@@ -12,8 +12,8 @@ names), independently of the C++ code. Small configs (stem 16 ch, widths [4,8,16
 block per branch) keep the committed files small but run every code path of the real
 architecture: Bottleneck stem layer with downsample, transitions creating a branch, several
 modules per stage, fuse layers in all three directions, the pose head's single-output last
-module, the seg head (bilinear fuse, align_corners False, odd feature sizes), the det
-pyramid head and the cls head.
+module, the seg head (bilinear fuse, align_corners False, odd feature sizes) and the cls head
+(the det head's reference, HRNet-FCOS, is tools/gen_fcos_reference.py, on this backbone).
 
 Each model_<case>.safetensors holds (all f32 unless said):
   state.<key>        the state dict the C++ model loads (num_batches_tracked i64)
@@ -201,15 +201,7 @@ class HRNet(nn.Module):
             self.last_layer = nn.Sequential(nn.Conv2d(c, c, 1), bn(c), nn.ReLU(),
                                             nn.Conv2d(c, spec["num_classes"], k, 1,
                                                       1 if k == 3 else 0))
-        elif head == "det":
-            c, d = sum(pre), spec["det_channels"]
-            self.reduction_conv = nn.Module()
-            self.reduction_conv.conv = nn.Conv2d(c, d, 1)
-            self.fpn_convs = nn.ModuleList()
-            for _ in range(spec["det_levels"]):
-                m = nn.Module()
-                m.conv = nn.Conv2d(d, d, 3, 1, 1)
-                self.fpn_convs.append(m)
+        # det: the backbone only (tools/gen_fcos_reference.py adds the official HRFPN and FCOS)
         elif head == "cls":
             hc = spec["cls_head_channels"]
             self.incre_modules = nn.ModuleList()
@@ -244,17 +236,13 @@ class HRNet(nn.Module):
         head = self.spec["head"]
         if head == "pose":
             return [self.final_layer(ys[0])]
-        if head in ("seg", "det"):
+        if head == "det":
+            return ys
+        if head == "seg":
             size = ys[0].shape[2:]
-            ac = self.ac if head == "seg" else False
             cat = torch.cat([ys[0]] + [F.interpolate(y, size=size, mode="bilinear",
-                                                     align_corners=ac) for y in ys[1:]], 1)
-            if head == "seg":
-                return [self.last_layer(cat)]
-            base = self.reduction_conv.conv(cat)
-            levels = [base] + [F.avg_pool2d(base, 2 ** i, 2 ** i)
-                               for i in range(1, self.spec["det_levels"])]
-            return [m.conv(l) for m, l in zip(self.fpn_convs, levels)]
+                                                     align_corners=self.ac) for y in ys[1:]], 1)
+            return [self.last_layer(cat)]
         y = self.incre_modules[0](ys[0])
         for i, d in enumerate(self.downsamp_modules):
             y = self.incre_modules[i + 1](ys[i + 1]) + d(y)
@@ -364,12 +352,8 @@ def run_case(name, spec, shape, out_dir, seed, pth_prefix=None, train=True):
         labels = torch.randint(0, spec["num_classes"], (shape[0],), generator=gen)
         loss = F.cross_entropy(outs[0], labels)
         tensors.append(("labels", labels.numpy().astype(np.int64)))
-    else:  # det: sum over levels of 0.5 * mean squared error against random targets
-        loss = 0
-        for i, y in enumerate(outs):
-            t = torch.rand(y.shape, generator=gen, dtype=torch.float64).float().double()
-            tensors.append((f"target.{i}", f32(t)))
-            loss = loss + 0.5 * F.mse_loss(y, t)
+    else:
+        raise ValueError(f"no training loss for the {head} head here")
     loss.backward()
     for i, y in enumerate(outs):
         tensors.append((f"out_train.{i}", f32(y)))
@@ -468,8 +452,6 @@ def main():
                               align_corners=False), (2, 3, 60, 76), a.out, 12, pth_prefix="model.")
         run_case("cls", small("cls", tiny=True, cls_head_channels=[2, 2, 4, 4], cls_features=16,
                               num_classes=10), (2, 3, 32, 64), a.out, 13)
-        run_case("det", small("det", tiny=True, det_channels=8, det_levels=5), (2, 3, 64, 64),
-                 a.out, 14)
     if a.w32_dir:
         os.makedirs(a.w32_dir, exist_ok=True)
         run_case("pose_w32", official("pose", 32, num_joints=17), (1, 3, 256, 192), a.w32_dir, 21,

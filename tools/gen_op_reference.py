@@ -455,6 +455,200 @@ def seg_loss_cases():
                  dict(logits=logits), scalar=True)
 
 
+
+# ---------------------------------------------------------------- detection (HRNet-FCOS)
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def sigmoid_focal_loss_cpu(logits, targets, gamma, alpha):
+    """maskrcnn_benchmark/layers/sigmoid_focal_loss.py of HRNet-FCOS, verbatim: logits [M, C],
+    targets [M] (0 background, k in 1..C class k - 1, negative ignored) -> the terms [M, C]."""
+    num_classes = logits.shape[1]
+    gamma = gamma
+    alpha = alpha
+    dtype = targets.dtype
+    device = targets.device
+    class_range = torch.arange(1, num_classes+1, dtype=dtype, device=device).unsqueeze(0)
+
+    t = targets.unsqueeze(1)
+    p = torch.sigmoid(logits)
+    term1 = (1 - p) ** gamma * torch.log(p)
+    term2 = p ** gamma * torch.log(1 - p)
+    return -(t == class_range).float() * term1 * alpha - ((t != class_range) * (t >= 0)).float() * term2 * (1 - alpha)
+
+
+def focal_loss_stable(x, targets, gamma, alpha):
+    """The forms of their CUDA kernels (csrc/cuda/SigmoidFocalLoss_cuda.cu), which the engine
+    computes: log(max(p, FLT_MIN)) and the stable log(1 - p) = -max(x, 0) - log1p(exp(-|x|)).
+    -> (terms, d terms / dx), [M, C] each."""
+    C = x.shape[1]
+    cls = torch.arange(1, C + 1, dtype=targets.dtype).unsqueeze(0)
+    t = targets.unsqueeze(1)
+    pos = (t == cls).double()
+    neg = ((t != cls) & (t >= 0)).double()
+    p = torch.sigmoid(x)
+    log_p = torch.log(p.clamp(min=FLT_MIN))
+    log_1mp = -x.clamp(min=0) - torch.log1p(torch.exp(-x.abs()))
+    loss = -pos * alpha * (1 - p) ** gamma * log_p - neg * (1 - alpha) * p ** gamma * log_1mp
+    grad = (-pos * alpha * (1 - p) ** gamma * (1 - p - p * gamma * log_p)
+            - neg * (1 - alpha) * p ** gamma * (log_1mp * (1 - p) * gamma - p))
+    return loss, grad
+
+
+def fcos_cls_loss(logits, labels, gamma, alpha):
+    """FCOS's classification loss on logits [N, C, P], labels [N, P] (loss.py: the focal loss
+    summed, / (num_pos + N)), the terms by the official CPU formula."""
+    n, c = logits.shape[0], logits.shape[1]
+    flat = logits.permute(0, 2, 1).reshape(-1, c)
+    num_pos = int((labels > 0).sum())
+    return sigmoid_focal_loss_cpu(flat, labels.reshape(-1), gamma, alpha).sum() / (num_pos + n)
+
+
+def iou_loss_official(pred, target, weight=None):
+    """IOULoss.forward of maskrcnn_benchmark/layers/iou_loss.py, verbatim: pred, target [M, 4]."""
+    pred_left = pred[:, 0]
+    pred_top = pred[:, 1]
+    pred_right = pred[:, 2]
+    pred_bottom = pred[:, 3]
+
+    target_left = target[:, 0]
+    target_top = target[:, 1]
+    target_right = target[:, 2]
+    target_bottom = target[:, 3]
+
+    target_aera = (target_left + target_right) * \
+                  (target_top + target_bottom)
+    pred_aera = (pred_left + pred_right) * \
+                (pred_top + pred_bottom)
+
+    w_intersect = torch.min(pred_left, target_left) + \
+                  torch.min(pred_right, target_right)
+    h_intersect = torch.min(pred_bottom, target_bottom) + \
+                  torch.min(pred_top, target_top)
+
+    area_intersect = w_intersect * h_intersect
+    area_union = target_aera + pred_aera - area_intersect
+
+    losses = -torch.log((area_intersect + 1.0) / (area_union + 1.0))
+
+    if weight is not None and weight.sum() > 0:
+        return (losses * weight).sum() / weight.sum()
+    else:
+        assert losses.numel() != 0
+        return losses.mean()
+
+
+def fcos_iou_loss(pred, target, weight):
+    """pred, target [N, 4, P], weight [N, P]: IOULoss on the locations with weight > 0 (FCOS
+    indexes the positive locations before the loss); 0 when there are none."""
+    sel = weight.reshape(-1) > 0
+    if int(sel.sum()) == 0:
+        return (pred * 0).sum()
+    pf = pred.permute(0, 2, 1).reshape(-1, 4)[sel]
+    tf = target.permute(0, 2, 1).reshape(-1, 4)[sel]
+    return iou_loss_official(pf, tf, weight.reshape(-1)[sel])
+
+
+def masked_bce(logits, target, mask, official):
+    """logits, target, mask [N, P]: BCE with logits over the elements with mask > 0 (FCOS:
+    nn.BCEWithLogitsLoss() on the positive locations when `official`, the 0/1 mask), else
+    weighted by the mask: sum m * bce / sum m; 0 when no mask is > 0."""
+    sel = mask.reshape(-1) > 0
+    if int(sel.sum()) == 0:
+        return (logits * 0).sum()
+    x, t, m = logits.reshape(-1)[sel], target.reshape(-1)[sel], mask.reshape(-1)[sel]
+    if official:
+        return torch.nn.BCEWithLogitsLoss()(x, t)
+    return F.binary_cross_entropy_with_logits(x, t, weight=m, reduction="sum") / m.sum()
+
+
+def f32(t):
+    return t.float().double()
+
+
+def det_cases():
+    # last: the cases before keep their seeds. The ops of the FCOS head and its loss.
+    name = case("exp", "exp")
+    run_grad(name, lambda x: torch.exp(x), dict(x=rnd(2, 3, 4, 5)))
+    name = case("scale", "scale")
+    run_grad(name, lambda x, s: s * x, dict(x=rnd(2, 3, 5, 4), s=f32(torch.tensor([1.37]))))
+
+    # (name, N, C, P, gamma, alpha, logit scale, all background)
+    for name, n, c, p, gamma, alpha, scale, background in (
+            ("focal_fcos", 3, 5, 37, 2.0, 0.25, 2.0, False),
+            ("focal_gamma15_wide", 2, 3, 23, 1.5, 0.4, 5.0, False),
+            ("focal_all_background", 2, 4, 11, 2.0, 0.25, 2.0, True)):
+        case(name, "sigmoid_focal_loss", gamma=gamma, alpha=alpha)
+        logits = rnd(n, c, p, scale=scale)
+        labels = torch.randint(0, c + 1, (n, p), dtype=torch.int64)
+        if background:
+            labels.zero_()
+        else:
+            labels[1] = 0  # one image with no object
+        flat = labels.view(-1)
+        flat[torch.randperm(flat.numel())[: flat.numel() // 5]] = -1  # ignored
+        assert (labels > 0).any() != background and (labels < 0).any()
+        # the official CPU formula against the CUDA kernel's stable forms, values and gradients
+        x = logits.permute(0, 2, 1).reshape(-1, c).clone().requires_grad_(True)
+        official = sigmoid_focal_loss_cpu(x, labels.reshape(-1), gamma, alpha)
+        stable, stable_grad = focal_loss_stable(x.detach(), labels.reshape(-1), gamma, alpha)
+        (official_grad,) = torch.autograd.grad(official.sum(), x)
+        assert torch.allclose(official, stable, rtol=1e-9, atol=1e-12), name
+        assert torch.allclose(official_grad, stable_grad, rtol=1e-9, atol=1e-12), name
+        put(name, "labels", labels)
+        run_grad(name, lambda logits: fcos_cls_loss(logits, labels, gamma, alpha),
+                 dict(logits=logits), scalar=True)
+
+    # IoU loss: targets the distances of a location to its box, predictions near them (both
+    # sides of every min, one tie), weights the centerness targets; locations with weight 0 (or
+    # below) hold garbage that would make the loss NaN or infinite if read
+    for name, n, p, all_zero in (("iou_weighted", 2, 29, False), ("iou_no_positive", 1, 7, True)):
+        case(name, "iou_loss")
+        target = f32(torch.rand(n, 4, p).double() * 8 + 0.5)
+        pred = f32(target * torch.exp(torch.randn(n, 4, p).double() * 0.3))
+        weight = f32(torch.rand(n, p).double() * 0.9 + 0.1)
+        off = torch.rand(n, p) < 0.3
+        off[0, 0] = True
+        weight[off] = 0
+        if all_zero:
+            weight.zero_()
+        else:
+            weight[0, 1] = -0.5  # not > 0: left out as well
+            off[0, 1] = True
+            pred[0, 0, 2] = target[0, 0, 2]  # a tie: torch.min splits the gradient
+            assert weight[0, 2] > 0
+        garbage = torch.tensor([-3.0, 1e20, -1e20, 0.0], dtype=torch.float64)
+        for k, (i, j) in enumerate(off.nonzero().tolist()):
+            pred[i, :, j] = garbage.roll(k)
+            target[i, :, j] = garbage.roll(k + 1)
+        pred, target = f32(pred), f32(target)
+        run_grad(name, fcos_iou_loss, dict(pred=pred, target=target, weight=weight),
+                 scalar=True, constants=("target", "weight"))
+
+    # centerness: BCE with logits over the positive locations (0/1 mask, official
+    # nn.BCEWithLogitsLoss), over fractional mask weights, and with no positive location
+    for name, n, p, kind in (("bce_centerness", 2, 31, "official"), ("bce_weighted", 3, 17, "weighted"),
+                             ("bce_no_mask", 2, 5, "none")):
+        case(name, "masked_bce_with_logits")
+        logits = rnd(n, p, scale=2.0)
+        target = f32(torch.rand(n, p).double())
+        if kind == "official":
+            mask = (torch.rand(n, p) < 0.4).double()
+            mask[0, 0] = 1
+        elif kind == "weighted":
+            mask = f32(torch.rand(n, p).double() * 2 - 0.5)  # some <= 0: left out
+        else:
+            mask = torch.zeros(n, p, dtype=torch.float64)
+        off = mask <= 0
+        logits[off] = 1e30
+        target[off] = -1e30
+        logits = f32(logits)
+        run_grad(name, lambda logits, target, mask: masked_bce(logits, target, mask,
+                                                               kind == "official"),
+                 dict(logits=logits, target=target, mask=mask), scalar=True,
+                 constants=("target", "mask"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="tests/data/ops_reference.safetensors")
@@ -462,7 +656,8 @@ def main():
     torch.set_num_threads(1)
     for gen in (conv_cases, batch_norm_cases, elementwise_cases, resample_cases, concat_cases,
                 pool_cases, linear_cases, loss_cases, module_cases, optimizer_cases,
-                schedule_cases, group_norm_cases, label_smoothing_cases, seg_loss_cases):
+                schedule_cases, group_norm_cases, label_smoothing_cases, seg_loss_cases,
+                det_cases):
         gen()
     for k, a in TENSORS.items():
         assert a.dtype == np.int64 or np.all(np.isfinite(a)), k

@@ -1,4 +1,5 @@
-// Element-wise ops: relu (and its backward), add, scaling, the sum of all elements.
+// Element-wise ops: relu (and its backward), add, scaling by a constant or by a learnable
+// one-element tensor (and that scale's gradient), exp, the sum of all elements.
 #include "engine/ops/elementwise.h"
 
 #include "engine/ops.h"
@@ -52,6 +53,100 @@ struct ScaleOp final : OpDef {
     return {mul(a.grad_out[0], alpha)};
   }
   bool saves_input(size_t) const override { return false; }
+};
+
+// exp(x); the backward reads the output
+struct ExpOp final : OpDef {
+  const char* name() const override { return "exp"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    check_float(in[0], name(), "input");
+    return {same_as(in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::exp_forward(a.in[0].numel(), fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::exp_forward(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(),
+                      a.out[0].raw_data(), a.stream);
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    return {exp_backward(a.out[0], a.grad_out[0])};
+  }
+  bool saves_input(size_t) const override { return false; }
+  bool saves_output(size_t) const override { return true; }
+};
+
+// y [any], dy like y -> dx = dy * y
+struct ExpBwdOp final : OpDef {
+  const char* name() const override { return "exp_backward"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "output");
+    check_defined(in[1], name(), "dy");
+    check_same(in[0], in[1], name());
+    check_float(in[0], name(), "output");
+    return {same_as(in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::exp_backward(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::exp_backward(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(),
+                       a.in[1].raw_data(), a.out[0].raw_data(), a.stream);
+  }
+};
+
+// A one-element f32 tensor on x's device (the learnable scale).
+void check_scale_value(const Meta& s, const Meta& x, const char* op) {
+  check_defined(s, op, "scale");
+  HR_CHECK(s.numel() == 1 && s.dtype == DType::f32, op, ": the scale must be one f32 value, got ",
+           s.str());
+  check_same_device(x, s, op);
+}
+
+// x [any], s one f32 -> s * x
+struct ScaleByOp final : OpDef {
+  const char* name() const override { return "scale"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    check_float(in[0], name(), "input");
+    check_scale_value(in[1], in[0], name());
+    return {same_as(in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::scale(a.in[0].numel(), *fptr(a.in[1]), fptr(a.in[0]), fptr(a.out[0]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::scale_by(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(), fptr(a.in[1]),
+                   a.out[0].raw_data(), a.stream);
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    return {a.need[0] ? scale(a.grad_out[0], a.in[1]) : Tensor(),
+            a.need[1] ? scale_backward(a.in[0], a.grad_out[0], a.in_meta[1].shape) : Tensor()};
+  }
+};
+
+// x, dy [any] -> ds = sum(dy * x), f32 of the scale's shape
+struct ScaleByBwdOp final : OpDef {
+  Shape shape;
+  explicit ScaleByBwdOp(Shape s) : shape(std::move(s)) {}
+  const char* name() const override { return "scale_backward"; }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    check_defined(in[0], name(), "input");
+    check_defined(in[1], name(), "dy");
+    check_same(in[0], in[1], name());
+    check_float(in[0], name(), "input");
+    HR_CHECK(shape_numel(shape) == 1, name(), ": the scale's shape ", shape_str(shape),
+             " is not one element");
+    return {f32_on(shape, in[0])};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    *fptr(a.out[0]) = cpu::dot(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]));
+  }
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::dot(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(), a.in[1].raw_data(),
+              fptr(a.out[0]), a.stream);
+  }
 };
 
 // the sum of every element as a scalar f32, accumulated in double (CPU only)
@@ -142,6 +237,16 @@ Tensor relu_backward(const Tensor& y, const Tensor& dy) {
 }
 Tensor add(const Tensor& a, const Tensor& b) { return hr::apply(std::make_shared<AddOp>(), {a, b})[0]; }
 Tensor mul(const Tensor& x, float alpha) { return hr::apply(std::make_shared<ScaleOp>(alpha), {x})[0]; }
+Tensor exp(const Tensor& x) { return hr::apply(std::make_shared<ExpOp>(), {x})[0]; }
+Tensor exp_backward(const Tensor& y, const Tensor& dy) {
+  return hr::apply(std::make_shared<ExpBwdOp>(), {y, dy})[0];
+}
+Tensor scale(const Tensor& x, const Tensor& s) {
+  return hr::apply(std::make_shared<ScaleByOp>(), {x, s})[0];
+}
+Tensor scale_backward(const Tensor& x, const Tensor& dy, const Shape& scale_shape) {
+  return hr::apply(std::make_shared<ScaleByBwdOp>(scale_shape), {x, dy})[0];
+}
 Tensor sum_all(const Tensor& x) { return hr::apply(std::make_shared<SumAllOp>(), {x})[0]; }
 Tensor expand_scalar(const Tensor& g, const Shape& shape, DType dtype) {
   return hr::apply(std::make_shared<ExpandScalarOp>(shape, dtype), {g})[0];

@@ -165,6 +165,33 @@ void ohem_ce_backward(int64_t N, int64_t C, int64_t HW, const float* logits,
                       const int64_t* labels, int64_t ignore_index, const float* class_weight,
                       float threshold, float dloss, float* dlogits);
 
+// ---- detection (FCOS head; kernels/cpu/det_loss.cpp, formulas in kernels/det_loss_math.h) ----
+void exp_forward(int64_t n, const float* x, float* y);
+// dx = dy * y   (y is exp's output)
+void exp_backward(int64_t n, const float* y, const float* dy, float* dx);
+// sum_i a[i] * b[i], in double over fixed blocks (the same bits for any thread count)
+float dot(int64_t n, const float* a, const float* b);
+// maskrcnn-benchmark's sigmoid focal loss (their CUDA kernel's stable form) summed over logits
+// [N, C, P] and divided by num_pos + N (FCOS); labels [N, P]: < 0 ignored, 0 background, k in
+// 1..C positive for class k - 1; num_pos = the labels > 0. A label above C throws hr::Error.
+float sigmoid_focal_loss_forward(int64_t N, int64_t C, int64_t P, const float* logits,
+                                 const int64_t* labels, float gamma, float alpha);
+void sigmoid_focal_loss_backward(int64_t N, int64_t C, int64_t P, const float* logits,
+                                 const int64_t* labels, float gamma, float alpha, float dloss,
+                                 float* dlogits);
+// IOULoss (-log((I + 1) / (U + 1))) of pred, target [N, 4, P] (left, top, right, bottom), the
+// mean weighted by weight [N, P] over the locations with weight > 0 (nothing else is read); 0
+// when there are none. dpred is 0 at the other locations.
+float iou_loss_forward(int64_t N, int64_t P, const float* pred, const float* target,
+                       const float* weight);
+void iou_loss_backward(int64_t N, int64_t P, const float* pred, const float* target,
+                       const float* weight, float dloss, float* dpred);
+// BCE with logits (stable form) weighted by mask over the elements with mask > 0, divided by the
+// sum of those mask values; 0 when there are none. logits, target, mask [n].
+float masked_bce_forward(int64_t n, const float* logits, const float* target, const float* mask);
+void masked_bce_backward(int64_t n, const float* logits, const float* target, const float* mask,
+                         float dloss, float* dlogits);
+
 // ---- optimizer steps (PyTorch torch.optim semantics, one parameter tensor of n floats) ----
 // SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);
 // g = nesterov ? g + momentum*buf : buf; p -= lr*g.  momentum_buf may be nullptr if momentum == 0.

@@ -241,6 +241,35 @@ void ohem_ce_backward_dev(DT dt, int64_t N, int64_t C, int64_t HW, const void* l
 // arithmetic), acc[1] = *loss. loss: one fp32; acc: two doubles, all on the device.
 void loss_accumulate(const float* loss, double weight, double* acc, Stream st);
 
+// ---- detection (FCOS head; kernels/cuda/det_loss.cu, formulas in kernels/det_loss_math.h) ----
+// Element-wise, any layout: y = exp(x); dx = dy * y (y: exp's output); y = *s * x with s one
+// fp32 on the device (a learnable scale: read when the kernel runs, so captures replay it).
+void exp_forward(DT dt, int64_t n, const void* x, void* y, Stream st);
+void exp_backward(DT dt, int64_t n, const void* y, const void* dy, void* dx, Stream st);
+void scale_by(DT dt, int64_t n, const void* x, const float* s, void* y, Stream st);
+// *out = sum_i a[i] * b[i] (one fp32 on the device; deterministic, no host synchronisation)
+void dot(DT dt, int64_t n, const void* a, const void* b, float* out, Stream st);
+// The losses as cpu::sigmoid_focal_loss_forward, cpu::iou_loss_forward and cpu::masked_bce_forward,
+// their scalars on the device (deterministic, capturable; normalisers computed on the device).
+// logits [N, C, P] in dt (3-D: row-major), labels [N, P] int64. A label above C makes *loss NaN
+// (the CPU throws); the backward treats such a label as ignored.
+void sigmoid_focal_loss_forward_dev(DT dt, int64_t N, int64_t C, int64_t P, const void* logits,
+                                    const int64_t* labels, float gamma, float alpha, float* loss,
+                                    Stream st);
+void sigmoid_focal_loss_backward_dev(DT dt, int64_t N, int64_t C, int64_t P, const void* logits,
+                                     const int64_t* labels, float gamma, float alpha,
+                                     const float* dloss, void* dlogits, Stream st);
+// pred [N, 4, P] in dt; target fp32 [N, 4, P]; weight fp32 [N, P]
+void iou_loss_forward_dev(DT dt, int64_t N, int64_t P, const void* pred, const float* target,
+                          const float* weight, float* loss, Stream st);
+void iou_loss_backward_dev(DT dt, int64_t N, int64_t P, const void* pred, const float* target,
+                           const float* weight, const float* dloss, void* dpred, Stream st);
+// logits [n] in dt; target, mask fp32 [n]
+void masked_bce_forward_dev(DT dt, int64_t n, const void* logits, const float* target,
+                            const float* mask, float* loss, Stream st);
+void masked_bce_backward_dev(DT dt, int64_t n, const void* logits, const float* target,
+                             const float* mask, const float* dloss, void* dlogits, Stream st);
+
 // ---- optimizers (fp32 master weights and state) ----
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
               float momentum, float dampening, float weight_decay, bool nesterov, bool first_step,

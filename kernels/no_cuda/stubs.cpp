@@ -158,6 +158,27 @@ HR_NO_CUDA(void, ohem_ce_backward_dev,
             const float*, const float*, void*, Stream))
 HR_NO_CUDA(void, loss_accumulate, (const float*, double, double*, Stream))
 
+// detection
+HR_NO_CUDA(void, exp_forward, (DT, int64_t, const void*, void*, Stream))
+HR_NO_CUDA(void, exp_backward, (DT, int64_t, const void*, const void*, void*, Stream))
+HR_NO_CUDA(void, scale_by, (DT, int64_t, const void*, const float*, void*, Stream))
+HR_NO_CUDA(void, dot, (DT, int64_t, const void*, const void*, float*, Stream))
+HR_NO_CUDA(void, sigmoid_focal_loss_forward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, float, float, float*,
+            Stream))
+HR_NO_CUDA(void, sigmoid_focal_loss_backward_dev,
+           (DT, int64_t, int64_t, int64_t, const void*, const int64_t*, float, float,
+            const float*, void*, Stream))
+HR_NO_CUDA(void, iou_loss_forward_dev,
+           (DT, int64_t, int64_t, const void*, const float*, const float*, float*, Stream))
+HR_NO_CUDA(void, iou_loss_backward_dev,
+           (DT, int64_t, int64_t, const void*, const float*, const float*, const float*, void*,
+            Stream))
+HR_NO_CUDA(void, masked_bce_forward_dev,
+           (DT, int64_t, const void*, const float*, const float*, float*, Stream))
+HR_NO_CUDA(void, masked_bce_backward_dev,
+           (DT, int64_t, const void*, const float*, const float*, const float*, void*, Stream))
+
 // optimizers
 HR_NO_CUDA(void, sgd_step,
            (int64_t, float*, const float*, float*, float, float, float, float, bool, bool, Stream))
