@@ -4,17 +4,24 @@
 // momentum and weight decay, as the official cls recipes, at 224x224 unless given) or
 // segmentation (--model w48:seg or a seg config: logits upsampled to the labels' size, the
 // cross-entropy with the Cityscapes class weights and ignore label, SGD with momentum and weight
-// decay, as the official Cityscapes recipe, at 512x1024 unless given).
-//   bench_model [--model w32:pose|w32:cls|w48:seg] [--config FILE] [--batch N] [--height H --width W]
+// decay, as the official Cityscapes recipe, at 512x1024 unless given) or detection (--model
+// w32:det or an HRNet-FCOS config: HRNetV2p + FCOS, the FCOS loss on fixed dense targets made by
+// data::fcos_targets from a fixed set of boxes (kDetBoxes: positives on every level at the
+// default size), the SGD of maskrcnn-benchmark's make_optimizer (lr 0.01, momentum 0.9, wd 1e-4;
+// biases at 2x the rate, no weight decay), at 800x1344 (1333x800 padded to 32) unless given;
+// inference = the head's outputs of every level, without the post-processing).
+//   bench_model [--model w32:pose|w32:cls|w48:seg|w32:det] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile]
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
 // norm, planned memory, branch streams; on CUDA replayed as a CUDA graph). --profile prints the
 // graph's per-op time on the CPU.
 // The PyTorch peer (benchmarks/torch_model.py, the HRNet of tools/gen_model_reference.py with
-// the same spec) runs when a Python with torch is found ($HR_PYTHON, python3, /usr/bin/python3):
-// on the CPU it is eager fp32 with the same thread count; on CUDA it is eager (autocast,
-// channels_last, cudnn.benchmark) and torch.compile. Ratio = PyTorch time / our time (> 1: we are faster).
+// the same spec; det: its backbone with HRFPN and FCOSHead equal to the official modules, the
+// same targets, loss and SGD groups) runs when a Python with torch is found ($HR_PYTHON,
+// python3, /usr/bin/python3): on the CPU it is eager fp32 with the same thread count; on CUDA
+// it is eager (autocast, channels_last, cudnn.benchmark) and torch.compile. Ratio = PyTorch
+// time / our time (> 1: we are faster).
 // --peer-results FILE reads the peer's "RESULT key value" lines from FILE instead of running it
 // (tools/window/run.sh starts the peer early, so that torch.compile has compiled by then).
 // --latency: inference only, at --batch (1 for latency), eager and as a captured graph, against
@@ -42,6 +49,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/config.h"
+#include "data/boxes.h"
 #include "data/seg_classes.h"
 #include "models/hrnet.h"
 
@@ -144,6 +152,43 @@ std::string cls_peer_args(const ModelSpec& spec) {
          " --head-features " + std::to_string(spec.cls_features);
 }
 
+std::string det_peer_args(const ModelSpec& spec) {
+  return " --head det --classes " + std::to_string(spec.num_classes) + " --det-channels " +
+         std::to_string(spec.det_channels) + " --det-levels " + std::to_string(spec.det_levels) +
+         " --det-conv-stride " + std::to_string(spec.det_conv_stride) + " --fcos-convs " +
+         std::to_string(spec.fcos_num_convs) + " --prior-prob " +
+         str_cat(spec.fcos_prior_prob) + (spec.norm_eval ? " --norm-eval" : "");
+}
+
+// det: the fixed boxes of every image, in thousandths of the input's width and height (pixel
+// x = v * W / 1000, integer division; x2, y2 clamped to W - 1, H - 1), with their labels: a
+// COCO-like mix from 30 px to nearly the whole image, so that at 800x1344 each of the 5 levels
+// (MODEL.FCOS.TARGET_ASSIGN: max(l,t,r,b) in [-1,64], [64,128], [128,256], [256,512], [512,inf])
+// has positives. benchmarks/torch_model.py (DET_BOXES) holds the same list and assigns the
+// targets by the same rule (loss.py compute_targets_for_locations), and both print the
+// positives per level.
+struct DetBox {
+  int64_t x1, y1, x2, y2, label;
+};
+constexpr DetBox kDetBoxes[] = {
+    {100, 150, 130, 260, 1},   {300, 200, 330, 240, 3},   {700, 100, 760, 180, 10},
+    {200, 600, 260, 700, 18},  {400, 400, 520, 700, 1},   {800, 500, 950, 900, 3},
+    {50, 300, 400, 950, 62},   {550, 50, 980, 600, 57},   {20, 30, 980, 980, 7},
+};
+
+// the FCOS levels at an input of h x w: det_level_sizes, the default TARGET_ASSIGN ranges
+// (64 * 2^(l-1) .. 64 * 2^l; the first from -1, the last to INF)
+std::vector<data::FcosLevel> det_levels(const ModelSpec& spec, int64_t h, int64_t w) {
+  const auto sizes = det_level_sizes(spec, h, w);
+  std::vector<data::FcosLevel> lv;
+  for (size_t l = 0; l < sizes.size(); ++l) {
+    const double lo = l == 0 ? -1.0 : 64.0 * double(int64_t(1) << (l - 1));
+    const double hi = l + 1 == sizes.size() ? 100000000.0 : 64.0 * double(int64_t(1) << l);
+    lv.push_back({spec.det_stride(static_cast<int64_t>(l)), sizes[l][0], sizes[l][1], lo, hi});
+  }
+  return lv;
+}
+
 Results run_torch(const Args& a, const ModelSpec& spec) {
   Results r;
   if (!a.peer_results.empty()) return read_peer_results(a.peer_results);
@@ -153,6 +198,7 @@ Results run_torch(const Args& a, const ModelSpec& spec) {
                     std::to_string(spec.stages.back().num_channels[0]) +
                     (spec.head == Head::Cls   ? cls_peer_args(spec)
                      : spec.head == Head::Seg ? seg_peer_args(spec)
+                     : spec.head == Head::Det ? det_peer_args(spec)
                                               : std::string()) +
                     " --batch " +
                     std::to_string(a.batch) + " --height " + std::to_string(a.height) +
@@ -181,16 +227,74 @@ Results measure(const Args& a, const ModelSpec& spec) {
   const Shape in{a.batch, 3, a.height, a.width};
   model->check_input(in);
   Tensor x = Tensor::randn(in, 2).to(dev);
+  const bool cls = spec.head == Head::Cls, seg = spec.head == Head::Seg,
+             det = spec.head == Head::Det;
   Tensor y0;
-  {
+  if (!det) {
     InferenceMode g;
     y0 = (*model)(x);
   }
   // the task's targets, loss and optimizer
-  const bool cls = spec.head == Head::Cls, seg = spec.head == Head::Seg;
-  Tensor target, tw, labels, class_weights;
+  Tensor target, tw, labels, class_weights, reg_targets, centerness, positive;
   std::unique_ptr<Optimizer> optimizer;
-  if (seg) {
+  if (det) {
+    // the dense FCOS targets of kDetBoxes, the same for every image
+    const std::vector<data::FcosLevel> lv = det_levels(spec, a.height, a.width);
+    const int64_t P = data::fcos_num_locations(lv), N = a.batch;
+    std::vector<data::Box> boxes;
+    std::vector<int64_t> box_labels;
+    for (const DetBox& b : kDetBoxes) {
+      boxes.push_back({float(b.x1 * a.width / 1000), float(b.y1 * a.height / 1000),
+                       float(std::min(b.x2 * a.width / 1000, a.width - 1)),
+                       float(std::min(b.y2 * a.height / 1000, a.height - 1))});
+      box_labels.push_back(std::min<int64_t>(b.label, spec.num_classes));
+    }
+    std::vector<int64_t> l(static_cast<size_t>(P));
+    std::vector<float> r(static_cast<size_t>(4 * P)), c(static_cast<size_t>(P));
+    data::fcos_targets(lv, boxes, box_labels, l.data(), r.data(), c.data());
+    std::vector<int64_t> ln;
+    std::vector<float> rn, cn, pn;
+    std::string per_level;
+    int64_t off = 0;
+    for (const data::FcosLevel& v : lv) {
+      int64_t k = 0;
+      for (int64_t p = off; p < off + v.h * v.w; ++p) k += l[static_cast<size_t>(p)] > 0;
+      per_level += (per_level.empty() ? "" : "/") + std::to_string(k);
+      off += v.h * v.w;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      ln.insert(ln.end(), l.begin(), l.end());
+      rn.insert(rn.end(), r.begin(), r.end());
+      cn.insert(cn.end(), c.begin(), c.end());
+      for (int64_t v : l) pn.push_back(v > 0 ? 1.f : 0.f);
+    }
+    double csum = 0;
+    for (float v : c) csum += v;
+    std::printf("det targets: %zu boxes, %lld locations, positives per level %s, centerness sum "
+                "%.4f (per image)\n",
+                boxes.size(), (long long)P, per_level.c_str(), csum);
+    labels = Tensor::from_vector_i64(ln, {N, P}, dev);
+    reg_targets = Tensor::from_vector(rn, {N, 4, P}, DType::f32, dev);
+    centerness = Tensor::from_vector(cn, {N, P}, DType::f32, dev);
+    positive = Tensor::from_vector(pn, {N, P}, DType::f32, dev);
+    // maskrcnn-benchmark's make_optimizer: "bias" in the name -> 2x the rate, no weight decay
+    SGDOptions so;
+    so.lr = 0.01;
+    so.momentum = 0.9;
+    so.weight_decay = 1e-4;
+    so.group2_lr_factor = 2;
+    so.group2_weight_decay = 0;
+    std::vector<Tensor> params;
+    int64_t nbias = 0;
+    for (const auto& [k, p] : model->named_parameters()) {
+      params.push_back(p);
+      so.group2.push_back(k.find("bias") != std::string::npos);
+      nbias += so.group2.back();
+    }
+    std::printf("det optimizer: SGD, %zu parameter tensors, %lld in the bias group\n",
+                params.size(), (long long)nbias);
+    optimizer = std::make_unique<SGD>(std::move(params), so);
+  } else if (seg) {
     // labels at the input's size, one pixel in ten ignored (255)
     std::vector<int64_t> l(static_cast<size_t>(a.batch * a.height * a.width));
     for (size_t i = 0; i < l.size(); ++i)
@@ -233,6 +337,12 @@ Results measure(const Args& a, const ModelSpec& spec) {
   auto train_step = [&] {
     AutocastGuard ac(amp);
     opt.zero_grad();
+    if (det) {
+      Tensor loss = fcos_loss(model->forward_all(x), labels, reg_targets, centerness, positive);
+      loss.backward();
+      opt.step();
+      return;
+    }
     Tensor y = (*model)(x);
     Tensor loss = seg_loss ? seg_loss(y, labels)
                   : cls    ? ops::cross_entropy(y, labels)
@@ -243,6 +353,10 @@ Results measure(const Args& a, const ModelSpec& spec) {
   auto infer_step = [&] {
     AutocastGuard ac(amp);
     InferenceMode g;
+    if (det) {
+      std::vector<Tensor> ys = model->forward_all(x);  // every level's three maps
+      return;
+    }
     Tensor y = (*model)(x);
   };
   auto time_it = [&](auto&& fn) {
@@ -274,11 +388,20 @@ Results measure(const Args& a, const ModelSpec& spec) {
       g.output(co.loss, "loss");
     } else {
       co.inference = true;
-      g.output(ys[0], "output");
+      if (det)  // every level's three maps (ys[0] alone would leave the rest out)
+        for (size_t i = 0; i < ys.size(); ++i) g.output(ys[i], "output" + std::to_string(i));
+      else
+        g.output(ys[0], "output");
     }
     auto e = std::make_unique<graph::Executable>(std::move(g), co);
     e->set_input("x", x);
-    if (training && (cls || seg)) {
+    if (training && det) {
+      e->set_input("labels", labels);
+      e->set_input("reg_targets", reg_targets);
+      e->set_input("centerness", centerness);
+      e->set_input("positive", positive);
+      for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
+    } else if (training && (cls || seg)) {
       e->set_input("labels", labels);
       for (Tensor p : model->parameters()) p.set_grad(e->grad(p));
     } else if (training) {
@@ -411,9 +534,11 @@ void print_table(const Args& a, const Results& ours, const Results& peer) {
 int main(int argc, char** argv) try {
   Args a = parse(argc, argv);
   ModelSpec spec = a.config.empty() ? builtin_spec(a.model) : spec_from_config(Config::load(a.config));
-  HR_CHECK(spec.head != Head::Det, "bench_model: the benchmark has the pose, seg and cls steps");
-  if (a.height == 0) a.height = spec.head == Head::Cls ? 224 : spec.head == Head::Seg ? 512 : 256;
-  if (a.width == 0) a.width = spec.head == Head::Cls ? 224 : spec.head == Head::Seg ? 1024 : 192;
+  const Head h = spec.head;
+  if (a.height == 0)
+    a.height = h == Head::Cls ? 224 : h == Head::Seg ? 512 : h == Head::Det ? 800 : 256;
+  if (a.width == 0)
+    a.width = h == Head::Cls ? 224 : h == Head::Seg ? 1024 : h == Head::Det ? 1344 : 192;
   const Results ours = a.load.empty() ? measure(a, spec) : load_results(a.load);
   if (!a.save.empty()) save_results(a.save, ours);
   auto get = [&](const char* k) { return ours.count(k) ? ours.at(k) : 0.0; };

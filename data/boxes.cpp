@@ -30,32 +30,16 @@ float mulf(float a, float b) {
 // ---- instances files ----
 
 void read_instance(dom::element el, Record& r, CocoInstanceAnn& a) {
+  static constexpr Field<CocoInstanceAnn> kFields[] = {
+      field<&CocoInstanceAnn::id>("id"),
+      field<&CocoInstanceAnn::image_id>("image_id"),
+      field<&CocoInstanceAnn::category_id>("category_id"),
+      field<&CocoInstanceAnn::bbox>("bbox"),
+      field<&CocoInstanceAnn::area>("area"),
+      field<&CocoInstanceAnn::iscrowd>("iscrowd")};
   const dom::object o = r.object(el);
   r.name_by_id(o, "annotation");
-  enum : unsigned { kId = 1, kImage = 2, kCat = 4, kBbox = 8, kArea = 16, kCrowd = 32 };
-  unsigned seen = 0;
-  for (const dom::key_value_pair kv : o) {
-    const std::string_view k = kv.key;
-    if (k == "id") {
-      a.id = r.integer(kv.value, k), seen |= kId;
-    } else if (k == "image_id") {
-      a.image_id = r.integer(kv.value, k), seen |= kImage;
-    } else if (k == "category_id") {
-      a.category_id = r.integer(kv.value, k), seen |= kCat;
-    } else if (k == "bbox") {
-      a.bbox = r.bbox<double>(kv.value), seen |= kBbox;
-    } else if (k == "area") {
-      a.area = r.number(kv.value, k), seen |= kArea;
-    } else if (k == "iscrowd") {
-      a.iscrowd = r.flag(kv.value, k), seen |= kCrowd;
-    }
-  }
-  if (!(seen & kId)) r.missing("id");
-  if (!(seen & kImage)) r.missing("image_id");
-  if (!(seen & kCat)) r.missing("category_id");
-  if (!(seen & kBbox)) r.missing("bbox");
-  if (!(seen & kArea)) r.missing("area");
-  if (!(seen & kCrowd)) r.missing("iscrowd");
+  read_record(r, o, kFields, a);
   for (const double v : a.bbox)
     if (!std::isfinite(v)) r.fail("bbox has a value that is not finite");
   if (a.bbox[2] < 0 || a.bbox[3] < 0)
@@ -65,21 +49,13 @@ void read_instance(dom::element el, Record& r, CocoInstanceAnn& a) {
 }
 
 CocoCategory read_category(dom::element el, Record& r) {
+  static constexpr Field<CocoCategory> kFields[] = {
+      field<&CocoCategory::id>("id"), field<&CocoCategory::name>("name"),
+      field<&CocoCategory::supercategory>("supercategory", false)};
   const dom::object o = r.object(el);
   r.name_by_id(o, "category");
   CocoCategory c;
-  bool has_id = false, has_name = false;
-  for (const dom::key_value_pair kv : o) {
-    if (kv.key == "id") {
-      c.id = r.integer(kv.value, kv.key), has_id = true;
-    } else if (kv.key == "name") {
-      c.name = r.string(kv.value, kv.key), has_name = true;
-    } else if (kv.key == "supercategory") {
-      c.supercategory = r.string(kv.value, kv.key);
-    }
-  }
-  if (!has_id) r.missing("id");
-  if (!has_name) r.missing("name");
+  read_record(r, o, kFields, c);
   return c;
 }
 
@@ -167,17 +143,13 @@ CocoInstances load_coco_instances(const std::string& path) {
     dom::parser parser;
     coco.images = read_images(src, spans.images, parser);
     coco.annotations.resize(spans.annotations.size());
-    for (size_t i = 0; i < spans.annotations.size(); ++i) {
-      Record r{src, Name{"annotations", i}};
-      read_instance(parse_record(parser, src, spans.annotations[i], r.name), r,
-                    coco.annotations[i]);
-    }
+    for_each_record(src, spans.annotations, "annotations", parser, [&](dom::element el, Record& r) {
+      read_instance(el, r, coco.annotations[r.name.index]);
+    });
     coco.categories.reserve(spans.categories.size());
-    for (size_t i = 0; i < spans.categories.size(); ++i) {
-      Record r{src, Name{"categories", i}};
-      coco.categories.push_back(
-          read_category(parse_record(parser, src, spans.categories[i], r.name), r));
-    }
+    for_each_record(src, spans.categories, "categories", parser, [&](dom::element el, Record& r) {
+      coco.categories.push_back(read_category(el, r));
+    });
   }  // the file's bytes are freed here
   with_path(path, [&] { coco.index(); });
   return coco;
@@ -185,19 +157,10 @@ CocoInstances load_coco_instances(const std::string& path) {
 
 void save_coco_instances(const CocoInstances& coco, const std::string& path) {
   AtomicJsonWriter w(path);
-  w.raw("{\"info\":{\"description\":\"COCO-format instances\",\"version\":\"1.0\"},\n")
-      .raw("\"licenses\":[],\n\"images\":[");
-  write_images(w, coco.images);
-  w.raw("],\n\"annotations\":[");
+  write_annotation_file_head(w, "COCO-format instances", coco.images);
   for (size_t i = 0; i < coco.annotations.size(); ++i) {
     const CocoInstanceAnn& a = coco.annotations[i];
-    const auto& b = a.bbox;
-    const double poly[8] = {b[0],        b[1],        b[0] + b[2], b[1],
-                            b[0] + b[2], b[1] + b[3], b[0],        b[1] + b[3]};
-    w.raw(i ? ",\n" : "\n").raw("{\"id\":").integer(a.id).raw(",\"image_id\":").integer(a.image_id);
-    w.raw(",\"category_id\":").integer(a.category_id).raw(",\"segmentation\":[");
-    w.numbers(poly, 8, "bbox").raw("],\"area\":").number(a.area, "area");
-    w.raw(",\"bbox\":").numbers(b.data(), 4, "bbox").raw(",\"iscrowd\":").integer(a.iscrowd);
+    write_annotation_start(w, i, a.id, a.image_id, a.category_id, a.bbox, a.area, a.iscrowd);
     w.raw("}");
   }
   w.raw("],\n\"categories\":[");
@@ -211,48 +174,21 @@ void save_coco_instances(const CocoInstances& coco, const std::string& path) {
 }
 
 std::vector<BoxResult> load_box_results(const std::string& path) {
-  const Source src = read_source(path);
-  const std::vector<Span> spans = Scanner(src).root_array_elements("results");
-  std::vector<BoxResult> out(spans.size());
-  dom::parser parser;
-  for (size_t i = 0; i < spans.size(); ++i) {
-    Record r{src, Name{"results", i}};
-    const dom::object o = r.object(parse_record(parser, src, spans[i], r.name));
-    BoxResult& b = out[i];
-    unsigned seen = 0;
-    for (const dom::key_value_pair kv : o) {
-      if (kv.key == "image_id") {
-        b.image_id = r.integer(kv.value, kv.key), seen |= 1;
-      } else if (kv.key == "category_id") {
-        b.category_id = r.integer(kv.value, kv.key), seen |= 2;
-      } else if (kv.key == "bbox") {
-        b.bbox = r.bbox(kv.value), seen |= 4;
-      } else if (kv.key == "score") {
-        b.score = static_cast<float>(r.number(kv.value, kv.key)), seen |= 8;
-      }
-    }
-    if (!(seen & 1)) r.missing("image_id");
-    if (!(seen & 2)) r.missing("category_id");
-    if (!(seen & 4)) r.missing("bbox");
-    if (!(seen & 8)) r.missing("score");
-    for (const float v : b.bbox)
-      if (!std::isfinite(v)) r.fail("bbox has a value that is not finite as a float");
-    if (!std::isfinite(b.score)) r.fail("score is not finite as a float");
-  }
-  return out;
+  static constexpr Field<BoxResult> kFields[] = {
+      field<&BoxResult::image_id>("image_id"), field<&BoxResult::category_id>("category_id"),
+      field<&BoxResult::bbox>("bbox"), field<&BoxResult::score>("score")};
+  return read_root_records<BoxResult>(
+      path, "results", [](dom::object o, const Record& r, BoxResult& b) {
+        read_record(r, o, kFields, b);
+        for (const float v : b.bbox)
+          if (!std::isfinite(v)) r.fail("bbox has a value that is not finite as a float");
+        if (!std::isfinite(b.score)) r.fail("score is not finite as a float");
+        return true;
+      });
 }
 
 void save_box_results(const std::vector<BoxResult>& results, const std::string& path) {
-  AtomicJsonWriter w(path);
-  w.raw("[");
-  for (size_t i = 0; i < results.size(); ++i) {
-    const BoxResult& b = results[i];
-    w.raw(i ? ",\n" : "\n").raw("{\"image_id\":").integer(b.image_id);
-    w.raw(",\"category_id\":").integer(b.category_id).raw(",\"bbox\":");
-    w.numbers(b.bbox.data(), 4, "bbox").raw(",\"score\":").number(b.score, "score").raw("}");
-  }
-  w.raw("\n]\n");
-  w.commit();
+  save_results(results, path, "bbox", &BoxResult::bbox);
 }
 
 // ---------------------------------------------------------------------------------------------

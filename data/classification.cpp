@@ -154,14 +154,6 @@ CropBox scaled_box(const CropBox& b, int d, const Image& decoded) {
   return {x0, y0, x1 - x0, y1 - y0};
 }
 
-void flip_rows(Image& img) {
-  for (int y = 0; y < img.height; ++y) {
-    uint8_t* r = img.row(y);
-    for (int a = 0, b = img.width - 1; a < b; ++a, --b)
-      for (int c = 0; c < 3; ++c) std::swap(r[3 * a + c], r[3 * b + c]);
-  }
-}
-
 }  // namespace
 
 void make_classification_sample(const EncodedImage& img, const ClassificationOptions& o,
@@ -174,7 +166,7 @@ void make_classification_sample(const EncodedImage& img, const ClassificationOpt
     const Image full = img.decode(d);
     const CropBox r = d == 1 ? b : scaled_box(b, d, full);
     out = resize_bilinear_pil(crop(full, r.x, r.y, r.w, r.h), S, S);
-    if (uniform01(rng) < 0.5) flip_rows(out);
+    if (uniform01(rng) < 0.5) flip_horizontal(out);
   } else {
     const int R = static_cast<int>(S / o.eval_ratio);
     const int d = decode_denom(img, o.fast_decode, std::min(img.width(), img.height()),

@@ -15,6 +15,15 @@ using namespace coco_io;
 
 namespace {
 
+constexpr Field<CocoPersonAnn> kAnnotationFields[] = {
+    field<&CocoPersonAnn::id>("id"),
+    field<&CocoPersonAnn::image_id>("image_id"),
+    field<&CocoPersonAnn::bbox>("bbox"),
+    field<&CocoPersonAnn::area>("area"),
+    field<&CocoPersonAnn::iscrowd>("iscrowd"),
+    field<&CocoPersonAnn::keypoints>("keypoints"),
+    field<&CocoPersonAnn::num_keypoints>("num_keypoints", false)};
+
 // Returns false for an annotation of another category (dropped without further checks).
 bool read_annotation(dom::element el, Record& r, CocoPersonAnn& a) {
   const dom::object o = r.object(el);
@@ -23,34 +32,9 @@ bool read_annotation(dom::element el, Record& r, CocoPersonAnn& a) {
   if (o["category_id"].get(cat)) r.missing("category_id");
   a.category_id = r.int32(cat, "category_id");
   if (a.category_id != 1) return false;
-  enum : unsigned { kId = 1, kImage = 2, kBbox = 4, kArea = 8, kCrowd = 16, kKpts = 32, kNum = 64 };
-  unsigned seen = 0;
-  for (const dom::key_value_pair kv : o) {
-    const std::string_view k = kv.key;
-    if (k == "id") {
-      a.id = r.integer(kv.value, k), seen |= kId;
-    } else if (k == "image_id") {
-      a.image_id = r.integer(kv.value, k), seen |= kImage;
-    } else if (k == "bbox") {
-      a.bbox = r.bbox(kv.value), seen |= kBbox;
-    } else if (k == "area") {
-      a.area = static_cast<float>(r.number(kv.value, k)), seen |= kArea;
-    } else if (k == "iscrowd") {
-      a.iscrowd = r.flag(kv.value, k), seen |= kCrowd;
-    } else if (k == "keypoints") {
-      a.keypoints = r.keypoints(kv.value), seen |= kKpts;
-    } else if (k == "num_keypoints") {
-      a.num_keypoints = r.int32(kv.value, k), seen |= kNum;
-    }
-  }
-  if (!(seen & kId)) r.missing("id");
-  if (!(seen & kImage)) r.missing("image_id");
-  if (!(seen & kBbox)) r.missing("bbox");
-  if (!(seen & kArea)) r.missing("area");
-  if (!(seen & kCrowd)) r.missing("iscrowd");
-  if (!(seen & kKpts)) r.missing("keypoints");
-  if (!(seen & kNum)) {  // as COCO defines it: the labelled joints
-    a.num_keypoints = 0;
+  const unsigned seen = read_record(r, o, kAnnotationFields, a);
+  if (!(seen & field_bit(kAnnotationFields, "num_keypoints"))) {
+    a.num_keypoints = 0;  // as COCO defines it: the labelled joints
     for (int j = 0; j < kNumJoints; ++j) a.num_keypoints += a.keypoints[3 * j + 2] > 0;
   }
   return true;
@@ -92,17 +76,12 @@ CocoKeypoints read_annotation_file(const std::string& path) {
   dom::parser parser;
   coco.images = read_images(src, spans.images, parser);
   coco.annotations.reserve(spans.annotations.size());
-  CocoPersonAnn a;
-  for (size_t i = 0; i < spans.annotations.size(); ++i) {
-    Record r{src, Name{"annotations", i}};
-    a = CocoPersonAnn{};
-    if (read_annotation(parse_record(parser, src, spans.annotations[i], r.name), r, a))
-      coco.annotations.push_back(a);
-  }
-  for (size_t i = 0; i < spans.categories.size(); ++i) {
-    Record r{src, Name{"categories", i}};
-    read_category(parse_record(parser, src, spans.categories[i], r.name), r, coco);
-  }
+  for_each_record(src, spans.annotations, "annotations", parser, [&](dom::element el, Record& r) {
+    CocoPersonAnn a;
+    if (read_annotation(el, r, a)) coco.annotations.push_back(a);
+  });
+  for_each_record(src, spans.categories, "categories", parser,
+                  [&](dom::element el, Record& r) { read_category(el, r, coco); });
   return coco;
 }
 
@@ -118,22 +97,10 @@ CocoKeypoints load_coco_keypoints(const std::string& path) {
 
 void save_coco_keypoints(const CocoKeypoints& coco, const std::string& path) {
   AtomicJsonWriter w(path);
-  w.raw("{\"info\":{\"description\":\"COCO-format person keypoints\",\"version\":\"1.0\"},\n")
-      .raw("\"licenses\":[],\n\"images\":[");
-  write_images(w, coco.images);
-  w.raw("],\n\"annotations\":[");
+  write_annotation_file_head(w, "COCO-format person keypoints", coco.images);
   for (size_t i = 0; i < coco.annotations.size(); ++i) {
     const CocoPersonAnn& a = coco.annotations[i];
-    const auto& b = a.bbox;
-    const float poly[8] = {b[0],        b[1],        b[0] + b[2], b[1],
-                           b[0] + b[2], b[1] + b[3], b[0],        b[1] + b[3]};
-    w.raw(i ? ",\n" : "\n").raw("{\"id\":").integer(a.id).raw(",\"image_id\":").integer(a.image_id);
-    w.raw(",\"category_id\":").integer(a.category_id).raw(",\"segmentation\":[");
-    w.numbers(poly, 8, "bbox").raw("],\"area\":").number(a.area, "area");
-    w.raw(",\"bbox\":")
-        .numbers(b.data(), 4, "bbox")
-        .raw(",\"iscrowd\":")
-        .integer(a.iscrowd ? 1 : 0);
+    write_annotation_start(w, i, a.id, a.image_id, a.category_id, a.bbox, a.area, a.iscrowd);
     w.raw(",\"num_keypoints\":").integer(a.num_keypoints).raw(",\"keypoints\":");
     w.numbers(a.keypoints.data(), a.keypoints.size(), "keypoints").raw("}");
   }
@@ -150,78 +117,33 @@ void save_coco_keypoints(const CocoKeypoints& coco, const std::string& path) {
 }
 
 std::vector<KeypointResult> load_keypoint_results(const std::string& path) {
-  const Source src = read_source(path);
-  const std::vector<Span> spans = Scanner(src).root_array_elements("results");
-  std::vector<KeypointResult> out(spans.size());
-  dom::parser parser;
-  for (size_t i = 0; i < spans.size(); ++i) {
-    Record r{src, Name{"results", i}};
-    const dom::object o = r.object(parse_record(parser, src, spans[i], r.name));
-    KeypointResult& k = out[i];
-    unsigned seen = 0;
-    for (const dom::key_value_pair kv : o) {
-      if (kv.key == "image_id") {
-        k.image_id = r.integer(kv.value, kv.key), seen |= 1;
-      } else if (kv.key == "category_id") {
-        k.category_id = r.int32(kv.value, kv.key), seen |= 2;
-      } else if (kv.key == "keypoints") {
-        k.keypoints = r.keypoints(kv.value), seen |= 4;
-      } else if (kv.key == "score") {
-        k.score = static_cast<float>(r.number(kv.value, kv.key)), seen |= 8;
-      }
-    }
-    if (!(seen & 1)) r.missing("image_id");
-    if (!(seen & 2)) r.missing("category_id");
-    if (!(seen & 4)) r.missing("keypoints");
-    if (!(seen & 8)) r.missing("score");
-  }
-  return out;
+  static constexpr Field<KeypointResult> kFields[] = {
+      field<&KeypointResult::image_id>("image_id"),
+      field<&KeypointResult::category_id>("category_id"),
+      field<&KeypointResult::keypoints>("keypoints"), field<&KeypointResult::score>("score")};
+  return read_root_records<KeypointResult>(
+      path, "results", [](dom::object o, const Record& r, KeypointResult& k) {
+        read_record(r, o, kFields, k);
+        return true;
+      });
 }
 
 void save_keypoint_results(const std::vector<KeypointResult>& results, const std::string& path) {
-  AtomicJsonWriter w(path);
-  w.raw("[");
-  for (size_t i = 0; i < results.size(); ++i) {
-    const KeypointResult& k = results[i];
-    w.raw(i ? ",\n" : "\n").raw("{\"image_id\":").integer(k.image_id);
-    w.raw(",\"category_id\":").integer(k.category_id).raw(",\"keypoints\":");
-    w.numbers(k.keypoints.data(), k.keypoints.size(), "keypoints");
-    w.raw(",\"score\":").number(k.score, "score").raw("}");
-  }
-  w.raw("\n]\n");
-  w.commit();
+  save_results(results, path, "keypoints", &KeypointResult::keypoints);
 }
 
 std::vector<DetectionBox> load_detections(const std::string& path) {
-  const Source src = read_source(path);
-  const std::vector<Span> spans = Scanner(src).root_array_elements("detections");
-  std::vector<DetectionBox> out;
-  out.reserve(spans.size());
-  dom::parser parser;
-  for (size_t i = 0; i < spans.size(); ++i) {
-    Record r{src, Name{"detections", i}};
-    const dom::object o = r.object(parse_record(parser, src, spans[i], r.name));
-    DetectionBox d;
-    unsigned seen = 0;
-    for (const dom::key_value_pair kv : o) {
-      if (kv.key == "image_id") {
-        d.image_id = r.integer(kv.value, kv.key), seen |= 1;
-      } else if (kv.key == "category_id") {
-        d.category_id = r.int32(kv.value, kv.key), seen |= 2;
-      } else if (kv.key == "bbox") {
-        d.bbox = r.bbox(kv.value), seen |= 4;
-      } else if (kv.key == "score") {
-        d.score = static_cast<float>(r.number(kv.value, kv.key)), seen |= 8;
-      }
-    }
-    if (!(seen & 2)) r.missing("category_id");
-    if (d.category_id != 1) continue;
-    if (!(seen & 1)) r.missing("image_id");
-    if (!(seen & 4)) r.missing("bbox");
-    if (!(seen & 8)) r.missing("score");
-    out.push_back(d);
-  }
-  return out;
+  static constexpr Field<DetectionBox> kFields[] = {
+      field<&DetectionBox::category_id>("category_id"), field<&DetectionBox::image_id>("image_id"),
+      field<&DetectionBox::bbox>("bbox"), field<&DetectionBox::score>("score")};
+  return read_root_records<DetectionBox>(
+      path, "detections", [](dom::object o, const Record& r, DetectionBox& d) {
+        const unsigned seen = read_fields(r, o, kFields, d);
+        if ((seen & field_bit(kFields, "category_id")) && d.category_id != 1)
+          return false;  // another category: dropped unchecked
+        require_fields(r, kFields, seen);
+        return true;
+      });
 }
 
 const std::vector<std::string>& coco_keypoint_names() {

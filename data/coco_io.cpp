@@ -1,5 +1,5 @@
 // The COCO file machinery of data/coco_io.h: reading the file, the record and image readers, the
-// annotation file's root object, and the images' writer.
+// annotation file's root object, and the writer of its head.
 #include "data/coco_io.h"
 
 #include <sys/stat.h>
@@ -56,28 +56,20 @@ dom::element parse_record(dom::parser& parser, const Source& src, Span s, const 
   return el;
 }
 
+namespace {
+
 CocoImage read_image(dom::element el, Record& r) {
+  static constexpr Field<CocoImage> kFields[] = {
+      field<&CocoImage::id>("id"), field<&CocoImage::file_name>("file_name"),
+      field<&CocoImage::width>("width"), field<&CocoImage::height>("height")};
   const dom::object o = r.object(el);
   r.name_by_id(o, "image");
   CocoImage im;
-  bool has_id = false, has_name = false, has_w = false, has_h = false;
-  for (const dom::key_value_pair kv : o) {
-    if (kv.key == "id") {
-      im.id = r.integer(kv.value, kv.key), has_id = true;
-    } else if (kv.key == "file_name") {
-      im.file_name = r.string(kv.value, kv.key), has_name = true;
-    } else if (kv.key == "width") {
-      im.width = r.int32(kv.value, kv.key), has_w = true;
-    } else if (kv.key == "height") {
-      im.height = r.int32(kv.value, kv.key), has_h = true;
-    }
-  }
-  if (!has_id) r.missing("id");
-  if (!has_name) r.missing("file_name");
-  if (!has_w) r.missing("width");
-  if (!has_h) r.missing("height");
+  read_record(r, o, kFields, im);
   return im;
 }
+
+}  // namespace
 
 void check_json(const Source& src, Span s, std::string_view key) {
   const std::string v = simdjson_verdict(src, s.begin, s.end);
@@ -115,14 +107,15 @@ std::vector<CocoImage> read_images(const Source& src, const std::vector<Span>& s
                                    dom::parser& parser) {
   std::vector<CocoImage> images;
   images.reserve(spans.size());
-  for (size_t i = 0; i < spans.size(); ++i) {
-    Record r{src, Name{"images", i}};
-    images.push_back(read_image(parse_record(parser, src, spans[i], r.name), r));
-  }
+  for_each_record(src, spans, "images", parser,
+                  [&](dom::element el, Record& r) { images.push_back(read_image(el, r)); });
   return images;
 }
 
-void write_images(AtomicJsonWriter& w, const std::vector<CocoImage>& images) {
+void write_annotation_file_head(AtomicJsonWriter& w, std::string_view description,
+                                const std::vector<CocoImage>& images) {
+  w.raw("{\"info\":{\"description\":\"").raw(description).raw("\",\"version\":\"1.0\"},\n");
+  w.raw("\"licenses\":[],\n\"images\":[");
   for (size_t i = 0; i < images.size(); ++i) {
     const CocoImage& im = images[i];
     w.raw(i ? ",\n" : "\n")
@@ -132,6 +125,7 @@ void write_images(AtomicJsonWriter& w, const std::vector<CocoImage>& images) {
         .string(im.file_name);
     w.raw(",\"width\":").integer(im.width).raw(",\"height\":").integer(im.height).raw("}");
   }
+  w.raw("],\n\"annotations\":[");
 }
 
 }  // namespace hr::data::coco_io

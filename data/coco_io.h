@@ -4,8 +4,9 @@
 // keys and the spans of the array elements, and simdjson's DOM parser parses and validates each
 // record on its own, so its buffers stay the size of one record (a whole-file parse would add
 // 4-12 bytes per byte of the 250 MB train file). Every error is one line naming the file (and the
-// record). Writing: one record per line, numbers in their shortest round-trip form, temp file +
-// rename.
+// record). A reader states its record's fields in a table (field<&T::member>("key"), read by the
+// member's type; read_record). Writing: one record per line, numbers in their shortest
+// round-trip form, temp file + rename.
 #pragma once
 #include <fcntl.h>
 #include <unistd.h>
@@ -271,7 +272,7 @@ struct Record {
   [[noreturn]] void fail(const std::string& msg) const {
     src.fail(kind ? str_cat(kind, " ", id, ": ", msg) : str_cat(name.str(), ": ", msg));
   }
-  [[noreturn]] void missing(const char* field) const {
+  [[noreturn]] void missing(std::string_view field) const {
     fail(str_cat("missing required field \"", field, "\""));
   }
 
@@ -345,7 +346,120 @@ struct Record {
   }
 };
 
-CocoImage read_image(dom::element el, Record& r);
+// One field of a record of type T: its key, how its value is read into a T, whether it is required.
+// field<&T::member>("key") reads by the member's type: int64_t (integer), int (int32), bool (flag),
+// float or double (number), std::string, std::array<float or double, 4> (bbox), keypoints.
+template <class T>
+struct Field {
+  std::string_view key;
+  void (*read)(const Record& r, dom::element v, std::string_view key, T& out);
+  bool required = true;
+};
+
+template <class M>
+M read_value(const Record& r, dom::element v, std::string_view key) {
+  if constexpr (std::is_same_v<M, int64_t>) {
+    return r.integer(v, key);
+  } else if constexpr (std::is_same_v<M, int>) {
+    return r.int32(v, key);
+  } else if constexpr (std::is_same_v<M, bool>) {
+    return r.flag(v, key);
+  } else if constexpr (std::is_floating_point_v<M>) {
+    return static_cast<M>(r.number(v, key));
+  } else if constexpr (std::is_same_v<M, std::string>) {
+    return r.string(v, key);
+  } else if constexpr (std::is_same_v<M, std::array<float, 3 * kNumJoints>>) {
+    return r.keypoints(v);
+  } else {
+    static_assert(std::is_same_v<M, std::array<typename M::value_type, 4>>, "no reader for M");
+    return r.bbox<typename M::value_type>(v);
+  }
+}
+
+template <class P>
+struct MemberPointer;
+template <class C, class M>
+struct MemberPointer<M C::*> {
+  using Class = C;
+  using Type = M;
+};
+
+template <auto Member>
+constexpr Field<typename MemberPointer<decltype(Member)>::Class> field(std::string_view key,
+                                                                       bool required = true) {
+  using P = MemberPointer<decltype(Member)>;
+  return {key,
+          [](const Record& r, dom::element v, std::string_view k, typename P::Class& out) {
+            out.*Member = read_value<typename P::Type>(r, v, k);
+          },
+          required};
+}
+
+// Reads the fields of `fields` the record's object has into `out`, in the object's order (a key
+// given twice: the last value); other keys are skipped. Returns the mask of those present (bit i:
+// fields[i]).
+template <class T, size_t N>
+unsigned read_fields(const Record& r, dom::object o, const Field<T> (&fields)[N], T& out) {
+  static_assert(N <= 32, "read_fields: at most 32 fields");
+  unsigned seen = 0;
+  for (const dom::key_value_pair kv : o)
+    for (size_t f = 0; f < N; ++f)
+      if (kv.key == fields[f].key) {
+        fields[f].read(r, kv.value, kv.key, out);
+        seen |= 1u << f;
+        break;
+      }
+  return seen;
+}
+
+// Throws "missing required field" for the first required field, in table order, not in `seen`.
+template <class T, size_t N>
+void require_fields(const Record& r, const Field<T> (&fields)[N], unsigned seen) {
+  for (size_t f = 0; f < N; ++f)
+    if (fields[f].required && !(seen & (1u << f))) r.missing(fields[f].key);
+}
+
+// read_fields, then require_fields: the usual record.
+template <class T, size_t N>
+unsigned read_record(const Record& r, dom::object o, const Field<T> (&fields)[N], T& out) {
+  const unsigned seen = read_fields(r, o, fields, out);
+  require_fields(r, fields, seen);
+  return seen;
+}
+
+// The bit of `key` in the masks above.
+template <class T, size_t N>
+constexpr unsigned field_bit(const Field<T> (&fields)[N], std::string_view key) {
+  for (size_t f = 0; f < N; ++f)
+    if (fields[f].key == key) return 1u << f;
+  return 0;
+}
+
+// Calls fn(element, record) for each record span, the record named `name`[i] in messages.
+template <class F>
+void for_each_record(const Source& src, const std::vector<Span>& spans, std::string_view name,
+                     dom::parser& parser, F&& fn) {
+  for (size_t i = 0; i < spans.size(); ++i) {
+    Record r{src, Name{name, i}};
+    fn(parse_record(parser, src, spans[i], r.name), r);
+  }
+}
+
+// The records of a file whose root is an array of objects (results, detections), named `name`[i]
+// in messages: read(object, record, value) fills a value-initialised T and says whether to keep it.
+template <class T, class F>
+std::vector<T> read_root_records(const std::string& path, std::string_view name, F&& read) {
+  const Source src = read_source(path);
+  const std::vector<Span> spans = Scanner(src).root_array_elements(name);
+  std::vector<T> out;
+  out.reserve(spans.size());
+  dom::parser parser;
+  for_each_record(src, spans, name, parser, [&](dom::element el, Record& r) {
+    T v{};
+    if (read(r.object(el), r, v)) out.push_back(std::move(v));
+  });
+  return out;
+}
 
 // A value that is not kept must still be valid JSON.
 void check_json(const Source& src, Span s, std::string_view key);
@@ -497,7 +611,39 @@ class AtomicJsonWriter {
   bool committed_ = false;
 };
 
-// The "images" array's records (id, file_name, width, height), without the brackets.
-void write_images(AtomicJsonWriter& w, const std::vector<CocoImage>& images);
+// An annotation file up to its annotations' records: info (with `description`), an empty licenses
+// list, the images (id, file_name, width, height), the opening of "annotations".
+void write_annotation_file_head(AtomicJsonWriter& w, std::string_view description,
+                                const std::vector<CocoImage>& images);
+
+// The start of annotation record i (no closing brace): id, image_id, category_id, the box's
+// polygon as its segmentation, area, bbox, iscrowd.
+template <class T>
+void write_annotation_start(AtomicJsonWriter& w, size_t i, int64_t id, int64_t image_id,
+                            int64_t category_id, const std::array<T, 4>& b, T area, bool iscrowd) {
+  const T poly[8] = {b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]};
+  w.raw(i ? ",\n" : "\n").raw("{\"id\":").integer(id).raw(",\"image_id\":").integer(image_id);
+  w.raw(",\"category_id\":").integer(category_id).raw(",\"segmentation\":[");
+  w.numbers(poly, 8, "bbox").raw("],\"area\":").number(area, "area");
+  w.raw(",\"bbox\":").numbers(b.data(), 4, "bbox").raw(",\"iscrowd\":").integer(iscrowd ? 1 : 0);
+}
+
+// A results file at `path`: an array of {"image_id", "category_id", key: the numbers of
+// result.*values, "score"}, one record a line.
+template <class R, class Values>
+void save_results(const std::vector<R>& results, const std::string& path, const char* key,
+                  Values R::*values) {
+  AtomicJsonWriter w(path);
+  w.raw("[");
+  for (size_t i = 0; i < results.size(); ++i) {
+    const R& r = results[i];
+    const Values& v = r.*values;
+    w.raw(i ? ",\n" : "\n").raw("{\"image_id\":").integer(r.image_id);
+    w.raw(",\"category_id\":").integer(r.category_id).raw(",\"").raw(key).raw("\":");
+    w.numbers(v.data(), v.size(), key).raw(",\"score\":").number(r.score, "score").raw("}");
+  }
+  w.raw("\n]\n");
+  w.commit();
+}
 
 }  // namespace hr::data::coco_io

@@ -174,19 +174,6 @@ DetAugment draw_det_augment(const DetTransformOptions& o, std::mt19937_64& rng) 
   return a;
 }
 
-namespace {
-
-void mirror(Image& img) {
-  const int cn = img.channels;
-  for (int y = 0; y < img.height; ++y) {
-    uint8_t* r = img.row(y);
-    for (int a = 0, b = img.width - 1; a < b; ++a, --b)
-      for (int c = 0; c < cn; ++c) std::swap(r[cn * a + c], r[cn * b + c]);
-  }
-}
-
-}  // namespace
-
 DetTransformed det_transform(const Image& rgb, const std::vector<Box>& boxes,
                              const DetTransformOptions& o, const DetAugment& a) {
   const auto s = det_resize_size(rgb.width, rgb.height, a.min_size, o.max_size);
@@ -197,7 +184,7 @@ DetTransformed det_transform(const Image& rgb, const std::vector<Box>& boxes,
   t.image = resize_bilinear_pil(rgb, s[1], s[0]);
   t.boxes = det_resize_boxes(boxes, rgb.width, rgb.height, s[1], s[0]);
   if (a.flip) {
-    mirror(t.image);
+    flip_horizontal(t.image);
     t.boxes = det_flip_boxes(t.boxes, t.image.width);
   }
   return t;

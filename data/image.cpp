@@ -698,6 +698,15 @@ Image crop(const Image& src, int x, int y, int w, int h) {
   return out;
 }
 
+void flip_horizontal(Image& img) {
+  const int cn = img.channels;
+  for (int y = 0; y < img.height; ++y) {
+    uint8_t* r = img.row(y);
+    for (int a = 0, b = img.width - 1; a < b; ++a, --b)
+      for (int c = 0; c < cn; ++c) std::swap(r[cn * a + c], r[cn * b + c]);
+  }
+}
+
 void write_image(const Image& img, const std::string& path, int jpeg_quality) {
   const std::string ext = lower_ext(path);
   const bool png = ext == ".png", jpg = ext == ".jpg" || ext == ".jpeg";

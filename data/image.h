@@ -97,4 +97,7 @@ void normalize_input(const uint8_t* hwc, int h, int w, float* chw);
 // The rectangle [x, x+w) x [y, y+h) of src (inside it), as PIL's Image.crop.
 Image crop(const Image& src, int x, int y, int w, int h);
 
+// Mirrors img left to right in place, any channel count (PIL's FLIP_LEFT_RIGHT, cv2.flip(img, 1)).
+void flip_horizontal(Image& img);
+
 }  // namespace hr::data

@@ -170,19 +170,6 @@ void normalize_seg_input(const Image& rgb, const std::array<double, 3>& mean,
     for (int c = 0; c < 3; ++c) chw[size_t(c) * n + i] = lut[c][p[3 * i + c]];
 }
 
-namespace {
-
-void mirror(Image& img) {
-  const int cn = img.channels;
-  for (int y = 0; y < img.height; ++y) {
-    uint8_t* r = img.row(y);
-    for (int a = 0, b = img.width - 1; a < b; ++a, --b)
-      for (int c = 0; c < cn; ++c) std::swap(r[cn * a + c], r[cn * b + c]);
-  }
-}
-
-}  // namespace
-
 void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, const SegAugment& a,
                      float* input, int64_t* label) {
   HR_CHECK(rgb.channels == 3 && ids.channels == 1 && rgb.width == ids.width &&
@@ -222,8 +209,8 @@ void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, co
     lab = ids;
   }
   if (a.flip) {
-    mirror(img);
-    mirror(lab);
+    flip_horizontal(img);
+    flip_horizontal(lab);
   }
   normalize_seg_input(img, o.mean, o.std, input);
   if (o.downsample_rate != 1) {

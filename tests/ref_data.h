@@ -14,12 +14,27 @@ namespace hr::test {
 class RefData {
  public:
   explicit RefData(const std::string& file) {
-    for (auto& [k, v] : load_checkpoint(std::string(HR_TEST_DATA_DIR) + "/" + file, &meta_)) t_[k] = v;
+    for (auto& [k, v] : load_checkpoint(std::string(HR_TEST_DATA_DIR) + "/" + file, &meta_)) {
+      t_[k] = v;
+      if (k.rfind("state.", 0) == 0) state_.emplace_back(k.substr(6), v);
+    }
   }
   const Tensor& at(const std::string& key) const {
     auto it = t_.find(key);
     INFO("reference tensor " << key);
     REQUIRE(it != t_.end());
+    return it->second;
+  }
+  const Tensor& operator[](const std::string& key) const { return at(key); }
+  bool has(const std::string& key) const { return t_.count(key) > 0; }
+  // A model reference's state (tools/gen_*model*_reference.py): the "state." tensors, the prefix
+  // removed, in file order.
+  const NamedTensors& state() const { return state_; }
+  // A metadata entry as written ("keys", "params" of the model references).
+  const std::string& meta(const std::string& key) const {
+    auto it = meta_.find(key);
+    INFO("reference metadata " << key);
+    REQUIRE(it != meta_.end());
     return it->second;
   }
   // The JSON text of `key` in case `c`'s options ("0.7", "[18, 36]", "true").
@@ -42,6 +57,7 @@ class RefData {
  private:
   std::map<std::string, Tensor> t_;
   std::map<std::string, std::string> meta_;
+  NamedTensors state_;
 };
 
 }  // namespace hr::test

@@ -6,7 +6,6 @@
 #include <string>
 #include <vector>
 
-#include <functional>
 #include <map>
 
 #include "engine/error.h"
@@ -15,20 +14,6 @@
 #include "test_util.h"
 
 namespace hr::test {
-
-// The message of the hr::Error f throws, "" when it throws none.
-inline std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-inline bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 // A module's state dict by key.
 inline std::map<std::string, Tensor> state_map(const Module& m) {

@@ -2,13 +2,9 @@
 // summary text of pycocotools on the cases of tools/gen_box_reference.py; score_box_results on
 // the files; invariance to the order of the results (ties aside); hand-derived cases (perfect
 // results, the crowd rule, maxDets, unknown images and categories).
-#include <simdjson.h>
-
-#include <algorithm>
-#include <cmath>
-#include <map>
 #include <random>
 
+#include "coco_checks.h"
 #include "data/boxes.h"
 #include "data/coco_eval.h"
 #include "engine/error.h"
@@ -22,30 +18,11 @@ std::string fixture(const std::string& name) {
   return std::string(HR_TEST_DATA_DIR) + "/boxes/" + name;
 }
 
-struct Reference {
-  std::array<double, 12> stats{};
-  std::string summary;
-};
+using Reference = hr::test::EvalReference<12>;
+using hr::test::require_stats;
 
 Reference reference(const std::string& name) {
-  simdjson::dom::parser p;
-  simdjson::dom::element e = p.load(fixture(name + "_stats.json"));
-  Reference r;
-  simdjson::dom::array s = e["stats"];
-  REQUIRE(s.size() == 12);
-  for (size_t i = 0; i < 12; ++i) r.stats[i] = double(s.at(i));
-  r.summary = std::string(std::string_view(e["summary"]));
-  return r;
-}
-
-void require_stats(const BoxMetrics& m, const std::array<double, 12>& ref, double tol) {
-  double worst = 0;
-  for (int i = 0; i < 12; ++i) worst = std::max(worst, std::fabs(m.stats[i] - ref[i]));
-  for (int i = 0; i < 12; ++i) {
-    INFO(BoxMetrics::names()[i] << ": got " << m.stats[i] << ", pycocotools " << ref[i]
-                                << " (largest difference " << worst << ")");
-    REQUIRE(std::fabs(m.stats[i] - ref[i]) <= tol);
-  }
+  return hr::test::load_eval_reference<12>(fixture(name + "_stats.json"));
 }
 
 // One image 640x480 with id 1, categories 1 and 2, the given objects (x, y, w, h, category).
@@ -105,18 +82,7 @@ TEST_CASE("box eval: the order of the results does not matter, ties aside", "[bo
   const BoxMetrics base = evaluate_boxes(gt, results);
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 5; ++trial) {
-    // a random permutation that keeps results of equal score in their relative order
-    std::vector<size_t> perm(results.size());
-    for (size_t i = 0; i < perm.size(); ++i) perm[i] = i;
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::map<float, std::vector<size_t>> groups;
-    for (size_t i = 0; i < results.size(); ++i) groups[results[i].score].push_back(i);
-    std::map<float, size_t> next;
-    std::vector<BoxResult> shuffled;
-    for (size_t p : perm) {
-      const float s = results[p].score;
-      shuffled.push_back(results[groups[s][next[s]++]]);
-    }
+    const auto shuffled = hr::test::shuffled_keeping_ties(results, rng);
     REQUIRE(evaluate_boxes(gt, shuffled).stats == base.stats);
   }
 }
@@ -172,15 +138,11 @@ TEST_CASE("box eval: unknown images are an error, unknown categories are skipped
   const CocoInstances gt = scene({{10, 10, 20, 20, 1}});
   BoxResult r = result_of(gt.annotations[0], 1);
   r.image_id = 424242;
-  try {
-    evaluate_boxes(gt, {result_of(gt.annotations[0], 1), r});
-    FAIL("no error");
-  } catch (const hr::Error& e) {
-    const std::string msg = e.what();
-    INFO(msg);
-    REQUIRE(msg.find("424242") != std::string::npos);
-    REQUIRE(msg.find("result 1") != std::string::npos);
-  }
+  const std::string msg =
+      hr::test::error_of([&] { evaluate_boxes(gt, {result_of(gt.annotations[0], 1), r}); });
+  INFO(msg);
+  REQUIRE(hr::test::contains(msg, "424242"));
+  REQUIRE(hr::test::contains(msg, "result 1"));
   r.image_id = 1, r.category_id = 77;  // not a category of the ground truth
   REQUIRE(evaluate_boxes(gt, {result_of(gt.annotations[0], 0.5f), r}).stats[0] ==
           Approx(1.0).epsilon(1e-12));

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "coco_checks.h"
 #include "data/boxes.h"
 #include "engine/error.h"
 #include "test_util.h"
@@ -21,28 +22,12 @@ namespace dom = simdjson::dom;
 
 namespace {
 
+using hr::test::contains;
+using hr::test::error_of;
+using hr::test::replace_once;
+
 std::string fixture(const std::string& name) {
   return std::string(HR_TEST_DATA_DIR) + "/boxes/" + name;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const hr::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-std::string replace(std::string s, const std::string& from, const std::string& to) {
-  const size_t p = s.find(from);
-  REQUIRE(p != std::string::npos);
-  return s.replace(p, from.size(), to);
 }
 
 std::string write(const hr::test::TempDir& dir, const std::string& name, const std::string& text) {
@@ -84,19 +69,10 @@ TEST_CASE("boxes: real-format instances file", "[boxes]") {
   const CocoInstances c = load_coco_instances(fixture("format_instances.json"));
   dom::parser p;
   const dom::element ref = p.load(fixture("format_instances_expected.json"));
-  const dom::array images = ref["images"];
-  REQUIRE(c.images.size() == images.size());
-  size_t i = 0;
-  for (dom::element im : images) {
-    REQUIRE(c.images[i].id == int64_t(im.at(0)));
-    REQUIRE(c.images[i].file_name == std::string(std::string_view(im.at(1))));
-    REQUIRE(c.images[i].width == int64_t(im.at(2)));
-    REQUIRE(c.images[i].height == int64_t(im.at(3)));
-    ++i;
-  }
+  hr::test::require_images(c.images, ref["images"]);
   const dom::array anns = ref["annotations"];
   REQUIRE(c.annotations.size() == anns.size());
-  i = 0;
+  size_t i = 0;
   for (dom::element a : anns) {
     INFO("annotation " << i);
     const CocoInstanceAnn& got = c.annotations[i++];
@@ -148,13 +124,7 @@ TEST_CASE("boxes: instances and box results round trip bit for bit", "[boxes]") 
   const std::string path = dir / "gt.json";
   save_coco_instances(c, path);
   const CocoInstances back = load_coco_instances(path);
-  REQUIRE(back.images.size() == c.images.size());
-  for (size_t i = 0; i < c.images.size(); ++i) {
-    REQUIRE(back.images[i].id == c.images[i].id);
-    REQUIRE(back.images[i].file_name == c.images[i].file_name);
-    REQUIRE(back.images[i].width == c.images[i].width);
-    REQUIRE(back.images[i].height == c.images[i].height);
-  }
+  hr::test::require_same_images(back.images, c.images);
   REQUIRE(back.annotations.size() == c.annotations.size());
   for (size_t k = 0; k < c.annotations.size(); ++k) {
     const CocoInstanceAnn &a = c.annotations[k], &b = back.annotations[k];
@@ -223,38 +193,44 @@ TEST_CASE("boxes: bad instances and result files give one error naming the file"
       {"not_object", "[]", {"object"}},
       {"no_images", "{\"images\": [], \"annotations\": []}", {"no images"}},
       {"truncated", ok.substr(0, ok.find("\"area\": 9")), {"truncated"}},
-      {"no_bbox", replace(ok, "\"bbox\": [1, 2, 3, 4], ", ""), {"annotation 7", "bbox"}},
-      {"bbox_3", replace(ok, "[1, 2, 3, 4]", "[1, 2, 3]"), {"annotation 7", "bbox has 3"}},
-      {"bbox_string", replace(ok, "[1, 2, 3, 4]", "[1, \"2\", 3, 4]"), {"annotation 7", "bbox"}},
+      {"no_bbox", replace_once(ok, "\"bbox\": [1, 2, 3, 4], ", ""), {"annotation 7", "bbox"}},
+      {"bbox_3", replace_once(ok, "[1, 2, 3, 4]", "[1, 2, 3]"), {"annotation 7", "bbox has 3"}},
+      {"bbox_string",
+       replace_once(ok, "[1, 2, 3, 4]", "[1, \"2\", 3, 4]"),
+       {"annotation 7", "bbox"}},
       {"negative_w",
-       replace(ok, "[1, 2, 3, 4]", "[1, 2, -3, 4]"),
+       replace_once(ok, "[1, 2, 3, 4]", "[1, 2, -3, 4]"),
        {"annotation 7", "negative width"}},
       {"negative_h",
-       replace(ok, "[0.5, 0, 8, 9]", "[0.5, 0, 8, -0.5]"),
+       replace_once(ok, "[0.5, 0, 8, 9]", "[0.5, 0, 8, -0.5]"),
        {"annotation 8", "negative height"}},
-      {"huge", replace(ok, "[1, 2, 3, 4]", "[1, 2, 3, 1e999]"), {"annotations[0]"}},
-      {"no_area", replace(ok, "\"area\": 5.5, ", ""), {"annotation 7", "area"}},
-      {"no_crowd", replace(ok, "\"iscrowd\": 0, ", ""), {"annotation 7", "iscrowd"}},
-      {"no_category", replace(ok, "\"category_id\": 5, ", ""), {"annotation 7", "category_id"}},
-      {"no_image_id", replace(ok, "\"image_id\": 2, ", ""), {"annotation 7", "image_id"}},
-      {"no_id", replace(ok, "{\"id\": 7, ", "{"), {"annotations[0]", "\"id\""}},
+      {"huge", replace_once(ok, "[1, 2, 3, 4]", "[1, 2, 3, 1e999]"), {"annotations[0]"}},
+      {"no_area", replace_once(ok, "\"area\": 5.5, ", ""), {"annotation 7", "area"}},
+      {"no_crowd", replace_once(ok, "\"iscrowd\": 0, ", ""), {"annotation 7", "iscrowd"}},
+      {"no_category",
+       replace_once(ok, "\"category_id\": 5, ", ""),
+       {"annotation 7", "category_id"}},
+      {"no_image_id", replace_once(ok, "\"image_id\": 2, ", ""), {"annotation 7", "image_id"}},
+      {"no_id", replace_once(ok, "{\"id\": 7, ", "{"), {"annotations[0]", "\"id\""}},
       {"unknown_image",
-       replace(ok, "\"image_id\": 2", "\"image_id\": 99"),
+       replace_once(ok, "\"image_id\": 2", "\"image_id\": 99"),
        {"annotation 7", "unknown image 99"}},
       {"unknown_category",
-       replace(ok, "\"category_id\": 5", "\"category_id\": 6"),
+       replace_once(ok, "\"category_id\": 5", "\"category_id\": 6"),
        {"annotation 7", "category 6"}},
-      {"dup_annotation", replace(ok, "{\"id\": 8,", "{\"id\": 7,"), {"duplicate annotation id 7"}},
+      {"dup_annotation",
+       replace_once(ok, "{\"id\": 8,", "{\"id\": 7,"),
+       {"duplicate annotation id 7"}},
       {"dup_category",
-       replace(ok, "{\"id\": 5, \"name\"", "{\"id\": 9, \"name\""),
+       replace_once(ok, "{\"id\": 5, \"name\"", "{\"id\": 9, \"name\""),
        {"duplicate category id 9"}},
       {"dup_image",
-       replace(ok, "{\"id\": 2, \"file", "{\"id\": 1, \"file"),
+       replace_once(ok, "{\"id\": 2, \"file", "{\"id\": 1, \"file"),
        {"duplicate image id 1"}},
-      {"category_no_name", replace(ok, ", \"name\": \"cat\"", ""), {"category 5", "name"}},
-      {"category_no_id", replace(ok, "{\"id\": 5, ", "{"), {"categories[1]", "\"id\""}},
+      {"category_no_name", replace_once(ok, ", \"name\": \"cat\"", ""), {"category 5", "name"}},
+      {"category_no_id", replace_once(ok, "{\"id\": 5, ", "{"), {"categories[1]", "\"id\""}},
       {"bad_segmentation",
-       replace(ok, "\"size\": [20, 10]}", "\"size\": [20, 10]]"),
+       replace_once(ok, "\"size\": [20, 10]}", "\"size\": [20, 10]]"),
        {"annotations[1]"}},
   };
   for (const Case& k : cases) {
@@ -278,11 +254,11 @@ TEST_CASE("boxes: bad instances and result files give one error naming the file"
   REQUIRE(load_box_results(write(dir, "r.json", r)).at(0).category_id == 18);
   for (const auto& [text, part] : std::vector<std::pair<std::string, std::string>>{
            {"{}", "array"},
-           {replace(r, ", \"score\": 0.5", ""), "score"},
-           {replace(r, "\"category_id\": 18, ", ""), "category_id"},
-           {replace(r, "4]", "4, 5]"), "bbox has 5"},
-           {replace(r, "0.5}", "\"x\"}"), "score"},
-           {replace(r, "0.5}", "1e300}"), "score is not finite"},
+           {replace_once(r, ", \"score\": 0.5", ""), "score"},
+           {replace_once(r, "\"category_id\": 18, ", ""), "category_id"},
+           {replace_once(r, "4]", "4, 5]"), "bbox has 5"},
+           {replace_once(r, "0.5}", "\"x\"}"), "score"},
+           {replace_once(r, "0.5}", "1e300}"), "score is not finite"},
            {r.substr(0, r.size() - 3), "truncated"}}) {
     const std::string path = write(dir, "bad_r.json", text);
     const std::string msg = error_of([&] { load_box_results(path); });

@@ -11,6 +11,7 @@
 #include <random>
 #include <sstream>
 
+#include "coco_checks.h"
 #include "data/coco.h"
 #include "engine/error.h"
 #include "test_util.h"
@@ -19,6 +20,10 @@ namespace fs = std::filesystem;
 using namespace hr::data;
 
 namespace {
+
+using hr::test::contains;
+using hr::test::error_of;
+using hr::test::replace_once;
 
 std::string fixture(const std::string& name) {
   return std::string(HR_TEST_DATA_DIR) + "/cocoeval/" + name;
@@ -47,21 +52,6 @@ struct Scratch {
         std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
   }
 };
-
-// The message of the hr::Error that f throws ("" when it does not throw, so checks fail).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const hr::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 float num(simdjson::dom::element e) { return static_cast<float>(double(e)); }
 
@@ -95,12 +85,6 @@ std::string valid_gt_text() {
          ", \"image_id\": 1, \"bbox\": [0.5, 0, 8, 9], \"category_id\": 1, \"id\": 8}],\n"
          "\"categories\": [{\"id\": 1, \"name\": \"person\", \"keypoints\": [\"a\", \"b\"], "
          "\"skeleton\": [[1, 2]]}]}\n";
-}
-
-std::string replace(std::string s, const std::string& from, const std::string& to) {
-  const size_t p = s.find(from);
-  REQUIRE(p != std::string::npos);
-  return s.replace(p, from.size(), to);
 }
 
 }  // namespace
@@ -155,13 +139,7 @@ TEST_CASE("coco: annotation file round trip keeps every field", "[coco]") {
   REQUIRE(s.entries() == 1);  // no temp file left behind
 
   const CocoKeypoints d = load_coco_keypoints(path);
-  REQUIRE(d.images.size() == c.images.size());
-  for (size_t i = 0; i < c.images.size(); ++i) {
-    REQUIRE(d.images[i].id == c.images[i].id);
-    REQUIRE(d.images[i].file_name == c.images[i].file_name);
-    REQUIRE(d.images[i].width == c.images[i].width);
-    REQUIRE(d.images[i].height == c.images[i].height);
-  }
+  hr::test::require_same_images(d.images, c.images);
   REQUIRE(d.annotations.size() == c.annotations.size());
   for (size_t k = 0; k < c.annotations.size(); ++k) {
     const CocoPersonAnn &a = c.annotations[k], &b = d.annotations[k];
@@ -215,22 +193,12 @@ TEST_CASE("coco: real-format annotation file", "[coco]") {
   simdjson::dom::parser p;
   simdjson::dom::element ref = p.load(fixture("format_expected.json"));
 
-  simdjson::dom::array images = ref["images"];
-  REQUIRE(c.images.size() == images.size());
-  size_t i = 0;
-  for (simdjson::dom::array im : images) {
-    INFO("image " << i);
-    REQUIRE(c.images[i].id == int64_t(im.at(0)));
-    REQUIRE(c.images[i].file_name == std::string(std::string_view(im.at(1))));
-    REQUIRE(c.images[i].width == int64_t(im.at(2)));
-    REQUIRE(c.images[i].height == int64_t(im.at(3)));
-    ++i;
-  }
+  hr::test::require_images(c.images, ref["images"]);
   REQUIRE(c.images[1].file_name == "caf\xc3\xa9 \"q\" \\ [x].jpg");
 
   simdjson::dom::array anns = ref["annotations"];  // persons only: the dog is dropped
   REQUIRE(c.annotations.size() == anns.size());
-  i = 0;
+  size_t i = 0;
   for (simdjson::dom::element a : anns) {
     INFO("annotation " << i);
     const CocoPersonAnn& got = c.annotations[i];
@@ -330,51 +298,61 @@ TEST_CASE("coco: bad annotation files give one error naming the file", "[coco]")
       {"blank", " \n\t ", {"empty"}},
       {"not_object", "[1, 2]", {"object"}},
       {"trailing", ok + "x", {"after the top-level value"}},
-      {"bad_literal", replace(ok, "\"iscrowd\": 0", "\"iscrowd\": tru"), {"annotations[0]"}},
+      {"bad_literal", replace_once(ok, "\"iscrowd\": 0", "\"iscrowd\": tru"), {"annotations[0]"}},
       {"double_comma",
-       replace(ok, "[[1.5, 2,", "[[1.5,, 2,"),
+       replace_once(ok, "[[1.5, 2,", "[[1.5,, 2,"),
        {"malformed JSON", "annotations[0]"}},
-      {"trailing_comma", replace(ok, "\"height\": 40}],", "\"height\": 40},],"), {"malformed"}},
-      {"missing_colon", replace(ok, "\"licenses\": []", "\"licenses\" []"), {"expected ':'"}},
+      {"trailing_comma",
+       replace_once(ok, "\"height\": 40}],", "\"height\": 40},],"),
+       {"malformed"}},
+      {"missing_colon", replace_once(ok, "\"licenses\": []", "\"licenses\" []"), {"expected ':'"}},
       {"unmatched",
-       replace(ok, "[[1, 2, 3, 4]]", "[[1, 2, 3, 4}]"),
+       replace_once(ok, "[[1, 2, 3, 4]]", "[[1, 2, 3, 4}]"),
        {"unmatched", "annotations[1]"}},
-      {"bad_info", replace(ok, "{\"v\": [1,", "{\"v\": [1,,"), {"malformed JSON", "\"info\""}},
-      {"no_images_key", replace(ok, "\"images\"", "\"imagez\""), {"no \"images\""}},
+      {"bad_info", replace_once(ok, "{\"v\": [1,", "{\"v\": [1,,"), {"malformed JSON", "\"info\""}},
+      {"no_images_key", replace_once(ok, "\"images\"", "\"imagez\""), {"no \"images\""}},
       {"no_images", "{\"images\": [], \"annotations\": []}", {"no images"}},
       {"images_not_array", "{\"images\": {}}", {"not an array"}},
-      {"image_no_id", replace(ok, "{\"id\": 2, ", "{"), {"images[1]", "\"id\""}},
-      {"image_no_file", replace(ok, "\"file_name\": \"b.jpg\", ", ""), {"image 2", "file_name"}},
-      {"image_no_width", replace(ok, "\"width\": 30, ", ""), {"image 2", "width"}},
-      {"image_no_height", replace(ok, ", \"height\": 40", ""), {"image 2", "height"}},
-      {"image_bad_width", replace(ok, "\"width\": 30", "\"width\": 30.5"), {"image 2", "integer"}},
-      {"image_name_number", replace(ok, "\"b.jpg\"", "5"), {"image 2", "file_name"}},
-      {"dup_image", replace(ok, "{\"id\": 2,", "{\"id\": 1,"), {"duplicate image id 1"}},
+      {"image_no_id", replace_once(ok, "{\"id\": 2, ", "{"), {"images[1]", "\"id\""}},
+      {"image_no_file",
+       replace_once(ok, "\"file_name\": \"b.jpg\", ", ""),
+       {"image 2", "file_name"}},
+      {"image_no_width", replace_once(ok, "\"width\": 30, ", ""), {"image 2", "width"}},
+      {"image_no_height", replace_once(ok, ", \"height\": 40", ""), {"image 2", "height"}},
+      {"image_bad_width",
+       replace_once(ok, "\"width\": 30", "\"width\": 30.5"),
+       {"image 2", "integer"}},
+      {"image_name_number", replace_once(ok, "\"b.jpg\"", "5"), {"image 2", "file_name"}},
+      {"dup_image", replace_once(ok, "{\"id\": 2,", "{\"id\": 1,"), {"duplicate image id 1"}},
       {"unknown_image",
-       replace(ok, "\"image_id\": 2", "\"image_id\": 99"),
+       replace_once(ok, "\"image_id\": 2", "\"image_id\": 99"),
        {"annotation 7", "unknown image 99"}},
       {"kpts_50",
-       replace(ok, k51 + ", \"image_id\": 2", k50 + ", \"image_id\": 2"),
+       replace_once(ok, k51 + ", \"image_id\": 2", k50 + ", \"image_id\": 2"),
        {"annotation 7", "50", "51"}},
-      {"kpts_string", replace(ok, "[10,11,2,", "[10,\"11\",2,"), {"annotation 7", "keypoints"}},
-      {"bbox_3", replace(ok, "[1, 2, 3, 4]", "[1, 2, 3]"), {"annotation 7", "bbox", "3"}},
-      {"bbox_5", replace(ok, "[0.5, 0, 8, 9]", "[0.5, 0, 8, 9, 1]"), {"annotation 8", "bbox"}},
-      {"bbox_string", replace(ok, "[1, 2, 3, 4]", "[1, 2, \"3\", 4]"), {"annotation 7", "bbox"}},
-      {"no_id", replace(ok, ", \"id\": 7}", "}"), {"annotations[0]", "\"id\""}},
-      {"no_image_id", replace(ok, ", \"image_id\": 2", ""), {"annotation 7", "image_id"}},
-      {"no_bbox", replace(ok, ", \"bbox\": [1, 2, 3, 4]", ""), {"annotation 7", "bbox"}},
-      {"no_area", replace(ok, "\"area\": 5.5, ", ""), {"annotation 7", "area"}},
-      {"no_crowd", replace(ok, "\"iscrowd\": 0, ", ""), {"annotation 7", "iscrowd"}},
+      {"kpts_string",
+       replace_once(ok, "[10,11,2,", "[10,\"11\",2,"),
+       {"annotation 7", "keypoints"}},
+      {"bbox_3", replace_once(ok, "[1, 2, 3, 4]", "[1, 2, 3]"), {"annotation 7", "bbox", "3"}},
+      {"bbox_5", replace_once(ok, "[0.5, 0, 8, 9]", "[0.5, 0, 8, 9, 1]"), {"annotation 8", "bbox"}},
+      {"bbox_string",
+       replace_once(ok, "[1, 2, 3, 4]", "[1, 2, \"3\", 4]"),
+       {"annotation 7", "bbox"}},
+      {"no_id", replace_once(ok, ", \"id\": 7}", "}"), {"annotations[0]", "\"id\""}},
+      {"no_image_id", replace_once(ok, ", \"image_id\": 2", ""), {"annotation 7", "image_id"}},
+      {"no_bbox", replace_once(ok, ", \"bbox\": [1, 2, 3, 4]", ""), {"annotation 7", "bbox"}},
+      {"no_area", replace_once(ok, "\"area\": 5.5, ", ""), {"annotation 7", "area"}},
+      {"no_crowd", replace_once(ok, "\"iscrowd\": 0, ", ""), {"annotation 7", "iscrowd"}},
       {"no_kpts",
-       replace(ok, "\"keypoints\": " + k51 + ", \"image_id\": 2", "\"image_id\": 2"),
+       replace_once(ok, "\"keypoints\": " + k51 + ", \"image_id\": 2", "\"image_id\": 2"),
        {"annotation 7", "keypoints"}},
       {"no_category",
-       replace(ok, ", \"category_id\": 1, \"id\": 7", ", \"id\": 7"),
+       replace_once(ok, ", \"category_id\": 1, \"id\": 7", ", \"id\": 7"),
        {"annotation 7", "category_id"}},
       {"ann_not_object",
-       replace(ok, "\"annotations\": [", "\"annotations\": [3, "),
+       replace_once(ok, "\"annotations\": [", "\"annotations\": [3, "),
        {"annotations[0]", "object"}},
-      {"dup_key", replace(ok, "\"licenses\": []", "\"images\": []"), {"duplicate key"}},
+      {"dup_key", replace_once(ok, "\"licenses\": []", "\"images\": []"), {"duplicate key"}},
   };
   for (const Case& c : cases) {
     INFO("case " << c.name);
@@ -393,9 +371,9 @@ TEST_CASE("coco: bad annotation files give one error naming the file", "[coco]")
 
   // another category's annotation needs no keypoints
   const std::string dog =
-      replace(ok, "\"category_id\": 1, \"id\": 8", "\"category_id\": 18, \"id\": 8");
+      replace_once(ok, "\"category_id\": 1, \"id\": 8", "\"category_id\": 18, \"id\": 8");
   REQUIRE(load_coco_keypoints(
-              s.file("dog.json", replace(dog, "\"keypoints\": " + k51 + ", \"image_id\": 1",
+              s.file("dog.json", replace_once(dog, "\"keypoints\": " + k51 + ", \"image_id\": 1",
                                          "\"image_id\": 1")))
               .annotations.size() == 1);
 }
@@ -427,10 +405,10 @@ TEST_CASE("coco: bad result and detection files", "[coco]") {
   REQUIRE(load_keypoint_results(s.file("r.json", r)).size() == 1);
   const std::vector<std::pair<std::string, std::string>> bad_results = {
       {"{}", "array"},
-      {replace(r, ", \"score\": 0.5", ""), "score"},
-      {replace(r, "\"image_id\": 1, ", ""), "image_id"},
-      {replace(r, "[10,11,", "[10,11,12,"), "52"},
-      {replace(r, "0.5}", "\"high\"}"), "score"},
+      {replace_once(r, ", \"score\": 0.5", ""), "score"},
+      {replace_once(r, "\"image_id\": 1, ", ""), "image_id"},
+      {replace_once(r, "[10,11,", "[10,11,12,"), "52"},
+      {replace_once(r, "0.5}", "\"high\"}"), "score"},
       {r.substr(0, r.size() - 3), "truncated"},
   };
   for (const auto& [text, part] : bad_results) {
@@ -444,10 +422,10 @@ TEST_CASE("coco: bad result and detection files", "[coco]") {
   const std::string d =
       "[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3, 4], \"score\": 1}]";
   REQUIRE(load_detections(s.file("d.json", d)).size() == 1);
-  for (const auto& [text, part] :
-       std::vector<std::pair<std::string, std::string>>{{replace(d, "4]", "4, 5]"), "bbox"},
-                                                        {replace(d, ", \"score\": 1", ""), "score"},
-                                                        {"", "empty"}}) {
+  for (const auto& [text, part] : std::vector<std::pair<std::string, std::string>>{
+           {replace_once(d, "4]", "4, 5]"), "bbox"},
+           {replace_once(d, ", \"score\": 1", ""), "score"},
+           {"", "empty"}}) {
     const std::string path = s.file("bad_d.json", text);
     const std::string msg = error_of([&] { load_detections(path); });
     INFO(msg);

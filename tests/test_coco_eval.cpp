@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 
+#include "coco_checks.h"
 #include "data/coco_eval.h"
 #include "engine/error.h"
 #include "test_util.h"
@@ -21,30 +22,11 @@ std::string fixture(const std::string& name) {
   return std::string(HR_TEST_DATA_DIR) + "/cocoeval/" + name;
 }
 
-struct Reference {
-  std::array<double, 10> stats{};
-  std::string summary;
-};
+using Reference = hr::test::EvalReference<10>;
+using hr::test::require_stats;
 
 Reference reference(const std::string& name) {
-  simdjson::dom::parser p;
-  simdjson::dom::element e = p.load(fixture(name + "_stats.json"));
-  Reference r;
-  simdjson::dom::array s = e["stats"];
-  REQUIRE(s.size() == 10);
-  for (size_t i = 0; i < 10; ++i) r.stats[i] = double(s.at(i));
-  r.summary = std::string(std::string_view(e["summary"]));
-  return r;
-}
-
-void require_stats(const KeypointMetrics& m, const std::array<double, 10>& ref, double tol) {
-  double worst = 0;
-  for (int i = 0; i < 10; ++i) worst = std::max(worst, std::fabs(m.stats[i] - ref[i]));
-  for (int i = 0; i < 10; ++i) {
-    INFO(KeypointMetrics::names()[i] << ": got " << m.stats[i] << ", pycocotools " << ref[i]
-                                     << " (largest difference " << worst << ")");
-    REQUIRE(std::fabs(m.stats[i] - ref[i]) <= tol);
-  }
+  return hr::test::load_eval_reference<10>(fixture(name + "_stats.json"));
 }
 
 // One GT person (all joints visible) in a 640x480 image with id 1.
@@ -98,18 +80,7 @@ TEST_CASE("coco eval: the order of the results does not matter, ties aside", "[c
   const KeypointMetrics base = evaluate_keypoints(gt, results);
   std::mt19937_64 rng(11);
   for (int trial = 0; trial < 5; ++trial) {
-    // a random permutation that keeps results of equal score in their relative order
-    std::vector<size_t> perm(results.size());
-    for (size_t i = 0; i < perm.size(); ++i) perm[i] = i;
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::map<float, std::vector<size_t>> groups;  // score -> original indices, in order
-    for (size_t i = 0; i < results.size(); ++i) groups[results[i].score].push_back(i);
-    std::map<float, size_t> next;
-    std::vector<KeypointResult> shuffled;
-    for (size_t p : perm) {
-      const float s = results[p].score;
-      shuffled.push_back(results[groups[s][next[s]++]]);
-    }
+    const auto shuffled = hr::test::shuffled_keeping_ties(results, rng);
     REQUIRE(evaluate_keypoints(gt, shuffled).stats == base.stats);
   }
 }
@@ -216,15 +187,11 @@ TEST_CASE("coco eval: results for unknown images are an error", "[coco_eval]") {
   const CocoKeypoints gt = one_person(5000);
   KeypointResult r = result_from(gt.annotations[0], 1);
   r.image_id = 424242;
-  try {
-    evaluate_keypoints(gt, {result_from(gt.annotations[0], 1), r});
-    FAIL("no error");
-  } catch (const hr::Error& e) {
-    const std::string msg = e.what();
-    INFO(msg);
-    REQUIRE(msg.find("424242") != std::string::npos);
-    REQUIRE(msg.find("result 1") != std::string::npos);
-  }
+  const std::string msg =
+      hr::test::error_of([&] { evaluate_keypoints(gt, {result_from(gt.annotations[0], 1), r}); });
+  INFO(msg);
+  REQUIRE(hr::test::contains(msg, "424242"));
+  REQUIRE(hr::test::contains(msg, "result 1"));
   // another category on a known image is simply not evaluated
   r.image_id = 1, r.category_id = 2;
   REQUIRE(evaluate_keypoints(gt, {result_from(gt.annotations[0], 0.5f), r}).stats[5] == 1.0);

@@ -19,6 +19,7 @@
 #include "engine/ops.h"
 #include "models/config.h"
 #include "models/hrnet.h"
+#include "ref_data.h"
 #include "small_specs.h"
 #include "tensor_checks.h"
 #include "test_util.h"
@@ -32,26 +33,11 @@ using test::contains;
 using test::error_of;
 using test::require_parity;
 
-const std::string kData = HR_TEST_DATA_DIR;
 const std::string kOfficial = std::string(HR_TEST_DATA_DIR) + "/model_configs";
 
-struct Reference {
-  std::map<std::string, Tensor> t;
-  std::map<std::string, std::string> meta;
-  NamedTensors state;  // the official keys (module.backbone.body..., module.rpn.head...)
-  Reference() {
-    for (auto& [k, v] : load_checkpoint(kData + "/model_fcos.safetensors", &meta)) {
-      t[k] = v;
-      if (k.rfind("state.", 0) == 0) state.emplace_back(k.substr(6), v);
-    }
-  }
-  const Tensor& operator[](const std::string& k) const {
-    auto it = t.find(k);
-    INFO("reference tensor " << k);
-    REQUIRE(it != t.end());
-    return it->second;
-  }
-};
+// state(): the official keys (module.backbone.body..., module.rpn.head...)
+using Reference = test::RefData;
+const char* const kReference = "model_fcos.safetensors";
 
 // tools/gen_fcos_reference.py: the tiny det backbone, HRFPN 32 channels at strides 8..128,
 // two tower convs, 3 classes, norm_eval
@@ -105,17 +91,17 @@ std::string joined_keys(const NamedTensors& sd, bool strip) {
 
 TEST_CASE("FCOS: official checkpoint keys, outputs, targets, loss and every gradient",
           "[fcos][parity]") {
-  Reference ref;
+  Reference ref(kReference);
   HRNet model(small_fcos_spec(), 3);
   // the official state dict's names and order, less the GeneralizedRCNN prefixes
-  CHECK(joined_keys(model.state_dict(), false) == joined_keys(ref.state, true));
-  CHECK(std::to_string(model.num_parameters()) == ref.meta.at("params"));
+  CHECK(joined_keys(model.state_dict(), false) == joined_keys(ref.state(), true));
+  CHECK(std::to_string(model.num_parameters()) == ref.meta("params"));
 
   // loaded from a file as the official checkpoint names it
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("hr_test_fcos_" + std::to_string(::getpid()) + ".safetensors"))
                                .string();
-  save_safetensors(path, ref.state);
+  save_safetensors(path, ref.state());
   load_hrnet_checkpoint(model, path);
 
   const Tensor& x = ref["input"];

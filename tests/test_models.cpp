@@ -21,6 +21,7 @@
 #include "engine/ops.h"
 #include "models/config.h"
 #include "models/hrnet.h"
+#include "ref_data.h"
 #include "small_specs.h"
 #include "tensor_checks.h"
 #include "test_util.h"
@@ -33,6 +34,7 @@ namespace {
 
 using test::contains;
 using test::error_of;
+using test::replace_once;
 using test::state_map;
 
 const std::string kData = HR_TEST_DATA_DIR;
@@ -40,35 +42,12 @@ const std::string kConfigs = kData + "/model_configs/";
 
 std::string cfg_path(const std::string& name) { return kConfigs + name; }
 
-std::string replace_once(std::string s, const std::string& from, const std::string& to) {
-  size_t p = s.find(from);
-  REQUIRE(p != std::string::npos);
-  return s.replace(p, from.size(), to);
-}
-
 std::string tmp_path(const std::string& name) {
   const char* d = std::getenv("TMPDIR");
   return std::string(d ? d : "/tmp") + "/hr_test_models_" + name;
 }
 
-struct Reference {
-  std::map<std::string, Tensor> t;
-  std::map<std::string, std::string> meta;
-  NamedTensors state;  // "state." prefix removed, in file order
-  explicit Reference(const std::string& name) {
-    for (auto& [k, v] : load_checkpoint(kData + "/model_" + name + ".safetensors", &meta)) {
-      t[k] = v;
-      if (k.rfind("state.", 0) == 0) state.emplace_back(k.substr(6), v);
-    }
-  }
-  const Tensor& operator[](const std::string& k) const {
-    auto it = t.find(k);
-    INFO("reference tensor " << k);
-    REQUIRE(it != t.end());
-    return it->second;
-  }
-  bool has(const std::string& k) const { return t.count(k) > 0; }
-};
+using Reference = test::RefData;  // model_<name>.safetensors: tensors, metadata, state()
 
 // Per tensor: relative L2 error ||got - ref|| / ||ref|| <= 1e-4, and per element
 // |got - ref| <= 1e-3 max|ref| + 1e-4 |ref|. fp32 PyTorch itself is at ~1e-5 of max|ref| on
@@ -376,15 +355,15 @@ Tensor loss_of(Head head, const std::vector<Tensor>& outs, const Reference& ref)
 
 void parity(const std::string& name, Head head, bool tiny) {
   INFO("case " << name);
-  Reference ref(name);
+  Reference ref("model_" + name + ".safetensors");
   HRNet model(small_spec(head, tiny), 77);
 
   // names, order and count as PyTorch's state_dict
   std::string keys;
   for (auto& [k, t] : model.state_dict()) keys += (keys.empty() ? "" : "\n") + k;
-  CHECK(keys == ref.meta.at("keys"));
-  CHECK(std::to_string(model.num_parameters()) == ref.meta.at("params"));
-  model.load_state_dict(ref.state);
+  CHECK(keys == ref.meta("keys"));
+  CHECK(std::to_string(model.num_parameters()) == ref.meta("params"));
+  model.load_state_dict(ref.state());
 
   const Tensor& x = ref["input"];
   {
@@ -441,7 +420,7 @@ TEST_CASE("cls head matches PyTorch", "[models][parity]") {
 TEST_CASE("strict checkpoint loading: .pth, prefixes, absent counters, named errors",
           "[models][checkpoint]") {
   // torch.save file whose keys carry the seg repository's "model." prefix
-  Reference seg_ref("seg");
+  Reference seg_ref("model_seg.safetensors");
   HRNet seg(small_spec(Head::Seg, true), 1);
   load_hrnet_checkpoint(seg, kData + "/model_seg.pth");
   seg.eval();
@@ -454,10 +433,10 @@ TEST_CASE("strict checkpoint loading: .pth, prefixes, absent counters, named err
         seg_ref["state.bn1.num_batches_tracked"].to_vector_i64());
 
   // "module." prefix (DataParallel) and no num_batches_tracked
-  Reference ref("pose");
+  Reference ref("model_pose.safetensors");
   HRNet other(small_spec(Head::Pose, false), 2);
   NamedTensors prefixed;
-  for (auto& [k, t] : ref.state)
+  for (auto& [k, t] : ref.state())
     if (!contains(k, "num_batches_tracked")) prefixed.emplace_back("module." + k, t);
   const std::string p1 = tmp_path("prefixed.safetensors");
   save_safetensors(p1, prefixed);
@@ -467,7 +446,7 @@ TEST_CASE("strict checkpoint loading: .pth, prefixes, absent counters, named err
 
   // missing, unexpected and mis-shaped keys are all named, with the file
   NamedTensors bad;
-  for (auto& [k, t] : ref.state)
+  for (auto& [k, t] : ref.state())
     if (k != "stage2.0.fuse_layers.1.0.0.1.running_var" && k != "final_layer.weight")
       bad.emplace_back(k, t);
   bad.emplace_back("final_layer.weight", Tensor::zeros({17, 4, 3, 3}));

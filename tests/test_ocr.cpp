@@ -18,6 +18,7 @@
 #include "engine/ops.h"
 #include "models/config.h"
 #include "models/hrnet.h"
+#include "ref_data.h"
 #include "small_specs.h"
 #include "tensor_checks.h"
 #include "test_util.h"
@@ -49,23 +50,8 @@ ModelSpec small_ocr_spec(double dropout) {
   return s;
 }
 
-struct Reference {
-  std::map<std::string, Tensor> t;
-  std::map<std::string, std::string> meta;
-  NamedTensors state;
-  Reference() {
-    for (auto& [k, v] : load_checkpoint(kData + "/model_ocr.safetensors", &meta)) {
-      t[k] = v;
-      if (k.rfind("state.", 0) == 0) state.emplace_back(k.substr(6), v);
-    }
-  }
-  const Tensor& operator[](const std::string& k) const {
-    auto it = t.find(k);
-    INFO("reference tensor " << k);
-    REQUIRE(it != t.end());
-    return it->second;
-  }
-};
+using Reference = test::RefData;
+const char* const kReference = "model_ocr.safetensors";
 
 // sum(y * u) as a scalar, written with bmm ([1,1,n] x [1,n,1]) so that it records into graphs:
 // the gradient reaching y is exactly u.
@@ -189,13 +175,13 @@ TEST_CASE("OCR config errors name the file and the field", "[ocr][config]") {
 
 TEST_CASE("OCR head matches PyTorch: forward, every gradient, the input's gradient",
           "[ocr][parity]") {
-  Reference ref;
+  Reference ref(kReference);
   HRNet model(small_ocr_spec(0.0), 77);
   std::string keys;
   for (auto& [k, t] : model.state_dict()) keys += (keys.empty() ? "" : "\n") + k;
-  CHECK(keys == ref.meta.at("keys"));
-  CHECK(std::to_string(model.num_parameters()) == ref.meta.at("params"));
-  model.load_state_dict(ref.state);
+  CHECK(keys == ref.meta("keys"));
+  CHECK(std::to_string(model.num_parameters()) == ref.meta("params"));
+  model.load_state_dict(ref.state());
   const Tensor& x0 = ref["input"];
   {
     model.eval();
@@ -229,9 +215,9 @@ TEST_CASE("OCR head matches PyTorch: forward, every gradient, the input's gradie
 
 TEST_CASE("OCR head through static graphs: the training step and folded inference",
           "[ocr][parity][graph]") {
-  Reference ref;
+  Reference ref(kReference);
   HRNet model(small_ocr_spec(0.0), 77);
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   const Tensor& x0 = ref["input"];
 
   // training step: every parameter and the input as parameters of the graph, by handle
@@ -261,7 +247,7 @@ TEST_CASE("OCR head through static graphs: the training step and folded inferenc
 
   // inference: batch norm folded into the convolutions before it (conv3x3_ocr's biased conv
   // included), the attention's bmm and softmax as they are
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   model.eval();
   graph::InferenceRunner infer([&model](const Tensor& in) { return model.forward_all(in); },
                                Device::cpu());
@@ -277,10 +263,10 @@ TEST_CASE("OCR head through static graphs: the training step and folded inferenc
 
 TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager and graph alike",
           "[ocr][dropout]") {
-  Reference ref;
-  const uint64_t seed = std::stoull(ref.meta.at("dropout_seed"));
+  Reference ref(kReference);
+  const uint64_t seed = std::stoull(ref.meta("dropout_seed"));
   HRNet model(small_ocr_spec(0.05), 5);
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   const Tensor& x = ref["input"];
   model.train();
   model.seed_dropout(seed);
@@ -296,7 +282,7 @@ TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager an
   CHECK(eager[0].to_vector() != eager[1].to_vector());  // a fresh mask
 
   // the same sequence from a compiled training-mode graph; the state advances per run
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   model.seed_dropout(seed);
   graph::Graph g;
   std::vector<Tensor> ys = model.forward_all(g.input("x", x.shape()));
@@ -312,13 +298,13 @@ TEST_CASE("OCR Dropout2d: the reference's mask, a fresh one every step, eager an
 
   // a training step with the dropout on: the graph's gradients are the eager ones (the backward
   // applies the forward's mask)
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   model.seed_dropout(seed);
   model.zero_grad();
   upstream_loss(model.forward_all(x), ref).backward();
   std::map<std::string, Tensor> eager_grads;
   for (auto& [k, p] : model.named_parameters()) eager_grads[k] = p.grad().clone();
-  model.load_state_dict(ref.state);
+  model.load_state_dict(ref.state());
   model.seed_dropout(seed);
   graph::Graph gt;
   graph::CompileOptions co;

@@ -11,10 +11,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "engine/error.h"
 
 namespace hr::test {
 
@@ -32,6 +35,27 @@ inline std::vector<float> uniform(size_t n, uint64_t seed, float lo, float hi) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
+}
+
+// The message of the hr::Error f throws, "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// s with the first `from` (which must be there) replaced by `to`.
+inline std::string replace_once(std::string s, const std::string& from, const std::string& to) {
+  const size_t p = s.find(from);
+  REQUIRE(p != std::string::npos);
+  return s.replace(p, from.size(), to);
 }
 
 // A file's bytes ("" when it cannot be read).

@@ -12,9 +12,25 @@ using namespace detail;
 
 namespace {
 
-// y [any], dy like y -> dx = y > 0 ? dy : 0
-struct ReluBwdOp final : OpDef {
-  const char* name() const override { return "relu_backward"; }
+// x [any], floating -> y like x
+std::vector<Meta> like_float_input(const Meta& x, const char* op) {
+  check_defined(x, op, "input");
+  check_float(x, op, "input");
+  return {same_as(x)};
+}
+
+// y [any], dy like y -> dx: the backward of an element-wise function computed from its output
+// (relu_backward: dy where y > 0, else 0; exp_backward: dy * y)
+struct OutputBwdOp final : OpDef {
+  using CpuKernel = void (*)(int64_t n, const float* y, const float* dy, float* dx);
+  using CudaKernel = void (*)(cuda::DT dt, int64_t n, const void* y, const void* dy, void* dx,
+                              cuda::Stream st);
+  const char* op;
+  CpuKernel cpu_kernel;
+  CudaKernel cuda_kernel;
+  OutputBwdOp(const char* n, CpuKernel cpu, CudaKernel cuda)
+      : op(n), cpu_kernel(cpu), cuda_kernel(cuda) {}
+  const char* name() const override { return op; }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
     check_defined(in[0], name(), "output");
     check_defined(in[1], name(), "dy");
@@ -23,11 +39,11 @@ struct ReluBwdOp final : OpDef {
     return {same_as(in[0])};
   }
   void run_cpu(const KernelArgs& a) const override {
-    cpu::relu_backward(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
+    cpu_kernel(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
   }
   void run_cuda(const KernelArgs& a) const override {
-    cuda::relu_backward(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(),
-                        a.in[1].raw_data(), a.out[0].raw_data(), a.stream);
+    cuda_kernel(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(), a.in[1].raw_data(),
+                a.out[0].raw_data(), a.stream);
   }
 };
 
@@ -38,9 +54,7 @@ struct ScaleOp final : OpDef {
   const char* name() const override { return "mul"; }
   std::string attributes() const override { return str_cat("alpha ", alpha); }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
-    check_defined(in[0], name(), "input");
-    check_float(in[0], name(), "input");
-    return {same_as(in[0])};
+    return like_float_input(in[0], name());
   }
   void run_cpu(const KernelArgs& a) const override {
     cpu::scale(a.in[0].numel(), alpha, fptr(a.in[0]), fptr(a.out[0]));
@@ -59,9 +73,7 @@ struct ScaleOp final : OpDef {
 struct ExpOp final : OpDef {
   const char* name() const override { return "exp"; }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
-    check_defined(in[0], name(), "input");
-    check_float(in[0], name(), "input");
-    return {same_as(in[0])};
+    return like_float_input(in[0], name());
   }
   void run_cpu(const KernelArgs& a) const override {
     cpu::exp_forward(a.in[0].numel(), fptr(a.in[0]), fptr(a.out[0]));
@@ -77,25 +89,6 @@ struct ExpOp final : OpDef {
   bool saves_output(size_t) const override { return true; }
 };
 
-// y [any], dy like y -> dx = dy * y
-struct ExpBwdOp final : OpDef {
-  const char* name() const override { return "exp_backward"; }
-  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
-    check_defined(in[0], name(), "output");
-    check_defined(in[1], name(), "dy");
-    check_same(in[0], in[1], name());
-    check_float(in[0], name(), "output");
-    return {same_as(in[0])};
-  }
-  void run_cpu(const KernelArgs& a) const override {
-    cpu::exp_backward(a.in[0].numel(), fptr(a.in[0]), fptr(a.in[1]), fptr(a.out[0]));
-  }
-  void run_cuda(const KernelArgs& a) const override {
-    cuda::exp_backward(dt(a.in[0], name()), a.in[0].numel(), a.in[0].raw_data(),
-                       a.in[1].raw_data(), a.out[0].raw_data(), a.stream);
-  }
-};
-
 // A one-element f32 tensor on x's device (the learnable scale).
 void check_scale_value(const Meta& s, const Meta& x, const char* op) {
   check_defined(s, op, "scale");
@@ -108,10 +101,9 @@ void check_scale_value(const Meta& s, const Meta& x, const char* op) {
 struct ScaleByOp final : OpDef {
   const char* name() const override { return "scale"; }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
-    check_defined(in[0], name(), "input");
-    check_float(in[0], name(), "input");
+    std::vector<Meta> out = like_float_input(in[0], name());
     check_scale_value(in[1], in[0], name());
-    return {same_as(in[0])};
+    return out;
   }
   void run_cpu(const KernelArgs& a) const override {
     cpu::scale(a.in[0].numel(), *fptr(a.in[1]), fptr(a.in[0]), fptr(a.out[0]));
@@ -197,9 +189,7 @@ struct ExpandScalarOp final : OpDef {
 
 // ---------------------------------------------------------------------------------------------
 std::vector<Meta> ReluOp::infer(const std::vector<Meta>& in) const {
-  check_defined(in[0], "relu", "input");
-  check_float(in[0], "relu", "input");
-  return {same_as(in[0])};
+  return like_float_input(in[0], "relu");
 }
 void ReluOp::run_cpu(const KernelArgs& a) const {
   cpu::relu_forward(a.in[0].numel(), fptr(a.in[0]), fptr(a.out[0]));
@@ -233,13 +223,17 @@ std::vector<Tensor> AddOp::backward(const GradArgs& a) const {
 // ---------------------------------------------------------------------------------------------
 Tensor relu(const Tensor& x) { return hr::apply(std::make_shared<ReluOp>(), {x})[0]; }
 Tensor relu_backward(const Tensor& y, const Tensor& dy) {
-  return hr::apply(std::make_shared<ReluBwdOp>(), {y, dy})[0];
+  return hr::apply(
+      std::make_shared<OutputBwdOp>("relu_backward", cpu::relu_backward, cuda::relu_backward),
+      {y, dy})[0];
 }
 Tensor add(const Tensor& a, const Tensor& b) { return hr::apply(std::make_shared<AddOp>(), {a, b})[0]; }
 Tensor mul(const Tensor& x, float alpha) { return hr::apply(std::make_shared<ScaleOp>(alpha), {x})[0]; }
 Tensor exp(const Tensor& x) { return hr::apply(std::make_shared<ExpOp>(), {x})[0]; }
 Tensor exp_backward(const Tensor& y, const Tensor& dy) {
-  return hr::apply(std::make_shared<ExpBwdOp>(), {y, dy})[0];
+  return hr::apply(
+      std::make_shared<OutputBwdOp>("exp_backward", cpu::exp_backward, cuda::exp_backward),
+      {y, dy})[0];
 }
 Tensor scale(const Tensor& x, const Tensor& s) {
   return hr::apply(std::make_shared<ScaleByOp>(), {x, s})[0];

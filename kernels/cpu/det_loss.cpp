@@ -19,6 +19,30 @@ namespace {
 constexpr int64_t kParallelMin = int64_t(1) << 15;  // elements below which one thread runs
 constexpr int64_t kBlock = 1024;                    // elements per partial sum
 
+// part(0) + ... + part(count - 1) added in that order, the parts computed in parallel when
+// `parallel`: the same bits for any thread count.
+template <class Part>
+double sum_of_parts(int64_t count, bool parallel, Part&& part) {
+  std::vector<double> parts(static_cast<size_t>(count));
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t k = 0; k < count; ++k) parts[k] = part(k);
+  double total = 0;
+  for (double v : parts) total += v;
+  return total;
+}
+
+// What add(i, s) adds to a double s for i in [0, n) (in order within a block of kBlock elements),
+// summed with sum_of_parts.
+template <class Add>
+double blocked_sum(int64_t n, Add&& add) {
+  return sum_of_parts((n + kBlock - 1) / kBlock, n >= kParallelMin, [&](int64_t b) {
+    const int64_t end = std::min(n, (b + 1) * kBlock);
+    double s = 0;
+    for (int64_t i = b * kBlock; i < end; ++i) add(i, s);
+    return s;
+  });
+}
+
 // Sum of w over the elements with w > 0, in order (the weighted means' denominator).
 double positive_sum(int64_t n, const float* w) {
   double s = 0;
@@ -55,37 +79,22 @@ void exp_backward(int64_t n, const float* y, const float* dy, float* dx) {
 
 // a, b [n]
 float dot(int64_t n, const float* a, const float* b) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> parts(static_cast<size_t>(blocks));
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t k = 0; k < blocks; ++k) {
-    const int64_t end = std::min(n, (k + 1) * kBlock);
-    double s = 0;
-    for (int64_t i = k * kBlock; i < end; ++i) s += double(a[i]) * double(b[i]);
-    parts[k] = s;
-  }
-  double total = 0;
-  for (double v : parts) total += v;
-  return float(total);
+  return float(blocked_sum(n, [&](int64_t i, double& s) { s += double(a[i]) * double(b[i]); }));
 }
 
 // logits [N, C, P], labels [N, P]
 float sigmoid_focal_loss_forward(int64_t N, int64_t C, int64_t P, const float* logits,
                                  const int64_t* labels, float gamma, float alpha) {
   const int64_t pos = check_focal_labels("sigmoid_focal_loss", N, C, P, labels);
-  std::vector<double> rows(static_cast<size_t>(N * C));
-#pragma omp parallel for schedule(static) if (N * C * P >= kParallelMin)
-  for (int64_t r = 0; r < N * C; ++r) {
+  const double total = sum_of_parts(N * C, N * C * P >= kParallelMin, [&](int64_t r) {
     const int64_t c = r % C;
     const float* x = logits + r * P;
     const int64_t* l = labels + (r / C) * P;
     double s = 0;
     for (int64_t p = 0; p < P; ++p)
       if (l[p] >= 0) s += kern::focal_loss_term(x[p], l[p] == c + 1, gamma, alpha);
-    rows[r] = s;
-  }
-  double total = 0;
-  for (double v : rows) total += v;
+    return s;
+  });
   const double denom = double(pos + N);
   return denom > 0 ? float(total / denom) : 0.f;
 }
@@ -119,10 +128,8 @@ float iou_loss_forward(int64_t N, int64_t P, const float* pred, const float* tar
                        const float* weight) {
   const double wsum = positive_sum(N * P, weight);
   if (!(wsum > 0)) return 0.f;
-  const int64_t per_n = (P + kBlock - 1) / kBlock;
-  std::vector<double> parts(static_cast<size_t>(N * per_n));
-#pragma omp parallel for schedule(static) if (N * P * 4 >= kParallelMin)
-  for (int64_t b = 0; b < N * per_n; ++b) {
+  const int64_t per_n = (P + kBlock - 1) / kBlock;  // partials per sample
+  const double total = sum_of_parts(N * per_n, N * P * 4 >= kParallelMin, [&](int64_t b) {
     const int64_t n = b / per_n, p0 = (b % per_n) * kBlock, p1 = std::min(P, p0 + kBlock);
     const float* w = weight + n * P;
     double s = 0;
@@ -133,10 +140,8 @@ float iou_loss_forward(int64_t N, int64_t P, const float* pred, const float* tar
       box_at(target + n * 4 * P, P, p, tb);
       s += double(w[p]) * double(kern::iou_loss_term(pb, tb));
     }
-    parts[b] = s;
-  }
-  double total = 0;
-  for (double v : parts) total += v;
+    return s;
+  });
   return float(total / wsum);
 }
 
@@ -166,19 +171,10 @@ void iou_loss_backward(int64_t N, int64_t P, const float* pred, const float* tar
 float masked_bce_forward(int64_t n, const float* logits, const float* target, const float* mask) {
   const double msum = positive_sum(n, mask);
   if (!(msum > 0)) return 0.f;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> parts(static_cast<size_t>(blocks));
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t end = std::min(n, (b + 1) * kBlock);
-    double s = 0;
-    for (int64_t i = b * kBlock; i < end; ++i)
-      if (mask[i] > 0.f)
-        s += double(mask[i]) * double(kern::bce_with_logits_term(logits[i], target[i]));
-    parts[b] = s;
-  }
-  double total = 0;
-  for (double v : parts) total += v;
+  const double total = blocked_sum(n, [&](int64_t i, double& s) {
+    if (mask[i] > 0.f)
+      s += double(mask[i]) * double(kern::bce_with_logits_term(logits[i], target[i]));
+  });
   return float(total / msum);
 }
 

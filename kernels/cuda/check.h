@@ -194,6 +194,24 @@ __device__ __forceinline__ void store_f(T* p, const float (&in)[V]) {
   *reinterpret_cast<Pack<T, V>*>(p) = pk;
 }
 
+// Sum of v over a block of Threads threads (blockDim.x == Threads) in a fixed pairing order, valid
+// in every thread: deterministic for a given launch shape. Every thread must call it; it may be
+// called repeatedly.
+template <int Threads>
+__device__ __forceinline__ double block_sum(double v) {
+  __shared__ double sh[Threads];
+  __syncthreads();  // the previous call's readers are done
+  sh[threadIdx.x] = v;
+  for (int s = Threads / 2; s > 0; s >>= 1) {
+    __syncthreads();
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+  }
+  // A barrier before everyone reads sh[0]: a read guarded by threadIdx.x == 0 alone is
+  // if-converted by the compiler into an unconditional load (racecheck, H100).
+  __syncthreads();
+  return sh[0];
+}
+
 // Sum sh[y][0..W) over y in [0, ny) into sh[0][...]; sh is row-major [ny][W] in shared memory,
 // thread (x, y) owns columns [x*V, x*V+V). Fixed pairing order, so results are deterministic.
 // Every thread of the block must call it.

@@ -15,24 +15,11 @@
 namespace hr::cuda {
 namespace {
 
+using detail::block_sum;
 using detail::from_f;
 using detail::to_f;
 
 constexpr int kThreads = 256;
-
-// Sum of v over the block (blockDim.x == kThreads) in a fixed pairing order; valid in every
-// thread. Every thread must call it; it may be called repeatedly.
-__device__ __forceinline__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  __syncthreads();  // the previous call's readers are done
-  sh[threadIdx.x] = v;
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    __syncthreads();
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-  }
-  __syncthreads();
-  return sh[0];
-}
 
 #define HR_GRID_STRIDE(i, n)                                                \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
@@ -63,6 +50,15 @@ __global__ void __launch_bounds__(kThreads)
 // Every forward writes three partials per block: {numerator, denominator, invalid count}.
 constexpr int kParts = 3;
 
+// part[block] = the block's sums of v..., in order; the partials not given are 0.
+template <class... V>
+__device__ __forceinline__ void write_partials(double* part, V... v) {
+  static_assert(sizeof...(V) <= kParts, "write_partials: at most kParts values");
+  const double sums[kParts] = {block_sum<kThreads>(v)...};  // summed left to right
+  if (threadIdx.x == 0)
+    for (int j = 0; j < kParts; ++j) part[kParts * blockIdx.x + j] = sums[j];
+}
+
 // *out = num / (den + offset) (0 when not positive; NaN when a partial counted an invalid
 // label), from nparts partials summed in a fixed order (one block).
 __global__ void __launch_bounds__(kThreads)
@@ -74,9 +70,9 @@ __global__ void __launch_bounds__(kThreads)
     den += part[kParts * i + 1];
     bad += part[kParts * i + 2];
   }
-  num = block_sum(num);
-  den = block_sum(den);
-  bad = block_sum(bad);
+  num = block_sum<kThreads>(num);
+  den = block_sum<kThreads>(den);
+  bad = block_sum<kThreads>(bad);
   if (threadIdx.x == 0) {
     const double d = den + offset;
     *out = bad > 0 ? NAN : d > 0 ? float(num / d) : 0.f;
@@ -89,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
                       const float* __restrict__ dloss, float* __restrict__ k) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-  const double d = block_sum(s) + offset;
+  const double d = block_sum<kThreads>(s) + offset;
   if (threadIdx.x == 0) *k = d > 0 ? float(double(*dloss) / d) : 0.f;
 }
 
@@ -100,12 +96,7 @@ __global__ void __launch_bounds__(kThreads)
                double* __restrict__ part) {
   double s = 0;
   HR_GRID_STRIDE(i, n) s += double(to_f(a[i])) * double(to_f(b[i]));
-  s = block_sum(s);
-  if (threadIdx.x == 0) {
-    part[kParts * blockIdx.x] = s;
-    part[kParts * blockIdx.x + 1] = 0;
-    part[kParts * blockIdx.x + 2] = 0;
-  }
+  write_partials(part, s);
 }
 
 // part[block] = {sum of the focal terms over logits [N, C, P], labels > 0, labels > C}
@@ -125,14 +116,7 @@ __global__ void __launch_bounds__(kThreads)
     pos += labels[i] > 0 ? 1.0 : 0.0;
     bad += labels[i] > C ? 1.0 : 0.0;
   }
-  loss = block_sum(loss);
-  pos = block_sum(pos);
-  bad = block_sum(bad);
-  if (threadIdx.x == 0) {
-    part[kParts * blockIdx.x] = loss;
-    part[kParts * blockIdx.x + 1] = pos;
-    part[kParts * blockIdx.x + 2] = bad;
-  }
+  write_partials(part, loss, pos, bad);
 }
 
 // part[block] = valid labels > 0 (labels [n])
@@ -141,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
                            double* __restrict__ part) {
   double pos = 0;
   HR_GRID_STRIDE(i, n) pos += labels[i] > 0 && labels[i] <= C ? 1.0 : 0.0;
-  pos = block_sum(pos);
+  pos = block_sum<kThreads>(pos);
   if (threadIdx.x == 0) part[blockIdx.x] = pos;
 }
 
@@ -166,7 +150,7 @@ __global__ void __launch_bounds__(kThreads)
     positive_sum_kernel(int64_t n, const float* __restrict__ w, double* __restrict__ part) {
   double s = 0;
   HR_GRID_STRIDE(i, n) s += w[i] > 0.f ? double(w[i]) : 0.0;
-  s = block_sum(s);
+  s = block_sum<kThreads>(s);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
@@ -194,13 +178,7 @@ __global__ void __launch_bounds__(kThreads)
     loss += double(w) * double(kern::iou_loss_term(pb, tb));
     wsum += w;
   }
-  loss = block_sum(loss);
-  wsum = block_sum(wsum);
-  if (threadIdx.x == 0) {
-    part[kParts * blockIdx.x] = loss;
-    part[kParts * blockIdx.x + 1] = wsum;
-    part[kParts * blockIdx.x + 2] = 0;
-  }
+  write_partials(part, loss, wsum);
 }
 
 // dpred [N, 4, P] = *k * w * d(iou loss)/dpred where w > 0, else 0
@@ -237,13 +215,7 @@ __global__ void __launch_bounds__(kThreads)
     loss += double(m) * double(kern::bce_with_logits_term(to_f(logits[i]), target[i]));
     msum += m;
   }
-  loss = block_sum(loss);
-  msum = block_sum(msum);
-  if (threadIdx.x == 0) {
-    part[kParts * blockIdx.x] = loss;
-    part[kParts * blockIdx.x + 1] = msum;
-    part[kParts * blockIdx.x + 2] = 0;
-  }
+  write_partials(part, loss, msum);
 }
 
 template <class T>
@@ -271,9 +243,38 @@ void write_zero(float* out, cudaStream_t cs) {
 
 unsigned blocks_for(int64_t work) { return unsigned(detail::wave_blocks(work, kThreads)); }
 
-// The finishing block of a forward: partials -> *loss.
-void finish(int64_t blocks, const double* part, double offset, float* loss, cudaStream_t cs) {
-  finish_kernel<<<1, kThreads, 0, cs>>>(blocks, part, offset, loss);
+// A forward over `work` elements: launch(blocks, stream, part) runs the kernel that writes kParts
+// partials per block, then the finishing block writes *loss = num / (den + offset); *loss = 0
+// when there is no work.
+template <class Launch>
+void forward_to_loss(int64_t work, double offset, float* loss, Stream st, Launch&& launch) {
+  const cudaStream_t cs = detail::stream_of(st);
+  if (work <= 0) return write_zero(loss, cs);
+  const unsigned blocks = blocks_for(work);
+  detail::Workspace ws(sizeof(double) * kParts * blocks, st);
+  launch(blocks, cs, ws.as<double>());
+  HR_CUDA_LAUNCH_CHECK();
+  finish_kernel<<<1, kThreads, 0, cs>>>(blocks, ws.as<double>(), offset, loss);
+  HR_CUDA_LAUNCH_CHECK();
+}
+
+// A backward: count(blocks, stream, part) writes one partial per block over `work` elements, one
+// block turns them into *k = *dloss / (their sum + offset) on the device, and grad(blocks, stream,
+// k) runs the gradient kernel. Nothing to do when there is no work.
+template <class Count, class Grad>
+void backward_scaled(int64_t work, double offset, const float* dloss, Stream st, Count&& count,
+                     Grad&& grad) {
+  if (work <= 0) return;
+  const cudaStream_t cs = detail::stream_of(st);
+  const unsigned blocks = blocks_for(work);
+  detail::Workspace ws(sizeof(double) * blocks + sizeof(float), st);
+  double* part = ws.as<double>();
+  float* k = reinterpret_cast<float*>(part + blocks);
+  count(blocks, cs, part);
+  HR_CUDA_LAUNCH_CHECK();
+  grad_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, offset, dloss, k);
+  HR_CUDA_LAUNCH_CHECK();
+  grad(blocks, cs, k);
   HR_CUDA_LAUNCH_CHECK();
 }
 
@@ -309,16 +310,12 @@ void scale_by(DT dt, int64_t n, const void* x, const float* s, void* y, Stream s
 
 // a, b [n] -> *out
 void dot(DT dt, int64_t n, const void* a, const void* b, float* out, Stream st) {
-  const cudaStream_t cs = detail::stream_of(st);
-  if (n <= 0) return write_zero(out, cs);
-  const int64_t blocks = blocks_for(n);
-  detail::Workspace ws(sizeof(double) * kParts * blocks, st);
-  HR_DISPATCH_DT(dt, T, {
-    dot_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(n, static_cast<const T*>(a),
-                                                         static_cast<const T*>(b), ws.as<double>());
+  forward_to_loss(n, 1.0, out, st, [&](unsigned blocks, cudaStream_t cs, double* part) {
+    HR_DISPATCH_DT(dt, T, {
+      dot_kernel<T><<<blocks, kThreads, 0, cs>>>(n, static_cast<const T*>(a),
+                                                 static_cast<const T*>(b), part);
+    });
   });
-  HR_CUDA_LAUNCH_CHECK();
-  finish(blocks, ws.as<double>(), 1.0, out, cs);
 }
 
 // ---- sigmoid focal loss ----
@@ -326,106 +323,86 @@ void dot(DT dt, int64_t n, const void* a, const void* b, float* out, Stream st) 
 void sigmoid_focal_loss_forward_dev(DT dt, int64_t N, int64_t C, int64_t P, const void* logits,
                                     const int64_t* labels, float gamma, float alpha, float* loss,
                                     Stream st) {
-  const cudaStream_t cs = detail::stream_of(st);
-  if (N * C * P <= 0) return write_zero(loss, cs);
-  const int64_t blocks = blocks_for(N * C * P);
-  detail::Workspace ws(sizeof(double) * kParts * blocks, st);
-  HR_DISPATCH_DT(dt, T, {
-    focal_loss_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
-        N, C, P, static_cast<const T*>(logits), labels, gamma, alpha, ws.as<double>());
-  });
-  HR_CUDA_LAUNCH_CHECK();
-  finish(blocks, ws.as<double>(), double(N), loss, cs);  // / (num_pos + N)
+  // / (num_pos + N)
+  forward_to_loss(N * C * P, double(N), loss, st,
+                  [&](unsigned blocks, cudaStream_t cs, double* part) {
+                    HR_DISPATCH_DT(dt, T, {
+                      focal_loss_kernel<T><<<blocks, kThreads, 0, cs>>>(
+                          N, C, P, static_cast<const T*>(logits), labels, gamma, alpha, part);
+                    });
+                  });
 }
 
 void sigmoid_focal_loss_backward_dev(DT dt, int64_t N, int64_t C, int64_t P, const void* logits,
                                      const int64_t* labels, float gamma, float alpha,
                                      const float* dloss, void* dlogits, Stream st) {
   if (N * C * P <= 0) return;
-  const cudaStream_t cs = detail::stream_of(st);
-  const int64_t blocks = blocks_for(N * P);
-  detail::Workspace ws(sizeof(double) * blocks + sizeof(float), st);
-  double* part = ws.as<double>();
-  float* k = reinterpret_cast<float*>(part + blocks);
-  positive_labels_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(N * P, C, labels, part);
-  HR_CUDA_LAUNCH_CHECK();
-  grad_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, double(N), dloss, k);
-  HR_CUDA_LAUNCH_CHECK();
-  HR_DISPATCH_DT(dt, T, {
-    focal_loss_backward_kernel<T><<<blocks_for(N * C * P), kThreads, 0, cs>>>(
-        N, C, P, static_cast<const T*>(logits), labels, gamma, alpha, k, static_cast<T*>(dlogits));
-  });
-  HR_CUDA_LAUNCH_CHECK();
+  backward_scaled(
+      N * P, double(N), dloss, st,
+      [&](unsigned blocks, cudaStream_t cs, double* part) {
+        positive_labels_kernel<<<blocks, kThreads, 0, cs>>>(N * P, C, labels, part);
+      },
+      [&](unsigned, cudaStream_t cs, const float* k) {
+        HR_DISPATCH_DT(dt, T, {
+          focal_loss_backward_kernel<T><<<blocks_for(N * C * P), kThreads, 0, cs>>>(
+              N, C, P, static_cast<const T*>(logits), labels, gamma, alpha, k,
+              static_cast<T*>(dlogits));
+        });
+      });
 }
 
 // ---- IoU loss ----
 // pred [N, 4, P] (dt), target [N, 4, P], weight [N, P]
 void iou_loss_forward_dev(DT dt, int64_t N, int64_t P, const void* pred, const float* target,
                           const float* weight, float* loss, Stream st) {
-  const cudaStream_t cs = detail::stream_of(st);
-  if (N * P <= 0) return write_zero(loss, cs);
-  const int64_t blocks = blocks_for(N * P);
-  detail::Workspace ws(sizeof(double) * kParts * blocks, st);
-  HR_DISPATCH_DT(dt, T, {
-    iou_loss_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(N, P, static_cast<const T*>(pred),
-                                                              target, weight, ws.as<double>());
+  forward_to_loss(N * P, 0.0, loss, st, [&](unsigned blocks, cudaStream_t cs, double* part) {
+    HR_DISPATCH_DT(dt, T, {
+      iou_loss_kernel<T><<<blocks, kThreads, 0, cs>>>(N, P, static_cast<const T*>(pred), target,
+                                                      weight, part);
+    });
   });
-  HR_CUDA_LAUNCH_CHECK();
-  finish(blocks, ws.as<double>(), 0.0, loss, cs);
 }
 
 void iou_loss_backward_dev(DT dt, int64_t N, int64_t P, const void* pred, const float* target,
                            const float* weight, const float* dloss, void* dpred, Stream st) {
-  if (N * P <= 0) return;
-  const cudaStream_t cs = detail::stream_of(st);
-  const int64_t blocks = blocks_for(N * P);
-  detail::Workspace ws(sizeof(double) * blocks + sizeof(float), st);
-  double* part = ws.as<double>();
-  float* k = reinterpret_cast<float*>(part + blocks);
-  positive_sum_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(N * P, weight, part);
-  HR_CUDA_LAUNCH_CHECK();
-  grad_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, 0.0, dloss, k);
-  HR_CUDA_LAUNCH_CHECK();
-  HR_DISPATCH_DT(dt, T, {
-    iou_loss_backward_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
-        N, P, static_cast<const T*>(pred), target, weight, k, static_cast<T*>(dpred));
-  });
-  HR_CUDA_LAUNCH_CHECK();
+  backward_scaled(
+      N * P, 0.0, dloss, st,
+      [&](unsigned blocks, cudaStream_t cs, double* part) {
+        positive_sum_kernel<<<blocks, kThreads, 0, cs>>>(N * P, weight, part);
+      },
+      [&](unsigned blocks, cudaStream_t cs, const float* k) {
+        HR_DISPATCH_DT(dt, T, {
+          iou_loss_backward_kernel<T><<<blocks, kThreads, 0, cs>>>(
+              N, P, static_cast<const T*>(pred), target, weight, k, static_cast<T*>(dpred));
+        });
+      });
 }
 
 // ---- masked BCE with logits ----
 // logits, target, mask [n]
 void masked_bce_forward_dev(DT dt, int64_t n, const void* logits, const float* target,
                             const float* mask, float* loss, Stream st) {
-  const cudaStream_t cs = detail::stream_of(st);
-  if (n <= 0) return write_zero(loss, cs);
-  const int64_t blocks = blocks_for(n);
-  detail::Workspace ws(sizeof(double) * kParts * blocks, st);
-  HR_DISPATCH_DT(dt, T, {
-    masked_bce_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(n, static_cast<const T*>(logits),
-                                                                target, mask, ws.as<double>());
+  forward_to_loss(n, 0.0, loss, st, [&](unsigned blocks, cudaStream_t cs, double* part) {
+    HR_DISPATCH_DT(dt, T, {
+      masked_bce_kernel<T><<<blocks, kThreads, 0, cs>>>(n, static_cast<const T*>(logits), target,
+                                                        mask, part);
+    });
   });
-  HR_CUDA_LAUNCH_CHECK();
-  finish(blocks, ws.as<double>(), 0.0, loss, cs);
 }
 
 void masked_bce_backward_dev(DT dt, int64_t n, const void* logits, const float* target,
                              const float* mask, const float* dloss, void* dlogits, Stream st) {
-  if (n <= 0) return;
-  const cudaStream_t cs = detail::stream_of(st);
-  const int64_t blocks = blocks_for(n);
-  detail::Workspace ws(sizeof(double) * blocks + sizeof(float), st);
-  double* part = ws.as<double>();
-  float* k = reinterpret_cast<float*>(part + blocks);
-  positive_sum_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(n, mask, part);
-  HR_CUDA_LAUNCH_CHECK();
-  grad_scale_kernel<<<1, kThreads, 0, cs>>>(blocks, part, 0.0, dloss, k);
-  HR_CUDA_LAUNCH_CHECK();
-  HR_DISPATCH_DT(dt, T, {
-    masked_bce_backward_kernel<T><<<unsigned(blocks), kThreads, 0, cs>>>(
-        n, static_cast<const T*>(logits), target, mask, k, static_cast<T*>(dlogits));
-  });
-  HR_CUDA_LAUNCH_CHECK();
+  backward_scaled(
+      n, 0.0, dloss, st,
+      [&](unsigned blocks, cudaStream_t cs, double* part) {
+        positive_sum_kernel<<<blocks, kThreads, 0, cs>>>(n, mask, part);
+      },
+      [&](unsigned blocks, cudaStream_t cs, const float* k) {
+        HR_DISPATCH_DT(dt, T, {
+          masked_bce_backward_kernel<T><<<blocks, kThreads, 0, cs>>>(
+              n, static_cast<const T*>(logits), target, mask, k, static_cast<T*>(dlogits));
+        });
+      });
 }
 
 }  // namespace hr::cuda

@@ -12,19 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Sums v over the block (every thread gets the result); `sh` holds kThreads doubles.
-__device__ double block_sum(double v, double* sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();
-  return r;
-}
-
 struct GroupIndex {
   int64_t HW, C, Cg;
   int64_t n, g;
@@ -36,18 +23,17 @@ struct GroupIndex {
 template <class T>
 __global__ void gn_forward_kernel(int64_t HW, int64_t C, int64_t G, const T* x, const float* gamma,
                                   const float* beta, float eps, T* y, float* mean, float* rstd) {
-  __shared__ double sh[kThreads];
   const GroupIndex ix{HW, C, C / G, blockIdx.x / G, blockIdx.x % G};
   const int64_t M = ix.Cg * HW;
   float s = 0;
   for (int64_t e = threadIdx.x; e < M; e += kThreads) s += detail::to_f(x[ix.at(e)]);
-  const double mu = block_sum(s, sh) / double(M);
+  const double mu = detail::block_sum<kThreads>(s) / double(M);
   float v = 0;
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
     const float d = detail::to_f(x[ix.at(e)]) - float(mu);
     v += d * d;
   }
-  const double r = 1.0 / sqrt(block_sum(v, sh) / double(M) + double(eps));
+  const double r = 1.0 / sqrt(detail::block_sum<kThreads>(v) / double(M) + double(eps));
   if (threadIdx.x == 0) {
     mean[blockIdx.x] = float(mu);
     rstd[blockIdx.x] = float(r);
@@ -65,7 +51,6 @@ template <class T>
 __global__ void gn_backward_data_kernel(int64_t HW, int64_t C, int64_t G, const T* x, const T* dy,
                                         const float* gamma, const float* mean, const float* rstd,
                                         T* dx) {
-  __shared__ double sh[kThreads];
   const GroupIndex ix{HW, C, C / G, blockIdx.x / G, blockIdx.x % G};
   const int64_t M = ix.Cg * HW;
   const float mu = mean[blockIdx.x], r = rstd[blockIdx.x];
@@ -76,8 +61,8 @@ __global__ void gn_backward_data_kernel(int64_t HW, int64_t C, int64_t G, const 
     sh_h += h;
     sh_hx += h * (detail::to_f(x[j]) - mu) * r;
   }
-  const float mh = float(block_sum(sh_h, sh) / double(M));
-  const float mhx = float(block_sum(sh_hx, sh) / double(M));
+  const float mh = float(detail::block_sum<kThreads>(sh_h) / double(M));
+  const float mhx = float(detail::block_sum<kThreads>(sh_hx) / double(M));
   for (int64_t e = threadIdx.x; e < M; e += kThreads) {
     const int64_t j = ix.at(e);
     const float h = detail::to_f(dy[j]) * gamma[ix.channel(e)];

@@ -17,26 +17,11 @@
 namespace hr::cuda {
 namespace {
 
+using detail::block_sum;
 using detail::from_f;
 using detail::to_f;
 
 constexpr int kThreads = 256;
-
-// Sum of v over the block (blockDim.x == kThreads), fixed pairing order; valid in every thread.
-// Every thread must call it; it may be called repeatedly.
-__device__ __forceinline__ double block_sum(double v) {
-  __shared__ double sh[kThreads];
-  __syncthreads();  // the previous call's readers are done
-  sh[threadIdx.x] = v;
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    __syncthreads();
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-  }
-  // A barrier before everyone reads sh[0]: a read guarded by threadIdx.x == 0 alone is
-  // if-converted by the compiler into an unconditional load (racecheck, H100).
-  __syncthreads();
-  return sh[0];
-}
 
 // pred, gt [N, HW, J], weight [N, J] -> part[block] = sum (w*p - w*g)^2
 template <class T>
@@ -52,7 +37,7 @@ __global__ void __launch_bounds__(kThreads)
     const double d = double(w * to_f(pred[e])) - double(w * to_f(gt[e]));
     acc += d * d;
   }
-  const double s = block_sum(acc);
+  const double s = block_sum<kThreads>(acc);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
@@ -62,7 +47,7 @@ __global__ void __launch_bounds__(kThreads)
                                float* __restrict__ loss) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-  const double total = block_sum(s);
+  const double total = block_sum<kThreads>(s);
   if (threadIdx.x == 0) *loss = float(0.5 * total / denom);
 }
 
@@ -137,8 +122,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     count += 1;
   }
-  const double sl = block_sum(loss);
-  const double sc = block_sum(count);
+  const double sl = block_sum<kThreads>(loss);
+  const double sc = block_sum<kThreads>(count);
   if (threadIdx.x == 0) {
     part[2 * blockIdx.x] = sl;
     part[2 * blockIdx.x + 1] = sc;
@@ -157,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool counted = l != ignore_index && l >= 0 && l < C;
     count += counted ? (weight ? double(weight[l]) : 1.0) : 0.0;
   }
-  const double s = block_sum(count);
+  const double s = block_sum<kThreads>(count);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
@@ -171,8 +156,8 @@ __global__ void __launch_bounds__(kThreads)
     sl += part[2 * i];
     sc += part[2 * i + 1];
   }
-  const double tl = block_sum(sl);
-  const double tc = block_sum(sc);
+  const double tl = block_sum<kThreads>(sl);
+  const double tc = block_sum<kThreads>(sc);
   if (threadIdx.x == 0) {
     const bool invalid = *bad != ~0ull;
     *loss = invalid ? NAN : tc > 0 ? float(tl / tc) : 0.f;
@@ -186,7 +171,7 @@ __global__ void __launch_bounds__(kThreads)
                     float* k) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-  const double total = block_sum(s);
+  const double total = block_sum<kThreads>(s);
   const float dloss = dloss_dev ? *dloss_dev : dloss_host;
   if (threadIdx.x == 0) *k = total > 0 ? float(double(dloss) / total) : 0.f;
 }
@@ -448,7 +433,7 @@ __global__ void __launch_bounds__(kThreads)
     prob[p] = prob_of(x, l, mx, lse);
     count += 1;
   }
-  const double s = block_sum(count);
+  const double s = block_sum<kThreads>(count);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
@@ -460,7 +445,7 @@ __global__ void __launch_bounds__(kThreads)
                           float* __restrict__ threshold) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-  const double total = block_sum(s);
+  const double total = block_sum<kThreads>(s);
   if (threadIdx.x == 0) {
     const int64_t count = int64_t(total);
     float thr = thresh;
@@ -495,8 +480,8 @@ __global__ void __launch_bounds__(kThreads)
     loss += weight ? double(weight[l]) * nll : nll;
     kept += 1;
   }
-  const double sl = block_sum(loss);
-  const double sk = block_sum(kept);
+  const double sl = block_sum<kThreads>(loss);
+  const double sk = block_sum<kThreads>(kept);
   if (threadIdx.x == 0) {
     part[2 * blockIdx.x] = sl;
     part[2 * blockIdx.x + 1] = sk;
@@ -520,7 +505,7 @@ __global__ void __launch_bounds__(kThreads)
     row_lse(x, C, mx, lse);
     kept += prob_of(x, l, mx, lse) < thr ? 1.0 : 0.0;
   }
-  const double s = block_sum(kept);
+  const double s = block_sum<kThreads>(kept);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 

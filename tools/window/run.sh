@@ -24,6 +24,10 @@
 #     the changed kernels
 #  7. with time left: W32 cls 224x224 and W48 seg 512x1024 training step and inference (ours), the
 #     seg losses on CUDA, the other GPU tests
+#  8. with time left (or alone: HR_WINDOW_STEPS=det): the detector, HRNet-FCOS W32 at 800x1344,
+#     batch 8, bf16: training step (FCOS loss, SGD with the bias group) and inference, ours
+#     (eager, CUDA graph), then the PyTorch peer's eager step alone on the same targets
+#     (torch_model.py --head det --no-compile: no torch.compile here, it would not fit the box)
 # Each step has a time box; the whole run stays within HR_WINDOW_BUDGET seconds (default 400),
 # later steps are skipped when it is spent. OUT gets at most 8 files, written as the run goes:
 # summary.md (rewritten after every step; printed last), run.log, env.txt, correctness.log,
@@ -31,7 +35,7 @@
 #
 # Environment: HR_WINDOW_BUDGET (seconds), HR_WINDOW_KERNELS ("none", "all" or keys; default
 # the kit's kernels.txt), HR_WINDOW_STEPS (e.g. "graph,train,table,latency,kernels,sanitizer,
-# rest"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not resolve,
+# rest,det"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not resolve,
 # all of them when the kit is missing or damaged; stale: also all when the tree's sources
 # differ from the kit's; never; all),
 # HR_WINDOW_PEER=0 (no PyTorch peer), HR_WINDOW_FORCE=1 (run the GPU steps with no GPU: to
@@ -520,6 +524,22 @@ for t in test_cuda_ops test_cuda_kernels test_cuda_conv; do
   step gpu rest "$t" "$CORR" 120 "$BIN/$t"
 done
 
+# ---------------------------------------------------------------------------------------------
+# 8. the detector: HRNet-FCOS W32 800x1344 (1333x800 padded), batch 8, bf16; ours (the pose
+# peer paused), then the det peer's eager step alone (its RESULT lines make bench.md's table)
+peer_ready_now && peer_collect 0
+peer_pause
+step gpu det "bench_model W32 det 800x1344 b8 bf16 (ours: eager, CUDA graph)" "$WORK/det_bench_model.log" 150 \
+  "$BIN/bench_model" --model w32:det --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2 --no-torch \
+  --save "$WORK/ours_det.txt"
+if [ -n "$PY" ] && [ "${HR_WINDOW_PEER:-1}" = 1 ]; then
+  step gpu det "torch_model.py --head det 800x1344 b8 bf16, eager (peer)" "$WORK/det_peer.log" 120 \
+    env LD_LIBRARY_PATH="$ORIG_LD" "$PY" "$ROOT/benchmarks/torch_model.py" --head det --classes 80 \
+    --norm-eval --device cuda --amp bf16 --batch 8 --height 800 --width 1344 --steps 5 --warmup 2 \
+    --no-compile
+fi
+peer_resume
+
 # the peer, if it has not been timed yet: what is left of the budget
 if [ "$PEER_STATE" = compiling ]; then
   left=$((BUDGET - $(elapsed) - 20))
@@ -546,10 +566,16 @@ fi
     "$BIN/bench_model" --device cuda --amp bf16 --batch 1 --steps 50 --latency --load "$WORK/ours_b1.txt" \
       "${peer_args[@]}" 2>/dev/null | grep -v '^peer: '
   fi
+  if [ -f "$WORK/ours_det.txt" ]; then
+    det_peer=(--no-torch)
+    [ -s "$WORK/det_peer.log" ] && det_peer=(--peer-results "$WORK/det_peer.log")
+    "$BIN/bench_model" --model w32:det --device cuda --amp bf16 --batch 8 --steps 5 \
+      --load "$WORK/ours_det.txt" "${det_peer[@]}" 2>/dev/null | grep -v '^peer: '
+  fi
   echo
   echo "PyTorch peer: $PEER_STATE; $(grep -E '^peer: (torch|.*warmed|.*ready)' "$PEER_LOG" 2>/dev/null | tr '\n' ';')"
   grep '^RESULT' "$PEER_LOG" 2>/dev/null
-  for f in cls_bench_model seg_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
+  for f in cls_bench_model seg_bench_model det_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
     [ -f "$WORK/$f.log" ] && { echo; echo "## $f"; echo; grep -v '^== ' "$WORK/$f.log"; }
   done
   for f in "$WORK"/ops_perf_*.log; do
