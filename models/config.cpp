@@ -554,12 +554,22 @@ const DefaultRow kDetDefaults[] = {
     {"AUTO_RESUME", "True"},
 };
 
-// Adds the rows' keys to `root` where they are missing (rows in parent-first order).
-void add_defaults(CfgNode& root, const DefaultRow* rows, size_t n) {
+// Adds the rows' keys to `root` where they are missing (rows in parent-first order). A section
+// the file leaves empty (`HRNET:` with nothing under it) is a section without keys; a section the
+// file gives a value (`HRNET: 5`) is an error naming `source` and the key.
+void add_defaults(CfgNode& root, const DefaultRow* rows, size_t n, const std::string& source) {
   for (size_t r = 0; r < n; ++r) {
     const auto parts = split_key(rows[r].key);
     CfgNode* node = &root;
-    for (size_t k = 0; k + 1 < parts.size(); ++k) node = node->find(parts[k]);
+    std::string path;
+    for (size_t k = 0; k + 1 < parts.size(); ++k) {
+      node = node->find(parts[k]);
+      path += (k ? "." : "") + parts[k];
+      HR_CHECK(node, "[config] bad default row ", rows[r].key);  // rows are parent-first
+      if (node->kind == Kind::Null) node->kind = Kind::Map;
+      HR_CHECK(node->kind == Kind::Map, "[config] ", source, ": ", path,
+               " must be a section of keys, got ", node->str());
+    }
     if (node->find(parts.back())) continue;
     CfgNode v;
     const std::string lit = rows[r].value;
@@ -602,8 +612,8 @@ std::string read_file(const std::string& path) {
 Config Config::pose_defaults() {
   Config c;
   c.source_ = "<pose defaults>";
-  add_defaults(c.root_, kPoseDefaults, std::size(kPoseDefaults));
-  add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
+  add_defaults(c.root_, kPoseDefaults, std::size(kPoseDefaults), c.source_);
+  add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults), c.source_);
   return c;
 }
 
@@ -617,12 +627,12 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
     // maskrcnn-benchmark files (HRNet-FCOS): kept as written, with the keys they omit at that
     // repository's defaults
     c.root_ = file;
-    add_defaults(c.root_, kDetDefaults, std::size(kDetDefaults));
-    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
+    add_defaults(c.root_, kDetDefaults, std::size(kDetDefaults), source);
+    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults), source);
   } else if (family.rfind("seg_", 0) == 0 || family.rfind("cls_", 0) == 0) {
     c.root_ = file;
     // the engine's section, where the file has none of it (or lacks some of its keys)
-    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults));
+    add_defaults(c.root_, kEngineDefaults, std::size(kEngineDefaults), source);
   } else {
     c = pose_defaults();
     merge_into(c.root_, file, "", source);

@@ -105,6 +105,14 @@ TEST_CASE("det settings from the official HRNet-FCOS files", "[det]") {
   CHECK(contains(error_of([&] { DetSettings::from_config(ranges); }), "TARGET_ASSIGN has 2"));
 }
 
+TEST_CASE("det files: sections left empty take the defaults, a value is no section", "[det]") {
+  const models::Config empty = det_config("MODEL:\n  FCOS_ON: True\n  HRNET:\nSOLVER:\n");
+  CHECK(empty.get_bool("MODEL.HRNET.NORM_EVAL"));
+  CHECK(empty.get_int("SOLVER.MAX_ITER") == 40000);
+  CHECK(contains(error_of([] { det_config("MODEL:\n  FCOS_ON: True\n  HRNET: 5\n"); }),
+                 "det_test.yaml: MODEL.HRNET must be a section of keys, got 5"));
+}
+
 TEST_CASE("det solver: WarmupMultiStepLR as the official trainer steps it", "[det]") {
   auto ref = reference();
   const std::vector<int64_t> at = ref.at("lr_steps").to_vector_i64();
