@@ -2,7 +2,8 @@
 // (hrnet-synth --task det) and an HRNet-FCOS file in the official format: hrnet-train writes its
 // outputs and metrics with the 12 box AP numbers; hrnet-eval reproduces the AP from the final
 // weights, and --results scores the results file it wrote, which also reads as a person-detection
-// file for pose (TEST.COCO_BBOX_FILE); hrnet-infer --image lists and draws the objects; a pose
+// file for pose (TEST.COCO_BBOX_FILE): a person detector trained on a COCO keypoints set feeds the
+// pose evaluation every box it found; hrnet-infer --image lists and draws the objects; a pose
 // model with --detector poses exactly the people the detector finds; bad input is one line.
 #include <catch2/catch.hpp>
 
@@ -254,4 +255,50 @@ TEST_CASE("hrnet-infer: a pose model finds its people with --detector", "[apps][
                                    img + " --detector " + t.cfg + " --json " + out);
   CHECK(half.code != 0);
   CHECK(half.err.find("--detector and --detector-weights go together") != std::string::npos);
+}
+
+TEST_CASE("pose evaluated on our detector's person boxes (TEST.COCO_BBOX_FILE)", "[apps][det][pose]") {
+  // a COCO keypoints set (hrnet-synth, pose), seen as COCO instances of one category by the
+  // detector: the same images and image ids, as COCO's instances and person_keypoints files are
+  dataset();  // makes kWork
+  const fs::path people = kWork / "people";
+  Run g = run(HR_SYNTH_EXE, "--out " + people.string() + " --train 16 --val 4 --seed 9 --quiet");
+  INFO(g.err);
+  REQUIRE(g.code == 0);
+  const fs::path as_det = kWork / "people_det";
+  fs::create_directories(as_det / "annotations");
+  for (const char* split : {"train2017", "val2017"}) {
+    fs::create_directory_symlink(people / "images" / split, as_det / split);
+    fs::create_symlink(people / "annotations" / (std::string("person_keypoints_") + split + ".json"),
+                       as_det / "annotations" / (std::string("instances_") + split + ".json"));
+  }
+  const std::string cfg = (kWork / "person_det.yaml").string();
+  {
+    std::string text = slurp(det_cfg("person_det.yaml", "0.0"));
+    text = std::regex_replace(text, std::regex("NUM_CLASSES: 6"), "NUM_CLASSES: 2");
+    text = std::regex_replace(text, std::regex("ROOT: '[^']*'"), "ROOT: '" + as_det.string() + "'");
+    text = std::regex_replace(text, std::regex("MIN_SIZE_TRAIN: \\(224, 256\\)"), "MIN_SIZE_TRAIN: (240,)");
+    text = std::regex_replace(text, std::regex("MIN_SIZE_TEST: 256"), "MIN_SIZE_TEST: 240");
+    std::ofstream(cfg) << text;
+  }
+  const std::string dir = (kWork / "person_run").string();
+  Run t = run(HR_TRAIN_EXE, "--cfg " + cfg + " --out " + dir + " SOLVER.MAX_ITER 4");
+  INFO(t.err);
+  REQUIRE(t.code == 0);
+  const std::string dets = dir + "/results/bbox_coco_2017_val_results.json";
+  const size_t boxes = data::load_detections(dets).size();
+  REQUIRE(boxes > 0);
+
+  // the pose evaluation takes them in place of the official person-detection file
+  const std::string pose_cfg = (kWork / "pose_on_dets.yaml").string();
+  std::ofstream(pose_cfg) << hr::test::tiny_pose_config(people.string());
+  models::HRNet pose(models::spec_from_config(models::Config::load(pose_cfg)), 7);
+  const std::string pose_w = (kWork / "pose_on_dets.safetensors").string();
+  save_safetensors(pose_w, pose.state_dict());
+  Run e = run(HR_EVAL_EXE, "--cfg " + pose_cfg + " --weights " + pose_w + " --out " +
+                               (kWork / "pose_eval").string() + " TEST.USE_GT_BBOX False " +
+                               "TEST.COCO_BBOX_FILE " + dets + " TEST.IMAGE_THRE 0.0");
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  CHECK(e.err.find("on " + std::to_string(boxes) + " samples") != std::string::npos);
 }
