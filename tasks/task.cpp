@@ -58,9 +58,6 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
     if (g->kind == models::CfgNode::Kind::List) s.gpus = std::max<int64_t>(1, int64_t(g->items.size()));
   }
   s.batch = s.batch_per_gpu * s.gpus;
-  s.accumulate = static_cast<int>(cfg.get_int("ENGINE.ACCUMULATE_STEPS", 1));
-  HR_CHECK(s.accumulate >= 1 && s.accumulate <= s.batch, "[config] ", src,
-           ": ENGINE.ACCUMULATE_STEPS must be in 1..", s.batch, " (the batch), got ", s.accumulate);
   s.shuffle = cfg.get_bool("TRAIN.SHUFFLE", s.shuffle);
   s.workers = static_cast<int>(integer("WORKERS", s.workers, 0, 4096));
   s.output_dir = cfg.get_str("OUTPUT_DIR", s.output_dir);
@@ -104,12 +101,14 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
              ": SOLVER.WARMUP_METHOD must be constant or linear, got '", s.warmup_method, "'");
     s.batch_per_gpu = s.batch = integer("SOLVER.IMS_PER_BATCH", 16, 1, INT64_MAX);
     s.gpus = 1;
-    HR_CHECK(s.accumulate <= s.batch, "[config] ", src, ": ENGINE.ACCUMULATE_STEPS must be in 1..",
-             s.batch, " (the batch), got ", s.accumulate);
     s.begin_epoch = 0;
     s.end_epoch = 1;  // set from max_iter once the epoch's length is known (the trainer)
     s.workers = static_cast<int>(integer("DATALOADER.NUM_WORKERS", s.workers, 0, 4096));
   }
+  // the batch is known for every family now (det: SOLVER.IMS_PER_BATCH)
+  s.accumulate = static_cast<int>(cfg.get_int("ENGINE.ACCUMULATE_STEPS", 1));
+  HR_CHECK(s.accumulate >= 1 && s.accumulate <= s.batch, "[config] ", src,
+           ": ENGINE.ACCUMULATE_STEPS must be in 1..", s.batch, " (the batch), got ", s.accumulate);
   s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", "");
   if (s.lr_schedule.empty()) s.lr_schedule = det ? "warmup_multistep" : seg ? "poly" : "multistep";
   HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine" || s.lr_schedule == "poly" ||

@@ -83,6 +83,14 @@ TEST_CASE("det settings from the official HRNet-FCOS files", "[det]") {
   CHECK(s.lr_schedule == "warmup_multistep");
   CHECK(s.warmup_method == "constant");
   CHECK(s.warmup_iters == 500);
+  // ENGINE.ACCUMULATE_STEPS is bounded by the det batch, SOLVER.IMS_PER_BATCH
+  models::Config big = models::Config::load(kOfficial + "fcos_hrnet_w32_5l_2x.yaml");
+  big.set("SOLVER.IMS_PER_BATCH", "64");
+  big.set("ENGINE.ACCUMULATE_STEPS", "40");
+  CHECK(TrainSettings::from_config(big).accumulate == 40);
+  big.set("ENGINE.ACCUMULATE_STEPS", "65");
+  CHECK(contains(error_of([&] { TrainSettings::from_config(big); }),
+                 "ENGINE.ACCUMULATE_STEPS must be in 1..64"));
 
   // the 6-level files: strides 4..128
   const models::Config six = models::Config::load(kOfficial + "fcos_hrnet_w40_6l_3x.yaml");

@@ -78,10 +78,8 @@ double largest_gradient(const HRNet& model, const Reference& ref) {
 std::string joined_keys(const NamedTensors& sd, bool strip) {
   std::string keys;
   for (auto& [k, t] : sd) {
-    std::string key = k;
-    if (strip)
-      for (const char* p : {"module.", "backbone.body.", "backbone.fpn."})
-        if (key.rfind(p, 0) == 0) key = key.substr(std::string(p).size());
+    const std::string key =
+        strip ? strip_key_prefixes(k, {"module.", "backbone.body.", "backbone.fpn."}) : k;
     keys += (keys.empty() ? "" : "\n") + key;
   }
   return keys;
