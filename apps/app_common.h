@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "engine/dist.h"
 #include "engine/error.h"
 
 namespace hr::apps {
@@ -21,15 +22,21 @@ inline std::string one_line(std::string m) {
 }
 
 // Runs body() and maps exceptions to the exit codes: "<name>: <message><usage_tail>" for a
-// UsageError (exit 2), "<name>: <message>\n" for anything else (exit 1).
+// UsageError (exit 2), "<name>: <message>\n" for anything else (exit 1). In a data-parallel job
+// (engine/dist.h) an error on one rank ends every rank of the job at once (the others would wait
+// for it in their next collective), and a normal return ends MPI.
 template <class Body>
 int app_main(const char* name, const std::string& usage_tail, Body&& body) {
   try {
-    return body();
+    const int rc = body();
+    dist::finalize();
+    return rc;
   } catch (const UsageError& e) {
+    if (dist::distributed()) dist::abort_job(str_cat(name, ": ", one_line(e.what())));
     std::fprintf(stderr, "%s: %s%s", name, one_line(e.what()).c_str(), usage_tail.c_str());
     return 2;
   } catch (const std::exception& e) {
+    if (dist::distributed()) dist::abort_job(str_cat(name, ": ", one_line(e.what())));
     std::fprintf(stderr, "%s: %s\n", name, one_line(e.what()).c_str());
     return 1;
   }

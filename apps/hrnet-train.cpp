@@ -107,6 +107,7 @@ Args parse(int argc, char** argv) {
 }
 
 int run(const Args& a) {
+  dist::init();  // a data-parallel job when a launcher started this process as one of several
   const bool quickstart = a.cfg.empty();
   std::vector<std::string> overrides = a.overrides;
   models::Config cfg;
@@ -120,7 +121,10 @@ int run(const Args& a) {
     cfg = tasks::load_config(a.cfg, overrides);
   }
   if (!a.device.empty()) cfg.set("ENGINE.DEVICE", a.device);
-  tasks::prepare_synthetic_data(cfg);
+  // the synthetic data set is generated once, by the first rank, before the others look for it
+  if (dist::world().rank == 0) tasks::prepare_synthetic_data(cfg);
+  dist::barrier("waiting for rank 0 to prepare the synthetic data");
+  if (dist::world().rank != 0) tasks::prepare_synthetic_data(cfg);
   std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, cfg_path) : a.out;
   try {

@@ -68,7 +68,8 @@ struct DataLoader::Impl {
   std::vector<Field> fields;
   std::vector<size_t> sample_bytes;  // per field
   int64_t n_batches = 0;
-  size_t used = 0;  // samples per epoch that land in a batch (drop_last leaves the tail out)
+  size_t used = 0;  // this shard's samples per epoch that land in a batch (drop_last: no tail)
+  size_t lbs = 0;   // this shard's part of a batch
 
   std::mutex mu;
   std::condition_variable work_cv, ready_cv;
@@ -96,9 +97,15 @@ struct DataLoader::Impl {
       sample_bytes.push_back(static_cast<size_t>(bytes));
     }
     opt.prefetch = std::max(opt.prefetch, 1);
+    HR_CHECK(opt.shard_count >= 1 && opt.shard_rank >= 0 && opt.shard_rank < opt.shard_count,
+             "DataLoader: shard ", opt.shard_rank, " of ", opt.shard_count);
+    HR_CHECK(opt.shard_count == 1 || (opt.batch_size % opt.shard_count == 0 && opt.drop_last),
+             "DataLoader: a batch of ", opt.batch_size, " cannot be split evenly over ",
+             opt.shard_count, " ranks (the batch must be a multiple of the ranks, drop_last)");
     const size_t n = ds.size(), bs = static_cast<size_t>(opt.batch_size);
+    lbs = bs / static_cast<size_t>(opt.shard_count);
     n_batches = static_cast<int64_t>(opt.drop_last ? n / bs : (n + bs - 1) / bs);
-    used = opt.drop_last ? static_cast<size_t>(n_batches) * bs : n;
+    used = opt.drop_last ? static_cast<size_t>(n_batches) * lbs : n;
     int workers =
         opt.workers > 0 ? opt.workers : static_cast<int>(std::thread::hardware_concurrency());
     workers = std::max(workers, 1);
@@ -117,7 +124,7 @@ struct DataLoader::Impl {
 
   bool claimable() const {
     return started && next_claim < used &&
-           static_cast<int64_t>(next_claim / opt.batch_size) < next_deliver + opt.prefetch;
+           static_cast<int64_t>(next_claim / lbs) < next_deliver + opt.prefetch;
   }
 
   // Called with `mu` held: the state of batch b, made (tensors allocated) on first use. It
@@ -126,15 +133,18 @@ struct DataLoader::Impl {
     auto it = batches.find(b);
     if (it != batches.end()) return it->second;
     auto st = std::make_shared<BatchState>();
-    st->begin = static_cast<size_t>(b) * opt.batch_size;
-    st->count = std::min(used, st->begin + opt.batch_size) - st->begin;
+    st->begin = static_cast<size_t>(b) * lbs;  // in this shard's positions
+    st->count = std::min(used, st->begin + lbs) - st->begin;
+    // where this shard's part of batch b starts in the epoch order
+    const size_t first = static_cast<size_t>(b) * static_cast<size_t>(opt.batch_size) +
+                         static_cast<size_t>(opt.shard_rank) * lbs;
     const int64_t n = static_cast<int64_t>(st->count);
     for (const Field& f : fields) {
       Shape s = f.shape;
       s.insert(s.begin(), n);
       st->fields.push_back(Tensor::empty(s, f.dtype));
     }
-    st->indices.assign(order.begin() + st->begin, order.begin() + st->begin + st->count);
+    st->indices.assign(order.begin() + first, order.begin() + first + st->count);
     st->ok.assign(st->count, 0);
     st->errors.resize(st->count);
     st->failures.resize(st->count);
@@ -152,7 +162,7 @@ struct DataLoader::Impl {
       const int64_t ep = epoch;
       std::shared_ptr<BatchState> st;
       try {
-        st = batch_state(static_cast<int64_t>(pos / opt.batch_size));
+        st = batch_state(static_cast<int64_t>(pos / lbs));
       } catch (...) {
         // nothing escapes a worker (that is std::terminate): the error goes to next()
         fatal = std::current_exception();
@@ -203,7 +213,7 @@ struct DataLoader::Impl {
       order = std::move(ord);
       epoch = ep;
       next_deliver = first_batch;
-      next_claim = static_cast<size_t>(first_batch) * opt.batch_size;
+      next_claim = static_cast<size_t>(first_batch) * lbs;
       started = true;
     }
     work_cv.notify_all();
@@ -272,6 +282,7 @@ DataLoader::DataLoader(const Dataset& ds, LoaderOptions opt)
 DataLoader::~DataLoader() = default;
 
 int64_t DataLoader::batches_per_epoch() const { return impl_->n_batches; }
+int64_t DataLoader::shard_batch_size() const { return static_cast<int64_t>(impl_->lbs); }
 
 void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
   impl_->start(epoch, first_batch);

@@ -12,7 +12,12 @@
 namespace hr::data {
 
 struct LoaderOptions {
-  int batch_size = 32;
+  int batch_size = 32;  // the whole batch: every shard's part together
+  // Data-parallel jobs: this process builds part shard_rank of shard_count of every batch (the
+  // batch size a multiple of shard_count, drop_last): the epoch order is the one every rank
+  // draws, and shard r takes positions [r*b/k, (r+1)*b/k) of each batch, so the ranks together
+  // see the batches one process would, whatever their number.
+  int shard_rank = 0, shard_count = 1;
   bool shuffle = true;
   bool drop_last = true;
   int workers = 0;   // 0: hardware threads
@@ -32,6 +37,7 @@ class DataLoader {
   DataLoader(const Dataset& ds, LoaderOptions opt);
   ~DataLoader();
   int64_t batches_per_epoch() const;
+  int64_t shard_batch_size() const;  // the samples of a batch this shard builds
   // Starts epoch `epoch` (permutation and sample seeds drawn from seed and epoch); batches are
   // then taken in order with next() until it returns false.
   void start_epoch(int64_t epoch, int64_t first_batch = 0);

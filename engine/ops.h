@@ -31,6 +31,22 @@ class AutocastGuard {
 };
 DType autocast_dtype();  // f32 when autocast is off
 
+// Synchronised batch norm (the official seg code's SyncBatchNorm): training-mode batch norms made
+// on this thread while the guard is on (eager calls, or a graph being recorded) take their
+// statistics over the batches of every rank of a data-parallel job (engine/dist.h), forward and
+// backward; with one rank that is plain batch norm. CPU (MPI); CUDA needs one rank for now.
+class SyncBatchNormGuard {
+ public:
+  explicit SyncBatchNormGuard(bool on);
+  ~SyncBatchNormGuard();
+  SyncBatchNormGuard(const SyncBatchNormGuard&) = delete;
+  SyncBatchNormGuard& operator=(const SyncBatchNormGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+bool sync_batch_norm();
+
 }  // namespace hr
 
 namespace hr::ops {
@@ -180,7 +196,7 @@ std::array<Tensor, 2> conv2d_backward_weight(const Tensor& x, const Tensor& dy, 
 std::array<Tensor, 4> batch_norm_backward(const Tensor& x, const Tensor& y, const Tensor& dy,
                                           const Tensor& gamma, const Tensor& stat_a,
                                           const Tensor& stat_b, bool training, bool relu,
-                                          float eps, std::array<bool, 4> need);
+                                          float eps, std::array<bool, 4> need, bool sync = false);
 // mean, rstd: group_norm's saved statistics [N, groups]; need: dx, dgamma, dbeta
 // -> {dx, dgamma, dbeta}, undefined where not needed
 std::array<Tensor, 3> group_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma,

@@ -476,6 +476,10 @@ const DefaultRow kEngineDefaults[] = {
     {"ENGINE.FAST_DECODE", "True"},     // classification training: JPEGs decoded at 1/2..1/8
     {"ENGINE.CROP_SCALE_MIN", "0.08"},  // classification training: RandomResizedCrop's smallest area
     {"ENGINE.ACCUMULATE_STEPS", "1"},   // the batch as N micro-batches, gradients summed
+    {"ENGINE.SYNC_BN", "None"},  // data-parallel batch norm over all ranks: None the family's official
+                                 // (seg True; det MODEL.SYNCBN; pose, cls False) | True | False
+    {"ENGINE.DIST_TIMEOUT", "600"},     // seconds a collective may wait for the other ranks
+    {"ENGINE.DIST_EVAL_TIMEOUT", "14400"},  // seconds the other ranks wait for rank 0's evaluation
     {"ENGINE.SYNTHETIC", "False"},      // the built-in synthetic data (cached) as DATASET.ROOT
     {"ENGINE.DET_CANVAS", "[0, 0]"},    // det training input [W, H] (0: the largest resize, square)
 };

@@ -3,7 +3,8 @@
 # built when nvcc is found). Safe to re-run; installs only what is missing.
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev catch2 libyaml-cpp-dev libstb-dev libsimdjson-dev libjpeg62-turbo-dev
-      clang)  # clang: libFuzzer for scripts/fuzz.sh
+      clang  # clang: libFuzzer for scripts/fuzz.sh
+      openmpi-bin libopenmpi-dev)  # data-parallel jobs (mpirun; engine/dist.h)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

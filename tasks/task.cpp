@@ -109,6 +109,13 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   s.accumulate = static_cast<int>(cfg.get_int("ENGINE.ACCUMULATE_STEPS", 1));
   HR_CHECK(s.accumulate >= 1 && s.accumulate <= s.batch, "[config] ", src,
            ": ENGINE.ACCUMULATE_STEPS must be in 1..", s.batch, " (the batch), got ", s.accumulate);
+  const models::CfgNode* sync = cfg.find("ENGINE.SYNC_BN");
+  if (!sync || sync->kind == models::CfgNode::Kind::Null)
+    s.sync_bn = seg || (det && cfg.get_bool("MODEL.SYNCBN", false));
+  else
+    s.sync_bn = cfg.get_bool("ENGINE.SYNC_BN");
+  s.dist_timeout = number("ENGINE.DIST_TIMEOUT", s.dist_timeout, false);
+  s.dist_eval_timeout = number("ENGINE.DIST_EVAL_TIMEOUT", s.dist_eval_timeout, false);
   s.lr_schedule = cfg.get_str("ENGINE.LR_SCHEDULE", "");
   if (s.lr_schedule.empty()) s.lr_schedule = det ? "warmup_multistep" : seg ? "poly" : "multistep";
   HR_CHECK(s.lr_schedule == "multistep" || s.lr_schedule == "cosine" || s.lr_schedule == "poly" ||

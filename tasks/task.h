@@ -34,6 +34,12 @@ struct TrainSettings {
   // ENGINE.ACCUMULATE_STEPS: the batch as that many micro-batches with their gradients summed
   // (one device standing in for several when the whole batch does not fit; TrainStep)
   int accumulate = 1;
+  // Data-parallel jobs (engine/dist.h; the batch above is the whole job's, split over the ranks):
+  // ENGINE.SYNC_BN (synchronised batch norm; the family's official choice by default: seg True,
+  // det MODEL.SYNCBN, pose and cls False), ENGINE.DIST_TIMEOUT (seconds any collective may wait),
+  // ENGINE.DIST_EVAL_TIMEOUT (seconds the other ranks wait while rank 0 evaluates).
+  bool sync_bn = false;
+  double dist_timeout = 600, dist_eval_timeout = 14400;
   bool shuffle = true;
   int workers = 0;     // WORKERS
   std::string output_dir;  // OUTPUT_DIR

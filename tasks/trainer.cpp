@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -165,6 +166,22 @@ TrainStep::TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Dev
 
 TrainStep::~TrainStep() = default;
 
+void TrainStep::set_data_parallel(bool sync_bn) {
+  HR_CHECK(graphs_.empty() && !host_losses_.steps, "train step: set_data_parallel after a step");
+  sync_bn_ = sync_bn;
+  if (!dist::distributed()) return;
+  HR_CHECK(dev_.is_cpu(), "data-parallel training over ", dist::world().size,
+           " ranks runs on the CPU (MPI) in this version: the CUDA path (NCCL) is not wired into "
+           "the training step yet; set ENGINE.DEVICE cpu or run one process per job");
+  params_ = model_.parameters();
+  for (size_t k = 0; k < params_.size(); ++k) param_index_[params_[k].impl()] = k;
+  reducer_ = std::make_unique<dist::GradientReducer>(params_);
+}
+
+void TrainStep::reduce_gradients() {
+  if (reducer_) reducer_->finish();
+}
+
 void TrainStep::add_host_loss(float loss, int64_t samples) {
   host_losses_.last = loss;
   host_losses_.sum += double(loss) * double(samples);
@@ -214,6 +231,7 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     Tensor loss;
     {
       AutocastGuard ac(autocast_);
+      SyncBatchNormGuard sb(sync_bn_);
       loss = task_.loss(model_.forward_all(g.input(batch.fields[0].first, input.shape())), targets);
     }
     // fp32, as the device's running sum reads it
@@ -221,6 +239,11 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     graph::CompileOptions co;
     co.loss = loss;
     exe = std::make_unique<graph::Executable>(std::move(g), co);
+    if (reducer_)  // each gradient into its bucket as the backward completes it
+      exe->set_gradient_ready([this](const Tensor& p, const Tensor& grad) {
+        auto it = param_index_.find(p.impl());
+        if (it != param_index_.end()) reducer_->ready(it->second, grad);
+      });
   }
   return *exe;
 }
@@ -257,10 +280,12 @@ void TrainStep::step_accumulated(const data::Batch& batch) {
       for (size_t f = 1; f < part.fields.size(); ++f)
         targets[part.fields[f].first] = part.fields[f].second.to(dev_);
       AutocastGuard ac(autocast_);
+      SyncBatchNormGuard sb(sync_bn_);
       Tensor loss = task_.loss(model_.forward_all(part.input().to(dev_)), targets);
       ops::mul(loss, float(double(part.size()) / double(N))).backward();
       loss_sum += double(loss.item()) * double(part.size());
     }
+    reduce_gradients();
     opt_.step();
     add_host_loss(float(loss_sum / double(N)), N);
     return;
@@ -272,6 +297,8 @@ void TrainStep::step_accumulated(const data::Batch& batch) {
   for (const data::Batch& part : parts) {
     graph::Executable& e = executable_for(part);
     for (const auto& [name, t] : part.fields) e.set_input(name, t);
+    // the micro-batches' gradients are summed here first: reduced once, after the last
+    e.set_gradient_ready(nullptr);
     e.run();
     NoGradGuard g;
     const float w = float(double(part.size()) / double(N));
@@ -286,6 +313,7 @@ void TrainStep::step_accumulated(const data::Batch& batch) {
     p.set_grad(sum[j]);
   }
   last_ = nullptr;  // an unaccumulated step binds the graph's gradients again
+  reduce_gradients();
   opt_.step();
   add_host_loss(float(loss_sum / double(N)), N);
 }
@@ -300,9 +328,11 @@ void TrainStep::step(const data::Batch& batch) {
     for (size_t f = 1; f < batch.fields.size(); ++f)
       targets[batch.fields[f].first] = batch.fields[f].second.to(dev_);
     AutocastGuard ac(autocast_);
+    SyncBatchNormGuard sb(sync_bn_);
     opt_.zero_grad();
     Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
     loss.backward();
+    reduce_gradients();
     opt_.step();
     add_host_loss(loss.item(), batch.size());
     return;
@@ -316,7 +346,8 @@ void TrainStep::step(const data::Batch& batch) {
   // CUDA: asynchronous uploads from pinned staging buffers, on the stream the graph runs on
   for (const auto& [name, t] : batch.fields) e.set_input(name, t);
   if (!dev_.is_cuda()) {
-    e.run();
+    e.run();  // the gradient buckets are reduced as the backward pass completes them
+    reduce_gradients();
     opt_.step();
     add_host_loss(e.output("loss").item(), batch.size());
     return;
@@ -455,6 +486,16 @@ EvalSummary Trainer::run() {
   if (s.threads > 0) omp_set_num_threads(s.threads);
   const Device dev = s.engine_device();
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
+  // A data-parallel job (engine/dist.h): rank 0 alone writes (output directory, lock, config,
+  // metrics, checkpoints, evaluation outputs); every rank trains on its part of each batch.
+  const dist::World& world = dist::world();
+  const bool lead = world.rank == 0;
+  dist::set_timeout(s.dist_timeout);
+  HR_CHECK(s.batch % world.size == 0, "the batch of ", s.batch, " (TRAIN.BATCH_SIZE_PER_GPU x "
+           "GPUS, or SOLVER.IMS_PER_BATCH) cannot be split evenly over ", world.size, " ranks");
+  const int64_t rank_batch = s.batch / world.size;
+  HR_CHECK(s.accumulate <= rank_batch, "ENGINE.ACCUMULATE_STEPS ", s.accumulate, " is more than "
+           "the ", rank_batch, " samples of each rank's part of the batch");
 
   // Nothing is written before the run is known to go ahead: a --resume with nothing to resume
   // is refused before the directory is made; the lock is taken before anything in it is read
@@ -462,35 +503,56 @@ EvalSummary Trainer::run() {
   const std::string ckpt = out_ + "/checkpoint.safetensors";
   const bool resume = resume_ == 1 || (resume_ == -1 && s.auto_resume);
   if (resume_ == 1 && !fs::exists(ckpt)) throw Error(str_cat("--resume: no checkpoint at ", ckpt));
-  make_output_dir(out_);  // an unwritable place fails before any work
   DirLock lock;
-  try {
-    lock = DirLock::acquire(out_, "train.lock");
-  } catch (const DirLock::Busy& e) {
-    throw Error(str_cat("output directory ", e.what(),
-                        ": wait for that run to end or train into another directory"));
+  if (lead) {
+    make_output_dir(out_);  // an unwritable place fails before any work
+    try {
+      lock = DirLock::acquire(out_, "train.lock");
+    } catch (const DirLock::Busy& e) {
+      throw Error(str_cat("output directory ", e.what(),
+                          ": wait for that run to end or train into another directory"));
+    }
+    for (const std::string& f : remove_stale_temp_files(out_, 2))
+      std::fprintf(stderr, "hrnet-train: removed the temp file of an interrupted write: %s\n",
+                   f.c_str());
   }
-  for (const std::string& f : remove_stale_temp_files(out_, 2))
-    std::fprintf(stderr, "hrnet-train: removed the temp file of an interrupted write: %s\n",
-                 f.c_str());
+  // every rank resumes (or not) as rank 0 does, from the same file: the output directory is on a
+  // file system the ranks share
+  int64_t resuming = lead && resume && fs::exists(ckpt);
+  dist::all_reduce_max(&resuming, 1, "agreeing on the checkpoint to resume from");
+  HR_CHECK(!resuming || fs::exists(ckpt), "rank ", world.rank, " cannot see ", ckpt, ", from which "
+           "rank 0 resumes: the output directory must be on a file system every rank shares");
 
   const data::Dataset& train = task_.train_data();
-  std::fprintf(stderr, "hrnet-train: %s\n", task_.describe_data().c_str());
-  if (s.gpus > 1 || s.accumulate > 1)
+  // the other ranks' stderr repeats rank 0's lines: they report only what is theirs
+  std::FILE* info = lead ? stderr : nullptr;
+  auto say = [&](const std::string& line) {
+    if (info) std::fprintf(info, "hrnet-train: %s\n", line.c_str());
+  };
+  say(task_.describe_data());
+  if (world.size > 1)
+    say(str_cat("data-parallel over ", world.size, " ranks (", world.launcher, "): batch ", s.batch,
+                " per step = ", rank_batch, " per rank x ", world.size, " ranks (the batch the "
+                "recipe means, ", s.batch_per_gpu, " per GPU x ", s.gpus, " GPUS, whatever the "
+                "number of ranks)", s.accumulate > 1 ? str_cat(", each rank's part as ", s.accumulate,
+                " micro-batches (ENGINE.ACCUMULATE_STEPS)") : std::string(),
+                "; batch norm ", s.sync_bn ? "synchronised over the ranks (ENGINE.SYNC_BN)"
+                                           : "per rank (ENGINE.SYNC_BN False)"));
+  else if (s.gpus > 1 || s.accumulate > 1)
     std::fprintf(stderr, "hrnet-train: batch %lld per step (%lld per GPU x %lld GPUS, as the "
                  "official recipe means it, on one device)%s\n", static_cast<long long>(s.batch),
                  static_cast<long long>(s.batch_per_gpu), static_cast<long long>(s.gpus),
                  s.accumulate > 1 ? str_cat(", as ", s.accumulate, " micro-batches with their "
                                             "gradients summed (ENGINE.ACCUMULATE_STEPS)").c_str()
                                   : "");
-  if (dev.is_cpu())
-    std::fprintf(stderr, "hrnet-train: CPU, %d threads, kernels %s\n", omp_get_max_threads(),
-                 cpu::cpu_isa());
+  if (dev.is_cpu() && lead)
+    std::fprintf(stderr, "hrnet-train: CPU, %d threads%s, kernels %s\n", omp_get_max_threads(),
+                 world.size > 1 ? " per rank" : "", cpu::cpu_isa());
 
   // Model and optimizer
   auto model = task_.make_model(s.seed);
   const std::string pre = task_.load_pretrained(*model);
-  if (!pre.empty()) std::fprintf(stderr, "hrnet-train: %s\n", pre.c_str());
+  if (!pre.empty()) say(pre);
   model->to(dev);
   std::unique_ptr<Optimizer> opt = make_optimizer(s, model->named_parameters());
 
@@ -501,6 +563,8 @@ EvalSummary Trainer::run() {
   lo.workers = std::max(1, std::min<int>(s.workers > 0 ? s.workers : 1,
                                          static_cast<int>(std::thread::hardware_concurrency())));
   lo.seed = s.seed;
+  lo.shard_rank = world.rank;
+  lo.shard_count = world.size;
   data::DataLoader loader(train, lo);
   HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
            " samples, fewer than one batch of ", s.batch);
@@ -512,13 +576,14 @@ EvalSummary Trainer::run() {
   TrainState st;
   st.epoch = s.begin_epoch;
   bool resumed = false;
-  if (resume && fs::exists(ckpt)) {
+  if (resuming) {
     st = load_training_checkpoint(ckpt, *model, *opt, s.seed);
     HR_CHECK(st.iter <= iters_per_epoch, "[resume] ", ckpt, ": stopped at iteration ", st.iter,
              " of epoch ", st.epoch + 1, ", but an epoch of this run has ", iters_per_epoch,
              " iterations (another batch size or training set?)");
     resumed = true;
-    if (st.iter > 0)
+    if (!lead) {
+    } else if (st.iter > 0)
       std::fprintf(stderr, "hrnet-train: resumed from %s in epoch %lld at iteration %lld of %lld "
                    "(best score %.4f)\n", ckpt.c_str(), static_cast<long long>(st.epoch + 1),
                    static_cast<long long>(st.iter), static_cast<long long>(iters_per_epoch),
@@ -527,19 +592,35 @@ EvalSummary Trainer::run() {
       std::fprintf(stderr, "hrnet-train: resumed from %s at epoch %lld (best score %.4f)\n",
                    ckpt.c_str(), static_cast<long long>(st.epoch), st.best_score);
   }
+  // every rank starts from rank 0's weights and buffers (the same seed makes the same ones; this
+  // makes sure of it)
+  if (world.size > 1)
+    for (auto& [k, t] : model->state_dict()) {
+      HR_CHECK(t.device().is_cpu() && t.is_contiguous(), "data-parallel start: ", k, " is ", t.str());
+      dist::broadcast(t.raw_data(), t.numel() * static_cast<int64_t>(dtype_size(t.dtype())), 0,
+                      "the broadcast of rank 0's weights");
+    }
   // the run goes ahead: the merged config, then the metrics
   const std::string cfg_text = cfg.dump();
-  write_file_atomic(out_ + "/config.yaml", cfg_text.data(), cfg_text.size(),
-                    "cannot write " + out_ + "/config.yaml");
+  if (lead)
+    write_file_atomic(out_ + "/config.yaml", cfg_text.data(), cfg_text.size(),
+                      "cannot write " + out_ + "/config.yaml");
   RunOptions run = run_options(s);
   run.workers = lo.workers;
 
   const std::string log_path = out_ + "/metrics.jsonl";
-  const LoggedRun logged = resumed ? scan_metrics(log_path) : LoggedRun();
-  LineLog log(log_path);
-  if (log.cut_bytes())
+  const LoggedRun logged = resumed && lead ? scan_metrics(log_path) : LoggedRun();
+  std::optional<LineLog> metrics;  // rank 0's
+  if (lead) metrics.emplace(log_path);
+  struct {
+    std::optional<LineLog>& log;
+    void append(const std::string& line) { if (log) log->append(line); }
+    void sync() { if (log) log->sync(); }
+    void close() { if (log) log->close(); }
+  } log{metrics};
+  if (metrics && metrics->cut_bytes())
     std::fprintf(stderr, "hrnet-train: %s ended in a cut line (%zu bytes, from an interrupted "
-                 "write): removed\n", log_path.c_str(), log.cut_bytes());
+                 "write): removed\n", log_path.c_str(), metrics->cut_bytes());
   log.append(str_cat("{\"type\":\"start\",\"epoch\":", st.epoch, ",\"iter\":", st.iter,
                      ",\"step\":", st.global_step, ",\"resumed\":", resumed ? "true" : "false",
                      ",\"pid\":", long(::getpid()), "}"));
@@ -555,11 +636,21 @@ EvalSummary Trainer::run() {
   bool evaluated = false;
   ProgressBar total_clock("", 0, "img", nullptr);
   TrainStep step(task_, *model, *opt, dev, s.autocast(), s.graph, s.accumulate);
+  step.set_data_parallel(s.sync_bn);
+  // A stop asked of any rank (its signal) stops every rank at the same step boundary.
+  auto stop_agreed = [&]() -> bool {
+    if (world.size <= 1) return stop_requested() != 0;
+    int64_t f[2] = {stop_requested() != 0, std::max(stop_requested(), 0)};
+    dist::all_reduce_max(f, 2, "agreeing whether to stop");
+    if (f[0] && !stop_requested()) request_stop(static_cast<int>(f[1]));
+    return f[0] != 0;
+  };
   // Stops where the run is: a checkpoint of that position when there is one to write, then
   // Interrupted (hrnet-train says where it stopped and exits non-zero).
   auto stop_here = [&](bool save, const std::string& where) {
     const int sig = stop_requested();
-    if (save) save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+    if (save && lead) save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+    dist::barrier("waiting for rank 0's checkpoint");
     log.append(str_cat("{\"type\":\"stop\",\"epoch\":", st.epoch, ",\"iter\":", st.iter,
                        ",\"step\":", st.global_step, ",\"signal\":\"", signal_name(sig), "\"}"));
     log.close();
@@ -568,7 +659,7 @@ EvalSummary Trainer::run() {
                               has_ckpt ? str_cat("; checkpoint ", ckpt) : std::string("; nothing to resume from")),
                       sig, has_ckpt);
   };
-  if (stop_requested()) stop_here(false, "before training");
+  if (stop_agreed()) stop_here(false, "before training");
 
   // the schedule of ENGINE.LR_SCHEDULE (TrainSettings::lr_at), set before every step
   for (int64_t epoch = st.epoch; epoch < end_epoch; ++epoch) {
@@ -579,7 +670,7 @@ EvalSummary Trainer::run() {
     model->train();
     loader.start_epoch(epoch, first_iter);
     ProgressBar bar(str_cat("epoch ", epoch + 1, "/", end_epoch),
-                    (iters_per_epoch - first_iter) * s.batch, "img");
+                    (iters_per_epoch - first_iter) * s.batch, "img", info);
     // The losses are read (on CUDA: the one wait for the GPU) every PRINT_FREQ iterations and at
     // the end of the epoch; a non-finite loss in any step since the last read stops training.
     double loss_sum = st.epoch_loss_sum;  // of the steps read so far
@@ -587,7 +678,15 @@ EvalSummary Trainer::run() {
     int64_t seen = st.epoch_samples, loss_seen = st.epoch_loss_samples, iter = first_iter,
             skipped = st.epoch_skipped;
     auto read_losses = [&](int64_t last_iter) {
-      const TrainStep::Losses l = step.take_losses();
+      TrainStep::Losses l = step.take_losses();
+      if (world.size > 1) {  // the job's: every rank reads at the same iterations
+        double v[4] = {l.sum, double(l.samples), double(l.last), double(l.steps)};
+        dist::all_reduce_sum(v, 4, "the losses' all-reduce");
+        l.sum = v[0];
+        l.samples = static_cast<int64_t>(v[1]);
+        l.last = float(v[2] / world.size);
+        l.steps = static_cast<int64_t>(v[3]) / world.size;
+      }
       if (l.steps == 0) return;
       HR_CHECK(std::isfinite(l.last) && std::isfinite(l.sum), "training diverged at epoch ", epoch,
                ", by iteration ", last_iter, ": loss ", l.last, ", mean of the last ", l.steps,
@@ -596,9 +695,18 @@ EvalSummary Trainer::run() {
       loss_sum += l.sum;
       loss_seen += l.samples;
     };
+    // the job's sample counts, at a step boundary where every rank is (after read_losses)
+    int64_t skipped_here = 0;  // this rank's skipped samples not yet added to `skipped`
+    auto sync_counts = [&] {
+      seen = loss_seen;  // read_losses summed the ranks' batch sizes
+      double v = double(skipped_here);
+      dist::all_reduce_sum(&v, 1, "the skipped samples' all-reduce");
+      skipped += static_cast<int64_t>(v);
+      skipped_here = 0;
+    };
     data::Batch b;
     while ((s.max_iter <= 0 || st.global_step < s.max_iter) && loader.next(b)) {
-      skipped += b.skipped;
+      skipped_here += b.skipped;
       for (const auto& e : b.errors) std::fprintf(stderr, "hrnet-train: skipped: %s\n", e.c_str());
       if (b.size() > 0) {
         if (s.lr_schedule != "multistep") {
@@ -606,11 +714,11 @@ EvalSummary Trainer::run() {
           opt->set_lr(lr);
         }
         step.step(b);
-        seen += b.size();
+        seen += b.size();  // this rank's: the job's once the losses are read (sync_counts)
         ++st.global_step;
         const bool print = iter % s.print_freq == 0;
         if (print) read_losses(iter);
-        bar.update(b.size() + b.skipped,
+        bar.update((b.size() + b.skipped) * world.size,
                    str_cat("loss ", num(loss_seen ? loss_sum / loss_seen : NAN), " lr ", num(lr)));
         if (print)
           log.append(str_cat("{\"type\":\"train\",\"epoch\":", epoch, ",\"iter\":", iter,
@@ -621,9 +729,10 @@ EvalSummary Trainer::run() {
                              mark(st.global_step <= logged.max_step), "}"));
       }
       ++iter;
-      if (stop_requested()) {
+      if (stop_agreed()) {
         // the step boundary: the position reached and the epoch's sums so far
         read_losses(iter - 1);
+        sync_counts();
         bar.finish();
         st.epoch = epoch;
         st.iter = iter;
@@ -636,6 +745,7 @@ EvalSummary Trainer::run() {
       }
     }
     read_losses(iter - 1);
+    sync_counts();
     bar.finish();
     st.epoch = epoch + 1;
     st.iter = 0;
@@ -648,12 +758,19 @@ EvalSummary Trainer::run() {
                        ",\"img_per_s\":", num(bar.rate()), ",\"lr\":", num(lr),
                        mark(logged.epochs.count(epoch) > 0), "}"));
     log.sync();
-    if (skipped)
+    if (skipped && lead)
       std::fprintf(stderr, "hrnet-train: %lld corrupt samples skipped in epoch %lld\n",
                    static_cast<long long>(skipped), static_cast<long long>(epoch + 1));
 
     const bool last = epoch + 1 == end_epoch;
-    if (last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0) {
+    const bool eval_now = last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0;
+    if (eval_now && !lead) {
+      // rank 0 evaluates and writes the checkpoint; the others wait for it, bounded by
+      // ENGINE.DIST_EVAL_TIMEOUT (a dead rank 0 ends the job through the launcher)
+      dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
+      dist::barrier("waiting for rank 0's evaluation");
+      dist::set_timeout(s.dist_timeout);
+    } else if (eval_now) {
       last_eval = task_.evaluate(*model, run);
       evaluated = true;
       std::string line;
@@ -675,12 +792,20 @@ EvalSummary Trainer::run() {
                           {last_eval.score_name, num(last_eval.score)}});
       }
     }
-    save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
-    if (stop_requested() && !last)
+    if (lead) {
+      save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+      if (eval_now) {
+        dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
+        dist::barrier("waiting for rank 0's evaluation");
+        dist::set_timeout(s.dist_timeout);
+      }
+    }
+    if (stop_agreed() && !last)
       stop_here(false, str_cat("after epoch ", epoch + 1, " of ", end_epoch, " (step ",
                                st.global_step, ")"));
   }
 
+  if (!lead) return last_eval;  // rank 0 writes the outputs and reports
   save_safetensors(out_ + "/final_state.safetensors", model->state_dict(),
                    {{"model", model->spec().name}, {"epoch", std::to_string(st.epoch)}});
   if (!evaluated) last_eval = task_.evaluate(*model, run);

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/dist.h"
 #include "engine/graph.h"
 #include "engine/optim.h"
 #include "tasks/task.h"
@@ -70,6 +71,12 @@ class TrainStep {
   TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Device dev, DType autocast,
             bool graph, int accumulate = 1);
   ~TrainStep();
+  // A data-parallel job (engine/dist.h, more than one rank): each rank's batch is its part of the
+  // job's batch; the gradients are averaged over the ranks before the optimizer's step (CPU: in
+  // buckets, each reduced while the rest of the backward pass runs), so every rank takes the same
+  // step. sync_bn: training batch norms take their statistics over all ranks (SyncBatchNorm).
+  // Call before the first step.
+  void set_data_parallel(bool sync_bn);
   // One step; on CUDA with the graph it may still be running on return.
   void step(const data::Batch& batch);
   struct Losses {
@@ -94,6 +101,11 @@ class TrainStep {
   DType autocast_;
   bool graph_;
   int accumulate_;
+  bool sync_bn_ = false;
+  std::unique_ptr<dist::GradientReducer> reducer_;  // data-parallel jobs
+  std::vector<Tensor> params_;                      // the model's, in the reducer's order
+  std::map<const void*, size_t> param_index_;
+  void reduce_gradients();  // finishes the reducer (no-op alone)
   void step_accumulated(const data::Batch& batch);
   graph::Executable& executable_for(const data::Batch& batch);
   Losses host_losses_;    // the steps not yet taken whose losses the host read (CPU, eager)

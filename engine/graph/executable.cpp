@@ -46,6 +46,9 @@ struct Executable::Impl {
     int next = 0;
   };
   std::map<V, Staging> staging;
+  // gradient-ready callbacks (CPU): per node, the parameters whose gradient it completes
+  std::vector<std::vector<size_t>> grads_done_at;
+  std::function<void(const Tensor&, const Tensor&)> grad_ready;
   // profiling
   bool profiling = false;
   std::map<std::string, double> prof_seconds;
@@ -169,6 +172,11 @@ void Executable::Impl::launch_all() {
       if (sched.records[i]) cuda::record_event(events[i], st);
     } else {
       exec_node(i);
+      if (grad_ready && !grads_done_at.empty())
+        for (size_t k : grads_done_at[i]) {
+          const Tensor& p = grads.params[k];
+          grad_ready(p, views[grads.of_param.at(p.impl())]);
+        }
     }
   }
 }
@@ -363,6 +371,17 @@ Tensor Executable::grad(const Tensor& param) const {
 }
 
 std::vector<Tensor> Executable::trained_parameters() const { return impl_->grads.params; }
+
+void Executable::set_gradient_ready(std::function<void(const Tensor&, const Tensor&)> ready) {
+  Impl& m = *impl_;
+  m.grad_ready = std::move(ready);
+  if (!m.grad_ready || !m.grads_done_at.empty()) return;
+  m.grads_done_at.assign(m.g().nodes.size(), {});
+  for (size_t k = 0; k < m.grads.params.size(); ++k) {
+    const int producer = m.g().values[m.grads.of_param.at(m.grads.params[k].impl())].producer;
+    if (producer >= 0) m.grads_done_at[static_cast<size_t>(producer)].push_back(k);
+  }
+}
 
 void Executable::set_profiling(bool on) { impl_->profiling = on; }
 

@@ -67,6 +67,10 @@ class Executable {
   Tensor grad(const Tensor& param) const;
   // Parameters that receive gradients, in the order they were first used.
   std::vector<Tensor> trained_parameters() const;
+  // CPU training runs: called with (parameter, its gradient) right after the node that completes
+  // that gradient, while the rest of the backward pass is still to run (the data-parallel
+  // gradient reduction starts there: dist::GradientReducer). Empty: none.
+  void set_gradient_ready(std::function<void(const Tensor& param, const Tensor& grad)> ready);
   // Inference: recompute what was derived from the parameters (folded weights) after they
   // changed (training continued, a checkpoint was loaded).
   void refresh_constants();

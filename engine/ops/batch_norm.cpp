@@ -2,16 +2,37 @@
 // convolution for inference.
 #include "engine/ops/batch_norm.h"
 
+#include "engine/dist.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/fused.h"
+
+namespace hr {
+namespace {
+thread_local bool g_sync_bn = false;
+}
+SyncBatchNormGuard::SyncBatchNormGuard(bool on) : prev_(g_sync_bn) { g_sync_bn = on; }
+SyncBatchNormGuard::~SyncBatchNormGuard() { g_sync_bn = prev_; }
+bool sync_batch_norm() { return g_sync_bn; }
+}  // namespace hr
 
 namespace hr::ops {
 
 using namespace detail;
 
 namespace {
+
+// The per-channel sums of synchronised batch norm, summed over the ranks.
+void reduce_bn_sums(double* sums, int64_t n) {
+  dist::all_reduce_sum(sums, n, "the synchronised batch norm's all-reduce");
+}
+
+// CUDA has no synchronised kernels yet: one rank is plain batch norm, more is refused.
+void check_sync_cuda(const char* op) {
+  HR_CHECK(!dist::distributed(), op, ": synchronised batch norm over ", dist::world().size,
+           " ranks runs on the CPU only for now (set ENGINE.SYNC_BN false on CUDA)");
+}
 
 // x [N,C,...] as the kernels see it: CPU [N, C, HW], CUDA rows [M = N*HW, C].
 struct BnDims {
@@ -27,11 +48,12 @@ struct BatchNormBwdOp final : OpDef {
   bool training, relu;
   float eps;
   std::array<bool, 4> need;
-  BatchNormBwdOp(bool t, bool r, float e, std::array<bool, 4> n)
-      : training(t), relu(r), eps(e), need(n) {}
+  bool sync;
+  BatchNormBwdOp(bool t, bool r, float e, std::array<bool, 4> n, bool s)
+      : training(t), relu(r), eps(e), need(n), sync(s && t) {}
   const char* name() const override { return "batch_norm_backward"; }
   std::string attributes() const override {
-    return str_cat(training ? "training" : "inference", relu ? ", relu" : "");
+    return str_cat(training ? "training" : "inference", relu ? ", relu" : "", sync ? ", sync" : "");
   }
   std::vector<Meta> infer(const std::vector<Meta>& in) const override {
     const Meta &x = in[0], &y = in[1], &dy = in[2];
@@ -53,7 +75,11 @@ struct BatchNormBwdOp final : OpDef {
   void run_cpu(const KernelArgs& a) const override {
     const BnDims d(a.in[0].shape());
     const float *x = fptr(a.in[0]), *y = fptr(a.in[1]), *dy = fptr(a.in[2]), *g = fptr(a.in[3]);
-    if (training)
+    if (sync)
+      cpu::batchnorm_act_train_backward_sync(d.N, d.C, d.HW, x, y, dy, g, fptr(a.in[4]),
+                                             fptr(a.in[5]), relu, fptr(a.out[0]), fptr(a.out[1]),
+                                             fptr(a.out[2]), fptr(a.out[3]), reduce_bn_sums);
+    else if (training)
       cpu::batchnorm_act_train_backward(d.N, d.C, d.HW, x, y, dy, g, fptr(a.in[4]),
                                         fptr(a.in[5]), relu, fptr(a.out[0]), fptr(a.out[1]),
                                         fptr(a.out[2]), fptr(a.out[3]));
@@ -65,6 +91,7 @@ struct BatchNormBwdOp final : OpDef {
   void run_cuda(const KernelArgs& a) const override {
     const BnDims d(a.in[0].shape());
     const cuda::DT t = dt(a.in[0], name());
+    if (sync) check_sync_cuda(name());
     if (training) {
       cuda::batchnorm_act_train_backward(t, d.M(), d.C, vptr(a.in[0]), vptr(a.in[1]),
                                          vptr(a.in[2]), fptr(a.in[3]), fptr(a.in[4]),
@@ -131,6 +158,7 @@ OpPtr make_bn(bool training, bool relu, float momentum, float eps, const Tensor&
   bn->momentum = momentum;
   bn->eps = eps;
   if (training) bn->num_batches_tracked = counter;
+  bn->sync = training && sync_batch_norm();
   return bn;
 }
 
@@ -140,7 +168,8 @@ OpPtr make_bn(bool training, bool relu, float momentum, float eps, const Tensor&
 const char* BatchNormOp::name() const { return fused ? "batch_norm_act" : "batch_norm"; }
 
 std::string BatchNormOp::attributes() const {
-  return str_cat(training ? "training" : "inference", relu ? ", relu" : "", ", eps ", eps);
+  return str_cat(training ? "training" : "inference", relu ? ", relu" : "", sync ? ", sync" : "",
+                 ", eps ", eps);
 }
 
 std::vector<Meta> BatchNormOp::infer(const std::vector<Meta>& in) const {
@@ -173,7 +202,12 @@ std::vector<Meta> BatchNormOp::infer(const std::vector<Meta>& in) const {
 
 void BatchNormOp::run_cpu(const KernelArgs& a) const {
   const BnDims d(a.in[0].shape());
-  if (training)
+  if (training && sync)
+    cpu::batchnorm_act_train_forward_sync(d.N, d.C, d.HW, fptr(a.in[0]), fptr(a.in[1]),
+                                          fptr(a.in[2]), eps, momentum, fptr(a.in[3]),
+                                          fptr(a.in[4]), fptr(a.in[5]), relu, fptr(a.out[0]),
+                                          fptr(a.out[1]), fptr(a.out[2]), reduce_bn_sums);
+  else if (training)
     cpu::batchnorm_act_train_forward(d.N, d.C, d.HW, fptr(a.in[0]), fptr(a.in[1]), fptr(a.in[2]),
                                      eps, momentum, fptr(a.in[3]), fptr(a.in[4]), fptr(a.in[5]),
                                      relu, fptr(a.out[0]), fptr(a.out[1]), fptr(a.out[2]));
@@ -186,6 +220,7 @@ void BatchNormOp::run_cpu(const KernelArgs& a) const {
 void BatchNormOp::run_cuda(const KernelArgs& a) const {
   const BnDims d(a.in[0].shape());
   const cuda::DT t = dt(a.in[0], name());
+  if (training && sync) check_sync_cuda(name());
   if (training)
     cuda::batchnorm_act_train_forward(t, d.M(), d.C, vptr(a.in[0]), fptr(a.in[1]), fptr(a.in[2]),
                                       eps, momentum, fptr(a.in[3]), fptr(a.in[4]), vptr(a.in[5]),
@@ -207,7 +242,8 @@ std::vector<Tensor> BatchNormOp::backward(const GradArgs& a) const {
   const Tensor stat_a = training ? a.out[1] : a.in[3], stat_b = training ? a.out[2] : a.in[4];
   auto [dx, dres, dg, db] =
       batch_norm_backward(a.in[0], relu ? a.out[0] : Tensor(), dy, a.in[1], stat_a, stat_b,
-                          training, relu, eps, {a.need[0], need_res && relu, a.need[1], a.need[2]});
+                          training, relu, eps, {a.need[0], need_res && relu, a.need[1], a.need[2]},
+                          sync);
   // without the ReLU the residual's gradient is dy itself, as add's backward gives it
   return {dx, dg, db, Tensor(), Tensor(), need_res ? (relu ? dres : dy) : Tensor()};
 }
@@ -230,8 +266,8 @@ Tensor batch_norm_act(const Tensor& x, const Tensor& residual, bool relu, const 
 std::array<Tensor, 4> batch_norm_backward(const Tensor& x, const Tensor& y, const Tensor& dy,
                                           const Tensor& gamma, const Tensor& stat_a,
                                           const Tensor& stat_b, bool training, bool relu,
-                                          float eps, std::array<bool, 4> need) {
-  auto r = hr::apply(std::make_shared<BatchNormBwdOp>(training, relu, eps, need),
+                                          float eps, std::array<bool, 4> need, bool sync) {
+  auto r = hr::apply(std::make_shared<BatchNormBwdOp>(training, relu, eps, need, sync),
                  {x, relu ? y : Tensor(), dy, gamma, stat_a, stat_b});
   return {r[0], r[1], r[2], r[3]};
 }

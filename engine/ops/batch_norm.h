@@ -13,6 +13,8 @@ namespace hr::ops {
 struct BatchNormOp final : OpDef {
   bool training = false, relu = false;
   bool fused = false;  // made by batch_norm_act or the fusion pass: named so in errors
+  // training statistics over the ranks of a data-parallel job (SyncBatchNormGuard)
+  bool sync = false;
   float momentum = 0.1f, eps = 1e-5f;
   Tensor num_batches_tracked;
   const char* name() const override;

@@ -3,6 +3,7 @@
 // accumulates gradients itself). Kernels are multithreaded with OpenMP; matrix work uses Eigen.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "kernels/shapes.h"
@@ -67,6 +68,23 @@ void batchnorm_act_train_backward(int64_t N, int64_t C, int64_t HW, const float*
                                   const float* dy, const float* gamma, const float* save_mean,
                                   const float* save_invstd, bool relu, float* dx, float* dresidual,
                                   float* dgamma, float* dbeta);
+// Synchronised batch norm (SyncBN, data-parallel jobs): batchnorm_act_train_forward and
+// _backward with every per-channel sum (and the count of values) passed through all_reduce
+// (summed in place over the ranks) before use: the statistics of all ranks' batches together.
+// The backward's dgamma / dbeta stay this rank's own sums; dx uses the reduced ones. With an
+// all_reduce that changes nothing, the unsynchronised kernels' bits.
+using SumReducer = std::function<void(double* sums, int64_t n)>;
+void batchnorm_act_train_forward_sync(int64_t N, int64_t C, int64_t HW, const float* x,
+                                      const float* gamma, const float* beta, float eps,
+                                      float momentum, float* running_mean, float* running_var,
+                                      const float* residual, bool relu, float* y,
+                                      float* save_mean, float* save_invstd,
+                                      const SumReducer& all_reduce);
+void batchnorm_act_train_backward_sync(int64_t N, int64_t C, int64_t HW, const float* x,
+                                       const float* y, const float* dy, const float* gamma,
+                                       const float* save_mean, const float* save_invstd, bool relu,
+                                       float* dx, float* dresidual, float* dgamma, float* dbeta,
+                                       const SumReducer& all_reduce);
 // y = act(BN_infer(x) + residual) with running statistics; residual may be nullptr.
 void batchnorm_act_infer_forward(int64_t N, int64_t C, int64_t HW, const float* x,
                                  const float* gamma, const float* beta, const float* running_mean,
