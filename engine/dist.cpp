@@ -7,11 +7,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <thread>
 
 #include "engine/error.h"
+#include "engine/stream.h"
+#include "kernels/cuda/nccl.h"
 
 #ifdef HR_WITH_MPI
 #define OMPI_SKIP_MPICXX 1  // the C API only (Open MPI's deprecated C++ bindings need libmpi_cxx)
@@ -160,6 +163,21 @@ const World& init() {
   MPI_Comm_size(local, &w.local_size);
   MPI_Comm_free(&local);
   MPI_Comm_dup(MPI_COMM_WORLD, &g_grad_comm);
+  // one GPU per process: the local rank's (of CUDA_VISIBLE_DEVICES' list when set), made the
+  // only one it sees, before anything touches CUDA
+  if (w.size > 1) {
+    const char* vis = std::getenv("CUDA_VISIBLE_DEVICES");
+    std::vector<std::string> ids;
+    for (std::string rest = vis ? vis : ""; !rest.empty();) {
+      const size_t c = rest.find(',');
+      ids.push_back(rest.substr(0, c));
+      rest = c == std::string::npos ? "" : rest.substr(c + 1);
+    }
+    if (!vis)
+      ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(w.local_rank).c_str(), 1);
+    else if (ids.size() > 1)
+      ::setenv("CUDA_VISIBLE_DEVICES", ids[static_cast<size_t>(w.local_rank) % ids.size()].c_str(), 1);
+  }
   g_world = w;
   g_init = true;
   auto agree = [&](const char* what, int env, int mpi) {
@@ -276,6 +294,16 @@ void barrier(const char* what) {
 #endif
 }
 
+void* nccl_comm() {
+  static void* comm = [] {
+    char id[cuda::kNcclIdBytes] = {};
+    if (g_world.rank == 0) cuda::nccl_unique_id(id);
+    broadcast(id, sizeof id, 0, "the broadcast of the NCCL id");
+    return cuda::nccl_init(id, g_world.rank, g_world.size);
+  }();
+  return comm;
+}
+
 // ---------------------------------------------------------------------------------------------
 // GradientReducer
 // ---------------------------------------------------------------------------------------------
@@ -294,6 +322,8 @@ struct GradientReducer::Impl {
   std::vector<char> is_ready;
   std::vector<Tensor> grads;  // this step's gradient of each parameter
   size_t next_launch = 0;     // buckets launch in index order on every rank
+  bool device = false;        // CUDA: NCCL at finish()
+  bool active = false;
 
   // the communication thread
   std::mutex mu;
@@ -355,7 +385,7 @@ struct GradientReducer::Impl {
   }
 };
 
-GradientReducer::GradientReducer(std::vector<Tensor> params, int64_t bucket_bytes)
+GradientReducer::GradientReducer(std::vector<Tensor> params, int64_t bucket_bytes, bool always)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.params = std::move(params);
@@ -364,7 +394,16 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, int64_t bucket_byte
   m.offset_of.assign(n, 0);
   m.is_ready.assign(n, 0);
   m.grads.assign(n, Tensor());
-  if (world().size <= 1) return;
+  m.active = world().size > 1 || always;
+  if (!m.active || n == 0) return;
+  m.device = m.params[0].device().is_cuda();
+  for (const Tensor& p : m.params)
+    HR_CHECK(p.device() == m.params[0].device() && p.dtype() == DType::f32, "gradient reducer: "
+             "the parameters must be f32 on one device, got ", p.str());
+  if (m.device) {
+    nccl_comm();  // every rank makes it now, not inside a capture
+    return;
+  }
   // reverse order: the backward pass finishes the last layers' gradients first
   int64_t bytes = 0;
   for (size_t j = n; j-- > 0;) {
@@ -401,7 +440,7 @@ int64_t GradientReducer::buckets() const { return static_cast<int64_t>(impl_->bu
 
 void GradientReducer::ready(size_t k, const Tensor& grad) {
   Impl& m = *impl_;
-  if (m.buckets.empty()) return;
+  if (m.buckets.empty()) return;  // one rank, or CUDA (all at finish)
   HR_CHECK(k < m.params.size(), "gradient reducer: parameter ", k, " of ", m.params.size());
   if (m.is_ready[k]) return;
   Impl::Bucket& b = m.buckets[m.bucket_of[k]];
@@ -424,6 +463,26 @@ void GradientReducer::ready(size_t k, const Tensor& grad) {
 
 void GradientReducer::finish() {
   Impl& m = *impl_;
+  if (m.device) {
+    // every rank all-reduces every parameter, in the same order: a gradient this rank's loss did
+    // not reach is zeros here
+    std::vector<Tensor> grads;
+    for (Tensor p : m.params) {
+      Tensor g = p.grad();
+      if (!g.defined()) {
+        g = Tensor::zeros(p.shape(), DType::f32, p.device());
+        p.set_grad(g);
+      }
+      HR_CHECK(g.is_contiguous() && g.dtype() == DType::f32, "gradient reducer: gradient ", g.str());
+      grads.push_back(g);
+    }
+    void* comm = nccl_comm();
+    cuda::nccl_group_start();
+    for (Tensor& g : grads)
+      cuda::nccl_all_reduce(comm, g.raw_data(), g.numel(), cuda::DT::f32, true, current_stream());
+    cuda::nccl_group_end();
+    return;
+  }
   if (m.buckets.empty()) return;
   for (size_t k = m.params.size(); k-- > 0;)
     if (!m.is_ready[k]) ready(k, m.params[k].grad());

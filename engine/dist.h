@@ -56,16 +56,24 @@ void finalize();
 // The tensors of a CPU float tensor's storage (contiguous f32) in place, summed over the ranks.
 void all_reduce_sum(Tensor& t, const char* what);
 
-// The data-parallel gradient reduction: the gradients of `params` averaged over the ranks, in
-// buckets of about bucket_bytes, each bucket reduced as soon as all of its gradients are ready
-// (ready(k), in any order, e.g. from the graph's backward as each gradient completes), on a
-// communication thread that overlaps with the rest of the backward pass; finish() waits for the
-// last bucket and writes the averages back into the gradients. With one rank every call is free.
-// CPU gradients (f32). The buckets follow the reverse of the parameters' order (the order the
-// backward produces them).
+// The job's NCCL communicator (made on first use: rank 0's unique id broadcast over MPI; with one
+// rank, made alone), on the current CUDA device. Throws where the build has no NCCL.
+void* nccl_comm();
+
+// The data-parallel gradient reduction: the gradients of `params` averaged over the ranks.
+// CPU (MPI): in buckets of about bucket_bytes, each bucket reduced as soon as all of its
+// gradients are ready (ready(k), in any order, e.g. from the graph's backward as each gradient
+// completes), on a communication thread that overlaps with the rest of the backward pass;
+// finish() waits for the last bucket and writes the averages back into the gradients. The
+// buckets follow the reverse of the parameters' order (the order the backward produces them).
+// CUDA (NCCL): finish() enqueues one group of in-place averaging all-reduces on the current
+// stream and returns (capturable into the training step's CUDA graph); ready() does nothing.
+// With one rank every call is free, unless `always` (tests: the NCCL path with a communicator
+// of one rank).
 class GradientReducer {
  public:
-  explicit GradientReducer(std::vector<Tensor> params, int64_t bucket_bytes = 16 << 20);
+  explicit GradientReducer(std::vector<Tensor> params, int64_t bucket_bytes = 16 << 20,
+                           bool always = false);
   ~GradientReducer();
   // The gradient of params[k] (the tensor to average in place) is final.
   void ready(size_t k, const Tensor& grad);

@@ -87,6 +87,7 @@ class PoseTask : public Task {
   Tensor loss(const std::vector<Tensor>& outputs,
               const std::map<std::string, Tensor>& targets) const override;
   EvalSummary evaluate(models::HRNet& model, const RunOptions& run) override;
+  bool splits_evaluation() const override { return true; }
   void save_outputs(const std::string& dir) override;
   // COCO keypoint results JSON against TEST_SET's annotations.
   std::string score_results(const std::string& path) override;

@@ -161,6 +161,12 @@ RunOptions run_options(const TrainSettings& s) {
   return r;
 }
 
+std::pair<size_t, size_t> shard_range(size_t n, const RunOptions& run) {
+  const size_t k = static_cast<size_t>(std::max(run.shard_count, 1)),
+               r = static_cast<size_t>(std::max(run.shard_rank, 0));
+  return {n * r / k, n * (r + 1) / k};
+}
+
 // ---------------------------------------------------------------------------------------------
 Task::Task(Config cfg) : cfg_(std::move(cfg)), settings_(TrainSettings::from_config(cfg_)) {}
 

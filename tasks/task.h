@@ -9,7 +9,11 @@
 #include <utility>
 #include <vector>
 
+#include <cstring>
+#include <type_traits>
+
 #include "data/dataset.h"
+#include "engine/dist.h"
 #include "engine/tensor.h"
 #include "models/config.h"
 #include "models/hrnet.h"
@@ -88,8 +92,32 @@ struct RunOptions {
   // The test-time augmentation of the config (seg: TEST.FLIP_TEST, MULTI_SCALE), as the official
   // test tools use it; the official trainers' validation leaves it out (hrnet-eval sets it).
   bool test_augmentation = false;
+  // A data-parallel job's evaluation (Task::splits_evaluation): this rank runs part shard_rank
+  // of shard_count of the validation split, and the parts are gathered (every rank then holds
+  // the whole result).
+  int shard_rank = 0, shard_count = 1;
 };
 RunOptions run_options(const TrainSettings& s);
+
+// This rank's contiguous part [begin, end) of n items (the parts in rank order, sizes as even as
+// they come).
+std::pair<size_t, size_t> shard_range(size_t n, const RunOptions& run);
+// Every rank's items, concatenated in rank order (a collective of the job's ranks; one part:
+// `mine`). T is trivially copyable.
+template <class T>
+std::vector<T> gather_shards(const std::vector<T>& mine, const RunOptions& run) {
+  static_assert(std::is_trivially_copyable<T>::value, "gather_shards: T must be trivially copyable");
+  if (run.shard_count <= 1) return mine;
+  const std::string bytes(reinterpret_cast<const char*>(mine.data()), mine.size() * sizeof(T));
+  std::vector<T> all;
+  for (const std::string& part : dist::all_gather(bytes, "the evaluation's gather")) {
+    const size_t k = part.size() / sizeof(T);
+    const size_t at = all.size();
+    all.resize(at + k);
+    std::memcpy(static_cast<void*>(all.data() + at), part.data(), k * sizeof(T));
+  }
+  return all;
+}
 
 // One evaluation: the best-model rule's score (higher is better), every metric for the log, and
 // a table to print.
@@ -127,6 +155,9 @@ class Task {
 
   // Evaluates the model (eval mode) on the validation split.
   virtual EvalSummary evaluate(models::HRNet& model, const RunOptions& run) = 0;
+  // Whether evaluate() runs its part of a data-parallel job's validation split (RunOptions'
+  // shard) and gathers the rest (every rank calls it); otherwise rank 0 evaluates alone.
+  virtual bool splits_evaluation() const { return false; }
   // Writes what the last evaluation produced (results files, a picture) under `dir`.
   virtual void save_outputs(const std::string& dir) = 0;
   // Scores a results file the task writes (hrnet-eval --results); returns the metrics table.

@@ -84,6 +84,7 @@ void save_training_checkpoint(const std::string& path, const models::HRNet& mode
                     {"epoch_loss_samples", std::to_string(st.epoch_loss_samples)},
                     {"epoch_samples", std::to_string(st.epoch_samples)},
                     {"epoch_skipped", std::to_string(st.epoch_skipped)},
+                    {"ranks", std::to_string(st.ranks)},
                     {"seed", std::to_string(seed)},
                     {"config", config_text}});
 }
@@ -137,6 +138,7 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
     st.epoch_loss_samples = opt_int("epoch_loss_samples");
     st.epoch_samples = opt_int("epoch_samples");
     st.epoch_skipped = opt_int("epoch_skipped");
+    st.ranks = std::max<int64_t>(1, opt_int("ranks"));
     st.epoch_loss_sum = meta.count("epoch_loss_sum") ? std::stod(meta.at("epoch_loss_sum")) : 0.0;
     HR_CHECK(st.epoch >= 0 && st.iter >= 0 && st.global_step >= 0, "[resume] ", path,
              ": corrupt metadata (negative epoch, iteration or step)");
@@ -166,16 +168,16 @@ TrainStep::TrainStep(const Task& task, models::HRNet& model, Optimizer& opt, Dev
 
 TrainStep::~TrainStep() = default;
 
-void TrainStep::set_data_parallel(bool sync_bn) {
+void TrainStep::set_data_parallel(bool sync_bn, bool always) {
   HR_CHECK(graphs_.empty() && !host_losses_.steps, "train step: set_data_parallel after a step");
   sync_bn_ = sync_bn;
-  if (!dist::distributed()) return;
-  HR_CHECK(dev_.is_cpu(), "data-parallel training over ", dist::world().size,
-           " ranks runs on the CPU (MPI) in this version: the CUDA path (NCCL) is not wired into "
-           "the training step yet; set ENGINE.DEVICE cpu or run one process per job");
+  if (!dist::distributed() && !always) return;
+  HR_CHECK(!(dev_.is_cuda() && sync_bn && dist::distributed()), "ENGINE.SYNC_BN: synchronised "
+           "batch norm over ", dist::world().size, " ranks runs on the CPU only in this version; "
+           "set ENGINE.SYNC_BN False for a CUDA job (per-rank batch norm)");
   params_ = model_.parameters();
   for (size_t k = 0; k < params_.size(); ++k) param_index_[params_[k].impl()] = k;
-  reducer_ = std::make_unique<dist::GradientReducer>(params_);
+  reducer_ = std::make_unique<dist::GradientReducer>(params_, 16 << 20, always);
 }
 
 void TrainStep::reduce_gradients() {
@@ -356,12 +358,14 @@ void TrainStep::step(const data::Batch& batch) {
   const int64_t n = batch.size();
   if (!e.captured()) {
     e.run();
+    reduce_gradients();  // NCCL, enqueued on the step's stream
     opt_.step();
     add_device_loss(e, n);
     // the same step, captured once; each later step replays it
     e.capture(
         [this, &e, n] {
           add_device_loss(e, n);
+          reduce_gradients();
           opt_.enqueue_step();
         },
         [this] { opt_.prepare_step(); });
@@ -575,6 +579,7 @@ EvalSummary Trainer::run() {
 
   TrainState st;
   st.epoch = s.begin_epoch;
+  st.ranks = world.size;
   bool resumed = false;
   if (resuming) {
     st = load_training_checkpoint(ckpt, *model, *opt, s.seed);
@@ -582,6 +587,12 @@ EvalSummary Trainer::run() {
              " of epoch ", st.epoch + 1, ", but an epoch of this run has ", iters_per_epoch,
              " iterations (another batch size or training set?)");
     resumed = true;
+    if (st.ranks != world.size)
+      say(str_cat("the checkpoint was written by a job of ", st.ranks, " rank",
+                  st.ranks == 1 ? "" : "s", ", this one has ", world.size, ": the batch stays ",
+                  s.batch, " per step (", rank_batch, " per rank), so training goes on at the same "
+                  "iteration with the same samples"));
+    st.ranks = world.size;
     if (!lead) {
     } else if (st.iter > 0)
       std::fprintf(stderr, "hrnet-train: resumed from %s in epoch %lld at iteration %lld of %lld "
@@ -607,6 +618,14 @@ EvalSummary Trainer::run() {
                       "cannot write " + out_ + "/config.yaml");
   RunOptions run = run_options(s);
   run.workers = lo.workers;
+  // a data-parallel job: every rank evaluates its part when the task splits its evaluation,
+  // else rank 0 evaluates alone
+  const bool split_eval = world.size > 1 && task_.splits_evaluation();
+  if (split_eval) {
+    run.shard_rank = world.rank;
+    run.shard_count = world.size;
+  }
+  run.progress = lead;
 
   const std::string log_path = out_ + "/metrics.jsonl";
   const LoggedRun logged = resumed && lead ? scan_metrics(log_path) : LoggedRun();
@@ -764,12 +783,15 @@ EvalSummary Trainer::run() {
 
     const bool last = epoch + 1 == end_epoch;
     const bool eval_now = last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0;
-    if (eval_now && !lead) {
+    if (eval_now && !lead && !split_eval) {
       // rank 0 evaluates and writes the checkpoint; the others wait for it, bounded by
       // ENGINE.DIST_EVAL_TIMEOUT (a dead rank 0 ends the job through the launcher)
       dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
       dist::barrier("waiting for rank 0's evaluation");
       dist::set_timeout(s.dist_timeout);
+    } else if (eval_now && !lead) {
+      task_.evaluate(*model, run);  // this rank's part; rank 0 reports
+      evaluated = true;
     } else if (eval_now) {
       last_eval = task_.evaluate(*model, run);
       evaluated = true;
@@ -794,7 +816,7 @@ EvalSummary Trainer::run() {
     }
     if (lead) {
       save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
-      if (eval_now) {
+      if (eval_now && !split_eval) {
         dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
         dist::barrier("waiting for rank 0's evaluation");
         dist::set_timeout(s.dist_timeout);
@@ -805,7 +827,10 @@ EvalSummary Trainer::run() {
                                st.global_step, ")"));
   }
 
-  if (!lead) return last_eval;  // rank 0 writes the outputs and reports
+  if (!lead) {  // rank 0 writes the outputs and reports
+    if (!evaluated && split_eval) task_.evaluate(*model, run);
+    return last_eval;
+  }
   save_safetensors(out_ + "/final_state.safetensors", model->state_dict(),
                    {{"model", model->spec().name}, {"epoch", std::to_string(st.epoch)}});
   if (!evaluated) last_eval = task_.evaluate(*model, run);

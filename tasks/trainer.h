@@ -39,6 +39,7 @@ struct TrainState {
   int64_t iter = 0;
   double epoch_loss_sum = 0;  // sum of loss x batch size over the steps done
   int64_t epoch_loss_samples = 0, epoch_samples = 0, epoch_skipped = 0;
+  int64_t ranks = 1;  // the processes of the job that wrote it (data-parallel; 1 before)
 };
 // Writes PATH atomically as safetensors: "model.<key>" weights and buffers, "optimizer.<slot>"
 // state, and the TrainState, the seed and the config text as metadata.
@@ -74,9 +75,10 @@ class TrainStep {
   // A data-parallel job (engine/dist.h, more than one rank): each rank's batch is its part of the
   // job's batch; the gradients are averaged over the ranks before the optimizer's step (CPU: in
   // buckets, each reduced while the rest of the backward pass runs), so every rank takes the same
-  // step. sync_bn: training batch norms take their statistics over all ranks (SyncBatchNorm).
-  // Call before the first step.
-  void set_data_parallel(bool sync_bn);
+  // step (CUDA: NCCL, inside the captured step). sync_bn: training batch norms take their
+  // statistics over all ranks (SyncBatchNorm; CPU). always: reduce even with one rank (tests of
+  // the reduction path). Call before the first step.
+  void set_data_parallel(bool sync_bn, bool always = false);
   // One step; on CUDA with the graph it may still be running on return.
   void step(const data::Batch& batch);
   struct Losses {

@@ -158,11 +158,60 @@ TEST_CASE("a 2-rank checkpoint resumes with 1 rank and the same global batch") {
   INFO(rest.err);
   REQUIRE(rest.code == 0);
   CHECK(rest.err.find("resumed from") != std::string::npos);
+  CHECK(rest.err.find("the checkpoint was written by a job of 2 ranks, this one has 1: the batch "
+                      "stays 8 per step (8 per rank)") != std::string::npos);
   // the second epoch's steps as the 2-rank job took them
   std::vector<double> a = step_losses(dir("resume")), b = step_losses(dir("full2"));
   REQUIRE(a.size() == b.size());
   require_close(a, b, 2e-4);
   CHECK(weight_gap(dir("resume"), dir("full2")) < 2e-3);
+}
+
+namespace {
+
+// Every number in a text file, in order.
+std::vector<double> numbers_in(const std::string& path) {
+  const std::string s = hr::test::slurp(path);
+  std::vector<double> v;
+  for (size_t i = 0; i < s.size();) {
+    if ((s[i] >= '0' && s[i] <= '9') || s[i] == '-') {
+      char* end = nullptr;
+      v.push_back(std::strtod(s.c_str() + i, &end));
+      i = static_cast<size_t>(end - s.c_str()) + (end == s.c_str() + i);
+    } else {
+      ++i;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("the evaluation split over 2 ranks gives the one-process results") {
+  // the weights of a finished 2-epoch job, evaluated again by a run that resumes at its end
+  Run full = train(2, dir("evalsrc"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
+  REQUIRE(full.code == 0);
+  for (const char* d : {"eval1", "eval2"}) {
+    fs::create_directories(dir(d));
+    fs::copy_file(dir("evalsrc") + "/checkpoint.safetensors", dir(d) + "/checkpoint.safetensors");
+  }
+  Run one = train(0, dir("eval1"), "TRAIN.END_EPOCH 2 --resume");
+  INFO(one.err);
+  REQUIRE(one.code == 0);
+  Run two = train(2, dir("eval2"), "TRAIN.END_EPOCH 2 --resume");
+  INFO(two.err);
+  REQUIRE(two.code == 0);
+  const std::string res = "/results/keypoints_val2017_results.json";
+  const std::vector<double> a = numbers_in(dir("eval1") + res), b = numbers_in(dir("eval2") + res);
+  REQUIRE(a.size() > 100);  // every person's 17 keypoints and score
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(b[i] == Approx(a[i]).epsilon(1e-4).margin(1e-4));
+  }
+  // the AP table on standard output, once (rank 0)
+  CHECK(two.out == one.out.substr(0, one.out.rfind("hrnet-train: done")) +
+                       two.out.substr(two.out.rfind("hrnet-train: done")));
 }
 
 namespace {

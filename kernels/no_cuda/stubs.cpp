@@ -8,6 +8,7 @@
 #include "engine/error.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/fused.h"
+#include "kernels/cuda/nccl.h"
 
 namespace hr::cuda {
 
@@ -204,6 +205,16 @@ HR_NO_CUDA(void, batchnorm_act_infer_forward,
 HR_NO_CUDA(bool, unscale_and_check, (int64_t, float*, float, Stream))
 HR_NO_CUDA(void, batchnorm_test_config, (int, int, bool))
 
+// NCCL (kernels/cuda/nccl.h)
+bool nccl_built() { return false; }
+HR_NO_CUDA(void, nccl_unique_id, (void*))
+HR_NO_CUDA(void*, nccl_init, (const void*, int, int))
+void nccl_destroy(void*) {}
+HR_NO_CUDA(void, nccl_group_start, ())
+HR_NO_CUDA(void, nccl_group_end, ())
+HR_NO_CUDA(void, nccl_all_reduce, (void*, void*, int64_t, DT, bool, Stream))
+
 #undef HR_NO_CUDA
 
 }  // namespace hr::cuda
+

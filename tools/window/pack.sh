@@ -88,8 +88,8 @@ lib_class() {
     linux-vdso.so*|ld-linux*|libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libutil.so*|libresolv.so*)
       echo base ;;
     libstdc++.so*|libgcc_s.so*) echo fallback ;;
-    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|libcudnn*.so*|libnvrtc*.so*|libnvJitLink*.so*|libnvidia-*.so*)
-      echo device ;;
+    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|libcudnn*.so*|libnvrtc*.so*|libnvJitLink*.so*|libnvidia-*.so*|libnccl.so*)
+      echo device ;;  # libnccl: 218 MB; the device's CUDA or PyTorch's nvidia-nccl wheel has it
     libhrnet_*) echo project ;;
     *) echo pack ;;
   esac
@@ -269,7 +269,8 @@ grep -qxF "/$(basename "$KITDIR")/" "$EXCLUDE" 2>/dev/null || echo "/$(basename 
 NVCC=/usr/local/cuda/bin/nvcc
 [ -x "$NVCC" ] || NVCC="$(command -v nvcc || true)"
 [ -n "$NVCC" ] || { echo "pack.sh: no nvcc: the kit is a CUDA build" >&2; exit 1; }
-CFG=(-DCMAKE_BUILD_TYPE=Release -DHR_CUDA=ON -DHR_CUDA_ARCH=90a-real -DHR_SHARED=ON
+# (no MPI: one GPU runs one process; the NCCL path is tested with a communicator of one rank)
+CFG=(-DCMAKE_BUILD_TYPE=Release -DHR_CUDA=ON -DHR_CUDA_ARCH=90a-real -DHR_SHARED=ON -DHR_MPI=OFF
      -DHR_BUILD_TESTS=ON -DHR_BUILD_BENCHMARKS=ON -DHR_BUILD_APPS=ON -DCMAKE_CUDA_COMPILER="$NVCC")
 TNAMES=()
 for p in "${TPATHS[@]}"; do TNAMES+=("$(basename "$p")"); done

@@ -381,6 +381,7 @@ peer_ready_now() { [ "$PEER_STATE" = compiling ] && [ -f "$PEER_READY.$PEER_NEXT
 step gpu graph "test_cuda_graph (capture, streams, optimizer replay)" "$CORR" 60 "$BIN/test_cuda_graph"
 step gpu graph "test_cuda_graph_exec (compiled graphs on CUDA, captured)" "$CORR" 90 "$BIN/test_cuda_graph_exec"
 step gpu graph "test_cuda_runtime (streams, events, allocator)" "$CORR" 30 "$BIN/test_cuda_runtime"
+step gpu graph "test_cuda_nccl (NCCL gradient reduction, one rank, captured)" "$CORR" 30 "$BIN/test_cuda_nccl"
 step gpu graph "test_backend_ops -b cuda (every op, CUDA eager and graph)" "$CORR" 90 "$BIN/test_backend_ops" -b cuda
 
 # ---------------------------------------------------------------------------------------------
