@@ -67,6 +67,14 @@ Run train(int ranks, const std::string& out, const std::string& extra) {
   return run(ranks ? kMpirun + " -np " + std::to_string(ranks) + " " + exe + args : exe + args);
 }
 
+// train() that must succeed (its stderr shown when it does not)
+Run trained(int ranks, const std::string& out, const std::string& extra) {
+  Run r = train(ranks, out, extra);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  return r;
+}
+
 std::vector<double> step_losses(const std::string& dir) {
   std::vector<double> v;
   std::ifstream f(dir + "/metrics.jsonl");
@@ -114,12 +122,8 @@ std::string dir(const char* name) { return (kWork / name).string(); }
 }  // namespace
 
 TEST_CASE("2 ranks with SyncBN train as 1 rank with the whole batch") {
-  Run one = train(0, dir("one"), "TRAIN.END_EPOCH 2");
-  INFO(one.err);
-  REQUIRE(one.code == 0);
-  Run two = train(2, dir("two_sync"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
-  INFO(two.err);
-  REQUIRE(two.code == 0);
+  const Run one = trained(0, dir("one"), "TRAIN.END_EPOCH 2");
+  const Run two = trained(2, dir("two_sync"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
   CHECK(two.err.find("data-parallel over 2 ranks (mpirun): batch 8 per step = 4 per rank x 2 "
                      "ranks") != std::string::npos);
   CHECK(two.err.find("synchronised over the ranks") != std::string::npos);
@@ -130,33 +134,22 @@ TEST_CASE("2 ranks with SyncBN train as 1 rank with the whole batch") {
   const double sync_gap = weight_gap(dir("one"), dir("two_sync"));
   CHECK(sync_gap < 2e-3);  // one process at 2 threads against 1 differs by 5e-4 here
   // without SyncBN each rank normalises its half: not the same training
-  Run own = train(2, dir("two_own"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN False");
-  INFO(own.err);
-  REQUIRE(own.code == 0);
+  trained(2, dir("two_own"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN False");
   CHECK(weight_gap(dir("one"), dir("two_own")) > 20 * sync_gap);
 }
 
 TEST_CASE("2 ranks without SyncBN train as 1 rank with per-half batch norm") {
-  Run one = train(0, dir("one_acc"), "TRAIN.END_EPOCH 2 ENGINE.ACCUMULATE_STEPS 2");
-  INFO(one.err);
-  REQUIRE(one.code == 0);
-  Run two = train(2, dir("two"), "TRAIN.END_EPOCH 2");  // pose: per-rank BN by default
-  INFO(two.err);
-  REQUIRE(two.code == 0);
+  const Run one = trained(0, dir("one_acc"), "TRAIN.END_EPOCH 2 ENGINE.ACCUMULATE_STEPS 2");
+  const Run two = trained(2, dir("two"), "TRAIN.END_EPOCH 2");  // pose: per-rank BN by default
   CHECK(two.err.find("batch norm per rank") != std::string::npos);
   require_close(step_losses(dir("two")), step_losses(dir("one_acc")), 2e-4);
   CHECK(weight_gap(dir("one_acc"), dir("two")) < 2e-3);
 }
 
 TEST_CASE("a 2-rank checkpoint resumes with 1 rank and the same global batch") {
-  Run full = train(2, dir("full2"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
-  REQUIRE(full.code == 0);
-  Run first = train(2, dir("resume"), "TRAIN.END_EPOCH 1 ENGINE.SYNC_BN True");
-  INFO(first.err);
-  REQUIRE(first.code == 0);
-  Run rest = train(0, dir("resume"), "TRAIN.END_EPOCH 2 --resume");
-  INFO(rest.err);
-  REQUIRE(rest.code == 0);
+  trained(2, dir("full2"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
+  trained(2, dir("resume"), "TRAIN.END_EPOCH 1 ENGINE.SYNC_BN True");
+  const Run rest = trained(0, dir("resume"), "TRAIN.END_EPOCH 2 --resume");
   CHECK(rest.err.find("resumed from") != std::string::npos);
   CHECK(rest.err.find("the checkpoint was written by a job of 2 ranks, this one has 1: the batch "
                       "stays 8 per step (8 per rank)") != std::string::npos);
@@ -189,18 +182,13 @@ std::vector<double> numbers_in(const std::string& path) {
 
 TEST_CASE("the evaluation split over 2 ranks gives the one-process results") {
   // the weights of a finished 2-epoch job, evaluated again by a run that resumes at its end
-  Run full = train(2, dir("evalsrc"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
-  REQUIRE(full.code == 0);
+  trained(2, dir("evalsrc"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN True");
   for (const char* d : {"eval1", "eval2"}) {
     fs::create_directories(dir(d));
     fs::copy_file(dir("evalsrc") + "/checkpoint.safetensors", dir(d) + "/checkpoint.safetensors");
   }
-  Run one = train(0, dir("eval1"), "TRAIN.END_EPOCH 2 --resume");
-  INFO(one.err);
-  REQUIRE(one.code == 0);
-  Run two = train(2, dir("eval2"), "TRAIN.END_EPOCH 2 --resume");
-  INFO(two.err);
-  REQUIRE(two.code == 0);
+  const Run one = trained(0, dir("eval1"), "TRAIN.END_EPOCH 2 --resume");
+  const Run two = trained(2, dir("eval2"), "TRAIN.END_EPOCH 2 --resume");
   const std::string res = "/results/keypoints_val2017_results.json";
   const std::vector<double> a = numbers_in(dir("eval1") + res), b = numbers_in(dir("eval2") + res);
   REQUIRE(a.size() > 100);  // every person's 17 keypoints and score
@@ -280,35 +268,44 @@ std::vector<pid_t> ranks_of(const std::string& out) {
 
 }  // namespace
 
-TEST_CASE("a killed rank ends the whole job with an error") {
-  const std::string out = dir("killed");
-  Job j = start_job(out, "");
+// Starts a job, sends `signal` to its second rank once it trains, and waits for the job to end
+// (at most limit_s, then the test kills it).
+struct Ended {
+  int code;      // the job's exit status; -1: the test had to kill it
+  double took;   // seconds from the signal to the end
+  std::string err;
+  bool ranks_left;
+};
+Ended signal_one_rank(const char* name, const std::string& extra, int signal, double limit_s) {
+  const std::string out = dir(name);
+  Job j = start_job(out, extra);
   const std::vector<pid_t> r = ranks_of(out);
   REQUIRE(r.size() == 2);
-  REQUIRE(::kill(r[1], SIGKILL) == 0);
-  double took = 0;
-  const int code = j.wait(60, &took);
-  INFO(hr::test::slurp(j.err));
-  CHECK(code != 0);
-  CHECK(code != -1);  // ended by itself, not by the test's timeout
-  CHECK(took < 30);
-  CHECK(ranks_of(out).empty());
+  REQUIRE(::kill(r[1], signal) == 0);
+  Ended e;
+  e.code = j.wait(limit_s, &e.took);
+  e.err = hr::test::slurp(j.err);
+  const std::vector<pid_t> left = ranks_of(out);
+  e.ranks_left = !left.empty();
+  for (pid_t p : left) ::kill(p, SIGKILL);  // a stopped rank the launcher could not end
+  return e;
+}
+
+TEST_CASE("a killed rank ends the whole job with an error") {
+  const Ended e = signal_one_rank("killed", "", SIGKILL, 60);
+  INFO(e.err);
+  CHECK(e.code != 0);
+  CHECK(e.code != -1);  // ended by itself, not by the test's timeout
+  CHECK(e.took < 30);
+  CHECK_FALSE(e.ranks_left);
 }
 
 TEST_CASE("a hung rank ends the job after ENGINE.DIST_TIMEOUT, naming the collective") {
-  const std::string out = dir("hung");
-  Job j = start_job(out, "ENGINE.DIST_TIMEOUT 3");
-  const std::vector<pid_t> r = ranks_of(out);
-  REQUIRE(r.size() == 2);
-  REQUIRE(::kill(r[1], SIGSTOP) == 0);
-  double took = 0;
-  const int code = j.wait(90, &took);
-  const std::string err = hr::test::slurp(j.err);
-  for (pid_t p : ranks_of(out)) ::kill(p, SIGKILL);
-  INFO(err);
-  CHECK(code != 0);
-  CHECK(code != -1);
-  CHECK(took < 60);
-  CHECK(err.find("did not complete within 3 s (ENGINE.DIST_TIMEOUT): another rank has died or "
-                 "hangs; ending the job") != std::string::npos);
+  const Ended e = signal_one_rank("hung", "ENGINE.DIST_TIMEOUT 3", SIGSTOP, 90);
+  INFO(e.err);
+  CHECK(e.code != 0);
+  CHECK(e.code != -1);
+  CHECK(e.took < 60);
+  CHECK(e.err.find("did not complete within 3 s (ENGINE.DIST_TIMEOUT): another rank has died or "
+                   "hangs; ending the job") != std::string::npos);
 }
