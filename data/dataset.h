@@ -30,6 +30,25 @@ class Dataset {
   virtual bool skip_corrupt() const { return true; }
 };
 
+// Samples [begin, end) of another dataset (which must outlive it), as samples 0..end-begin-1
+// (a data-parallel job's part of a validation split).
+class DatasetRange : public Dataset {
+ public:
+  DatasetRange(const Dataset& base, size_t begin, size_t end)
+      : base_(base), begin_(begin), end_(end < begin ? begin : end) {}
+  size_t size() const override { return end_ - begin_; }
+  std::vector<Field> fields() const override { return base_.fields(); }
+  void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override {
+    base_.load(begin_ + i, seed, out);
+  }
+  bool skip_corrupt() const override { return base_.skip_corrupt(); }
+  size_t begin() const { return begin_; }
+
+ private:
+  const Dataset& base_;
+  size_t begin_, end_;
+};
+
 // Samples stacked along a new first dimension, one host tensor per field.
 struct Batch {
   std::vector<std::pair<std::string, Tensor>> fields;  // fields() order: [n, ...]

@@ -95,7 +95,11 @@ ClsEval evaluate_classifier(models::HRNet& model, const data::ClassificationData
   lo.shuffle = false;
   lo.drop_last = false;
   lo.workers = run.workers;
-  data::DataLoader loader(val, lo);
+  // a data-parallel job: this rank's contiguous part of the images; the counts summed and the
+  // predictions gathered after
+  const auto [begin, end] = shard_range(val.size(), run);
+  const data::DatasetRange part(val, begin, end);
+  data::DataLoader loader(part, lo);
   loader.start_epoch(0);
   model.eval();
   InferenceMode no_grad;
@@ -106,7 +110,7 @@ ClsEval evaluate_classifier(models::HRNet& model, const data::ClassificationData
   r.predictions.resize(val.size());
   std::vector<int64_t> right(static_cast<size_t>(C), 0), seen(static_cast<size_t>(C), 0);
   std::unique_ptr<ProgressBar> bar;
-  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(val.size()), "img");
+  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(part.size()), "img");
   double loss_sum = 0;
   int64_t top1 = 0, top5 = 0;
   data::Batch b;
@@ -137,13 +141,52 @@ ClsEval evaluate_classifier(models::HRNet& model, const data::ClassificationData
       double z = 0;
       for (int64_t c = 0; c < C; ++c) z += std::exp(double(row[c]) - mx);
       loss_sum += std::log(z) + mx - row[l];
-      r.predictions[b.indices[static_cast<size_t>(i)]] = t;
+      r.predictions[begin + b.indices[static_cast<size_t>(i)]] = t;
       ++seen[static_cast<size_t>(l)];
       right[static_cast<size_t>(l)] += t[0].first == l;
     }
     if (bar) bar->update(b.size() + b.skipped);
   }
   if (bar) bar->finish();
+  if (run.shard_count > 1) {
+    // counts as doubles (exact below 2^53)
+    std::vector<double> n{double(top1), double(top5), loss_sum, double(r.skipped)};
+    for (int64_t c = 0; c < C; ++c) {
+      n.push_back(double(seen[static_cast<size_t>(c)]));
+      n.push_back(double(right[static_cast<size_t>(c)]));
+    }
+    dist::all_reduce_sum(n.data(), static_cast<int64_t>(n.size()), "the evaluation's counts");
+    top1 = static_cast<int64_t>(n[0]);
+    top5 = static_cast<int64_t>(n[1]);
+    loss_sum = n[2];
+    r.skipped = static_cast<int>(n[3]);
+    for (int64_t c = 0; c < C; ++c) {
+      seen[static_cast<size_t>(c)] = static_cast<int64_t>(n[4 + 2 * static_cast<size_t>(c)]);
+      right[static_cast<size_t>(c)] = static_cast<int64_t>(n[5 + 2 * static_cast<size_t>(c)]);
+    }
+    struct Top5 {  // one image's predictions, fixed-size for the gather
+      int64_t image, k, cls[5];
+      float p[5];
+    };
+    std::vector<Top5> mine;
+    for (size_t i = begin; i < end; ++i) {
+      const TopK& t = r.predictions[i];
+      if (t.empty()) continue;
+      Top5 x{};
+      x.image = static_cast<int64_t>(i);
+      x.k = static_cast<int64_t>(std::min<size_t>(5, t.size()));
+      for (int64_t k = 0; k < x.k; ++k) {
+        x.cls[k] = t[static_cast<size_t>(k)].first;
+        x.p[k] = t[static_cast<size_t>(k)].second;
+      }
+      mine.push_back(x);
+    }
+    for (const Top5& x : gather_shards(mine, run)) {
+      TopK& t = r.predictions[static_cast<size_t>(x.image)];
+      t.clear();
+      for (int64_t k = 0; k < x.k; ++k) t.emplace_back(x.cls[k], x.p[k]);
+    }
+  }
   r.images = std::accumulate(seen.begin(), seen.end(), int64_t(0));
   r.top1 = r.images ? double(top1) / r.images : 0;
   r.top5 = r.images ? double(top5) / r.images : 0;

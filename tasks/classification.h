@@ -55,6 +55,7 @@ class ClsTask : public Task {
   Tensor loss(const std::vector<Tensor>& outputs,
               const std::map<std::string, Tensor>& targets) const override;
   EvalSummary evaluate(models::HRNet& model, const RunOptions& run) override;
+  bool splits_evaluation() const override { return true; }
   // results/predictions_<TEST_SET>.json (top-5 per image, per-class accuracy) and
   // predictions.png (validation images framed green when right, red when wrong).
   void save_outputs(const std::string& dir) override;

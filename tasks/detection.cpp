@@ -299,12 +299,16 @@ EvalSummary DetTask::evaluate(models::HRNet& model, const RunOptions& run) {
            " (the categories and the background)");
   ProgressBar clock("", 0, "img", nullptr);
   Detector detector(model, det_, run);
+  // a data-parallel job: this rank's contiguous part of the images, the detections gathered in
+  // rank order (the one-process order) and the counts summed after
+  const auto [begin, end] = shard_range(records.size(), run);
   std::unique_ptr<ProgressBar> bar;
-  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(records.size()), "img");
+  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(end - begin), "img");
   last_results_.clear();
   int skipped = 0;
   int64_t images = 0;
-  for (const data::DetRecord& r : records) {
+  for (size_t i = begin; i < end; ++i) {
+    const data::DetRecord& r = records[i];
     data::Image rgb;
     try {
       rgb = data::read_det_image(r);
@@ -327,6 +331,13 @@ EvalSummary DetTask::evaluate(models::HRNet& model, const RunOptions& run) {
     if (bar) bar->update(1);
   }
   if (bar) bar->finish();
+  if (run.shard_count > 1) {
+    last_results_ = gather_shards(last_results_, run);
+    double n[2] = {double(images), double(skipped)};
+    dist::all_reduce_sum(n, 2, "the evaluation's counts");
+    images = static_cast<int64_t>(n[0]);
+    skipped = static_cast<int>(n[1]);
+  }
   const data::BoxMetrics m = data::evaluate_boxes(gt, last_results_);
   last_table_ = m.table();
   EvalSummary e;

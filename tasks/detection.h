@@ -83,6 +83,7 @@ class DetTask : public Task {
               const std::map<std::string, Tensor>& targets) const override;
   // Box AP on DATASETS.TEST[0] (the 12 COCOeval numbers; score AP).
   EvalSummary evaluate(models::HRNet& model, const RunOptions& run) override;
+  bool splits_evaluation() const override { return true; }
   // results/bbox_<test set>_results.json (COCO results) and results/bbox_<test set>.txt (the
   // summary).
   void save_outputs(const std::string& dir) override;

@@ -131,6 +131,10 @@ void ConfusionMatrix::add(const ConfusionMatrix& o) {
   for (size_t i = 0; i < m_.size(); ++i) m_[i] += o.m_[i];
 }
 
+void ConfusionMatrix::sum_over_ranks() {
+  dist::all_reduce_sum(m_.data(), static_cast<int64_t>(m_.size()), "the confusion matrix's sum");
+}
+
 std::vector<double> ConfusionMatrix::iou() const {
   std::vector<double> r(static_cast<size_t>(c_));
   for (int64_t k = 0; k < c_; ++k) {
@@ -436,10 +440,13 @@ EvalSummary SegTask::evaluate(models::HRNet& model, const RunOptions& run) {
   const int64_t ignore = seg_.ignore_label < 0 ? 255 : seg_.ignore_label;
   last_ = SegEval();
   last_.cm = ConfusionMatrix(seg_.num_classes);
+  // a data-parallel job: this rank's contiguous part of the images, the counts summed after
+  // (the picture shows images of rank 0's part)
+  const auto [begin, end] = shard_range(val.size(), run);
   std::unique_ptr<ProgressBar> bar;
-  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(val.size()), "img");
-  const size_t show_every = std::max<size_t>(1, val.size() / 4);
-  for (size_t i = 0; i < val.size(); ++i) {
+  if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(end - begin), "img");
+  const size_t show_every = std::max<size_t>(1, (end - begin) / 4);
+  for (size_t i = begin; i < end; ++i) {
     data::SegFullSample s;
     try {
       s = val.load_full(i);
@@ -455,10 +462,18 @@ EvalSummary SegTask::evaluate(models::HRNet& model, const RunOptions& run) {
     std::vector<int64_t> pred = seg_argmax(scores);
     last_.cm.add(s.label.data<int64_t>(), pred.data(), s.label.numel(), ignore);
     ++last_.images;
-    if (i % show_every == 0 && last_.shown.size() < 4) last_.shown.emplace_back(i, std::move(pred));
+    if ((i - begin) % show_every == 0 && last_.shown.size() < 4)
+      last_.shown.emplace_back(i, std::move(pred));
     if (bar) bar->update(1);
   }
   if (bar) bar->finish();
+  if (run.shard_count > 1) {
+    last_.cm.sum_over_ranks();
+    double n[2] = {double(last_.images), double(last_.skipped)};
+    dist::all_reduce_sum(n, 2, "the evaluation's counts");
+    last_.images = static_cast<int64_t>(n[0]);
+    last_.skipped = static_cast<int>(n[1]);
+  }
   last_.seconds = clock.elapsed_s();
 
   const auto classes = data::seg_class_table(seg_.dataset, seg_.num_classes);

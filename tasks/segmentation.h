@@ -50,6 +50,8 @@ class ConfusionMatrix {
   // label and pred [n]; a label outside [0, classes) other than `ignore` is an error.
   void add(const int64_t* label, const int64_t* pred, int64_t n, int64_t ignore);
   void add(const ConfusionMatrix& o);
+  // A data-parallel job's evaluation: every rank's counts summed (every rank then holds them).
+  void sum_over_ranks();
   int64_t classes() const { return c_; }
   double at(int64_t label, int64_t pred) const { return m_[static_cast<size_t>(label * c_ + pred)]; }
   // tp / max(1, gt + pred - tp) per class (0 for a class absent from both, as the official);
@@ -107,6 +109,7 @@ class SegTask : public Task {
   Tensor loss(const std::vector<Tensor>& outputs,
               const std::map<std::string, Tensor>& targets) const override;
   EvalSummary evaluate(models::HRNet& model, const RunOptions& run) override;
+  bool splits_evaluation() const override { return true; }
   // results/seg_<split>.json (mIoU, pixel accuracy, per-class IoU, the confusion matrix) and
   // predictions.png (image | ground truth | prediction for a few validation images).
   void save_outputs(const std::string& dir) override;

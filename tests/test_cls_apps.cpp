@@ -34,31 +34,8 @@ Run run(const std::string& exe, const std::string& args) {
   return hr::test::run_program(exe, args, (kWork / "cmd").string());
 }
 
-// The same backbone as test_pose_apps' tiny pose model (layer1: one bottleneck of 8 planes),
-// with a narrow cls head.
-const char* kBackbone = R"(
-    STAGE1: {NUM_MODULES: 1, NUM_RANCHES: 1, BLOCK: BOTTLENECK, NUM_BLOCKS: [1], NUM_CHANNELS: [8], FUSE_METHOD: SUM}
-    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
-    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
-    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
-)";
-
 std::string cls_cfg(const std::string& root) {
-  const std::string text = std::string(R"(
-WORKERS: 2
-PRINT_FREQ: 1
-MODEL:
-  NAME: cls_hrnet
-  NUM_CLASSES: 10
-  IMAGE_SIZE: [32, 32]
-  EXTRA:
-    HEAD_CHANNELS: [4, 8, 8, 16]
-    HEAD_FEATURES: 32)") + kBackbone + R"(
-DATASET: {DATASET: synth_shapes, DATA_FORMAT: jpg, ROOT: ')" + root + R"(', TRAIN_SET: train, TEST_SET: val}
-TEST: {BATCH_SIZE_PER_GPU: 16, MODEL_FILE: ''}
-TRAIN: {BATCH_SIZE_PER_GPU: 8, BEGIN_EPOCH: 0, END_EPOCH: 2, RESUME: false, LR_FACTOR: 0.1, LR_STEP: [1], OPTIMIZER: sgd, LR: 0.05, WD: 0.0001, MOMENTUM: 0.9, NESTEROV: true, SHUFFLE: true}
-ENGINE: {SEED: 4, THREADS: 2, LABEL_SMOOTHING: 0.1}
-)";
+  const std::string text = hr::test::tiny_cls_config(root);
   const std::string path = (kWork / "cls.yaml").string();
   std::ofstream(path) << text;
   return path;
@@ -188,7 +165,7 @@ MODEL:
   PRETRAINED: ')") + t.dir + R"(/final_state.safetensors'
   EXTRA:
     PRETRAINED_LAYERS: [conv1, bn1, conv2, bn2, layer1, transition1, stage2, transition2, stage3, transition3, stage4]
-    FINAL_CONV_KERNEL: 1)" + kBackbone;
+    FINAL_CONV_KERNEL: 1)" + hr::test::tiny_backbone();
   const std::string path = (kWork / "pose.yaml").string();
   std::ofstream(path) << pose;
   tasks::PoseTask task(tasks::load_config(path, {}));

@@ -52,46 +52,7 @@ const std::string& dataset() {
 // A small HRNet-FCOS in the official format (maskrcnn-benchmark keys; ENGINE.* is ours)
 std::string det_cfg(const std::string& name, const std::string& inference_th = "0.05",
                     const std::string& extra = "") {
-  const std::string text = R"(MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  FCOS_ON: True
-  BACKBONE:
-    CONV_BODY: "HRNET-W18-SMALL-V1"
-  HRNET:
-    NORM_EVAL: False
-    FPN:
-      OUT_CHANNEL: 32
-  FCOS:
-    NUM_CLASSES: 6
-    NUM_CONVS: 1
-    INFERENCE_TH: )" + inference_th + R"(
-    FPN_STRIDES: [8, 16, 32, 64]
-    TARGET_ASSIGN: [[-1, 48], [48, 96], [96, 192], [192, 100000000]]
-DATASETS:
-  TRAIN: ("coco_2017_train",)
-  TEST: ("coco_2017_val",)
-INPUT:
-  MIN_SIZE_TRAIN: (224, 256)
-  MAX_SIZE_TRAIN: 320
-  MIN_SIZE_TEST: 256
-  MAX_SIZE_TEST: 320
-DATALOADER:
-  SIZE_DIVISIBILITY: 32
-  NUM_WORKERS: 2
-SOLVER:
-  BASE_LR: 0.01
-  IMS_PER_BATCH: 4
-  MAX_ITER: 10
-  STEPS: (6,)
-  WARMUP_ITERS: 4
-PRINT_FREQ: 1
-DATASET:
-  ROOT: ')" + dataset() + R"('
-ENGINE:
-  DET_CANVAS: [320, 256]
-  SEED: 5
-  THREADS: 2
-)" + extra;
+  const std::string text = hr::test::tiny_det_config(dataset(), inference_th) + extra;
   const std::string path = (kWork / name).string();
   std::ofstream(path) << text;
   return path;

@@ -36,25 +36,7 @@ Run run(const std::string& exe, const std::string& args) {
 }
 
 std::string seg_cfg(const std::string& root, const std::string& extra = "") {
-  const std::string text = R"(
-GPUS: (0,)
-WORKERS: 2
-PRINT_FREQ: 1
-DATASET: {DATASET: cityscapes, ROOT: ')" + root + R"(', TEST_SET: list/cityscapes/val.lst, TRAIN_SET: list/cityscapes/train.lst, NUM_CLASSES: 19}
-MODEL:
-  NAME: seg_hrnet
-  ALIGN_CORNERS: False
-  EXTRA:
-    FINAL_CONV_KERNEL: 1
-    STAGE1: {NUM_MODULES: 1, NUM_RANCHES: 1, BLOCK: BOTTLENECK, NUM_BLOCKS: [1], NUM_CHANNELS: [8], FUSE_METHOD: SUM}
-    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
-    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
-    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
-LOSS: {USE_OHEM: false, OHEMTHRES: 0.9, OHEMKEEP: 131072}
-TRAIN: {IMAGE_SIZE: [96, 64], BASE_SIZE: 128, BATCH_SIZE_PER_GPU: 4, SHUFFLE: true, BEGIN_EPOCH: 0, END_EPOCH: 2, RESUME: false, OPTIMIZER: sgd, LR: 0.05, WD: 0.0005, MOMENTUM: 0.9, NESTEROV: false, FLIP: true, MULTI_SCALE: true, DOWNSAMPLERATE: 1, IGNORE_LABEL: 255, SCALE_FACTOR: 16}
-TEST: {IMAGE_SIZE: [128, 64], BASE_SIZE: 128, BATCH_SIZE_PER_GPU: 4, FLIP_TEST: false, MULTI_SCALE: false}
-ENGINE: {SEED: 5, THREADS: 2}
-)" + extra;
+  const std::string text = hr::test::tiny_seg_config(root) + extra;
   const std::string path = (kWork / "seg.yaml").string();
   std::ofstream(path) << text;
   return path;
