@@ -302,14 +302,12 @@ Job start_job(const std::string& out, const std::string& extra) {
     ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  // training has begun: the metrics have a step
+  // an epoch is done and its checkpoint written
   for (int i = 0; i < 3000; ++i) {
-    std::ifstream f(out + "/metrics.jsonl");
-    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (s.find("\"type\":\"train\"") != std::string::npos) return j;
+    if (fs::exists(out + "/checkpoint.safetensors")) return j;
     ::usleep(20000);
   }
-  FAIL("the job did not start training in 60 s: " << hr::test::slurp(j.err));
+  FAIL("the job did not write a checkpoint in 60 s: " << hr::test::slurp(j.err));
   return j;
 }
 
@@ -346,13 +344,24 @@ Ended signal_one_rank(const char* name, const std::string& extra, int signal, do
   return e;
 }
 
-TEST_CASE("a killed rank ends the whole job with an error") {
+TEST_CASE("a killed rank ends the whole job with an error; the job resumes from its checkpoint") {
   const Ended e = signal_one_rank("killed", "", SIGKILL, 60);
   INFO(e.err);
   CHECK(e.code != 0);
   CHECK(e.code != -1);  // ended by itself, not by the test's timeout
   CHECK(e.took < 30);
   CHECK_FALSE(e.ranks_left);
+  // the same job again, resumed, to two epochs past the last one it logged
+  int64_t last = 0;
+  std::ifstream f(dir("killed") + "/metrics.jsonl");
+  for (std::string line; std::getline(f, line);)
+    if (line.find("\"type\":\"epoch\"") != std::string::npos)
+      last = std::max<int64_t>(last, int64_t(hr::test::json_number(line, "epoch")) + 1);
+  REQUIRE(last >= 1);
+  const Run r = job_ok(2, config(), dir("killed"), "GPUS '(0,1)' TRAIN.BATCH_SIZE_PER_GPU 4 WORKERS 1 "
+                      "TRAIN.END_EPOCH " + std::to_string(last + 2) + " --resume");  // as start_job
+  CHECK(r.err.find("hrnet-train: resumed from") != std::string::npos);
+  CHECK(r.out.find("hrnet-train: done") != std::string::npos);
 }
 
 TEST_CASE("a hung rank ends the job after ENGINE.DIST_TIMEOUT, naming the collective") {
