@@ -17,8 +17,12 @@
 #include "kernels/cuda/nccl.h"
 
 #ifdef HR_WITH_MPI
-#define OMPI_SKIP_MPICXX 1  // the C API only (Open MPI's deprecated C++ bindings need libmpi_cxx)
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1  // the C API only (MPI's deprecated C++ bindings; CMake sets them too)
+#endif
+#ifndef MPICH_SKIP_MPICXX
 #define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 #endif
 
@@ -302,6 +306,11 @@ void* nccl_comm() {
     return cuda::nccl_init(id, g_world.rank, g_world.size);
   }();
   return comm;
+}
+
+void all_reduce_sum_device(double* data, int64_t n, void* stream) {
+  if (g_world.size <= 1) return;
+  cuda::nccl_all_reduce_f64(nccl_comm(), data, n, stream);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,6 +56,10 @@ void finalize();
 // The tensors of a CPU float tensor's storage (contiguous f32) in place, summed over the ranks.
 void all_reduce_sum(Tensor& t, const char* what);
 
+// n doubles on the current CUDA device summed over the ranks in place, on stream s (NCCL; with one
+// rank nothing is done).
+void all_reduce_sum_device(double* data, int64_t n, void* stream);
+
 // The job's NCCL communicator (made on first use: rank 0's unique id broadcast over MPI; with one
 // rank, made alone), on the current CUDA device. Throws where the build has no NCCL.
 void* nccl_comm();

@@ -172,9 +172,6 @@ void TrainStep::set_data_parallel(bool sync_bn, bool always) {
   HR_CHECK(graphs_.empty() && !host_losses_.steps, "train step: set_data_parallel after a step");
   sync_bn_ = sync_bn;
   if (!dist::distributed() && !always) return;
-  HR_CHECK(!(dev_.is_cuda() && sync_bn && dist::distributed()), "ENGINE.SYNC_BN: synchronised "
-           "batch norm over ", dist::world().size, " ranks runs on the CPU only in this version; "
-           "set ENGINE.SYNC_BN False for a CUDA job (per-rank batch norm)");
   params_ = model_.parameters();
   for (size_t k = 0; k < params_.size(); ++k) param_index_[params_[k].impl()] = k;
   reducer_ = std::make_unique<dist::GradientReducer>(params_, 16 << 20, always);

@@ -7,6 +7,7 @@
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/fused.h"
+#include "kernels/cuda/sync_bn.h"
 
 namespace hr {
 namespace {
@@ -28,11 +29,19 @@ void reduce_bn_sums(double* sums, int64_t n) {
   dist::all_reduce_sum(sums, n, "the synchronised batch norm's all-reduce");
 }
 
-// CUDA has no synchronised kernels yet: one rank is plain batch norm, more is refused.
-void check_sync_cuda(const char* op) {
-  HR_CHECK(!dist::distributed(), op, ": synchronised batch norm over ", dist::world().size,
-           " ranks runs on the CPU only for now (set ENGINE.SYNC_BN false on CUDA)");
+// The CUDA synchronised kernels' sums, summed over the ranks on the op's stream (NCCL).
+void reduce_bn_sums_cuda(double* sums, int64_t n, cuda::Stream s) {
+  dist::all_reduce_sum_device(sums, n, s);
 }
+
+// A device workspace for the synchronised kernels, returned to the allocator on the op's stream.
+struct SyncWorkspace {
+  void* p;
+  cuda::Stream s;
+  SyncWorkspace(int64_t M, int64_t C, cuda::Stream st)
+      : p(cuda::alloc(cuda::syncbn_workspace_bytes(M, C), st)), s(st) {}
+  ~SyncWorkspace() { cuda::free(p, s); }
+};
 
 // x [N,C,...] as the kernels see it: CPU [N, C, HW], CUDA rows [M = N*HW, C].
 struct BnDims {
@@ -91,7 +100,18 @@ struct BatchNormBwdOp final : OpDef {
   void run_cuda(const KernelArgs& a) const override {
     const BnDims d(a.in[0].shape());
     const cuda::DT t = dt(a.in[0], name());
-    if (sync) check_sync_cuda(name());
+    if (sync) {
+      SyncWorkspace ws(d.M(), d.C, a.stream);
+      double* sums = cuda::syncbn_backward_sums(t, d.M(), d.C, vptr(a.in[0]), vptr(a.in[1]),
+                                                vptr(a.in[2]), fptr(a.in[4]), fptr(a.in[5]), relu,
+                                                vptr(a.out[1]), fptr(a.out[2]), fptr(a.out[3]), ws.p,
+                                                a.stream);
+      reduce_bn_sums_cuda(sums, 2 * d.C + 1, a.stream);  // every rank, whatever it needs
+      cuda::syncbn_backward_dx(t, d.M(), d.C, vptr(a.in[0]), vptr(a.in[1]), vptr(a.in[2]),
+                               fptr(a.in[3]), fptr(a.in[4]), fptr(a.in[5]), relu, vptr(a.out[0]),
+                               ws.p, a.stream);
+      return;
+    }
     if (training) {
       cuda::batchnorm_act_train_backward(t, d.M(), d.C, vptr(a.in[0]), vptr(a.in[1]),
                                          vptr(a.in[2]), fptr(a.in[3]), fptr(a.in[4]),
@@ -220,7 +240,17 @@ void BatchNormOp::run_cpu(const KernelArgs& a) const {
 void BatchNormOp::run_cuda(const KernelArgs& a) const {
   const BnDims d(a.in[0].shape());
   const cuda::DT t = dt(a.in[0], name());
-  if (training && sync) check_sync_cuda(name());
+  if (training && sync) {
+    SyncWorkspace ws(d.M(), d.C, a.stream);
+    reduce_bn_sums_cuda(cuda::syncbn_forward_sums(t, d.M(), d.C, vptr(a.in[0]), ws.p, a.stream),
+                        d.C + 1, a.stream);
+    reduce_bn_sums_cuda(cuda::syncbn_forward_sq(t, d.M(), d.C, vptr(a.in[0]), ws.p, a.stream), d.C,
+                        a.stream);
+    cuda::syncbn_forward_apply(t, d.M(), d.C, vptr(a.in[0]), fptr(a.in[1]), fptr(a.in[2]), eps,
+                               momentum, fptr(a.in[3]), fptr(a.in[4]), vptr(a.in[5]), relu,
+                               vptr(a.out[0]), fptr(a.out[1]), fptr(a.out[2]), ws.p, a.stream);
+    return;
+  }
   if (training)
     cuda::batchnorm_act_train_forward(t, d.M(), d.C, vptr(a.in[0]), fptr(a.in[1]), fptr(a.in[2]),
                                       eps, momentum, fptr(a.in[3]), fptr(a.in[4]), vptr(a.in[5]),

@@ -53,6 +53,12 @@ void nccl_all_reduce(void* comm, void* data, int64_t n, DT dt, bool average, Str
                       static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
         "ncclAllReduce");
 }
+
+void nccl_all_reduce_f64(void* comm, double* data, int64_t n, Stream s) {
+  check(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat64, ncclSum,
+                      static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
+        "ncclAllReduce");
+}
 #else
 namespace {
 [[noreturn]] void none(const char* what) {
@@ -67,6 +73,7 @@ void nccl_destroy(void*) {}
 void nccl_group_start() { none("nccl_group_start"); }
 void nccl_group_end() { none("nccl_group_end"); }
 void nccl_all_reduce(void*, void*, int64_t, DT, bool, Stream) { none("nccl_all_reduce"); }
+void nccl_all_reduce_f64(void*, double*, int64_t, Stream) { none("nccl_all_reduce_f64"); }
 #endif
 
 }  // namespace hr::cuda

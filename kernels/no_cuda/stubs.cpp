@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/fused.h"
 #include "kernels/cuda/nccl.h"
+#include "kernels/cuda/sync_bn.h"
 
 namespace hr::cuda {
 
@@ -213,6 +214,21 @@ void nccl_destroy(void*) {}
 HR_NO_CUDA(void, nccl_group_start, ())
 HR_NO_CUDA(void, nccl_group_end, ())
 HR_NO_CUDA(void, nccl_all_reduce, (void*, void*, int64_t, DT, bool, Stream))
+HR_NO_CUDA(void, nccl_all_reduce_f64, (void*, double*, int64_t, Stream))
+
+// synchronised batch norm (kernels/cuda/sync_bn.h)
+HR_NO_CUDA(size_t, syncbn_workspace_bytes, (int64_t, int64_t))
+HR_NO_CUDA(double*, syncbn_forward_sums, (DT, int64_t, int64_t, const void*, void*, Stream))
+HR_NO_CUDA(double*, syncbn_forward_sq, (DT, int64_t, int64_t, const void*, void*, Stream))
+HR_NO_CUDA(void, syncbn_forward_apply, (DT, int64_t, int64_t, const void*, const float*, const float*,
+                                        float, float, float*, float*, const void*, bool, void*,
+                                        float*, float*, void*, Stream))
+HR_NO_CUDA(double*, syncbn_backward_sums, (DT, int64_t, int64_t, const void*, const void*, const void*,
+                                           const float*, const float*, bool, void*, float*, float*,
+                                           void*, Stream))
+HR_NO_CUDA(void, syncbn_backward_dx, (DT, int64_t, int64_t, const void*, const void*, const void*,
+                                      const float*, const float*, const float*, bool, void*, void*,
+                                      Stream))
 
 #undef HR_NO_CUDA
 
