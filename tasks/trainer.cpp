@@ -237,6 +237,10 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     g.output(loss.dtype() == DType::f32 ? loss : ops::cast(loss, DType::f32), "loss");
     graph::CompileOptions co;
     co.loss = loss;
+    // synchronised batch norm over NCCL: every collective of the communicator on one stream, in
+    // the same order on every rank (kernels of one communicator on concurrent streams could run
+    // in different orders on different GPUs and deadlock)
+    co.streams = !(sync_bn_ && dev_.is_cuda() && dist::distributed());
     exe = std::make_unique<graph::Executable>(std::move(g), co);
     if (reducer_)  // each gradient into its bucket as the backward completes it
       exe->set_gradient_ready([this](const Tensor& p, const Tensor& grad) {
