@@ -53,18 +53,27 @@ MPI_Comm g_grad_comm = MPI_COMM_NULL;  // the gradient reducer's own communicato
 
 // Waits for `req`, polling (briefly spinning, then sleeping, so that a waiting rank leaves the
 // cores to the work), at most g_timeout seconds.
-void wait_request(MPI_Request& req, const char* what) {
+// spin: seconds polled back to back before sleeping (0 for the gradient reducer's thread, which
+// shares its core with the computation).
+void wait_request(MPI_Request& req, const char* what, double spin = 2e-3) {
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto deadline = start + std::chrono::duration<double>(g_timeout);
+  // polled back to back for `spin` seconds (a collective of ranks in step is over in
+  // microseconds), then with 50 us sleeps, after a second with 1 ms ones
   for (int polls = 0;; ++polls) {
     int done = 0;
     MPI_Test(&req, &done, MPI_STATUS_IGNORE);
     if (done) return;
-    if (polls > 200) std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 1000 : 50));
-    if ((polls & 63) == 0 && clock::now() > deadline)
-      abort_job(str_cat(what, " did not complete within ", g_timeout,
-                        " s (ENGINE.DIST_TIMEOUT): another rank has died or hangs; ending the job"));
+    if ((polls & 63) == 0) {
+      const auto now = clock::now();
+      if (now > deadline)
+        abort_job(str_cat(what, " did not complete within ", g_timeout,
+                          " s (ENGINE.DIST_TIMEOUT): another rank has died or hangs; ending the job"));
+      const double waited = std::chrono::duration<double>(now - start).count();
+      if (waited > spin)
+        std::this_thread::sleep_for(std::chrono::microseconds(waited > 1.0 ? 1000 : 50));
+    }
   }
 }
 
@@ -77,7 +86,7 @@ void check_mpi(int rc, const char* call) {
 }
 
 void reduce_in_place(void* data, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm,
-                     const char* what) {
+                     const char* what, double spin = 2e-3) {
   char* p = static_cast<char*>(data);
   int size = 0;
   MPI_Type_size(type, &size);
@@ -88,7 +97,7 @@ void reduce_in_place(void* data, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Co
     MPI_Request req;
     check_mpi(MPI_Iallreduce(MPI_IN_PLACE, p + at * size, count, type, op, comm, &req),
               "MPI_Iallreduce");
-    wait_request(req, what);
+    wait_request(req, what, spin);
   }
 }
 #endif
@@ -345,7 +354,7 @@ struct GradientReducer::Impl {
 #ifdef HR_WITH_MPI
     Bucket& k = buckets[b];
     reduce_in_place(k.buf.data(), static_cast<int64_t>(k.buf.size()), MPI_FLOAT, MPI_SUM,
-                    g_grad_comm, "the gradient all-reduce");
+                    g_grad_comm, "the gradient all-reduce", thread.joinable() ? 0.0 : 2e-3);
 #else
     (void)b;
 #endif
