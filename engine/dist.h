@@ -60,9 +60,15 @@ void all_reduce_sum(Tensor& t, const char* what);
 // rank nothing is done).
 void all_reduce_sum_device(double* data, int64_t n, void* stream);
 
+// n floats on the current CUDA device averaged over the ranks, in -> out (may be the same), on
+// stream s, through the gradients' own NCCL communicator (nccl_grad_comm: never interleaved with
+// synchronised batch norm's). With one rank NCCL's one-rank communicator (a copy without NCCL).
+void all_reduce_mean_device(const float* in, float* out, int64_t n, void* stream);
+
 // The job's NCCL communicator (made on first use: rank 0's unique id broadcast over MPI; with one
 // rank, made alone), on the current CUDA device. Throws where the build has no NCCL.
 void* nccl_comm();
+void* nccl_grad_comm();  // a second one, for the gradient reduction
 
 // The data-parallel gradient reduction: the gradients of `params` averaged over the ranks.
 // CPU (MPI): in buckets of about bucket_bytes, each bucket reduced as soon as all of its

@@ -132,6 +132,10 @@ Tensor reshape(const Tensor& x, const Shape& shape);
 // Differentiable dtype change (mixed precision: fp32 master weights cast to bf16/f16).
 Tensor cast(const Tensor& x, DType dtype);
 
+// x (f32) averaged over the ranks of a data-parallel job (engine/dist.h; one rank: a copy). A
+// collective: every rank must call it, in the same order.
+Tensor all_reduce_mean(const Tensor& x);
+
 // HRNet JointsMSELoss with target weights: pred, target [N,J,H,W], weight [N,J] or [N,J,1].
 Tensor heatmap_loss(const Tensor& pred, const Tensor& target, const Tensor& weight);
 // Mean softmax cross-entropy over classes of logits [N,C,H,W] (or [N,C]) against i64 labels

@@ -177,6 +177,10 @@ void TrainStep::set_data_parallel(bool sync_bn, bool always) {
   reducer_ = std::make_unique<dist::GradientReducer>(params_, 16 << 20, always);
 }
 
+bool TrainStep::graph_reduces() const {
+  return reducer_ && dev_.is_cuda() && accumulate_ == 1;
+}
+
 void TrainStep::reduce_gradients() {
   if (reducer_) reducer_->finish();
 }
@@ -241,6 +245,9 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     // the same order on every rank (kernels of one communicator on concurrent streams could run
     // in different orders on different GPUs and deadlock)
     co.streams = !(sync_bn_ && dev_.is_cuda() && dist::distributed());
+    // CUDA: the gradients averaged inside the graph, each as soon as the backward completes it,
+    // on a stream of their own (captured with the step); the CPU feeds its reducer's thread
+    co.reduce_gradients = graph_reduces();
     exe = std::make_unique<graph::Executable>(std::move(g), co);
     if (reducer_)  // each gradient into its bucket as the backward completes it
       exe->set_gradient_ready([this](const Tensor& p, const Tensor& grad) {
@@ -357,16 +364,19 @@ void TrainStep::step(const data::Batch& batch) {
   }
   if (!device_sum_.defined()) device_sum_ = Tensor::zeros({2}, DType::i64, dev_);  // 2 doubles
   const int64_t n = batch.size();
+  // a data-parallel job: the graph averaged the gradients itself (graph_reduces), or NCCL after it
+  // on the step's stream (a batch of one sample under ENGINE.ACCUMULATE_STEPS)
+  const bool after = !graph_reduces();
   if (!e.captured()) {
     e.run();
-    reduce_gradients();  // NCCL, enqueued on the step's stream
+    if (after) reduce_gradients();
     opt_.step();
     add_device_loss(e, n);
     // the same step, captured once; each later step replays it
     e.capture(
-        [this, &e, n] {
+        [this, &e, n, after] {
           add_device_loss(e, n);
-          reduce_gradients();
+          if (after) reduce_gradients();
           opt_.enqueue_step();
         },
         [this] { opt_.prepare_step(); });

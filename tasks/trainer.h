@@ -108,6 +108,9 @@ class TrainStep {
   std::vector<Tensor> params_;                      // the model's, in the reducer's order
   std::map<const void*, size_t> param_index_;
   void reduce_gradients();  // finishes the reducer (no-op alone)
+  // CUDA graphs of a data-parallel job average their gradients inside (all_reduce_mean nodes on a
+  // stream of their own), unless the batch runs as micro-batches (then once, after the last)
+  bool graph_reduces() const;
   void step_accumulated(const data::Batch& batch);
   graph::Executable& executable_for(const data::Batch& batch);
   Losses host_losses_;    // the steps not yet taken whose losses the host read (CPU, eager)

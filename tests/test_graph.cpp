@@ -103,7 +103,8 @@ struct Compiled {
   std::vector<Shape> out_shapes;
 };
 
-Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse, bool streams) {
+Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse, bool streams,
+                          bool reduce = false) {
   graph::Graph g;
   std::vector<Tensor> ys = model.forward_all(g.input("x", pb.x_shape));
   Compiled c;
@@ -115,6 +116,7 @@ Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse,
   opt.fuse = fuse;
   opt.streams = streams;
   opt.loss = loss;
+  opt.reduce_gradients = reduce;
   c.exe = std::make_unique<graph::Executable>(std::move(g), opt);
   pb.bind(head, *c.exe, c.out_shapes);
   return c;
@@ -192,6 +194,53 @@ TEST_CASE("graph: any interleaving the streams allow gives bit-identical results
       for (size_t i = 0; i < params.size(); ++i)
         require_equal(c.exe->grad(params[i]), grads[i], "gradient " + std::to_string(i));
     }
+  }
+}
+
+// The data-parallel reduction pass (one rank here: the all-reduce is a copy; several ranks:
+// test_distributed_apps, test_cuda_nccl): one all_reduce_mean node per gradient, right after
+// the node that completes it, all on one stream no other node uses; the same gradients, bit for
+// bit, in any interleaving the streams allow, and a plan that verifies.
+TEST_CASE("graph: the gradient reduction pass, on its own stream, keeps every gradient", "[graph]") {
+  const ModelSpec spec = small_spec(Head::Pose, false);
+  HRNet model(spec, 9);
+  model.train();
+  const Problem pb(Head::Pose);
+  Compiled plain = compile_training(model, Head::Pose, pb, true, true);
+  Compiled red = compile_training(model, Head::Pose, pb, true, true, /*reduce=*/true);
+  const graph::GraphIR& g = red.exe->graph();
+  int reduce_stream = -1, other_max = 0;
+  int64_t reductions = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const graph::Node& n = g.nodes[i];
+    if (std::string(n.op->name()) != "all_reduce_mean") {
+      other_max = std::max(other_max, n.stream);
+      continue;
+    }
+    ++reductions;
+    if (reduce_stream < 0) reduce_stream = n.stream;
+    CHECK(n.stream == reduce_stream);
+    // right after its input's producer, or after other reductions placed there
+    const int producer = g.values[n.in[0]].producer;
+    size_t j = i - 1;
+    while (j > 0 && std::string(g.nodes[j].op->name()) == "all_reduce_mean") --j;
+    CHECK(int(j) == producer);
+  }
+  const auto params = red.exe->trained_parameters();
+  CHECK(reductions == int64_t(params.size()));
+  CHECK(reduce_stream > 0);
+  CHECK(red.exe->stats().streams == plain.exe->stats().streams + 1);
+  plain.exe->run();
+  red.exe->verify_plan();
+  for (uint64_t seed : {0, 4, 5}) {
+    INFO("seed " << seed);
+    if (seed == 0)
+      red.exe->run();
+    else
+      red.exe->run_interleaved(seed);
+    require_equal(red.exe->output("loss"), plain.exe->output("loss"), "loss");
+    for (const Tensor& p : params)
+      require_equal(red.exe->grad(p), plain.exe->grad(p), "gradient");
   }
 }
 

@@ -202,6 +202,11 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   std::vector<V> live;
   if (loss >= 0) {
     m.grads = differentiate(g, loss);
+    if (opt.reduce_gradients) {
+      int streams = 1;
+      for (const Node& n : g.nodes) streams = std::max(streams, n.stream + 1);
+      reduce_gradients(g, m.grads, streams);  // a stream of their own
+    }
     for (const auto& [impl, v] : m.grads.of_param) live.push_back(v);
   }
   add_end_node(g, live);

@@ -32,6 +32,10 @@ struct CompileOptions {
   // folded into convolutions and parameter-only work runs once. Needs inference-mode batch norm.
   bool inference = false;
   bool streams = true;    // false: every node on the main stream
+  // Training in a data-parallel job: the gradients averaged over the ranks inside the graph
+  // (all_reduce_mean nodes on their own stream, each right after its gradient is complete;
+  // passes.h reduce_gradients), so grad() gives the averages.
+  bool reduce_gradients = false;
   bool allocate = true;   // false: plan only (stats(), verify_plan()); run() throws
 };
 

@@ -1,7 +1,7 @@
 // The graph compiler's passes: each a function over a GraphIR, in its own file, testable alone.
 // Executable (executable.h) runs them in this order:
 //   fuse_batch_norm_act -> fold_batch_norm (inference) -> differentiate (training)
-//   -> add_end_node -> find_prologue (inference) -> schedule -> plan_memory
+//   -> reduce_gradients (data-parallel training) -> add_end_node -> find_prologue (inference) -> schedule -> plan_memory
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -44,6 +44,13 @@ struct Gradients {
 // backward rule (recorded on the forward node's stream); gradients reaching a value along several
 // paths are summed. Differentiates with respect to every parameter tensor that requires grad.
 Gradients differentiate(GraphIR& g, V loss);
+
+// Data-parallel training (engine/dist.h): each parameter's gradient averaged over the ranks by an
+// all_reduce_mean node placed right after the node that completes it, on `stream` (its own, so
+// that the reductions overlap with the rest of the backward pass; the scheduler puts events at
+// the joins); grads then names the averaged values. The nodes are in the same order on every
+// rank (the graph's), as collectives must be. Returns the number of nodes added.
+int64_t reduce_gradients(GraphIR& g, Gradients& grads, int stream);
 
 // The end node: it uses the outputs and `also_live` (the gradients), so they live to the end of
 // a run; the scheduler joins every stream into it.

@@ -54,6 +54,13 @@ void nccl_all_reduce(void* comm, void* data, int64_t n, DT dt, bool average, Str
         "ncclAllReduce");
 }
 
+void nccl_all_reduce_out(void* comm, const void* in, void* out, int64_t n, DT dt, bool average,
+                         Stream s) {
+  check(ncclAllReduce(in, out, static_cast<size_t>(n), nccl_type(dt), average ? ncclAvg : ncclSum,
+                      static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
+        "ncclAllReduce");
+}
+
 void nccl_all_reduce_f64(void* comm, double* data, int64_t n, Stream s) {
   check(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat64, ncclSum,
                       static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
@@ -74,6 +81,9 @@ void nccl_group_start() { none("nccl_group_start"); }
 void nccl_group_end() { none("nccl_group_end"); }
 void nccl_all_reduce(void*, void*, int64_t, DT, bool, Stream) { none("nccl_all_reduce"); }
 void nccl_all_reduce_f64(void*, double*, int64_t, Stream) { none("nccl_all_reduce_f64"); }
+void nccl_all_reduce_out(void*, const void*, void*, int64_t, DT, bool, Stream) {
+  none("nccl_all_reduce_out");
+}
 #endif
 
 }  // namespace hr::cuda

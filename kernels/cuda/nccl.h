@@ -21,6 +21,9 @@ void nccl_group_end();
 // data (n values of dt on this device) summed, or averaged (ncclAvg), over the ranks, in place,
 // on stream s.
 void nccl_all_reduce(void* comm, void* data, int64_t n, DT dt, bool average, Stream s);
+// The same from `in` into `out` (may be the same buffer).
+void nccl_all_reduce_out(void* comm, const void* in, void* out, int64_t n, DT dt, bool average,
+                         Stream s);
 // n doubles on this device summed over the ranks, in place (synchronised batch norm's sums).
 void nccl_all_reduce_f64(void* comm, double* data, int64_t n, Stream s);
 

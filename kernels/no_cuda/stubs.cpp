@@ -215,6 +215,7 @@ HR_NO_CUDA(void, nccl_group_start, ())
 HR_NO_CUDA(void, nccl_group_end, ())
 HR_NO_CUDA(void, nccl_all_reduce, (void*, void*, int64_t, DT, bool, Stream))
 HR_NO_CUDA(void, nccl_all_reduce_f64, (void*, double*, int64_t, Stream))
+HR_NO_CUDA(void, nccl_all_reduce_out, (void*, const void*, void*, int64_t, DT, bool, Stream))
 
 // synchronised batch norm (kernels/cuda/sync_bn.h)
 HR_NO_CUDA(size_t, syncbn_workspace_bytes, (int64_t, int64_t))
