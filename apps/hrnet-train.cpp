@@ -70,7 +70,13 @@ std::string resume_command(const Args& a) {
     has_resume |= i > 0 && a.argv[i] == "--resume";
     cmd += (i ? " " : "") + quote(a.argv[i]);
   }
-  return has_resume ? cmd : cmd + " --resume";
+  if (!has_resume) cmd += " --resume";
+  // a data-parallel job: started again the way it was (any number of ranks resumes it)
+  const dist::World& w = dist::world();
+  if (w.size > 1)
+    cmd = (w.launcher == "mpirun" ? str_cat("mpirun -np ", w.size, " ")
+                                  : str_cat("(", w.launcher, ", ", w.size, " processes) ")) + cmd;
+  return cmd;
 }
 
 Args parse(int argc, char** argv) {
@@ -131,7 +137,8 @@ int run(const Args& a) {
     tasks::Trainer(*task, out, a.resume).run();
   } catch (const tasks::Interrupted& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "hrnet-train: %s%s\n", apps::one_line(e.what()).c_str(),
+    if (dist::world().rank == 0)  // every rank stopped at the same step: rank 0 says so
+      std::fprintf(stderr, "hrnet-train: %s%s\n", apps::one_line(e.what()).c_str(),
                  e.checkpoint ? ("; resume with: " + resume_command(a)).c_str() : "");
     return e.signal > 0 ? 128 + e.signal : 1;
   }

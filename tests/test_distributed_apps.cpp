@@ -364,6 +364,28 @@ TEST_CASE("a killed rank ends the whole job with an error; the job resumes from 
   CHECK(r.out.find("hrnet-train: done") != std::string::npos);
 }
 
+TEST_CASE("Ctrl-C to mpirun stops every rank at one step, rank 0 writes the checkpoint") {
+  const std::string out = dir("interrupted");
+  Job j = start_job(out, "");
+  REQUIRE(::kill(j.pid, SIGINT) == 0);  // the launcher (sh exec'd it): it signals the ranks
+  double took = 0;
+  const int code = j.wait(60, &took);
+  const std::string err = hr::test::slurp(j.err);
+  INFO(err);
+  CHECK(code != 0);
+  CHECK(code != -1);
+  CHECK(ranks_of(out).empty());
+  // one line, from rank 0, naming the launcher in the command that resumes
+  CHECK(std::count(err.begin(), err.end(), '\n') > 0);
+  const size_t stop = err.find("hrnet-train: stopped by SIG");
+  REQUIRE(stop != std::string::npos);
+  CHECK(err.find("hrnet-train: stopped by SIG", stop + 1) == std::string::npos);
+  CHECK(err.find("resume with: mpirun -np 2 " + std::string(HR_TRAIN_EXE)) != std::string::npos);
+  const std::string metrics = hr::test::slurp(out + "/metrics.jsonl");
+  CHECK(metrics.find("\"type\":\"stop\"") != std::string::npos);
+  CHECK(fs::exists(out + "/checkpoint.safetensors"));
+}
+
 TEST_CASE("a hung rank ends the job after ENGINE.DIST_TIMEOUT, naming the collective") {
   const Ended e = signal_one_rank("hung", "ENGINE.DIST_TIMEOUT 3", SIGSTOP, 90);
   INFO(e.err);
