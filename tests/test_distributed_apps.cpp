@@ -16,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "app_runner.h"
@@ -224,37 +225,42 @@ TEST_CASE("the evaluation split over 2 ranks gives the one-process results: pose
   check_split_evaluation("pose", config(), a, a, "/results/keypoints_val2017_results.json");
 }
 
-TEST_CASE("the evaluation split over 2 ranks gives the one-process results: segmentation") {
-  const std::string root = dir("streets");
-  Run g = run(std::string(HR_SYNTH_EXE) + " --out " + root +
-              " --task seg --train 8 --val 6 --size 128x64 --seed 3");
+// hrnet-synth's data set of `task` (synth_args) in dir(data) and the experiment made from it by
+// `config` (the root -> the YAML text), written to dir(name.yaml); returns its path.
+std::string synth_experiment(const std::string& name, const std::string& data,
+                             const std::string& synth_args,
+                             const std::function<std::string(const std::string&)>& config) {
+  const std::string root = dir(data.c_str());
+  Run g = run(std::string(HR_SYNTH_EXE) + " --out " + root + " " + synth_args);
+  INFO(g.err);
   REQUIRE(g.code == 0);
-  const std::string cfg = dir("seg.yaml");
-  std::ofstream(cfg) << hr::test::tiny_seg_config(root);
+  const std::string cfg = dir((name + ".yaml").c_str());
+  std::ofstream(cfg) << config(root);
+  return cfg;
+}
+
+TEST_CASE("the evaluation split over 2 ranks gives the one-process results: segmentation") {
+  const std::string cfg = synth_experiment("seg", "streets",
+                                           "--task seg --train 8 --val 6 --size 128x64 --seed 3",
+                                           [](const std::string& r) { return hr::test::tiny_seg_config(r); });
   check_split_evaluation("seg", cfg, "TRAIN.END_EPOCH 1", "TRAIN.END_EPOCH 1", "/results/seg_val.json");
 }
 
 TEST_CASE("the evaluation split over 2 ranks gives the one-process results: classification") {
-  const std::string root = dir("shapes");
-  Run g = run(std::string(HR_SYNTH_EXE) + " --out " + root +
-              " --task cls --per-class 2 --val-per-class 3 --seed 3");
-  REQUIRE(g.code == 0);
-  const std::string cfg = dir("cls.yaml");
-  std::ofstream(cfg) << hr::test::tiny_cls_config(root);
+  const std::string cfg = synth_experiment("cls", "shapes",
+                                           "--task cls --per-class 2 --val-per-class 3 --seed 3",
+                                           [](const std::string& r) { return hr::test::tiny_cls_config(r); });
   check_split_evaluation("cls", cfg, "TRAIN.END_EPOCH 1", "TRAIN.END_EPOCH 1",
                          "/results/predictions_val.json");
 }
 
 TEST_CASE("the evaluation split over 2 ranks gives the one-process results: detection") {
-  const std::string root = dir("scenes");
-  Run g = run(std::string(HR_SYNTH_EXE) + " --out " + root +
-              " --task det --train 8 --val 6 --seed 3 --quiet");
-  REQUIRE(g.code == 0);
-  const std::string cfg = dir("det.yaml");
-  std::ofstream(cfg) << hr::test::tiny_det_config(root, "0.001");  // barely trained: low scores
-  check_split_evaluation("det", cfg, "SOLVER.MAX_ITER 4 SOLVER.STEPS '(3,)' SOLVER.WARMUP_ITERS 2",
-                         "SOLVER.MAX_ITER 4 SOLVER.STEPS '(3,)' SOLVER.WARMUP_ITERS 2",
-                         "/results/bbox_coco_2017_val_results.json");
+  // barely trained: low scores, hence the low inference threshold
+  const std::string cfg = synth_experiment(
+      "det", "scenes", "--task det --train 8 --val 6 --seed 3 --quiet",
+      [](const std::string& r) { return hr::test::tiny_det_config(r, "0.001"); });
+  const std::string iters = "SOLVER.MAX_ITER 4 SOLVER.STEPS '(3,)' SOLVER.WARMUP_ITERS 2";
+  check_split_evaluation("det", cfg, iters, iters, "/results/bbox_coco_2017_val_results.json");
 }
 
 namespace {

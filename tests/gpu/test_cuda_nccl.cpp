@@ -7,6 +7,7 @@
 // batch norm of the whole batch; the trainer's step with ENGINE.SYNC_BN on one rank equals plain
 // batch norm.
 #include <catch2/catch.hpp>
+#include <functional>
 #include <random>
 
 #include "engine/dist.h"
@@ -41,36 +42,57 @@ TEST_CASE("cuda nccl: one-rank all-reduces leave the values as they are", "[cuda
   }
 }
 
-TEST_CASE("cuda nccl: the trainer's step with the reduction equals the step without",
-          "[cuda][nccl]") {
+namespace {
+
+// The small pose HRNet trained `steps` steps on CUDA (graph or eager, SGD with momentum) twice,
+// the second TrainStep configured by `setup`; the losses' sums and the parameters of both.
+struct TwoRuns {
+  double loss_a = 0, loss_b = 0;
+  NamedTensors a, b;
+};
+TwoRuns train_twice(bool graph, int steps, uint64_t seed,
+                    const std::function<void(tasks::TrainStep&)>& setup) {
   hr::test::HeatmapTask task;
   const ModelSpec spec = small_spec(Head::Pose, true);
   const Shape in{2, 3, 64, 64};
+  HRNet ma(spec, 5), mb(spec, 5);
+  for (HRNet* m : {&ma, &mb}) {
+    m->train();
+    m->to(Device::cuda());
+  }
+  SGDOptions o;
+  o.lr = 0.01;
+  o.momentum = 0.9;
+  SGD oa(ma.parameters(), o), ob(mb.parameters(), o);
+  tasks::TrainStep sa(task, ma, oa, Device::cuda(), DType::f32, graph),
+      sb(task, mb, ob, Device::cuda(), DType::f32, graph);
+  setup(sb);
+  for (int k = 0; k < steps; ++k) {  // graph: an eager run, the capture, then replays
+    const data::Batch b = hr::test::heatmap_batch(in, spec.num_joints, seed + uint64_t(k));
+    sa.step(b);
+    sb.step(b);
+  }
+  TwoRuns r;
+  r.loss_a = sa.take_losses().sum;
+  r.loss_b = sb.take_losses().sum;
+  r.a = ma.named_parameters();
+  r.b = mb.named_parameters();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cuda nccl: the trainer's step with the reduction equals the step without",
+          "[cuda][nccl]") {
   for (bool graph : {false, true}) {
     INFO("graph " << graph);
-    HRNet plain(spec, 5), reduced(spec, 5);
-    for (HRNet* m : {&plain, &reduced}) {
-      m->train();
-      m->to(Device::cuda());
-    }
-    SGDOptions o;
-    o.lr = 0.01;
-    o.momentum = 0.9;
-    SGD op(plain.parameters(), o), orr(reduced.parameters(), o);
-    tasks::TrainStep sp(task, plain, op, Device::cuda(), DType::f32, graph),
-        sr(task, reduced, orr, Device::cuda(), DType::f32, graph);
-    sr.set_data_parallel(false, /*always=*/true);
-    for (int k = 0; k < 5; ++k) {  // graph: an eager run, the capture, then replays
-      const data::Batch b = hr::test::heatmap_batch(in, spec.num_joints, 900 + k);
-      sp.step(b);
-      sr.step(b);
-    }
-    const auto lp = sp.take_losses(), lr = sr.take_losses();
-    CHECK(lr.sum == lp.sum);
-    const NamedTensors pp = plain.named_parameters(), pr = reduced.named_parameters();
-    for (size_t i = 0; i < pp.size(); ++i) {
-      INFO(pp[i].first);
-      CHECK(pr[i].second.to_vector() == pp[i].second.to_vector());
+    const TwoRuns r = train_twice(graph, 5, 900, [](tasks::TrainStep& s) {
+      s.set_data_parallel(false, /*always=*/true);  // one rank: NCCL's one-rank communicator
+    });
+    CHECK(r.loss_b == r.loss_a);
+    for (size_t i = 0; i < r.a.size(); ++i) {
+      INFO(r.a[i].first);
+      CHECK(r.b[i].second.to_vector() == r.a[i].second.to_vector());
     }
   }
 }
@@ -178,34 +200,15 @@ TEST_CASE("cuda sync batch norm: two halves with their sums added equal the whol
 // captured, equals the step with plain batch norm up to the kernels' rounding.
 TEST_CASE("cuda sync batch norm: the trainer's step with one rank equals plain batch norm",
           "[cuda][syncbn]") {
-  hr::test::HeatmapTask task;
-  const ModelSpec spec = small_spec(Head::Pose, true);
-  const Shape in{2, 3, 64, 64};
   for (bool graph : {false, true}) {
     INFO("graph " << graph);
-    HRNet plain(spec, 5), synced(spec, 5);
-    for (HRNet* m : {&plain, &synced}) {
-      m->train();
-      m->to(Device::cuda());
-    }
-    SGDOptions o;
-    o.lr = 0.01;
-    o.momentum = 0.9;
-    SGD op(plain.parameters(), o), os(synced.parameters(), o);
-    tasks::TrainStep sp(task, plain, op, Device::cuda(), DType::f32, graph),
-        ss(task, synced, os, Device::cuda(), DType::f32, graph);
-    ss.set_data_parallel(/*sync_bn=*/true);
-    for (int k = 0; k < 4; ++k) {
-      const data::Batch b = hr::test::heatmap_batch(in, spec.num_joints, 700 + k);
-      sp.step(b);
-      ss.step(b);
-    }
-    const auto lp = sp.take_losses(), ls = ss.take_losses();
-    CHECK(ls.sum == Approx(lp.sum).epsilon(1e-4));
-    const NamedTensors pp = plain.named_parameters(), ps = synced.named_parameters();
-    for (size_t i = 0; i < pp.size(); ++i) {
-      INFO(pp[i].first);
-      const auto a = pp[i].second.to_vector(), b = ps[i].second.to_vector();
+    const TwoRuns r = train_twice(graph, 4, 700, [](tasks::TrainStep& s) {
+      s.set_data_parallel(/*sync_bn=*/true);
+    });
+    CHECK(r.loss_b == Approx(r.loss_a).epsilon(1e-4));
+    for (size_t i = 0; i < r.a.size(); ++i) {
+      INFO(r.a[i].first);
+      const auto a = r.a[i].second.to_vector(), b = r.b[i].second.to_vector();
       for (size_t j = 0; j < a.size(); ++j) REQUIRE(b[j] == Approx(a[j]).margin(1e-4).epsilon(1e-3));
     }
   }
