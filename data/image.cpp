@@ -33,9 +33,7 @@
 #define STBI_ONLY_PNM
 #include <stb_image.h>
 
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb_image_write.h>
+#include "data/stb_write.h"
 
 namespace hr::data {
 
@@ -723,10 +721,10 @@ void write_image(const Image& img, const std::string& path, int jpeg_quality) {
            ": JPEG quality ", jpeg_quality, " outside 1..100");
 
   std::vector<uint8_t> bytes;
-  const int ok = png ? stbi_write_png_to_func(append_bytes, &bytes, img.width, img.height,
+  const bool ok = png ? detail::stb_write_png(append_bytes, &bytes, img.width, img.height,
                                               img.channels, img.pixels.data(),
                                               img.width * img.channels)
-                     : stbi_write_jpg_to_func(append_bytes, &bytes, img.width, img.height,
+                      : detail::stb_write_jpg(append_bytes, &bytes, img.width, img.height,
                                               img.channels, img.pixels.data(), jpeg_quality);
   HR_CHECK(ok && !bytes.empty(), "cannot write image ", path, ": encoding failed");
 

@@ -111,6 +111,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, MemoryForma
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device, MemoryFormat fmt) {
   Tensor t = make_tensor(shape, dtype, device, fmt);
+  if (t.nbytes() == 0) return t;  // no storage to clear (memset of a null pointer is UB)
   if (device.is_cpu())
     std::memset(t.raw_data(), 0, t.nbytes());
   else

@@ -145,7 +145,9 @@ TEST_CASE("2 ranks with SyncBN train as 1 rank with the whole batch") {
         std::count(one.out.begin(), one.out.end(), '\n'));
   require_close(step_losses(dir("two_sync")), step_losses(dir("one")), 2e-4);
   const double sync_gap = weight_gap(dir("one"), dir("two_sync"));
-  CHECK(sync_gap < 2e-3);  // one process at 2 threads against 1 differs by 5e-4 here
+  // float reduction order alone: one process at 2 threads against 1 differs by 5e-4 here, the
+  // sanitizer build (other instruction choices) by 5e-3; per-rank batch norm by 0.26
+  CHECK(sync_gap < 1e-2);
   // without SyncBN each rank normalises its half: not the same training
   trained(2, dir("two_own"), "TRAIN.END_EPOCH 2 ENGINE.SYNC_BN False");
   CHECK(weight_gap(dir("one"), dir("two_own")) > 20 * sync_gap);
@@ -156,7 +158,7 @@ TEST_CASE("2 ranks without SyncBN train as 1 rank with per-half batch norm") {
   const Run two = trained(2, dir("two"), "TRAIN.END_EPOCH 2");  // pose: per-rank BN by default
   CHECK(two.err.find("batch norm per rank") != std::string::npos);
   require_close(step_losses(dir("two")), step_losses(dir("one_acc")), 2e-4);
-  CHECK(weight_gap(dir("one_acc"), dir("two")) < 2e-3);
+  CHECK(weight_gap(dir("one_acc"), dir("two")) < 1e-2);
 }
 
 TEST_CASE("a 2-rank checkpoint resumes with 1 rank and the same global batch") {
@@ -170,7 +172,7 @@ TEST_CASE("a 2-rank checkpoint resumes with 1 rank and the same global batch") {
   std::vector<double> a = step_losses(dir("resume")), b = step_losses(dir("full2"));
   REQUIRE(a.size() == b.size());
   require_close(a, b, 2e-4);
-  CHECK(weight_gap(dir("resume"), dir("full2")) < 2e-3);
+  CHECK(weight_gap(dir("resume"), dir("full2")) < 1e-2);
 }
 
 namespace {
