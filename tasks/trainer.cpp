@@ -616,12 +616,18 @@ EvalSummary Trainer::run() {
   }
   // every rank starts from rank 0's weights and buffers (the same seed makes the same ones; this
   // makes sure of it)
-  if (world.size > 1)
+  if (world.size > 1) {
+    NoGradGuard no_grad;
     for (auto& [k, t] : model->state_dict()) {
-      HR_CHECK(t.device().is_cpu() && t.is_contiguous(), "data-parallel start: ", k, " is ", t.str());
-      dist::broadcast(t.raw_data(), t.numel() * static_cast<int64_t>(dtype_size(t.dtype())), 0,
+      // through a dense host copy (the model may be on a GPU, 4-D tensors channels-last)
+      Tensor h = Tensor::empty(t.shape(), t.dtype());
+      h.copy_(t);
+      dist::broadcast(h.raw_data(), h.numel() * static_cast<int64_t>(dtype_size(h.dtype())), 0,
                       "the broadcast of rank 0's weights");
+      Tensor dst = t;
+      dst.copy_(h);
     }
+  }
   // the run goes ahead: the merged config, then the metrics
   const std::string cfg_text = cfg.dump();
   if (lead)
