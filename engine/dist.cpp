@@ -510,7 +510,10 @@ void GradientReducer::finish() {
         g = Tensor::zeros(p.shape(), DType::f32, p.device());
         p.set_grad(g);
       }
-      HR_CHECK(g.is_contiguous() && g.dtype() == DType::f32, "gradient reducer: gradient ", g.str());
+      // dense in either layout (4-D CUDA gradients are channels-last): the reduction is
+      // element-wise, so only the bytes matter
+      HR_CHECK(g.dtype() == DType::f32 && g.is_contiguous(g.suggest_format()),
+               "gradient reducer: gradient ", g.str(), " is not a dense f32 tensor");
       grads.push_back(g);
     }
     void* comm = nccl_comm();
