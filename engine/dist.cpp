@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -122,23 +121,28 @@ double timeout() { return g_timeout; }
 const World& init() {
   if (g_init) return g_world;
   // The launcher's own variables say how many processes the job has.
+  // (the local rank comes from MPI itself: the processes that share this machine)
   struct Launcher {
-    const char *size, *rank, *local, *name;
+    const char *size, *rank, *name;
   };
   const Launcher launchers[] = {
-      {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "mpirun"},
-      {"PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "pmi"},
-      {"SLURM_STEP_NUM_TASKS", "PMIX_RANK", "SLURM_LOCALID", "pmix"},
+      {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "mpirun"},
+      {"PMI_SIZE", "PMI_RANK", "pmi"},
+      {"SLURM_STEP_NUM_TASKS", "PMIX_RANK", "pmix"},
   };
-  int size = 1;
+  int size = -1;                 // -1: the launcher does not say (MPI will)
+  const char* size_var = nullptr;
   std::string launcher;
-  for (const Launcher& l : launchers)
-    if (std::getenv(l.rank) && env_int(l.size, -1) >= 1) {
-      size = env_int(l.size, 1);
+  for (const Launcher& l : launchers) {
+    const int n = std::getenv(l.rank) ? env_int(l.size, -1) : -1;
+    if (n >= 1) {
+      size = n;
+      size_var = l.size;
       launcher = l.name;
       break;
     }
-  if (launcher.empty() && std::getenv("PMIX_RANK")) launcher = "pmix";  // size from MPI
+  }
+  if (launcher.empty() && std::getenv("PMIX_RANK")) launcher = "pmix";
   // The RANK / WORLD_SIZE / LOCAL_RANK convention (cluster schedulers, torchrun-style scripts)
   const int conv_size = env_int("WORLD_SIZE", -1), conv_rank = env_int("RANK", -1),
             conv_local = env_int("LOCAL_RANK", -1);
@@ -153,7 +157,8 @@ const World& init() {
     return g_world;
   }
 #ifndef HR_WITH_MPI
-  throw Error(str_cat("this process was started by ", launcher, " as one of ", size,
+  throw Error(str_cat("this process was started by ", launcher, " as one of ",
+                      size > 0 ? std::to_string(size) : std::string("several"),
                       " but this build has no MPI (install Open MPI's libopenmpi-dev and "
                       "configure again)"));
 #else
@@ -196,10 +201,11 @@ const World& init() {
   auto agree = [&](const char* what, int env, int mpi) {
     if (env >= 0 && env != mpi)
       abort_job(str_cat(what, "=", env, " in the environment, but ", launcher, " made this process ",
-                        what == std::string("WORLD_SIZE") ? "one of " : "", mpi,
+                        std::string(what) == "RANK" || std::string(what) == "LOCAL_RANK"
+                            ? "" : "one of ", mpi,
                         ": the launcher's and the scheduler's view of the job differ"));
   };
-  agree("WORLD_SIZE", size > 1 || launcher != "pmix" ? size : -1, w.size);
+  if (size_var) agree(size_var, size, w.size);
   agree("WORLD_SIZE", conv_size, w.size);
   agree("RANK", conv_rank, w.rank);
   agree("LOCAL_RANK", conv_local, w.local_rank);
@@ -243,12 +249,6 @@ void all_reduce_max(int64_t* data, int64_t n, const char* what) {
 #ifdef HR_WITH_MPI
   if (g_world.size > 1) reduce_in_place(data, n, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD, what);
 #endif
-}
-
-void all_reduce_sum(Tensor& t, const char* what) {
-  HR_CHECK(t.device().is_cpu() && t.dtype() == DType::f32 && t.is_contiguous(), what,
-           ": all-reduce of ", t.str(), ": expected a contiguous CPU f32 tensor");
-  all_reduce_sum(t.data<float>(), t.numel(), what);
 }
 
 void broadcast(void* data, int64_t bytes, int root, const char* what) {
@@ -347,10 +347,9 @@ void all_reduce_sum_device(double* data, int64_t n, void* stream) {
 struct GradientReducer::Impl {
   struct Bucket {
     std::vector<size_t> members;
-    std::vector<int64_t> offsets;
     std::vector<float> buf;
-    int pending = 0;      // members not yet ready this step
-    bool launched = false, done = false;
+    int pending = 0;  // members not yet ready this step
+    bool done = false;
   };
   std::vector<Tensor> params;
   std::vector<Bucket> buckets;
@@ -397,15 +396,13 @@ struct GradientReducer::Impl {
   // Launches the buckets that are whole, in order.
   void launch_ready() {
     while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
-      Bucket& k = buckets[next_launch];
-      k.launched = true;
       if (thread.joinable()) {
         std::lock_guard<std::mutex> lock(mu);
         queue.push_back(next_launch);
         cv.notify_all();
       } else {
         reduce(next_launch);
-        k.done = true;
+        buckets[next_launch].done = true;
       }
       ++next_launch;
     }
@@ -414,7 +411,7 @@ struct GradientReducer::Impl {
   void reset() {
     for (Bucket& k : buckets) {
       k.pending = static_cast<int>(k.members.size());
-      k.launched = k.done = false;
+      k.done = false;
     }
     std::fill(is_ready.begin(), is_ready.end(), 0);
     std::fill(grads.begin(), grads.end(), Tensor());
@@ -438,7 +435,7 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, int64_t bucket_byte
     HR_CHECK(p.device() == m.params[0].device() && p.dtype() == DType::f32, "gradient reducer: "
              "the parameters must be f32 on one device, got ", p.str());
   if (m.device) {
-    nccl_comm();  // every rank makes it now, not inside a capture
+    nccl_grad_comm();  // every rank makes it now, not inside a capture
     return;
   }
   // reverse order: the backward pass finishes the last layers' gradients first
@@ -452,7 +449,6 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, int64_t bucket_byte
     m.bucket_of[j] = m.buckets.size() - 1;
     m.offset_of[j] = static_cast<int64_t>(k.buf.size());
     k.members.push_back(j);
-    k.offsets.push_back(m.offset_of[j]);
     k.buf.resize(k.buf.size() + static_cast<size_t>(m.params[j].numel()));
     bytes += m.params[j].numel() * 4;
   }
@@ -516,10 +512,11 @@ void GradientReducer::finish() {
                "gradient reducer: gradient ", g.str(), " is not a dense f32 tensor");
       grads.push_back(g);
     }
-    void* comm = nccl_comm();
+    void* comm = nccl_grad_comm();
     cuda::nccl_group_start();
     for (Tensor& g : grads)
-      cuda::nccl_all_reduce(comm, g.raw_data(), g.numel(), cuda::DT::f32, true, current_stream());
+      cuda::nccl_all_reduce_out(comm, g.raw_data(), g.raw_data(), g.numel(), cuda::DT::f32, true,
+                                current_stream());
     cuda::nccl_group_end();
     return;
   }

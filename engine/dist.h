@@ -53,9 +53,6 @@ void barrier(const char* what);
 // MPI_Finalize when MPI was started (at normal exit).
 void finalize();
 
-// The tensors of a CPU float tensor's storage (contiguous f32) in place, summed over the ranks.
-void all_reduce_sum(Tensor& t, const char* what);
-
 // n doubles on the current CUDA device summed over the ranks in place, on stream s (NCCL; with one
 // rank nothing is done).
 void all_reduce_sum_device(double* data, int64_t n, void* stream);

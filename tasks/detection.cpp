@@ -331,13 +331,9 @@ EvalSummary DetTask::evaluate(models::HRNet& model, const RunOptions& run) {
     if (bar) bar->update(1);
   }
   if (bar) bar->finish();
-  if (run.shard_count > 1) {
-    last_results_ = gather_shards(last_results_, run);
-    double n[2] = {double(images), double(skipped)};
-    dist::all_reduce_sum(n, 2, "the evaluation's counts");
-    images = static_cast<int64_t>(n[0]);
-    skipped = static_cast<int>(n[1]);
-  }
+  if (run.shard_count > 1) last_results_ = gather_shards(last_results_, run);
+  images = sum_shards(images, run);
+  skipped = static_cast<int>(sum_shards(skipped, run));
   const data::BoxMetrics m = data::evaluate_boxes(gt, last_results_);
   last_table_ = m.table();
   EvalSummary e;

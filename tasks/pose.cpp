@@ -249,19 +249,11 @@ EvalResult evaluate(models::HRNet& model, const PoseData& val, const data::PoseD
   // a data-parallel job: this rank's contiguous part of the people, the predictions gathered in
   // rank order (the one-process order, so the post-processing sees the same list)
   const auto [begin, end] = shard_range(val.records.size(), o.run);
-  data::PoseDataset ds(o.run.shard_count > 1 ? std::vector<data::PoseRecord>(
-                                                   val.records.begin() + long(begin),
-                                                   val.records.begin() + long(end))
-                                             : val.records,
-                       dopt);
+  data::PoseDataset ds({val.records.begin() + long(begin), val.records.begin() + long(end)}, dopt);
   EvalResult r;
   auto preds = predict(model, ds, o, &r.skipped);
-  if (o.run.shard_count > 1) {
-    preds = gather_shards(preds, o.run);
-    int skipped = 0;
-    for (int k : gather_shards(std::vector<int>{r.skipped}, o.run)) skipped += k;
-    r.skipped = skipped;
-  }
+  if (o.run.shard_count > 1) preds = gather_shards(preds, o.run);
+  r.skipped = static_cast<int>(sum_shards(r.skipped, o.run));
   r.people = static_cast<int64_t>(preds.size());
   r.results = data::rescore_and_nms(preds, o.in_vis_thre, o.oks_thre);
   r.metrics = data::evaluate_keypoints(val.coco, r.results);

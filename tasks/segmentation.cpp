@@ -467,13 +467,9 @@ EvalSummary SegTask::evaluate(models::HRNet& model, const RunOptions& run) {
     if (bar) bar->update(1);
   }
   if (bar) bar->finish();
-  if (run.shard_count > 1) {
-    last_.cm.sum_over_ranks();
-    double n[2] = {double(last_.images), double(last_.skipped)};
-    dist::all_reduce_sum(n, 2, "the evaluation's counts");
-    last_.images = static_cast<int64_t>(n[0]);
-    last_.skipped = static_cast<int>(n[1]);
-  }
+  if (run.shard_count > 1) last_.cm.sum_over_ranks();
+  last_.images = sum_shards(last_.images, run);
+  last_.skipped = static_cast<int>(sum_shards(last_.skipped, run));
   last_.seconds = clock.elapsed_s();
 
   const auto classes = data::seg_class_table(seg_.dataset, seg_.num_classes);

@@ -167,6 +167,13 @@ std::pair<size_t, size_t> shard_range(size_t n, const RunOptions& run) {
   return {n * r / k, n * (r + 1) / k};
 }
 
+int64_t sum_shards(int64_t count, const RunOptions& run) {
+  if (run.shard_count <= 1) return count;
+  double v = double(count);  // exact below 2^53
+  dist::all_reduce_sum(&v, 1, "the evaluation's counts");
+  return static_cast<int64_t>(v);
+}
+
 // ---------------------------------------------------------------------------------------------
 Task::Task(Config cfg) : cfg_(std::move(cfg)), settings_(TrainSettings::from_config(cfg_)) {}
 

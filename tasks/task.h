@@ -102,6 +102,9 @@ RunOptions run_options(const TrainSettings& s);
 // This rank's contiguous part [begin, end) of n items (the parts in rank order, sizes as even as
 // they come).
 std::pair<size_t, size_t> shard_range(size_t n, const RunOptions& run);
+// A count summed over the ranks that split an evaluation (a collective of the job's ranks; one
+// part: `count`).
+int64_t sum_shards(int64_t count, const RunOptions& run);
 // Every rank's items, concatenated in rank order (a collective of the job's ranks; one part:
 // `mine`). T is trivially copyable.
 template <class T>

@@ -172,9 +172,9 @@ void TrainStep::set_data_parallel(bool sync_bn, bool always) {
   HR_CHECK(graphs_.empty() && !host_losses_.steps, "train step: set_data_parallel after a step");
   sync_bn_ = sync_bn;
   if (!dist::distributed() && !always) return;
-  params_ = model_.parameters();
-  for (size_t k = 0; k < params_.size(); ++k) param_index_[params_[k].impl()] = k;
-  reducer_ = std::make_unique<dist::GradientReducer>(params_, 16 << 20, always);
+  const std::vector<Tensor> params = model_.parameters();
+  for (size_t k = 0; k < params.size(); ++k) param_index_[params[k].impl()] = k;
+  reducer_ = std::make_unique<dist::GradientReducer>(params, 16 << 20, always);
 }
 
 bool TrainStep::graph_reduces() const {
@@ -711,7 +711,8 @@ EvalSummary Trainer::run() {
     // the end of the epoch; a non-finite loss in any step since the last read stops training.
     double loss_sum = st.epoch_loss_sum;  // of the steps read so far
     float loss = NAN;                     // the last step read
-    int64_t seen = st.epoch_samples, loss_seen = st.epoch_loss_samples, iter = first_iter,
+    // loss_seen: the job's samples in the steps read so far (read_losses sums the ranks')
+    int64_t loss_seen = st.epoch_loss_samples, iter = first_iter,
             skipped = st.epoch_skipped;
     auto read_losses = [&](int64_t last_iter) {
       TrainStep::Losses l = step.take_losses();
@@ -731,10 +732,9 @@ EvalSummary Trainer::run() {
       loss_sum += l.sum;
       loss_seen += l.samples;
     };
-    // the job's sample counts, at a step boundary where every rank is (after read_losses)
+    // the job's skipped samples, at a step boundary where every rank is
     int64_t skipped_here = 0;  // this rank's skipped samples not yet added to `skipped`
     auto sync_counts = [&] {
-      seen = loss_seen;  // read_losses summed the ranks' batch sizes
       double v = double(skipped_here);
       dist::all_reduce_sum(&v, 1, "the skipped samples' all-reduce");
       skipped += static_cast<int64_t>(v);
@@ -750,7 +750,6 @@ EvalSummary Trainer::run() {
           opt->set_lr(lr);
         }
         step.step(b);
-        seen += b.size();  // this rank's: the job's once the losses are read (sync_counts)
         ++st.global_step;
         const bool print = iter % s.print_freq == 0;
         if (print) read_losses(iter);
@@ -774,7 +773,7 @@ EvalSummary Trainer::run() {
         st.iter = iter;
         st.epoch_loss_sum = loss_sum;
         st.epoch_loss_samples = loss_seen;
-        st.epoch_samples = seen;
+        st.epoch_samples = loss_seen;
         st.epoch_skipped = skipped;
         stop_here(true, str_cat("in epoch ", epoch + 1, " of ", end_epoch, " at iteration ", iter,
                                 " of ", iters_per_epoch, " (step ", st.global_step, ")"));
@@ -789,7 +788,7 @@ EvalSummary Trainer::run() {
     st.epoch_loss_samples = st.epoch_samples = st.epoch_skipped = 0;
     log.append(str_cat("{\"type\":\"epoch\",\"epoch\":", epoch,
                        ",\"loss\":", num(loss_seen ? loss_sum / loss_seen : NAN),
-                       ",\"samples\":", seen,
+                       ",\"samples\":", loss_seen,
                        ",\"skipped\":", skipped, ",\"seconds\":", num(bar.elapsed_s()),
                        ",\"img_per_s\":", num(bar.rate()), ",\"lr\":", num(lr),
                        mark(logged.epochs.count(epoch) > 0), "}"));
@@ -800,16 +799,10 @@ EvalSummary Trainer::run() {
 
     const bool last = epoch + 1 == end_epoch;
     const bool eval_now = last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0;
-    if (eval_now && !lead && !split_eval) {
-      // rank 0 evaluates and writes the checkpoint; the others wait for it, bounded by
-      // ENGINE.DIST_EVAL_TIMEOUT (a dead rank 0 ends the job through the launcher)
-      dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
-      dist::barrier("waiting for rank 0's evaluation");
-      dist::set_timeout(s.dist_timeout);
-    } else if (eval_now && !lead) {
+    if (eval_now && !lead && split_eval) {
       task_.evaluate(*model, run);  // this rank's part; rank 0 reports
       evaluated = true;
-    } else if (eval_now) {
+    } else if (eval_now && lead) {
       last_eval = task_.evaluate(*model, run);
       evaluated = true;
       std::string line;
@@ -831,13 +824,13 @@ EvalSummary Trainer::run() {
                           {last_eval.score_name, num(last_eval.score)}});
       }
     }
-    if (lead) {
-      save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
-      if (eval_now && !split_eval) {
-        dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
-        dist::barrier("waiting for rank 0's evaluation");
-        dist::set_timeout(s.dist_timeout);
-      }
+    if (lead) save_training_checkpoint(ckpt, *model, *opt, st, s.seed, cfg_text);
+    if (eval_now && !split_eval) {
+      // rank 0 evaluated alone and wrote the checkpoint: the others wait for it here, bounded by
+      // ENGINE.DIST_EVAL_TIMEOUT (a dead rank 0 ends the job through the launcher)
+      dist::set_timeout(std::max(s.dist_timeout, s.dist_eval_timeout));
+      dist::barrier("waiting for rank 0's evaluation");
+      dist::set_timeout(s.dist_timeout);
     }
     if (stop_agreed() && !last)
       stop_here(false, str_cat("after epoch ", epoch + 1, " of ", end_epoch, " (step ",

@@ -105,8 +105,7 @@ class TrainStep {
   int accumulate_;
   bool sync_bn_ = false;
   std::unique_ptr<dist::GradientReducer> reducer_;  // data-parallel jobs
-  std::vector<Tensor> params_;                      // the model's, in the reducer's order
-  std::map<const void*, size_t> param_index_;
+  std::map<const void*, size_t> param_index_;      // parameter -> its index in the reducer
   void reduce_gradients();  // finishes the reducer (no-op alone)
   // CUDA graphs of a data-parallel job average their gradients inside (all_reduce_mean nodes on a
   // stream of their own), unless the batch runs as micro-batches (then once, after the last)

@@ -323,40 +323,8 @@ void infer_backward(int64_t N, int64_t C, int64_t HW, const float* x, const G& g
 // Synchronised batch norm: the per-channel sums of train_forward / train_backward in passes over
 // all channels, each pass's sums (and the value count) summed over the ranks by all_reduce
 // between them. With an all_reduce that changes nothing the results are train_forward's and
-// train_backward's bits: the same sums, divided by the same count.
-void sync_train_forward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gamma,
-                        const float* beta, float eps, float momentum, float* running_mean,
-                        float* running_var, const float* residual, bool relu, float* y,
-                        float* save_mean, float* save_invstd, const SumReducer& all_reduce) {
-  std::vector<double> sums(static_cast<size_t>(C) + 1);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) sums[static_cast<size_t>(c)] = channel_sum(N, C, HW, c, x);
-  sums[static_cast<size_t>(C)] = double(N * HW);
-  all_reduce(sums.data(), C + 1);
-  const double count = sums[static_cast<size_t>(C)];
-  HR_CHECK(count > 1, "batch_norm (synchronised): expected more than 1 value per channel over "
-           "the ranks when training, got ", count);
-  std::vector<double> sq(static_cast<size_t>(C));
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c)
-    sq[static_cast<size_t>(c)] = channel_sq_dev(N, C, HW, c, x, sums[static_cast<size_t>(c)] / count);
-  all_reduce(sq.data(), C);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double mean = sums[static_cast<size_t>(c)] / count;
-    const double var = sq[static_cast<size_t>(c)] / count;
-    const double invstd = 1.0 / std::sqrt(var + double(eps));
-    if (running_mean)
-      running_mean[c] = float((1.0 - momentum) * running_mean[c] + double(momentum) * mean);
-    if (running_var) {
-      const double unbiased = var * count / (count - 1);
-      running_var[c] = float((1.0 - momentum) * running_var[c] + double(momentum) * unbiased);
-    }
-    if (save_mean) save_mean[c] = float(mean);
-    if (save_invstd) save_invstd[c] = float(invstd);
-    channel_apply(N, C, HW, c, x, residual, relu, mean, float(invstd * gamma[c]), beta[c], y);
-  }
-}
+// train_backward's bits: the same sums, divided by the same count (the forward:
+// batchnorm_act_train_forward_sync below).
 
 // dgamma and dbeta stay this rank's own (the data-parallel gradient average sums them); dx uses
 // the sums over the ranks, as the statistics it differentiates were.
@@ -403,8 +371,34 @@ void batchnorm_act_train_forward_sync(int64_t N, int64_t C, int64_t HW, const fl
                                       const float* residual, bool relu, float* y,
                                       float* save_mean, float* save_invstd,
                                       const SumReducer& all_reduce) {
-  sync_train_forward(N, C, HW, x, gamma, beta, eps, momentum, running_mean, running_var, residual,
-                     relu, y, save_mean, save_invstd, all_reduce);
+  std::vector<double> sums(static_cast<size_t>(C) + 1);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c) sums[static_cast<size_t>(c)] = channel_sum(N, C, HW, c, x);
+  sums[static_cast<size_t>(C)] = double(N * HW);
+  all_reduce(sums.data(), C + 1);
+  const double count = sums[static_cast<size_t>(C)];
+  HR_CHECK(count > 1, "batch_norm (synchronised): expected more than 1 value per channel over "
+           "the ranks when training, got ", count);
+  std::vector<double> sq(static_cast<size_t>(C));
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c)
+    sq[static_cast<size_t>(c)] = channel_sq_dev(N, C, HW, c, x, sums[static_cast<size_t>(c)] / count);
+  all_reduce(sq.data(), C);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
+  for (int64_t c = 0; c < C; ++c) {
+    const double mean = sums[static_cast<size_t>(c)] / count;
+    const double var = sq[static_cast<size_t>(c)] / count;
+    const double invstd = 1.0 / std::sqrt(var + double(eps));
+    if (running_mean)
+      running_mean[c] = float((1.0 - momentum) * running_mean[c] + double(momentum) * mean);
+    if (running_var) {
+      const double unbiased = var * count / (count - 1);
+      running_var[c] = float((1.0 - momentum) * running_var[c] + double(momentum) * unbiased);
+    }
+    if (save_mean) save_mean[c] = float(mean);
+    if (save_invstd) save_invstd[c] = float(invstd);
+    channel_apply(N, C, HW, c, x, residual, relu, mean, float(invstd * gamma[c]), beta[c], y);
+  }
 }
 
 void batchnorm_act_train_backward_sync(int64_t N, int64_t C, int64_t HW, const float* x,

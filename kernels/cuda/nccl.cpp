@@ -41,18 +41,8 @@ void* nccl_init(const void* id, int rank, int size) {
   return comm;
 }
 
-void nccl_destroy(void* comm) {
-  if (comm) ncclCommDestroy(static_cast<ncclComm_t>(comm));
-}
-
 void nccl_group_start() { check(ncclGroupStart(), "ncclGroupStart"); }
 void nccl_group_end() { check(ncclGroupEnd(), "ncclGroupEnd"); }
-
-void nccl_all_reduce(void* comm, void* data, int64_t n, DT dt, bool average, Stream s) {
-  check(ncclAllReduce(data, data, static_cast<size_t>(n), nccl_type(dt), average ? ncclAvg : ncclSum,
-                      static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
-        "ncclAllReduce");
-}
 
 void nccl_all_reduce_out(void* comm, const void* in, void* out, int64_t n, DT dt, bool average,
                          Stream s) {
@@ -76,10 +66,8 @@ namespace {
 bool nccl_built() { return false; }
 void nccl_unique_id(void*) { none("nccl_unique_id"); }
 void* nccl_init(const void*, int, int) { none("nccl_init"); }
-void nccl_destroy(void*) {}
 void nccl_group_start() { none("nccl_group_start"); }
 void nccl_group_end() { none("nccl_group_end"); }
-void nccl_all_reduce(void*, void*, int64_t, DT, bool, Stream) { none("nccl_all_reduce"); }
 void nccl_all_reduce_f64(void*, double*, int64_t, Stream) { none("nccl_all_reduce_f64"); }
 void nccl_all_reduce_out(void*, const void*, void*, int64_t, DT, bool, Stream) {
   none("nccl_all_reduce_out");

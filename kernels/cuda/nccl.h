@@ -13,15 +13,13 @@ namespace hr::cuda {
 constexpr size_t kNcclIdBytes = 128;  // sizeof(ncclUniqueId)
 bool nccl_built();
 void nccl_unique_id(void* id);                          // rank 0: kNcclIdBytes into id
-void* nccl_init(const void* id, int rank, int size);    // on the current device; blocks for all
-void nccl_destroy(void* comm);
+// On the current device; blocks until every rank joins. Kept for the life of the process.
+void* nccl_init(const void* id, int rank, int size);
 // Several all-reduces as one NCCL group (one launch where NCCL can fuse them).
 void nccl_group_start();
 void nccl_group_end();
-// data (n values of dt on this device) summed, or averaged (ncclAvg), over the ranks, in place,
-// on stream s.
-void nccl_all_reduce(void* comm, void* data, int64_t n, DT dt, bool average, Stream s);
-// The same from `in` into `out` (may be the same buffer).
+// n values of dt on this device from `in`, summed or averaged (ncclAvg) over the ranks, into
+// `out` (may be the same buffer: in place), on stream s.
 void nccl_all_reduce_out(void* comm, const void* in, void* out, int64_t n, DT dt, bool average,
                          Stream s);
 // n doubles on this device summed over the ranks, in place (synchronised batch norm's sums).

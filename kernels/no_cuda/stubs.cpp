@@ -210,10 +210,8 @@ HR_NO_CUDA(void, batchnorm_test_config, (int, int, bool))
 bool nccl_built() { return false; }
 HR_NO_CUDA(void, nccl_unique_id, (void*))
 HR_NO_CUDA(void*, nccl_init, (const void*, int, int))
-void nccl_destroy(void*) {}
 HR_NO_CUDA(void, nccl_group_start, ())
 HR_NO_CUDA(void, nccl_group_end, ())
-HR_NO_CUDA(void, nccl_all_reduce, (void*, void*, int64_t, DT, bool, Stream))
 HR_NO_CUDA(void, nccl_all_reduce_f64, (void*, double*, int64_t, Stream))
 HR_NO_CUDA(void, nccl_all_reduce_out, (void*, const void*, void*, int64_t, DT, bool, Stream))
 

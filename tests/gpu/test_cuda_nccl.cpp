@@ -33,10 +33,11 @@ TEST_CASE("cuda nccl: one-rank all-reduces leave the values as they are", "[cuda
   std::vector<float> v(100003);
   for (float& x : v) x = d(rng);
   Tensor t = Tensor::from_vector(v, {int64_t(v.size())}).to(Device::cuda());
-  void* comm = dist::nccl_comm();
+  void* comm = dist::nccl_grad_comm();
   for (bool average : {true, false}) {
     cuda::nccl_group_start();
-    cuda::nccl_all_reduce(comm, t.raw_data(), t.numel(), cuda::DT::f32, average, current_stream());
+    cuda::nccl_all_reduce_out(comm, t.raw_data(), t.raw_data(), t.numel(), cuda::DT::f32, average,
+                              current_stream());
     cuda::nccl_group_end();
     CHECK(t.to_vector() == v);
   }
