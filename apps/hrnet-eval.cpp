@@ -94,24 +94,8 @@ int run(const Args& a) {
     return 0;
   }
 
-  const Device dev = s.engine_device();
-  HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
   const std::string out = a.out.empty() ? tasks::experiment_output_dir(cfg, a.cfg) : a.out;
-  std::string weights = a.weights;
-  if (weights.empty()) weights = cfg.get_str("TEST.MODEL_FILE", "");
-  if (weights.empty()) weights = cfg.get_str("MODEL.WEIGHT", "");  // det (maskrcnn-benchmark)
-  if (weights.empty()) weights = out + "/final_state.safetensors";
-  HR_CHECK(fs::exists(weights), "weights ", weights,
-           " do not exist (give --weights or TEST.MODEL_FILE)");
-  tasks::make_output_dir(out);
-
-  auto model = task->make_model(s.seed);
-  models::load_hrnet_checkpoint(*model, weights);
-  model->to(dev);
-  tasks::RunOptions run = tasks::run_options(s);
-  run.test_augmentation = true;  // the official test tools' flip / multi-scale (seg)
-  const tasks::EvalSummary r = task->evaluate(*model, run);
-  task->save_outputs(out);
+  const tasks::EvalSummary r = tasks::evaluate_experiment(*task, a.weights, out);
   std::printf("%s", r.table.c_str());
   std::fprintf(stderr, "hrnet-eval: %s %.4f on %lld samples, %d unreadable skipped, %.1f s; "
                "results in %s/results\n",

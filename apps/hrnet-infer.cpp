@@ -53,6 +53,7 @@
 #include "tasks/classification.h"
 #include "tasks/detection.h"
 #include "tasks/pose.h"
+#include "tasks/predict.h"
 #include "tasks/segmentation.h"
 #include "data/seg_classes.h"
 #include "models/config.h"
@@ -93,9 +94,9 @@ struct Args {
 };
 
 
-// Boxes are pixels of an image: coordinates beyond kMaxBoxCoord, or not finite, are refused
+// Boxes are pixels of an image: coordinates beyond tasks::kMaxBoxCoord, or not finite, are refused
 // (they made the overlay's line drawing overflow, and NaN reached the JSON as an invalid token).
-constexpr float kMaxBoxCoord = 1e6f;
+using tasks::kMaxBoxCoord;
 
 std::string box_problem(const std::array<float, 4>& b) {
   for (float v : b)
@@ -373,10 +374,9 @@ std::vector<FoundObject> find_objects(HRNet& model, const Config& cfg, const std
   tasks::RunOptions run;
   run.device = parse_device(a.device);
   run.graph = !a.eager;
-  if (run.device != Device::cpu()) model.to(run.device);
-  tasks::Detector detect(model, s, run);
+  tasks::Predictor predictor(model, &cfg, run);
   std::vector<FoundObject> found;
-  for (const tasks::DetBox& d : detect(img)) {
+  for (const tasks::DetBox& d : predictor.detect(img)) {
     const data::CocoCategory& c = categories.at(static_cast<size_t>(d.label));
     if (!(d.score >= a.box_thre) || (!only.empty() && c.name != only)) continue;
     found.push_back({d, c});
@@ -440,32 +440,13 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
     throw UsageError("--image with a pose model needs --json OUT.json and/or --overlay OUT.png");
   if (!a.classes.empty()) throw UsageError("--classes goes with classification models");
   if (!a.label_map.empty()) throw UsageError("--label-map goes with segmentation models");
-  const Device dev = parse_device(a.device);
+  tasks::RunOptions run;
+  run.device = parse_device(a.device);
+  run.graph = !a.eager;
+  run.progress = false;
   const data::Image img = data::read_image(a.image);  // fails early, naming the file
-  data::PoseDatasetOptions dopt;
-  tasks::EvalOptions eo;
-  if (cfg) {
-    const tasks::PoseSettings s = tasks::PoseSettings::from_config(*cfg);
-    dopt = tasks::eval_dataset_options(s);
-    eo = tasks::eval_options(s, tasks::RunOptions());
-  } else {
-    const ModelSpec& sp = model.spec();
-    dopt.aug.enabled = false;
-    dopt.target.image_w = static_cast<int>(sp.image_size[0]);
-    dopt.target.image_h = static_cast<int>(sp.image_size[1]);
-    dopt.target.heatmap_w = static_cast<int>(sp.heatmap_size[0]);
-    dopt.target.heatmap_h = static_cast<int>(sp.heatmap_size[1]);
-  }
-  HR_CHECK(dopt.target.image_w > 0 && dopt.target.image_h > 0 && dopt.target.heatmap_w > 0,
-           "the model gives no MODEL.IMAGE_SIZE / HEATMAP_SIZE");
-  dopt.skip_corrupt = false;
-  eo.run.device = dev;
-  eo.run.graph = !a.eager;
-  eo.run.progress = false;
-  eo.run.workers = 1;
-  model.check_input({1, 3, dopt.target.image_h, dopt.target.image_w});
   load_hrnet_checkpoint(model, a.weights);
-  if (dev != Device::cpu()) model.to(dev);
+  tasks::Predictor predictor(model, cfg, run);
 
   std::vector<std::array<float, 5>> boxes;  // x, y, w, h, score
   for (const auto& b : a.boxes) boxes.push_back({b[0], b[1], b[2], b[3], 1.f});
@@ -500,18 +481,7 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
       return;
     }
   }
-  if (boxes.empty()) boxes.push_back({0, 0, float(img.width), float(img.height), 1.f});
-  const float aspect = float(dopt.target.image_w) / float(dopt.target.image_h);
-  std::vector<data::PoseRecord> recs;
-  for (const auto& b : boxes) {
-    data::PoseRecord r;
-    r.image_path = a.image;
-    r.score = b[4];
-    data::box_to_center_scale({b[0], b[1], b[2], b[3]}, aspect, r.center, r.scale);
-    recs.push_back(r);
-  }
-  data::PoseDataset ds(recs, dopt);
-  const auto preds = tasks::predict(model, ds, eo);
+  const std::vector<tasks::PersonKeypoints> preds = predictor.keypoints(img, boxes);
 
   data::Image overlay = img;
   std::string json = "{\"image\": " + json_quote(a.image) + ", \"width\": " + std::to_string(img.width) +
@@ -520,15 +490,10 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
   for (size_t j = 0; j < names.size(); ++j) json += (j ? ", \"" : "\"") + names[j] + "\"";
   json += "],\n \"people\": [";
   for (size_t p = 0; p < preds.size(); ++p) {
-    // the official rescoring: mean of the joint maxima above 0.2, times the box score
-    float sum = 0;
-    int n = 0;
-    for (int j = 0; j < data::kNumJoints; ++j)
-      if (preds[p].keypoints[3 * j + 2] > 0.2f) sum += preds[p].keypoints[3 * j + 2], ++n;
-    const float score = (n ? sum / n : 0.f) * boxes[p][4];
-    json += str_cat(p ? ",\n  " : "\n  ", "{\"bbox\": [", jnum(boxes[p][0]), ", ",
-                    jnum(boxes[p][1]), ", ", jnum(boxes[p][2]), ", ", jnum(boxes[p][3]),
-                    "], \"box_score\": ", jnum(boxes[p][4]), ", \"score\": ", jnum(score),
+    const tasks::PersonKeypoints& q = preds[p];
+    json += str_cat(p ? ",\n  " : "\n  ", "{\"bbox\": [", jnum(q.bbox[0]), ", ",
+                    jnum(q.bbox[1]), ", ", jnum(q.bbox[2]), ", ", jnum(q.bbox[3]),
+                    "], \"box_score\": ", jnum(q.box_score), ", \"score\": ", jnum(q.score),
                     ", \"keypoints\": [");
     for (int k = 0; k < 3 * data::kNumJoints; ++k)
       json += str_cat(k ? ", " : "", jnum(preds[p].keypoints[k]));
@@ -548,46 +513,26 @@ void infer_image(HRNet& model, const Args& a, const Config* cfg) {
 void classify_image(HRNet& model, const Args& a, const Config* cfg) {
   HR_CHECK(a.overlay_out.empty() && a.boxes.empty() && a.boxes_file.empty() && a.label_map.empty(),
            "--overlay, --box and --boxes go with pose and seg models, --label-map with seg models");
-  const Device dev = parse_device(a.device);
-  data::ClassificationOptions o;
-  o.size = static_cast<int>(model.spec().image_size[0]);
-  o.train = false;
-  HR_CHECK(o.size > 0, "the model gives no MODEL.IMAGE_SIZE");
   std::vector<std::string> names;
   if (!a.classes.empty()) {
     std::ifstream f(a.classes);
     HR_CHECK(f, "cannot open the class list ", a.classes);
     for (std::string line; std::getline(f, line);)
       if (!line.empty()) names.push_back(line);
-  } else if (cfg) {
-    const tasks::ClsSettings s = tasks::ClsSettings::from_config(*cfg);
-    std::error_code ec;
-    if (s.train_list.empty() && std::filesystem::is_directory(s.root + "/" + s.train_set, ec))
-      names = data::scan_image_folder(s.root + "/" + s.train_set).classes;
   }
   const int64_t C = model.spec().num_classes;
   HR_CHECK(names.empty() || static_cast<int64_t>(names.size()) == C, "the class list has ",
            names.size(), " names, the model ", C, " classes");
-  std::vector<float> input(size_t(3) * o.size * o.size);
-  std::mt19937_64 rng(0);
-  data::make_classification_sample(data::EncodedImage::read(a.image), o, rng, input.data());
   load_hrnet_checkpoint(model, a.weights);
-  model.eval();
-  if (dev != Device::cpu()) model.to(dev);
-  const Tensor x = Tensor::from_vector(input, {1, 3, o.size, o.size});
-  Tensor y;
-  if (a.eager) {
-    InferenceMode guard;
-    y = model.forward(x.to(dev));
-  } else {
-    graph::InferenceRunner run([&model](const Tensor& in) { return model.forward_all(in); }, dev);
-    y = run(x)[0];
-  }
-  const std::vector<float> logits = y.to_vector();
-  const tasks::TopK top = tasks::top_classes(logits.data(), C, 5);
+  tasks::RunOptions run;
+  run.device = parse_device(a.device);
+  run.graph = !a.eager;
+  tasks::Predictor predictor(model, cfg, run);
+  if (names.empty()) names = predictor.class_names();
+  const tasks::TopK top = predictor.classify(data::EncodedImage::read(a.image), 5);
   std::string json = "{\"image\": " + json_quote(a.image) + ", \"top5\": [";
   for (size_t k = 0; k < top.size(); ++k) {
-    const std::string name = names.empty() ? std::to_string(top[k].first) : names[top[k].first];
+    const std::string& name = names[static_cast<size_t>(top[k].first)];
     std::printf("%zu  %-24s %.4f\n", k + 1, name.c_str(), top[k].second);
     json += str_cat(k ? ", " : "", "{\"class\": ", top[k].first, ", \"name\": ", json_quote(name),
                     ", \"probability\": ", jnum(top[k].second), "}");
@@ -603,45 +548,17 @@ void segment_image(HRNet& model, const Args& a, const Config* cfg) {
            "--box, --boxes and --classes do not go with seg models");
   if (a.json_out.empty() && a.overlay_out.empty() && a.label_map.empty())
     throw UsageError("--image with a seg model needs --label-map, --overlay and/or --json");
-  const Device dev = parse_device(a.device);
   const data::Image img = data::read_image(a.image);  // fails early, naming the file
   const int64_t C = model.spec().num_classes;
-  tasks::SegInferOptions o;
-  std::string dataset = "cityscapes";
-  if (cfg) {
-    const tasks::SegSettings s = tasks::SegSettings::from_config(*cfg);
-    o = tasks::infer_options(s, true);
-    dataset = s.dataset;
-  } else {  // a built-in model: the whole image at its size
-    o.base_size = std::max(img.width, img.height);
-    o.crop_h = img.height;
-    o.crop_w = img.width;
-    o.align_corners = model.spec().align_corners;
-    o.classes = C;
-  }
-  HR_CHECK(o.classes == C, "the config has ", o.classes, " classes, the model ", C);
   load_hrnet_checkpoint(model, a.weights);
-  model.eval();
-  if (dev != Device::cpu()) model.to(dev);
-  graph::InferenceRunner run([&model](const Tensor& in) { return model.forward_all(in); }, dev);
-  const tasks::SegForward forward = [&](const Tensor& x) {
-    std::vector<Tensor> ys;
-    if (a.eager) {
-      InferenceMode guard;
-      ys = model.forward_all(x.to(dev));
-    } else {
-      ys = run(x);
-    }
-    Tensor h = Tensor::empty(ys.back().shape());  // the last output (OCR: the final one)
-    h.copy_(ys.back());
-    return h;
-  };
-  Tensor x = Tensor::empty({1, 3, img.height, img.width});
-  const data::SegOptions norm;  // the official ImageNet mean and std, as the seg datasets use
-  data::normalize_seg_input(img, norm.mean, norm.std, x.data<float>());
-  const std::vector<int64_t> pred = tasks::seg_argmax(tasks::seg_inference(forward, x, o));
+  tasks::RunOptions run;
+  run.device = parse_device(a.device);
+  run.graph = !a.eager;
+  run.test_augmentation = true;
+  tasks::Predictor predictor(model, cfg, run);
+  const std::vector<int64_t> pred = predictor.segment(img);
 
-  const data::SegClassTable classes = data::seg_class_table(dataset, C);
+  const data::SegClassTable classes = predictor.seg_classes();
   data::Image colour(img.width, img.height), overlay = img;
   std::vector<int64_t> count(static_cast<size_t>(C), 0);
   for (size_t p = 0; p < pred.size(); ++p) {

@@ -23,7 +23,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 from gen_model_reference import HRNet, official  # noqa: E402
-from safetensors_out import write_safetensors  # noqa: E402
+from safetensors_out import read_safetensors, write_safetensors  # noqa: E402
 
 
 def timeit(fn, steps, warmup):
@@ -69,6 +69,19 @@ def main():
     weights = os.path.join(work, "w.safetensors")
     write_safetensors(weights, {k: v.detach().numpy().copy() for k, v in net.state_dict().items()},
                       {"format": "pt"})
+    # our own ONNX export of the same weights (hrnet-export: batch norm folded, dynamic batch),
+    # which ONNX Runtime and OpenVINO run beside the PyTorch export
+    ours_onnx = os.path.join(work, "ours.onnx")
+    subprocess.run([os.path.join(a.ours, "apps", "hrnet-export"), "--model", f"pose_w{a.width_base}",
+                    "--weights", weights, "--input-size", f"{a.height}x{a.width}", "--out", ours_onnx],
+                   check=True, stdout=subprocess.DEVNULL)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    ours_sess = ort.InferenceSession(ours_onnx, so, providers=["CPUExecutionProvider"])
+    ours_req = ov.Core().compile_model(ours_onnx, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
+                                                         "INFERENCE_PRECISION_HINT": "f32"}
+                                       ).create_infer_request()
     print(f"versions: torch {torch.__version__}, onnxruntime {ort.__version__}, openvino {ov.__version__}, "
           f"threads {a.threads}", flush=True)
     results = {}
@@ -97,7 +110,9 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
         ours_out = read_safetensors(yout)["output"]
         outs = {"ours": ours_out, "onnxruntime": sess.run(None, {"input": xn})[0],
-                "openvino": req.infer({0: xn})[0]}
+                "openvino": req.infer({0: xn})[0],
+                "onnxruntime on our ONNX": ours_sess.run(None, {"input": xn})[0],
+                "openvino on our ONNX": ours_req.infer({0: xn})[0]}
         scale = float(np.abs(ref).max())
         for k, v in outs.items():
             err = float(np.abs(v - ref).max())
@@ -109,6 +124,9 @@ def main():
             results[f"torch_b{n}"] = timeit(lambda: model(x), a.steps, a.warmup)
         results[f"onnxruntime_b{n}"] = timeit(lambda: sess.run(None, {"input": xn}), a.steps, a.warmup)
         results[f"openvino_b{n}"] = timeit(lambda: req.infer({0: xn}), a.steps, a.warmup)
+        results[f"ort_ours_b{n}"] = timeit(lambda: ours_sess.run(None, {"input": xn}), a.steps,
+                                           a.warmup)
+        results[f"ov_ours_b{n}"] = timeit(lambda: ours_req.infer({0: xn}), a.steps, a.warmup)
         bench = subprocess.run([os.path.join(a.ours, "benchmarks", "bench_model"), "--model",
                                 f"w{a.width_base}:pose", "--height", str(a.height), "--width", str(a.width),
                                 "--batch", str(n), "--latency", "--no-torch", "--steps", str(a.steps),
@@ -116,34 +134,23 @@ def main():
         for line in bench.stdout.splitlines():
             if line.startswith("ours: inference at batch"):
                 results[f"ours_b{n}"] = float(line.split("graph ")[1].split(" ms")[0])
-        for k in ("torch", "onnxruntime", "openvino", "ours"):
+        for k in ("torch", "onnxruntime", "openvino", "ort_ours", "ov_ours", "ours"):
             print(f"RESULT {k}_b{n}_ms {results[f'{k}_b{n}']:.3f}", flush=True)
 
     print(f"\nHRNet-W{a.width_base} pose {a.height}x{a.width} inference, fp32, {a.threads} threads, "
           f"median of {a.steps}\n")
-    print("| batch | ours (graph) ms | PyTorch ms | ONNX Runtime ms | OpenVINO ms | "
-          "PyTorch / ours | ONNX Runtime / ours | OpenVINO / ours |")
+    print("ONNX files: PyTorch's export (torch.onnx, opset 13) and ours (hrnet-export, opset 17)\n")
+    print("| batch | ours (graph) ms | PyTorch ms | ONNX Runtime ms (PyTorch's / our ONNX) | "
+          "OpenVINO ms (PyTorch's / our ONNX) | PyTorch / ours | ONNX Runtime / ours | "
+          "OpenVINO / ours |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in [int(b) for b in a.batches.split(",")]:
         o = results[f"ours_b{n}"]
         t, r, v = results[f"torch_b{n}"], results[f"onnxruntime_b{n}"], results[f"openvino_b{n}"]
-        print(f"| {n} | {o:.1f} | {t:.1f} | {r:.1f} | {v:.1f} | {t / o:.2f} | {r / o:.2f} | {v / o:.2f} |")
+        ro, vo = results[f"ort_ours_b{n}"], results[f"ov_ours_b{n}"]
+        print(f"| {n} | {o:.1f} | {t:.1f} | {r:.1f} / {ro:.1f} | {v:.1f} / {vo:.1f} | {t / o:.2f} | "
+              f"{r / o:.2f} / {ro / o:.2f} | {v / o:.2f} / {vo / o:.2f} |")
 
-
-def read_safetensors(path):
-    import json
-    import struct
-    with open(path, "rb") as f:
-        b = f.read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 
 #include "data/coco_io.h"
 #include "engine/error.h"
+#include "engine/onnx_emitter.h"
 
 namespace hr::data {
 
@@ -362,6 +363,156 @@ std::vector<Detection> fcos_postprocess(const std::vector<FcosLevel>& levels,
     out.swap(kept);
   }
   return out;
+}
+
+void fcos_postprocess_onnx(OnnxEmitter& e, const std::vector<FcosLevel>& levels,
+                           const std::vector<std::string>& cls, const std::vector<std::string>& reg,
+                           const std::vector<std::string>& ctr, int64_t image_h, int64_t image_w,
+                           const FcosPostprocessOptions& o, const std::string& out) {
+  HR_CHECK(!levels.empty() && cls.size() == levels.size() && reg.size() == levels.size() &&
+               ctr.size() == levels.size(),
+           "fcos_postprocess_onnx: ", levels.size(), " levels but ", cls.size(), " class maps, ",
+           reg.size(), " box maps and ", ctr.size(), " centerness maps");
+  HR_CHECK(o.num_classes >= 2, "fcos_postprocess_onnx: num_classes ", o.num_classes,
+           " (with the background) must be at least 2");
+  HR_CHECK(o.pre_nms_top_n > 0, "fcos_postprocess_onnx: pre_nms_top_n must be positive");
+  using A = OnnxAttr;
+  const int64_t C = o.num_classes - 1;
+  const auto axis = [](int64_t a) { return A::integer("axis", a); };
+  const auto perm021 = A::integers("perm", {0, 2, 1});
+  const auto unsqueeze = [&](const std::string& x, int64_t a) {
+    return e.op("Unsqueeze", {x, e.ints({a}, "axes")});
+  };
+  const auto slice = [&](const std::string& x, int64_t begin, int64_t end, int64_t ax) {
+    return e.op("Slice",
+                {x, e.ints({begin}, "starts"), e.ints({end}, "ends"), e.ints({ax}, "axes")});
+  };
+  const std::string minus_one = e.float_scalar(-1.f, "minus_one");
+
+  // per level: the top candidates' boxes [N, k, 4], scores [N, k] (-1 where no candidate),
+  // labels [N, k] and validity [N, k]
+  std::vector<std::string> boxes, scores, labels, valid;
+  int64_t M = 0;
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const FcosLevel& lv = levels[l];
+    const int64_t HW = lv.h * lv.w, k = std::min(o.pre_nms_top_n, HW * C);
+    // [N, C, h, w] -> [N, HW, C]: index p * C + c once flattened, as nonzero() over [HW, C]
+    const std::string prob = e.op(
+        "Sigmoid",
+        {e.op("Transpose", {e.op("Reshape", {cls[l], e.ints({0, C, HW}, "shape")})}, {perm021})});
+    const std::string cand =
+        e.op("Greater", {prob, e.float_scalar(o.pre_nms_thresh, "pre_nms_thresh")});
+    const std::string centerness =
+        e.op("Sigmoid", {e.op("Reshape", {ctr[l], e.ints({0, HW, 1}, "shape")})});
+    const std::string score = e.op("Mul", {prob, centerness});
+    const std::string masked =
+        e.op("Reshape", {e.op("Where", {cand, score, minus_one}), e.ints({0, HW * C}, "shape")});
+    const std::string top = e.fresh("top_scores"), index = e.fresh("top_index");
+    e.node("TopK", {masked, e.ints({k}, "k")}, {top, index},
+           {axis(1), A::integer("largest", 1), A::integer("sorted", 1)});
+    const std::string loc = e.op("Div", {index, e.int_scalar(C, "classes")});
+    labels.push_back(
+        e.op("Add", {e.op("Mod", {index, e.int_scalar(C, "classes")}), e.int_scalar(1, "one")}));
+    // the locations (x, y, x, y) and distances (-l, -t, r, b): x1 = x - l, ..., y2 = y + b
+    std::vector<float> xyxy(static_cast<size_t>(4 * HW));
+    for (int64_t p = 0; p < HW; ++p) {
+      const float x = static_cast<float>((p % lv.w) * lv.stride + lv.stride / 2);
+      const float y = static_cast<float>((p / lv.w) * lv.stride + lv.stride / 2);
+      xyxy[4 * p] = xyxy[4 * p + 2] = x;
+      xyxy[4 * p + 1] = xyxy[4 * p + 3] = y;
+    }
+    const std::string at = e.op("Gather", {e.floats(xyxy, {HW, 4}, "locations"), loc}, {axis(0)});
+    const std::string dist = e.op(
+        "GatherND",
+        {e.op("Transpose", {e.op("Reshape", {reg[l], e.ints({0, 4, HW}, "shape")})}, {perm021}),
+         unsqueeze(loc, 2)},
+        {A::integer("batch_dims", 1)});
+    std::string box =
+        e.op("Add", {at, e.op("Mul", {dist, e.floats({-1.f, -1.f, 1.f, 1.f}, {4}, "signs")})});
+    // clip_to_image: x to [0, w - 1], y to [0, h - 1]
+    const float mx = static_cast<float>(image_w - 1), my = static_cast<float>(image_h - 1);
+    box = e.op("Min", {e.op("Max", {box, e.float_scalar(0.f, "zero")}),
+                       e.floats({mx, my, mx, my}, {4}, "image_max")});
+    // remove_small_boxes(0): x2 - x1 + 1 >= 0 and y2 - y1 + 1 >= 0
+    const std::string ok = e.op(
+        "GreaterOrEqual", {e.op("Add", {e.op("Sub", {slice(box, 2, 4, 2), slice(box, 0, 2, 2)}),
+                                        e.float_scalar(1.f, "one")}),
+                           e.float_scalar(0.f, "zero")});
+    const std::string sized = e.op(
+        "Squeeze", {e.op("And", {slice(ok, 0, 1, 2), slice(ok, 1, 2, 2)}), e.ints({2}, "axes")});
+    valid.push_back(
+        e.op("And", {e.op("GreaterOrEqual", {top, e.float_scalar(0.f, "zero")}), sized}));
+    boxes.push_back(box);
+    scores.push_back(top);
+    M += k;
+  }
+  auto cat = [&](const std::vector<std::string>& xs, const std::string& hint) {
+    return xs.size() == 1 ? xs[0] : e.op("Concat", xs, {axis(1)}, hint);
+  };
+  const std::string all_boxes = cat(boxes, "boxes"), all_scores = cat(scores, "scores"),
+                    all_labels = cat(labels, "labels"), all_valid = cat(valid, "valid");
+
+  // class-wise NMS: each class's scores [N, C, M], -1 where a candidate is not of that class
+  std::vector<int64_t> classes(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) classes[c] = c + 1;
+  const std::string match = e.op(
+      "And", {e.op("Equal", {unsqueeze(all_labels, 1),
+                             e.constant(Tensor::from_vector_i64(classes, {1, C, 1}), "class_ids")}),
+              unsqueeze(all_valid, 1)});
+  std::string selected;  // [S, 3]: image, class index, candidate
+  if (o.nms_thresh > 0) {
+    // boxlist_nms's areas and overlaps count pixels (+1): x2 + 1 and y2 + 1 give NMS the same
+    // widths; it suppresses at IoU > threshold where nms() does at >= nms_thresh
+    const std::string class_scores =
+        e.op("Where", {match, unsqueeze(all_scores, 1), minus_one}, {}, "class_scores");
+    selected = e.op("NonMaxSuppression",
+                    {e.op("Add", {all_boxes, e.floats({0.f, 0.f, 1.f, 1.f}, {4}, "plus_one")}),
+                     class_scores, e.ints({M}, "max_boxes"),
+                     e.floats({std::nextafter(o.nms_thresh, 0.f)}, {1}, "iou_threshold"),
+                     e.floats({-0.5f}, {1}, "score_threshold")});
+  } else {  // boxlist_nms keeps every box
+    selected = e.op("Transpose", {e.op("NonZero", {match})}, {A::integers("perm", {1, 0})});
+  }
+  const std::string image_candidate =
+      e.op("Gather", {selected, e.ints({0, 2}, "columns")}, {axis(1)});
+  const std::string det_box = e.op("GatherND", {all_boxes, image_candidate});
+  const std::string det_score = e.op("GatherND", {all_scores, image_candidate});
+  const std::string image = e.op("Gather", {selected, e.int_scalar(0, "column")}, {axis(1)});
+  const std::string label = e.op(
+      "Add",
+      {e.op("Gather", {selected, e.int_scalar(1, "column")}, {axis(1)}), e.int_scalar(1, "one")});
+  auto as_column = [&](const std::string& x, bool cast) {
+    return unsqueeze(cast ? e.op("Cast", {x}, {A::integer("to", onnx_elem_type(DType::f32))}) : x,
+                     1);
+  };
+  const std::vector<std::string> columns = {as_column(image, true), det_box,
+                                            as_column(det_score, false), as_column(label, true)};
+  if (o.detections_per_img <= 0) {
+    e.node("Concat", columns, {out}, {axis(1)});
+    return;
+  }
+  // detections_per_img: per image, keep the scores >= its kth largest (k = detections_per_img),
+  // ties included: torch.kthvalue's (n - k + 1)-th smallest. Rows: [N, S + 1], an image's own
+  // scores and -1 elsewhere (the extra column makes k >= 1 when S is 0).
+  const std::string N = slice(e.op("Shape", {all_scores}), 0, 1, 0);
+  const std::string rows = unsqueeze(
+      e.op("Range", {e.int_scalar(0, "zero"), e.op("Squeeze", {N}), e.int_scalar(1, "one")}), 1);
+  const std::string own = e.op("Equal", {rows, unsqueeze(image, 0)});
+  const std::string pad = e.op("Expand", {e.floats({-1.f}, {1, 1}, "minus_one"),
+                                          e.op("Concat", {N, e.ints({1}, "one")}, {axis(0)})});
+  const std::string per_image =
+      e.op("Concat", {e.op("Where", {own, unsqueeze(det_score, 0), minus_one}), pad}, {axis(1)});
+  const std::string k = e.op("Min", {e.ints({o.detections_per_img}, "detections_per_img"),
+                                     slice(e.op("Shape", {per_image}), 1, 2, 0)});
+  const std::string kth_values = e.fresh("kth_values"), kth_index = e.fresh("kth_index");
+  e.node("TopK", {per_image, k}, {kth_values, kth_index},
+         {axis(1), A::integer("largest", 1), A::integer("sorted", 1)});
+  const std::string kth = e.op(
+      "Squeeze", {e.op("Gather", {kth_values, e.op("Sub", {k, e.ints({1}, "one")})}, {axis(1)}),
+                  e.ints({1}, "axes")});
+  const std::string keep =
+      e.op("GreaterOrEqual", {det_score, e.op("Gather", {kth, image}, {axis(0)})});
+  e.node("Compress", {e.op("Concat", columns, {axis(1)}), keep}, {out}, {axis(0)});
 }
 
 }  // namespace hr::data

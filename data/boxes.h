@@ -12,6 +12,10 @@
 
 #include "data/coco.h"  // CocoImage
 
+namespace hr {
+class OnnxEmitter;  // engine/onnx_emitter.h
+}
+
 namespace hr::data {
 
 // maskrcnn-benchmark's "xyxy" box: pixel-inclusive corners. A COCO [x, y, w, h] box becomes
@@ -156,5 +160,22 @@ std::vector<Detection> fcos_postprocess(const std::vector<FcosLevel>& levels,
                                         const std::vector<const float*>& reg,
                                         const std::vector<const float*>& ctr, int64_t image_h,
                                         int64_t image_w, const FcosPostprocessOptions& o);
+
+// fcos_postprocess as ONNX nodes (an exported model's --det-decode), over a batch: cls, reg, ctr
+// name the head's outputs [N, C, h, w], [N, 4, h, w], [N, 1, h, w] of each level (N dynamic),
+// image_h x image_w the size boxes are clipped to. Writes `out`, f32 [K, 7]: one row per
+// detection of every image, (image index, x1, y1, x2, y2, score, label). The same rules, in ONNX
+// operators: per level, sigmoid scores > pre_nms_thresh, score x sigmoid(centerness), TopK of
+// min(pre_nms_top_n, h*w*C) over the candidates, boxes from the locations, clipped, the
+// min_size-0 filter; class-wise NonMaxSuppression (IoU with the +1 pixel-inclusive widths,
+// suppression at IoU >= nms_thresh; none when nms_thresh <= 0); the kthvalue rule of
+// detections_per_img per image. What differs: rows are ordered as NonMaxSuppression returns
+// them (ONNX Runtime and OpenVINO: by image, class, descending score), not class by class in
+// candidate order; which of equal scores TopK keeps at the pre_nms_top_n boundary and NMS visits
+// first is the runtime's (ours is PyTorch's); IoU rounding may differ in the last bit.
+void fcos_postprocess_onnx(OnnxEmitter& e, const std::vector<FcosLevel>& levels,
+                           const std::vector<std::string>& cls, const std::vector<std::string>& reg,
+                           const std::vector<std::string>& ctr, int64_t image_h, int64_t image_w,
+                           const FcosPostprocessOptions& o, const std::string& out);
 
 }  // namespace hr::data

@@ -334,6 +334,17 @@ EncodedImage EncodedImage::read(const std::string& path) {
   return e;
 }
 
+EncodedImage EncodedImage::from_image(Image img, std::string name) {
+  HR_CHECK(img.channels == 3 && !img.empty(), name, ": an image must be RGB with pixels, got ",
+           img.width, "x", img.height, "x", img.channels);
+  EncodedImage e;
+  e.path_ = std::move(name);
+  e.width_ = img.width;
+  e.height_ = img.height;
+  e.full_ = std::move(img);
+  return e;
+}
+
 Image read_gray_image(const std::string& path) {
   const std::vector<uint8_t> bytes = read_bytes(path);
   const uint8_t* d = bytes.data();

@@ -50,6 +50,9 @@ void write_image(const Image& img, const std::string& path, int jpeg_quality = 9
 class EncodedImage {
  public:
   static EncodedImage read(const std::string& path);
+  // An image already decoded (from memory: the Python package's arrays); `name` stands for the
+  // path in messages.
+  static EncodedImage from_image(Image img, std::string name = "<image>");
   int width() const { return width_; }
   int height() const { return height_; }
   bool is_jpeg() const { return jpeg_; }

@@ -30,7 +30,8 @@ namespace hr::dist {
 namespace {
 
 World g_world;
-bool g_init = false, g_mpi = false, g_multiple = false;
+bool g_init = false, g_multiple = false;
+[[maybe_unused]] bool g_mpi = false;  // read only by the MPI build
 double g_timeout = 600;
 
 int env_int(const char* name, int fallback) {
@@ -131,7 +132,7 @@ const World& init() {
       {"SLURM_STEP_NUM_TASKS", "PMIX_RANK", "pmix"},
   };
   int size = -1;                 // -1: the launcher does not say (MPI will)
-  const char* size_var = nullptr;
+  [[maybe_unused]] const char* size_var = nullptr;  // named in the MPI build's checks
   std::string launcher;
   for (const Launcher& l : launchers) {
     const int n = std::getenv(l.rank) ? env_int(l.size, -1) : -1;
@@ -144,8 +145,8 @@ const World& init() {
   }
   if (launcher.empty() && std::getenv("PMIX_RANK")) launcher = "pmix";
   // The RANK / WORLD_SIZE / LOCAL_RANK convention (cluster schedulers, torchrun-style scripts)
-  const int conv_size = env_int("WORLD_SIZE", -1), conv_rank = env_int("RANK", -1),
-            conv_local = env_int("LOCAL_RANK", -1);
+  const int conv_size = env_int("WORLD_SIZE", -1), conv_local = env_int("LOCAL_RANK", -1);
+  [[maybe_unused]] const int conv_rank = env_int("RANK", -1);  // checked by the MPI build
   if (launcher.empty()) {
     HR_CHECK(conv_size <= 1,
              "WORLD_SIZE=", conv_size, " says this process is one of several, but it was not "

@@ -26,6 +26,10 @@ std::vector<Tensor> OpDef::backward(const GradArgs&) const {
   throw Error(str_cat(name(), " has no backward"));
 }
 
+void OpDef::to_onnx(OnnxEmitter&, const OnnxNode&) const {
+  throw Error(str_cat(name(), " has no ONNX export"));
+}
+
 void run_kernel(const OpDef& op, const KernelArgs& a, Device device) {
   if (device.is_cpu())
     op.run_cpu(a);

@@ -5,7 +5,8 @@
 //  - run_cpu() / run_cuda(): the kernel call on each device (kernels/cpu, kernels/cuda; a
 //    CPU-only build links stubs that throw);
 //  - backward(): the gradients of the inputs, written with ops, so that the same rule serves the
-//    eager tape (it runs at once) and the static graph's reverse mode (it records nodes).
+//    eager tape (it runs at once) and the static graph's reverse mode (it records nodes);
+//  - to_onnx(): the op's ONNX translation, for exporting inference graphs (engine/onnx_emitter.h).
 // apply() is the one dispatcher: it computes at once on eager tensors, or appends a node when an
 // input is a value of a graph being recorded (engine/graph/graph.h).
 #pragma once
@@ -17,6 +18,9 @@
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace hr {
+
+class OnnxEmitter;  // engine/onnx_emitter.h
+struct OnnxNode;
 
 // What an op knows of an operand before any data exists. `defined` is false for an optional
 // operand left out (a bias, a residual) and for an output the op does not produce.
@@ -89,6 +93,10 @@ class OpDef {
 
   // Multiply-adds of one execution (convolutions, matrix products), for model summaries.
   virtual double macs(const std::vector<Meta>& in) const { return 0; }
+
+  // The op as ONNX nodes (opset 17) computing n.out from n.in as the op's kernels do in
+  // inference, written through `e`. The default throws "<op> has no ONNX export".
+  virtual void to_onnx(OnnxEmitter& e, const OnnxNode& n) const;
 };
 
 using OpPtr = std::shared_ptr<const OpDef>;

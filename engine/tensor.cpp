@@ -105,6 +105,28 @@ static Tensor make_tensor(const Shape& shape, DType dtype, Device device, Memory
   return Tensor(impl);
 }
 
+Tensor Tensor::from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
+                         Device device, std::function<void(void*)> release) {
+  HR_CHECK(shape.size() == strides.size(), "from_blob: ", shape.size(), " dimensions but ",
+           strides.size(), " strides");
+  int64_t extent = 1;  // elements spanned
+  for (size_t d = 0; d < shape.size(); ++d) {
+    HR_CHECK(shape[d] >= 0 && strides[d] >= 0, "from_blob: shape ", shape_str(shape),
+             " with strides ", shape_str(strides), " (negative values are not supported)");
+    if (shape[d] == 0) extent = 0;
+    if (extent) extent += (shape[d] - 1) * strides[d];
+  }
+  HR_CHECK(data || extent == 0, "from_blob: null data for shape ", shape_str(shape));
+  if (!release) release = [](void*) {};  // never the allocator: the memory is not ours
+  auto impl = std::make_shared<TensorImpl>();
+  impl->shape = shape;
+  impl->strides = strides;
+  impl->dtype = dtype;
+  impl->storage = std::make_shared<Storage>(
+      data, static_cast<size_t>(extent) * dtype_size(dtype), device, std::move(release));
+  return Tensor(impl);
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, MemoryFormat fmt) {
   return make_tensor(shape, dtype, device, fmt);
 }

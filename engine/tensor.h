@@ -66,6 +66,11 @@ class Tensor {
                             DType dtype = DType::f32, Device device = Device::cpu());
   static Tensor from_vector_i64(const std::vector<int64_t>& values, const Shape& shape,
                                 Device device = Device::cpu());
+  // A tensor over memory owned elsewhere (an array of another framework: the Python package's
+  // DLPack and numpy inputs), with strides in elements (non-negative); nothing is copied.
+  // `release` runs when the last tensor sharing the memory goes.
+  static Tensor from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
+                          Device device, std::function<void(void*)> release);
   // Seeded standard-normal (scaled) values, generated on the host.
   static Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.f,
                       DType dtype = DType::f32, Device device = Device::cpu());

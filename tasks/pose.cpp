@@ -163,6 +163,50 @@ EvalOptions eval_options(const PoseSettings& s, const RunOptions& run) {
   return o;
 }
 
+std::vector<data::PersonPrediction> predict_crops(const HeatmapForward& heatmaps,
+                                                  const Tensor& input,
+                                                  const std::vector<const data::PoseRecord*>& recs,
+                                                  const data::TargetParams& tp,
+                                                  const EvalOptions& o) {
+  const int J = data::kNumJoints;
+  Tensor heat = heatmaps(input);
+  HR_CHECK(heat.size(1) == J && heat.size(2) == tp.heatmap_h && heat.size(3) == tp.heatmap_w,
+           "evaluate: the model's output ", shape_str(heat.shape()),
+           " does not match MODEL.HEATMAP_SIZE / NUM_JOINTS");
+  const int64_t n = input.size(0), h = heat.size(2), w = heat.size(3);
+  HR_CHECK(static_cast<int64_t>(recs.size()) == n, "predict_crops: ", recs.size(),
+           " records for ", n, " crops");
+  const int64_t plane = J * h * w;
+  float* hm = heat.data<float>();
+  if (o.flip_test) {
+    const int64_t in_plane = 3 * int64_t(tp.image_h) * tp.image_w;
+    Tensor xin = Tensor::empty(input.shape());
+    for (int64_t i = 0; i < n; ++i)
+      data::flip_input(input.data<float>() + i * in_plane, 3, tp.image_h, tp.image_w,
+                       xin.data<float>() + i * in_plane);
+    Tensor hf = heatmaps(xin);
+    float* f = hf.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      float* fi = f + i * plane;
+      data::flip_back_heatmaps(fi, J, static_cast<int>(h), static_cast<int>(w), o.shift_heatmap);
+      float* hi = hm + i * plane;
+      for (int64_t k = 0; k < plane; ++k) hi[k] = 0.5f * (hi[k] + fi[k]);
+    }
+  }
+  std::vector<data::PersonPrediction> preds;
+  for (int64_t i = 0; i < n; ++i) {
+    const data::PoseRecord& rec = *recs[static_cast<size_t>(i)];
+    data::PersonPrediction p;
+    p.image_id = rec.image_id;
+    p.box_score = rec.score;
+    p.area = rec.scale[0] * rec.scale[1] * data::kPixelStd * data::kPixelStd;
+    data::decode_heatmaps(hm + i * plane, J, static_cast<int>(h), static_cast<int>(w), rec.center,
+                          rec.scale, p.keypoints.data());
+    preds.push_back(p);
+  }
+  return preds;
+}
+
 std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::PoseDataset& ds,
                                             const EvalOptions& o, int* skipped) {
   data::LoaderOptions lo;
@@ -192,50 +236,21 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   };
   std::vector<data::PersonPrediction> preds;
   preds.reserve(ds.size());
-  const auto& tp = ds.options().target;
-  const int J = data::kNumJoints;
   std::unique_ptr<ProgressBar> bar;
   if (r.progress)
     bar = std::make_unique<ProgressBar>("eval", static_cast<int64_t>(ds.size()), "img");
   int skip = 0;
   data::Batch b;
-  std::vector<float> flipped;
+  std::vector<const data::PoseRecord*> recs;
   while (loader.next(b)) {
     skip += b.skipped;
     if (b.size() == 0) continue;
-    const Tensor& input = b.input();
-    Tensor heat = heatmaps(input);
-    HR_CHECK(heat.size(1) == J && heat.size(2) == tp.heatmap_h && heat.size(3) == tp.heatmap_w,
-             "evaluate: the model's output ", shape_str(heat.shape()),
-             " does not match MODEL.HEATMAP_SIZE / NUM_JOINTS");
-    const int64_t n = b.size(), h = heat.size(2), w = heat.size(3);
-    const int64_t plane = J * h * w;
-    float* hm = heat.data<float>();
-    if (o.flip_test) {
-      const int64_t in_plane = 3 * int64_t(tp.image_h) * tp.image_w;
-      Tensor xin = Tensor::empty(b.input().shape());
-      for (int64_t i = 0; i < n; ++i)
-        data::flip_input(b.input().data<float>() + i * in_plane, 3, tp.image_h, tp.image_w,
-                         xin.data<float>() + i * in_plane);
-      Tensor hf = heatmaps(xin);
-      float* f = hf.data<float>();
-      for (int64_t i = 0; i < n; ++i) {
-        float* fi = f + i * plane;
-        data::flip_back_heatmaps(fi, J, static_cast<int>(h), static_cast<int>(w), o.shift_heatmap);
-        float* hi = hm + i * plane;
-        for (int64_t k = 0; k < plane; ++k) hi[k] = 0.5f * (hi[k] + fi[k]);
-      }
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const data::PoseRecord& rec = ds.record(b.indices[static_cast<size_t>(i)]);
-      data::PersonPrediction p;
-      p.image_id = rec.image_id;
-      p.box_score = rec.score;
-      p.area = rec.scale[0] * rec.scale[1] * data::kPixelStd * data::kPixelStd;
-      data::decode_heatmaps(hm + i * plane, J, static_cast<int>(h), static_cast<int>(w), rec.center,
-                            rec.scale, p.keypoints.data());
+    recs.clear();
+    for (size_t i = 0; i < b.indices.size(); ++i) recs.push_back(&ds.record(b.indices[i]));
+    for (const data::PersonPrediction& p : predict_crops(heatmaps, b.input(), recs,
+                                                          ds.options().target, o))
       preds.push_back(p);
-    }
+    const int64_t n = b.size();
     if (bar) bar->update(n + b.skipped);
   }
   if (bar) bar->finish();

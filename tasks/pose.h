@@ -3,6 +3,7 @@
 // OKS-NMS, COCO keypoint AP), a picture of predictions, and PoseTask, the task the trainer and
 // the programs run (tasks/task.h). Research code can call any piece directly.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,15 @@ struct EvalOptions {
 };
 EvalOptions eval_options(const PoseSettings& s, const RunOptions& run);
 
+// Host heatmaps [n,J,h,w] (f32) of crops [n,3,H,W] on the host.
+using HeatmapForward = std::function<Tensor(const Tensor& x)>;
+// One batch of crops (`input` made from `recs` with data::make_sample, in order): the heatmaps,
+// with the flip test when o.flip_test, decoded into one prediction per record, in image pixels.
+std::vector<data::PersonPrediction> predict_crops(const HeatmapForward& heatmaps,
+                                                  const Tensor& input,
+                                                  const std::vector<const data::PoseRecord*>& recs,
+                                                  const data::TargetParams& tp,
+                                                  const EvalOptions& o);
 // Runs the model (eval mode, no grad) over every record: one prediction per person, in image
 // pixels, with the heatmap maxima as joint scores.
 std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::PoseDataset& ds,

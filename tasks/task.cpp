@@ -7,11 +7,14 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include <omp.h>
+
 #include "data/synth.h"
 #include "data/synth_cls.h"
 #include "data/synth_det.h"
 #include "data/synth_seg.h"
 #include "engine/optim.h"
+#include "kernels/cuda/cuda_kernels.h"
 
 #include "tasks/classification.h"
 #include "tasks/detection.h"
@@ -293,6 +296,28 @@ void make_output_dir(const std::string& dir) {
   fs::create_directories(fs::path(dir) / "results", ec);
   HR_CHECK(!ec && fs::is_directory(dir), "cannot create output directory ", dir, ": ",
            ec.message());
+}
+
+EvalSummary evaluate_experiment(Task& task, std::string weights, const std::string& out) {
+  const TrainSettings& s = task.settings();
+  if (s.threads > 0) omp_set_num_threads(s.threads);
+  const Device dev = s.engine_device();
+  HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
+  const models::Config& cfg = task.config();
+  if (weights.empty()) weights = cfg.get_str("TEST.MODEL_FILE", "");
+  if (weights.empty()) weights = cfg.get_str("MODEL.WEIGHT", "");  // det (maskrcnn-benchmark)
+  if (weights.empty()) weights = out + "/final_state.safetensors";
+  HR_CHECK(std::filesystem::exists(weights), "weights ", weights,
+           " do not exist (give --weights or TEST.MODEL_FILE)");
+  make_output_dir(out);
+  auto model = task.make_model(s.seed);
+  models::load_hrnet_checkpoint(*model, weights);
+  model->to(dev);
+  RunOptions run = run_options(s);
+  run.test_augmentation = true;  // the official test tools' flip / multi-scale (seg)
+  EvalSummary r = task.evaluate(*model, run);
+  task.save_outputs(out);
+  return r;
 }
 
 }  // namespace hr::tasks

@@ -186,6 +186,11 @@ std::unique_ptr<Task> make_task(const models::Config& cfg);
 // DATASET.ROOT is set to it. Returns the root, "" when the config does not ask for it.
 std::string prepare_synthetic_data(models::Config& cfg);
 
+// What hrnet-eval runs: the model of the task's config with `weights` (empty: TEST.MODEL_FILE,
+// else MODEL.WEIGHT, else OUT/final_state.safetensors) on ENGINE.DEVICE, evaluated with the
+// official test tools' test-time augmentation; what it produced written under `out`.
+EvalSummary evaluate_experiment(Task& task, std::string weights, const std::string& out);
+
 // Where the official tools put an experiment's outputs:
 // OUTPUT_DIR/DATASET.DATASET/MODEL.NAME/<config file name without extension> ("output" when
 // OUTPUT_DIR is empty).

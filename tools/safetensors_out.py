@@ -1,4 +1,4 @@
-"""The one safetensors writer of the reference-data scripts in tools/ (numpy arrays -> a file the
+"""The one safetensors writer and reader of the scripts in tools/ and the Python tests (numpy arrays <-> a file the
 engine's reader takes): an 8-byte little-endian header length, the JSON header (with
 "__metadata__"), the raw little-endian bytes; int64 tensors first so that every tensor is
 naturally aligned, then by name; written to PATH.tmp and renamed. The `safetensors` package is
@@ -31,3 +31,20 @@ def write_safetensors(path, tensors, metadata):
         for b in blobs:
             f.write(b)
     os.replace(tmp, path)
+
+
+def read_safetensors(path):
+    """The tensors of a safetensors file as {name: numpy array} (F32, F16, I64, U8)."""
+    kinds = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype=np.dtype(kinds[v["dtype"]]).newbyteorder("<")) \
+            .reshape(v["shape"]).astype(kinds[v["dtype"]])
+    return out

@@ -3,6 +3,7 @@
 #include "engine/ops/batch_norm.h"
 
 #include "engine/dist.h"
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -276,6 +277,24 @@ std::vector<Tensor> BatchNormOp::backward(const GradArgs& a) const {
                           sync);
   // without the ReLU the residual's gradient is dy itself, as add's backward gives it
   return {dx, dg, db, Tensor(), Tensor(), need_res ? (relu ? dres : dy) : Tensor()};
+}
+
+// Inference: BatchNormalization with the running statistics, then the fused residual Add and
+// Relu as their own nodes (runtimes fuse them again).
+void BatchNormOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
+  HR_CHECK(!training, name(),
+           ": batch norm in training mode has no ONNX export (export the "
+           "model in eval mode)");
+  const bool residual = !n.in[5].empty();
+  std::string y = residual || relu ? e.fresh("batch_norm") : n.out[0];
+  e.node("BatchNormalization", {n.in[0], n.in[1], n.in[2], n.in[3], n.in[4]}, {y},
+         {OnnxAttr::real("epsilon", eps), OnnxAttr::real("momentum", 1.f - momentum)});
+  if (residual) {
+    const std::string s = relu ? e.fresh("add") : n.out[0];
+    e.node("Add", {y, n.in[5]}, {s});
+    y = s;
+  }
+  if (relu) e.node("Relu", {y}, {n.out[0]});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ struct BatchNormOp final : OpDef {
   std::vector<Tensor> backward(const GradArgs& a) const override;
   bool saves_input(size_t i) const override { return i <= 1 || (!training && (i == 3 || i == 4)); }
   bool saves_output(size_t i) const override { return training ? i >= 1 || relu : i == 0 && relu; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override;
 };
 
 }  // namespace hr::ops

@@ -1,6 +1,7 @@
 // bmm: batched matrix product of 3-D tensors with optional transposes (torch.bmm with the
 // transposes folded in, so attention is written without permute ops). Its backward is bmm
 // again. 3-D tensors are row-major on both devices.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -60,6 +61,13 @@ struct BmmOp final : OpDef {
   double macs(const std::vector<Meta>& in) const override {
     const auto d = dims(in[0].shape, in[1].shape);
     return static_cast<double>(d[0]) * d[1] * d[2] * d[3];
+  }
+  // MatMul, a stored-transposed operand through Transpose [0, 2, 1]
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    auto op = [&](size_t i, bool t) {
+      return t ? e.op("Transpose", {n.in[i]}, {OnnxAttr::integers("perm", {0, 2, 1})}) : n.in[i];
+    };
+    e.node("MatMul", {op(0, ta), op(1, tb)}, {n.out[0]});
   }
 };
 

@@ -1,4 +1,5 @@
 // cast (a differentiable dtype change) and autocast, the mixed-precision rule built on it.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 
@@ -47,6 +48,9 @@ struct CastOp final : OpDef {
     return {cast(a.grad_out[0], a.in_meta[0].dtype)};
   }
   bool saves_input(size_t) const override { return false; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("Cast", {n.in[0]}, {n.out[0]}, {OnnxAttr::integer("to", onnx_elem_type(to))});
+  }
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 // concat along one dimension, and its backward (the slabs of the gradient).
 #include <cstring>
 
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 
@@ -83,6 +84,9 @@ struct ConcatOp final : OpDef {
     return concat_backward(a.grad_out[0], sizes, dim, a.need);
   }
   bool saves_input(size_t) const override { return false; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("Concat", n.in, {n.out[0]}, {OnnxAttr::integer("axis", dim)});
+  }
 };
 
 // dy -> the slabs of `sizes` along dim (those not needed absent)

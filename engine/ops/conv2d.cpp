@@ -1,6 +1,7 @@
 // conv2d and its two backward ops (data and weight gradients).
 #include "engine/ops/conv2d.h"
 
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -161,6 +162,18 @@ std::vector<Tensor> Conv2dOp::backward(const GradArgs& a) const {
 
 double Conv2dOp::macs(const std::vector<Meta>& in) const {
   return static_cast<double>(conv_shape(in[0].shape, in[1].shape, stride, padding).macs());
+}
+
+// Conv (group 1, dilation 1: the op has neither) with the optional bias
+void Conv2dOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
+  const Shape& w = n.in_meta[1].shape;
+  std::vector<std::string> in = {n.in[0], n.in[1]};
+  if (!n.in[2].empty()) in.push_back(n.in[2]);
+  e.node("Conv", in, {n.out[0]},
+         {OnnxAttr::integers("kernel_shape", {w[2], w[3]}),
+          OnnxAttr::integers("strides", {stride[0], stride[1]}),
+          OnnxAttr::integers("pads", {padding[0], padding[1], padding[0], padding[1]}),
+          OnnxAttr::integers("dilations", {1, 1}), OnnxAttr::integer("group", 1)});
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, std::array<int64_t, 2> stride,

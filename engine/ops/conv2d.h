@@ -19,6 +19,7 @@ struct Conv2dOp final : OpDef {
   std::vector<Tensor> backward(const GradArgs& a) const override;
   bool saves_input(size_t i) const override { return i < 2; }
   double macs(const std::vector<Meta>& in) const override;
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override;
 };
 
 }  // namespace hr::ops

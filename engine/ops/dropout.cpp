@@ -8,6 +8,7 @@
 // graph updates) and CUDA-graph replay (the step lives in device memory, not in a captured kernel
 // argument), and each run draws a fresh mask. The mask [N,C] is an output beside y: the backward
 // is dy * mask (ops::channel_scale), with no second draw.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -68,6 +69,14 @@ struct ChannelScaleOp final : OpDef {
     return {channel_scale(g.grad_out[0], g.in[1]), Tensor()};
   }
   bool saves_input(size_t i) const override { return i == 1; }
+  // Mul by s [N, C] unsqueezed to [N, C, 1, ...]
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    std::vector<int64_t> axes;
+    for (size_t d = 2; d < n.in_meta[0].shape.size(); ++d) axes.push_back(static_cast<int64_t>(d));
+    const std::string s =
+        axes.empty() ? n.in[1] : e.op("Unsqueeze", {n.in[1], e.ints(axes, "axes")});
+    e.node("Mul", {n.in[0], s}, {n.out[0]});
+  }
 };
 
 // x [N,C,...], state i64 [2] {seed, step} (updated in place) -> y like x, mask f32 [N,C]
@@ -102,6 +111,12 @@ struct Dropout2dOp final : OpDef {
   }
   bool saves_input(size_t) const override { return false; }
   bool saves_output(size_t i) const override { return i == 1; }
+  // Inference: dropout is the identity (a model in eval mode records no dropout at all; this
+  // is the translation of one recorded in training mode, as torch.onnx exports it for inference)
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    HR_CHECK(n.out[1].empty(), name(), ": its mask has no ONNX export (inference has none)");
+    e.node("Identity", {n.in[0]}, {n.out[0]});
+  }
 };
 
 }  // namespace

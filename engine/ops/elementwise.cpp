@@ -2,6 +2,7 @@
 // one-element tensor (and that scale's gradient), exp, the sum of all elements.
 #include "engine/ops/elementwise.h"
 
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -67,6 +68,10 @@ struct ScaleOp final : OpDef {
     return {mul(a.grad_out[0], alpha)};
   }
   bool saves_input(size_t) const override { return false; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    const std::string a = e.constant(Tensor::from_vector({alpha}, {}, n.in_meta[0].dtype), "alpha");
+    e.node("Mul", {n.in[0], a}, {n.out[0]});
+  }
 };
 
 // exp(x); the backward reads the output
@@ -87,6 +92,9 @@ struct ExpOp final : OpDef {
   }
   bool saves_input(size_t) const override { return false; }
   bool saves_output(size_t) const override { return true; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("Exp", {n.in[0]}, {n.out[0]});
+  }
 };
 
 // A one-element f32 tensor on x's device (the learnable scale).
@@ -115,6 +123,13 @@ struct ScaleByOp final : OpDef {
   std::vector<Tensor> backward(const GradArgs& a) const override {
     return {a.need[0] ? scale(a.grad_out[0], a.in[1]) : Tensor(),
             a.need[1] ? scale_backward(a.in[0], a.grad_out[0], a.in_meta[1].shape) : Tensor()};
+  }
+  // the one-element scale broadcasts (an f32 scale of an f16/bf16 x is cast first)
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    std::string s = n.in[1];
+    if (n.in_meta[0].dtype != n.in_meta[1].dtype)
+      s = e.op("Cast", {s}, {OnnxAttr::integer("to", onnx_elem_type(n.in_meta[0].dtype))});
+    e.node("Mul", {n.in[0], s}, {n.out[0]});
   }
 };
 
@@ -201,6 +216,9 @@ void ReluOp::run_cuda(const KernelArgs& a) const {
 std::vector<Tensor> ReluOp::backward(const GradArgs& a) const {
   return {relu_backward(a.out[0], a.grad_out[0])};
 }
+void ReluOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
+  e.node("Relu", {n.in[0]}, {n.out[0]});
+}
 
 std::vector<Meta> AddOp::infer(const std::vector<Meta>& in) const {
   check_defined(in[0], "add", "first operand");
@@ -218,6 +236,9 @@ void AddOp::run_cuda(const KernelArgs& a) const {
 }
 std::vector<Tensor> AddOp::backward(const GradArgs& a) const {
   return {a.grad_out[0], a.grad_out[0]};
+}
+void AddOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
+  e.node("Add", {n.in[0], n.in[1]}, {n.out[0]});
 }
 
 // ---------------------------------------------------------------------------------------------

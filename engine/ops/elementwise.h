@@ -13,6 +13,7 @@ struct ReluOp final : OpDef {
   std::vector<Tensor> backward(const GradArgs& a) const override;
   bool saves_input(size_t) const override { return false; }
   bool saves_output(size_t) const override { return true; }  // the mask comes from y
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override;
 };
 
 // a + b, same shape, dtype and device
@@ -23,6 +24,7 @@ struct AddOp final : OpDef {
   void run_cuda(const KernelArgs& a) const override;
   std::vector<Tensor> backward(const GradArgs& a) const override;
   bool saves_input(size_t) const override { return false; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override;
 };
 
 }  // namespace hr::ops

@@ -1,4 +1,5 @@
 // group_norm (torch.nn.functional.group_norm with an affine weight and bias) and its backward.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -90,6 +91,25 @@ struct GroupNormOp final : OpDef {
   }
   bool saves_input(size_t i) const override { return i < 2; }
   bool saves_output(size_t i) const override { return i > 0; }
+  // Opset 17 has no GroupNormalization: x as [N, G, rest] through InstanceNormalization (each
+  // group's mean and biased variance), back to x's shape, then gamma and beta per channel.
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    HR_CHECK(n.out[1].empty() && n.out[2].empty(), name(),
+             ": its saved statistics have no ONNX export (inference uses the output only)");
+    const Meta& x = n.in_meta[0];
+    const std::string grouped = e.op("Reshape", {n.in[0], e.ints({0, groups, -1}, "shape")});
+    const std::string norm = e.op("InstanceNormalization",
+                                  {grouped, e.constant(Tensor::ones({groups}, x.dtype), "ones"),
+                                   e.constant(Tensor::zeros({groups}, x.dtype), "zeros")},
+                                  {OnnxAttr::real("epsilon", eps)});
+    const std::string y = e.op("Reshape", {norm, e.op("Shape", {n.in[0]})});
+    std::vector<int64_t> axes;  // gamma, beta [C] -> [C, 1, ...] against [N, C, ...]
+    for (size_t d = 2; d < x.shape.size(); ++d) axes.push_back(static_cast<int64_t>(d - 1));
+    auto per_channel = [&](const std::string& p) {
+      return axes.empty() ? p : e.op("Unsqueeze", {p, e.ints(axes, "axes")});
+    };
+    e.node("Add", {e.op("Mul", {y, per_channel(n.in[1])}), per_channel(n.in[2])}, {n.out[0]});
+  }
 };
 
 }  // namespace

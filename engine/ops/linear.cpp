@@ -1,4 +1,5 @@
 // linear (torch.nn.Linear) and its backward.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -47,6 +48,12 @@ struct LinearOp final : OpDef {
   bool saves_input(size_t i) const override { return i < 2; }
   double macs(const std::vector<Meta>& in) const override {
     return static_cast<double>(in[0].shape[0]) * in[1].shape[0] * in[1].shape[1];
+  }
+  // Gemm: x w^T + bias
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    std::vector<std::string> in = {n.in[0], n.in[1]};
+    if (!n.in[2].empty()) in.push_back(n.in[2]);
+    e.node("Gemm", in, {n.out[0]}, {OnnxAttr::integer("transB", 1)});
   }
 };
 

@@ -1,5 +1,6 @@
 // Average pooling (PyTorch AvgPool2d, ceil_mode false), global average pooling, and their
 // backward.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -57,6 +58,14 @@ struct AvgPoolOp final : OpDef {
                                 w.count_include_pad)};
   }
   bool saves_input(size_t) const override { return false; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("AveragePool", {n.in[0]}, {n.out[0]},
+           {OnnxAttr::integers("kernel_shape", {w.kernel[0], w.kernel[1]}),
+            OnnxAttr::integers("strides", {w.stride[0], w.stride[1]}),
+            OnnxAttr::integers("pads", {w.padding[0], w.padding[1], w.padding[0], w.padding[1]}),
+            OnnxAttr::integer("count_include_pad", w.count_include_pad ? 1 : 0),
+            OnnxAttr::integer("ceil_mode", 0)});
+  }
 };
 
 struct AvgPoolBwdOp final : OpDef {
@@ -108,6 +117,11 @@ struct GlobalAvgPoolOp final : OpDef {
     return {global_avg_pool_backward(a.grad_out[0], a.in_meta[0].shape)};
   }
   bool saves_input(size_t) const override { return false; }
+  // GlobalAveragePool gives [N, C, 1, 1]; Flatten makes it [N, C]
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("Flatten", {e.op("GlobalAveragePool", {n.in[0]})}, {n.out[0]},
+           {OnnxAttr::integer("axis", 1)});
+  }
 };
 
 struct GlobalAvgPoolBwdOp final : OpDef {

@@ -1,6 +1,7 @@
 // Nearest and bilinear resampling (PyTorch F.interpolate) and their backward.
 #include <cmath>
 
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -63,6 +64,33 @@ struct ResampleOp final : OpDef {
                               r.scale_factor)};
   }
   bool saves_input(size_t) const override { return false; }
+  // Resize. Bilinear: align_corners as the op has it, else half_pixel (src = (dst + 0.5) / scale
+  // - 0.5 clamped at 0, PyTorch's rule; pytorch_half_pixel would map an output of size 1 to
+  // src 0, where PyTorch and our kernels take in / 2 - 0.5). Nearest: asymmetric + floor
+  // (src = floor(dst / scale)). With a scale factor the scales are given (both the output size
+  // floor(in * scale) and the coordinate rule 1 / scale_factor, as our kernels); otherwise the
+  // output size, [N, C] taken from x at run time (the batch is dynamic).
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    std::vector<OnnxAttr> attrs;
+    if (r.bilinear)
+      attrs = {OnnxAttr::string("mode", "linear"),
+               OnnxAttr::string("coordinate_transformation_mode",
+                                r.align_corners ? "align_corners" : "half_pixel")};
+    else
+      attrs = {OnnxAttr::string("mode", "nearest"),
+               OnnxAttr::string("coordinate_transformation_mode", "asymmetric"),
+               OnnxAttr::string("nearest_mode", "floor")};
+    if (r.scale_factor > 0) {
+      const float s = static_cast<float>(r.scale_factor);
+      e.node("Resize", {n.in[0], "", e.floats({1.f, 1.f, s, s}, {4}, "scales")}, {n.out[0]}, attrs);
+      return;
+    }
+    const std::string shape = e.op("Shape", {n.in[0]});
+    const std::string nc = e.op("Slice", {shape, e.ints({0}), e.ints({2})});
+    const std::string sizes =
+        e.op("Concat", {nc, e.ints({size[0], size[1]}, "size")}, {OnnxAttr::integer("axis", 0)});
+    e.node("Resize", {n.in[0], "", "", sizes}, {n.out[0]}, attrs);
+  }
 };
 
 // dy [N,C,OH,OW] -> dx [N,C,H,W]

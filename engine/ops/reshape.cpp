@@ -1,6 +1,7 @@
 // reshape: the elements in logical row-major order under a new shape (a copy), differentiable.
 #include <cstring>
 
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 
@@ -49,6 +50,20 @@ struct ReshapeOp final : OpDef {
     return {reshape(a.grad_out[0], a.in_meta[0].shape)};
   }
   bool saves_input(size_t) const override { return false; }
+  // Reshape to the recorded shape; with a dynamic batch its dim 0 is 0 (Reshape copies the
+  // input's), which needs the batch to stay dim 0 with the other dimensions' product unchanged.
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    const Shape& in = n.in_meta[0].shape;
+    std::vector<int64_t> s(shape.begin(), shape.end());
+    if (n.batched) {
+      HR_CHECK(!s.empty() && !in.empty() && s[0] == in[0], name(), ": ", shape_str(in), " -> ",
+               shape_str(shape),
+               " does not keep the batch as dimension 0: no ONNX export with "
+               "a dynamic batch");
+      s[0] = 0;
+    }
+    e.node("Reshape", {n.in[0], e.ints(s, "shape")}, {n.out[0]});
+  }
 };
 
 }  // namespace

@@ -1,4 +1,5 @@
 // softmax over one dimension (torch.softmax, max-subtracted) and its backward from the output.
+#include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -83,6 +84,9 @@ struct SoftmaxOp final : OpDef {
   }
   bool saves_input(size_t) const override { return false; }
   bool saves_output(size_t) const override { return true; }
+  void to_onnx(OnnxEmitter& e, const OnnxNode& n) const override {
+    e.node("Softmax", {n.in[0]}, {n.out[0]}, {OnnxAttr::integer("axis", dim)});
+  }
 };
 
 }  // namespace
