@@ -31,53 +31,11 @@ inline Run run_program(const std::string& exe, const std::string& args,
   return r;
 }
 
-// The tiny pose experiment of the program tests (HRNet of widths 8..64 at 64x96, batch 4, two
-// epochs): fast enough for the suite, real enough to exercise every part; DATASET.ROOT = root.
+// The tiny pose experiment of the program tests (tests/data/tiny_pose.yaml: HRNet of widths 8..64
+// at 64x96, batch 4, two epochs; the Python tests read it too); DATASET.ROOT = root.
 inline std::string tiny_pose_config(const std::string& root) {
-  std::string text = R"(
-DATASET:
-  DATASET: synth
-  ROOT: '@ROOT@'
-  TRAIN_SET: train2017
-  TEST_SET: val2017
-  FLIP: true
-  PROB_HALF_BODY: 0.3
-  ROT_FACTOR: 30
-  SCALE_FACTOR: 0.25
-WORKERS: 2
-PRINT_FREQ: 1
-MODEL:
-  NAME: pose_hrnet
-  NUM_JOINTS: 17
-  IMAGE_SIZE: [64, 96]
-  HEATMAP_SIZE: [16, 24]
-  SIGMA: 2
-  EXTRA:
-    PRETRAINED_LAYERS: ['*']
-    FINAL_CONV_KERNEL: 1
-    STAGE2: {NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}
-    STAGE3: {NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}
-    STAGE4: {NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}
-LOSS:
-  USE_TARGET_WEIGHT: true
-TRAIN:
-  BATCH_SIZE_PER_GPU: 4
-  END_EPOCH: 2
-  OPTIMIZER: adam
-  LR: 0.001
-  LR_STEP: [1]
-TEST:
-  BATCH_SIZE_PER_GPU: 8
-  USE_GT_BBOX: true
-  FLIP_TEST: true
-  POST_PROCESS: true
-  SHIFT_HEATMAP: true
-  IN_VIS_THRE: 0.2
-  OKS_THRE: 0.9
-ENGINE:
-  SEED: 3
-  THREADS: 2
-)";
+  std::string text = slurp(std::string(HR_TEST_DATA_DIR) + "/tiny_pose.yaml");
+  REQUIRE(text.find("@ROOT@") != std::string::npos);
   text.replace(text.find("@ROOT@"), 6, root);
   return text;
 }

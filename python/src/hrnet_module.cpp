@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <exception>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -520,32 +521,38 @@ tasks::EvalSummary run_interruptible(const std::function<tasks::EvalSummary()>& 
   return result;
 }
 
+// The experiment of `config` (with overrides and ENGINE.DEVICE), its synthetic data prepared
+// when it asks for it, and `work` on its task and output directory (output_dir, else the official
+// tools' OUTPUT_DIR/...), run interruptibly.
+nb::dict run_experiment(const std::string& config, const nb::handle& overrides,
+                        const std::optional<std::string>& output_dir,
+                        const std::optional<std::string>& device,
+                        const std::function<tasks::EvalSummary(tasks::Task&, const std::string&)>& work) {
+  models::Config cfg = tasks::load_config(config, overrides_list(overrides));
+  if (device) cfg.set("ENGINE.DEVICE", *device);
+  return summary_dict(run_interruptible([&] {
+    tasks::prepare_synthetic_data(cfg);
+    std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
+    return work(*task, output_dir ? *output_dir : tasks::experiment_output_dir(cfg, config));
+  }));
+}
+
 nb::dict train(const std::string& config, const nb::handle& overrides,
                std::optional<std::string> output_dir, std::optional<bool> resume,
                std::optional<std::string> device) {
-  models::Config cfg = tasks::load_config(config, overrides_list(overrides));
-  if (device) cfg.set("ENGINE.DEVICE", *device);
-  const tasks::EvalSummary r = run_interruptible([&] {
-    tasks::prepare_synthetic_data(cfg);
-    std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
-    const std::string out = output_dir ? *output_dir : tasks::experiment_output_dir(cfg, config);
-    return tasks::Trainer(*task, out, resume ? (*resume ? 1 : 0) : -1).run();
-  });
-  return summary_dict(r);
+  return run_experiment(config, overrides, output_dir, device,
+                        [&](tasks::Task& task, const std::string& out) {
+                          return tasks::Trainer(task, out, resume ? (*resume ? 1 : 0) : -1).run();
+                        });
 }
 
 nb::dict evaluate(const std::string& config, std::optional<std::string> weights,
                   const nb::handle& overrides, std::optional<std::string> output_dir,
                   std::optional<std::string> device) {
-  models::Config cfg = tasks::load_config(config, overrides_list(overrides));
-  if (device) cfg.set("ENGINE.DEVICE", *device);
-  const tasks::EvalSummary r = run_interruptible([&] {
-    tasks::prepare_synthetic_data(cfg);
-    std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
-    const std::string out = output_dir ? *output_dir : tasks::experiment_output_dir(cfg, config);
-    return tasks::evaluate_experiment(*task, weights.value_or(""), out);
-  });
-  return summary_dict(r);
+  return run_experiment(config, overrides, output_dir, device,
+                        [&](tasks::Task& task, const std::string& out) {
+                          return tasks::evaluate_experiment(task, weights.value_or(""), out);
+                        });
 }
 
 }  // namespace

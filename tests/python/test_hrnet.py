@@ -296,32 +296,16 @@ def test_train_interrupt_and_resume(tmp_path):
     root = tmp_path / "data"
     subprocess.run([SYNTH, "--out", str(root), "--train", "24", "--val", "4", "--seed", "6",
                     "--width", "160", "--height", "120", "--quiet"], check=True)
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        DATASET: {{DATASET: synth, ROOT: '{root}', TRAIN_SET: train2017, TEST_SET: val2017}}
-        WORKERS: 1
-        PRINT_FREQ: 1
-        MODEL:
-          NAME: pose_hrnet
-          NUM_JOINTS: 17
-          IMAGE_SIZE: [64, 96]
-          HEATMAP_SIZE: [16, 24]
-          EXTRA:
-            PRETRAINED_LAYERS: ['*']
-            FINAL_CONV_KERNEL: 1
-            STAGE2: {{NUM_MODULES: 1, NUM_BRANCHES: 2, BLOCK: BASIC, NUM_BLOCKS: [1, 1], NUM_CHANNELS: [8, 16], FUSE_METHOD: SUM}}
-            STAGE3: {{NUM_MODULES: 1, NUM_BRANCHES: 3, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [8, 16, 32], FUSE_METHOD: SUM}}
-            STAGE4: {{NUM_MODULES: 1, NUM_BRANCHES: 4, BLOCK: BASIC, NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [8, 16, 32, 64], FUSE_METHOD: SUM}}
-        TRAIN: {{BATCH_SIZE_PER_GPU: 2, END_EPOCH: 4, OPTIMIZER: adam, LR: 0.001, LR_STEP: [1]}}
-        TEST: {{BATCH_SIZE_PER_GPU: 4, USE_GT_BBOX: true, FLIP_TEST: true}}
-        ENGINE: {{SEED: 3, THREADS: 1}}
-        """))
+    cfg = tmp_path / "tiny.yaml"  # the program tests' tiny experiment, four epochs here
+    text = open(os.path.join(HERE, "..", "data", "tiny_pose.yaml")).read()
+    cfg.write_text(text.replace("@ROOT@", str(root)))
+    over = ["TRAIN.END_EPOCH", "4", "ENGINE.THREADS", "1", "WORKERS", "1"]
     out = tmp_path / "out"
     # a child Python trains; Ctrl-C (SIGINT) once it has made progress
     script = textwrap.dedent(f"""\
         import sys, hrnet
         try:
-            hrnet.train({str(cfg)!r}, output_dir={str(out)!r})
+            hrnet.train({str(cfg)!r}, overrides={over!r}, output_dir={str(out)!r})
         except hrnet.Interrupted as e:
             print("INTERRUPTED", e, flush=True)
             sys.exit(130)
@@ -344,7 +328,7 @@ def test_train_interrupt_and_resume(tmp_path):
     assert "epoch 4/4" not in text, text  # stopped before the end
     assert (out / "checkpoint.safetensors").exists()
     # resumed, it runs to the end and evaluates
-    r = hrnet.train(str(cfg), output_dir=str(out), resume=True)
+    r = hrnet.train(str(cfg), overrides=over, output_dir=str(out), resume=True)
     assert r["score_name"] == "AP" and 0.0 <= r["score"] <= 1.0
     assert set(["AP", "AP50"]) <= set(r["metrics"])
     # and hrnet.evaluate scores the final weights as hrnet-eval does
