@@ -115,6 +115,7 @@ ClsEval evaluate_classifier(models::HRNet& model, const data::ClassificationData
   int64_t top1 = 0, top5 = 0;
   data::Batch b;
   while (loader.next(b)) {
+    stop_point(run);
     r.skipped += b.skipped;
     if (b.size() == 0) continue;
     Tensor y;

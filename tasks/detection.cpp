@@ -308,6 +308,7 @@ EvalSummary DetTask::evaluate(models::HRNet& model, const RunOptions& run) {
   int skipped = 0;
   int64_t images = 0;
   for (size_t i = begin; i < end; ++i) {
+    stop_point(run);
     const data::DetRecord& r = records[i];
     data::Image rgb;
     try {

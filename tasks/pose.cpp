@@ -243,6 +243,7 @@ std::vector<data::PersonPrediction> predict(models::HRNet& model, const data::Po
   data::Batch b;
   std::vector<const data::PoseRecord*> recs;
   while (loader.next(b)) {
+    stop_point(r);
     skip += b.skipped;
     if (b.size() == 0) continue;
     recs.clear();

@@ -447,6 +447,7 @@ EvalSummary SegTask::evaluate(models::HRNet& model, const RunOptions& run) {
   if (run.progress) bar = std::make_unique<ProgressBar>("eval", int64_t(end - begin), "img");
   const size_t show_every = std::max<size_t>(1, (end - begin) / 4);
   for (size_t i = begin; i < end; ++i) {
+    stop_point(run);
     data::SegFullSample s;
     try {
       s = val.load_full(i);

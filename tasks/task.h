@@ -96,8 +96,19 @@ struct RunOptions {
   // of shard_count of the validation split, and the parts are gathered (every rank then holds
   // the whole result).
   int shard_rank = 0, shard_count = 1;
+  // The evaluation stops between batches when a stop was requested (Ctrl-C: request_stop,
+  // tasks/trainer.h), throwing EvalStopped; the trainer sets it in a one-process run.
+  bool stoppable = false;
 };
 RunOptions run_options(const TrainSettings& s);
+
+// What an evaluation with RunOptions::stoppable throws at a stop request.
+struct EvalStopped : Error {
+  using Error::Error;
+};
+// The evaluations' stop point (between batches): throws EvalStopped when run.stoppable and a stop
+// was requested.
+void stop_point(const RunOptions& run);
 
 // This rank's contiguous part [begin, end) of n items (the parts in rank order, sizes as even as
 // they come).

@@ -425,6 +425,11 @@ void request_stop(int signal) {
   g_stop.compare_exchange_strong(none, signal ? signal : -1);
 }
 int stop_requested() { return g_stop.load(); }
+
+void stop_point(const RunOptions& run) {
+  if (run.stoppable && stop_requested())
+    throw EvalStopped(str_cat("evaluation stopped by ", signal_name(stop_requested())));
+}
 void clear_stop() { g_stop.store(0); }
 
 void install_stop_handlers(const char* program) {
@@ -643,6 +648,9 @@ EvalSummary Trainer::run() {
     run.shard_count = world.size;
   }
   run.progress = lead;
+  // Ctrl-C during an evaluation stops it between batches (one process: the ranks of a job would
+  // have to agree on the batch)
+  run.stoppable = world.size == 1;
 
   const std::string log_path = out_ + "/metrics.jsonl";
   const LoggedRun logged = resumed && lead ? scan_metrics(log_path) : LoggedRun();
@@ -799,11 +807,27 @@ EvalSummary Trainer::run() {
 
     const bool last = epoch + 1 == end_epoch;
     const bool eval_now = last || (epoch + 1 - s.begin_epoch) % s.eval_every == 0;
+    // A stop during this evaluation abandons it: the run stops with a checkpoint of the epoch's
+    // steps done, and the resumed run logs the epoch again (marked "resumed") and evaluates it.
+    auto evaluate = [&]() -> EvalSummary {
+      try {
+        return task_.evaluate(*model, run);
+      } catch (const EvalStopped&) {
+        st.epoch = epoch;
+        st.iter = iter;
+        st.epoch_loss_sum = loss_sum;
+        st.epoch_loss_samples = st.epoch_samples = loss_seen;
+        st.epoch_skipped = skipped;
+        stop_here(true, str_cat("during the evaluation of epoch ", epoch + 1, " of ", end_epoch,
+                                " (step ", st.global_step, ")"));
+        throw;  // stop_here throws Interrupted
+      }
+    };
     if (eval_now && !lead && split_eval) {
-      task_.evaluate(*model, run);  // this rank's part; rank 0 reports
+      evaluate();  // this rank's part; rank 0 reports
       evaluated = true;
     } else if (eval_now && lead) {
-      last_eval = task_.evaluate(*model, run);
+      last_eval = evaluate();
       evaluated = true;
       std::string line;
       for (size_t k = 0; k < std::min<size_t>(3, last_eval.metrics.size()); ++k)
@@ -832,7 +856,7 @@ EvalSummary Trainer::run() {
       dist::barrier("waiting for rank 0's evaluation");
       dist::set_timeout(s.dist_timeout);
     }
-    if (stop_agreed() && !last)
+    if (stop_agreed())  // the last epoch too: its final outputs are then the resumed run's
       stop_here(false, str_cat("after epoch ", epoch + 1, " of ", end_epoch, " (step ",
                                st.global_step, ")"));
   }
@@ -843,7 +867,13 @@ EvalSummary Trainer::run() {
   }
   save_safetensors(out_ + "/final_state.safetensors", model->state_dict(),
                    {{"model", model->spec().name}, {"epoch", std::to_string(st.epoch)}});
-  if (!evaluated) last_eval = task_.evaluate(*model, run);
+  if (!evaluated) {  // a run resumed after its last epoch
+    try {
+      last_eval = task_.evaluate(*model, run);
+    } catch (const EvalStopped&) {
+      stop_here(false, "during the final evaluation");
+    }
+  }
   task_.save_outputs(out_);
   log.close();
   std::printf("%s", last_eval.table.c_str());
