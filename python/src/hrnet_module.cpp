@@ -399,6 +399,17 @@ class Model {
     return r;
   }
 
+  // The head's image-level prediction: pose keypoints, seg label map, cls top-k, det boxes.
+  nb::object predict(const nb::handle& image, const nb::handle& boxes, int k, float threshold) {
+    switch (model_->spec().head) {
+      case models::Head::Pose: return keypoints(image, boxes);
+      case models::Head::Seg: return segment(image);
+      case models::Head::Cls: return classify(image, k);
+      case models::Head::Det: return detect(image, threshold);
+    }
+    throw Error("hrnet: predict: unknown head");
+  }
+
 #ifdef HR_WITH_ONNX
   nb::dict export_onnx(const std::string& path, std::optional<int64_t> height,
                        std::optional<int64_t> width, bool det_decode, bool ocr_aux) {
@@ -618,6 +629,10 @@ NB_MODULE(_hrnet, m) {
       .def("keypoints", &Model::keypoints, "image"_a, "boxes"_a = nb::none(),
            "Pose: keypoints (P, 17, 3) as x, y, score, person scores (P,) and boxes (P, 4) of "
            "the people in boxes (P, 4|5: x, y, w, h[, score]; none: the whole image).")
+      .def("predict", &Model::predict, "image"_a, "boxes"_a = nb::none(), "k"_a = 5,
+           "threshold"_a = 0.0f,
+           "The head's prediction on an image: pose keypoints(image, boxes), seg segment(image), "
+           "cls classify(image, k), det detect(image, threshold).")
       .def("segment", &Model::segment, "image"_a,
            "Seg: the class of each pixel, (H, W) int64, by the official test inference.")
       .def("classify", &Model::classify, "image"_a, "k"_a = 5,

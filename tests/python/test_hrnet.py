@@ -112,6 +112,23 @@ def test_forward_equals_cpp_program(pose_w18, tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.skipif(not hrnet.has_onnx, reason="built without ONNX (HR_ONNX)")
+def test_export_onnx_runs_in_onnxruntime(pose_w18, tmp_path):
+    """model.export_onnx writes what hrnet-export writes: ONNX Runtime gives our output, at two
+    batch sizes (the batch is dynamic)."""
+    import onnxruntime as ort
+    _, path, model = pose_w18
+    m = hrnet.Model("pose_w18", weights=path)
+    info = m.export_onnx(str(tmp_path / "pose.onnx"), height=64, width=64)
+    assert info["outputs"] == ["heatmaps"] and info["folded_batch_norms"] > 0
+    sess = ort.InferenceSession(str(tmp_path / "pose.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = np.random.default_rng(n).standard_normal((n, 3, 64, 64), dtype=np.float32)
+        got = sess.run(None, {"input": x})[0]
+        assert got.shape == (n, 17, 16, 16)
+        assert rel_err(got, m(x)) < 1e-4
+
+
 def test_dlpack_round_trips(pose_w18):
     _, _, model = pose_w18
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -199,7 +216,7 @@ def test_pose_keypoints_equal_cpp_program(pose_w18, synth_pose, tmp_path):
         args += ["--box", ",".join(str(v) for v in b[:4])]
     program(args)
     want = json.loads(out.read_text())["people"]
-    got = model.keypoints(image, boxes=np.array(boxes, np.float32)[:, :4])
+    got = model.predict(image, boxes=np.array(boxes, np.float32)[:, :4])  # the pose head's
     assert got["keypoints"].shape == (2, 17, 3)
     for p in range(2):
         np.testing.assert_allclose(got["keypoints"][p].reshape(-1), want[p]["keypoints"],
