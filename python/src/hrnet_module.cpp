@@ -254,6 +254,7 @@ class Model {
   void load(const std::string& path) {
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       models::load_hrnet_checkpoint(*model_, path);
     }
     predictor_.reset();  // folded weights are recomputed
@@ -261,6 +262,7 @@ class Model {
 
   void save(const std::string& path) {
     nb::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
     save_safetensors(path, model_->state_dict(), {{"model", model_->spec().name}});
   }
 
@@ -282,6 +284,7 @@ class Model {
       HR_CHECK(x.dtype() == DType::f32, "hrnet: the input must be float32, got ",
                dtype_name(x.dtype()));
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       ys = predictor().forward(x);
       for (Tensor& y : ys)
         if (y.dtype() != DType::f32) y = y.to(DType::f32);
@@ -323,6 +326,7 @@ class Model {
     std::vector<tasks::PersonKeypoints> people;
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       people = predictor().keypoints(decode(img), bx);
     }
     const int64_t P = static_cast<int64_t>(people.size()), J = data::kNumJoints;
@@ -345,6 +349,7 @@ class Model {
     int h = 0, w = 0;
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       const data::Image im = decode(img);
       h = im.height;
       w = im.width;
@@ -360,6 +365,7 @@ class Model {
     tasks::TopK top;
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       const data::EncodedImage e = img.path.empty() ? data::EncodedImage::from_image(img.image)
                                                     : data::EncodedImage::read(img.path);
       top = predictor().classify(e, k);
@@ -376,6 +382,7 @@ class Model {
     std::vector<tasks::DetBox> found;
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       found = predictor().detect(decode(img));
     }
     std::vector<tasks::DetBox> kept;
@@ -422,6 +429,7 @@ class Model {
     tasks::ExportSummary rep;
     {
       nb::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> one_call(mu_);  // calls on one model take turns
       rep = tasks::export_onnx(*model_, cfg_ ? &*cfg_ : nullptr, o);
     }
     predictor_.reset();  // the model was recorded on its own device, in eval mode
@@ -468,6 +476,7 @@ class Model {
   std::shared_ptr<models::HRNet> model_;
   tasks::RunOptions run_;
   std::unique_ptr<tasks::Predictor> predictor_;
+  std::mutex mu_;  // the model and its compiled graphs serve one call at a time
 };
 
 // ---- training and evaluation ----------------------------------------------------------------

@@ -166,6 +166,21 @@ def test_dlpack_round_trips(pose_w18):
     np.testing.assert_array_equal(torch.from_dlpack(g).numpy(), y.numpy())
 
 
+def test_threads_share_a_model(pose_w18):
+    """Calls release the GIL; calls on one model from several threads take turns and each gets
+    its own input's output (to rounding: a new thread has OpenMP's default thread count, which
+    sets the kernels' summation order)."""
+    from concurrent.futures import ThreadPoolExecutor
+    _, _, model = pose_w18
+    xs = [np.random.default_rng(10 + i).standard_normal((1, 3, 64, 64), dtype=np.float32)
+          for i in range(6)]
+    want = [model(x) for x in xs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(model, xs))
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 5e-5
+
+
 def test_errors_are_one_line(pose_w18, tmp_path):
     _, path, model = pose_w18
     cases = [
