@@ -9,7 +9,9 @@
 # uncaught non-hr::Error exception, sanitizer report, leak, > 2 GiB, > 10 s on one input); the
 # input that caused it is left in build-fuzz/fuzz-findings/<harness>/ and named in the output:
 # copy it into tests/data/fuzz_regressions/<harness>/ once it is fixed.
-# Environment: HR_FUZZ_BUILD (build dir, default build-fuzz), HR_FUZZ_JOBS (default 2).
+# Environment: HR_FUZZ_BUILD (build dir, default build-fuzz), HR_FUZZ_JOBS (default 2),
+# HR_FUZZ_TIMEOUT (seconds one input may take, wall clock, default 10: raise it for runs niced
+# under other work, where an input can wait that long for a core).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-60}
@@ -53,7 +55,9 @@ seed_sources() {
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:allocator_may_return_null=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-export TMPDIR="$B/fuzz-tmp"
+# a scratch directory of this run's own: runs side by side (one harness each) must not remove
+# each other's
+export TMPDIR="$B/fuzz-tmp.$$"
 mkdir -p "$TMPDIR"
 failed=()
 summary=()
@@ -76,7 +80,7 @@ for h in "${HARNESSES[@]}"; do
     fi
   fi
   echo "fuzz.sh: $h: $(ls "$seeds" | wc -l) seeds, $(ls "$corpus" | wc -l) corpus files, ${SECS} s, -max_len=$len"
-  "$bin" -max_total_time="$SECS" -max_len="$len" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+  "$bin" -max_total_time="$SECS" -max_len="$len" -rss_limit_mb=2048 -timeout="${HR_FUZZ_TIMEOUT:-10}" -print_final_stats=1 \
     -artifact_prefix="$findings/" "$corpus" "$seeds" >"$log" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
