@@ -587,19 +587,7 @@ NB_MODULE(_hrnet, m) {
   // KeyboardInterrupt) says where a stopped run left its checkpoint. Translators registered
   // later are tried first: the subclass goes last.
   nb::exception<hr::Error>(m, "Error", PyExc_RuntimeError);
-  static nb::object interrupted = nb::borrow(nb::handle(PyErr_NewExceptionWithDoc(
-      "hrnet.Interrupted",
-      "hrnet.train or hrnet.evaluate stopped by Ctrl-C at a step boundary; training wrote a "
-      "checkpoint to resume from (resume=True).",
-      PyExc_KeyboardInterrupt, nullptr)));
-  m.attr("Interrupted") = interrupted;
-  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const hr::tasks::Interrupted& e) {
-      PyErr_SetString(interrupted.ptr(), e.what());
-    }
-  });
+  nb::exception<hr::tasks::Interrupted>(m, "Interrupted", PyExc_KeyboardInterrupt);
 
   nb::class_<Array>(m, "Array",
                     "An engine array (what inputs of neither numpy nor PyTorch get back): take it "
