@@ -84,17 +84,18 @@ data::SegClassTable Predictor::seg_classes() const {
   return data::seg_class_table(seg_dataset_, model_.spec().num_classes);
 }
 
-std::vector<Tensor> Predictor::forward(const Tensor& x) {
+std::vector<Tensor> Predictor::outputs(const Tensor& x) {
   model_.check_input(x.shape());
   InferenceMode no_grad;
-  std::vector<Tensor> ys;
-  if (graph_) {
-    ys = (*graph_)(x);
+  if (graph_) return (*graph_)(x);
+  AutocastGuard ac(run_.autocast);
+  return model_.forward_all(x.to(run_.device));
+}
+
+std::vector<Tensor> Predictor::forward(const Tensor& x) {
+  std::vector<Tensor> ys = outputs(x);
+  if (graph_)
     for (Tensor& y : ys) y = y.clone();  // the graph's buffers are reused by the next call
-  } else {
-    AutocastGuard ac(run_.autocast);
-    ys = model_.forward_all(x.to(run_.device));
-  }
   return ys;
 }
 
@@ -132,7 +133,7 @@ std::vector<PersonKeypoints> Predictor::keypoints(const data::Image& img,
     data::box_to_center_scale({boxes[k][0], boxes[k][1], boxes[k][2], boxes[k][3]}, aspect,
                               recs[k].center, recs[k].scale);
   }
-  const HeatmapForward heatmaps = [this](const Tensor& x) { return to_host_f32(forward(x)[0]); };
+  const HeatmapForward heatmaps = [this](const Tensor& x) { return to_host_f32(outputs(x)[0]); };
   std::vector<PersonKeypoints> out;
   const size_t batch = static_cast<size_t>(std::max<int64_t>(1, pose_eval_.batch));
   const int64_t plane = 3 * int64_t(tp.image_h) * tp.image_w;
@@ -176,7 +177,7 @@ TopK Predictor::classify(const data::EncodedImage& img, int k) {
   Tensor x = Tensor::empty({1, 3, o.size, o.size});
   std::mt19937_64 rng(0);
   data::make_classification_sample(img, o, rng, x.data<float>());
-  const std::vector<float> logits = to_host_f32(forward(x)[0]).to_vector();
+  const std::vector<float> logits = to_host_f32(outputs(x)[0]).to_vector();
   return top_classes(logits.data(), C, static_cast<int>(std::min<int64_t>(k, C)));
 }
 
@@ -193,7 +194,7 @@ std::vector<int64_t> Predictor::segment(const data::Image& img) {
     o.classes = model_.spec().num_classes;
   }
   const SegForward fwd = [this](const Tensor& x) {
-    return to_host_f32(forward(x).back());  // the last output (OCR: the final one)
+    return to_host_f32(outputs(x).back());  // the last output (OCR: the final one)
   };
   Tensor x = Tensor::empty({1, 3, img.height, img.width});
   const data::SegOptions norm;  // the official ImageNet mean and std, as the seg datasets use

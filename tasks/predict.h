@@ -75,6 +75,10 @@ class Predictor {
   std::vector<DetBox> detect(const data::Image& img);
 
  private:
+  // The outputs for x: the graph's buffers (valid until the next call) or eager tensors; the
+  // predictions copy what they read to the host at once.
+  std::vector<Tensor> outputs(const Tensor& x);
+
   models::HRNet& model_;
   RunOptions run_;
   std::unique_ptr<graph::InferenceRunner> graph_;
