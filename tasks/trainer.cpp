@@ -748,6 +748,16 @@ EvalSummary Trainer::run() {
       skipped += static_cast<int64_t>(v);
       skipped_here = 0;
     };
+    // Stops inside this epoch: a checkpoint of the position reached (the iteration, the epoch's
+    // sums so far) for the resumed run to continue from.
+    auto stop_in_epoch = [&](const std::string& where) {
+      st.epoch = epoch;
+      st.iter = iter;
+      st.epoch_loss_sum = loss_sum;
+      st.epoch_loss_samples = st.epoch_samples = loss_seen;
+      st.epoch_skipped = skipped;
+      stop_here(true, where);
+    };
     data::Batch b;
     while ((s.max_iter <= 0 || st.global_step < s.max_iter) && loader.next(b)) {
       skipped_here += b.skipped;
@@ -777,14 +787,8 @@ EvalSummary Trainer::run() {
         read_losses(iter - 1);
         sync_counts();
         bar.finish();
-        st.epoch = epoch;
-        st.iter = iter;
-        st.epoch_loss_sum = loss_sum;
-        st.epoch_loss_samples = loss_seen;
-        st.epoch_samples = loss_seen;
-        st.epoch_skipped = skipped;
-        stop_here(true, str_cat("in epoch ", epoch + 1, " of ", end_epoch, " at iteration ", iter,
-                                " of ", iters_per_epoch, " (step ", st.global_step, ")"));
+        stop_in_epoch(str_cat("in epoch ", epoch + 1, " of ", end_epoch, " at iteration ", iter,
+                              " of ", iters_per_epoch, " (step ", st.global_step, ")"));
       }
     }
     read_losses(iter - 1);
@@ -813,14 +817,9 @@ EvalSummary Trainer::run() {
       try {
         return task_.evaluate(*model, run);
       } catch (const EvalStopped&) {
-        st.epoch = epoch;
-        st.iter = iter;
-        st.epoch_loss_sum = loss_sum;
-        st.epoch_loss_samples = st.epoch_samples = loss_seen;
-        st.epoch_skipped = skipped;
-        stop_here(true, str_cat("during the evaluation of epoch ", epoch + 1, " of ", end_epoch,
-                                " (step ", st.global_step, ")"));
-        throw;  // stop_here throws Interrupted
+        stop_in_epoch(str_cat("during the evaluation of epoch ", epoch + 1, " of ", end_epoch,
+                              " (step ", st.global_step, ")"));
+        throw;  // stop_in_epoch throws Interrupted
       }
     };
     if (eval_now && !lead && split_eval) {
