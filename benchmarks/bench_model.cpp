@@ -12,10 +12,11 @@
 // inference = the head's outputs of every level, without the post-processing).
 //   bench_model [--model w32:pose|w32:cls|w48:seg|w32:det] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
-//               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile]
+//               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile] [--profile-shapes]
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
 // norm, planned memory, branch streams; on CUDA replayed as a CUDA graph). --profile prints the
-// graph's per-op time on the CPU.
+// graphs' per-op time on the CPU (training step and inference); --profile-shapes per op, input
+// shape and attributes.
 // The PyTorch peer (benchmarks/torch_model.py, the HRNet of tools/gen_model_reference.py with
 // the same spec; det: its backbone with HRFPN and FCOSHead equal to the official modules, the
 // same targets, loss and SGD groups) runs when a Python with torch is found ($HR_PYTHON,
@@ -63,7 +64,7 @@ struct Args {
   int64_t batch = 8, height = 0, width = 0;  // 0: 256x192 (pose), 224x224 (cls)
   std::string device = "cpu", amp;
   int steps = 5, warmup = 2;
-  bool torch = true, profile = false, latency = false;
+  bool torch = true, profile = false, profile_shapes = false, latency = false;
   std::string peer_results, save, load;
 };
 
@@ -88,6 +89,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::max(0, std::atoi(val().c_str()));
     else if (k == "--no-torch") a.torch = false;
     else if (k == "--profile") a.profile = true;
+    else if (k == "--profile-shapes") a.profile = a.profile_shapes = true;
     else if (k == "--peer-results") a.peer_results = val();
     else if (k == "--latency") a.latency = true;
     else if (k == "--save") a.save = val();
@@ -433,7 +435,7 @@ Results measure(const Args& a, const ModelSpec& spec) {
     if (dev.is_cuda()) r["train_peak_gb"] = cuda::peak_allocated_bytes() / 1e9;
     gtrain = compile(true);
     prepare(*gtrain);
-    if (a.profile) gtrain->set_profiling(true);
+    if (a.profile) gtrain->set_profiling(true, a.profile_shapes);
     r["train_graph_ms"] = time_it(graph_train_step);
     if (a.profile && dev.is_cpu())
       std::printf("graph training step, per op (CPU wall time):\n%s\n", gtrain->profile_report().c_str());
@@ -445,7 +447,10 @@ Results measure(const Args& a, const ModelSpec& spec) {
   r["infer_eager_ms"] = time_it(infer_step);
   ginfer = compile(false);
   prepare(*ginfer);
+  if (a.profile) ginfer->set_profiling(true, a.profile_shapes);
   r["infer_graph_ms"] = time_it(graph_infer_step);
+  if (a.profile && dev.is_cpu())
+    std::printf("graph inference, per op (CPU wall time):\n%s\n", ginfer->profile_report().c_str());
   return r;
 }
 

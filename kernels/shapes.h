@@ -24,6 +24,15 @@ struct ConvShape {
   int64_t macs() const { return N * K * P * Q * C * R * S; }
 };
 
+// What a convolution's forward pass does to its output tile while it is in cache:
+// y = conv(x, w) + bias [+ residual] [then ReLU]. residual is [N,K,P,Q] like y and does not
+// overlap it.
+struct ConvEpilogue {
+  const float* residual = nullptr;
+  bool relu = false;
+  bool any() const { return residual != nullptr || relu; }
+};
+
 // Resampling of an [N, C, H, W] map to [N, C, OH, OW]. scale_h / scale_w are the
 // source-per-destination ratios exactly as PyTorch computes them (area_pixel_compute_scale):
 // align_corners ? (H-1)/(OH-1) (0 if OH == 1) : (scale_factor given ? 1/scale_factor : H/OH).

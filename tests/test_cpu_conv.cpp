@@ -4,6 +4,7 @@
 // check of the three kernels on one small shape and the shape validation.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -180,6 +181,13 @@ const std::vector<Case> kCases = {
     {1, 3, 12, 11, 2, 5, 5, 1, 1, 2, 2, false},  // 5x5 p2, odd width
     {1, 8, 12, 12, 6, 3, 3, 1, 1, 1, 1, true},   // one tile: threaded GEMM
     {5, 3, 14, 14, 4, 3, 3, 2, 2, 1, 1, true},   // 3 tiles of 2+2+1 images: threaded GEMMs
+    // The direct kernel (AVX-512 builds: stride 1, Q == W): tiles of 3 vectors of 16 outputs,
+    // blocks of 8 output channels, masked tails of both.
+    {2, 7, 7, 7, 17, 3, 3, 1, 1, 1, 1, true},    // 49 outputs: tiles of 3 + 1 vectors; K 8+8+1
+    {1, 40, 8, 6, 24, 3, 3, 1, 1, 1, 1, false},  // one tile: channel blocks split over threads
+    {2, 9, 5, 40, 10, 1, 1, 1, 1, 0, 0, true},   // 1x1, 200 outputs (12.5 vectors)
+    {3, 5, 4, 20, 9, 7, 7, 1, 1, 3, 3, true},    // 7x7: 49 taps, the runtime tap count
+    {2, 3, 9, 1, 4, 3, 3, 1, 1, 1, 1, false},    // W = 1: every row one lane
 };
 
 }  // namespace
@@ -188,9 +196,44 @@ TEST_CASE("conv2d CPU kernels match naive double loops", "[cpu][conv]") {
   for (size_t i = 0; i < kCases.size(); ++i) check_case(kCases[i], 100 + 10 * i);
 }
 
+// The forward pass's epilogue: y = relu(conv + bias + residual), each part optional, on the
+// direct kernel, the row-shift GEMMs (HR_CPU_ISA=avx2 runs) and im2col with batched images.
+TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv]") {
+  const std::vector<Case> picks = {kCases[0], kCases[15], kCases[17], kCases[18],
+                                   kCases[21], kCases[26], kCases[27]};
+  for (size_t i = 0; i < picks.size(); ++i) {
+    const Case& c = picks[i];
+    const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
+    const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+    const auto x = hr::test::randn(nx, 500 + i);
+    const auto w = hr::test::randn(nw, 600 + i, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+    const auto b = hr::test::randn(s.K, 700 + i);
+    const auto res = hr::test::randn(ny, 800 + i);
+    const std::vector<float> conv = Ref{s}.forward(x, w, c.bias ? b.data() : nullptr);
+    for (int mode = 1; mode < 4; ++mode) {
+      const bool add = mode & 1, relu = mode & 2;
+      INFO(name(c) << (add ? " +residual" : "") << (relu ? " relu" : ""));
+      std::vector<float> want(ny);
+      int negative = 0;
+      for (size_t k = 0; k < ny; ++k) {
+        const float v = conv[k] + (add ? res[k] : 0.f);
+        negative += v < 0;
+        want[k] = relu ? std::max(v, 0.f) : v;
+      }
+      REQUIRE(negative > 0);  // the ReLU has something to do
+      hr::kern::ConvEpilogue ep;
+      ep.residual = add ? res.data() : nullptr;
+      ep.relu = relu;
+      std::vector<float> y(ny, 1e3f);
+      hr::cpu::conv2d_forward(s, x.data(), w.data(), c.bias ? b.data() : nullptr, y.data(), ep);
+      REQUIRE_CLOSE(y, want, 1e-4, 1e-4);
+    }
+  }
+}
+
 TEST_CASE("conv2d CPU kernels give the same values with 1 and 3 threads", "[cpu][conv]") {
-  const std::vector<Case> picks = {kCases[0],  kCases[2],  kCases[15], kCases[16],
-                                   kCases[17], kCases[18], kCases[24], kCases[25]};
+  const std::vector<Case> picks = {kCases[0],  kCases[2],  kCases[15], kCases[16], kCases[17],
+                                   kCases[18], kCases[24], kCases[25], kCases[26], kCases[27]};
   for (int threads : {1, 3})
     with_threads(threads, [&] {
       INFO("threads " << threads);

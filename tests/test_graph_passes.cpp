@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "engine/graph/executable.h"
 #include "engine/graph/passes.h"
 #include "engine/nn.h"
 #include "engine/ops.h"
@@ -97,6 +98,85 @@ TEST_CASE("folding rewrites conv + inference batch norm, keeping fused ones", "[
       CHECK(std::string(ir.nodes[i].op->name()) == "fold_batch_norm");
     }
   CHECK(marked == 1);
+}
+
+// out = relu(b0(c0(x)) + bd(cd(x))) with the residual branch recorded after c0, as in a
+// bottleneck with a downsample
+struct ResidualBlock {
+  Conv2d c0{4, 6, 3, 1, 1, false}, cd{4, 6, 1, 1, 0, false};
+  BatchNorm2d b0{6}, bd{6};
+  Tensor forward(const Tensor& x) {
+    Tensor y0 = c0(x);
+    Tensor r = bd(cd(x));
+    return ops::relu(ops::add(b0(y0), r));
+  }
+};
+
+TEST_CASE("folding with epilogues takes fused batch norms into their convolutions",
+          "[graph][passes]") {
+  ResidualBlock net;
+  for (Module* m : std::initializer_list<Module*>{&net.c0, &net.cd, &net.b0, &net.bd}) m->train(false);
+  {
+    // non-trivial statistics and affine parameters
+    NoGradGuard ng;
+    net.b0.running_mean.copy_(rand_tensor({6}, 3));
+    net.b0.running_var.copy_(ops::add(ops::mul(rand_tensor({6}, 4), 0.2f), Tensor::ones({6})));
+    net.b0.weight.copy_(rand_tensor({6}, 5));
+    net.bd.bias.copy_(rand_tensor({6}, 6));
+  }
+  const Tensor x = rand_tensor({2, 4, 7, 5}, 7);
+  Tensor ref;
+  {
+    NoGradGuard ng;
+    ref = net.forward(x);
+  }
+  auto record = [&] {
+    Graph g;
+    g.output(net.forward(g.input("x", x.shape())), "y");
+    return g;
+  };
+  {
+    Graph g = record();
+    GraphIR& ir = g.ir();
+    REQUIRE(fuse_batch_norm_act(ir, false) == 1);
+    CHECK(fold_batch_norm(ir, false) == 1);  // bd only: b0 keeps its fused pass
+    CHECK(count(ir, "batch_norm_act") == 1);
+  }
+  Graph g = record();
+  GraphIR& ir = g.ir();
+  fuse_batch_norm_act(ir, false);
+  CHECK(fold_batch_norm(ir, true) == 2);
+  CHECK(count(ir, "batch_norm_act") == 0);
+  CHECK(count(ir, "batch_norm") == 0);
+  CHECK(count(ir, "add") == 0);
+  CHECK(count(ir, "relu") == 0);
+  int with_epilogue = 0;
+  for (size_t i = 0; i < ir.nodes.size(); ++i) {
+    const graph::Node& n = ir.nodes[i];
+    if (std::string(n.op->name()) != "conv2d" || n.in.size() < 4) continue;
+    ++with_epilogue;
+    CHECK(n.op->attributes().find("relu") != std::string::npos);
+    // moved after the residual's producer (the other folded convolution)
+    const int p = ir.values[n.in[3]].producer;
+    REQUIRE(p >= 0);
+    CHECK(p < static_cast<int>(i));
+    CHECK(std::string(ir.nodes[p].op->name()) == "conv2d");
+  }
+  CHECK(with_epilogue == 1);
+  // every value is still produced before it is used
+  for (size_t i = 0; i < ir.nodes.size(); ++i)
+    for (V v : ir.nodes[i].in)
+      if (v >= 0 && ir.values[v].kind == ValueKind::Activation)
+        CHECK(ir.values[v].producer < static_cast<int>(i));
+  // compiled for the CPU (which folds with epilogues), the same values as eager
+  graph::CompileOptions opt;
+  opt.inference = true;
+  graph::Executable e(record(), opt);
+  e.verify_plan();
+  CHECK(e.stats().folded == 2);
+  e.set_input("x", x);
+  e.run();
+  hr::test::require_close_scaled(e.output("y"), ref, 1e-5, "folded with epilogue");
 }
 
 TEST_CASE("dead nodes go, side effects stay", "[graph][passes]") {

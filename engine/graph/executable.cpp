@@ -50,7 +50,7 @@ struct Executable::Impl {
   std::vector<std::vector<size_t>> grads_done_at;
   std::function<void(const Tensor&, const Tensor&)> grad_ready;
   // profiling
-  bool profiling = false;
+  bool profiling = false, profile_by_shape = false;
   std::map<std::string, double> prof_seconds;
   std::map<std::string, int64_t> prof_calls;
   int64_t prof_runs = 0;
@@ -92,9 +92,15 @@ void Executable::Impl::exec_node(size_t i) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   run_kernel(*n.op, KernelArgs{l.in, l.out, st}, dev);
-  prof_seconds[n.op->name()] +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  ++prof_calls[n.op->name()];
+  std::string key = n.op->name();
+  if (profile_by_shape) {
+    key += " " + shape_str(l.in.empty() || !l.in[0].defined() ? Shape{} : l.in[0].shape());
+    if (n.in.size() > 1 && l.in[1].defined()) key += " w" + shape_str(l.in[1].shape());
+    const std::string at = n.op->attributes();
+    if (!at.empty()) key += " " + at;
+  }
+  prof_seconds[key] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++prof_calls[key];
 }
 
 // The parameter-only nodes, in order on the main stream (before any run's start).
@@ -195,10 +201,12 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   HR_CHECK(!(opt.inference && loss >= 0),
            "graph compile: an inference graph has no loss to differentiate");
 
-  // Fusion first: a batch norm followed by a ReLU and/or a residual add costs one pass fused, no
-  // less folded (the add/ReLU pass remains); folding takes the others, a whole pass each.
+  // Fusion first: a batch norm followed by a ReLU and/or a residual add becomes one pass. Folding
+  // then takes the plain ones into their convolutions, and on the CPU the fused ones too (the
+  // convolution applies the add/ReLU to its output tiles: no pass left); on CUDA those keep
+  // their one fused pass (the CUDA convolution has no fused epilogue yet).
   if (opt.fuse) m.stats.fused = fuse_batch_norm_act(g, loss >= 0);
-  if (opt.inference) m.stats.folded = fold_batch_norm(g);
+  if (opt.inference) m.stats.folded = fold_batch_norm(g, m.dev.is_cpu());
   std::vector<V> live;
   if (loss >= 0) {
     m.grads = differentiate(g, loss);
@@ -388,7 +396,10 @@ void Executable::set_gradient_ready(std::function<void(const Tensor&, const Tens
   }
 }
 
-void Executable::set_profiling(bool on) { impl_->profiling = on; }
+void Executable::set_profiling(bool on, bool by_shape) {
+  impl_->profiling = on;
+  impl_->profile_by_shape = by_shape;
+}
 
 std::string Executable::profile_report() const {
   const Impl& m = *impl_;
@@ -401,14 +412,15 @@ std::string Executable::profile_report() const {
   std::sort(rows.rbegin(), rows.rend());
   std::ostringstream os;
   const double runs = static_cast<double>(std::max<int64_t>(1, m.prof_runs));
-  os << std::left << std::setw(28) << "op" << std::right << std::setw(12) << "ms/run"
+  const int w = m.profile_by_shape ? 72 : 28;
+  os << std::left << std::setw(w) << "op" << std::right << std::setw(12) << "ms/run"
      << std::setw(8) << "share" << std::setw(10) << "calls/run" << "\n";
   for (const auto& [s, op] : rows)
-    os << std::left << std::setw(28) << op << std::right << std::fixed << std::setprecision(2)
+    os << std::left << std::setw(w) << op << std::right << std::fixed << std::setprecision(2)
        << std::setw(12) << 1e3 * s / runs << std::setw(7) << std::setprecision(1)
        << 100 * s / std::max(total, 1e-12) << "%" << std::setw(10)
        << m.prof_calls.at(op) / std::max<int64_t>(1, m.prof_runs) << "\n";
-  os << std::left << std::setw(28) << "total" << std::right << std::fixed << std::setprecision(2)
+  os << std::left << std::setw(w) << "total" << std::right << std::fixed << std::setprecision(2)
      << std::setw(12) << 1e3 * total / runs << "\n";
   return os.str();
 }

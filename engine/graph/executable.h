@@ -97,7 +97,7 @@ class Executable {
   void verify_plan() const;
 
   // Per-op wall time of CPU runs (enable first; CUDA runs are not timed here).
-  void set_profiling(bool on);
+  void set_profiling(bool on, bool by_shape = false);
   std::string profile_report() const;
 
   const PlanStats& stats() const;

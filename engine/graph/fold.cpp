@@ -48,7 +48,7 @@ int64_t remove_dead_nodes(GraphIR& g) {
   return removed_total;
 }
 
-int64_t fold_batch_norm(GraphIR& g) {
+int64_t fold_batch_norm(GraphIR& g, bool epilogue) {
   std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
   for (size_t i = 0; i < g.nodes.size(); ++i)
     for (V v : g.nodes[i].in)
@@ -73,7 +73,9 @@ int64_t fold_batch_norm(GraphIR& g) {
     const auto bn = std::dynamic_pointer_cast<const ops::BatchNormOp>(g.nodes[b].op);
     const std::vector<V> bn_in = g.nodes[b].in;
     const V bn_out = g.nodes[b].out[0];
-    if (!bn || bn->training || bn->relu || bn_in[5] >= 0 || bn_in[0] != y) continue;
+    if (!bn || bn->training || bn_in[0] != y) continue;
+    const bool act = bn->relu || bn_in[5] >= 0;  // fused with a ReLU / residual add
+    if (act && (!epilogue || conv_in.size() > 3)) continue;
     bool params = true;
     for (int k = 1; k <= 4; ++k) params = params && is_param(bn_in[k]);
     // the weight: a parameter, or a cast of one (autocast)
@@ -100,6 +102,17 @@ int64_t fold_batch_norm(GraphIR& g) {
     });
     g.nodes[c].in = {conv_in[0], wv, bv};
     g.nodes[c].out = {bn_out};
+    if (act) {
+      // The convolution takes the batch norm's place: its residual may be computed after it.
+      const auto* conv = static_cast<const ops::Conv2dOp*>(g.nodes[c].op.get());
+      g.nodes[c].op = std::make_shared<ops::Conv2dOp>(conv->stride, conv->padding, bn->relu);
+      if (bn_in[5] >= 0) g.nodes[c].in.push_back(bn_in[5]);
+      auto& at_bn = insert_before[b];
+      for (Node& n : insert_before[static_cast<int>(c)]) at_bn.push_back(std::move(n));
+      insert_before.erase(static_cast<int>(c));
+      at_bn.push_back(std::move(g.nodes[c]));
+      removed[c] = 1;
+    }
     removed[b] = 1;
     ++folds;
   }

@@ -19,12 +19,14 @@ namespace hr::graph {
 // keeps one fused path). Returns the number of fusions.
 int64_t fuse_batch_norm_act(GraphIR& g, bool differentiating);
 
-// Inference: a batch norm (inference statistics, parameters, not fused with an add or ReLU) right
-// after a convolution whose output has no other use is folded into the convolution: a fold_batch_norm node computes the
+// Inference: a batch norm (inference statistics, parameters) right after a convolution whose
+// output has no other use is folded into the convolution: a fold_batch_norm node computes the
 // folded weight and bias from the parameters (then cast as the convolution's weight was, under
-// autocast), and the convolution writes the batch norm's output. Nodes left without a use are
-// removed. Returns the number of folds.
-int64_t fold_batch_norm(GraphIR& g);
+// autocast), and the convolution writes the batch norm's output. A batch norm fused with a
+// residual add and/or ReLU is folded only with `epilogue` (CPU graphs: the convolution's kernel
+// applies them to its output tiles, Conv2dOp); otherwise it keeps its one fused pass. Nodes left
+// without a use are removed. Returns the number of folds.
+int64_t fold_batch_norm(GraphIR& g, bool epilogue = false);
 
 // Records what `f` records into g (on `stream`), takes those nodes out of g and returns them, so
 // a pass can place them where it wants; the values they define stay in g.

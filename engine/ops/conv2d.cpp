@@ -110,7 +110,13 @@ struct Conv2dBwdWeightOp final : OpDef {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-std::string Conv2dOp::attributes() const { return window_str(stride, padding); }
+std::string Conv2dOp::attributes() const {
+  return window_str(stride, padding) + (relu ? ", relu" : "");
+}
+
+namespace {
+bool has_residual(const std::vector<Tensor>& in) { return in.size() > 3 && in[3].defined(); }
+}  // namespace
 
 std::vector<Meta> Conv2dOp::infer(const std::vector<Meta>& in) const {
   const Meta &x = in[0], &w = in[1], &bias = in[2];
@@ -133,22 +139,41 @@ std::vector<Meta> Conv2dOp::infer(const std::vector<Meta>& in) const {
                s.P > 0 && s.Q > 0,
            "conv2d: input ", shape_str(x.shape), " is smaller than kernel ", shape_str(w.shape),
            " with padding ", padding[0], "x", padding[1]);
-  return {Meta::make({s.N, s.K, s.P, s.Q}, x.dtype, x.device)};
+  const Meta y = Meta::make({s.N, s.K, s.P, s.Q}, x.dtype, x.device);
+  if (in.size() > 3 && in[3].defined) {
+    HR_CHECK(in[3].shape == y.shape && in[3].dtype == y.dtype, "conv2d: the residual ",
+             shape_str(in[3].shape), " ", dtype_name(in[3].dtype), " differs from the output ",
+             shape_str(y.shape), " ", dtype_name(y.dtype));
+    check_same_device(x, in[3], "conv2d");
+  }
+  return {y};
 }
 
 void Conv2dOp::run_cpu(const KernelArgs& a) const {
+  kern::ConvEpilogue ep;
+  ep.residual = has_residual(a.in) ? a.in[3].data<float>() : nullptr;
+  ep.relu = relu;
   cpu::conv2d_forward(conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding),
                       a.in[0].data<float>(), a.in[1].data<float>(), fptr(a.in[2]),
-                      a.out[0].data<float>());
+                      a.out[0].data<float>(), ep);
 }
 
+// The epilogue as elementwise passes after the convolution (no fused CUDA epilogue yet; the
+// graph pass makes it for CPU graphs only).
 void Conv2dOp::run_cuda(const KernelArgs& a) const {
-  cuda::conv2d_forward(conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding),
-                       dt(a.in[0], "conv2d"), a.in[0].raw_data(), a.in[1].raw_data(),
-                       fptr(a.in[2]), a.out[0].raw_data(), a.stream);
+  const cuda::DT t = dt(a.in[0], "conv2d");
+  void* y = a.out[0].raw_data();
+  cuda::conv2d_forward(conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding), t,
+                       a.in[0].raw_data(), a.in[1].raw_data(), fptr(a.in[2]), y, a.stream);
+  const int64_t n = a.out[0].numel();
+  if (has_residual(a.in)) cuda::add(t, n, y, a.in[3].raw_data(), y, a.stream);
+  if (relu) cuda::relu_forward(t, n, y, y, a.stream);
 }
 
 std::vector<Tensor> Conv2dOp::backward(const GradArgs& a) const {
+  HR_CHECK(!relu && !has_residual(a.in),
+           "conv2d: a convolution with a fused residual/ReLU epilogue has no backward (inference "
+           "graphs only)");
   const Tensor &x = a.in[0], &w = a.in[1], &dy = a.grad_out[0];
   std::vector<Tensor> g(3);
   if (a.need[0]) g[0] = conv2d_backward_data(dy, w, a.in_meta[0].shape, stride, padding);
@@ -164,16 +189,25 @@ double Conv2dOp::macs(const std::vector<Meta>& in) const {
   return static_cast<double>(conv_shape(in[0].shape, in[1].shape, stride, padding).macs());
 }
 
-// Conv (group 1, dilation 1: the op has neither) with the optional bias
+// Conv (group 1, dilation 1: the op has neither) with the optional bias; the epilogue as Add
+// and Relu nodes
 void Conv2dOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
   const Shape& w = n.in_meta[1].shape;
   std::vector<std::string> in = {n.in[0], n.in[1]};
   if (!n.in[2].empty()) in.push_back(n.in[2]);
-  e.node("Conv", in, {n.out[0]},
+  const bool residual = n.in.size() > 3 && !n.in[3].empty();
+  std::string y = residual || relu ? e.fresh("conv") : n.out[0];
+  e.node("Conv", in, {y},
          {OnnxAttr::integers("kernel_shape", {w[2], w[3]}),
           OnnxAttr::integers("strides", {stride[0], stride[1]}),
           OnnxAttr::integers("pads", {padding[0], padding[1], padding[0], padding[1]}),
           OnnxAttr::integers("dilations", {1, 1}), OnnxAttr::integer("group", 1)});
+  if (residual) {
+    const std::string sum = relu ? e.fresh("add") : n.out[0];
+    e.node("Add", {y, n.in[3]}, {sum});
+    y = sum;
+  }
+  if (relu) e.node("Relu", {y}, {n.out[0]});
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, std::array<int64_t, 2> stride,

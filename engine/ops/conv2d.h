@@ -7,10 +7,16 @@
 
 namespace hr::ops {
 
-// x [N,C,H,W], w [K,C,R,S], bias [K] f32 or absent -> y [N,K,P,Q]
+// x [N,C,H,W], w [K,C,R,S], bias [K] f32 or absent -> y [N,K,P,Q]. Inference graphs on the CPU
+// may give it an epilogue (graph pass fold_batch_norm: a batch norm fused with a residual add
+// and/or ReLU folded into it): an optional fourth input, the residual [N,K,P,Q], and `relu`:
+// y = relu(conv(x, w) + bias + residual), applied to each output tile while it is in cache. The
+// epilogue has no backward (it is made for inference only).
 struct Conv2dOp final : OpDef {
   std::array<int64_t, 2> stride{1, 1}, padding{0, 0};
-  Conv2dOp(std::array<int64_t, 2> s, std::array<int64_t, 2> p) : stride(s), padding(p) {}
+  bool relu = false;
+  Conv2dOp(std::array<int64_t, 2> s, std::array<int64_t, 2> p, bool r = false)
+      : stride(s), padding(p), relu(r) {}
   const char* name() const override { return "conv2d"; }
   std::string attributes() const override;
   std::vector<Meta> infer(const std::vector<Meta>& in) const override;

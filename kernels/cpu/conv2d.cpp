@@ -9,8 +9,11 @@
 //    R times less copying than im2col. A 1x1 stride-1 unpadded conv uses the image itself.
 //  * im2col otherwise: col[C*R*S, L], built from a zero-padded copy of the tile's input rows
 //    whose columns are split into stride_w phases, so that every tap is a contiguous copy.
+// On AVX-512 builds, stride-1 convolutions whose output rows are as wide as the input rows
+// (HRNet's 3x3 pad 1 and 1x1) run a direct kernel instead (forward_direct below): no operand
+// copies and no GEMM, the output accumulated in registers and written once.
 // Passes:
-//   forward          y = w * X (+ bias)
+//   forward          y = w * X (+ bias), then the epilogue (+ residual, ReLU) on the tile
 //   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
 //                    otherwise dcol = w^T * dy per tile, then col2im
 //   backward-weight  dw += dy * X^T into one accumulator per thread, summed at the end
@@ -20,6 +23,10 @@
 // Compiled once per instruction set (kernels/cpu/isa.h): no std containers or shared helpers
 // here, only this file's own types; the arguments are checked by kernels/cpu/dispatch.cpp.
 #include <omp.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -73,6 +80,21 @@ T* grow(Buf<T>& v, int64_t n) {
 
 void fill(float* y, int64_t n, float v) {
   for (int64_t i = 0; i < n; ++i) y[i] = v;
+}
+
+// The epilogue over a [K, L] output block (row stride ld) whose residual rows are at the same
+// offsets of res (row stride res_ld): out += res, then ReLU.
+void epilogue_rows(float* out, int64_t ld, const float* res, int64_t res_ld, int64_t K, int64_t L,
+                   bool relu) {
+  for (int64_t k = 0; k < K; ++k) {
+    float* __restrict o = out + k * ld;
+    if (res) {
+      const float* __restrict r = res + k * res_ld;
+      for (int64_t i = 0; i < L; ++i) o[i] += r[i];
+    }
+    if (relu)
+      for (int64_t i = 0; i < L; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+  }
 }
 
 struct Scratch {
@@ -267,9 +289,9 @@ const float* rowshift_planes(const ConvShape& s, const float* x, int64_t p0, int
 int64_t rowshift_row_bytes(const ConvShape& s) { return 4 * (s.C * s.S * s.W + s.K * s.Q); }
 int64_t rowshift_halo_bytes(const ConvShape& s) { return 4 * s.C * s.S * (s.R - 1) * s.W; }
 
-// y = conv(x, w) + bias with w_krcs [K,R,C,S]. x [N,C,H,W], y [N,K,P,Q]
+// y = conv(x, w) + bias (+ epilogue) with w_krcs [K,R,C,S]. x [N,C,H,W], y [N,K,P,Q]
 void forward_rowshift(const ConvShape& s, const float* x, const float* w_krcs, const float* bias,
-                      float* y) {
+                      float* y, const kern::ConvEpilogue& ep) {
   const int nthreads = num_threads();
   const int64_t K = s.K, CS = s.C * s.S, PQ = s.P * s.Q, CHW = s.C * s.H * s.W;
   Plan plan =
@@ -290,6 +312,8 @@ void forward_rowshift(const ConvShape& s, const float* x, const float* w_krcs, c
       else
         om.noalias() += wr * xr;
     }
+    if (ep.any())
+      epilogue_rows(out, PQ, ep.residual ? ep.residual + (out - y) : nullptr, PQ, K, L, ep.relu);
   });
 }
 
@@ -476,9 +500,9 @@ int64_t im2col_row_bytes(const ConvShape& s) {
   return 4 * ((s.C * s.R * s.S + s.K) * s.Q + s.C * s.stride_h * (s.W + 2 * s.pad_w + s.stride_w));
 }
 
-// y = conv(x, w) + bias via im2col. x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q]
+// y = conv(x, w) + bias (+ epilogue) via im2col. x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q]
 void forward_im2col(const ConvShape& s, const float* x, const float* w, const float* bias,
-                    float* y) {
+                    float* y, const kern::ConvEpilogue& ep) {
   const int nthreads = num_threads();
   const int64_t PQ = s.P * s.Q, CRS = s.C * s.R * s.S, K = s.K, CHW = s.C * s.H * s.W;
   const bool identity =
@@ -503,8 +527,13 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
     if (t.nb > 1) {
 #pragma omp parallel for schedule(static) if (par)
       for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < t.nb; ++i)
-          std::memcpy(y + ((t.n0 + i) * K + k) * PQ, out + k * L + i * PQ, sizeof(float) * PQ);
+        for (int64_t i = 0; i < t.nb; ++i) {
+          const int64_t at = ((t.n0 + i) * K + k) * PQ;
+          std::memcpy(y + at, out + k * L + i * PQ, sizeof(float) * PQ);
+          if (ep.any()) epilogue_rows(y + at, PQ, ep.residual ? ep.residual + at : nullptr, PQ, 1, PQ, ep.relu);
+        }
+    } else if (ep.any()) {
+      epilogue_rows(out, PQ, ep.residual ? ep.residual + (out - y) : nullptr, PQ, K, L, ep.relu);
     }
   });
 }
@@ -543,6 +572,242 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
   });
 }
 
+// ---- direct convolution (AVX-512 builds) ----
+// With stride 1 and output rows as wide as the input rows, output position l = p*W + q reads,
+// for tap (r, t), the input at l + (r - pad_h)*W + (t - pad_w) of the flattened channel: a
+// shifted contiguous run, so 16 outputs take one (masked) vector load per tap and channel,
+// straight from x. The masks drop the lanes whose tap falls on padding (rows above or below
+// the map, columns that wrapped into the neighbouring row) and the lanes past the map; masked
+// loads do not touch the memory of dropped lanes. Strided convolutions read a copy of the
+// input split into its stride phases (phase (a, b) = rows a, a+sh, ..., columns b, b+sw, ...),
+// each phase image with rows Q long: a tap is then a shifted run of one phase image the same
+// way (phase_split_ok: no tap reaches right of its output column there).
+// A block of kMR output channels x NR vectors (NR <= kNR) accumulates in registers over
+// (r, t, c), gets bias and the epilogue there and is stored once. Every output is summed by one
+// thread in a fixed order: the results do not depend on the thread count.
+#if defined(__AVX512F__)
+constexpr int kMR = 8, kNR = 3, kLanes = 16, kMaxTaps = 49;
+
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+bool direct_ok(const ConvShape& s) {
+  if (s.R * s.S > kMaxTaps) return false;
+  if (s.stride_h == 1 && s.stride_w == 1) return s.Q == s.W;
+  // strided: every tap's column offset in its phase image <= 0 (the rightmost tap's)
+  return floor_div(s.S - 1 - s.pad_w, s.stride_w) <= 0;
+}
+
+// x [N,C,H,W] -> out [N,C,sh,sw,Hr,Q]: out[n,c,a,b,i,j] = x[n,c,i*sh+a,j*sw+b] (0 outside x)
+void phase_split(const ConvShape& s, const float* x, int64_t Hr, float* out, bool parallel) {
+  const int64_t sh = s.stride_h, sw = s.stride_w, Q = s.Q, H = s.H, W = s.W;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
+    const float* src = x + nc * H * W;
+    float* dst = out + nc * sh * sw * Hr * Q;
+    for (int64_t a = 0; a < sh; ++a)
+      for (int64_t b = 0; b < sw; ++b)
+        for (int64_t i = 0; i < Hr; ++i) {
+          float* d = dst + ((a * sw + b) * Hr + i) * Q;
+          const int64_t ih = i * sh + a;
+          if (ih >= H) {
+            fill(d, Q, 0.f);
+            continue;
+          }
+          const float* row = src + ih * W + b;
+          const int64_t n = std::clamp<int64_t>((W - b + sw - 1) / sw, 0, Q);
+          for (int64_t j = 0; j < n; ++j) d[j] = row[j * sw];
+          fill(d + n, Q - n, 0.f);
+        }
+  }
+}
+
+struct DirectArgs {
+  const float* x;              // the operand of image n, channel 0, plus l0
+  const float* w;              // row k0 of w as [K, C*R*S]
+  const float* bias;           // bias + k0, or null
+  const float* res;            // residual at y's offsets, or null
+  float* y;                    // y + (n*K + k0)*PQ + l0
+  int64_t C, HW, CRS, PQ;      // HW: the operand's channel stride
+  int taps;
+  const int64_t* off;          // [taps] input offset of each tap
+  const __mmask16* mask;       // [taps][kNR] lanes that read the image
+  const __mmask16* store;      // [kNR] lanes inside the map
+  bool relu;
+};
+
+// x + off floats, without pointer arithmetic outside the array (only masked lanes land there)
+inline const float* shifted(const float* x, int64_t off) {
+  return reinterpret_cast<const float*>(reinterpret_cast<intptr_t>(x) +
+                                        static_cast<intptr_t>(off) * static_cast<intptr_t>(sizeof(float)));
+}
+
+// MR output channels x NR vectors; kTaps > 0 fixes the tap count at compile time (9, 1).
+// Taps outside, channels inside: a tap's masks stay in mask registers, and each step is NR
+// loads and MR broadcasts at fixed displacements from MR weight pointers.
+template <int MR, int NR, int kTaps>
+void direct_block(const DirectArgs& a) {
+  const int taps = kTaps > 0 ? kTaps : a.taps;
+  const int64_t C = a.C, HW = a.HW, CRS = a.CRS;
+  __m512 acc[MR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
+  for (int t = 0; t < taps; ++t) {
+    __mmask16 mk[NR];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) mk[j] = a.mask[t * kNR + j];
+    const float* xp = shifted(a.x, a.off[t]);
+    const float* wp = a.w + t;
+#pragma GCC unroll 2
+    for (int64_t c = 0; c < C; ++c, xp += HW, wp += taps) {
+      __m512 b[NR];
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; ++j) b[j] = _mm512_maskz_loadu_ps(mk[j], xp + j * kLanes);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512 wv = _mm512_set1_ps(wp[m * CRS]);
+#pragma GCC unroll 3
+        for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_fmadd_ps(wv, b[j], acc[m][j]);
+      }
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    const __m512 bv = a.bias ? _mm512_set1_ps(a.bias[m]) : zero;
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) {
+      const int64_t at = m * a.PQ + j * kLanes;
+      __m512 v = _mm512_add_ps(acc[m][j], bv);
+      if (a.res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(a.store[j], a.res + at));
+      if (a.relu) v = _mm512_max_ps(v, zero);
+      _mm512_mask_storeu_ps(a.y + at, a.store[j], v);
+    }
+  }
+}
+
+using DirectFn = void (*)(const DirectArgs&);
+
+template <int MR, int kTaps>
+DirectFn direct_fn_nr(int nr) {
+  return nr == 1 ? &direct_block<MR, 1, kTaps>
+                 : nr == 2 ? &direct_block<MR, 2, kTaps> : &direct_block<MR, 3, kTaps>;
+}
+
+template <int kTaps>
+DirectFn direct_fn(int mr, int nr) {
+  switch (mr) {
+    case 1: return direct_fn_nr<1, kTaps>(nr);
+    case 2: return direct_fn_nr<2, kTaps>(nr);
+    case 3: return direct_fn_nr<3, kTaps>(nr);
+    case 4: return direct_fn_nr<4, kTaps>(nr);
+    case 5: return direct_fn_nr<5, kTaps>(nr);
+    case 6: return direct_fn_nr<6, kTaps>(nr);
+    case 7: return direct_fn_nr<7, kTaps>(nr);
+    default: return direct_fn_nr<8, kTaps>(nr);
+  }
+}
+
+// y = conv(x, w) + bias (+ epilogue); x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q], direct_ok(s).
+// Work units: (image, tile of kNR vectors, group of channel blocks); groups split the output
+// channels only when images x tiles are too few for the threads.
+void forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y, const kern::ConvEpilogue& ep) {
+  const int64_t PQ = s.P * s.Q, K = s.K, sh = s.stride_h, sw = s.stride_w;
+  const int taps = static_cast<int>(s.R * s.S);
+  const bool strided = sh > 1 || sw > 1;
+  // the operand: x itself, or its phase images (rows Hr, each Q long)
+  const int64_t Hr = (s.H + sh - 1) / sh, plane = Hr * s.Q;
+  const int64_t HW = strided ? sh * sw * plane : s.H * s.W;
+  if (strided) {
+    thread_local Buf<float> phases;
+    float* xs = grow(phases, s.N * s.C * HW);
+    phase_split(s, x, Hr, xs, num_threads() > 1);
+    x = xs;
+  }
+  int64_t off[kMaxTaps];
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t t = 0; t < s.S; ++t) {
+      const int64_t dr = floor_div(r - s.pad_h, sh), dc = floor_div(t - s.pad_w, sw);
+      const int64_t a = r - s.pad_h - dr * sh, b = t - s.pad_w - dc * sw;
+      off[r * s.S + t] = strided ? (a * sw + b) * plane + dr * s.Q + dc : dr * s.W + dc;
+    }
+  const int64_t vecs = (PQ + kLanes - 1) / kLanes, tiles = (vecs + kNR - 1) / kNR;
+  const int64_t kblocks = (K + kMR - 1) / kMR;
+  const int nthreads = num_threads();
+  const int64_t spatial = s.N * tiles;
+  const int64_t groups =
+      nthreads > 1 ? std::clamp<int64_t>((4 * nthreads + spatial - 1) / spatial, 1, kblocks) : 1;
+  DirectFn fns[kMR][kNR];
+  for (int mr = 1; mr <= kMR; ++mr)
+    for (int nr = 1; nr <= kNR; ++nr)
+      fns[mr - 1][nr - 1] = taps == 9 ? direct_fn<9>(mr, nr)
+                            : taps == 1 ? direct_fn<1>(mr, nr) : direct_fn<0>(mr, nr);
+  // The masks of every tile (the same in every image): [tile][tap][kNR] and [tile][kNR].
+  thread_local Buf<__mmask16> mask_buf, store_buf;
+  __mmask16* masks = grow(mask_buf, tiles * taps * kNR);
+  __mmask16* stores = grow(store_buf, tiles * kNR);
+  for (int64_t v = 0; v < vecs; ++v) {
+    unsigned sm = 0, rows[kMaxTaps] = {}, cols[kMaxTaps] = {};
+    for (int i = 0; i < kLanes; ++i) {
+      const int64_t l = v * kLanes + i;
+      if (l >= PQ) break;
+      sm |= 1u << i;
+      const int64_t p = l / s.Q, q = l % s.Q;
+      for (int64_t r = 0; r < s.R; ++r) {
+        const int64_t ih = p * sh + r - s.pad_h;
+        if (ih >= 0 && ih < s.H) rows[r] |= 1u << i;
+      }
+      for (int64_t t = 0; t < s.S; ++t) {
+        const int64_t iw = q * sw + t - s.pad_w;
+        if (iw >= 0 && iw < s.W) cols[t] |= 1u << i;
+      }
+    }
+    const int64_t tile = v / kNR, j = v % kNR;
+    stores[tile * kNR + j] = static_cast<__mmask16>(sm);
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t t = 0; t < s.S; ++t)
+        masks[(tile * taps + r * s.S + t) * kNR + j] = static_cast<__mmask16>(rows[r] & cols[t]);
+  }
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t u = 0; u < spatial * groups; ++u) {
+    const int64_t g = u % groups, n = u / groups / tiles, tile = u / groups % tiles;
+    const int64_t v0 = tile * kNR, l0 = v0 * kLanes;
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, vecs - v0));
+    const __mmask16* mask = masks + tile * taps * kNR;
+    const __mmask16* store = stores + tile * kNR;
+    DirectArgs a{};
+    a.x = x + n * s.C * HW + l0;
+    a.C = s.C, a.HW = HW, a.CRS = s.C * taps, a.PQ = PQ, a.taps = taps;
+    a.off = off, a.mask = mask, a.store = store, a.relu = ep.relu;
+    for (int64_t kb = g * kblocks / groups; kb < (g + 1) * kblocks / groups; ++kb) {
+      const int64_t k0 = kb * kMR;
+      const int mr = static_cast<int>(std::min<int64_t>(kMR, K - k0));
+      const int64_t at = (n * K + k0) * PQ + l0;
+      a.w = w + k0 * a.CRS;
+      a.bias = bias ? bias + k0 : nullptr;
+      a.res = ep.residual ? ep.residual + at : nullptr;
+      a.y = y + at;
+      fns[mr - 1][nr - 1](a);
+    }
+  }
+}
+
+// Weights of the transposed convolution (backward-data at stride 1) for the direct kernel:
+// out[c, k, r, t] = w[k, c, R-1-r, S-1-t].
+void flip_transpose_kcrs(const ConvShape& s, const float* w, float* out, bool parallel) {
+  const int64_t K = s.K, C = s.C, RS = s.R * s.S;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < K; ++k) {
+      const float* src = w + (k * C + c) * RS;
+      float* dst = out + (c * K + k) * RS;
+      for (int64_t i = 0; i < RS; ++i) dst[i] = src[RS - 1 - i];
+    }
+}
+#endif  // __AVX512F__
+
 // Per-thread weight-gradient accumulators, kept between calls.
 Buf<float>& weight_accumulators() {
   thread_local Buf<float> acc;
@@ -552,14 +817,20 @@ Buf<float>& weight_accumulators() {
 }  // namespace
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias,
-                    float* y) {
+                    float* y, const kern::ConvEpilogue& ep) {
   if (s.N == 0) return;
+#if defined(__AVX512F__)
+  if (direct_ok(s)) {
+    forward_direct(s, x, w, bias, y, ep);
+    return;
+  }
+#endif
   if (rowshift_ok(s)) {
     thread_local Buf<float> wk;
     permute_kcrs_to_krcs(s, w, grow(wk, s.K * s.C * s.R * s.S), num_threads() > 1);
-    forward_rowshift(s, x, wk.data(), bias, y);
+    forward_rowshift(s, x, wk.data(), bias, y, ep);
   } else {
-    forward_im2col(s, x, w, bias, y);
+    forward_im2col(s, x, w, bias, y, ep);
   }
 }
 
@@ -571,11 +842,20 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
   if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= R - 1 && s.pad_w <= S - 1) {
     const ConvShape t =
         ConvShape::make(s.N, K, s.P, s.Q, C, R, S, 1, 1, R - 1 - s.pad_h, S - 1 - s.pad_w);
+#if defined(__AVX512F__)
+    if (direct_ok(t)) {
+      if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
+      thread_local Buf<float> wt;
+      flip_transpose_kcrs(s, w, grow(wt, K * C * R * S), num_threads() > 1);
+      forward_direct(t, dy, wt.data(), nullptr, dx, {});
+      return;
+    }
+#endif
     if (rowshift_ok(t)) {
       if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
       thread_local Buf<float> wt;
       flip_transpose(s, w, grow(wt, K * C * R * S), num_threads() > 1);
-      forward_rowshift(t, dy, wt.data(), nullptr, dx);
+      forward_rowshift(t, dy, wt.data(), nullptr, dx, {});
       return;
     }
   }

@@ -20,9 +20,10 @@ std::string cpu_isas_supported();    // "avx2, avx512" or "avx2"
 void set_cpu_isa(const std::string& name);
 
 // ---- convolution ----
-// x [N,C,H,W], w [K,C,R,S], bias [K] or nullptr, y [N,K,P,Q]
+// x [N,C,H,W], w [K,C,R,S], bias [K] or nullptr, y [N,K,P,Q]; the epilogue (residual add,
+// ReLU) applied to each output tile before it leaves the cache.
 void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w, const float* bias,
-                    float* y);
+                    float* y, const kern::ConvEpilogue& ep = {});
 // dy [N,K,P,Q], w [K,C,R,S] -> dx [N,C,H,W]
 void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float* w, float* dx);
 // x [N,C,H,W], dy [N,K,P,Q] -> dw [K,C,R,S], dbias [K] (skipped when nullptr)

@@ -78,9 +78,10 @@ std::string cpu_isas_supported() {
 void set_cpu_isa(const std::string& name) { g_isa.store(parse_isa(name, "set_cpu_isa")); }
 
 void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w, const float* bias,
-                    float* y) {
+                    float* y, const kern::ConvEpilogue& ep) {
   check_conv(s, "conv2d_forward");
-  current() == 1 ? avx512::conv2d_forward(s, x, w, bias, y) : avx2::conv2d_forward(s, x, w, bias, y);
+  current() == 1 ? avx512::conv2d_forward(s, x, w, bias, y, ep)
+                 : avx2::conv2d_forward(s, x, w, bias, y, ep);
 }
 
 void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float* w, float* dx) {
@@ -116,7 +117,8 @@ void linear_backward(int64_t M, int64_t I, int64_t O, const float* x, const floa
 // No AVX-512 copy in this build (not x86-64, or a compiler without -march=x86-64-v4): the
 // dispatcher never calls these.
 namespace hr::cpu::avx512 {
-void conv2d_forward(const kern::ConvShape&, const float*, const float*, const float*, float*) {
+void conv2d_forward(const kern::ConvShape&, const float*, const float*, const float*, float*,
+                    const kern::ConvEpilogue&) {
   isa_internal_error("no AVX-512 build of conv2d_forward");
 }
 void conv2d_backward_data(const kern::ConvShape&, const float*, const float*, float*) {

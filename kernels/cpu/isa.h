@@ -26,7 +26,7 @@ namespace hr::cpu {
 #define HR_CPU_ISA_DECLARE(ns)                                                                  \
   namespace ns {                                                                                \
   void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w,                 \
-                      const float* bias, float* y);                                            \
+                      const float* bias, float* y, const kern::ConvEpilogue& ep);              \
   void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float* w,          \
                             float* dx);                                                         \
   void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const float* dy,        \
