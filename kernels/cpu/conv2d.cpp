@@ -709,46 +709,45 @@ DirectFn direct_fn(int mr, int nr) {
   }
 }
 
-// y = conv(x, w) + bias (+ epilogue); x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q], direct_ok(s).
-// Work units: (image, tile of kNR vectors, group of channel blocks); groups split the output
-// channels only when images x tiles are too few for the threads.
-void forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
-                    float* y, const kern::ConvEpilogue& ep) {
-  const int64_t PQ = s.P * s.Q, K = s.K, sh = s.stride_h, sw = s.stride_w;
-  const int taps = static_cast<int>(s.R * s.S);
+// What the direct kernels read, for shape s: the operand (x, or its phase images), each tap's
+// offset in it, and the lane masks of every vector of 16 outputs (the same in every image).
+struct DirectOperand {
+  const float* x = nullptr;
+  int64_t cstride = 0;                  // the operand's channel stride
+  int64_t vecs = 0, tiles = 0;          // vectors of 16 outputs per image, tiles of kNR vectors
+  int taps = 0;
+  int64_t off[kMaxTaps] = {};
+  const __mmask16* masks = nullptr;     // [tile][tap][kNR]: lanes whose tap reads the image
+  const __mmask16* stores = nullptr;    // [tile][kNR]: lanes inside the map
+};
+
+DirectOperand direct_operand(const ConvShape& s, const float* x) {
+  DirectOperand d;
+  const int64_t PQ = s.P * s.Q, sh = s.stride_h, sw = s.stride_w;
   const bool strided = sh > 1 || sw > 1;
-  // the operand: x itself, or its phase images (rows Hr, each Q long)
+  d.taps = static_cast<int>(s.R * s.S);
+  // x itself, or its phase images (rows Hr, each Q long)
   const int64_t Hr = (s.H + sh - 1) / sh, plane = Hr * s.Q;
-  const int64_t HW = strided ? sh * sw * plane : s.H * s.W;
+  d.cstride = strided ? sh * sw * plane : s.H * s.W;
+  d.x = x;
   if (strided) {
     thread_local Buf<float> phases;
-    float* xs = grow(phases, s.N * s.C * HW);
+    float* xs = grow(phases, s.N * s.C * d.cstride);
     phase_split(s, x, Hr, xs, num_threads() > 1);
-    x = xs;
+    d.x = xs;
   }
-  int64_t off[kMaxTaps];
   for (int64_t r = 0; r < s.R; ++r)
     for (int64_t t = 0; t < s.S; ++t) {
       const int64_t dr = floor_div(r - s.pad_h, sh), dc = floor_div(t - s.pad_w, sw);
       const int64_t a = r - s.pad_h - dr * sh, b = t - s.pad_w - dc * sw;
-      off[r * s.S + t] = strided ? (a * sw + b) * plane + dr * s.Q + dc : dr * s.W + dc;
+      d.off[r * s.S + t] = strided ? (a * sw + b) * plane + dr * s.Q + dc : dr * s.W + dc;
     }
-  const int64_t vecs = (PQ + kLanes - 1) / kLanes, tiles = (vecs + kNR - 1) / kNR;
-  const int64_t kblocks = (K + kMR - 1) / kMR;
-  const int nthreads = num_threads();
-  const int64_t spatial = s.N * tiles;
-  const int64_t groups =
-      nthreads > 1 ? std::clamp<int64_t>((4 * nthreads + spatial - 1) / spatial, 1, kblocks) : 1;
-  DirectFn fns[kMR][kNR];
-  for (int mr = 1; mr <= kMR; ++mr)
-    for (int nr = 1; nr <= kNR; ++nr)
-      fns[mr - 1][nr - 1] = taps == 9 ? direct_fn<9>(mr, nr)
-                            : taps == 1 ? direct_fn<1>(mr, nr) : direct_fn<0>(mr, nr);
-  // The masks of every tile (the same in every image): [tile][tap][kNR] and [tile][kNR].
+  d.vecs = (PQ + kLanes - 1) / kLanes;
+  d.tiles = (d.vecs + kNR - 1) / kNR;
   thread_local Buf<__mmask16> mask_buf, store_buf;
-  __mmask16* masks = grow(mask_buf, tiles * taps * kNR);
-  __mmask16* stores = grow(store_buf, tiles * kNR);
-  for (int64_t v = 0; v < vecs; ++v) {
+  __mmask16* masks = grow(mask_buf, d.tiles * d.taps * kNR);
+  __mmask16* stores = grow(store_buf, d.tiles * kNR);
+  for (int64_t v = 0; v < d.vecs; ++v) {
     unsigned sm = 0, rows[kMaxTaps] = {}, cols[kMaxTaps] = {};
     for (int i = 0; i < kLanes; ++i) {
       const int64_t l = v * kLanes + i;
@@ -768,8 +767,36 @@ void forward_direct(const ConvShape& s, const float* x, const float* w, const fl
     stores[tile * kNR + j] = static_cast<__mmask16>(sm);
     for (int64_t r = 0; r < s.R; ++r)
       for (int64_t t = 0; t < s.S; ++t)
-        masks[(tile * taps + r * s.S + t) * kNR + j] = static_cast<__mmask16>(rows[r] & cols[t]);
+        masks[(tile * d.taps + r * s.S + t) * kNR + j] = static_cast<__mmask16>(rows[r] & cols[t]);
   }
+  d.masks = masks;
+  d.stores = stores;
+  return d;
+}
+
+// y = conv(x, w) + bias (+ epilogue); x [N,C,H,W], w [K,C,R,S], y [N,K,P,Q], direct_ok(s).
+// Work units: (image, tile of kNR vectors, group of channel blocks); groups split the output
+// channels only when images x tiles are too few for the threads.
+void forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
+                    float* y, const kern::ConvEpilogue& ep) {
+  const int64_t PQ = s.P * s.Q, K = s.K;
+  const DirectOperand d = direct_operand(s, x);
+  const int taps = d.taps;
+  const int64_t HW = d.cstride, vecs = d.vecs, tiles = d.tiles;
+  x = d.x;
+  const int64_t* off = d.off;
+  const int64_t kblocks = (K + kMR - 1) / kMR;
+  const int nthreads = num_threads();
+  const int64_t spatial = s.N * tiles;
+  const int64_t groups =
+      nthreads > 1 ? std::clamp<int64_t>((4 * nthreads + spatial - 1) / spatial, 1, kblocks) : 1;
+  DirectFn fns[kMR][kNR];
+  for (int mr = 1; mr <= kMR; ++mr)
+    for (int nr = 1; nr <= kNR; ++nr)
+      fns[mr - 1][nr - 1] = taps == 9 ? direct_fn<9>(mr, nr)
+                            : taps == 1 ? direct_fn<1>(mr, nr) : direct_fn<0>(mr, nr);
+  const __mmask16* masks = d.masks;
+  const __mmask16* stores = d.stores;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t u = 0; u < spatial * groups; ++u) {
     const int64_t g = u % groups, n = u / groups / tiles, tile = u / groups % tiles;
