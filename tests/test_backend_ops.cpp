@@ -297,27 +297,6 @@ std::vector<Case> make_table() {
   conv({1, 3, 9, 9}, {8, 3, 3, 3}, false, {2, 2}, {0, 0});    // the stem's C = 3
   conv({1, 9, 5, 7}, {6, 9, 1, 1}, true, {2, 2}, {0, 0});     // 1x1 stride 2, odd sizes
   conv({2, 16, 6, 5}, {24, 16, 3, 3}, true, {1, 1}, {1, 1});  // tensor-core friendly channels
-  // conv2d with the inference epilogue (what fold_batch_norm makes of a conv + batch norm fused
-  // with a residual add and ReLU in CPU graphs): + residual, ReLU. No backward.
-  auto conv_epilogue = [&](Shape x, Shape w, bool residual, P2 s, P2 p) -> Case& {
-    Case c;
-    c.op = "conv2d";
-    c.attrs = "stride " + pair(s) + ", pad " + pair(p) + (residual ? ", + residual" : "") + ", relu";
-    const Shape y = {x[0], w[0], (x[2] + 2 * p[0] - w[2]) / s[0] + 1,
-                     (x[3] + 2 * p[1] - w[3]) / s[1] + 1};
-    c.in = {data("x", x, false), data("w", w, false), param("bias", {w[0]}, false),
-            residual ? data("residual", y, false) : absent("residual")};
-    c.fn = [s, p](const Args& a) {
-      return V{hr::apply(std::make_shared<ops::Conv2dOp>(s, p, true), {a[0], a[1], a[2], a[3]})[0]};
-    };
-    c.cuda = kFloat;
-    c.matmul = true;
-    c.no_fd = "the epilogue has no backward (inference graphs only)";
-    return add(std::move(c));
-  };
-  conv_epilogue({2, 5, 7, 6}, {9, 5, 3, 3}, true, {1, 1}, {1, 1});
-  conv_epilogue({2, 4, 7, 9}, {6, 4, 3, 3}, true, {2, 2}, {1, 1});
-  conv_epilogue({1, 6, 5, 5}, {17, 6, 1, 1}, false, {1, 1}, {0, 0});
   conv({8, 3, 256, 192}, {64, 3, 3, 3}, false, {2, 2}, {1, 1}).perf = true;
   conv({8, 32, 64, 48}, {32, 32, 3, 3}, false, {1, 1}, {1, 1}).perf = true;
   conv({8, 32, 64, 48}, {64, 32, 3, 3}, false, {2, 2}, {1, 1}).perf = true;
@@ -811,6 +790,29 @@ std::vector<Case> make_table() {
   bce(1, 1, BceMask::Binary);
   bce(2, 5, BceMask::None);
   bce(8, 16800, BceMask::Binary).perf = true;
+
+  // ---- conv2d with the inference epilogue: + residual, ReLU, no backward (what fold_batch_norm
+  // makes of a conv + batch norm fused with a residual add and ReLU in CPU graphs). At the end
+  // of the table: a case's inputs are seeded by its place in it.
+  auto conv_epilogue = [&](Shape x, Shape w, bool residual, P2 s, P2 p) -> Case& {
+    Case c;
+    c.op = "conv2d";
+    c.attrs = "stride " + pair(s) + ", pad " + pair(p) + (residual ? ", + residual" : "") + ", relu";
+    const Shape y = {x[0], w[0], (x[2] + 2 * p[0] - w[2]) / s[0] + 1,
+                     (x[3] + 2 * p[1] - w[3]) / s[1] + 1};
+    c.in = {data("x", x, false), data("w", w, false), param("bias", {w[0]}, false),
+            residual ? data("residual", y, false) : absent("residual")};
+    c.fn = [s, p](const Args& a) {
+      return V{hr::apply(std::make_shared<ops::Conv2dOp>(s, p, true), {a[0], a[1], a[2], a[3]})[0]};
+    };
+    c.cuda = kFloat;
+    c.matmul = true;
+    c.no_fd = "the epilogue has no backward (inference graphs only)";
+    return add(std::move(c));
+  };
+  conv_epilogue({2, 5, 7, 6}, {9, 5, 3, 3}, true, {1, 1}, {1, 1});
+  conv_epilogue({2, 4, 7, 9}, {6, 4, 3, 3}, true, {2, 2}, {1, 1});
+  conv_epilogue({1, 6, 5, 5}, {17, 6, 1, 1}, false, {1, 1}, {0, 0});
   return t;
 }
 

@@ -31,6 +31,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/isa.h"
 
@@ -653,17 +654,18 @@ void direct_block(const DirectArgs& a) {
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 3
     for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
-  for (int t = 0; t < taps; ++t) {
-    __mmask16 mk[NR];
-#pragma GCC unroll 3
-    for (int j = 0; j < NR; ++j) mk[j] = a.mask[t * kNR + j];
-    const float* xp = shifted(a.x, a.off[t]);
-    const float* wp = a.w + t;
+  // One channel loop per tap; taps whose vectors all lie inside the image (most taps of
+  // interior tiles) load without masks.
+  auto channels = [&](const float* xp, const float* wp, const __mmask16* mk, auto masked) {
 #pragma GCC unroll 2
     for (int64_t c = 0; c < C; ++c, xp += HW, wp += taps) {
       __m512 b[NR];
 #pragma GCC unroll 3
-      for (int j = 0; j < NR; ++j) b[j] = _mm512_maskz_loadu_ps(mk[j], xp + j * kLanes);
+      for (int j = 0; j < NR; ++j)
+        if constexpr (decltype(masked)::value)
+          b[j] = _mm512_maskz_loadu_ps(mk[j], xp + j * kLanes);
+        else
+          b[j] = _mm512_loadu_ps(xp + j * kLanes);
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) {
         const __m512 wv = _mm512_set1_ps(wp[m * CRS]);
@@ -671,6 +673,17 @@ void direct_block(const DirectArgs& a) {
         for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_fmadd_ps(wv, b[j], acc[m][j]);
       }
     }
+  };
+  for (int t = 0; t < taps; ++t) {
+    __mmask16 mk[NR];
+    unsigned all = 0xFFFFu;
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) all &= mk[j] = a.mask[t * kNR + j];
+    const float* xp = shifted(a.x, a.off[t]);
+    if (all == 0xFFFFu)
+      channels(xp, a.w + t, mk, std::false_type{});
+    else
+      channels(xp, a.w + t, mk, std::true_type{});
   }
   const __m512 zero = _mm512_setzero_ps();
 #pragma GCC unroll 8
