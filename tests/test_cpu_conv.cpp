@@ -188,6 +188,10 @@ const std::vector<Case> kCases = {
     {2, 9, 5, 40, 10, 1, 1, 1, 1, 0, 0, true},   // 1x1, 200 outputs (12.5 vectors)
     {3, 5, 4, 20, 9, 7, 7, 1, 1, 3, 3, true},    // 7x7: 49 taps, the runtime tap count
     {2, 3, 9, 1, 4, 3, 3, 1, 1, 1, 1, false},    // W = 1: every row one lane
+    // >= 128 input channels: the loop order with channels outside
+    {1, 130, 6, 5, 10, 3, 3, 1, 1, 1, 1, true},   // 3x3, 30 outputs, K 8+2
+    {2, 128, 9, 7, 9, 3, 3, 2, 2, 1, 1, false},   // strided, through phase images
+    {2, 128, 4, 9, 17, 1, 1, 1, 1, 0, 0, true},   // 1x1
 };
 
 }  // namespace
@@ -199,8 +203,8 @@ TEST_CASE("conv2d CPU kernels match naive double loops", "[cpu][conv]") {
 // The forward pass's epilogue: y = relu(conv + bias + residual), each part optional, on the
 // direct kernel, the row-shift GEMMs (HR_CPU_ISA=avx2 runs) and im2col with batched images.
 TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv]") {
-  const std::vector<Case> picks = {kCases[0], kCases[15], kCases[17], kCases[18],
-                                   kCases[21], kCases[26], kCases[27]};
+  const std::vector<Case> picks = {kCases[0],  kCases[15], kCases[17], kCases[18],
+                                   kCases[21], kCases[26], kCases[27], kCases[31], kCases[32]};
   for (size_t i = 0; i < picks.size(); ++i) {
     const Case& c = picks[i];
     const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
