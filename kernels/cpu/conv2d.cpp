@@ -908,20 +908,19 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
   if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= R - 1 && s.pad_w <= S - 1) {
     const ConvShape t =
         ConvShape::make(s.N, K, s.P, s.Q, C, R, S, 1, 1, R - 1 - s.pad_h, S - 1 - s.pad_w);
+    if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
+    thread_local Buf<float> wt;
+    float* wbuf = grow(wt, K * C * R * S);
 #if defined(__AVX512F__)
     if (direct_ok(t)) {
-      if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
-      thread_local Buf<float> wt;
-      flip_transpose_kcrs(s, w, grow(wt, K * C * R * S), num_threads() > 1);
-      forward_direct(t, dy, wt.data(), nullptr, dx, {});
+      flip_transpose_kcrs(s, w, wbuf, num_threads() > 1);
+      forward_direct(t, dy, wbuf, nullptr, dx, {});
       return;
     }
 #endif
     if (rowshift_ok(t)) {
-      if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
-      thread_local Buf<float> wt;
-      flip_transpose(s, w, grow(wt, K * C * R * S), num_threads() > 1);
-      forward_rowshift(t, dy, wt.data(), nullptr, dx, {});
+      flip_transpose(s, w, wbuf, num_threads() > 1);
+      forward_rowshift(t, dy, wbuf, nullptr, dx, {});
       return;
     }
   }
