@@ -9,9 +9,10 @@
 //    R times less copying than im2col. A 1x1 stride-1 unpadded conv uses the image itself.
 //  * im2col otherwise: col[C*R*S, L], built from a zero-padded copy of the tile's input rows
 //    whose columns are split into stride_w phases, so that every tap is a contiguous copy.
-// On AVX-512 builds, stride-1 convolutions whose output rows are as wide as the input rows
-// (HRNet's 3x3 pad 1 and 1x1) run a direct kernel instead (forward_direct below): no operand
-// copies and no GEMM, the output accumulated in registers and written once.
+// On AVX-512 builds, convolutions whose output rows are as wide as the input rows (HRNet's 3x3
+// pad 1 and 1x1; strided ones through a copy split into stride phases) run a direct kernel
+// instead for the forward pass and the stride-1 data gradient (forward_direct below): no
+// operand copies at stride 1 and no GEMM, the output accumulated in registers and written once.
 // Passes:
 //   forward          y = w * X (+ bias), then the epilogue (+ residual, ReLU) on the tile
 //   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
@@ -582,9 +583,9 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
 // loads do not touch the memory of dropped lanes. Strided convolutions read a copy of the
 // input split into its stride phases (phase (a, b) = rows a, a+sh, ..., columns b, b+sw, ...),
 // each phase image with rows Q long: a tap is then a shifted run of one phase image the same
-// way (phase_split_ok: no tap reaches right of its output column there).
-// A block of kMR output channels x NR vectors (NR <= kNR) accumulates in registers over
-// (r, t, c), gets bias and the epilogue there and is stored once. Every output is summed by one
+// way (direct_ok: no tap reaches right of its output column there).
+// A block of kMR output channels x NR vectors (NR <= kNR) accumulates in registers over taps
+// and input channels, gets bias and the epilogue there and is stored once. Every output is summed by one
 // thread in a fixed order: the results do not depend on the thread count.
 #if defined(__AVX512F__)
 constexpr int kMR = 8, kNR = 3, kLanes = 16, kMaxTaps = 49;
