@@ -19,5 +19,5 @@ scripts/install_python.sh
 cmake --install build --prefix build/install >/dev/null
 cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
 cmake --build build/consumer -j"$(nproc)" >/dev/null
-build/consumer/hrnet_consumer --steps 20
-build/consumer/hrnet_consumer --steps 20 --graph
+# (in its build folder: it writes its checkpoint where it runs)
+(cd build/consumer && ./hrnet_consumer --steps 20 && ./hrnet_consumer --steps 20 --graph)
