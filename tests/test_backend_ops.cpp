@@ -797,7 +797,8 @@ std::vector<Case> make_table() {
   auto conv_epilogue = [&](Shape x, Shape w, bool residual, P2 s, P2 p) -> Case& {
     Case c;
     c.op = "conv2d";
-    c.attrs = "stride " + pair(s) + ", pad " + pair(p) + (residual ? ", + residual" : "") + ", relu";
+    c.attrs = "stride " + pair(s) + ", pad " + pair(p) + (residual ? ", + residual" : "");
+    c.attrs += ", relu";
     const Shape y = {x[0], w[0], (x[2] + 2 * p[0] - w[2]) / s[0] + 1,
                      (x[3] + 2 * p[1] - w[3]) / s[1] + 1};
     c.in = {data("x", x, false), data("w", w, false), param("bias", {w[0]}, false),

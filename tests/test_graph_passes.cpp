@@ -115,7 +115,8 @@ struct ResidualBlock {
 TEST_CASE("folding with epilogues takes fused batch norms into their convolutions",
           "[graph][passes]") {
   ResidualBlock net;
-  for (Module* m : std::initializer_list<Module*>{&net.c0, &net.cd, &net.b0, &net.bd}) m->train(false);
+  for (Module* m : std::initializer_list<Module*>{&net.c0, &net.cd, &net.b0, &net.bd})
+    m->train(false);
   {
     // non-trivial statistics and affine parameters
     NoGradGuard ng;

@@ -95,7 +95,7 @@ void Executable::Impl::exec_node(size_t i) {
   std::string key = n.op->name();
   if (profile_by_shape) {
     key += " " + shape_str(l.in.empty() || !l.in[0].defined() ? Shape{} : l.in[0].shape());
-    if (n.in.size() > 1 && l.in[1].defined()) key += " w" + shape_str(l.in[1].shape());
+    if (n.in.size() > 1 && l.in[1].defined()) key += " " + shape_str(l.in[1].shape());
     const std::string at = n.op->attributes();
     if (!at.empty()) key += " " + at;
   }

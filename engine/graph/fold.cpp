@@ -104,8 +104,10 @@ int64_t fold_batch_norm(GraphIR& g, bool epilogue) {
     g.nodes[c].out = {bn_out};
     if (act) {
       // The convolution takes the batch norm's place: its residual may be computed after it.
-      const auto* conv = static_cast<const ops::Conv2dOp*>(g.nodes[c].op.get());
-      g.nodes[c].op = std::make_shared<ops::Conv2dOp>(conv->stride, conv->padding, bn->relu);
+      const auto& op = static_cast<const ops::Conv2dOp&>(*g.nodes[c].op);
+      auto conv = std::make_shared<ops::Conv2dOp>(op);
+      conv->relu = bn->relu;
+      g.nodes[c].op = std::move(conv);
       if (bn_in[5] >= 0) g.nodes[c].in.push_back(bn_in[5]);
       auto& at_bn = insert_before[b];
       for (Node& n : insert_before[static_cast<int>(c)]) at_bn.push_back(std::move(n));

@@ -532,7 +532,8 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
         for (int64_t i = 0; i < t.nb; ++i) {
           const int64_t at = ((t.n0 + i) * K + k) * PQ;
           std::memcpy(y + at, out + k * L + i * PQ, sizeof(float) * PQ);
-          if (ep.any()) epilogue_rows(y + at, PQ, ep.residual ? ep.residual + at : nullptr, PQ, 1, PQ, ep.relu);
+          if (ep.any())
+            epilogue_rows(y + at, PQ, ep.residual ? ep.residual + at : nullptr, PQ, 1, PQ, ep.relu);
         }
     } else if (ep.any()) {
       epilogue_rows(out, PQ, ep.residual ? ep.residual + (out - y) : nullptr, PQ, K, L, ep.relu);
@@ -585,8 +586,8 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
 // each phase image with rows Q long: a tap is then a shifted run of one phase image the same
 // way (direct_ok: no tap reaches right of its output column there).
 // A block of kMR output channels x NR vectors (NR <= kNR) accumulates in registers over taps
-// and input channels, gets bias and the epilogue there and is stored once. Every output is summed by one
-// thread in a fixed order: the results do not depend on the thread count.
+// and input channels, gets bias and the epilogue there and is stored once. Every output is
+// summed by one thread in a fixed order: the results do not depend on the thread count.
 #if defined(__AVX512F__)
 constexpr int kMR = 8, kNR = 3, kLanes = 16, kMaxTaps = 49;
 // From this many input channels, the loop order with channels outside (direct_block): at W32's
@@ -643,8 +644,8 @@ struct DirectArgs {
 
 // x + off floats, without pointer arithmetic outside the array (only masked lanes land there)
 inline const float* shifted(const float* x, int64_t off) {
-  return reinterpret_cast<const float*>(reinterpret_cast<intptr_t>(x) +
-                                        static_cast<intptr_t>(off) * static_cast<intptr_t>(sizeof(float)));
+  const intptr_t bytes = static_cast<intptr_t>(off) * static_cast<intptr_t>(sizeof(float));
+  return reinterpret_cast<const float*>(reinterpret_cast<intptr_t>(x) + bytes);
 }
 
 // MR output channels x NR vectors; kTaps > 0 fixes the tap count at compile time (9, 1).
@@ -909,18 +910,23 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
   if (s.stride_h == 1 && s.stride_w == 1 && s.pad_h <= R - 1 && s.pad_w <= S - 1) {
     const ConvShape t =
         ConvShape::make(s.N, K, s.P, s.Q, C, R, S, 1, 1, R - 1 - s.pad_h, S - 1 - s.pad_w);
-    if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
-    thread_local Buf<float> wt;
-    float* wbuf = grow(wt, K * C * R * S);
+    bool direct = false;
 #if defined(__AVX512F__)
-    if (direct_ok(t)) {
-      flip_transpose_kcrs(s, w, wbuf, num_threads() > 1);
-      forward_direct(t, dy, wbuf, nullptr, dx, {});
-      return;
-    }
+    direct = direct_ok(t);
 #endif
-    if (rowshift_ok(t)) {
-      flip_transpose(s, w, wbuf, num_threads() > 1);
+    if (direct || rowshift_ok(t)) {
+      if (t.P != s.H || t.Q != s.W) isa_internal_error("conv2d_backward_data: internal shape mismatch");
+      thread_local Buf<float> wt;
+      float* wbuf = grow(wt, K * C * R * S);
+      const bool parallel = num_threads() > 1;
+#if defined(__AVX512F__)
+      if (direct) {
+        flip_transpose_kcrs(s, w, wbuf, parallel);
+        forward_direct(t, dy, wbuf, nullptr, dx, {});
+        return;
+      }
+#endif
+      flip_transpose(s, w, wbuf, parallel);
       forward_rowshift(t, dy, wbuf, nullptr, dx, {});
       return;
     }
