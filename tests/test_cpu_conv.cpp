@@ -192,6 +192,14 @@ const std::vector<Case> kCases = {
     {1, 130, 6, 5, 10, 3, 3, 1, 1, 1, 1, true},   // 3x3, 30 outputs, K 8+2
     {2, 128, 9, 7, 9, 3, 3, 2, 2, 1, 1, false},   // strided, through phase images
     {2, 128, 4, 9, 17, 1, 1, 1, 1, 0, 0, true},   // 1x1
+    // Winograd F(2x2, 3x3) (AVX-512 builds: 3x3 stride 1 pad 1, >= 16 channels in and out,
+    // >= 32 tiles of 2x2 outputs): blocks of 48 tiles, chunks of 64 output channels, output
+    // channels padded to 8.
+    {2, 16, 9, 7, 20, 3, 3, 1, 1, 1, 1, true},     // odd height and width: half tiles; K 16+4
+    {3, 24, 20, 18, 70, 3, 3, 1, 1, 1, 1, false},  // 270 tiles: blocks across rows and images,
+                                                   // a last block of 30; K chunks 64 + 8
+    {11, 16, 3, 3, 16, 3, 3, 1, 1, 1, 1, true},    // 4 tiles an image, 3 of them half outside
+    {4, 160, 6, 5, 130, 3, 3, 1, 1, 1, 1, true},   // one block: chunks split over threads
 };
 
 }  // namespace
@@ -201,10 +209,12 @@ TEST_CASE("conv2d CPU kernels match naive double loops", "[cpu][conv]") {
 }
 
 // The forward pass's epilogue: y = relu(conv + bias + residual), each part optional, on the
-// direct kernel, the row-shift GEMMs (HR_CPU_ISA=avx2 runs) and im2col with batched images.
+// direct kernel, Winograd's output transform, the row-shift GEMMs (HR_CPU_ISA=avx2 runs) and
+// im2col with batched images.
 TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv]") {
   const std::vector<Case> picks = {kCases[0],  kCases[15], kCases[17], kCases[18],
-                                   kCases[21], kCases[26], kCases[27], kCases[31], kCases[32]};
+                                   kCases[21], kCases[26], kCases[27], kCases[31], kCases[32],
+                                   kCases[34], kCases[35], kCases[36]};
   for (size_t i = 0; i < picks.size(); ++i) {
     const Case& c = picks[i];
     const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
@@ -237,7 +247,8 @@ TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv
 
 TEST_CASE("conv2d CPU kernels give the same values with 1 and 3 threads", "[cpu][conv]") {
   const std::vector<Case> picks = {kCases[0],  kCases[2],  kCases[15], kCases[16], kCases[17],
-                                   kCases[18], kCases[24], kCases[25], kCases[26], kCases[27]};
+                                   kCases[18], kCases[24], kCases[25], kCases[26], kCases[27],
+                                   kCases[34], kCases[35], kCases[37]};
   for (int threads : {1, 3})
     with_threads(threads, [&] {
       INFO("threads " << threads);

@@ -31,6 +31,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -108,6 +109,12 @@ Scratch& scratch() {
 }
 
 int num_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+// Per-thread weight-gradient accumulators, kept between calls.
+Buf<float>& weight_accumulators() {
+  thread_local Buf<float> acc;
+  return acc;
+}
 
 // ---- tiling ----
 
@@ -874,13 +881,473 @@ void flip_transpose_kcrs(const ConvShape& s, const float* w, float* out, bool pa
       for (int64_t i = 0; i < RS; ++i) dst[i] = src[RS - 1 - i];
     }
 }
-#endif  // __AVX512F__
 
-// Per-thread weight-gradient accumulators, kept between calls.
-Buf<float>& weight_accumulators() {
-  thread_local Buf<float> acc;
-  return acc;
+// ---- Winograd F(2x2, 3x3): stride-1, pad-1 3x3 convolutions ----
+// Each 2x2 output tile is A^T [sum_c U_c (.) V_c] A with V_c = B^T d_c B (d_c: the tile's 4x4
+// input patch of channel c) and U_c = G g_c G^T (g_c: the 3x3 filter): 16 products per
+// (tile, channel, output channel) where the direct kernel does 36, 2.25x fewer multiply-adds.
+// For a block of kWinoTB consecutive tiles (tile t = (n*TH + ty)*TW + tx, blocks may span tile
+// rows and images): the input transform of every channel into V[16][C][kWinoTB], then per
+// chunk of kWinoKC output channels, 16 GEMMs M[xi] = U[xi]^T V[xi] (register blocks of kMR
+// output channels x 1-3 vectors of 16 tiles) and the output transform of M, with bias, residual
+// and ReLU, straight into y. Each output is summed by one thread in an order fixed by the shape.
+// Off with HR_CPU_WINOGRAD=0 (the direct kernel then runs these shapes).
+constexpr int64_t kWinoTB = kNR * kLanes, kWinoKC = 64;
+// From this many input and output channels and this many tiles (below, the transforms of the
+// input, or of the weights, cost more than they save): at W32's 256 channels on an 8x6 map, 12
+// tiles (batch 1) ran 0.94 ms against the direct kernel's 0.52, 96 tiles 1.68 against 2.18.
+constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 32;
+// The weight gradient splits the output channels over the threads below this many tiles per
+// thread (backward_weight_winograd).
+constexpr int64_t kWinoSplitTiles = 256;
+
+// Lanes [0, n) of a vector (n <= 0: none, n >= 16: all).
+inline __mmask16 lanes(int64_t n) {
+  return n >= kLanes ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
+
+// Stores the lanes m of v at p: unmasked when m has every lane (masked stores are slower on
+// some processors, even with a full mask).
+inline void store_lanes(float* p, __mmask16 m, __m512 v) {
+  if (m == 0xFFFF)
+    _mm512_storeu_ps(p, v);
+  else
+    _mm512_mask_storeu_ps(p, m, v);
+}
+
+bool winograd_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("HR_CPU_WINOGRAD");
+    return !(e && e[0] == '0' && e[1] == '\0');
+  }();
+  return on;
+}
+
+bool winograd_ok(const ConvShape& s) {
+  return s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 1 &&
+         s.pad_w == 1 && s.C >= kWinoMinChannels && s.K >= kWinoMinChannels &&
+         s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2) >= kWinoMinTiles && winograd_enabled();
+}
+
+// U[xi][c][k] = (G g G^T)[xi] for g = w[k, c] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
+// k padded to Kp with zeros. 16 output channels at a time, one per lane.
+void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
+  const int64_t C = s.C, K = s.K;
+  const __m512i kstep = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(C * 9)));
+  const __m512 half = _mm512_set1_ps(0.5f);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t kb = 0; kb < Kp; kb += kLanes) {
+      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
+      const float* g = w + (kb * C + c) * 9;
+      __m512 gv[9];
+#pragma GCC unroll 9
+      for (int i = 0; i < 9; ++i)
+        gv[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, kstep, g + i, 4);
+      __m512 t[4][3];
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {
+        const __m512 s02 = _mm512_add_ps(gv[j], gv[6 + j]);
+        t[0][j] = gv[j];
+        t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(s02, gv[3 + j]));
+        t[2][j] = _mm512_mul_ps(half, _mm512_sub_ps(s02, gv[3 + j]));
+        t[3][j] = gv[6 + j];
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const __m512 s02 = _mm512_add_ps(t[r][0], t[r][2]);
+        float* u = U + ((4 * r) * C + c) * Kp + kb;
+        store_lanes(u, ms, t[r][0]);
+        store_lanes(u + C * Kp, ms, _mm512_mul_ps(half, _mm512_add_ps(s02, t[r][1])));
+        store_lanes(u + 2 * C * Kp, ms, _mm512_mul_ps(half, _mm512_sub_ps(s02, t[r][1])));
+        store_lanes(u + 3 * C * Kp, ms, t[r][2]);
+      }
+    }
+}
+
+// Tiles [t0, t0 + cnt) as runs within one tile row: fn(n, ty, tx0, tx1, j0) with j0 the run's
+// first column in the block.
+template <class Fn>
+void tile_runs(int64_t TH, int64_t TW, int64_t t0, int64_t cnt, Fn&& fn) {
+  for (int64_t t = t0, end = t0 + cnt; t < end;) {
+    const int64_t row = t / TW, tx0 = t % TW, tx1 = std::min(TW, tx0 + (end - t));
+    fn(row / TH, row % TH, tx0, tx1, t - t0);
+    t += tx1 - tx0;
+  }
+}
+
+// The planes of one input row (winograd_input): p[s][q] = xr[2q + s - 1] for q < TW (0 outside
+// the row's W values), s = 0..3 at p + s * pstride.
+void winograd_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  __m512 prev = _mm512_setzero_ps();  // the odd values of the previous 16 columns
+  for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
+    const __mmask16 mq = lanes(TW - q0);
+    const int64_t i0 = 2 * q0;  // x[i0 .. i0 + 31], and the same 2 further on
+    const __m512 a = _mm512_maskz_loadu_ps(lanes(W - i0), xr + i0);
+    const __m512 b = _mm512_maskz_loadu_ps(lanes(W - i0 - kLanes), xr + i0 + kLanes);
+    const __m512 a2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2), shifted(xr, i0 + 2));
+    const __m512 b2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
+    const __m512 ev = _mm512_permutex2var_ps(a, even, b);   // x[2q]
+    const __m512 od = _mm512_permutex2var_ps(a, odd, b);    // x[2q + 1]
+    const __m512 ev2 = _mm512_permutex2var_ps(a2, even, b2);  // x[2q + 2]
+    // x[2q - 1]: the odd values one column back
+    const __m512 od1 = _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(prev), 15));
+    prev = od;
+    store_lanes(p + q0, mq, od1);
+    store_lanes(p + pstride + q0, mq, ev);
+    store_lanes(p + 2 * pstride + q0, mq, od);
+    store_lanes(p + 3 * pstride + q0, mq, ev2);
+  }
+}
+
+// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles, with
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; columns cnt..ld-1 are left as they are.
+// The 4x4 patch d of tile (ty, tx) is x[2ty-1 .. 2ty+2][2tx-1 .. 2tx+2] (0 outside the map).
+// Per image and channel, the rows the block's tiles read are first copied into 8 planes
+// pl[s][par][i][q] = x[2(ty0 + i) + par - 1][2q + s - 1] (TW columns): patch element (r, s) of
+// the image's tile t = ty*TW + tx is then pl[s][r % 2][t - ty0*TW + (r / 2)*TW], contiguous in t
+// across tile rows, so the transform is one vector loop over the image's tiles.
+void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
+                    float* V) {
+  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + 1) / 2, TW = (s.Q + 1) / 2, TT = TH * TW;
+  const int64_t xstride = C * ld;  // V from one xi to the next
+  thread_local Buf<float> planes_buf;
+  for (int64_t t = t0, end = t0 + cnt; t < end;) {
+    const int64_t n = t / TT, a = t % TT, b = std::min(TT, a + (end - t)), j0 = t - t0;
+    t += b - a;
+    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
+    // planes [s][par][rows][TW], plus a vector of slack for the last loads
+    float* pl = grow(planes_buf, 8 * plane + kLanes);
+    const int64_t m = b - a, first = a - ty0 * TW;
+    int64_t off[4][4];  // patch element (r, s)
+    for (int r = 0; r < 4; ++r)
+      for (int sc = 0; sc < 4; ++sc) off[r][sc] = (sc * 2 + r % 2) * plane + (r / 2) * TW + first;
+    // the input rows of the block's tiles, clamped to the map
+    const int64_t h0 = std::max<int64_t>(2 * ty0 - 1, 0), h1 = std::min(2 * (ty0 + rows) - 1, H);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* xc = x + (n * C + c) * H * W;
+      if (c + 2 < C) {  // the rows two channels on, ahead of their use
+        const char* next = reinterpret_cast<const char*>(xc + 2 * H * W + h0 * W);
+        for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      }
+      for (int64_t i = 0; i < rows; ++i)
+        for (int par = 0; par < 2; ++par) {
+          float* p = pl + par * plane + i * TW;
+          const int64_t ih = 2 * (ty0 + i) + par - 1;
+          if (ih >= 0 && ih < H)
+            winograd_row_planes(xc + ih * W, W, TW, p, 2 * plane);
+          else
+            for (int sc = 0; sc < 4; ++sc) fill(p + sc * 2 * plane, TW, 0.f);
+        }
+      float* vc = V + c * ld + j0;
+      for (int64_t j = 0; j < m; j += kLanes) {
+        const __mmask16 mj = lanes(m - j);
+        __m512 u[4][4];
+#pragma GCC unroll 4
+        for (int sc = 0; sc < 4; ++sc) {
+          const __m512 e0 = _mm512_loadu_ps(pl + off[0][sc] + j);
+          const __m512 e1 = _mm512_loadu_ps(pl + off[1][sc] + j);
+          const __m512 e2 = _mm512_loadu_ps(pl + off[2][sc] + j);
+          const __m512 e3 = _mm512_loadu_ps(pl + off[3][sc] + j);
+          u[0][sc] = _mm512_sub_ps(e0, e2);
+          u[1][sc] = _mm512_add_ps(e1, e2);
+          u[2][sc] = _mm512_sub_ps(e2, e1);
+          u[3][sc] = _mm512_sub_ps(e1, e3);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          float* vi = vc + 4 * i * xstride + j;
+          store_lanes(vi, mj, _mm512_sub_ps(u[i][0], u[i][2]));
+          store_lanes(vi + xstride, mj, _mm512_add_ps(u[i][1], u[i][2]));
+          store_lanes(vi + 2 * xstride, mj, _mm512_sub_ps(u[i][2], u[i][1]));
+          store_lanes(vi + 3 * xstride, mj, _mm512_sub_ps(u[i][1], u[i][3]));
+        }
+      }
+    }
+  }
+}
+
+// M[kk][.] = sum_c U[c][kk] V[c][.] for kk < kMR, NR vectors of 16 columns (one xi).
+template <int NR>
+void winograd_gemm_block(const float* U, int64_t Kp, const float* V, int64_t ld, int64_t C,
+                         float* M) {
+  __m512 acc[kMR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t c = 0; c < C; ++c, U += Kp, V += ld) {
+    __m512 b[NR];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) b[j] = _mm512_loadu_ps(V + j * kLanes);
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m) {
+      const __m512 wv = _mm512_set1_ps(U[m]);
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_fmadd_ps(wv, b[j], acc[m][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) _mm512_storeu_ps(M + m * ld + j * kLanes, acc[m][j]);
+}
+
+// y[n, k, 2ty + a, 2tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
+// the block's tiles, m[xi] = M[xi][k - k0][j], A^T = [1 1 1 0; 0 1 -1 -1]: computed for the
+// whole block into Y[a][b][j], then stored by tile row, the two columns of each tile
+// interleaved.
+void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
+                     int64_t k1, int64_t t0, int64_t cnt, const float* bias,
+                     const kern::ConvEpilogue& ep, float* y) {
+  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 1) / 2, TW = (Q + 1) / 2;
+  thread_local Buf<float> out_buf;
+  float* out = grow(out_buf, 4 * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
+  const int64_t xs = kc * ld;  // M from one xi to the next
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* mk = M + (k - k0) * ld;
+    const __m512 bv = _mm512_set1_ps(bias ? bias[k] : 0.f);
+    for (int64_t j = 0; j < cnt; j += kLanes) {
+      __m512 s0[4], s1[4];
+#pragma GCC unroll 4
+      for (int b = 0; b < 4; ++b) {
+        const __m512 m0 = _mm512_loadu_ps(mk + b * xs + j);
+        const __m512 m1 = _mm512_loadu_ps(mk + (4 + b) * xs + j);
+        const __m512 m2 = _mm512_loadu_ps(mk + (8 + b) * xs + j);
+        const __m512 m3 = _mm512_loadu_ps(mk + (12 + b) * xs + j);
+        const __m512 m12 = _mm512_sub_ps(m1, m2);
+        s0[b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+        s1[b] = _mm512_sub_ps(m12, m3);
+      }
+      for (int a = 0; a < 2; ++a) {
+        const __m512* sa = a ? s1 : s0;
+        const __m512 d12 = _mm512_sub_ps(sa[1], sa[2]);
+        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(sa[0], sa[1]), sa[2]), bv);
+        const __m512 y1 = _mm512_add_ps(_mm512_sub_ps(d12, sa[3]), bv);
+        _mm512_storeu_ps(out + (2 * a) * kWinoTB + j, y0);
+        _mm512_storeu_ps(out + (2 * a + 1) * kWinoTB + j, y1);
+      }
+    }
+    tile_runs(TH, TW, t0, cnt, [&](int64_t n, int64_t ty, int64_t tx0, int64_t tx1, int64_t j0) {
+      const int64_t cols = std::min(2 * (tx1 - tx0), Q - 2 * tx0);  // output columns of the run
+      for (int a = 0; a < 2; ++a) {
+        const int64_t oh = 2 * ty + a;
+        if (oh >= P) break;
+        const int64_t at = ((n * K + k) * P + oh) * Q + 2 * tx0;
+        float* yr = y + at;
+        const float* rr = ep.residual ? ep.residual + at : nullptr;
+        const float* ya = out + (2 * a) * kWinoTB + j0;
+        const float* yb = ya + kWinoTB;
+        for (int64_t j = 0; 2 * j < cols; j += kLanes) {
+          const __m512 v0 = _mm512_loadu_ps(ya + j), v1 = _mm512_loadu_ps(yb + j);
+          __m512 e[2] = {_mm512_permutex2var_ps(v0, lo, v1), _mm512_permutex2var_ps(v0, hi, v1)};
+#pragma GCC unroll 2
+          for (int h = 0; h < 2; ++h) {
+            const int64_t c0 = 2 * j + h * kLanes;
+            const __mmask16 mc = lanes(cols - c0);
+            if (!mc) break;
+            if (rr) e[h] = _mm512_add_ps(e[h], _mm512_maskz_loadu_ps(mc, rr + c0));
+            if (ep.relu) e[h] = _mm512_max_ps(e[h], zero);
+            store_lanes(yr + c0, mc, e[h]);
+          }
+        }
+      }
+    });
+  }
+}
+
+// y = conv(x, w) + bias (+ epilogue) for winograd_ok(s). Work units: (block of tiles, group of
+// output-channel chunks); groups split the chunks only when the blocks are too few for the
+// threads (each unit then transforms its block's input itself).
+void forward_winograd(const ConvShape& s, const float* x, const float* w, const float* bias,
+                      float* y, const kern::ConvEpilogue& ep) {
+  const int64_t C = s.C, K = s.K, Kp = (K + kMR - 1) / kMR * kMR;
+  const int64_t T = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
+  const int nthreads = num_threads();
+  thread_local Buf<float> u_buf;
+  float* U = grow(u_buf, 16 * C * Kp);
+  winograd_weights(s, w, Kp, U, nthreads > 1);
+  const int64_t blocks = (T + kWinoTB - 1) / kWinoTB, chunks = (Kp + kWinoKC - 1) / kWinoKC;
+  const int64_t groups =
+      nthreads > 1 ? std::clamp<int64_t>((2 * nthreads + blocks - 1) / blocks, 1, chunks) : 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t u = 0; u < blocks * groups; ++u) {
+    const int64_t b = u / groups, g = u % groups;
+    const int64_t t0 = b * kWinoTB, cnt = std::min(kWinoTB, T - t0);
+    const int nr = static_cast<int>((cnt + kLanes - 1) / kLanes);
+    thread_local Buf<float> v_buf, m_buf;
+    float* V = grow(v_buf, 16 * C * kWinoTB);
+    float* M = grow(m_buf, 16 * kWinoKC * kWinoTB);
+    winograd_input(s, x, t0, cnt, kWinoTB, V);
+    // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
+    if (cnt < nr * kLanes)
+      for (int64_t r = 0; r < 16 * C; ++r) fill(V + r * kWinoTB + cnt, nr * kLanes - cnt, 0.f);
+    for (int64_t ch = g * chunks / groups; ch < (g + 1) * chunks / groups; ++ch) {
+      const int64_t k0 = ch * kWinoKC, kc = std::min(kWinoKC, Kp - k0);
+      for (int xi = 0; xi < 16; ++xi)
+        for (int64_t kk = 0; kk < kc; kk += kMR) {
+          const float* Ub = U + xi * C * Kp + k0 + kk;
+          const float* Vb = V + xi * C * kWinoTB;
+          float* Mb = M + (xi * kc + kk) * kWinoTB;
+          if (nr == 3)
+            winograd_gemm_block<3>(Ub, Kp, Vb, kWinoTB, C, Mb);
+          else if (nr == 2)
+            winograd_gemm_block<2>(Ub, Kp, Vb, kWinoTB, C, Mb);
+          else
+            winograd_gemm_block<1>(Ub, Kp, Vb, kWinoTB, C, Mb);
+        }
+      winograd_output(s, M, kc, kWinoTB, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+    }
+  }
+}
+// ---- Winograd F(3x3, 2x2) for the weight gradient of the same convolutions ----
+// dw[k, c] = sum over 2x2 output tiles of the correlation of the tile's 4x4 input patch d with
+// its 2x2 gradient h: the 3x3 output of F(3x3, 2x2), whose matrices are F(2x2, 3x3)'s with the
+// roles swapped: dw = G^T [sum_tiles (A h A^T) (.) (B^T d B)] G, with the forward pass's B, G
+// and A = [1 0; 1 1; 1 -1; 0 -1]. The sum over tiles is 16 GEMMs M[xi][K, C] += H[xi] V[xi]^T
+// per block of tiles (Eigen), each thread over a fixed, contiguous share of the blocks into its
+// own M; the shares are summed and transformed at the end.
+
+// H[xi][k - k0][j] = (A h A^T)[xi] for k in [k0, k1) and tile t0 + j, h = dy[n, k, 2ty ..
+// 2ty+1, 2tx .. 2tx+1] (0 outside the map); dy's even and odd columns of each row are split as
+// in winograd_input.
+void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, int64_t t0,
+                 int64_t cnt, int64_t ld, float* H) {
+  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 1) / 2, TW = (Q + 1) / 2, TT = TH * TW;
+  const int64_t xstride = (k1 - k0) * ld;  // H from one xi to the next
+  thread_local Buf<float> planes_buf;
+  for (int64_t t = t0, end = t0 + cnt; t < end;) {
+    const int64_t n = t / TT, a = t % TT, b = std::min(TT, a + (end - t)), j0 = t - t0;
+    t += b - a;
+    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 1, plane = rows * TW;
+    // planes [s][row parity][rows][TW] as winograd_row_planes writes them (s = 1, 2: the even
+    // and odd columns), plus slack for the last loads
+    float* pl = grow(planes_buf, 8 * plane + kLanes);
+    const int64_t m = b - a, first = a - ty0 * TW;
+    for (int64_t k = k0; k < k1; ++k) {
+      const float* gk = dy + (n * K + k) * P * Q;
+      for (int64_t i = 0; i < rows; ++i)
+        for (int par = 0; par < 2; ++par) {
+          float* p = pl + par * plane + i * TW;
+          const int64_t oh = 2 * (ty0 + i) + par;
+          if (oh < P)
+            winograd_row_planes(gk + oh * Q, Q, TW, p, 2 * plane);
+          else
+            for (int sc = 1; sc < 3; ++sc) fill(p + sc * 2 * plane, TW, 0.f);
+        }
+      float* hk = H + (k - k0) * ld + j0;
+      const __m512 zero = _mm512_setzero_ps();
+      for (int64_t j = 0; j < m; j += kLanes) {
+        const __mmask16 mj = lanes(m - j);
+        __m512 h[2][2];  // h[row][column] of 16 tiles
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; ++r)
+#pragma GCC unroll 2
+          for (int c = 0; c < 2; ++c)
+            h[r][c] = _mm512_loadu_ps(pl + ((1 + c) * 2 + r) * plane + first + j);
+        __m512 v[4][2];  // A h
+#pragma GCC unroll 2
+        for (int c = 0; c < 2; ++c) {
+          v[0][c] = h[0][c];
+          v[1][c] = _mm512_add_ps(h[0][c], h[1][c]);
+          v[2][c] = _mm512_sub_ps(h[0][c], h[1][c]);
+          v[3][c] = _mm512_sub_ps(zero, h[1][c]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {  // (A h) A^T
+          float* hi = hk + 4 * i * xstride + j;
+          store_lanes(hi, mj, v[i][0]);
+          store_lanes(hi + xstride, mj, _mm512_add_ps(v[i][0], v[i][1]));
+          store_lanes(hi + 2 * xstride, mj, _mm512_sub_ps(v[i][0], v[i][1]));
+          store_lanes(hi + 3 * xstride, mj, _mm512_sub_ps(zero, v[i][1]));
+        }
+      }
+    }
+  }
+}
+
+// dw = conv2d's weight gradient for winograd_ok(s) (dw [K, C, 3, 3], overwritten). Work units:
+// (share of the tiles, group of output channels). Many tiles: the threads take shares of them,
+// each into its own M. Few (small maps, where K x C is large): every thread takes all tiles and
+// a group of output channels (each transforms the whole input), so no M is summed.
+void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
+  const int64_t C = s.C, K = s.K, KC = K * C;
+  const int64_t T = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
+  const int threads = num_threads();
+  const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
+  const int groups = ksplit ? threads : 1;
+  // tiles per block: the block's transforms (16 x (C + K) x tb floats) in about 1 MB, or, split
+  // by output channels, all of them in one block up to 512
+  const int64_t tb = ksplit ? std::min<int64_t>((T + kLanes - 1) / kLanes * kLanes, 512)
+                            : std::clamp<int64_t>(16384 / (C + K) / kLanes * kLanes, kLanes, 512);
+  const int64_t blocks = (T + tb - 1) / tb;
+  const int shares = ksplit ? 1 : static_cast<int>(std::min<int64_t>(threads, blocks));
+  const int units = shares * groups;
+  float* acc = grow(weight_accumulators(), shares * 16 * KC);
+#pragma omp parallel num_threads(units) if (units > 1)
+  {
+    const int u = units > 1 ? omp_get_thread_num() : 0;
+    const int share = u / groups, g = u % groups;
+    const int64_t k0 = g * K / groups, k1 = (g + 1) * K / groups, kn = k1 - k0;
+    float* M = acc + share * 16 * KC;  // [xi][K][C]; this unit's rows k0..k1
+    for (int xi = 0; xi < 16; ++xi) fill(M + xi * KC + k0 * C, kn * C, 0.f);
+    thread_local Buf<float> v_buf, h_buf;
+    float* V = grow(v_buf, 16 * C * tb + kLanes);
+    float* H = grow(h_buf, 16 * kn * tb + kLanes);
+    for (int64_t b = share * blocks / shares; b < (share + 1) * blocks / shares; ++b) {
+      const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
+      winograd_input(s, x, t0, cnt, tb, V);
+      winograd_dy(s, dy, k0, k1, t0, cnt, tb, H);
+      for (int xi = 0; xi < 16; ++xi) {
+        MapM mx(M + xi * KC + k0 * C, kn, C, Eigen::OuterStride<>(C));
+        const MapC hx(H + xi * kn * tb, kn, cnt, Eigen::OuterStride<>(tb));
+        const MapC vx(V + xi * C * tb, C, cnt, Eigen::OuterStride<>(tb));
+        mx.noalias() += hx * vx.transpose();
+      }
+    }
+  }
+  // dw[k, c] = G^T (sum of the shares) G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]; 16 (k, c)
+  // pairs at a time, one per lane
+  const __m512 half = _mm512_set1_ps(0.5f);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t kc0 = 0; kc0 < KC; kc0 += kLanes) {
+    const __mmask16 mk = lanes(KC - kc0);
+    __m512 m[16];
+    for (int xi = 0; xi < 16; ++xi) {
+      m[xi] = _mm512_maskz_loadu_ps(mk, acc + xi * KC + kc0);
+      for (int i = 1; i < shares; ++i)
+        m[xi] = _mm512_add_ps(m[xi], _mm512_maskz_loadu_ps(mk, acc + (i * 16 + xi) * KC + kc0));
+    }
+    __m512 r[3][4];
+    for (int j = 0; j < 4; ++j) {
+      const __m512 p = _mm512_add_ps(m[4 + j], m[8 + j]);
+      r[0][j] = _mm512_fmadd_ps(half, p, m[j]);
+      r[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(m[4 + j], m[8 + j]));
+      r[2][j] = _mm512_fmadd_ps(half, p, m[12 + j]);
+    }
+    alignas(64) float d[9][kLanes];
+    for (int i = 0; i < 3; ++i) {
+      const __m512 p = _mm512_add_ps(r[i][1], r[i][2]);
+      _mm512_store_ps(d[3 * i], _mm512_fmadd_ps(half, p, r[i][0]));
+      _mm512_store_ps(d[3 * i + 1], _mm512_mul_ps(half, _mm512_sub_ps(r[i][1], r[i][2])));
+      _mm512_store_ps(d[3 * i + 2], _mm512_fmadd_ps(half, p, r[i][3]));
+    }
+    const int64_t n = std::min<int64_t>(kLanes, KC - kc0);
+    for (int64_t l = 0; l < n; ++l)
+      for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
+  }
+}
+
+#endif  // __AVX512F__
 
 }  // namespace
 
@@ -888,6 +1355,10 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
                     float* y, const kern::ConvEpilogue& ep) {
   if (s.N == 0) return;
 #if defined(__AVX512F__)
+  if (winograd_ok(s)) {
+    forward_winograd(s, x, w, bias, y, ep);
+    return;
+  }
   if (direct_ok(s)) {
     forward_direct(s, x, w, bias, y, ep);
     return;
@@ -922,7 +1393,10 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
 #if defined(__AVX512F__)
       if (direct) {
         flip_transpose_kcrs(s, w, wbuf, parallel);
-        forward_direct(t, dy, wbuf, nullptr, dx, {});
+        if (winograd_ok(t))
+          forward_winograd(t, dy, wbuf, nullptr, dx, {});
+        else
+          forward_direct(t, dy, wbuf, nullptr, dx, {});
         return;
       }
 #endif
@@ -956,6 +1430,12 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     fill(dw, K * CRS, 0.f);
     return;
   }
+#if defined(__AVX512F__)
+  if (winograd_ok(s)) {
+    backward_weight_winograd(s, x, dy, dw);
+    return;
+  }
+#endif
   const bool rs = rowshift_ok(s);
   Plan plan =
       rs ? make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false)
