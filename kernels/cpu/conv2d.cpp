@@ -13,6 +13,9 @@
 // pad 1 and 1x1; strided ones through a copy split into stride phases) run a direct kernel
 // instead for the forward pass and the stride-1 data gradient (forward_direct below): no
 // operand copies at stride 1 and no GEMM, the output accumulated in registers and written once.
+// On AVX-512 builds too, 3x3 stride-1 pad-1 convolutions with >= 16 channels in and out run
+// Winograd F(2x2, 3x3) in the forward pass and the data gradient (forward_winograd), and
+// F(3x3, 2x2) for the weight gradient (backward_weight_winograd); HR_CPU_WINOGRAD=0 turns it off.
 // Passes:
 //   forward          y = w * X (+ bias), then the epilogue (+ residual, ReLU) on the tile
 //   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
