@@ -898,8 +898,9 @@ void flip_transpose_kcrs(const ConvShape& s, const float* w, float* out, bool pa
 constexpr int64_t kWinoTB = kNR * kLanes, kWinoKC = 64;
 // From this many input and output channels and this many tiles (below, the transforms of the
 // input, or of the weights, cost more than they save): at W32's 256 channels on an 8x6 map, 12
-// tiles (batch 1) ran 0.94 ms against the direct kernel's 0.52, 96 tiles 1.68 against 2.18.
-constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 32;
+// tiles (batch 1) ran 0.94 ms against the direct kernel's 0.52, 96 tiles (batch 8) 1.68 against
+// 2.18; in the batch-1 inference graph, 128 channels on 16x12 (48 tiles) 22.2 ms against 16.7.
+constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 64;
 // The weight gradient splits the output channels over the threads below this many tiles per
 // thread (backward_weight_winograd).
 constexpr int64_t kWinoSplitTiles = 256;
