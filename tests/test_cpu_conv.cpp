@@ -193,14 +193,15 @@ const std::vector<Case> kCases = {
     {2, 128, 9, 7, 9, 3, 3, 2, 2, 1, 1, false},   // strided, through phase images
     {2, 128, 4, 9, 17, 1, 1, 1, 1, 0, 0, true},   // 1x1
     // Winograd F(2x2, 3x3) (AVX-512 builds: 3x3 stride 1 pad 1, >= 16 channels in and out,
-    // >= 64 tiles of 2x2 outputs): blocks of 48 tiles, chunks of 64 output channels, output
-    // channels padded to 8.
+    // >= 64 tiles of 2x2 outputs and, but for the weight gradient, one for every 64 weights):
+    // blocks of 48 tiles, chunks of 64 output channels, output channels padded to 8.
     {4, 16, 9, 7, 20, 3, 3, 1, 1, 1, 1, true},     // odd height and width: half tiles; K 16+4
     {3, 24, 20, 18, 70, 3, 3, 1, 1, 1, 1, false},  // 270 tiles: blocks across rows and images,
                                                    // a last block of 30; K chunks 64 + 8
     {17, 16, 3, 3, 16, 3, 3, 1, 1, 1, 1, true},    // 4 tiles an image, 3 of them half outside
-    {8, 160, 6, 5, 130, 3, 3, 1, 1, 1, 1, true},   // 2 blocks: chunks split over threads; the
+    {8, 24, 6, 5, 130, 3, 3, 1, 1, 1, 1, true},    // 2 blocks: chunks split over threads; the
                                                    // weight gradient split by output channel
+    {8, 160, 6, 5, 130, 3, 3, 1, 1, 1, 1, false},  // the weight gradient only (C x K too large)
 };
 
 }  // namespace

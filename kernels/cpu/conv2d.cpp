@@ -896,11 +896,13 @@ void flip_transpose_kcrs(const ConvShape& s, const float* w, float* out, bool pa
 // and ReLU, straight into y. Each output is summed by one thread in an order fixed by the shape.
 // Off with HR_CPU_WINOGRAD=0 (the direct kernel then runs these shapes).
 constexpr int64_t kWinoTB = kNR * kLanes, kWinoKC = 64;
-// From this many input and output channels and this many tiles (below, the transforms of the
-// input, or of the weights, cost more than they save): at W32's 256 channels on an 8x6 map, 12
-// tiles (batch 1) ran 0.94 ms against the direct kernel's 0.52, 96 tiles (batch 8) 1.68 against
-// 2.18; in the batch-1 inference graph, 128 channels on 16x12 (48 tiles) 22.2 ms against 16.7.
-constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 64;
+// From this many input and output channels and this many tiles (below, the transforms cost
+// more than they save); the forward and data-gradient passes besides need a tile for every
+// kWinoWeightsPerTile weights (C x K), as they transform the weights on every call (16 x C x K
+// floats written and read back): at W32's 256 channels on an 8x6 map, batch 8 (96 tiles), the
+// direct kernel ran 2.12 ms against 2.45, with the weight transform a third of the time; in the
+// batch-1 inference graph, 128 channels on 16x12 (48 tiles) 16.7 ms against 22.2.
+constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 64, kWinoWeightsPerTile = 64;
 // The weight gradient splits the output channels over the threads below this many tiles per
 // thread (backward_weight_winograd).
 constexpr int64_t kWinoSplitTiles = 256;
@@ -927,14 +929,23 @@ bool winograd_enabled() {
   return on;
 }
 
-bool winograd_ok(const ConvShape& s) {
+int64_t winograd_tiles(const ConvShape& s) { return s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2); }
+
+// The weight gradient's condition (backward_weight_winograd).
+bool winograd_weight_grad_ok(const ConvShape& s) {
   return s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 1 &&
          s.pad_w == 1 && s.C >= kWinoMinChannels && s.K >= kWinoMinChannels &&
-         s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2) >= kWinoMinTiles && winograd_enabled();
+         winograd_tiles(s) >= kWinoMinTiles && winograd_enabled();
+}
+
+// The forward pass's (forward_winograd; the data gradient's through its transposed shape).
+bool winograd_ok(const ConvShape& s) {
+  return winograd_weight_grad_ok(s) && winograd_tiles(s) * kWinoWeightsPerTile >= s.C * s.K;
 }
 
 // U[xi][c][k] = (G g G^T)[xi] for g = w[k, c] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
-// k padded to Kp with zeros. 16 output channels at a time, one per lane.
+// k padded to Kp with zeros. 16 output channels at a time, one per lane, all input channels
+// of one such group in turn: the group's 16 weight rows stay in the first-level TLB and cache.
 void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
   const int64_t C = s.C, K = s.K;
   const __m512i kstep = _mm512_mullo_epi32(
@@ -942,8 +953,8 @@ void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, 
       _mm512_set1_epi32(static_cast<int>(C * 9)));
   const __m512 half = _mm512_set1_ps(0.5f);
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t kb = 0; kb < Kp; kb += kLanes) {
+  for (int64_t kb = 0; kb < Kp; kb += kLanes)
+    for (int64_t c = 0; c < C; ++c) {
       const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
       const float* g = w + (kb * C + c) * 9;
       __m512 gv[9];
@@ -994,7 +1005,8 @@ void winograd_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64
     const __m512 a = _mm512_maskz_loadu_ps(lanes(W - i0), xr + i0);
     const __m512 b = _mm512_maskz_loadu_ps(lanes(W - i0 - kLanes), xr + i0 + kLanes);
     const __m512 a2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2), shifted(xr, i0 + 2));
-    const __m512 b2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
+    const __m512 b2 =
+        _mm512_maskz_loadu_ps(lanes(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
     const __m512 ev = _mm512_permutex2var_ps(a, even, b);   // x[2q]
     const __m512 od = _mm512_permutex2var_ps(a, odd, b);    // x[2q + 1]
     const __m512 ev2 = _mm512_permutex2var_ps(a2, even, b2);  // x[2q + 2]
@@ -1115,7 +1127,8 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
   float* out = grow(out_buf, 4 * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
   const int64_t xs = kc * ld;  // M from one xi to the next
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i hi =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = k0; k < k1; ++k) {
     const float* mk = M + (k - k0) * ld;
@@ -1279,10 +1292,11 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
   }
 }
 
-// dw = conv2d's weight gradient for winograd_ok(s) (dw [K, C, 3, 3], overwritten). Work units:
-// (share of the tiles, group of output channels). Many tiles: the threads take shares of them,
-// each into its own M. Few (small maps, where K x C is large): every thread takes all tiles and
-// a group of output channels (each transforms the whole input), so no M is summed.
+// dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
+// Work units: (share of the tiles, group of output channels). Many tiles: the threads take
+// shares of them, each into its own M. Few (small maps, where K x C is large): every thread
+// takes all tiles and a group of output channels (each transforms the whole input), so no M is
+// summed.
 void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
   const int64_t C = s.C, K = s.K, KC = K * C;
   const int64_t T = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
@@ -1435,7 +1449,7 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     return;
   }
 #if defined(__AVX512F__)
-  if (winograd_ok(s)) {
+  if (winograd_weight_grad_ok(s)) {
     backward_weight_winograd(s, x, dy, dw);
     return;
   }
