@@ -982,6 +982,17 @@ void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, 
     }
 }
 
+// Tiles [t0, t0 + cnt) by image: fn(n, a, b, j0) for the image's tiles a..b-1 (numbered in
+// the image, TT of them), j0 the first one's column in the block.
+template <class Fn>
+void image_segments(int64_t TT, int64_t t0, int64_t cnt, Fn&& fn) {
+  for (int64_t t = t0, end = t0 + cnt; t < end;) {
+    const int64_t n = t / TT, a = t % TT, b = std::min(TT, a + (end - t));
+    fn(n, a, b, t - t0);
+    t += b - a;
+  }
+}
+
 // Tiles [t0, t0 + cnt) as runs within one tile row: fn(n, ty, tx0, tx1, j0) with j0 the run's
 // first column in the block.
 template <class Fn>
@@ -1033,9 +1044,7 @@ void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt,
   const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + 1) / 2, TW = (s.Q + 1) / 2, TT = TH * TW;
   const int64_t xstride = C * ld;  // V from one xi to the next
   thread_local Buf<float> planes_buf;
-  for (int64_t t = t0, end = t0 + cnt; t < end;) {
-    const int64_t n = t / TT, a = t % TT, b = std::min(TT, a + (end - t)), j0 = t - t0;
-    t += b - a;
+  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
     const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
     // planes [s][par][rows][TW], plus a vector of slack for the last loads
     float* pl = grow(planes_buf, 8 * plane + kLanes);
@@ -1085,7 +1094,7 @@ void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt,
         }
       }
     }
-  }
+  });
 }
 
 // M[kk][.] = sum_c U[c][kk] V[c][.] for kk < kMR, NR vectors of 16 columns (one xi).
@@ -1242,9 +1251,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
   const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 1) / 2, TW = (Q + 1) / 2, TT = TH * TW;
   const int64_t xstride = (k1 - k0) * ld;  // H from one xi to the next
   thread_local Buf<float> planes_buf;
-  for (int64_t t = t0, end = t0 + cnt; t < end;) {
-    const int64_t n = t / TT, a = t % TT, b = std::min(TT, a + (end - t)), j0 = t - t0;
-    t += b - a;
+  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
     const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 1, plane = rows * TW;
     // planes [s][row parity][rows][TW] as winograd_row_planes writes them (s = 1, 2: the even
     // and odd columns), plus slack for the last loads
@@ -1289,7 +1296,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
         }
       }
     }
-  }
+  });
 }
 
 // dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
