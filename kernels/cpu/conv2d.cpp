@@ -1318,9 +1318,9 @@ void backward_weight_winograd(const ConvShape& s, const float* x, const float* d
   const int shares = ksplit ? 1 : static_cast<int>(std::min<int64_t>(threads, blocks));
   const int units = shares * groups;
   float* acc = grow(weight_accumulators(), shares * 16 * KC);
-#pragma omp parallel num_threads(units) if (units > 1)
-  {
-    const int u = units > 1 ? omp_get_thread_num() : 0;
+  // one unit per iteration (not per thread id: a smaller team than asked still runs them all)
+#pragma omp parallel for schedule(static, 1) num_threads(units) if (units > 1)
+  for (int u = 0; u < units; ++u) {
     const int share = u / groups, g = u % groups;
     const int64_t k0 = g * K / groups, k1 = (g + 1) * K / groups, kn = k1 - k0;
     float* M = acc + share * 16 * KC;  // [xi][K][C]; this unit's rows k0..k1
