@@ -15,7 +15,8 @@
 // operand copies at stride 1 and no GEMM, the output accumulated in registers and written once.
 // On AVX-512 builds too, 3x3 stride-1 pad-1 convolutions with >= 16 channels in and out run
 // Winograd F(2x2, 3x3) in the forward pass and the data gradient (forward_winograd), and
-// F(3x3, 2x2) for the weight gradient (backward_weight_winograd); HR_CPU_WINOGRAD=0 turns it off.
+// F(3x3, 2x2) for the weight gradient (backward_weight_winograd); HR_CPU_WINOGRAD=0 turns it off,
+// HR_CPU_WINOGRAD=forward keeps it to the forward pass.
 // Passes:
 //   forward          y = w * X (+ bias), then the epilogue (+ residual, ReLU) on the tile
 //   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
@@ -36,6 +37,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <type_traits>
 
 #include "kernels/cpu/isa.h"
@@ -921,13 +923,19 @@ inline void store_lanes(float* p, __mmask16 m, __m512 v) {
     _mm512_mask_storeu_ps(p, m, v);
 }
 
-bool winograd_enabled() {
-  static const bool on = [] {
+// HR_CPU_WINOGRAD: unset or 1, every pass; "forward", the forward pass only (the gradients on
+// the direct kernel and GEMMs: for comparing training runs); 0, none.
+int winograd_mode() {  // 0 none, 1 forward only, 2 all
+  static const int mode = [] {
     const char* e = std::getenv("HR_CPU_WINOGRAD");
-    return !(e && e[0] == '0' && e[1] == '\0');
+    if (!e) return 2;
+    const std::string_view v(e);
+    return v == "0" ? 0 : v == "forward" ? 1 : 2;
   }();
-  return on;
+  return mode;
 }
+bool winograd_enabled() { return winograd_mode() > 0; }
+bool winograd_backward_enabled() { return winograd_mode() > 1; }
 
 int64_t winograd_tiles(const ConvShape& s) { return s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2); }
 
@@ -1418,7 +1426,7 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
 #if defined(__AVX512F__)
       if (direct) {
         flip_transpose_kcrs(s, w, wbuf, parallel);
-        if (winograd_ok(t))
+        if (winograd_ok(t) && winograd_backward_enabled())
           forward_winograd(t, dy, wbuf, nullptr, dx, {});
         else
           forward_direct(t, dy, wbuf, nullptr, dx, {});
@@ -1456,7 +1464,7 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     return;
   }
 #if defined(__AVX512F__)
-  if (winograd_weight_grad_ok(s)) {
+  if (winograd_weight_grad_ok(s) && winograd_backward_enabled()) {
     backward_weight_winograd(s, x, dy, dw);
     return;
   }
