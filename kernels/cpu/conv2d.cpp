@@ -1021,8 +1021,8 @@ void winograd_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
     const __mmask16 mq = lanes(TW - q0);
     const int64_t i0 = 2 * q0;  // x[i0 .. i0 + 31], and the same 2 further on
-    const __m512 a = _mm512_maskz_loadu_ps(lanes(W - i0), xr + i0);
-    const __m512 b = _mm512_maskz_loadu_ps(lanes(W - i0 - kLanes), xr + i0 + kLanes);
+    const __m512 a = _mm512_maskz_loadu_ps(lanes(W - i0), shifted(xr, i0));
+    const __m512 b = _mm512_maskz_loadu_ps(lanes(W - i0 - kLanes), shifted(xr, i0 + kLanes));
     const __m512 a2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2), shifted(xr, i0 + 2));
     const __m512 b2 =
         _mm512_maskz_loadu_ps(lanes(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
@@ -1205,7 +1205,7 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
 void forward_winograd(const ConvShape& s, const float* x, const float* w, const float* bias,
                       float* y, const kern::ConvEpilogue& ep) {
   const int64_t C = s.C, K = s.K, Kp = (K + kMR - 1) / kMR * kMR;
-  const int64_t T = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
+  const int64_t T = winograd_tiles(s);
   const int nthreads = num_threads();
   thread_local Buf<float> u_buf;
   float* U = grow(u_buf, 16 * C * Kp);
@@ -1314,7 +1314,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
 // summed.
 void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
   const int64_t C = s.C, K = s.K, KC = K * C;
-  const int64_t T = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
+  const int64_t T = winograd_tiles(s);
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
   const int groups = ksplit ? threads : 1;
