@@ -8,6 +8,9 @@
 // which damps the effect of other load on a shared machine.
 //
 //   bench_cpu_ops [--reps N] [--passes N] [--no-torch] [--csv FILE]
+//                 [--conv N,C,H,W,K[,R,stride]]...
+// --conv (repeatable): time these convolutions (square kernel R, default 3, padding R/2, stride
+// default 1), all three passes, instead of the W32 table.
 //   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
 #include <omp.h>
 
@@ -166,11 +169,11 @@ void add_bn_add_relu_row(std::vector<Row>& rows, int64_t N, int64_t C, int64_t H
     if (fused)
       return median_ms(reps, [&] {
         hr::cpu::batchnorm_act_train_forward(N, C, HW, x.data(), gamma.data(), beta.data(), 1e-5f,
-                                             0.1f, rm.data(), rv.data(), res.data(), true,
-                                             y.data(), sm.data(), si.data());
-        hr::cpu::batchnorm_act_train_backward(N, C, HW, x.data(), y.data(), dy.data(),
-                                              gamma.data(), sm.data(), si.data(), true, dx.data(),
-                                              dr.data(), dg.data(), dbt.data());
+                                             0.1f, rm.data(), rv.data(), res.data(), true, y.data(),
+                                             sm.data(), si.data());
+        hr::cpu::batchnorm_act_train_backward(N, C, HW, x.data(), y.data(), dy.data(), gamma.data(),
+                                              sm.data(), si.data(), true, dx.data(), dr.data(),
+                                              dg.data(), dbt.data());
       });
     // As the eager ops run it: the residual's gradient is relu_backward's output itself.
     return median_ms(reps, [&] {
@@ -251,6 +254,7 @@ int main(int argc, char** argv) {
   int reps = 10, passes = 2;
   bool torch = true;
   std::string csv;
+  std::vector<ConvShape> convs;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
@@ -260,8 +264,23 @@ int main(int argc, char** argv) {
       torch = false;
     } else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) {
       csv = argv[++i];
+    } else if (!std::strcmp(argv[i], "--conv") && i + 1 < argc) {
+      long v[7] = {0, 0, 0, 0, 0, 3, 1};
+      const int got = std::sscanf(argv[++i], "%ld,%ld,%ld,%ld,%ld,%ld,%ld", &v[0], &v[1], &v[2],
+                                  &v[3], &v[4], &v[5], &v[6]);
+      if (got < 5 || v[0] < 1 || v[1] < 1 || v[2] < 1 || v[3] < 1 || v[4] < 1 || v[5] < 1 ||
+          v[6] < 1) {
+        std::fprintf(stderr,
+                     "bench_cpu_ops: --conv wants N,C,H,W,K[,R,stride] (positive), got '%s'\n",
+                     argv[i]);
+        return 2;
+      }
+      convs.push_back(ConvShape::make(v[0], v[1], v[2], v[3], v[4], v[5], v[5], v[6], v[6],
+                                      v[5] / 2, v[5] / 2));
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--passes N] [--no-torch] [--csv FILE]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--reps N] [--passes N] [--no-torch] [--csv FILE] "
+                   "[--conv N,C,H,W,K[,R,stride]]...\n",
                    argv[0]);
       return 2;
     }
@@ -274,18 +293,21 @@ int main(int argc, char** argv) {
     add_conv_rows(rows, ConvShape::make(N, C, H, W, K, R, R, stride, stride, pad, pad));
   };
   const int64_t branch[4][3] = {{32, 64, 48}, {64, 32, 24}, {128, 16, 12}, {256, 8, 6}};
-  for (auto& b : branch) conv(b[0], b[1], b[2], b[0], 3, 1);  // branch BasicBlock convs
-  for (int i = 0; i < 3; ++i)
-    conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
-  conv(3, 256, 192, 64, 3, 2);  // stem conv1
-  conv(64, 128, 96, 64, 3, 2);  // stem conv2
-  conv(64, 32, 24, 32, 1, 1);   // fuse 1x1, branch 1 -> branch 0 width
-  for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2]);
-  for (auto& b : branch) {
-    add_bn_add_relu_row(rows, N, b[0], b[1], b[2], true);
-    add_bn_add_relu_row(rows, N, b[0], b[1], b[2], false);
+  for (const ConvShape& s : convs) add_conv_rows(rows, s);
+  if (convs.empty()) {
+    for (auto& b : branch) conv(b[0], b[1], b[2], b[0], 3, 1);  // branch BasicBlock convs
+    for (int i = 0; i < 3; ++i)
+      conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
+    conv(3, 256, 192, 64, 3, 2);  // stem conv1
+    conv(64, 128, 96, 64, 3, 2);  // stem conv2
+    conv(64, 32, 24, 32, 1, 1);   // fuse 1x1, branch 1 -> branch 0 width
+    for (auto& b : branch) add_bn_row(rows, N, b[0], b[1], b[2]);
+    for (auto& b : branch) {
+      add_bn_add_relu_row(rows, N, b[0], b[1], b[2], true);
+      add_bn_add_relu_row(rows, N, b[0], b[1], b[2], false);
+    }
+    for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2]);
   }
-  for (auto& b : branch) add_upsample_row(rows, N, b[0], b[1], b[2]);
 
   std::string py;
   std::string torch_info = "PyTorch: not run (--no-torch)";

@@ -202,6 +202,14 @@ const std::vector<Case> kCases = {
     {8, 24, 6, 5, 130, 3, 3, 1, 1, 1, 1, true},    // 2 blocks: chunks split over threads; the
                                                    // weight gradient split by output channel
     {8, 160, 6, 5, 130, 3, 3, 1, 1, 1, 1, false},  // the weight gradient only (C x K too large)
+    // Winograd F(4x4, 3x3) in the forward pass and the data gradient (>= 32 tiles of 4x4
+    // outputs an image, one for every 64 weights, and no more products than 0.7 of F(2x2)'s):
+    // chunks of 32 output channels, blocks of 48, 32 or 16 tiles by the thread count.
+    {2, 16, 13, 70, 20, 3, 3, 1, 1, 1, 1, true},   // 18 tiles a row (two vectors of row planes),
+                                                   // partial last tile row and column; K 16+4
+    {3, 24, 23, 21, 70, 3, 3, 1, 1, 1, 1, false},  // 36 tiles an image, blocks across images,
+                                                   // 3 of 4 and 1 of 4 rows/columns in the last
+                                                   // tiles; K chunks 32 + 32 + 8
 };
 
 }  // namespace
@@ -216,7 +224,8 @@ TEST_CASE("conv2d CPU kernels match naive double loops", "[cpu][conv]") {
 TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv]") {
   const std::vector<Case> picks = {kCases[0],  kCases[15], kCases[17], kCases[18],
                                    kCases[21], kCases[26], kCases[27], kCases[31], kCases[32],
-                                   kCases[34], kCases[35], kCases[36]};
+                                   kCases[34], kCases[35], kCases[36], kCases[39],
+                                   kCases[40]};
   for (size_t i = 0; i < picks.size(); ++i) {
     const Case& c = picks[i];
     const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
@@ -250,7 +259,8 @@ TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv
 TEST_CASE("conv2d CPU kernels give the same values with 1 and 3 threads", "[cpu][conv]") {
   const std::vector<Case> picks = {kCases[0],  kCases[2],  kCases[15], kCases[16], kCases[17],
                                    kCases[18], kCases[24], kCases[25], kCases[26], kCases[27],
-                                   kCases[34], kCases[35], kCases[37]};
+                                   kCases[34], kCases[35], kCases[37], kCases[39],
+                                   kCases[40]};
   for (int threads : {1, 3})
     with_threads(threads, [&] {
       INFO("threads " << threads);

@@ -923,19 +923,21 @@ inline void store_lanes(float* p, __mmask16 m, __m512 v) {
     _mm512_mask_storeu_ps(p, m, v);
 }
 
-// HR_CPU_WINOGRAD: unset or 1, every pass; "forward", the forward pass only (the gradients on
-// the direct kernel and GEMMs: for comparing training runs); 0, none.
-int winograd_mode() {  // 0 none, 1 forward only, 2 all
+// HR_CPU_WINOGRAD: unset or 1, every pass, F(4x4, 3x3) where it pays and F(2x2, 3x3) elsewhere;
+// "2x2", every pass, F(2x2, 3x3) only; "forward", the forward pass only (the gradients on the
+// direct kernel and GEMMs: for comparing training runs); 0, none.
+int winograd_mode() {  // 0 none, 1 forward only, 2 every pass with F(2x2) only, 3 every pass
   static const int mode = [] {
     const char* e = std::getenv("HR_CPU_WINOGRAD");
-    if (!e) return 2;
+    if (!e) return 3;
     const std::string_view v(e);
-    return v == "0" ? 0 : v == "forward" ? 1 : 2;
+    return v == "0" ? 0 : v == "forward" ? 1 : v == "2x2" ? 2 : 3;
   }();
   return mode;
 }
 bool winograd_enabled() { return winograd_mode() > 0; }
 bool winograd_backward_enabled() { return winograd_mode() > 1; }
+bool winograd4_enabled() { return winograd_mode() == 1 || winograd_mode() == 3; }
 
 int64_t winograd_tiles(const ConvShape& s) { return s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2); }
 
@@ -1199,49 +1201,345 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
   }
 }
 
-// y = conv(x, w) + bias (+ epilogue) for winograd_ok(s). Work units: (block of tiles, group of
-// output-channel chunks); groups split the chunks only when the blocks are too few for the
-// threads (each unit then transforms its block's input itself).
-void forward_winograd(const ConvShape& s, const float* x, const float* w, const float* bias,
-                      float* y, const kern::ConvEpilogue& ep) {
+// ---- Winograd F(4x4, 3x3): 36 products per 4x4 outputs (F(2x2, 3x3): 16 per 2x2), so 1.78x
+// fewer multiply-adds and 1.78x less transformed input per output, for more arithmetic in the
+// transforms and a larger rounding error (points 0, +-1, +-2, inf: about 1e-6 relative to the
+// output's scale in fp32, against 1e-7): Y = A^T [(G g G^T) (.) (B^T d B)] A with
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+//          0 4 0 -5 0 1],
+//   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+
+int64_t winograd4_tiles(const ConvShape& s) { return s.N * ((s.P + 3) / 4) * ((s.Q + 3) / 4); }
+
+// F(4x4, 3x3) in place of F(2x2, 3x3) for a convolution that winograd_ok admits: from this many
+// tiles of 4x4 outputs and one for every kWinoWeightsPerTile weights (its transformed weights,
+// 36 x C x K floats, are read by every block of tiles: at W32's 128 channels on 16x12, batch 8,
+// F(4x4) ran 1.45 ms against 1.23), and when its products (36 per tile, the padding of a map to
+// a multiple of 4 included) are at most kWino4Products of F(2x2)'s (16 per tile): on maps like
+// 8x6 or 6x5 the padding eats the gain. Its input transform is vectorised over the tiles of one
+// image: below kWino4MinImageTiles an image (24x20: 30) leaves lanes idle and F(2x2) ran faster
+// (8 x 32 x 24x20: 0.35 ms against 0.29; 8 x 64 x 12x10: 0.61 against 0.32).
+constexpr int64_t kWino4MinTiles = 32, kWino4MinImageTiles = 32;
+constexpr double kWino4Products = 0.7;
+bool winograd4_ok(const ConvShape& s) {
+  const int64_t t4 = winograd4_tiles(s);
+  const int64_t per_image = ((s.P + 3) / 4) * ((s.Q + 3) / 4);
+  return winograd4_enabled() && t4 >= kWino4MinTiles && per_image >= kWino4MinImageTiles &&
+         t4 * kWinoWeightsPerTile >= s.C * s.K &&
+         36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
+}
+
+// U[xi][c][k] = (G g G^T)[xi] for g = w[k, c], k padded to Kp with zeros (as winograd_weights).
+void winograd4_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
+  const int64_t C = s.C, K = s.K;
+  const __m512i kstep = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(C * 9)));
+  const __m512 q4 = _mm512_set1_ps(0.25f), m6 = _mm512_set1_ps(-1.f / 6.f);
+  const __m512 d6 = _mm512_set1_ps(1.f / 6.f), d12 = _mm512_set1_ps(1.f / 12.f);
+  const __m512 d24 = _mm512_set1_ps(1.f / 24.f);
+  // the six rows of G applied to (g0, g1, g2)
+  const auto col = [&](__m512 g0, __m512 g1, __m512 g2, __m512* o) {
+    const __m512 s02 = _mm512_add_ps(g0, g2);
+    const __m512 p = _mm512_fmadd_ps(d24, g0, _mm512_mul_ps(d6, g2));
+    const __m512 q = _mm512_mul_ps(d12, g1);
+    o[0] = _mm512_mul_ps(q4, g0);
+    o[1] = _mm512_mul_ps(m6, _mm512_add_ps(s02, g1));
+    o[2] = _mm512_mul_ps(m6, _mm512_sub_ps(s02, g1));
+    o[3] = _mm512_add_ps(p, q);
+    o[4] = _mm512_sub_ps(p, q);
+    o[5] = g2;
+  };
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t kb = 0; kb < Kp; kb += kLanes)
+    for (int64_t c = 0; c < C; ++c) {
+      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
+      const float* g = w + (kb * C + c) * 9;
+      __m512 gv[9];
+#pragma GCC unroll 9
+      for (int i = 0; i < 9; ++i)
+        gv[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, kstep, g + i, 4);
+      __m512 t[3][6];  // t[j][r] = (G g)[r][j]
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) col(gv[j], gv[3 + j], gv[6 + j], t[j]);
+#pragma GCC unroll 6
+      for (int r = 0; r < 6; ++r) {
+        __m512 o[6];
+        col(t[0][r], t[1][r], t[2][r], o);
+#pragma GCC unroll 6
+        for (int e = 0; e < 6; ++e) store_lanes(U + ((6 * r + e) * C + c) * Kp + kb, ms, o[e]);
+      }
+    }
+}
+
+// The planes of one input row (winograd4_input): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
+// the row's W values), s = 0..5 at p + s * pstride.
+void winograd4_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
+  for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
+    const __mmask16 mq = lanes(TW - q0);
+    const int64_t i0 = 4 * q0 - 1;  // z[j] = x[i0 + j], j = 0..63
+    __m512 a[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const int64_t o = i0 + v * kLanes;
+      const __mmask16 m = lanes(W - o) & static_cast<__mmask16>(~lanes(-o));
+      a[v] = _mm512_maskz_loadu_ps(m, shifted(xr, o));
+    }
+    const __m512 e_lo = _mm512_permutex2var_ps(a[0], even, a[1]);  // z[2j], j < 16
+    const __m512 o_lo = _mm512_permutex2var_ps(a[0], odd, a[1]);   // z[2j + 1]
+    const __m512 e_hi = _mm512_permutex2var_ps(a[2], even, a[3]);  // z[32 + 2j]
+    const __m512 o_hi = _mm512_permutex2var_ps(a[2], odd, a[3]);
+    const __m512 ph0 = _mm512_permutex2var_ps(e_lo, even, e_hi);  // z[4q]
+    const __m512 ph2 = _mm512_permutex2var_ps(e_lo, odd, e_hi);   // z[4q + 2]
+    const __m512 ph1 = _mm512_permutex2var_ps(o_lo, even, o_hi);  // z[4q + 1]
+    const __m512 ph3 = _mm512_permutex2var_ps(o_lo, odd, o_hi);   // z[4q + 3]
+    // z[4q + 4], z[4q + 5]: phases 0 and 1 one tile on, the last lane from the next 64 values
+    const __m512 ph4 = _mm512_castsi512_ps(_mm512_alignr_epi32(
+        _mm512_castps_si512(_mm512_set1_ps(at(i0 + 64))), _mm512_castps_si512(ph0), 1));
+    const __m512 ph5 = _mm512_castsi512_ps(_mm512_alignr_epi32(
+        _mm512_castps_si512(_mm512_set1_ps(at(i0 + 65))), _mm512_castps_si512(ph1), 1));
+    store_lanes(p + q0, mq, ph0);
+    store_lanes(p + pstride + q0, mq, ph1);
+    store_lanes(p + 2 * pstride + q0, mq, ph2);
+    store_lanes(p + 3 * pstride + q0, mq, ph3);
+    store_lanes(p + 4 * pstride + q0, mq, ph4);
+    store_lanes(p + 5 * pstride + q0, mq, ph5);
+  }
+}
+
+// (B^T d) for the six values d[0..5] of a column (or row) of 16 patches.
+inline void winograd4_bt(const __m512* d, __m512* o) {
+  const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c5 = _mm512_set1_ps(5.f);
+  const __m512 t1 = _mm512_add_ps(d[1], d[2]), t2 = _mm512_add_ps(d[3], d[4]);
+  const __m512 t3 = _mm512_sub_ps(d[1], d[2]), t4 = _mm512_sub_ps(d[4], d[3]);
+  const __m512 t5 = _mm512_sub_ps(d[3], d[1]), t6 = _mm512_sub_ps(d[4], d[2]);
+  o[0] = _mm512_fmadd_ps(c4, d[0], _mm512_fnmadd_ps(c5, d[2], d[4]));
+  o[1] = _mm512_fnmadd_ps(c4, t1, t2);
+  o[2] = _mm512_fmadd_ps(c4, t3, t4);
+  o[3] = _mm512_fmadd_ps(c2, t5, t6);
+  o[4] = _mm512_fnmadd_ps(c2, t5, t6);
+  o[5] = _mm512_fmadd_ps(c4, d[1], _mm512_fnmadd_ps(c5, d[3], d[5]));
+}
+
+// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles, d the 6x6
+// patch x[4ty-1 .. 4ty+4][4tx-1 .. 4tx+4] (0 outside the map). As winograd_input, from planes
+// pl[s][par][i][q] = x[4(ty0 + i) + par - 1][4q + s - 1] (s < 6, par < 4): patch element (r, s)
+// of the image's tile t = ty*TW + tx is pl[s][r % 4][t - ty0*TW + (r / 4)*TW].
+void winograd4_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
+                     float* V) {
+  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + 3) / 4, TW = (s.Q + 3) / 4, TT = TH * TW;
+  const int64_t xstride = C * ld;  // V from one xi to the next
+  thread_local Buf<float> planes_buf;
+  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
+    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
+    float* pl = grow(planes_buf, 24 * plane + kLanes);  // [s][par][rows][TW] + slack
+    const int64_t m = b - a, first = a - ty0 * TW;
+    int64_t off[6][6];  // patch element (r, s)
+    for (int r = 0; r < 6; ++r)
+      for (int sc = 0; sc < 6; ++sc) off[r][sc] = (sc * 4 + r % 4) * plane + (r / 4) * TW + first;
+    const int64_t h0 = std::max<int64_t>(4 * ty0 - 1, 0), h1 = std::min(4 * (ty0 + rows) - 1, H);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* xc = x + (n * C + c) * H * W;
+      if (c + 2 < C) {  // the rows two channels on, ahead of their use
+        const char* next = reinterpret_cast<const char*>(xc + 2 * H * W + h0 * W);
+        for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      }
+      for (int64_t i = 0; i < rows; ++i)
+        for (int par = 0; par < 4; ++par) {
+          float* p = pl + par * plane + i * TW;
+          const int64_t ih = 4 * (ty0 + i) + par - 1;
+          if (ih >= 0 && ih < H)
+            winograd4_row_planes(xc + ih * W, W, TW, p, 4 * plane);
+          else
+            for (int sc = 0; sc < 6; ++sc) fill(p + sc * 4 * plane, TW, 0.f);
+        }
+      float* vc = V + c * ld + j0;
+      for (int64_t j = 0; j < m; j += kLanes) {
+        const __mmask16 mj = lanes(m - j);
+        __m512 u[6][6];  // u[sc][r'] = (B^T d)[r'][sc]
+#pragma GCC unroll 6
+        for (int sc = 0; sc < 6; ++sc) {
+          __m512 d[6];
+#pragma GCC unroll 6
+          for (int r = 0; r < 6; ++r) d[r] = _mm512_loadu_ps(pl + off[r][sc] + j);
+          winograd4_bt(d, u[sc]);
+        }
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; ++i) {
+          __m512 d[6], o[6];
+#pragma GCC unroll 6
+          for (int sc = 0; sc < 6; ++sc) d[sc] = u[sc][i];
+          winograd4_bt(d, o);
+          float* vi = vc + 6 * i * xstride + j;
+#pragma GCC unroll 6
+          for (int e = 0; e < 6; ++e) store_lanes(vi + e * xstride, mj, o[e]);
+        }
+      }
+    }
+  });
+}
+
+// (A^T m) for six values m[0..5]: four outputs.
+inline void winograd4_at(const __m512* m, __m512* y) {
+  const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c8 = _mm512_set1_ps(8.f);
+  const __m512 a = _mm512_add_ps(m[1], m[2]), b = _mm512_sub_ps(m[1], m[2]);
+  const __m512 c = _mm512_add_ps(m[3], m[4]), d = _mm512_sub_ps(m[3], m[4]);
+  y[0] = _mm512_add_ps(_mm512_add_ps(m[0], a), c);
+  y[1] = _mm512_fmadd_ps(c2, d, b);
+  y[2] = _mm512_fmadd_ps(c4, c, a);
+  y[3] = _mm512_add_ps(_mm512_fmadd_ps(c8, d, b), m[5]);
+}
+
+// y[n, k, 4ty + a, 4tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
+// the block's tiles, m[xi] = M[xi][k - k0][j]: computed for the block into Y[a][b][j], then
+// stored by tile row, the four columns of each tile interleaved (as winograd_output).
+void winograd4_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
+                      int64_t k1, int64_t t0, int64_t cnt, const float* bias,
+                      const kern::ConvEpilogue& ep, float* y) {
+  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 3) / 4, TW = (Q + 3) / 4;
+  thread_local Buf<float> out_buf;
+  float* out = grow(out_buf, 16 * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
+  const int64_t xs = kc * ld;  // M from one xi to the next
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* mk = M + (k - k0) * ld;
+    const __m512 bv = _mm512_set1_ps(bias ? bias[k] : 0.f);
+    for (int64_t j = 0; j < cnt; j += kLanes) {
+      __m512 t[6][4];  // t[e][a] = (A^T m)[a][e], m's columns e
+#pragma GCC unroll 6
+      for (int e = 0; e < 6; ++e) {
+        __m512 m[6];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) m[r] = _mm512_loadu_ps(mk + (6 * r + e) * xs + j);
+        winograd4_at(m, t[e]);
+      }
+#pragma GCC unroll 4
+      for (int a = 0; a < 4; ++a) {
+        __m512 m[6], yv[4];
+#pragma GCC unroll 6
+        for (int e = 0; e < 6; ++e) m[e] = t[e][a];
+        winograd4_at(m, yv);
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; ++b)
+          _mm512_storeu_ps(out + (4 * a + b) * kWinoTB + j, _mm512_add_ps(yv[b], bv));
+      }
+    }
+    tile_runs(TH, TW, t0, cnt, [&](int64_t n, int64_t ty, int64_t tx0, int64_t tx1, int64_t j0) {
+      const int64_t cols = std::min(4 * (tx1 - tx0), Q - 4 * tx0);  // output columns of the run
+      for (int a = 0; a < 4; ++a) {
+        const int64_t oh = 4 * ty + a;
+        if (oh >= P) break;
+        const int64_t at = ((n * K + k) * P + oh) * Q + 4 * tx0;
+        float* yr = y + at;
+        const float* rr = ep.residual ? ep.residual + at : nullptr;
+        const float* ya = out + (4 * a) * kWinoTB + j0;
+        for (int64_t j = 0; 4 * j < cols; j += kLanes) {
+          const __m512 v0 = _mm512_loadu_ps(ya + j), v1 = _mm512_loadu_ps(ya + kWinoTB + j);
+          const __m512 v2 = _mm512_loadu_ps(ya + 2 * kWinoTB + j);
+          const __m512 v3 = _mm512_loadu_ps(ya + 3 * kWinoTB + j);
+          const __m512 a_lo = _mm512_permutex2var_ps(v0, lo, v2), a_hi = _mm512_permutex2var_ps(v0, hi, v2);
+          const __m512 b_lo = _mm512_permutex2var_ps(v1, lo, v3), b_hi = _mm512_permutex2var_ps(v1, hi, v3);
+          __m512 e[4] = {_mm512_permutex2var_ps(a_lo, lo, b_lo), _mm512_permutex2var_ps(a_lo, hi, b_lo),
+                         _mm512_permutex2var_ps(a_hi, lo, b_hi), _mm512_permutex2var_ps(a_hi, hi, b_hi)};
+#pragma GCC unroll 4
+          for (int h = 0; h < 4; ++h) {
+            const int64_t c0 = 4 * j + h * kLanes;
+            const __mmask16 mc = lanes(cols - c0);
+            if (!mc) break;
+            if (rr) e[h] = _mm512_add_ps(e[h], _mm512_maskz_loadu_ps(mc, rr + c0));
+            if (ep.relu) e[h] = _mm512_max_ps(e[h], zero);
+            store_lanes(yr + c0, mc, e[h]);
+          }
+        }
+      }
+    });
+  }
+}
+
+// y = conv(x, w) + bias (+ epilogue) for winograd_ok(s), with F(kT x kT, 3x3). Work units:
+// (block of tiles, group of output-channel chunks); groups split the chunks only when the
+// blocks are too few for the threads (each unit then transforms its block's input itself).
+template <int kT>
+void forward_winograd_t(const ConvShape& s, const float* x, const float* w, const float* bias,
+                        float* y, const kern::ConvEpilogue& ep) {
+  constexpr int kX = (kT + 2) * (kT + 2);  // transformed elements per tile
+  // output channels per chunk: the chunk's products (kX x KC x kWinoTB floats) in L2
+  constexpr int64_t KC = kT == 2 ? kWinoKC : kWinoKC / 2;
   const int64_t C = s.C, K = s.K, Kp = (K + kMR - 1) / kMR * kMR;
-  const int64_t T = winograd_tiles(s);
+  const int64_t T = kT == 2 ? winograd_tiles(s) : winograd4_tiles(s);
   const int nthreads = num_threads();
   thread_local Buf<float> u_buf;
-  float* U = grow(u_buf, 16 * C * Kp);
-  winograd_weights(s, w, Kp, U, nthreads > 1);
-  const int64_t blocks = (T + kWinoTB - 1) / kWinoTB, chunks = (Kp + kWinoKC - 1) / kWinoKC;
+  float* U = grow(u_buf, kX * C * Kp);
+  if constexpr (kT == 2)
+    winograd_weights(s, w, Kp, U, nthreads > 1);
+  else
+    winograd4_weights(s, w, Kp, U, nthreads > 1);
+  // tiles per block: 48, 32 or 16, whichever spreads the blocks most evenly over the threads
+  // (F(4x4)'s blocks are 4x coarser than F(2x2)'s: 4 x 32 x 24x20 at batch 8 is 5 blocks of 48
+  // for 2 threads), a narrower block's GEMM counted a little slower. Any block size gives the
+  // same bits: each output is summed over the channels in order, in one block.
+  int64_t tb = kWinoTB;
+  if (nthreads > 1) {
+    double best = 1e300;
+    for (int64_t nr = kNR; nr >= 1; --nr) {
+      const int64_t w = nr * kLanes, rounds = ((T + w - 1) / w + nthreads - 1) / nthreads;
+      const double cost = double(rounds * w) * (nr == kNR ? 1.0 : nr == 2 ? 1.08 : 1.3);
+      if (cost < best) best = cost, tb = w;
+    }
+  }
+  const int64_t blocks = (T + tb - 1) / tb, chunks = (Kp + KC - 1) / KC;
   const int64_t groups =
       nthreads > 1 ? std::clamp<int64_t>((2 * nthreads + blocks - 1) / blocks, 1, chunks) : 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t u = 0; u < blocks * groups; ++u) {
     const int64_t b = u / groups, g = u % groups;
-    const int64_t t0 = b * kWinoTB, cnt = std::min(kWinoTB, T - t0);
+    const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
     const int nr = static_cast<int>((cnt + kLanes - 1) / kLanes);
     thread_local Buf<float> v_buf, m_buf;
-    float* V = grow(v_buf, 16 * C * kWinoTB);
-    float* M = grow(m_buf, 16 * kWinoKC * kWinoTB);
-    winograd_input(s, x, t0, cnt, kWinoTB, V);
+    float* V = grow(v_buf, kX * C * tb);
+    float* M = grow(m_buf, kX * KC * tb);
+    if constexpr (kT == 2)
+      winograd_input(s, x, t0, cnt, tb, V);
+    else
+      winograd4_input(s, x, t0, cnt, tb, V);
     // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
     if (cnt < nr * kLanes)
-      for (int64_t r = 0; r < 16 * C; ++r) fill(V + r * kWinoTB + cnt, nr * kLanes - cnt, 0.f);
+      for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
     for (int64_t ch = g * chunks / groups; ch < (g + 1) * chunks / groups; ++ch) {
-      const int64_t k0 = ch * kWinoKC, kc = std::min(kWinoKC, Kp - k0);
-      for (int xi = 0; xi < 16; ++xi)
+      const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
+      for (int xi = 0; xi < kX; ++xi)
         for (int64_t kk = 0; kk < kc; kk += kMR) {
           const float* Ub = U + xi * C * Kp + k0 + kk;
-          const float* Vb = V + xi * C * kWinoTB;
-          float* Mb = M + (xi * kc + kk) * kWinoTB;
+          const float* Vb = V + xi * C * tb;
+          float* Mb = M + (xi * kc + kk) * tb;
           if (nr == 3)
-            winograd_gemm_block<3>(Ub, Kp, Vb, kWinoTB, C, Mb);
+            winograd_gemm_block<3>(Ub, Kp, Vb, tb, C, Mb);
           else if (nr == 2)
-            winograd_gemm_block<2>(Ub, Kp, Vb, kWinoTB, C, Mb);
+            winograd_gemm_block<2>(Ub, Kp, Vb, tb, C, Mb);
           else
-            winograd_gemm_block<1>(Ub, Kp, Vb, kWinoTB, C, Mb);
+            winograd_gemm_block<1>(Ub, Kp, Vb, tb, C, Mb);
         }
-      winograd_output(s, M, kc, kWinoTB, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+      if constexpr (kT == 2)
+        winograd_output(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+      else
+        winograd4_output(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
     }
   }
+}
+
+void forward_winograd(const ConvShape& s, const float* x, const float* w, const float* bias,
+                      float* y, const kern::ConvEpilogue& ep) {
+  if (winograd4_ok(s))
+    forward_winograd_t<4>(s, x, w, bias, y, ep);
+  else
+    forward_winograd_t<2>(s, x, w, bias, y, ep);
 }
 // ---- Winograd F(3x3, 2x2) for the weight gradient of the same convolutions ----
 // dw[k, c] = sum over 2x2 output tiles of the correlation of the tile's 4x4 input patch d with
