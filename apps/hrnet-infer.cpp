@@ -299,13 +299,13 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   auto line = [](const char* what, const graph::PlanStats& p) {
     char folded[64] = "";
     if (p.constant_bytes)
-      std::snprintf(folded, sizeof folded, "; %.1f MiB of it folded weights",
+      std::snprintf(folded, sizeof folded, "; %.1f MiB of it folded and prepacked weights",
                     p.constant_bytes / 1048576.0);
     std::printf("%-12s %.1f MiB fp32 arena (%.1f MiB with no reuse%s), %lld nodes, %lld fused, "
-                "%lld folded, %lld streams, %lld events\n",
+                "%lld folded, %lld prepacked, %lld streams, %lld events\n",
                 what, p.arena_bytes / 1048576.0, p.total_bytes / 1048576.0, folded,
-                (long long)p.nodes, (long long)p.fused, (long long)p.folded, (long long)p.streams,
-                (long long)p.events);
+                (long long)p.nodes, (long long)p.fused, (long long)p.folded,
+                (long long)p.prepacked, (long long)p.streams, (long long)p.events);
   };
   line("graph infer", gp.inference);
   if (gp.has_training) line("graph train", gp.training);

@@ -10,7 +10,8 @@
 //   bench_cpu_ops [--reps N] [--passes N] [--no-torch] [--csv FILE]
 //                 [--conv N,C,H,W,K[,R,stride]]...
 // --conv (repeatable): time these convolutions (square kernel R, default 3, padding R/2, stride
-// default 1), all three passes, instead of the W32 table.
+// default 1), all three passes, instead of the W32 table. Shapes with prepacked weights
+// (cpu::conv2d_prepacked_size: inference graphs) get a row for the forward pass on them too.
 //   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
 #include <omp.h>
 
@@ -107,6 +108,27 @@ void add_conv_rows(std::vector<Row>& rows, const ConvShape& s) {
                          [&] { hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data()); });
       return median_ms(reps, [&] {
         hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
+      });
+    };
+    rows.push_back(r);
+  }
+  // the forward pass on prepacked weights (inference graphs), where the kernels have them
+  if (hr::cpu::conv2d_prepacked_size(s) > 0) {
+    Row r;
+    r.op = "conv" + k + " fwd prepacked";
+    r.shape = shape;
+    r.torch_spec = specs[0] + conv_spec(s);
+    r.flops = 2.0 * double(s.macs());
+    r.is3x3 = s.R == 3 && s.S == 3;
+    r.time_ours = [s](int reps) {
+      const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S;
+      const auto x = random_vec(nx, 1);
+      const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+      std::vector<float> y(s.N * s.K * s.P * s.Q);
+      std::vector<float> packed(static_cast<size_t>(hr::cpu::conv2d_prepacked_size(s)));
+      hr::cpu::conv2d_prepack_weights(s, w.data(), packed.data());
+      return median_ms(reps, [&] {
+        hr::cpu::conv2d_forward_prepacked(s, x.data(), packed.data(), nullptr, y.data());
       });
     };
     rows.push_back(r);

@@ -41,6 +41,16 @@ inline void require_close_scaled(const Tensor& got, const Tensor& ref, double re
   REQUIRE_CLOSE(g, r, rel * scale + 1e-7, 0.0);
 }
 
+// Bit-for-bit equal (the same computation run twice, or nothing recomputed).
+inline void require_equal(const Tensor& got, const Tensor& ref, const std::string& what) {
+  INFO(what);
+  const std::vector<float> g = got.to_vector(), r = ref.to_vector();
+  REQUIRE(g.size() == r.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < g.size(); ++i) bad += !(g[i] == r[i]);
+  REQUIRE(bad == 0);
+}
+
 // PyTorch parity of a model's tensors: relative L2 error <= 1e-4 and per element |got - ref| <=
 // 1e-3 max|ref| + 1e-4 |ref|; a reference that is zero up to rounding (a conv bias before
 // training-mode batch norm) is compared against 1e-6 of the case's largest gradient

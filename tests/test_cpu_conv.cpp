@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -253,6 +254,57 @@ TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv
       hr::cpu::conv2d_forward(s, x.data(), w.data(), c.bias ? b.data() : nullptr, y.data(), ep);
       REQUIRE_CLOSE(y, want, 1e-4, 1e-4);
     }
+  }
+}
+
+// Prepacked weights (inference graphs): the Winograd shapes of AVX-512 builds from 32 tiles of
+// 2x2 outputs, F(2x2) or F(4x4) (also where the per-call transform's bounds leave the weights to
+// the direct kernel: kCases[38], and kCases[32] with 40 tiles); none elsewhere, on the baseline
+// build or with Winograd off.
+TEST_CASE("conv2d CPU forward on prepacked weights", "[cpu][conv]") {
+  const char* env = std::getenv("HR_CPU_WINOGRAD");
+  const bool winograd =
+      std::string(hr::cpu::cpu_isa()) == "avx512" && !(env && std::string(env) == "0");
+  int f2 = 0, f4 = 0;
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const Case& c = kCases[i];
+    INFO(name(c));
+    const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
+    const int64_t n = hr::cpu::conv2d_prepacked_size(s);
+    const int64_t per = s.C * ((s.K + 7) / 8 * 8);  // C x K padded to 8
+    const bool wino_shape = c.R == 3 && c.S == 3 && c.sh == 1 && c.sw == 1 && c.ph == 1 &&
+                            c.pw == 1 && c.C >= 16 && c.K >= 16 &&
+                            c.N * ((c.H + 1) / 2) * ((c.W + 1) / 2) >= 32;
+    CHECK((n > 0) == (winograd && wino_shape));
+    if (n == 0) continue;
+    REQUIRE((n == 16 * per || n == 36 * per));
+    (n == 16 * per ? f2 : f4) += 1;
+    const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+    const auto x = hr::test::randn(nx, 1500 + i);
+    const auto w = hr::test::randn(nw, 1600 + i, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+    const auto b = hr::test::randn(s.K, 1700 + i);
+    const auto res = hr::test::randn(ny, 1800 + i);
+    std::vector<float> packed(static_cast<size_t>(n), 5.f);
+    hr::cpu::conv2d_prepack_weights(s, w.data(), packed.data());
+    const std::vector<float> conv = Ref{s}.forward(x, w, c.bias ? b.data() : nullptr);
+    std::vector<float> want(ny);
+    for (size_t k = 0; k < ny; ++k) want[k] = std::max(conv[k] + res[k], 0.f);
+    hr::kern::ConvEpilogue ep;
+    ep.residual = res.data();
+    ep.relu = true;
+    std::vector<float> y(ny, 1e3f);
+    hr::cpu::conv2d_forward_prepacked(s, x.data(), packed.data(), c.bias ? b.data() : nullptr,
+                                      y.data(), ep);
+    REQUIRE_CLOSE(y, want, 1e-4, 1e-4);
+  }
+  if (winograd) {
+    CHECK(f2 >= 4);
+    CHECK(f4 >= 2);
+  } else {
+    const ConvShape s = ConvShape::make(2, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1);
+    std::vector<float> w(16 * 16 * 9, 1.f), packed(16);
+    CHECK_THROWS_WITH(hr::cpu::conv2d_prepack_weights(s, w.data(), packed.data()),
+                      Catch::Contains("no prepacked kernel"));
   }
 }
 

@@ -23,18 +23,10 @@ using namespace hr;
 using namespace hr::models;
 using hr::test::rand_tensor;
 using hr::test::require_close_scaled;
+using hr::test::require_equal;
 using hr::test::small_spec;
 
 namespace {
-
-void require_equal(const Tensor& got, const Tensor& ref, const std::string& what) {
-  INFO(what);
-  const std::vector<float> g = got.to_vector(), r = ref.to_vector();
-  REQUIRE(g.size() == r.size());
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) bad += !(g[i] == r[i]);
-  REQUIRE(bad == 0);
-}
 
 // The inputs and the scalar training loss of each head, built the same way eagerly and in a graph.
 struct Problem {
@@ -307,7 +299,8 @@ TEST_CASE("graph: the inference pipeline folds batch norm into convolutions", "[
     const graph::PlanStats& st = e.stats();
     CHECK(st.folded > 0);
     CHECK(st.fused > 0);
-    CHECK(st.prologue_nodes == st.folded);  // the folded weights, computed once
+    // the folded weights and the convolutions' prepacked ones, computed once
+    CHECK(st.prologue_nodes == st.folded + st.prepacked);
     e.set_input("x", x);
     e.run();
     for (size_t k = 0; k < ys.size(); ++k)

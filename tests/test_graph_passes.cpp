@@ -3,12 +3,14 @@
 // offsets) rather than through a whole compiled run (tests/test_graph.cpp does that).
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <string>
 
 #include "engine/graph/executable.h"
 #include "engine/graph/passes.h"
 #include "engine/nn.h"
 #include "engine/ops.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "tensor_checks.h"
 #include "test_util.h"
 
@@ -178,6 +180,75 @@ TEST_CASE("folding with epilogues takes fused batch norms into their convolution
   e.set_input("x", x);
   e.run();
   hr::test::require_close_scaled(e.output("y"), ref, 1e-5, "folded with epilogue");
+}
+
+// Convolutions with constant weights on Winograd shapes (AVX-512 builds): c0 (folded, with a
+// residual/ReLU epilogue) and c1 on 24x24 maps take F(4x4), c2 on 12x12 F(2x2); `down`
+// (stride 2), the 1x1 head and the convolution whose weight is a graph input have no prepacked
+// form or no constant weight.
+struct Prepackable {
+  Conv2d c0{16, 16, 3, 1, 1, false}, c1{16, 24, 3, 1, 1, true}, down{24, 16, 3, 2, 1, false},
+      c2{16, 16, 3, 1, 1, false}, head{16, 8, 1, 1, 0, true};
+  BatchNorm2d b0{16};
+  Tensor forward(const Tensor& x, const Tensor& w) {
+    const Tensor a = ops::relu(ops::add(b0(c0(x)), x));
+    const Tensor c = c2(down(c1(a)));
+    return head(ops::conv2d(c, w, Tensor(), {1, 1}, {1, 1}));
+  }
+};
+
+TEST_CASE("CPU inference reads prepacked convolution weights, computed in the prologue",
+          "[graph][passes]") {
+  Prepackable net;
+  for (Module* m : std::initializer_list<Module*>{&net.c0, &net.c1, &net.down, &net.c2,
+                                                  &net.head, &net.b0})
+    m->train(false);
+  {
+    NoGradGuard ng;
+    net.b0.running_mean.copy_(rand_tensor({16}, 3));
+    net.b0.running_var.copy_(ops::add(ops::mul(rand_tensor({16}, 4), 0.2f), Tensor::ones({16})));
+  }
+  const Tensor x = rand_tensor({2, 16, 24, 24}, 7), w = rand_tensor({16, 16, 3, 3}, 8);
+  auto eager = [&] {
+    NoGradGuard ng;
+    return net.forward(x, w);
+  };
+  const Tensor ref = eager();
+  Graph g;
+  g.output(net.forward(g.input("x", x.shape()), g.input("w", w.shape())), "y");
+  graph::CompileOptions opt;
+  opt.inference = true;
+  graph::Executable e(std::move(g), opt);
+  e.verify_plan();
+  const char* env = std::getenv("HR_CPU_WINOGRAD");
+  const bool winograd =
+      std::string(cpu::cpu_isa()) == "avx512" && !(env && std::string(env) == "0");
+  const int expect = winograd ? 3 : 0;
+  CHECK(e.stats().prepacked == expect);
+  CHECK(count(e.graph(), "conv2d_prepack") == expect);
+  CHECK(e.stats().prologue_nodes == e.stats().folded + expect);
+  for (const graph::Node& n : e.graph().nodes)
+    if (std::string(n.op->name()) == "conv2d" && n.in.size() > 4) {
+      const int p = e.graph().values[n.in[4]].producer;
+      REQUIRE(p >= 0);
+      CHECK(std::string(e.graph().nodes[p].op->name()) == "conv2d_prepack");
+    }
+  e.set_input("x", x);
+  e.set_input("w", w);
+  e.run();
+  hr::test::require_close_scaled(e.output("y"), ref, 1e-5, "prepacked");
+  // the prepacked weights are the prologue's: recomputed on refresh, not before (without them,
+  // c1 reads its parameter on every run)
+  const Tensor before = e.output("y").clone();
+  net.c1.weight.copy_(ops::mul(net.c1.weight, 1.5f));
+  e.run();
+  if (expect)
+    hr::test::require_equal(e.output("y"), before, "before refresh");
+  else
+    hr::test::require_close_scaled(e.output("y"), eager(), 1e-5, "no prepacked weights");
+  e.refresh_constants();
+  e.run();
+  hr::test::require_close_scaled(e.output("y"), eager(), 1e-5, "after refresh");
 }
 
 TEST_CASE("dead nodes go, side effects stay", "[graph][passes]") {

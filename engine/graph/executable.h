@@ -3,7 +3,8 @@
 //  - fusion: batch norm followed by a residual add and/or ReLU becomes one node;
 //  - inference (CompileOptions::inference): the other batch norms folded into the convolution
 //    before them, and the work that depends only on parameters (folded weights, casts of
-//    weights) done once, not every run;
+//    weights, on the CPU convolution weights prepacked for their kernels) done once, not every
+//    run;
 //  - training (CompileOptions::loss): the backward derived from each op's backward rule, giving
 //    each parameter's gradient in the arena;
 //  - streams: each node on the stream its recording scope named (HRNet: one per resolution
@@ -41,11 +42,13 @@ struct CompileOptions {
 
 struct PlanStats {
   int64_t nodes = 0, fused = 0, folded = 0, streams = 1, events = 0;
+  int64_t prepacked = 0;        // convolutions reading prepacked weights (CPU inference)
   int64_t prologue_nodes = 0;   // run once, not every run (inference)
   int64_t arena_bytes = 0;      // the planned arena
   int64_t peak_live_bytes = 0;  // most bytes alive at once in program order: a lower bound
   int64_t total_bytes = 0;      // every planned value's bytes: the footprint with no reuse
-  int64_t constant_bytes = 0;   // of the arena: what the prologue computes (folded weights)
+  int64_t constant_bytes = 0;   // of the arena: what the prologue computes (folded weights,
+                                // prepacked weights)
 };
 
 class Executable {

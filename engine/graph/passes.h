@@ -1,7 +1,8 @@
 // The graph compiler's passes: each a function over a GraphIR, in its own file, testable alone.
 // Executable (executable.h) runs them in this order:
-//   fuse_batch_norm_act -> fold_batch_norm (inference) -> differentiate (training)
-//   -> reduce_gradients (data-parallel training) -> add_end_node -> find_prologue (inference) -> schedule -> plan_memory
+//   fuse_batch_norm_act -> fold_batch_norm (inference) -> prepack_conv_weights (CPU inference)
+//   -> differentiate (training) -> reduce_gradients (data-parallel training) -> add_end_node
+//   -> find_prologue (inference) -> schedule -> plan_memory
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -57,6 +58,13 @@ int64_t reduce_gradients(GraphIR& g, Gradients& grads, int stream);
 // The end node: it uses the outputs and `also_live` (the gradients), so they live to the end of
 // a run; the scheduler joins every stream into it.
 void add_end_node(GraphIR& g, const std::vector<V>& also_live);
+
+// CPU inference: each convolution whose weight is constant (a parameter or computed from them
+// in the prologue, as folded weights) and whose shape has a prepacked kernel (Winograd:
+// cpu::conv2d_prepacked_size) gets a conv2d_prepack node before it, which runs in the prologue,
+// and reads the prepacked weights (its fifth input) instead of transforming them on every run.
+// Returns the number of convolutions so given.
+int64_t prepack_conv_weights(GraphIR& g);
 
 // ---- parameters as constants (prologue.cpp) ----
 // Inference (parameters frozen between refreshes): the nodes that compute only from parameters

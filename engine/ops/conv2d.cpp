@@ -116,6 +116,7 @@ std::string Conv2dOp::attributes() const {
 
 namespace {
 bool has_residual(const std::vector<Tensor>& in) { return in.size() > 3 && in[3].defined(); }
+bool has_prepacked(const std::vector<Tensor>& in) { return in.size() > 4 && in[4].defined(); }
 }  // namespace
 
 std::vector<Meta> Conv2dOp::infer(const std::vector<Meta>& in) const {
@@ -146,6 +147,14 @@ std::vector<Meta> Conv2dOp::infer(const std::vector<Meta>& in) const {
              shape_str(y.shape), " ", dtype_name(y.dtype));
     check_same_device(x, in[3], "conv2d");
   }
+  if (in.size() > 4 && in[4].defined) {
+    const int64_t n = x.device.is_cpu() ? cpu::conv2d_prepacked_size(s) : 0;
+    HR_CHECK(n > 0 && in[4].shape == Shape({n}) && in[4].dtype == DType::f32 &&
+                 in[4].device == x.device,
+             "conv2d: prepacked weights ", shape_str(in[4].shape), " ", dtype_name(in[4].dtype),
+             " on ", in[4].device.str(), " do not fit this convolution (", n > 0 ? "" : "none ",
+             "expected", n > 0 ? str_cat(" f32 [", n, "] on the CPU") : std::string(), ")");
+  }
   return {y};
 }
 
@@ -153,14 +162,19 @@ void Conv2dOp::run_cpu(const KernelArgs& a) const {
   kern::ConvEpilogue ep;
   ep.residual = has_residual(a.in) ? a.in[3].data<float>() : nullptr;
   ep.relu = relu;
-  cpu::conv2d_forward(conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding),
-                      a.in[0].data<float>(), a.in[1].data<float>(), fptr(a.in[2]),
-                      a.out[0].data<float>(), ep);
+  const kern::ConvShape s = conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding);
+  if (has_prepacked(a.in))
+    cpu::conv2d_forward_prepacked(s, a.in[0].data<float>(), a.in[4].data<float>(), fptr(a.in[2]),
+                                  a.out[0].data<float>(), ep);
+  else
+    cpu::conv2d_forward(s, a.in[0].data<float>(), a.in[1].data<float>(), fptr(a.in[2]),
+                        a.out[0].data<float>(), ep);
 }
 
 // The epilogue as elementwise passes after the convolution (no fused CUDA epilogue yet; the
 // graph pass makes it for CPU graphs only).
 void Conv2dOp::run_cuda(const KernelArgs& a) const {
+  HR_CHECK(!has_prepacked(a.in), "conv2d: prepacked weights are CPU only");
   const cuda::DT t = dt(a.in[0], "conv2d");
   void* y = a.out[0].raw_data();
   cuda::conv2d_forward(conv_shape(a.in[0].shape(), a.in[1].shape(), stride, padding), t,
@@ -171,9 +185,9 @@ void Conv2dOp::run_cuda(const KernelArgs& a) const {
 }
 
 std::vector<Tensor> Conv2dOp::backward(const GradArgs& a) const {
-  HR_CHECK(!relu && !has_residual(a.in),
-           "conv2d: a convolution with a fused residual/ReLU epilogue has no backward (inference "
-           "graphs only)");
+  HR_CHECK(!relu && !has_residual(a.in) && !has_prepacked(a.in),
+           "conv2d: a convolution with a fused residual/ReLU epilogue or prepacked weights has no "
+           "backward (inference graphs only)");
   const Tensor &x = a.in[0], &w = a.in[1], &dy = a.grad_out[0];
   std::vector<Tensor> g(3);
   if (a.need[0]) g[0] = conv2d_backward_data(dy, w, a.in_meta[0].shape, stride, padding);
@@ -208,6 +222,47 @@ void Conv2dOp::to_onnx(OnnxEmitter& e, const OnnxNode& n) const {
     y = sum;
   }
   if (relu) e.node("Relu", {y}, {n.out[0]});
+}
+
+std::string Conv2dPrepackOp::attributes() const {
+  return str_cat("input ", shape_str(input), ", ", window_str(stride, padding));
+}
+
+std::vector<Meta> Conv2dPrepackOp::infer(const std::vector<Meta>& in) const {
+  const Meta& w = in[0];
+  check_defined(w, name(), "weight");
+  HR_CHECK(w.device.is_cpu() && w.dtype == DType::f32 && w.shape.size() == 4 &&
+               input.size() == 4 && input[1] == w.shape[1],
+           name(), ": expected f32 CPU weights [K,C,R,S] for input ", shape_str(input), ", got ",
+           dtype_name(w.dtype), " ", shape_str(w.shape), " on ", w.device.str());
+  check_window(stride, padding, name());
+  const int64_t n = conv2d_prepacked_size(input, w.shape, stride, padding);
+  HR_CHECK(n > 0, name(), ": the CPU kernels (", cpu::cpu_isa(), ") have no prepacked form for ",
+           shape_str(w.shape), " weights on input ", shape_str(input), ", ",
+           window_str(stride, padding));
+  return {f32_on({n}, w)};
+}
+
+void Conv2dPrepackOp::run_cpu(const KernelArgs& a) const {
+  cpu::conv2d_prepack_weights(conv_shape(input, a.in[0].shape(), stride, padding),
+                              a.in[0].data<float>(), a.out[0].data<float>());
+}
+
+void Conv2dPrepackOp::run_cuda(const KernelArgs&) const {
+  throw Error("conv2d_prepack: prepacked weights are CPU only");
+}
+
+int64_t conv2d_prepacked_size(const Shape& input, const Shape& w, std::array<int64_t, 2> stride,
+                              std::array<int64_t, 2> padding) {
+  if (input.size() != 4 || w.size() != 4 || input[1] != w[1]) return 0;
+  const kern::ConvShape s = conv_shape(input, w, stride, padding);
+  if (s.P <= 0 || s.Q <= 0) return 0;
+  return cpu::conv2d_prepacked_size(s);
+}
+
+Tensor conv2d_prepack(const Tensor& w, const Shape& input, std::array<int64_t, 2> stride,
+                      std::array<int64_t, 2> padding) {
+  return hr::apply(std::make_shared<Conv2dPrepackOp>(input, stride, padding), {w})[0];
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, std::array<int64_t, 2> stride,

@@ -29,6 +29,15 @@ void conv2d_backward_data(const kern::ConvShape& s, const float* dy, const float
 // x [N,C,H,W], dy [N,K,P,Q] -> dw [K,C,R,S], dbias [K] (skipped when nullptr)
 void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const float* dy, float* dw,
                             float* dbias);
+// Prepacked weights, for weights that stay fixed over many calls (inference graphs: the graph
+// pass prepack_conv_weights): the floats of w [K,C,R,S] in the form of the kernel the forward
+// pass runs on s with them (Winograd: the transformed weights, so that no call transforms them),
+// or 0 where no such kernel applies (this shape, or a build or processor without one);
+// conv2d_prepack_weights fills them; conv2d_forward_prepacked is conv2d_forward on them.
+int64_t conv2d_prepacked_size(const kern::ConvShape& s);
+void conv2d_prepack_weights(const kern::ConvShape& s, const float* w, float* packed);
+void conv2d_forward_prepacked(const kern::ConvShape& s, const float* x, const float* packed,
+                              const float* bias, float* y, const kern::ConvEpilogue& ep = {});
 
 // ---- batch norm over [N, C, HW] (channel c at x[(n*C + c)*HW + i]) ----
 // Training: batch statistics; save_mean / save_invstd [C] receive mean and 1/sqrt(var_biased+eps).

@@ -97,6 +97,28 @@ void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const floa
                  : avx2::conv2d_backward_weight(s, x, dy, dw, dbias);
 }
 
+int64_t conv2d_prepacked_size(const kern::ConvShape& s) {
+  check_conv(s, "conv2d_prepacked_size");
+  return current() == 1 ? avx512::conv2d_prepacked_size(s) : avx2::conv2d_prepacked_size(s);
+}
+
+void conv2d_prepack_weights(const kern::ConvShape& s, const float* w, float* packed) {
+  HR_CHECK(conv2d_prepacked_size(s) > 0, "conv2d_prepack_weights: no prepacked kernel for ", s.K,
+           "x", s.C, "x", s.R, "x", s.S, " weights on a ", s.N, "x", s.C, "x", s.H, "x", s.W,
+           " input (", cpu_isa(), ")");
+  current() == 1 ? avx512::conv2d_prepack_weights(s, w, packed)
+                 : avx2::conv2d_prepack_weights(s, w, packed);
+}
+
+void conv2d_forward_prepacked(const kern::ConvShape& s, const float* x, const float* packed,
+                              const float* bias, float* y, const kern::ConvEpilogue& ep) {
+  HR_CHECK(conv2d_prepacked_size(s) > 0, "conv2d_forward_prepacked: no prepacked kernel for ",
+           s.K, "x", s.C, "x", s.R, "x", s.S, " weights on a ", s.N, "x", s.C, "x", s.H, "x", s.W,
+           " input (", cpu_isa(), ")");
+  current() == 1 ? avx512::conv2d_forward_prepacked(s, x, packed, bias, y, ep)
+                 : avx2::conv2d_forward_prepacked(s, x, packed, bias, y, ep);
+}
+
 void linear_forward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,
                     const float* bias, float* y) {
   HR_CHECK(M >= 0 && I > 0 && O > 0, "linear_forward: invalid shape M=", M, " I=", I, " O=", O);
@@ -126,6 +148,16 @@ void conv2d_backward_data(const kern::ConvShape&, const float*, const float*, fl
 }
 void conv2d_backward_weight(const kern::ConvShape&, const float*, const float*, float*, float*) {
   isa_internal_error("no AVX-512 build of conv2d_backward_weight");
+}
+int64_t conv2d_prepacked_size(const kern::ConvShape&) {
+  isa_internal_error("no AVX-512 build of conv2d_prepacked_size");
+}
+void conv2d_prepack_weights(const kern::ConvShape&, const float*, float*) {
+  isa_internal_error("no AVX-512 build of conv2d_prepack_weights");
+}
+void conv2d_forward_prepacked(const kern::ConvShape&, const float*, const float*, const float*,
+                              float*, const kern::ConvEpilogue&) {
+  isa_internal_error("no AVX-512 build of conv2d_forward_prepacked");
 }
 void linear_forward(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) {
   isa_internal_error("no AVX-512 build of linear_forward");

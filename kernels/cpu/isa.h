@@ -31,6 +31,10 @@ namespace hr::cpu {
                             float* dx);                                                         \
   void conv2d_backward_weight(const kern::ConvShape& s, const float* x, const float* dy,        \
                               float* dw, float* dbias);                                         \
+  int64_t conv2d_prepacked_size(const kern::ConvShape& s);                                      \
+  void conv2d_prepack_weights(const kern::ConvShape& s, const float* w, float* packed);         \
+  void conv2d_forward_prepacked(const kern::ConvShape& s, const float* x, const float* packed,  \
+                                const float* bias, float* y, const kern::ConvEpilogue& ep);    \
   void linear_forward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,          \
                       const float* bias, float* y);                                            \
   void linear_backward(int64_t M, int64_t I, int64_t O, const float* x, const float* w,         \
