@@ -1468,6 +1468,45 @@ void winograd4_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld
 // y = conv(x, w) + bias (+ epilogue) for winograd_ok(s), with F(kT x kT, 3x3). Work units:
 // (block of tiles, group of output-channel chunks); groups split the chunks only when the
 // blocks are too few for the threads (each unit then transforms its block's input itself).
+// forward_winograd_t's work units: blocks of tb tiles (48, 32 or 16), each split into `groups`
+// groups of output-channel chunks (a unit transforms its block's input, then runs its group's
+// GEMMs and output transforms). Chosen by simulating OpenMP's static partition of the units
+// over the threads and taking the least loaded busiest thread: a unit costs its block's tile
+// columns times its output channels (narrower blocks' GEMMs counted slower) plus its input
+// transform (as kWinoTransformK output channels). Small maps need it (W32 at batch 1: 48 tiles
+// for 2 threads, best as one block with two groups; F(4x4) on 4 x 32 x 24x20: 120 tiles, best as
+// 4 blocks of 32). Any blocking gives the same bits: each output is summed over the channels in
+// order, in one unit.
+struct WinoBlocking {
+  int64_t tb, groups;
+};
+constexpr double kWinoTransformK = 3.0;
+WinoBlocking winograd_blocking(int64_t T, int64_t chunks, int64_t KC, int nthreads) {
+  WinoBlocking best{kWinoTB, 1};
+  if (nthreads <= 1) return best;
+  double best_cost = 1e300;
+  for (int64_t nr = kNR; nr >= 1; --nr) {
+    const int64_t tb = nr * kLanes, blocks = (T + tb - 1) / tb;
+    for (int64_t groups = 1; groups <= std::min<int64_t>(chunks, 4 * nthreads); ++groups) {
+      const int64_t units = blocks * groups, q = units / nthreads, r = units % nthreads;
+      double worst = 0;
+      for (int64_t t = 0, u = 0; t < nthreads; ++t) {  // libgomp's static partition
+        double load = 0;
+        for (int64_t end = u + q + (t < r); u < end; ++u) {
+          const int64_t b = u / groups, g = u % groups;
+          const int64_t cnt = std::min(tb, T - b * tb), vecs = (cnt + kLanes - 1) / kLanes;
+          const int64_t nch = (g + 1) * chunks / groups - g * chunks / groups;
+          const double eff = vecs == 3 ? 1.0 : vecs == 2 ? 1.08 : 1.3;
+          load += double(vecs * kLanes) * eff * double(nch * KC) + kWinoTransformK * double(cnt);
+        }
+        worst = std::max(worst, load);
+      }
+      if (worst < best_cost) best_cost = worst, best = {tb, groups};
+    }
+  }
+  return best;
+}
+
 // The transformed weights U [(kT + 2)^2][C][Kp] (winograd_weights, winograd4_weights).
 template <int kT>
 void forward_winograd_t(const ConvShape& s, const float* x, const float* U, const float* bias,
@@ -1478,22 +1517,9 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
   const int64_t C = s.C, K = s.K, Kp = (K + kMR - 1) / kMR * kMR;
   const int64_t T = kT == 2 ? winograd_tiles(s) : winograd4_tiles(s);
   const int nthreads = num_threads();
-  // tiles per block: 48, 32 or 16, whichever spreads the blocks most evenly over the threads
-  // (F(4x4)'s blocks are 4x coarser than F(2x2)'s: 4 x 32 x 24x20 at batch 8 is 5 blocks of 48
-  // for 2 threads), a narrower block's GEMM counted a little slower. Any block size gives the
-  // same bits: each output is summed over the channels in order, in one block.
-  int64_t tb = kWinoTB;
-  if (nthreads > 1) {
-    double best = 1e300;
-    for (int64_t nr = kNR; nr >= 1; --nr) {
-      const int64_t w = nr * kLanes, rounds = ((T + w - 1) / w + nthreads - 1) / nthreads;
-      const double cost = double(rounds * w) * (nr == kNR ? 1.0 : nr == 2 ? 1.08 : 1.3);
-      if (cost < best) best = cost, tb = w;
-    }
-  }
-  const int64_t blocks = (T + tb - 1) / tb, chunks = (Kp + KC - 1) / KC;
-  const int64_t groups =
-      nthreads > 1 ? std::clamp<int64_t>((2 * nthreads + blocks - 1) / blocks, 1, chunks) : 1;
+  const int64_t chunks = (Kp + KC - 1) / KC;
+  const WinoBlocking bl = winograd_blocking(T, chunks, KC, nthreads);
+  const int64_t tb = bl.tb, groups = bl.groups, blocks = (T + tb - 1) / tb;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t u = 0; u < blocks * groups; ++u) {
     const int64_t b = u / groups, g = u % groups;
