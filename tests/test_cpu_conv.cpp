@@ -299,7 +299,10 @@ TEST_CASE("conv2d CPU forward on prepacked weights", "[cpu][conv]") {
   }
   if (winograd) {
     CHECK(f2 >= 4);
-    CHECK(f4 >= 2);
+    if (std::string(env ? env : "") == "2x2")
+      CHECK(f4 == 0);
+    else
+      CHECK(f4 >= 2);
   } else {
     const ConvShape s = ConvShape::make(2, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1);
     std::vector<float> w(16 * 16 * 9, 1.f), packed(16);

@@ -955,45 +955,6 @@ bool winograd_ok(const ConvShape& s) {
   return winograd_weight_grad_ok(s) && winograd_tiles(s) * kWinoWeightsPerTile >= s.C * s.K;
 }
 
-// U[xi][c][k] = (G g G^T)[xi] for g = w[k, c] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
-// k padded to Kp with zeros. 16 output channels at a time, one per lane, all input channels
-// of one such group in turn: the group's 16 weight rows stay in the first-level TLB and cache.
-void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
-  const int64_t C = s.C, K = s.K;
-  const __m512i kstep = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(C * 9)));
-  const __m512 half = _mm512_set1_ps(0.5f);
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t kb = 0; kb < Kp; kb += kLanes)
-    for (int64_t c = 0; c < C; ++c) {
-      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
-      const float* g = w + (kb * C + c) * 9;
-      __m512 gv[9];
-#pragma GCC unroll 9
-      for (int i = 0; i < 9; ++i)
-        gv[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, kstep, g + i, 4);
-      __m512 t[4][3];
-#pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) {
-        const __m512 s02 = _mm512_add_ps(gv[j], gv[6 + j]);
-        t[0][j] = gv[j];
-        t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(s02, gv[3 + j]));
-        t[2][j] = _mm512_mul_ps(half, _mm512_sub_ps(s02, gv[3 + j]));
-        t[3][j] = gv[6 + j];
-      }
-#pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r) {
-        const __m512 s02 = _mm512_add_ps(t[r][0], t[r][2]);
-        float* u = U + ((4 * r) * C + c) * Kp + kb;
-        store_lanes(u, ms, t[r][0]);
-        store_lanes(u + C * Kp, ms, _mm512_mul_ps(half, _mm512_add_ps(s02, t[r][1])));
-        store_lanes(u + 2 * C * Kp, ms, _mm512_mul_ps(half, _mm512_sub_ps(s02, t[r][1])));
-        store_lanes(u + 3 * C * Kp, ms, t[r][2]);
-      }
-    }
-}
-
 // Tiles [t0, t0 + cnt) by image: fn(n, a, b, j0) for the image's tiles a..b-1 (numbered in
 // the image, TT of them), j0 the first one's column in the block.
 template <class Fn>
@@ -1044,71 +1005,6 @@ void winograd_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64
   }
 }
 
-// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles, with
-// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; columns cnt..ld-1 are left as they are.
-// The 4x4 patch d of tile (ty, tx) is x[2ty-1 .. 2ty+2][2tx-1 .. 2tx+2] (0 outside the map).
-// Per image and channel, the rows the block's tiles read are first copied into 8 planes
-// pl[s][par][i][q] = x[2(ty0 + i) + par - 1][2q + s - 1] (TW columns): patch element (r, s) of
-// the image's tile t = ty*TW + tx is then pl[s][r % 2][t - ty0*TW + (r / 2)*TW], contiguous in t
-// across tile rows, so the transform is one vector loop over the image's tiles.
-void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
-                    float* V) {
-  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + 1) / 2, TW = (s.Q + 1) / 2, TT = TH * TW;
-  const int64_t xstride = C * ld;  // V from one xi to the next
-  thread_local Buf<float> planes_buf;
-  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
-    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
-    // planes [s][par][rows][TW], plus a vector of slack for the last loads
-    float* pl = grow(planes_buf, 8 * plane + kLanes);
-    const int64_t m = b - a, first = a - ty0 * TW;
-    int64_t off[4][4];  // patch element (r, s)
-    for (int r = 0; r < 4; ++r)
-      for (int sc = 0; sc < 4; ++sc) off[r][sc] = (sc * 2 + r % 2) * plane + (r / 2) * TW + first;
-    // the input rows of the block's tiles, clamped to the map
-    const int64_t h0 = std::max<int64_t>(2 * ty0 - 1, 0), h1 = std::min(2 * (ty0 + rows) - 1, H);
-    for (int64_t c = 0; c < C; ++c) {
-      const float* xc = x + (n * C + c) * H * W;
-      if (c + 2 < C) {  // the rows two channels on, ahead of their use
-        const char* next = reinterpret_cast<const char*>(xc + 2 * H * W + h0 * W);
-        for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-      }
-      for (int64_t i = 0; i < rows; ++i)
-        for (int par = 0; par < 2; ++par) {
-          float* p = pl + par * plane + i * TW;
-          const int64_t ih = 2 * (ty0 + i) + par - 1;
-          if (ih >= 0 && ih < H)
-            winograd_row_planes(xc + ih * W, W, TW, p, 2 * plane);
-          else
-            for (int sc = 0; sc < 4; ++sc) fill(p + sc * 2 * plane, TW, 0.f);
-        }
-      float* vc = V + c * ld + j0;
-      for (int64_t j = 0; j < m; j += kLanes) {
-        const __mmask16 mj = lanes(m - j);
-        __m512 u[4][4];
-#pragma GCC unroll 4
-        for (int sc = 0; sc < 4; ++sc) {
-          const __m512 e0 = _mm512_loadu_ps(pl + off[0][sc] + j);
-          const __m512 e1 = _mm512_loadu_ps(pl + off[1][sc] + j);
-          const __m512 e2 = _mm512_loadu_ps(pl + off[2][sc] + j);
-          const __m512 e3 = _mm512_loadu_ps(pl + off[3][sc] + j);
-          u[0][sc] = _mm512_sub_ps(e0, e2);
-          u[1][sc] = _mm512_add_ps(e1, e2);
-          u[2][sc] = _mm512_sub_ps(e2, e1);
-          u[3][sc] = _mm512_sub_ps(e1, e3);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          float* vi = vc + 4 * i * xstride + j;
-          store_lanes(vi, mj, _mm512_sub_ps(u[i][0], u[i][2]));
-          store_lanes(vi + xstride, mj, _mm512_add_ps(u[i][1], u[i][2]));
-          store_lanes(vi + 2 * xstride, mj, _mm512_sub_ps(u[i][2], u[i][1]));
-          store_lanes(vi + 3 * xstride, mj, _mm512_sub_ps(u[i][1], u[i][3]));
-        }
-      }
-    }
-  });
-}
-
 // M[kk][.] = sum_c U[c][kk] V[c][.] for kk < kMR, NR vectors of 16 columns (one xi).
 template <int NR>
 void winograd_gemm_block(const float* U, int64_t Kp, const float* V, int64_t ld, int64_t C,
@@ -1136,70 +1032,31 @@ void winograd_gemm_block(const float* U, int64_t Kp, const float* V, int64_t ld,
     for (int j = 0; j < NR; ++j) _mm512_storeu_ps(M + m * ld + j * kLanes, acc[m][j]);
 }
 
-// y[n, k, 2ty + a, 2tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
-// the block's tiles, m[xi] = M[xi][k - k0][j], A^T = [1 1 1 0; 0 1 -1 -1]: computed for the
-// whole block into Y[a][b][j], then stored by tile row, the two columns of each tile
-// interleaved.
-void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
-                     int64_t k1, int64_t t0, int64_t cnt, const float* bias,
-                     const kern::ConvEpilogue& ep, float* y) {
-  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 1) / 2, TW = (Q + 1) / 2;
-  thread_local Buf<float> out_buf;
-  float* out = grow(out_buf, 4 * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
-  const int64_t xs = kc * ld;  // M from one xi to the next
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi =
-      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t k = k0; k < k1; ++k) {
-    const float* mk = M + (k - k0) * ld;
-    const __m512 bv = _mm512_set1_ps(bias ? bias[k] : 0.f);
-    for (int64_t j = 0; j < cnt; j += kLanes) {
-      __m512 s0[4], s1[4];
-#pragma GCC unroll 4
-      for (int b = 0; b < 4; ++b) {
-        const __m512 m0 = _mm512_loadu_ps(mk + b * xs + j);
-        const __m512 m1 = _mm512_loadu_ps(mk + (4 + b) * xs + j);
-        const __m512 m2 = _mm512_loadu_ps(mk + (8 + b) * xs + j);
-        const __m512 m3 = _mm512_loadu_ps(mk + (12 + b) * xs + j);
-        const __m512 m12 = _mm512_sub_ps(m1, m2);
-        s0[b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-        s1[b] = _mm512_sub_ps(m12, m3);
-      }
-      for (int a = 0; a < 2; ++a) {
-        const __m512* sa = a ? s1 : s0;
-        const __m512 d12 = _mm512_sub_ps(sa[1], sa[2]);
-        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(sa[0], sa[1]), sa[2]), bv);
-        const __m512 y1 = _mm512_add_ps(_mm512_sub_ps(d12, sa[3]), bv);
-        _mm512_storeu_ps(out + (2 * a) * kWinoTB + j, y0);
-        _mm512_storeu_ps(out + (2 * a + 1) * kWinoTB + j, y1);
-      }
-    }
-    tile_runs(TH, TW, t0, cnt, [&](int64_t n, int64_t ty, int64_t tx0, int64_t tx1, int64_t j0) {
-      const int64_t cols = std::min(2 * (tx1 - tx0), Q - 2 * tx0);  // output columns of the run
-      for (int a = 0; a < 2; ++a) {
-        const int64_t oh = 2 * ty + a;
-        if (oh >= P) break;
-        const int64_t at = ((n * K + k) * P + oh) * Q + 2 * tx0;
-        float* yr = y + at;
-        const float* rr = ep.residual ? ep.residual + at : nullptr;
-        const float* ya = out + (2 * a) * kWinoTB + j0;
-        const float* yb = ya + kWinoTB;
-        for (int64_t j = 0; 2 * j < cols; j += kLanes) {
-          const __m512 v0 = _mm512_loadu_ps(ya + j), v1 = _mm512_loadu_ps(yb + j);
-          __m512 e[2] = {_mm512_permutex2var_ps(v0, lo, v1), _mm512_permutex2var_ps(v0, hi, v1)};
-#pragma GCC unroll 2
-          for (int h = 0; h < 2; ++h) {
-            const int64_t c0 = 2 * j + h * kLanes;
-            const __mmask16 mc = lanes(cols - c0);
-            if (!mc) break;
-            if (rr) e[h] = _mm512_add_ps(e[h], _mm512_maskz_loadu_ps(mc, rr + c0));
-            if (ep.relu) e[h] = _mm512_max_ps(e[h], zero);
-            store_lanes(yr + c0, mc, e[h]);
-          }
-        }
-      }
-    });
+// Overloads of the 1-D transforms (winograd_bt, winograd_at, winograd_g) by tile size.
+template <int kT>
+struct WinoTile {};
+
+// Y = T X T^T for a kIn x kIn block X of vectors (16 tiles' values in each) and the 1-D
+// transform f (kIn values -> kOut: f(in, out)): load(r, c) gives X[r][c], store(i, e, v) takes
+// Y[i][e]. The weight, input and output transforms of forward_winograd_t.
+template <int kIn, int kOut, class Load, class F, class Store>
+inline void transform_2d(Load&& load, F&& f, Store&& store) {
+  __m512 u[kIn][kOut];  // u[c][i] = (T X)[i][c]
+#pragma GCC unroll 6
+  for (int c = 0; c < kIn; ++c) {
+    __m512 d[kIn];
+#pragma GCC unroll 6
+    for (int r = 0; r < kIn; ++r) d[r] = load(r, c);
+    f(d, u[c]);
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kOut; ++i) {
+    __m512 d[kIn], o[kOut];
+#pragma GCC unroll 6
+    for (int c = 0; c < kIn; ++c) d[c] = u[c][i];
+    f(d, o);
+#pragma GCC unroll 6
+    for (int e = 0; e < kOut; ++e) store(i, e, o[e]);
   }
 }
 
@@ -1233,50 +1090,7 @@ bool winograd4_ok(const ConvShape& s) {
          36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
 }
 
-// U[xi][c][k] = (G g G^T)[xi] for g = w[k, c], k padded to Kp with zeros (as winograd_weights).
-void winograd4_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
-  const int64_t C = s.C, K = s.K;
-  const __m512i kstep = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(C * 9)));
-  const __m512 q4 = _mm512_set1_ps(0.25f), m6 = _mm512_set1_ps(-1.f / 6.f);
-  const __m512 d6 = _mm512_set1_ps(1.f / 6.f), d12 = _mm512_set1_ps(1.f / 12.f);
-  const __m512 d24 = _mm512_set1_ps(1.f / 24.f);
-  // the six rows of G applied to (g0, g1, g2)
-  const auto col = [&](__m512 g0, __m512 g1, __m512 g2, __m512* o) {
-    const __m512 s02 = _mm512_add_ps(g0, g2);
-    const __m512 p = _mm512_fmadd_ps(d24, g0, _mm512_mul_ps(d6, g2));
-    const __m512 q = _mm512_mul_ps(d12, g1);
-    o[0] = _mm512_mul_ps(q4, g0);
-    o[1] = _mm512_mul_ps(m6, _mm512_add_ps(s02, g1));
-    o[2] = _mm512_mul_ps(m6, _mm512_sub_ps(s02, g1));
-    o[3] = _mm512_add_ps(p, q);
-    o[4] = _mm512_sub_ps(p, q);
-    o[5] = g2;
-  };
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t kb = 0; kb < Kp; kb += kLanes)
-    for (int64_t c = 0; c < C; ++c) {
-      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
-      const float* g = w + (kb * C + c) * 9;
-      __m512 gv[9];
-#pragma GCC unroll 9
-      for (int i = 0; i < 9; ++i)
-        gv[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, kstep, g + i, 4);
-      __m512 t[3][6];  // t[j][r] = (G g)[r][j]
-#pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) col(gv[j], gv[3 + j], gv[6 + j], t[j]);
-#pragma GCC unroll 6
-      for (int r = 0; r < 6; ++r) {
-        __m512 o[6];
-        col(t[0][r], t[1][r], t[2][r], o);
-#pragma GCC unroll 6
-        for (int e = 0; e < 6; ++e) store_lanes(U + ((6 * r + e) * C + c) * Kp + kb, ms, o[e]);
-      }
-    }
-}
-
-// The planes of one input row (winograd4_input): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
+// The planes of one input row (winograd_input<4>): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
 // the row's W values), s = 0..5 at p + s * pstride.
 void winograd4_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -1315,7 +1129,7 @@ void winograd4_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int6
 }
 
 // (B^T d) for the six values d[0..5] of a column (or row) of 16 patches.
-inline void winograd4_bt(const __m512* d, __m512* o) {
+inline void winograd_bt(WinoTile<4>, const __m512* d, __m512* o) {
   const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c5 = _mm512_set1_ps(5.f);
   const __m512 t1 = _mm512_add_ps(d[1], d[2]), t2 = _mm512_add_ps(d[3], d[4]);
   const __m512 t3 = _mm512_sub_ps(d[1], d[2]), t4 = _mm512_sub_ps(d[4], d[3]);
@@ -1328,66 +1142,8 @@ inline void winograd4_bt(const __m512* d, __m512* o) {
   o[5] = _mm512_fmadd_ps(c4, d[1], _mm512_fnmadd_ps(c5, d[3], d[5]));
 }
 
-// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles, d the 6x6
-// patch x[4ty-1 .. 4ty+4][4tx-1 .. 4tx+4] (0 outside the map). As winograd_input, from planes
-// pl[s][par][i][q] = x[4(ty0 + i) + par - 1][4q + s - 1] (s < 6, par < 4): patch element (r, s)
-// of the image's tile t = ty*TW + tx is pl[s][r % 4][t - ty0*TW + (r / 4)*TW].
-void winograd4_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
-                     float* V) {
-  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + 3) / 4, TW = (s.Q + 3) / 4, TT = TH * TW;
-  const int64_t xstride = C * ld;  // V from one xi to the next
-  thread_local Buf<float> planes_buf;
-  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
-    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
-    float* pl = grow(planes_buf, 24 * plane + kLanes);  // [s][par][rows][TW] + slack
-    const int64_t m = b - a, first = a - ty0 * TW;
-    int64_t off[6][6];  // patch element (r, s)
-    for (int r = 0; r < 6; ++r)
-      for (int sc = 0; sc < 6; ++sc) off[r][sc] = (sc * 4 + r % 4) * plane + (r / 4) * TW + first;
-    const int64_t h0 = std::max<int64_t>(4 * ty0 - 1, 0), h1 = std::min(4 * (ty0 + rows) - 1, H);
-    for (int64_t c = 0; c < C; ++c) {
-      const float* xc = x + (n * C + c) * H * W;
-      if (c + 2 < C) {  // the rows two channels on, ahead of their use
-        const char* next = reinterpret_cast<const char*>(xc + 2 * H * W + h0 * W);
-        for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-      }
-      for (int64_t i = 0; i < rows; ++i)
-        for (int par = 0; par < 4; ++par) {
-          float* p = pl + par * plane + i * TW;
-          const int64_t ih = 4 * (ty0 + i) + par - 1;
-          if (ih >= 0 && ih < H)
-            winograd4_row_planes(xc + ih * W, W, TW, p, 4 * plane);
-          else
-            for (int sc = 0; sc < 6; ++sc) fill(p + sc * 4 * plane, TW, 0.f);
-        }
-      float* vc = V + c * ld + j0;
-      for (int64_t j = 0; j < m; j += kLanes) {
-        const __mmask16 mj = lanes(m - j);
-        __m512 u[6][6];  // u[sc][r'] = (B^T d)[r'][sc]
-#pragma GCC unroll 6
-        for (int sc = 0; sc < 6; ++sc) {
-          __m512 d[6];
-#pragma GCC unroll 6
-          for (int r = 0; r < 6; ++r) d[r] = _mm512_loadu_ps(pl + off[r][sc] + j);
-          winograd4_bt(d, u[sc]);
-        }
-#pragma GCC unroll 6
-        for (int i = 0; i < 6; ++i) {
-          __m512 d[6], o[6];
-#pragma GCC unroll 6
-          for (int sc = 0; sc < 6; ++sc) d[sc] = u[sc][i];
-          winograd4_bt(d, o);
-          float* vi = vc + 6 * i * xstride + j;
-#pragma GCC unroll 6
-          for (int e = 0; e < 6; ++e) store_lanes(vi + e * xstride, mj, o[e]);
-        }
-      }
-    }
-  });
-}
-
 // (A^T m) for six values m[0..5]: four outputs.
-inline void winograd4_at(const __m512* m, __m512* y) {
+inline void winograd_at(WinoTile<4>, const __m512* m, __m512* y) {
   const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c8 = _mm512_set1_ps(8.f);
   const __m512 a = _mm512_add_ps(m[1], m[2]), b = _mm512_sub_ps(m[1], m[2]);
   const __m512 c = _mm512_add_ps(m[3], m[4]), d = _mm512_sub_ps(m[3], m[4]);
@@ -1397,15 +1153,141 @@ inline void winograd4_at(const __m512* m, __m512* y) {
   y[3] = _mm512_add_ps(_mm512_fmadd_ps(c8, d, b), m[5]);
 }
 
-// y[n, k, 4ty + a, 4tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
-// the block's tiles, m[xi] = M[xi][k - k0][j]: computed for the block into Y[a][b][j], then
-// stored by tile row, the four columns of each tile interleaved (as winograd_output).
-void winograd4_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
-                      int64_t k1, int64_t t0, int64_t cnt, const float* bias,
-                      const kern::ConvEpilogue& ep, float* y) {
-  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 3) / 4, TW = (Q + 3) / 4;
+// (G g) of F(2x2, 3x3) and F(4x4, 3x3) for three values g of a column (or row) of 16 kernels:
+// G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] and the 6x3 G above.
+inline void winograd_g(WinoTile<2>, const __m512* g, __m512* o) {
+  const __m512 g0 = g[0], g1 = g[1], g2 = g[2];
+  const __m512 half = _mm512_set1_ps(0.5f), s02 = _mm512_add_ps(g0, g2);
+  o[0] = g0;
+  o[1] = _mm512_mul_ps(half, _mm512_add_ps(s02, g1));
+  o[2] = _mm512_mul_ps(half, _mm512_sub_ps(s02, g1));
+  o[3] = g2;
+}
+inline void winograd_g(WinoTile<4>, const __m512* g, __m512* o) {
+  const __m512 g0 = g[0], g1 = g[1], g2 = g[2];
+  const __m512 s02 = _mm512_add_ps(g0, g2);
+  const __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.f / 24.f), g0,
+                                   _mm512_mul_ps(_mm512_set1_ps(1.f / 6.f), g2));
+  const __m512 q = _mm512_mul_ps(_mm512_set1_ps(1.f / 12.f), g1);
+  const __m512 m6 = _mm512_set1_ps(-1.f / 6.f);
+  o[0] = _mm512_mul_ps(_mm512_set1_ps(0.25f), g0);
+  o[1] = _mm512_mul_ps(m6, _mm512_add_ps(s02, g1));
+  o[2] = _mm512_mul_ps(m6, _mm512_sub_ps(s02, g1));
+  o[3] = _mm512_add_ps(p, q);
+  o[4] = _mm512_sub_ps(p, q);
+  o[5] = g2;
+}
+
+// U[xi][c][k] = (G g G^T)[xi] of F(kT x kT, 3x3) for g = w[k, c] (3x3); k padded to Kp with
+// zeros. 16 output channels at a time, one per lane, all input channels of one such group in
+// turn: the group's 16 weight rows stay in the first-level TLB and cache.
+template <int kT>
+void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, bool parallel) {
+  constexpr int kP = kT + 2;
+  const int64_t C = s.C, K = s.K;
+  const __m512i kstep = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(C * 9)));
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t kb = 0; kb < Kp; kb += kLanes)
+    for (int64_t c = 0; c < C; ++c) {
+      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
+      const float* g = w + (kb * C + c) * 9;
+      __m512 gv[9];
+#pragma GCC unroll 9
+      for (int i = 0; i < 9; ++i)
+        gv[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, kstep, g + i, 4);
+      transform_2d<3, kP>(
+          [&](int r, int j) { return gv[3 * r + j]; },
+          [](const __m512* in, __m512* out) { winograd_g(WinoTile<kT>{}, in, out); },
+          [&](int r, int e, __m512 v) {
+            store_lanes(U + ((kP * r + e) * C + c) * Kp + kb, ms, v);
+          });
+    }
+}
+
+// (B^T d) and (A^T m) of F(2x2, 3x3) for four values of a column (or row) of 16 patches:
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1].
+inline void winograd_bt(WinoTile<2>, const __m512* d, __m512* o) {
+  o[0] = _mm512_sub_ps(d[0], d[2]);
+  o[1] = _mm512_add_ps(d[1], d[2]);
+  o[2] = _mm512_sub_ps(d[2], d[1]);
+  o[3] = _mm512_sub_ps(d[1], d[3]);
+}
+inline void winograd_at(WinoTile<2>, const __m512* m, __m512* y) {
+  y[0] = _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]);
+  y[1] = _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]);
+}
+
+// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles (F(kT x kT,
+// 3x3): xi < (kT + 2)^2); columns cnt..ld-1 are left as they are. The (kT + 2)^2 patch d of tile
+// (ty, tx) is x[kT*ty - 1 ..][kT*tx - 1 ..] (0 outside the map). Per image and channel, the rows
+// the block's tiles read are first copied into (kT + 2) x kT planes
+// pl[s][par][i][q] = x[kT(ty0 + i) + par - 1][kT*q + s - 1] (TW columns; the row planes of
+// winograd_row_planes / winograd4_row_planes): patch element (r, s) of the image's tile
+// t = ty*TW + tx is then pl[s][r % kT][t - ty0*TW + (r / kT)*TW], contiguous in t across tile
+// rows, so the transform is one vector loop over the image's tiles.
+template <int kT>
+void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
+                    float* V) {
+  constexpr int kP = kT + 2;  // patch size
+  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + kT - 1) / kT, TW = (s.Q + kT - 1) / kT;
+  const int64_t TT = TH * TW, xstride = C * ld;  // V from one xi to the next
+  thread_local Buf<float> planes_buf;
+  image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
+    const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
+    // planes [s][par][rows][TW], plus a vector of slack for the last loads
+    float* pl = grow(planes_buf, kP * kT * plane + kLanes);
+    const int64_t m = b - a, first = a - ty0 * TW;
+    int64_t off[kP][kP];  // patch element (r, s)
+    for (int r = 0; r < kP; ++r)
+      for (int sc = 0; sc < kP; ++sc)
+        off[r][sc] = (sc * kT + r % kT) * plane + (r / kT) * TW + first;
+    // the input rows of the block's tiles, clamped to the map
+    const int64_t h0 = std::max<int64_t>(kT * ty0 - 1, 0);
+    const int64_t h1 = std::min(kT * (ty0 + rows) - 1, H);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* xc = x + (n * C + c) * H * W;
+      if (c + 2 < C) {  // the rows two channels on, ahead of their use
+        const char* next = reinterpret_cast<const char*>(xc + 2 * H * W + h0 * W);
+        for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      }
+      for (int64_t i = 0; i < rows; ++i)
+        for (int par = 0; par < kT; ++par) {
+          float* p = pl + par * plane + i * TW;
+          const int64_t ih = kT * (ty0 + i) + par - 1;
+          if (ih < 0 || ih >= H)
+            for (int sc = 0; sc < kP; ++sc) fill(p + sc * kT * plane, TW, 0.f);
+          else if constexpr (kT == 2)
+            winograd_row_planes(xc + ih * W, W, TW, p, kT * plane);
+          else
+            winograd4_row_planes(xc + ih * W, W, TW, p, kT * plane);
+        }
+      float* vc = V + c * ld + j0;
+      for (int64_t j = 0; j < m; j += kLanes) {
+        const __mmask16 mj = lanes(m - j);
+        transform_2d<kP, kP>(
+            [&](int r, int sc) { return _mm512_loadu_ps(pl + off[r][sc] + j); },
+            [](const __m512* in, __m512* out) { winograd_bt(WinoTile<kT>{}, in, out); },
+            [&](int i, int e, __m512 v) {
+              store_lanes(vc + (kP * i + e) * xstride + j, mj, v);
+            });
+      }
+    }
+  });
+}
+
+// y[n, k, kT*ty + a, kT*tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
+// the block's tiles, m[xi] = M[xi][k - k0][j]: computed for the whole block into Y[a][b][j],
+// then stored by tile row, the kT columns of each tile interleaved.
+template <int kT>
+void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
+                     int64_t k1, int64_t t0, int64_t cnt, const float* bias,
+                     const kern::ConvEpilogue& ep, float* y) {
+  constexpr int kP = kT + 2;
+  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + kT - 1) / kT, TW = (Q + kT - 1) / kT;
   thread_local Buf<float> out_buf;
-  float* out = grow(out_buf, 16 * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
+  float* out = grow(out_buf, kT * kT * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
   const int64_t xs = kc * ld;  // M from one xi to the next
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi =
@@ -1415,45 +1297,42 @@ void winograd4_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld
     const float* mk = M + (k - k0) * ld;
     const __m512 bv = _mm512_set1_ps(bias ? bias[k] : 0.f);
     for (int64_t j = 0; j < cnt; j += kLanes) {
-      __m512 t[6][4];  // t[e][a] = (A^T m)[a][e], m's columns e
-#pragma GCC unroll 6
-      for (int e = 0; e < 6; ++e) {
-        __m512 m[6];
-#pragma GCC unroll 6
-        for (int r = 0; r < 6; ++r) m[r] = _mm512_loadu_ps(mk + (6 * r + e) * xs + j);
-        winograd4_at(m, t[e]);
-      }
-#pragma GCC unroll 4
-      for (int a = 0; a < 4; ++a) {
-        __m512 m[6], yv[4];
-#pragma GCC unroll 6
-        for (int e = 0; e < 6; ++e) m[e] = t[e][a];
-        winograd4_at(m, yv);
-#pragma GCC unroll 4
-        for (int b = 0; b < 4; ++b)
-          _mm512_storeu_ps(out + (4 * a + b) * kWinoTB + j, _mm512_add_ps(yv[b], bv));
-      }
+      transform_2d<kP, kT>(
+          [&](int r, int e) { return _mm512_loadu_ps(mk + (kP * r + e) * xs + j); },
+          [](const __m512* in, __m512* o) { winograd_at(WinoTile<kT>{}, in, o); },
+          [&](int a, int b, __m512 v) {
+            _mm512_storeu_ps(out + (kT * a + b) * kWinoTB + j, _mm512_add_ps(v, bv));
+          });
     }
     tile_runs(TH, TW, t0, cnt, [&](int64_t n, int64_t ty, int64_t tx0, int64_t tx1, int64_t j0) {
-      const int64_t cols = std::min(4 * (tx1 - tx0), Q - 4 * tx0);  // output columns of the run
-      for (int a = 0; a < 4; ++a) {
-        const int64_t oh = 4 * ty + a;
+      const int64_t cols = std::min(kT * (tx1 - tx0), Q - kT * tx0);  // output columns of the run
+      for (int a = 0; a < kT; ++a) {
+        const int64_t oh = kT * ty + a;
         if (oh >= P) break;
-        const int64_t at = ((n * K + k) * P + oh) * Q + 4 * tx0;
+        const int64_t at = ((n * K + k) * P + oh) * Q + kT * tx0;
         float* yr = y + at;
         const float* rr = ep.residual ? ep.residual + at : nullptr;
-        const float* ya = out + (4 * a) * kWinoTB + j0;
-        for (int64_t j = 0; 4 * j < cols; j += kLanes) {
-          const __m512 v0 = _mm512_loadu_ps(ya + j), v1 = _mm512_loadu_ps(ya + kWinoTB + j);
-          const __m512 v2 = _mm512_loadu_ps(ya + 2 * kWinoTB + j);
-          const __m512 v3 = _mm512_loadu_ps(ya + 3 * kWinoTB + j);
-          const __m512 a_lo = _mm512_permutex2var_ps(v0, lo, v2), a_hi = _mm512_permutex2var_ps(v0, hi, v2);
-          const __m512 b_lo = _mm512_permutex2var_ps(v1, lo, v3), b_hi = _mm512_permutex2var_ps(v1, hi, v3);
-          __m512 e[4] = {_mm512_permutex2var_ps(a_lo, lo, b_lo), _mm512_permutex2var_ps(a_lo, hi, b_lo),
-                         _mm512_permutex2var_ps(a_hi, lo, b_hi), _mm512_permutex2var_ps(a_hi, hi, b_hi)};
+        const float* ya = out + (kT * a) * kWinoTB + j0;  // column b at ya + b * kWinoTB
+        for (int64_t j = 0; kT * j < cols; j += kLanes) {
+          __m512 v[kT], e[kT];  // e: the kT columns of 16 tiles, interleaved
 #pragma GCC unroll 4
-          for (int h = 0; h < 4; ++h) {
-            const int64_t c0 = 4 * j + h * kLanes;
+          for (int b = 0; b < kT; ++b) v[b] = _mm512_loadu_ps(ya + b * kWinoTB + j);
+          if constexpr (kT == 2) {
+            e[0] = _mm512_permutex2var_ps(v[0], lo, v[1]);
+            e[1] = _mm512_permutex2var_ps(v[0], hi, v[1]);
+          } else {
+            const __m512 a_lo = _mm512_permutex2var_ps(v[0], lo, v[2]);
+            const __m512 a_hi = _mm512_permutex2var_ps(v[0], hi, v[2]);
+            const __m512 b_lo = _mm512_permutex2var_ps(v[1], lo, v[3]);
+            const __m512 b_hi = _mm512_permutex2var_ps(v[1], hi, v[3]);
+            e[0] = _mm512_permutex2var_ps(a_lo, lo, b_lo);
+            e[1] = _mm512_permutex2var_ps(a_lo, hi, b_lo);
+            e[2] = _mm512_permutex2var_ps(a_hi, lo, b_hi);
+            e[3] = _mm512_permutex2var_ps(a_hi, hi, b_hi);
+          }
+#pragma GCC unroll 4
+          for (int h = 0; h < kT; ++h) {
+            const int64_t c0 = kT * j + h * kLanes;
             const __mmask16 mc = lanes(cols - c0);
             if (!mc) break;
             if (rr) e[h] = _mm512_add_ps(e[h], _mm512_maskz_loadu_ps(mc, rr + c0));
@@ -1466,9 +1345,6 @@ void winograd4_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld
   }
 }
 
-// y = conv(x, w) + bias (+ epilogue) for winograd_ok(s), with F(kT x kT, 3x3). Work units:
-// (block of tiles, group of output-channel chunks); groups split the chunks only when the
-// blocks are too few for the threads (each unit then transforms its block's input itself).
 // forward_winograd_t's work units: blocks of tb tiles (48, 32 or 16), each split into `groups`
 // groups of output-channel chunks (a unit transforms its block's input, then runs its group's
 // GEMMs and output transforms). Chosen by simulating OpenMP's static partition of the units
@@ -1508,7 +1384,7 @@ WinoBlocking winograd_blocking(int64_t T, int64_t chunks, int64_t KC, int nthrea
   return best;
 }
 
-// The transformed weights U [(kT + 2)^2][C][Kp] (winograd_weights, winograd4_weights).
+// The transformed weights U [(kT + 2)^2][C][Kp] (winograd_weights<kT>).
 template <int kT>
 void forward_winograd_t(const ConvShape& s, const float* x, const float* U, const float* bias,
                         float* y, const kern::ConvEpilogue& ep) {
@@ -1529,10 +1405,7 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
     thread_local Buf<float> v_buf, m_buf;
     float* V = grow(v_buf, kX * C * tb);
     float* M = grow(m_buf, kX * KC * tb);
-    if constexpr (kT == 2)
-      winograd_input(s, x, t0, cnt, tb, V);
-    else
-      winograd4_input(s, x, t0, cnt, tb, V);
+    winograd_input<kT>(s, x, t0, cnt, tb, V);
     // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
     if (cnt < nr * kLanes)
       for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
@@ -1550,10 +1423,7 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
           else
             winograd_gemm_block<1>(Ub, Kp, Vb, tb, C, Mb);
         }
-      if constexpr (kT == 2)
-        winograd_output(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
-      else
-        winograd4_output(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+      winograd_output<kT>(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
     }
   }
 }
@@ -1567,10 +1437,10 @@ void forward_winograd(const ConvShape& s, const float* x, const float* w, const 
   thread_local Buf<float> u_buf;
   float* U = grow(u_buf, (f4 ? 36 : 16) * s.C * padded_k(s));
   if (f4) {
-    winograd4_weights(s, w, padded_k(s), U, parallel);
+    winograd_weights<4>(s, w, padded_k(s), U, parallel);
     forward_winograd_t<4>(s, x, U, bias, y, ep);
   } else {
-    winograd_weights(s, w, padded_k(s), U, parallel);
+    winograd_weights<2>(s, w, padded_k(s), U, parallel);
     forward_winograd_t<2>(s, x, U, bias, y, ep);
   }
 }
@@ -1683,7 +1553,7 @@ void backward_weight_winograd(const ConvShape& s, const float* x, const float* d
     float* H = grow(h_buf, 16 * kn * tb + kLanes);
     for (int64_t b = share * blocks / shares; b < (share + 1) * blocks / shares; ++b) {
       const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
-      winograd_input(s, x, t0, cnt, tb, V);
+      winograd_input<2>(s, x, t0, cnt, tb, V);
       winograd_dy(s, dy, k0, k1, t0, cnt, tb, H);
       for (int xi = 0; xi < 16; ++xi) {
         MapM mx(M + xi * KC + k0 * C, kn, C, Eigen::OuterStride<>(C));
@@ -1741,8 +1611,8 @@ void conv2d_prepack_weights(const ConvShape& s, const float* w, float* packed) {
 #if defined(__AVX512F__)
   const int kind = prepacked_kind(s);
   const bool parallel = num_threads() > 1;
-  if (kind == 4) return winograd4_weights(s, w, padded_k(s), packed, parallel);
-  if (kind == 2) return winograd_weights(s, w, padded_k(s), packed, parallel);
+  if (kind == 4) return winograd_weights<4>(s, w, padded_k(s), packed, parallel);
+  if (kind == 2) return winograd_weights<2>(s, w, padded_k(s), packed, parallel);
 #endif
   (void)s, (void)w, (void)packed;
   isa_internal_error("conv2d_prepack_weights: no prepacked kernel for this shape");
