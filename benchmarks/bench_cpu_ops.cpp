@@ -8,14 +8,16 @@
 // which damps the effect of other load on a shared machine.
 //
 //   bench_cpu_ops [--reps N] [--passes N] [--no-torch] [--csv FILE]
-//                 [--conv N,C,H,W,K[,R,stride]]...
+//                 [--conv N,C,H,W,K[,R,stride]]... [--bn N,C,H,W]...
 // --conv (repeatable): time these convolutions (square kernel R, default 3, padding R/2, stride
 // default 1), all three passes, instead of the W32 table. Shapes with prepacked weights
 // (cpu::conv2d_prepacked_size: inference graphs) get a row for the forward pass on them too.
+// --bn (repeatable): the batch-norm rows (plain, and fused with add + ReLU) at these shapes.
 //   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -277,6 +279,7 @@ int main(int argc, char** argv) {
   bool torch = true;
   std::string csv;
   std::vector<ConvShape> convs;
+  std::vector<std::array<int64_t, 4>> bns;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
@@ -299,10 +302,18 @@ int main(int argc, char** argv) {
       }
       convs.push_back(ConvShape::make(v[0], v[1], v[2], v[3], v[4], v[5], v[5], v[6], v[6],
                                       v[5] / 2, v[5] / 2));
+    } else if (!std::strcmp(argv[i], "--bn") && i + 1 < argc) {
+      long v[4] = {0, 0, 0, 0};
+      if (std::sscanf(argv[++i], "%ld,%ld,%ld,%ld", &v[0], &v[1], &v[2], &v[3]) != 4 ||
+          v[0] < 1 || v[1] < 1 || v[2] < 1 || v[3] < 1) {
+        std::fprintf(stderr, "bench_cpu_ops: --bn wants N,C,H,W (positive), got '%s'\n", argv[i]);
+        return 2;
+      }
+      bns.push_back({v[0], v[1], v[2], v[3]});
     } else {
       std::fprintf(stderr,
                    "usage: %s [--reps N] [--passes N] [--no-torch] [--csv FILE] "
-                   "[--conv N,C,H,W,K[,R,stride]]...\n",
+                   "[--conv N,C,H,W,K[,R,stride]]... [--bn N,C,H,W]...\n",
                    argv[0]);
       return 2;
     }
@@ -316,7 +327,11 @@ int main(int argc, char** argv) {
   };
   const int64_t branch[4][3] = {{32, 64, 48}, {64, 32, 24}, {128, 16, 12}, {256, 8, 6}};
   for (const ConvShape& s : convs) add_conv_rows(rows, s);
-  if (convs.empty()) {
+  for (const auto& b : bns) {
+    add_bn_row(rows, b[0], b[1], b[2], b[3]);
+    add_bn_add_relu_row(rows, b[0], b[1], b[2], b[3], true);
+  }
+  if (convs.empty() && bns.empty()) {
     for (auto& b : branch) conv(b[0], b[1], b[2], b[0], 3, 1);  // branch BasicBlock convs
     for (int i = 0; i < 3; ++i)
       conv(branch[i][0], branch[i][1], branch[i][2], branch[i + 1][0], 3, 2);
