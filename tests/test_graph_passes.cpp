@@ -249,6 +249,17 @@ TEST_CASE("CPU inference reads prepacked convolution weights, computed in the pr
   e.refresh_constants();
   e.run();
   hr::test::require_close_scaled(e.output("y"), eager(), 1e-5, "after refresh");
+  // CompileOptions::prepack = false: the weights transformed on every run instead
+  Graph g2;
+  g2.output(net.forward(g2.input("x", x.shape()), g2.input("w", w.shape())), "y");
+  opt.prepack = false;
+  graph::Executable e2(std::move(g2), opt);
+  CHECK(e2.stats().prepacked == 0);
+  CHECK(count(e2.graph(), "conv2d_prepack") == 0);
+  e2.set_input("x", x);
+  e2.set_input("w", w);
+  e2.run();
+  hr::test::require_close_scaled(e2.output("y"), eager(), 1e-5, "not prepacked");
 }
 
 TEST_CASE("dead nodes go, side effects stay", "[graph][passes]") {

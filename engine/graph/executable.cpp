@@ -207,7 +207,7 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   // their one fused pass (the CUDA convolution has no fused epilogue yet).
   if (opt.fuse) m.stats.fused = fuse_batch_norm_act(g, loss >= 0);
   if (opt.inference) m.stats.folded = fold_batch_norm(g, m.dev.is_cpu());
-  if (opt.inference && m.dev.is_cpu()) m.stats.prepacked = prepack_conv_weights(g);
+  if (opt.inference && opt.prepack && m.dev.is_cpu()) m.stats.prepacked = prepack_conv_weights(g);
   std::vector<V> live;
   if (loss >= 0) {
     m.grads = differentiate(g, loss);
