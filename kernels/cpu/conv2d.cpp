@@ -1090,6 +1090,15 @@ bool winograd4_ok(const ConvShape& s) {
          36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
 }
 
+// The weight gradient's (backward_weight_winograd): as winograd4_ok but for the weights' bound
+// (no weight transform there), in the passes winograd_weight_grad_ok admits.
+bool winograd4_weight_grad_ok(const ConvShape& s) {
+  const int64_t t4 = winograd4_tiles(s);
+  const int64_t per_image = ((s.P + 3) / 4) * ((s.Q + 3) / 4);
+  return winograd4_enabled() && t4 >= kWino4MinTiles && per_image >= kWino4MinImageTiles &&
+         36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
+}
+
 // The planes of one input row (winograd_input<4>): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
 // the row's W values), s = 0..5 at p + s * pstride.
 void winograd4_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
@@ -1458,65 +1467,95 @@ int prepacked_kind(const ConvShape& s) {
     return 0;
   return winograd4_ok(s) ? 4 : 2;
 }
-// ---- Winograd F(3x3, 2x2) for the weight gradient of the same convolutions ----
-// dw[k, c] = sum over 2x2 output tiles of the correlation of the tile's 4x4 input patch d with
-// its 2x2 gradient h: the 3x3 output of F(3x3, 2x2), whose matrices are F(2x2, 3x3)'s with the
-// roles swapped: dw = G^T [sum_tiles (A h A^T) (.) (B^T d B)] G, with the forward pass's B, G
-// and A = [1 0; 1 1; 1 -1; 0 -1]. The sum over tiles is 16 GEMMs M[xi][K, C] += H[xi] V[xi]^T
-// per block of tiles (Eigen), each thread over a fixed, contiguous share of the blocks into its
-// own M; the shares are summed and transformed at the end.
+// ---- Winograd F(3x3, kT x kT) for the weight gradient of the same convolutions ----
+// dw[k, c] = sum over kT x kT output tiles of the correlation of the tile's (kT + 2)^2 input
+// patch d with its kT x kT gradient h: the 3x3 output of F(3x3, kT x kT), whose matrices are
+// F(kT x kT, 3x3)'s with the roles swapped: dw = G^T [sum_tiles (A h A^T) (.) (B^T d B)] G, with
+// the forward pass's B and G, and A (kT + 2 x kT) the transpose of its A^T. The sum over tiles
+// is (kT + 2)^2 GEMMs M[xi][K, C] += H[xi] V[xi]^T per block of tiles (Eigen), each thread over
+// a fixed, contiguous share of the blocks into its own M; the shares are summed and transformed
+// at the end. F(3x3, 4x4) where the forward pass would take F(4x4, 3x3) but for the weights'
+// bound (winograd4_weight_grad_ok).
 
-// H[xi][k - k0][j] = (A h A^T)[xi] for k in [k0, k1) and tile t0 + j, h = dy[n, k, 2ty ..
-// 2ty+1, 2tx .. 2tx+1] (0 outside the map); dy's even and odd columns of each row are split as
-// in winograd_input.
+// (A h) for kT values h of a column (or row) of 16 tiles' gradients; A = [1 0; 1 1; 1 -1; 0 -1]
+// and [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1].
+inline void winograd_a(WinoTile<2>, const __m512* h, __m512* o) {
+  const __m512 zero = _mm512_setzero_ps();
+  o[0] = h[0];
+  o[1] = _mm512_add_ps(h[0], h[1]);
+  o[2] = _mm512_sub_ps(h[0], h[1]);
+  o[3] = _mm512_sub_ps(zero, h[1]);
+}
+inline void winograd_a(WinoTile<4>, const __m512* h, __m512* o) {
+  const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c8 = _mm512_set1_ps(8.f);
+  const __m512 e = _mm512_add_ps(h[0], h[2]), od = _mm512_add_ps(h[1], h[3]);
+  const __m512 e4 = _mm512_fmadd_ps(c4, h[2], h[0]);
+  const __m512 o8 = _mm512_fmadd_ps(c2, h[1], _mm512_mul_ps(c8, h[3]));
+  o[0] = h[0];
+  o[1] = _mm512_add_ps(e, od);
+  o[2] = _mm512_sub_ps(e, od);
+  o[3] = _mm512_add_ps(e4, o8);
+  o[4] = _mm512_sub_ps(e4, o8);
+  o[5] = h[3];
+}
+
+// (G^T m) for kT + 2 values m: three outputs; G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] and the
+// transpose of F(4x4, 3x3)'s G.
+inline void winograd_gt(WinoTile<2>, const __m512* m, __m512* o) {
+  const __m512 half = _mm512_set1_ps(0.5f), p = _mm512_add_ps(m[1], m[2]);
+  o[0] = _mm512_fmadd_ps(half, p, m[0]);
+  o[1] = _mm512_mul_ps(half, _mm512_sub_ps(m[1], m[2]));
+  o[2] = _mm512_fmadd_ps(half, p, m[3]);
+}
+inline void winograd_gt(WinoTile<4>, const __m512* m, __m512* o) {
+  const __m512 p12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 p34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  const __m512 m6 = _mm512_set1_ps(-1.f / 6.f);
+  o[0] = _mm512_fmadd_ps(_mm512_set1_ps(0.25f), m[0],
+                         _mm512_fmadd_ps(m6, p12, _mm512_mul_ps(_mm512_set1_ps(1.f / 24.f), p34)));
+  o[1] = _mm512_fmadd_ps(m6, d12, _mm512_mul_ps(_mm512_set1_ps(1.f / 12.f), d34));
+  o[2] = _mm512_add_ps(_mm512_fmadd_ps(m6, p12, _mm512_mul_ps(_mm512_set1_ps(1.f / 6.f), p34)),
+                       m[5]);
+}
+
+// H[xi][k - k0][j] = (A h A^T)[xi] for k in [k0, k1) and tile t0 + j, h = dy[n, k, kT*ty ..,
+// kT*tx ..] (kT x kT, 0 outside the map); dy's rows split into column phases as in
+// winograd_input (planes s = 1..kT of its row planes are the tile's kT columns).
+template <int kT>
 void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, int64_t t0,
                  int64_t cnt, int64_t ld, float* H) {
-  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + 1) / 2, TW = (Q + 1) / 2, TT = TH * TW;
-  const int64_t xstride = (k1 - k0) * ld;  // H from one xi to the next
+  constexpr int kP = kT + 2;
+  const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + kT - 1) / kT, TW = (Q + kT - 1) / kT;
+  const int64_t TT = TH * TW, xstride = (k1 - k0) * ld;  // H from one xi to the next
   thread_local Buf<float> planes_buf;
   image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
     const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 1, plane = rows * TW;
-    // planes [s][row parity][rows][TW] as winograd_row_planes writes them (s = 1, 2: the even
-    // and odd columns), plus slack for the last loads
-    float* pl = grow(planes_buf, 8 * plane + kLanes);
+    // planes [s][row phase][rows][TW] as the row planes are written, plus slack for the last
+    // loads
+    float* pl = grow(planes_buf, kP * kT * plane + kLanes);
     const int64_t m = b - a, first = a - ty0 * TW;
     for (int64_t k = k0; k < k1; ++k) {
       const float* gk = dy + (n * K + k) * P * Q;
       for (int64_t i = 0; i < rows; ++i)
-        for (int par = 0; par < 2; ++par) {
+        for (int par = 0; par < kT; ++par) {
           float* p = pl + par * plane + i * TW;
-          const int64_t oh = 2 * (ty0 + i) + par;
-          if (oh < P)
-            winograd_row_planes(gk + oh * Q, Q, TW, p, 2 * plane);
+          const int64_t oh = kT * (ty0 + i) + par;
+          if (oh >= P)
+            for (int sc = 1; sc <= kT; ++sc) fill(p + sc * kT * plane, TW, 0.f);
+          else if constexpr (kT == 2)
+            winograd_row_planes(gk + oh * Q, Q, TW, p, kT * plane);
           else
-            for (int sc = 1; sc < 3; ++sc) fill(p + sc * 2 * plane, TW, 0.f);
+            winograd4_row_planes(gk + oh * Q, Q, TW, p, kT * plane);
         }
       float* hk = H + (k - k0) * ld + j0;
-      const __m512 zero = _mm512_setzero_ps();
       for (int64_t j = 0; j < m; j += kLanes) {
         const __mmask16 mj = lanes(m - j);
-        __m512 h[2][2];  // h[row][column] of 16 tiles
-#pragma GCC unroll 2
-        for (int r = 0; r < 2; ++r)
-#pragma GCC unroll 2
-          for (int c = 0; c < 2; ++c)
-            h[r][c] = _mm512_loadu_ps(pl + ((1 + c) * 2 + r) * plane + first + j);
-        __m512 v[4][2];  // A h
-#pragma GCC unroll 2
-        for (int c = 0; c < 2; ++c) {
-          v[0][c] = h[0][c];
-          v[1][c] = _mm512_add_ps(h[0][c], h[1][c]);
-          v[2][c] = _mm512_sub_ps(h[0][c], h[1][c]);
-          v[3][c] = _mm512_sub_ps(zero, h[1][c]);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {  // (A h) A^T
-          float* hi = hk + 4 * i * xstride + j;
-          store_lanes(hi, mj, v[i][0]);
-          store_lanes(hi + xstride, mj, _mm512_add_ps(v[i][0], v[i][1]));
-          store_lanes(hi + 2 * xstride, mj, _mm512_sub_ps(v[i][0], v[i][1]));
-          store_lanes(hi + 3 * xstride, mj, _mm512_sub_ps(zero, v[i][1]));
-        }
+        transform_2d<kT, kP>(
+            [&](int r, int c) {
+              return _mm512_loadu_ps(pl + ((1 + c) * kT + r) * plane + first + j);
+            },
+            [](const __m512* in, __m512* out) { winograd_a(WinoTile<kT>{}, in, out); },
+            [&](int i, int e, __m512 v) { store_lanes(hk + (kP * i + e) * xstride + j, mj, v); });
       }
     }
   });
@@ -1527,35 +1566,38 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
 // shares of them, each into its own M. Few (small maps, where K x C is large): every thread
 // takes all tiles and a group of output channels (each transforms the whole input), so no M is
 // summed.
-void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
+template <int kT>
+void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
+  constexpr int kP = kT + 2, kX = kP * kP;
   const int64_t C = s.C, K = s.K, KC = K * C;
-  const int64_t T = winograd_tiles(s);
+  const int64_t T = kT == 2 ? winograd_tiles(s) : winograd4_tiles(s);
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
   const int groups = ksplit ? threads : 1;
-  // tiles per block: the block's transforms (16 x (C + K) x tb floats) in about 1 MB, or, split
+  // tiles per block: the block's transforms (kX x (C + K) x tb floats) in about 1 MB, or, split
   // by output channels, all of them in one block up to 512
-  const int64_t tb = ksplit ? std::min<int64_t>((T + kLanes - 1) / kLanes * kLanes, 512)
-                            : std::clamp<int64_t>(16384 / (C + K) / kLanes * kLanes, kLanes, 512);
+  const int64_t tb =
+      ksplit ? std::min<int64_t>((T + kLanes - 1) / kLanes * kLanes, 512)
+             : std::clamp<int64_t>(262144 / kX / (C + K) / kLanes * kLanes, kLanes, 512);
   const int64_t blocks = (T + tb - 1) / tb;
   const int shares = ksplit ? 1 : static_cast<int>(std::min<int64_t>(threads, blocks));
   const int units = shares * groups;
-  float* acc = grow(weight_accumulators(), shares * 16 * KC);
+  float* acc = grow(weight_accumulators(), shares * kX * KC);
   // one unit per iteration (not per thread id: a smaller team than asked still runs them all)
 #pragma omp parallel for schedule(static, 1) num_threads(units) if (units > 1)
   for (int u = 0; u < units; ++u) {
     const int share = u / groups, g = u % groups;
     const int64_t k0 = g * K / groups, k1 = (g + 1) * K / groups, kn = k1 - k0;
-    float* M = acc + share * 16 * KC;  // [xi][K][C]; this unit's rows k0..k1
-    for (int xi = 0; xi < 16; ++xi) fill(M + xi * KC + k0 * C, kn * C, 0.f);
+    float* M = acc + share * kX * KC;  // [xi][K][C]; this unit's rows k0..k1
+    for (int xi = 0; xi < kX; ++xi) fill(M + xi * KC + k0 * C, kn * C, 0.f);
     thread_local Buf<float> v_buf, h_buf;
-    float* V = grow(v_buf, 16 * C * tb + kLanes);
-    float* H = grow(h_buf, 16 * kn * tb + kLanes);
+    float* V = grow(v_buf, kX * C * tb + kLanes);
+    float* H = grow(h_buf, kX * kn * tb + kLanes);
     for (int64_t b = share * blocks / shares; b < (share + 1) * blocks / shares; ++b) {
       const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
-      winograd_input<2>(s, x, t0, cnt, tb, V);
-      winograd_dy(s, dy, k0, k1, t0, cnt, tb, H);
-      for (int xi = 0; xi < 16; ++xi) {
+      winograd_input<kT>(s, x, t0, cnt, tb, V);
+      winograd_dy<kT>(s, dy, k0, k1, t0, cnt, tb, H);
+      for (int xi = 0; xi < kX; ++xi) {
         MapM mx(M + xi * KC + k0 * C, kn, C, Eigen::OuterStride<>(C));
         const MapC hx(H + xi * kn * tb, kn, cnt, Eigen::OuterStride<>(tb));
         const MapC vx(V + xi * C * tb, C, cnt, Eigen::OuterStride<>(tb));
@@ -1563,36 +1605,32 @@ void backward_weight_winograd(const ConvShape& s, const float* x, const float* d
       }
     }
   }
-  // dw[k, c] = G^T (sum of the shares) G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]; 16 (k, c)
-  // pairs at a time, one per lane
-  const __m512 half = _mm512_set1_ps(0.5f);
+  // dw[k, c] = G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t kc0 = 0; kc0 < KC; kc0 += kLanes) {
     const __mmask16 mk = lanes(KC - kc0);
-    __m512 m[16];
-    for (int xi = 0; xi < 16; ++xi) {
+    __m512 m[kX];
+    for (int xi = 0; xi < kX; ++xi) {
       m[xi] = _mm512_maskz_loadu_ps(mk, acc + xi * KC + kc0);
       for (int i = 1; i < shares; ++i)
-        m[xi] = _mm512_add_ps(m[xi], _mm512_maskz_loadu_ps(mk, acc + (i * 16 + xi) * KC + kc0));
-    }
-    __m512 r[3][4];
-    for (int j = 0; j < 4; ++j) {
-      const __m512 p = _mm512_add_ps(m[4 + j], m[8 + j]);
-      r[0][j] = _mm512_fmadd_ps(half, p, m[j]);
-      r[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(m[4 + j], m[8 + j]));
-      r[2][j] = _mm512_fmadd_ps(half, p, m[12 + j]);
+        m[xi] = _mm512_add_ps(m[xi], _mm512_maskz_loadu_ps(mk, acc + (i * kX + xi) * KC + kc0));
     }
     alignas(64) float d[9][kLanes];
-    for (int i = 0; i < 3; ++i) {
-      const __m512 p = _mm512_add_ps(r[i][1], r[i][2]);
-      _mm512_store_ps(d[3 * i], _mm512_fmadd_ps(half, p, r[i][0]));
-      _mm512_store_ps(d[3 * i + 1], _mm512_mul_ps(half, _mm512_sub_ps(r[i][1], r[i][2])));
-      _mm512_store_ps(d[3 * i + 2], _mm512_fmadd_ps(half, p, r[i][3]));
-    }
+    transform_2d<kP, 3>(
+        [&](int r, int c) { return m[kP * r + c]; },
+        [](const __m512* in, __m512* out) { winograd_gt(WinoTile<kT>{}, in, out); },
+        [&](int i, int e, __m512 v) { _mm512_store_ps(d[3 * i + e], v); });
     const int64_t n = std::min<int64_t>(kLanes, KC - kc0);
     for (int64_t l = 0; l < n; ++l)
       for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
   }
+}
+
+void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
+  if (winograd4_weight_grad_ok(s))
+    backward_weight_winograd_t<4>(s, x, dy, dw);
+  else
+    backward_weight_winograd_t<2>(s, x, dy, dw);
 }
 
 #endif  // __AVX512F__
