@@ -929,8 +929,8 @@ inline void store_lanes(float* p, __mmask16 m, __m512 v) {
 // HR_CPU_WINOGRAD: unset or 1, every pass, F(4x4, 3x3) where it pays in the forward pass and
 // the data gradient, F(2x2, 3x3) elsewhere and F(3x3, 2x2) for the weight gradient; "4x4", the
 // same with F(3x3, 4x4) for the weight gradient where it pays (1.2-1.8x faster, a 5x larger
-// rounding error: the quick start trained with it reached AP 0.691 against 0.713 without, one
-// run each); "2x2", every pass, F(2x2) only; "forward", the forward pass only (the gradients
+// rounding error: the quick start trained with it reached AP 0.691 / 0.712 with seeds 1 / 2,
+// against 0.713 / 0.709 without); "2x2", every pass, F(2x2) only; "forward", the forward pass only (the gradients
 // on the direct kernel and GEMMs: for comparing training runs); 0, none.
 int winograd_mode() {  // 0 none, 1 forward only, 2 F(2x2) only, 3 the default, 4 "4x4"
   static const int mode = [] {
