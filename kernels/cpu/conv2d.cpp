@@ -17,9 +17,9 @@
 // Winograd in the forward pass and the data gradient (forward_winograd: F(4x4, 3x3) on maps with
 // enough tiles, F(2x2, 3x3) elsewhere), and F(3x3, 2x2) for the weight gradient
 // (backward_weight_winograd; F(3x3, 4x4) with HR_CPU_WINOGRAD=4x4); HR_CPU_WINOGRAD=0 turns it
-// off, =2x2 keeps to F(2x2, 3x3),
-// =forward keeps it to the forward pass. Inference graphs transform the weights once
-// (conv2d_prepack_weights, conv2d_forward_prepacked) instead of on every call.
+// off, =2x2 keeps to F(2x2, 3x3), =forward keeps it to the forward pass. Inference graphs
+// transform the weights once (conv2d_prepack_weights, conv2d_forward_prepacked) instead of on
+// every call.
 // Passes:
 //   forward          y = w * X (+ bias), then the epilogue (+ residual, ReLU) on the tile
 //   backward-data    row-shift maps: the forward pass of dy with flipped, transposed weights;
@@ -930,8 +930,8 @@ inline void store_lanes(float* p, __mmask16 m, __m512 v) {
 // the data gradient, F(2x2, 3x3) elsewhere and F(3x3, 2x2) for the weight gradient; "4x4", the
 // same with F(3x3, 4x4) for the weight gradient where it pays (1.2-1.8x faster, a 5x larger
 // rounding error: the quick start trained with it reached AP 0.691 / 0.712 with seeds 1 / 2,
-// against 0.713 / 0.709 without); "2x2", every pass, F(2x2) only; "forward", the forward pass only (the gradients
-// on the direct kernel and GEMMs: for comparing training runs); 0, none.
+// against 0.713 / 0.709 without); "2x2", every pass, F(2x2) only; "forward", the forward pass
+// only (the gradients on the direct kernel and GEMMs: for comparing training runs); 0, none.
 int winograd_mode() {  // 0 none, 1 forward only, 2 F(2x2) only, 3 the default, 4 "4x4"
   static const int mode = [] {
     const char* e = std::getenv("HR_CPU_WINOGRAD");
@@ -946,7 +946,10 @@ bool winograd_backward_enabled() { return winograd_mode() > 1; }
 bool winograd4_enabled() { return winograd_mode() != 0 && winograd_mode() != 2; }
 bool winograd4_weight_grad_enabled() { return winograd_mode() == 4; }
 
-int64_t winograd_tiles(const ConvShape& s) { return s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2); }
+// Tiles of kT x kT outputs (F(kT x kT, 3x3)) over the batch.
+int64_t winograd_tiles(const ConvShape& s, int kT = 2) {
+  return s.N * ((s.P + kT - 1) / kT) * ((s.Q + kT - 1) / kT);
+}
 
 // The weight gradient's condition (backward_weight_winograd).
 bool winograd_weight_grad_ok(const ConvShape& s) {
@@ -982,9 +985,15 @@ void tile_runs(int64_t TH, int64_t TW, int64_t t0, int64_t cnt, Fn&& fn) {
   }
 }
 
+// Overloads by tile size (kT x kT outputs) of the row planes and the 1-D transforms
+// (winograd_row_planes, winograd_bt, winograd_at, winograd_g, winograd_a, winograd_gt).
+template <int kT>
+struct WinoTile {};
+
 // The planes of one input row (winograd_input): p[s][q] = xr[2q + s - 1] for q < TW (0 outside
 // the row's W values), s = 0..3 at p + s * pstride.
-void winograd_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
+void winograd_row_planes(WinoTile<2>, const float* xr, int64_t W, int64_t TW, float* p,
+                         int64_t pstride) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   __m512 prev = _mm512_setzero_ps();  // the odd values of the previous 16 columns
@@ -1037,10 +1046,6 @@ void winograd_gemm_block(const float* U, int64_t Kp, const float* V, int64_t ld,
     for (int j = 0; j < NR; ++j) _mm512_storeu_ps(M + m * ld + j * kLanes, acc[m][j]);
 }
 
-// Overloads of the 1-D transforms (winograd_bt, winograd_at, winograd_g) by tile size.
-template <int kT>
-struct WinoTile {};
-
 // Y = T X T^T for a kIn x kIn block X of vectors (16 tiles' values in each) and the 1-D
 // transform f (kIn values -> kOut: f(in, out)): load(r, c) gives X[r][c], store(i, e, v) takes
 // Y[i][e]. The weight, input and output transforms of forward_winograd_t.
@@ -1075,8 +1080,6 @@ inline void transform_2d(Load&& load, F&& f, Store&& store) {
 //   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
 //   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
 
-int64_t winograd4_tiles(const ConvShape& s) { return s.N * ((s.P + 3) / 4) * ((s.Q + 3) / 4); }
-
 // F(4x4, 3x3) in place of F(2x2, 3x3) for a convolution that winograd_ok admits: from this many
 // tiles of 4x4 outputs and one for every kWinoWeightsPerTile weights (its transformed weights,
 // 36 x C x K floats, are read by every block of tiles: at W32's 128 channels on 16x12, batch 8,
@@ -1087,28 +1090,28 @@ int64_t winograd4_tiles(const ConvShape& s) { return s.N * ((s.P + 3) / 4) * ((s
 // (8 x 32 x 24x20: 0.35 ms against 0.29; 8 x 64 x 12x10: 0.61 against 0.32).
 constexpr int64_t kWino4MinTiles = 32, kWino4MinImageTiles = 32;
 constexpr double kWino4Products = 0.7;
-bool winograd4_ok(const ConvShape& s) {
-  const int64_t t4 = winograd4_tiles(s);
-  const int64_t per_image = ((s.P + 3) / 4) * ((s.Q + 3) / 4);
-  return winograd4_enabled() && t4 >= kWino4MinTiles && per_image >= kWino4MinImageTiles &&
-         t4 * kWinoWeightsPerTile >= s.C * s.K &&
+// The conditions on the map (all but the weights' bound).
+bool winograd4_shape_ok(const ConvShape& s) {
+  const int64_t t4 = winograd_tiles(s, 4);
+  return t4 >= kWino4MinTiles && t4 / s.N >= kWino4MinImageTiles &&
          36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
+}
+bool winograd4_ok(const ConvShape& s) {
+  return winograd4_enabled() && winograd4_shape_ok(s) &&
+         winograd_tiles(s, 4) * kWinoWeightsPerTile >= s.C * s.K;
 }
 
 // The weight gradient's (backward_weight_winograd; HR_CPU_WINOGRAD=4x4 only): as winograd4_ok
 // but for the weights' bound (no weight transform there), in the passes winograd_weight_grad_ok
 // admits.
 bool winograd4_weight_grad_ok(const ConvShape& s) {
-  const int64_t t4 = winograd4_tiles(s);
-  const int64_t per_image = ((s.P + 3) / 4) * ((s.Q + 3) / 4);
-  return winograd4_weight_grad_enabled() && t4 >= kWino4MinTiles &&
-         per_image >= kWino4MinImageTiles &&
-         36.0 * double(t4) <= kWino4Products * 16.0 * double(winograd_tiles(s));
+  return winograd4_weight_grad_enabled() && winograd4_shape_ok(s);
 }
 
 // The planes of one input row (winograd_input<4>): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
 // the row's W values), s = 0..5 at p + s * pstride.
-void winograd4_row_planes(const float* xr, int64_t W, int64_t TW, float* p, int64_t pstride) {
+void winograd_row_planes(WinoTile<4>, const float* xr, int64_t W, int64_t TW, float* p,
+                         int64_t pstride) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
@@ -1240,7 +1243,7 @@ inline void winograd_at(WinoTile<2>, const __m512* m, __m512* y) {
 // (ty, tx) is x[kT*ty - 1 ..][kT*tx - 1 ..] (0 outside the map). Per image and channel, the rows
 // the block's tiles read are first copied into (kT + 2) x kT planes
 // pl[s][par][i][q] = x[kT(ty0 + i) + par - 1][kT*q + s - 1] (TW columns; the row planes of
-// winograd_row_planes / winograd4_row_planes): patch element (r, s) of the image's tile
+// winograd_row_planes): patch element (r, s) of the image's tile
 // t = ty*TW + tx is then pl[s][r % kT][t - ty0*TW + (r / kT)*TW], contiguous in t across tile
 // rows, so the transform is one vector loop over the image's tiles.
 template <int kT>
@@ -1274,10 +1277,8 @@ void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt,
           const int64_t ih = kT * (ty0 + i) + par - 1;
           if (ih < 0 || ih >= H)
             for (int sc = 0; sc < kP; ++sc) fill(p + sc * kT * plane, TW, 0.f);
-          else if constexpr (kT == 2)
-            winograd_row_planes(xc + ih * W, W, TW, p, kT * plane);
           else
-            winograd4_row_planes(xc + ih * W, W, TW, p, kT * plane);
+            winograd_row_planes(WinoTile<kT>{}, xc + ih * W, W, TW, p, kT * plane);
         }
       float* vc = V + c * ld + j0;
       for (int64_t j = 0; j < m; j += kLanes) {
@@ -1400,6 +1401,9 @@ WinoBlocking winograd_blocking(int64_t T, int64_t chunks, int64_t KC, int nthrea
   return best;
 }
 
+// Output channels padded to kMR: the transformed weights' Kp.
+int64_t padded_k(const ConvShape& s) { return (s.K + kMR - 1) / kMR * kMR; }
+
 // The transformed weights U [(kT + 2)^2][C][Kp] (winograd_weights<kT>).
 template <int kT>
 void forward_winograd_t(const ConvShape& s, const float* x, const float* U, const float* bias,
@@ -1407,8 +1411,8 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
   constexpr int kX = (kT + 2) * (kT + 2);  // transformed elements per tile
   // output channels per chunk: the chunk's products (kX x KC x kWinoTB floats) in L2
   constexpr int64_t KC = kT == 2 ? kWinoKC : kWinoKC / 2;
-  const int64_t C = s.C, K = s.K, Kp = (K + kMR - 1) / kMR * kMR;
-  const int64_t T = kT == 2 ? winograd_tiles(s) : winograd4_tiles(s);
+  const int64_t C = s.C, K = s.K, Kp = padded_k(s);
+  const int64_t T = winograd_tiles(s, kT);
   const int nthreads = num_threads();
   const int64_t chunks = (Kp + KC - 1) / KC;
   const WinoBlocking bl = winograd_blocking(T, chunks, KC, nthreads);
@@ -1443,8 +1447,6 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
     }
   }
 }
-
-int64_t padded_k(const ConvShape& s) { return (s.K + kMR - 1) / kMR * kMR; }
 
 // The weights transformed on every call.
 void forward_winograd(const ConvShape& s, const float* x, const float* w, const float* bias,
@@ -1549,10 +1551,8 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
           const int64_t oh = kT * (ty0 + i) + par;
           if (oh >= P)
             for (int sc = 1; sc <= kT; ++sc) fill(p + sc * kT * plane, TW, 0.f);
-          else if constexpr (kT == 2)
-            winograd_row_planes(gk + oh * Q, Q, TW, p, kT * plane);
           else
-            winograd4_row_planes(gk + oh * Q, Q, TW, p, kT * plane);
+            winograd_row_planes(WinoTile<kT>{}, gk + oh * Q, Q, TW, p, kT * plane);
         }
       float* hk = H + (k - k0) * ld + j0;
       for (int64_t j = 0; j < m; j += kLanes) {
@@ -1577,7 +1577,7 @@ template <int kT>
 void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
   constexpr int kP = kT + 2, kX = kP * kP;
   const int64_t C = s.C, K = s.K, KC = K * C;
-  const int64_t T = kT == 2 ? winograd_tiles(s) : winograd4_tiles(s);
+  const int64_t T = winograd_tiles(s, kT);
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
   const int groups = ksplit ? threads : 1;
