@@ -17,7 +17,6 @@
 // --weights, else MODEL.WEIGHT (as the official test_net.py), else the output's final_state.
 //
 // Errors print one line and exit non-zero.
-#include <omp.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -87,7 +86,7 @@ int run(const Args& a) {
   if (!a.device.empty()) cfg.set("ENGINE.DEVICE", a.device);
   std::unique_ptr<tasks::Task> task = tasks::make_task(cfg);
   const tasks::TrainSettings& s = task->settings();
-  if (s.threads > 0) omp_set_num_threads(s.threads);
+  s.apply_process_settings();
 
   if (!a.results.empty()) {
     std::printf("%s", task->score_results(a.results).c_str());

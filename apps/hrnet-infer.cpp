@@ -309,8 +309,10 @@ void summary(HRNet& model, const Args& a, std::array<int64_t, 2> hw) {
   };
   line("graph infer", gp.inference);
   if (gp.has_training) line("graph train", gp.training);
-  std::printf("CPU          %d threads, kernels %s (this processor: %s; HR_CPU_ISA chooses)\n",
-              omp_get_max_threads(), cpu::cpu_isa(), cpu::cpu_isas_supported().c_str());
+  std::printf("CPU          %d threads, kernels %s, %s products (this processor: %s%s; "
+              "HR_CPU_ISA, HR_CPU_PRECISION choose)\n",
+              omp_get_max_threads(), cpu::cpu_isa(), cpu::cpu_precision(),
+              cpu::cpu_isas_supported().c_str(), cpu::cpu_bf16_supported() ? ", bf16" : "");
 }
 
 Device parse_device(const std::string& d) {

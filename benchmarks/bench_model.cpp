@@ -13,6 +13,8 @@
 //   bench_model [--model w32:pose|w32:cls|w48:seg|w32:det] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile] [--profile-shapes]
+// --amp on the CPU: bf16 only, as ENGINE.PRECISION bf16 there (fp32 tensors, the convolutions'
+// products in bf16: cpu::set_cpu_precision), against the fp32 peer.
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
 // norm, planned memory, branch streams; on CUDA replayed as a CUDA graph). --profile prints the
 // graphs' per-op time on the CPU (training step and inference); --profile-shapes per op, input
@@ -98,6 +100,14 @@ Args parse(int argc, char** argv) {
   }
   HR_CHECK(a.device == "cpu" || a.device == "cuda", "bench_model: --device must be cpu or cuda");
   HR_CHECK(a.amp.empty() || a.amp == "bf16" || a.amp == "f16", "bench_model: --amp must be bf16 or f16");
+  // On the CPU, --amp bf16 is ENGINE.PRECISION bf16: fp32 tensors, bf16 products in the
+  // convolutions (cpu::set_cpu_precision); the PyTorch peer stays fp32.
+  if (a.device == "cpu" && !a.amp.empty()) {
+    HR_CHECK(a.amp == "bf16", "bench_model: on the CPU --amp must be bf16 (bf16 products)");
+    HR_CHECK(cpu::cpu_bf16_supported(), "bench_model: --amp bf16 on the CPU needs AVX512_BF16 "
+             "and the avx512 kernels (in use: ", cpu::cpu_isa(), ")");
+    cpu::set_cpu_precision("bf16");
+  }
   return a;
 }
 
@@ -207,7 +217,7 @@ Results run_torch(const Args& a, const ModelSpec& spec) {
                     " --width " + std::to_string(a.width) + " --device " + a.device +
                     " --steps " + std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) +
                     " --threads " + std::to_string(omp_get_max_threads()) +
-                    (a.amp.empty() ? "" : " --amp " + a.amp) +
+                    (a.amp.empty() || a.device == "cpu" ? "" : " --amp " + a.amp) +
                     (a.latency ? " --no-throughput --latency-batch " + std::to_string(a.batch) +
                                      " --latency-steps " + std::to_string(a.steps)
                                : "");
@@ -327,7 +337,10 @@ Results measure(const Args& a, const ModelSpec& spec) {
     optimizer = std::make_unique<Adam>(model->parameters(), AdamOptions{});
   }
   Optimizer& opt = *optimizer;
-  const DType amp = a.amp == "bf16" ? DType::bf16 : a.amp == "f16" ? DType::f16 : DType::f32;
+  const DType amp = a.device == "cpu"     ? DType::f32  // bf16 products instead (parse)
+                    : a.amp == "bf16" ? DType::bf16
+                    : a.amp == "f16"  ? DType::f16
+                                      : DType::f32;
 
   // the official seg loss: logits upsampled to the labels' size, weighted cross-entropy
   std::function<Tensor(const Tensor&, const Tensor&)> seg_loss;
@@ -486,7 +499,10 @@ void print_table(const Args& a, const Results& ours, const Results& peer) {
   std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d%s, median of %d %s\n\n",
               a.latency ? " --latency" : "", a.config.empty() ? a.model.c_str() : a.config.c_str(),
               (long long)a.batch, (long long)a.height, (long long)a.width, a.device.c_str(),
-              a.amp.empty() ? " fp32" : (" amp " + a.amp).c_str(), omp_get_max_threads(),
+              a.amp.empty()          ? " fp32"
+              : a.device == "cpu" ? " fp32, bf16 products (peer fp32)"
+                                  : (" amp " + a.amp).c_str(),
+              omp_get_max_threads(),
               cuda ? "" : (std::string(", CPU kernels ") + cpu::cpu_isa()).c_str(), a.steps,
               a.latency ? "runs" : "steps");
   if (a.latency) {

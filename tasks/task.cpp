@@ -14,6 +14,7 @@
 #include "data/synth_det.h"
 #include "data/synth_seg.h"
 #include "engine/optim.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 #include "tasks/classification.h"
@@ -148,6 +149,17 @@ double TrainSettings::lr_at(int64_t t, int64_t iters_per_epoch) const {
 
 Device TrainSettings::engine_device() const {
   return device == "cuda" ? Device::cuda() : Device::cpu();
+}
+
+void TrainSettings::apply_process_settings() const {
+  if (threads > 0) omp_set_num_threads(threads);
+  if (device != "cpu") return;
+  HR_CHECK(precision != "fp16", "ENGINE.PRECISION fp16 is for CUDA; the CPU runs fp32 or bf16 "
+           "(bf16 products with fp32 sums)");
+  HR_CHECK(precision != "bf16" || cpu::cpu_bf16_supported(),
+           "ENGINE.PRECISION bf16 on the CPU needs a processor with AVX512_BF16 and the avx512 "
+           "kernels (in use: ", cpu::cpu_isa(), "; available: ", cpu::cpu_isas_supported(), ")");
+  cpu::set_cpu_precision(precision);
 }
 
 DType TrainSettings::autocast() const {
@@ -300,7 +312,7 @@ void make_output_dir(const std::string& dir) {
 
 EvalSummary evaluate_experiment(Task& task, std::string weights, const std::string& out) {
   const TrainSettings& s = task.settings();
-  if (s.threads > 0) omp_set_num_threads(s.threads);
+  s.apply_process_settings();
   const Device dev = s.engine_device();
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
   const models::Config& cfg = task.config();

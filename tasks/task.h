@@ -51,7 +51,9 @@ struct TrainSettings {
   bool auto_resume = false;
   // ENGINE.*
   std::string device = "cpu";      // cpu | cuda
-  std::string precision = "fp32";  // fp32 | bf16 | fp16 (CUDA)
+  // fp32 | bf16 (CUDA: autocast; CPU: fp32 tensors, bf16 products in the convolutions, on
+  // processors with AVX512_BF16: cpu::set_cpu_precision) | fp16 (CUDA)
+  std::string precision = "fp32";
   uint64_t seed = 0;
   bool skip_corrupt = true;
   int64_t eval_every = 1;  // evaluate every N epochs (and after the last)
@@ -80,6 +82,10 @@ struct TrainSettings {
   double lr_at(int64_t t, int64_t iters_per_epoch) const;
   Device engine_device() const;
   DType autocast() const;  // f32 when off
+  // The process-wide engine settings of a run: the OpenMP threads (ENGINE.THREADS) and, on the
+  // CPU, the convolutions' products (ENGINE.PRECISION; an error where bf16 is not supported or
+  // fp16 is asked for).
+  void apply_process_settings() const;
 };
 
 // How evaluation and inference run (from TrainSettings, or set by a program).

@@ -503,7 +503,7 @@ Trainer::Trainer(Task& task, std::string out_dir, int resume)
 EvalSummary Trainer::run() {
   const TrainSettings& s = task_.settings();
   const models::Config& cfg = task_.config();
-  if (s.threads > 0) omp_set_num_threads(s.threads);
+  s.apply_process_settings();
   const Device dev = s.engine_device();
   HR_CHECK(dev.is_cpu() || cuda::available(), "ENGINE.DEVICE is cuda but no CUDA device is usable");
   // A data-parallel job (engine/dist.h): rank 0 alone writes (output directory, lock, config,
@@ -566,8 +566,9 @@ EvalSummary Trainer::run() {
                                             "gradients summed (ENGINE.ACCUMULATE_STEPS)").c_str()
                                   : "");
   if (dev.is_cpu() && lead)
-    std::fprintf(stderr, "hrnet-train: CPU, %d threads%s, kernels %s\n", omp_get_max_threads(),
-                 world.size > 1 ? " per rank" : "", cpu::cpu_isa());
+    std::fprintf(stderr, "hrnet-train: CPU, %d threads%s, kernels %s, %s products\n",
+                 omp_get_max_threads(), world.size > 1 ? " per rank" : "", cpu::cpu_isa(),
+                 cpu::cpu_precision());
 
   // Model and optimizer
   auto model = task_.make_model(s.seed);

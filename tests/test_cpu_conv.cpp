@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -372,4 +373,108 @@ TEST_CASE("conv2d CPU kernels reject inconsistent shapes", "[cpu][conv]") {
   s = ConvShape::make(1, 2, 2, 2, 3, 3, 3, 1, 1, 0, 0);  // kernel larger than the padded input
   REQUIRE_THROWS_AS(hr::cpu::conv2d_backward_weight(s, x.data(), y.data(), w.data(), nullptr),
                     hr::Error);
+}
+
+// bf16 products (cpu_precision bf16, processors with AVX512_BF16): every pass of every case
+// against the double loops, element by element, within the bound of rounding both operands of
+// each product to bf16 (unit roundoff 2^-8 each): |error| <= 2^-7 * sum |terms| (computed by the same loops on |x|, |w|,
+// |dy|), times kWinoBf16 where the pass may run Winograd (its operands are the transformed
+// values; F(2x2) only in bf16 mode, within the bound itself on these cases, where F(4x4) ran 4.4
+// times over it). The GEMM passes (the weight
+// gradient, the strided data gradient outside Winograd) round exactly x, w and dy, so there the
+// result must also match the loops on the rounded operands to fp32 accumulation error, and
+// differ from the fp32 kernels' (the mode is on). (Winograd's weight gradient stays fp32.)
+namespace {
+
+float bf16_round(float v) {  // nearest even, as VCVTNE2PS2BF16 (finite, normal values here)
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+std::vector<float> rounded(std::vector<float> v) {
+  for (float& e : v) e = bf16_round(e);
+  return v;
+}
+std::vector<float> magnitudes(std::vector<float> v) {
+  for (float& e : v) e = std::fabs(e);
+  return v;
+}
+
+// got vs want per element: |got - want| <= k * bound + 1e-6.
+void require_within(const std::vector<float>& got, const std::vector<float>& want,
+                    const std::vector<float>& bound, double k, const char* what) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double r = std::fabs(double(got[i]) - want[i]) / (k * bound[i] + 1e-6);
+    if (!(r <= worst)) worst = r, at = i;
+  }
+  INFO(what << ": worst element " << at << " got " << got[at] << " want " << want[at]
+            << " bound " << k * bound[at] + 1e-6);
+  REQUIRE(worst <= 1.0);
+}
+
+struct PrecisionGuard {
+  explicit PrecisionGuard(const char* p) { hr::cpu::set_cpu_precision(p); }
+  ~PrecisionGuard() { hr::cpu::set_cpu_precision("fp32"); }
+};
+
+}  // namespace
+
+TEST_CASE("conv2d CPU kernels with bf16 products", "[cpu][conv]") {
+  if (!hr::cpu::cpu_bf16_supported()) {
+    CHECK_THROWS_WITH(hr::cpu::set_cpu_precision("bf16"), Catch::Contains("AVX512_BF16"));
+    WARN("bf16 products not checked: no AVX512_BF16 here (or the avx2 kernels are in use)");
+    return;
+  }
+  constexpr double kUnit = 1.0 / 128, kWinoBf16 = 2.0;
+  for (int threads : {1, 2})
+    with_threads(threads, [&] {
+      for (size_t i = 0; i < kCases.size(); ++i) {
+        const Case& c = kCases[i];
+        INFO(name(c) << ", threads " << threads);
+        const ConvShape s =
+            ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);
+        const Ref ref{s};
+        const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S,
+                     ny = s.N * s.K * s.P * s.Q;
+        const auto x = hr::test::randn(nx, 3000 + i);
+        const auto w = hr::test::randn(nw, 3100 + i, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+        const auto dy = hr::test::randn(ny, 3200 + i);
+        const bool wino = c.R == 3 && c.S == 3 && c.sh == 1 && c.sw == 1 && c.ph == 1 &&
+                          c.pw == 1 && c.C >= 16 && c.K >= 16;
+        const double kw = wino ? kWinoBf16 : 1.0;
+        std::vector<float> y(ny, 1e3f), dx(nx, -1e3f), dw(nw, 7.f), dw32(nw, 7.f), dx32(nx);
+        hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw32.data(), nullptr);
+        hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx32.data());
+        {
+          PrecisionGuard bf16("bf16");
+          hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data());
+          hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+          hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
+        }
+        const auto ax = magnitudes(x), aw = magnitudes(w), ady = magnitudes(dy);
+        require_within(y, ref.forward(x, w, nullptr), ref.forward(ax, aw, nullptr), kw * kUnit,
+                       "forward");
+        require_within(dx, ref.backward_data(dy, w), ref.backward_data(ady, aw), kw * kUnit,
+                       "backward data");
+        std::vector<float> rdw, rdb, adw, adb, bdw, bdb;
+        ref.backward_weight(x, dy, rdw, rdb);
+        ref.backward_weight(ax, ady, adw, adb);
+        require_within(dw, rdw, adw, kw * kUnit, "backward weight");
+        if (!wino) {  // the GEMMs: exactly the rounded operands, summed in fp32
+          CHECK(dw != dw32);
+          ref.backward_weight(rounded(x), rounded(dy), bdw, bdb);
+          require_within(dw, bdw, adw, 1e-5, "backward weight, rounded operands");
+          if (c.sh > 1 || c.sw > 1) {
+            CHECK(dx != dx32);
+            require_within(dx, ref.backward_data(rounded(dy), rounded(w)),
+                           ref.backward_data(ady, aw), 1e-5, "backward data, rounded operands");
+          }
+        }
+      }
+    });
 }

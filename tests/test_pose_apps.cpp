@@ -21,6 +21,7 @@
 #include "data/image.h"
 #include "app_runner.h"
 #include "engine/checkpoint.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 using namespace hr;
 namespace fs = std::filesystem;
@@ -182,6 +183,36 @@ TEST_CASE("hrnet-train: the eager step matches the graph step; the cosine schedu
   Run bad = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + c + "_bad ENGINE.LR_SCHEDULE linear");
   CHECK(bad.code != 0);
   CHECK(bad.err.find("LR_SCHEDULE") != std::string::npos);
+}
+
+// ENGINE.PRECISION on the CPU: bf16 products in the convolutions where the processor has
+// AVX512_BF16 (the first loss then differs from the fp32 run's by the operands' rounding, not
+// more), a one-line error where it has not; fp16 is CUDA's only.
+TEST_CASE("hrnet-train: ENGINE.PRECISION bf16 on the CPU; fp16 refused", "[apps][pose]") {
+  const Trained& t = trained();
+  const std::string b = (kWork / "run_bf16").string();
+  Run r = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + b +
+                                " ENGINE.PRECISION bf16 TRAIN.END_EPOCH 1");
+  INFO(r.err);
+  if (hr::cpu::cpu_bf16_supported()) {
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find("bf16 products") != std::string::npos);
+    const auto l32 = train_lines(t.dir), l16 = train_lines(b);
+    REQUIRE(!l32.empty());
+    REQUIRE(!l16.empty());
+    const double a = json_number(l16[0], "loss"), want = json_number(l32[0], "loss");
+    CHECK(a != want);
+    CHECK(std::fabs(a - want) <= 2e-2 * std::fabs(want));
+  } else {
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("AVX512_BF16") != std::string::npos);
+  }
+  Run h = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + b + "_fp16 ENGINE.PRECISION fp16");
+  CHECK(h.code != 0);
+  CHECK(lines(h.err) == 1);
+  CHECK(h.err.find("fp16") != std::string::npos);
+  CHECK(!fs::exists(b + "_fp16/final_state.safetensors"));
 }
 
 // The trainer reads the losses every PRINT_FREQ iterations (on CUDA that is its one wait for the

@@ -45,6 +45,13 @@
 
 #include "kernels/cpu/isa.h"
 
+#if defined(__AVX512F__) && defined(HR_CPU_BF16)
+#include "kernels/cpu/gemm_bf16.h"
+#define HR_BF16_KERNELS 1
+#else
+#define HR_BF16_KERNELS 0
+#endif
+
 namespace hr::cpu::HR_ISA_NS {
 namespace {
 
@@ -61,6 +68,8 @@ constexpr int64_t kTileBytes = 384 * 1024;
 constexpr int64_t kMinTileCols = 192;
 constexpr int64_t kBatchCols = 96;
 constexpr int64_t kRowShiftMinPQ = 128;
+// The shortest row tile of the weight gradient in bf16 (gemm_bf16_nt's per-tile reduction)
+constexpr int64_t kBf16WeightGradMinCols = 1024;
 
 // A buffer that grows (new elements zero, old ones kept, as std::vector::resize) and is kept
 // between calls (no page faults in the steady state). This file's own type, not std::vector:
@@ -118,6 +127,26 @@ Scratch& scratch() {
 
 int num_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
 
+// Whether this call's products run in bf16 (cpu_precision bf16: kernels/cpu/gemm_bf16.h).
+bool use_bf16() {
+#if HR_BF16_KERNELS
+  return bf16_products();
+#else
+  return false;
+#endif
+}
+
+// In bf16, the forward pass (and the stride-1 data gradient) of strided and 1x1 convolutions
+// with enough products per output run the im2col GEMM (1x1: the image itself) in bf16 instead
+// of the direct kernel in fp32: the quick start's stem (64 channels, 3x3 stride 2, 96x80,
+// batch 8) ran 5.3 ms against 7.4, a 1x1 from 128 to 32 channels on 48x40 0.41 against 0.66.
+// Other 3x3 stride-1 shapes keep the direct kernel (im2col copies each input 9 times).
+constexpr int64_t kBf16MinProducts = 64;
+[[maybe_unused]] bool bf16_gemm_ok(const ConvShape& s) {
+  return use_bf16() && s.C * s.R * s.S >= kBf16MinProducts &&
+         (s.stride_h > 1 || s.stride_w > 1 || (s.R == 1 && s.S == 1 && s.pad_h == 0 && s.pad_w == 0));
+}
+
 // Per-thread weight-gradient accumulators, kept between calls.
 Buf<float>& weight_accumulators() {
   thread_local Buf<float> acc;
@@ -140,13 +169,13 @@ struct Plan {
 
 // row_bytes: scratch per output row; halo_bytes: fixed scratch per tile; batch: small maps may
 // put several images in one tile; whole_images: a thread must own every tile of an image
-// (col2im writes overlap between row tiles).
+// (col2im writes overlap between row tiles); min_cols: the shortest row tile.
 Plan make_plan(const ConvShape& s, int nthreads, int64_t row_bytes, int64_t halo_bytes, bool batch,
-               bool whole_images) {
+               bool whole_images, int64_t min_cols = kMinTileCols) {
   Plan plan;
   const int64_t PQ = s.P * s.Q;
   int64_t rows = std::max<int64_t>(1, (kTileBytes - halo_bytes) / std::max<int64_t>(row_bytes, 1));
-  rows = std::clamp<int64_t>(std::max(rows, (kMinTileCols + s.Q - 1) / s.Q), 1, s.P);
+  rows = std::clamp<int64_t>(std::max(rows, (min_cols + s.Q - 1) / s.Q), 1, s.P);
   const int64_t nrt = (s.P + rows - 1) / rows;  // equal row tiles
   rows = (s.P + nrt - 1) / nrt;
   int64_t nb = 1;
@@ -527,19 +556,34 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
   Plan plan = identity ? make_plan(s, nthreads, 4 * K * s.Q, 0, false, false)
                              : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
+#if HR_BF16_KERNELS
+  // bf16: w packed once for every tile
+  const bool bf16 = use_bf16();
+  thread_local Buf<uint32_t> wp_buf;
+  uint32_t* wp = bf16 ? grow(wp_buf, bf16_packed_a_words(K, CRS)) : nullptr;
+  if (bf16) bf16_pack_a(K, CRS, w, CRS, /*transposed=*/false, wp);
+#endif
   run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool par) {
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
     const float* col = identity ? x + t.n0 * CHW + t.p0 * s.Q : tile_columns(s, x, t, par);
-    const MapC cm(col, CRS, L, Eigen::OuterStride<>(identity ? PQ : L));
+    const int64_t col_ld = identity ? PQ : L;
     // Output block: straight into y for one image, else a [K, nb*PQ] buffer then scattered.
     float* out = t.nb == 1 ? y + t.n0 * K * PQ + t.p0 * s.Q : grow(scratch().b, K * L);
     const int64_t out_ld = t.nb == 1 ? PQ : L;
-    MapM om(out, K, L, Eigen::OuterStride<>(out_ld));
-    if (bias) {
+    if (bias)
       for (int64_t k = 0; k < K; ++k) fill(out + k * out_ld, L, bias[k]);
-      om.noalias() += wm * cm;
-    } else {
-      om.noalias() = wm * cm;
+#if HR_BF16_KERNELS
+    if (bf16) {
+      gemm_bf16_nn(K, L, CRS, wp, col, col_ld, out, out_ld, bias != nullptr, par);
+    } else
+#endif
+    {
+      const MapC cm(col, CRS, L, Eigen::OuterStride<>(col_ld));
+      MapM om(out, K, L, Eigen::OuterStride<>(out_ld));
+      if (bias)
+        om.noalias() += wm * cm;
+      else
+        om.noalias() = wm * cm;
     }
     if (t.nb > 1) {
 #pragma omp parallel for schedule(static) if (par)
@@ -563,13 +607,27 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
   const int64_t K = s.K, C = s.C, CRS = C * s.R * s.S, PQ = s.P * s.Q, CHW = C * s.H * s.W;
   Plan plan = make_plan(s, nthreads, im2col_row_bytes(s), 0, true, true);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
+#if HR_BF16_KERNELS
+  // bf16: w^T packed once for every tile
+  [[maybe_unused]] const bool bf16 = use_bf16();
+  thread_local Buf<uint32_t> wt_buf;
+  uint32_t* wt = bf16 ? grow(wt_buf, bf16_packed_a_words(CRS, K)) : nullptr;
+  if (bf16) bf16_pack_a(CRS, K, w, CRS, /*transposed=*/true, wt);
+#endif
   run_tiles(plan, nthreads, true, [&](const Tile& t, int, bool par) {
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
     int64_t g_ld = 0;
     const float* g = tile_dy(s, dy, t, par, g_ld);
     float* dcol = grow(scratch().a, CRS * L);
-    MapM dm(dcol, CRS, L, Eigen::OuterStride<>(L));
-    dm.noalias() = wm.transpose() * MapC(g, K, L, Eigen::OuterStride<>(g_ld));
+#if HR_BF16_KERNELS
+    if (bf16)
+      gemm_bf16_nn(CRS, L, K, wt, g, g_ld, dcol, L, false, par);
+    else
+#endif
+    {
+      MapM dm(dcol, CRS, L, Eigen::OuterStride<>(L));
+      dm.noalias() = wm.transpose() * MapC(g, K, L, Eigen::OuterStride<>(g_ld));
+    }
     const PadGeom pg = pad_geom(s, t.p0, t.p1);
     const int64_t cstride = pg.per_channel(s);
     auto image = [&](int64_t i, int64_t c0, int64_t c1, float* buf) {
@@ -1417,6 +1475,23 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
   const int64_t chunks = (Kp + KC - 1) / KC;
   const WinoBlocking bl = winograd_blocking(T, chunks, KC, nthreads);
   const int64_t tb = bl.tb, groups = bl.groups, blocks = (T + tb - 1) / tb;
+  // bf16 products in F(2x2) only: F(4x4)'s transforms amplify the operands' rounding (4.4x the
+  // bound of rounding x and w, at 16 channels, where F(2x2) stays within it), and F(4x4) in fp32
+  // ran faster than F(2x2) in bf16 where it applies (16 channels on 48x40, batch 8: 0.25 ms
+  // against 0.34); F(2x2) in bf16 against fp32: 0.24 / 0.26 ms at 32 channels on 24x20, 0.26 /
+  // 0.30 at 64 on 12x10
+  [[maybe_unused]] const bool bf16 = kT == 2 && use_bf16();
+#if HR_BF16_KERNELS
+  // bf16: U[xi]^T packed (rows = output channels) for every block; V[xi] packed per block
+  const int64_t uw = bf16 ? bf16_packed_a_words(Kp, C) : 0, vw = bf16 ? bf16_panel_words(C) : 0;
+  thread_local Buf<uint32_t> ub_buf;
+  uint32_t* Ub = bf16 ? grow(ub_buf, kX * uw) : nullptr;
+  if (bf16) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int xi = 0; xi < kX; ++xi)
+      bf16_pack_a(Kp, C, U + xi * C * Kp, Kp, /*transposed=*/true, Ub + xi * uw);
+  }
+#endif
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t u = 0; u < blocks * groups; ++u) {
     const int64_t b = u / groups, g = u % groups;
@@ -1429,8 +1504,23 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
     // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
     if (cnt < nr * kLanes)
       for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
+#if HR_BF16_KERNELS
+    thread_local Buf<uint32_t> vb_buf;
+    uint32_t* Vb = bf16 ? grow(vb_buf, kX * vw) : nullptr;
+    if (bf16)
+      for (int xi = 0; xi < kX; ++xi) bf16_pack_b_panel(C, cnt, V + xi * C * tb, tb, Vb + xi * vw);
+#endif
     for (int64_t ch = g * chunks / groups; ch < (g + 1) * chunks / groups; ++ch) {
       const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
+#if HR_BF16_KERNELS
+      if (bf16) {
+        for (int xi = 0; xi < kX; ++xi)
+          gemm_bf16_panel(kc, nr * kLanes, C, Ub + xi * uw + bf16_packed_a_offset(k0, C),
+                          Vb + xi * vw, M + xi * kc * tb, tb, false);
+        winograd_output<kT>(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+        continue;
+      }
+#endif
       for (int xi = 0; xi < kX; ++xi)
         for (int64_t kk = 0; kk < kc; kk += kMR) {
           const float* Ub = U + xi * C * Kp + k0 + kk;
@@ -1683,6 +1773,10 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
     forward_winograd(s, x, w, bias, y, ep);
     return;
   }
+  if (bf16_gemm_ok(s)) {
+    forward_im2col(s, x, w, bias, y, ep);
+    return;
+  }
   if (direct_ok(s)) {
     forward_direct(s, x, w, bias, y, ep);
     return;
@@ -1719,6 +1813,8 @@ void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, f
         flip_transpose_kcrs(s, w, wbuf, parallel);
         if (winograd_ok(t) && winograd_backward_enabled())
           forward_winograd(t, dy, wbuf, nullptr, dx, {});
+        else if (bf16_gemm_ok(t))
+          forward_im2col(t, dy, wbuf, nullptr, dx, {});
         else
           forward_direct(t, dy, wbuf, nullptr, dx, {});
         return;
@@ -1761,9 +1857,12 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
   }
 #endif
   const bool rs = rowshift_ok(s);
-  Plan plan =
-      rs ? make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false, false)
-         : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
+  [[maybe_unused]] const bool bf16 = use_bf16();
+  // bf16: longer tiles (gemm_bf16_nt reduces each output's partial sums once per tile)
+  const int64_t min_cols = bf16 ? kBf16WeightGradMinCols : kMinTileCols;
+  Plan plan = rs ? make_plan(s, nthreads, rowshift_row_bytes(s), rowshift_halo_bytes(s), false,
+                             false, min_cols)
+                 : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false, min_cols);
   const int nacc = plan.threaded_gemm ? 1 : nthreads;
   // Accumulators [K, R, C, S] on the row-shift path, [K, C, R, S] on the im2col path.
   float* acc = grow(weight_accumulators(), nacc * K * CRS);
@@ -1777,6 +1876,27 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     const MapC gm(g, K, L, Eigen::OuterStride<>(g_ld));
     const bool first = !used[tid];
     used[tid] = 1;
+#if HR_BF16_KERNELS
+    if (bf16) {  // dy and the operand rows in bf16, then a = dy x^T (summed over L)
+      thread_local Buf<uint16_t> g_buf, x_buf;
+      uint16_t* g16 = grow(g_buf, K * L);
+      bf16_convert(K, L, g, g_ld, g16, L, par);
+      if (rs) {
+        int64_t ps = 0;
+        const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);
+        uint16_t* x16 = grow(x_buf, CS * ps);
+        bf16_convert(CS, ps, xs, ps, x16, ps, par);
+        for (int64_t r = 0; r < R; ++r)
+          gemm_bf16_nt(K, CS, L, g16, L, x16 + r * s.W, ps, a + r * CS, CRS, !first, par);
+      } else {
+        const float* col = tile_columns(s, x, t, par);
+        uint16_t* c16 = grow(x_buf, CRS * L);
+        bf16_convert(CRS, L, col, L, c16, L, par);
+        gemm_bf16_nt(K, CRS, L, g16, L, c16, L, a, CRS, !first, par);
+      }
+      return;
+    }
+#endif
     if (rs) {
       int64_t ps = 0;
       const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);

@@ -19,6 +19,18 @@ const char* cpu_isa();               // the one in use
 std::string cpu_isas_supported();    // "avx2, avx512" or "avx2"
 void set_cpu_isa(const std::string& name);
 
+// ---- precision of the convolutions' products ----
+// fp32 (the default), or bf16: tensors stay fp32, the convolutions' GEMMs and Winograd products
+// round their operands to bf16 (nearest even) and sum in fp32 (AVX-512 BF16: twice the fp32
+// multiply-adds per instruction; oneDNN's fpmath mode bf16, PyTorch's
+// torch.backends.mkldnn.matmul.fp32_precision "bf16"). The direct kernel (1x1 and strided
+// convolutions' forward passes) stays fp32. bf16 needs the avx512 kernels on a processor with
+// AVX512_BF16 (an error otherwise). HR_CPU_PRECISION=fp32|bf16 (read at the first call) or
+// set_cpu_precision() chooses; ENGINE.PRECISION bf16 on the CPU sets it.
+const char* cpu_precision();          // "fp32" or "bf16"
+bool cpu_bf16_supported();            // whether set_cpu_precision("bf16") would succeed
+void set_cpu_precision(const std::string& name);
+
 // ---- convolution ----
 // x [N,C,H,W], w [K,C,R,S], bias [K] or nullptr, y [N,K,P,Q]; the epilogue (residual add,
 // ReLU) applied to each output tile before it leaves the cache.

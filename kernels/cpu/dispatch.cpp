@@ -64,7 +64,51 @@ void check_conv(const kern::ConvShape& s, const char* op) {
            "x", s.pad_w);
 }
 
+// The build has the bf16 kernels and the processor runs them (whatever the kernels in use).
+bool bf16_hardware() {
+#if defined(HR_CPU_BF16) && (defined(__x86_64__) || defined(__i386__))
+  return isa_supported(1) && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+bool bf16_supported() { return current() == 1 && bf16_hardware(); }
+
+int parse_precision(const std::string& name, const char* from) {
+  if (name == "fp32") return 0;
+  if (name == "bf16") {
+    HR_CHECK(bf16_supported(), from, ": bf16 products need the avx512 CPU kernels on a processor "
+             "with AVX512_BF16 (kernels in use: ", kIsaNames[current()], "; available here: ",
+             cpu_isas_supported(), "; AVX512_BF16 kernels built and supported here: ",
+             bf16_hardware() ? "yes" : "no", ")");
+    return 1;
+  }
+  throw Error(str_cat(from, ": unknown precision '", name, "' (fp32 or bf16)"));
+}
+
+std::atomic<int> g_precision{-1};
+
+int precision() {
+  int v = g_precision.load(std::memory_order_relaxed);
+  if (v >= 0) return v;
+  const char* env = std::getenv("HR_CPU_PRECISION");
+  v = env && *env ? parse_precision(env, "HR_CPU_PRECISION") : 0;
+  g_precision.store(v, std::memory_order_relaxed);
+  return v;
+}
+
 }  // namespace
+
+bool bf16_products() { return precision() == 1 && current() == 1; }
+
+const char* cpu_precision() { return precision() == 1 ? "bf16" : "fp32"; }
+
+bool cpu_bf16_supported() { return bf16_supported(); }
+
+void set_cpu_precision(const std::string& name) {
+  g_precision.store(parse_precision(name, "set_cpu_precision"));
+}
 
 const char* cpu_isa() { return kIsaNames[current()]; }
 
@@ -75,7 +119,12 @@ std::string cpu_isas_supported() {
   return s;
 }
 
-void set_cpu_isa(const std::string& name) { g_isa.store(parse_isa(name, "set_cpu_isa")); }
+void set_cpu_isa(const std::string& name) {
+  const int isa = parse_isa(name, "set_cpu_isa");
+  HR_CHECK(isa == 1 || precision() == 0, "set_cpu_isa: ", name, " has no bf16 products (",
+           "set_cpu_precision(\"fp32\") first)");
+  g_isa.store(isa);
+}
 
 void conv2d_forward(const kern::ConvShape& s, const float* x, const float* w, const float* bias,
                     float* y, const kern::ConvEpilogue& ep) {

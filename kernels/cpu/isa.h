@@ -22,6 +22,9 @@ namespace hr::cpu {
 // Throws hr::Error(what): for the per-ISA builds, which must not instantiate the error
 // helpers' templates themselves.
 [[noreturn]] void isa_internal_error(const char* what);
+// Whether the products run in bf16 (cpu_precision() == "bf16"; only ever with the avx512 build
+// on a processor with AVX512_BF16).
+bool bf16_products();
 
 #define HR_CPU_ISA_DECLARE(ns)                                                                  \
   namespace ns {                                                                                \
