@@ -3,6 +3,7 @@
 // results (the memory plan is valid for any order the streams allow); inference, Adam training
 // over several steps, a hand-built research graph checked by finite differences, and errors.
 #include <catch2/catch.hpp>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -96,7 +97,7 @@ struct Compiled {
 };
 
 Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse, bool streams,
-                          bool reduce = false) {
+                          bool reduce = false, bool cpu_branches = false) {
   graph::Graph g;
   std::vector<Tensor> ys = model.forward_all(g.input("x", pb.x_shape));
   Compiled c;
@@ -109,6 +110,7 @@ Compiled compile_training(HRNet& model, Head head, const Problem& pb, bool fuse,
   opt.streams = streams;
   opt.loss = loss;
   opt.reduce_gradients = reduce;
+  opt.cpu_branches = cpu_branches;
   c.exe = std::make_unique<graph::Executable>(std::move(g), opt);
   pb.bind(head, *c.exe, c.out_shapes);
   return c;
@@ -187,6 +189,44 @@ TEST_CASE("graph: any interleaving the streams allow gives bit-identical results
         require_equal(c.exe->grad(params[i]), grads[i], "gradient " + std::to_string(i));
     }
   }
+}
+
+// CompileOptions::cpu_branches with 2 threads: a stage's branches side by side, one op per
+// thread. The same loss, output and gradients as the graph run in program order (to float
+// rounding: an op on one thread may sum in another order), and the same bits on every run.
+TEST_CASE("graph: CPU branches on their own threads give the program-order results", "[graph]") {
+  const int old = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (Head head : {Head::Pose, Head::Seg}) {
+    INFO("head " << head_name(head));
+    const ModelSpec spec = small_spec(head, false);
+    HRNet a(spec, 9), b(spec, 9);
+    a.train();
+    b.train();
+    const Problem pb(head);
+    Compiled seq = compile_training(a, head, pb, true, true);
+    Compiled par = compile_training(b, head, pb, true, true, false, /*cpu_branches=*/true);
+    CHECK(seq.exe->stats().branch_segments == 0);
+    CHECK(par.exe->stats().branch_segments > 0);
+    seq.exe->run();
+    par.exe->run();
+    const Tensor loss = par.exe->output("loss").clone(), out = par.exe->output("out").clone();
+    require_close_scaled(loss, seq.exe->output("loss"), 2e-5, "loss");
+    require_close_scaled(out, seq.exe->output("out"), 2e-5, "output");
+    const auto ps = seq.exe->trained_parameters(), pp = par.exe->trained_parameters();
+    REQUIRE(ps.size() == pp.size());
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < pp.size(); ++i) {
+      grads.push_back(par.exe->grad(pp[i]).clone());
+      require_close_scaled(grads.back(), seq.exe->grad(ps[i]), 2e-5,
+                           "gradient " + std::to_string(i));
+    }
+    par.exe->run();
+    require_equal(par.exe->output("loss"), loss, "loss, second run");
+    for (size_t i = 0; i < pp.size(); ++i)
+      require_equal(par.exe->grad(pp[i]), grads[i], "gradient, second run " + std::to_string(i));
+  }
+  omp_set_num_threads(old);
 }
 
 // The data-parallel reduction pass (one rank here: the all-reduce is a copy; several ranks:

@@ -2,8 +2,14 @@
 // nodes that calls each op's own kernel (engine/op.h run_kernel) on its stream.
 #include "engine/graph/executable.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <thread>
 #include <cstring>
 #include <iomanip>
 #include <random>
@@ -46,6 +52,22 @@ struct Executable::Impl {
     int next = 0;
   };
   std::map<V, Staging> staging;
+  // CPU branch concurrency (CompileOptions::cpu_branches): program order cut into segments,
+  // each run either node by node with every thread inside each op, or with its streams split
+  // over the threads (each op on one thread, cross-stream edges waited for through done[])
+  struct Segment {
+    int begin, end;
+    bool concurrent;
+  };
+  std::vector<Segment> segments;
+  std::vector<int> stream_thread;  // stream -> thread in a concurrent segment
+  int branch_threads = 0;          // 0: program order, every op on every thread
+  std::unique_ptr<std::atomic<int64_t>[]> done;  // per node: the last run that completed it
+  int64_t run_id = 0;
+  std::vector<double> stream_seconds;  // per stream: its nodes' time in concurrent segments
+  void plan_cpu_branches();
+  void balance_streams();
+  void launch_segments();
   // gradient-ready callbacks (CPU): per node, the parameters whose gradient it completes
   std::vector<std::vector<size_t>> grads_done_at;
   std::function<void(const Tensor&, const Tensor&)> grad_ready;
@@ -168,6 +190,10 @@ void Executable::Impl::on_run() {
 // Every node of a run in program order; on CUDA each on its stream, with the planned waits and
 // records.
 void Executable::Impl::launch_all() {
+  if (branch_threads > 1 && !profiling && !grad_ready) {
+    launch_segments();
+    return;
+  }
   const auto& nodes = g().nodes;
   for (size_t i = 0; i < nodes.size(); ++i) {
     if (!prologue.empty() && prologue[i]) continue;
@@ -184,6 +210,123 @@ void Executable::Impl::launch_all() {
           grad_ready(p, views[grads.of_param.at(p.impl())]);
         }
     }
+  }
+}
+
+// A node is "solo" when it is ordered (happens-before, either way) with every node of the other
+// streams: the stem, the transitions' joins; no other node can run beside it, so it runs with
+// every thread. Runs of the other nodes (a stage's branches) form concurrent segments: thread t
+// takes the streams mapped to it and runs their nodes in program order, each op on one thread
+// (inside an OpenMP team the kernels take one thread), waiting for a producer on another stream
+// through done[]. Program order is a topological order, so no thread waits for one that waits
+// for it; segments end with the team's barrier. The same happens-before the memory plan was
+// made under (events on CUDA), so the buffers' reuse stays safe.
+void Executable::Impl::plan_cpu_branches() {
+  const int S = sched.streams, T = omp_get_max_threads();
+  if (dev.is_cuda() || S < 2 || T < 2 || T > S) return;  // more threads than streams: split ops
+  const auto& nodes = g().nodes;
+  const int N = static_cast<int>(nodes.size());
+  auto skipped = [&](int i) { return !prologue.empty() && prologue[i]; };
+  std::vector<std::vector<int>> at(S);  // the nodes of each stream, in order
+  for (int i = 0; i < N; ++i)
+    if (!skipped(i)) at[nodes[i].stream].push_back(i);
+  std::vector<char> solo(N, 1);
+  for (int i = 0; i < N; ++i) {
+    if (skipped(i)) continue;
+    for (int t = 0; t < S && solo[i]; ++t) {
+      if (t == nodes[i].stream) continue;
+      const int k = sched.vc_in[i][t];  // t's nodes before i; the next one must come after i
+      if (k < static_cast<int>(at[t].size()) && !sched.before(g(), i, at[t][k])) solo[i] = 0;
+    }
+  }
+  // segments: maximal runs of solo / other nodes (prologue nodes, not run, join either)
+  int concurrent = 0;
+  for (int i = 0; i < N; ++i) {
+    if (skipped(i)) {
+      if (!segments.empty()) segments.back().end = i + 1;
+      continue;
+    }
+    if (segments.empty() || segments.back().concurrent != !solo[i])
+      segments.push_back({segments.empty() ? 0 : segments.back().end, i + 1, !solo[i]});
+    else
+      segments.back().end = i + 1;
+  }
+  if (!segments.empty()) segments.back().end = N;
+  for (const Segment& sg : segments) concurrent += sg.concurrent;
+  if (!concurrent) {
+    segments.clear();
+    return;
+  }
+  // first run: streams s and S-1-s together (HRNet: the highest and the lowest resolution, then
+  // the middle two), the pairs dealt over the threads; from then on the streams are dealt by
+  // the time their nodes took in that run (balance_streams)
+  stream_thread.resize(S);
+  stream_seconds.assign(S, 0.0);
+  for (int st = 0; st < S; ++st) stream_thread[st] = std::min(st, S - 1 - st) % T;
+  branch_threads = T;
+  stats.branch_segments = concurrent;
+  done.reset(new std::atomic<int64_t>[static_cast<size_t>(N)]);
+  for (int i = 0; i < N; ++i) done[i].store(-1, std::memory_order_relaxed);
+}
+
+void Executable::Impl::launch_segments() {
+  const auto& nodes = g().nodes;
+  const int64_t run = ++run_id;
+  auto skipped = [&](int i) { return !prologue.empty() && prologue[i]; };
+  for (const Segment& seg : segments) {
+    if (!seg.concurrent) {
+      for (int i = seg.begin; i < seg.end; ++i) {
+        if (skipped(i)) continue;
+        exec_node(static_cast<size_t>(i));
+        done[i].store(run, std::memory_order_release);
+      }
+      continue;
+    }
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+#pragma omp parallel num_threads(branch_threads)
+    {
+      const int t = omp_get_thread_num();
+      try {
+        for (int i = seg.begin; i < seg.end && !failed.load(std::memory_order_relaxed); ++i) {
+          if (skipped(i) || stream_thread[nodes[i].stream] != t) continue;
+          for (int p : sched.waits[i])
+            while (done[p].load(std::memory_order_acquire) != run) {
+              if (failed.load(std::memory_order_relaxed)) break;
+              std::this_thread::yield();
+            }
+          if (failed.load(std::memory_order_relaxed)) break;
+          const auto t0 = std::chrono::steady_clock::now();
+          exec_node(static_cast<size_t>(i));
+          done[i].store(run, std::memory_order_release);
+          if (run == 1)  // one thread per stream: no race
+            stream_seconds[nodes[i].stream] +=
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+      } catch (...) {
+#pragma omp critical(hr_graph_branch_error)
+        if (!error) error = std::current_exception();
+        failed.store(true);
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  }
+  if (run == 1) balance_streams();
+}
+
+// Longest first, each stream to the thread with the least time so far (the stream assignment
+// changes no result: an op's bits depend on its thread count, one here).
+void Executable::Impl::balance_streams() {
+  const int S = static_cast<int>(stream_seconds.size());
+  std::vector<int> order(S);
+  for (int st = 0; st < S; ++st) order[st] = st;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return stream_seconds[a] > stream_seconds[b]; });
+  std::vector<double> load(branch_threads, 0.0);
+  for (int st : order) {
+    const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    stream_thread[st] = t;
+    load[t] += stream_seconds[st];
   }
 }
 
@@ -246,6 +389,9 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
     for (V v : g.nodes[i].in) m.launches[i].in.push_back(v >= 0 ? m.views[v] : Tensor());
     for (V v : g.nodes[i].out) m.launches[i].out.push_back(v >= 0 ? m.views[v] : Tensor());
   }
+  bool branches = opt.cpu_branches;
+  if (const char* e = std::getenv("HR_CPU_BRANCHES"); e && *e) branches = std::string(e) != "0";
+  if (branches) m.plan_cpu_branches();
   if (m.dev.is_cuda()) {
     m.streams.push_back(cuda::default_stream());
     for (int s = 1; s < m.sched.streams; ++s) m.streams.push_back(cuda::create_stream());

@@ -37,6 +37,11 @@ struct CompileOptions {
   // constants, 309 MiB instead of 109). false: transformed on every run.
   bool prepack = true;
   bool streams = true;    // false: every node on the main stream
+  // CPU, with no more threads than streams: the branches of a stage run side by side, each op on
+  // one thread (the streams dealt over the threads), instead of one op at a time on every
+  // thread; the stem and the joins keep every thread (executable.cpp plan_cpu_branches).
+  // HR_CPU_BRANCHES=0|1 overrides it.
+  bool cpu_branches = false;
   // Training in a data-parallel job: the gradients averaged over the ranks inside the graph
   // (all_reduce_mean nodes on their own stream, each right after its gradient is complete;
   // passes.h reduce_gradients), so grad() gives the averages.
@@ -47,6 +52,7 @@ struct CompileOptions {
 struct PlanStats {
   int64_t nodes = 0, fused = 0, folded = 0, streams = 1, events = 0;
   int64_t prepacked = 0;        // convolutions reading prepacked weights (CPU inference)
+  int64_t branch_segments = 0;  // CPU: stretches run with the branches side by side (cpu_branches)
   int64_t prologue_nodes = 0;   // run once, not every run (inference)
   int64_t arena_bytes = 0;      // the planned arena
   int64_t peak_live_bytes = 0;  // most bytes alive at once in program order: a lower bound
