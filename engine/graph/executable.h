@@ -12,7 +12,8 @@
 //  - memory: one arena, buffers shared only when happens-before allows it for every
 //    interleaving the streams can produce;
 //  - CUDA: one run can be captured as a CUDA graph and replayed (capture()).
-// The CPU runs the nodes in program order (the kernels use OpenMP inside).
+// The CPU runs the nodes in program order (the kernels use OpenMP inside), or, with
+// CompileOptions::cpu_branches, a stage's branches side by side on their own threads.
 #pragma once
 #include <functional>
 #include <map>

@@ -1,9 +1,13 @@
 // CPU batch norm over [N, C, HW] (channel c of sample n at x[(n*C + c)*HW + i]): training and
 // inference forward and backward, plain and fused with a residual add and a ReLU
-// (batchnorm_act_*). Statistics are accumulated in double, two-pass, one channel per OpenMP
-// iteration. Every sum runs in an order fixed by the shape alone (channel_reduce), and the plain
-// and the fused kernels share the per-element expressions, so a fused kernel returns the same
-// bits as the unfused sequence it replaces, for any thread count.
+// (batchnorm_act_*). Statistics are accumulated in double, two-pass; the training passes take
+// blocks of up to 8 channels per OpenMP iteration, each pass sample by sample over the block's
+// contiguous rows. Every sum runs in an order fixed by the shape alone (block_reduce), and the
+// plain and the fused kernels share the per-element expressions, so a fused kernel returns the
+// same bits as the unfused sequence it replaces, for any thread count.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -77,77 +81,106 @@ struct StoreGrad {  // g from G, also written to out (the residual's gradient)
 // The functors are taken by value: as locals, stores through a StoreGrad cannot alias them.
 constexpr int64_t kLanes = 16;
 
+//
+// Channels are reduced in blocks [c0, c0 + B) (B <= kMaxBlock): sample n's rows of the block's
+// channels are contiguous, so the passes stream B*HW values at a time instead of HW (a map of
+// 24x20 is 30 cache lines, too short a run for the prefetchers). Each channel's sums keep the
+// order above: add4(b, j, acc, q) and add1(b, j, rest) add element j of the block's channel b;
+// out[b * K + k] is channel c0 + b's term k.
+constexpr int64_t kMaxBlock = 8;
+
 template <int K, class Add4, class Add1>
-void channel_reduce(int64_t N, int64_t C, int64_t HW, int64_t c, Add4 add4, Add1 add1,
-                    double* out) {
-  D4 acc[K][4] = {};
-  double rest[K] = {};
+void block_reduce(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, Add4 add4, Add1 add1,
+                  double* out) {
+  D4 acc[kMaxBlock][K][4] = {};
+  double rest[kMaxBlock][K] = {};
   const int64_t body = HW - HW % kLanes;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t row = (n * C + c) * HW;
-    for (int64_t i = 0; i < body; i += kLanes)
-      for (int q = 0; q < 4; ++q) add4(row + i + 4 * q, acc, q);
-    for (int64_t i = body; i < HW; ++i) add1(row + i, rest);
-  }
-  for (int k = 0; k < K; ++k) {
-    const D4 s = (acc[k][0] + acc[k][1]) + (acc[k][2] + acc[k][3]);
-    out[k] = ((s[0] + s[1]) + (s[2] + s[3])) + rest[k];
-  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (n * C + c0 + b) * HW;
+      for (int64_t i = 0; i < body; i += kLanes)
+        for (int q = 0; q < 4; ++q) add4(b, row + i + 4 * q, acc[b], q);
+      for (int64_t i = body; i < HW; ++i) add1(b, row + i, rest[b]);
+    }
+  for (int64_t b = 0; b < B; ++b)
+    for (int k = 0; k < K; ++k) {
+      const D4 s = (acc[b][k][0] + acc[b][k][1]) + (acc[b][k][2] + acc[b][k][3]);
+      out[b * K + k] = ((s[0] + s[1]) + (s[2] + s[3])) + rest[b][k];
+    }
 }
 
-// Channel c: sum of x.
-double channel_sum(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x) {
-  double s;
-  channel_reduce<1>(
-      N, C, HW, c,
-      [x](int64_t j, D4(*acc)[4], int q) {
+// Channels per block: up to kMaxBlock, but at least two blocks a thread when C allows.
+int64_t channel_block(int64_t C) {
+  return std::clamp<int64_t>(C / (2 * std::max(1, omp_get_max_threads())), 1, kMaxBlock);
+}
+
+// Channels c0..c0+B-1: sum of x.
+void block_sum(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+               double* out) {
+  block_reduce<1>(
+      N, C, HW, c0, B,
+      [x](int64_t, int64_t j, D4(*acc)[4], int q) {
         D4 v;
         widen(load4(x + j), &v);
         acc[0][q] += v;
       },
-      [x](int64_t j, double* rest) { rest[0] += x[j]; }, &s);
+      [x](int64_t, int64_t j, double* rest) { rest[0] += x[j]; }, out);
+}
+double channel_sum(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x) {
+  double s;
+  block_sum(N, C, HW, c, 1, x, &s);
   return s;
 }
 
-// Channel c: sum of (x - mean)^2.
-double channel_sq_dev(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, double mean) {
-  double s;
-  channel_reduce<1>(
-      N, C, HW, c,
-      [x, mean](int64_t j, D4(*acc)[4], int q) {
+// Channels c0..c0+B-1: sum of (x - mean[b])^2.
+void block_sq_dev(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+                  const double* mean, double* out) {
+  block_reduce<1>(
+      N, C, HW, c0, B,
+      [x, mean](int64_t b, int64_t j, D4(*acc)[4], int q) {
         D4 d;
         widen(load4(x + j), &d);
-        d -= mean;
+        d -= mean[b];
         acc[0][q] += d * d;
       },
-      [x, mean](int64_t j, double* rest) {
-        const double d = x[j] - mean;
+      [x, mean](int64_t b, int64_t j, double* rest) {
+        const double d = x[j] - mean[b];
         rest[0] += d * d;
       },
-      &s);
+      out);
+}
+double channel_sq_dev(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, double mean) {
+  double s;
+  block_sq_dev(N, C, HW, c, 1, x, &mean, &s);
   return s;
 }
 
-// Channel c: sum(g) and sum(g * (x - mean)), g read from `grad` (which may also store it).
+// Channels c0..c0+B-1: out[2b] = sum(g), out[2b + 1] = sum(g * (x - mean[b])), g read from
+// `grad` (which may also store it).
 template <class G>
-void channel_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, const G& grad,
-                       double mean, double* sum_g, double* sum_g_xc) {
-  double s[2];
-  channel_reduce<2>(
-      N, C, HW, c,
-      [x, grad, mean](int64_t j, D4(*acc)[4], int q) {
+void block_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+                     const G& grad, const double* mean, double* out) {
+  block_reduce<2>(
+      N, C, HW, c0, B,
+      [x, grad, mean](int64_t b, int64_t j, D4(*acc)[4], int q) {
         D4 g, v;
         widen(grad.at4(j), &g);
         widen(load4(x + j), &v);
         acc[0][q] += g;
-        acc[1][q] += g * (v - mean);
+        acc[1][q] += g * (v - mean[b]);
       },
-      [x, grad, mean](int64_t j, double* rest) {
+      [x, grad, mean](int64_t b, int64_t j, double* rest) {
         const double g = grad.at(j);
         rest[0] += g;
-        rest[1] += g * (x[j] - mean);
+        rest[1] += g * (x[j] - mean[b]);
       },
-      s);
+      out);
+}
+template <class G>
+void channel_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, const G& grad,
+                       double mean, double* sum_g, double* sum_g_xc) {
+  double s[2];
+  block_grad_sums(N, C, HW, c, 1, x, grad, &mean, s);
   *sum_g = s[0];
   *sum_g_xc = s[1];
 }
@@ -155,51 +188,70 @@ void channel_grad_sums(int64_t N, int64_t C, int64_t HW, int64_t c, const float*
 // ---- element-wise passes over one channel ----
 // y = act((x - shift) * mul + add + residual). The shift is split into two floats (hi + lo) so a
 // mean far from zero keeps its full double precision: x - hi is exact when x is near hi.
+// Channels c0..c0+B-1 (shift, mul, add per channel), sample by sample.
 template <bool kResidual, bool kRelu>
-void channel_apply(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
-                   const float* residual, double shift, float mul, float add, float* y) {
-  const float hi = float(shift), lo = float(shift - double(hi));
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t row = (n * C + c) * HW;
-    const float* xr = x + row;
-    const float* rr = kResidual ? residual + row : nullptr;
-    float* yr = y + row;
+void block_apply(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+                 const float* residual, const double* shift, const float* mul, const float* add,
+                 float* y) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < B; ++b) {
+      const float hi = float(shift[b]), lo = float(shift[b] - double(hi));
+      const float m = mul[b], a = add[b];
+      const int64_t row = (n * C + c0 + b) * HW;
+      const float* xr = x + row;
+      const float* rr = kResidual ? residual + row : nullptr;
+      float* yr = y + row;
 #pragma omp simd
-    for (int64_t i = 0; i < HW; ++i) {
-      float v = ((xr[i] - hi) - lo) * mul + add;
-      if constexpr (kResidual) v = v + rr[i];
-      if constexpr (kRelu) v = relu_value(v);
-      yr[i] = v;
+      for (int64_t i = 0; i < HW; ++i) {
+        float v = ((xr[i] - hi) - lo) * m + a;
+        if constexpr (kResidual) v = v + rr[i];
+        if constexpr (kRelu) v = relu_value(v);
+        yr[i] = v;
+      }
     }
-  }
 }
 
-void channel_apply(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
-                   const float* residual, bool relu, double shift, float mul, float add, float* y) {
+void block_apply(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+                 const float* residual, bool relu, const double* shift, const float* mul,
+                 const float* add, float* y) {
   if (residual) {
     if (relu)
-      channel_apply<true, true>(N, C, HW, c, x, residual, shift, mul, add, y);
+      block_apply<true, true>(N, C, HW, c0, B, x, residual, shift, mul, add, y);
     else
-      channel_apply<true, false>(N, C, HW, c, x, residual, shift, mul, add, y);
+      block_apply<true, false>(N, C, HW, c0, B, x, residual, shift, mul, add, y);
   } else {
     if (relu)
-      channel_apply<false, true>(N, C, HW, c, x, residual, shift, mul, add, y);
+      block_apply<false, true>(N, C, HW, c0, B, x, residual, shift, mul, add, y);
     else
-      channel_apply<false, false>(N, C, HW, c, x, residual, shift, mul, add, y);
+      block_apply<false, false>(N, C, HW, c0, B, x, residual, shift, mul, add, y);
   }
 }
+void channel_apply(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x,
+                   const float* residual, bool relu, double shift, float mul, float add, float* y) {
+  block_apply(N, C, HW, c, 1, x, residual, relu, &shift, &mul, &add, y);
+}
 
-// Training dx = k * (g - mean_g - (x - m) * proj) on channel c.
+// Training dx = k * (g - mean_g - (x - m) * proj) on channels c0..c0+B-1 (p[b] = {k, mean_g,
+// m, proj}), sample by sample.
+template <class G>
+void block_train_dx(int64_t N, int64_t C, int64_t HW, int64_t c0, int64_t B, const float* x,
+                    const G& grad, const float (*p)[4], float* dx) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < B; ++b) {
+      const float k = p[b][0], mean_g = p[b][1], m = p[b][2], proj = p[b][3];
+      const int64_t row = (n * C + c0 + b) * HW;
+      const float* xr = x + row;
+      float* dr = dx + row;
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i)
+        dr[i] = k * (grad.at(row + i) - mean_g - (xr[i] - m) * proj);
+    }
+}
 template <class G>
 void channel_train_dx(int64_t N, int64_t C, int64_t HW, int64_t c, const float* x, const G& grad,
                       float k, float mean_g, float m, float proj, float* dx) {
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t row = (n * C + c) * HW;
-    const float* xr = x + row;
-    float* dr = dx + row;
-#pragma omp simd
-    for (int64_t i = 0; i < HW; ++i) dr[i] = k * (grad.at(row + i) - mean_g - (xr[i] - m) * proj);
-  }
+  const float p[1][4] = {{k, mean_g, m, proj}};
+  block_train_dx(N, C, HW, c, 1, x, grad, p, dx);
 }
 
 // Inference dx = k * g on channel c; dx may be nullptr (then grad is only evaluated, for a
@@ -230,20 +282,31 @@ void train_forward(const char* op, int64_t N, int64_t C, int64_t HW, const float
   const int64_t count = N * HW;
   HR_CHECK(count > 1, op, ": expected more than 1 value per channel when training, got N=", N,
            " HW=", HW, " (C=", C, ")");
+  const int64_t CB = channel_block(C), blocks = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double mean = channel_sum(N, C, HW, c, x) / double(count);
-    const double var = channel_sq_dev(N, C, HW, c, x, mean) / double(count);
-    const double invstd = 1.0 / std::sqrt(var + double(eps));
-    if (running_mean)
-      running_mean[c] = float((1.0 - momentum) * running_mean[c] + double(momentum) * mean);
-    if (running_var) {
-      const double unbiased = var * double(count) / double(count - 1);
-      running_var[c] = float((1.0 - momentum) * running_var[c] + double(momentum) * unbiased);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * CB, B = std::min(CB, C - c0);
+    double mean[kMaxBlock], sq[kMaxBlock];
+    float mul[kMaxBlock], add[kMaxBlock];
+    block_sum(N, C, HW, c0, B, x, mean);
+    for (int64_t b = 0; b < B; ++b) mean[b] /= double(count);
+    block_sq_dev(N, C, HW, c0, B, x, mean, sq);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t c = c0 + b;
+      const double var = sq[b] / double(count);
+      const double invstd = 1.0 / std::sqrt(var + double(eps));
+      if (running_mean)
+        running_mean[c] = float((1.0 - momentum) * running_mean[c] + double(momentum) * mean[b]);
+      if (running_var) {
+        const double unbiased = var * double(count) / double(count - 1);
+        running_var[c] = float((1.0 - momentum) * running_var[c] + double(momentum) * unbiased);
+      }
+      if (save_mean) save_mean[c] = float(mean[b]);
+      if (save_invstd) save_invstd[c] = float(invstd);
+      mul[b] = float(invstd * gamma[c]);
+      add[b] = beta[c];
     }
-    if (save_mean) save_mean[c] = float(mean);
-    if (save_invstd) save_invstd[c] = float(invstd);
-    channel_apply(N, C, HW, c, x, residual, relu, mean, float(invstd * gamma[c]), beta[c], y);
+    block_apply(N, C, HW, c0, B, x, residual, relu, mean, mul, add, y);
   }
 }
 
@@ -266,26 +329,33 @@ void train_backward(int64_t N, int64_t C, int64_t HW, const float* x, const G& g
                     float* dresidual, float* dgamma, float* dbeta) {
   if (!dx && !dresidual && !dgamma && !dbeta) return;
   const double count = double(N * HW);
+  const int64_t CB = channel_block(C), blocks = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_channels(N, C, HW))
-  for (int64_t c = 0; c < C; ++c) {
-    const double mean = save_mean[c], invstd = save_invstd[c];
-    double sum_g, sum_g_xc;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * CB, B = std::min(CB, C - c0);
+    double mean[kMaxBlock], sums[2 * kMaxBlock];
+    for (int64_t b = 0; b < B; ++b) mean[b] = save_mean[c0 + b];
     if (dresidual)
-      channel_grad_sums(N, C, HW, c, x, StoreGrad<G>{grad, dresidual}, mean, &sum_g, &sum_g_xc);
+      block_grad_sums(N, C, HW, c0, B, x, StoreGrad<G>{grad, dresidual}, mean, sums);
     else
-      channel_grad_sums(N, C, HW, c, x, grad, mean, &sum_g, &sum_g_xc);
-    if (dgamma) dgamma[c] = float(sum_g_xc * invstd);
-    if (dbeta) dbeta[c] = float(sum_g);
+      block_grad_sums(N, C, HW, c0, B, x, grad, mean, sums);
+    float p[kMaxBlock][4];
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t c = c0 + b;
+      const double invstd = save_invstd[c], sum_g = sums[2 * b], sum_g_xc = sums[2 * b + 1];
+      if (dgamma) dgamma[c] = float(sum_g_xc * invstd);
+      if (dbeta) dbeta[c] = float(sum_g);
+      // dx = gamma*invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
+      p[b][0] = float(gamma[c] * invstd);
+      p[b][1] = float(sum_g / count);
+      p[b][2] = float(mean[b]);
+      p[b][3] = float(sum_g_xc / count * invstd * invstd);
+    }
     if (!dx) continue;
-    // dx = gamma*invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
-    const float k = float(gamma[c] * invstd);
-    const float mean_g = float(sum_g / count);
-    const float proj = float(sum_g_xc / count * invstd * invstd);
-    const float m = float(mean);
     if (dresidual)
-      channel_train_dx(N, C, HW, c, x, PlainGrad{dresidual}, k, mean_g, m, proj, dx);
+      block_train_dx(N, C, HW, c0, B, x, PlainGrad{dresidual}, p, dx);
     else
-      channel_train_dx(N, C, HW, c, x, grad, k, mean_g, m, proj, dx);
+      block_train_dx(N, C, HW, c0, B, x, grad, p, dx);
   }
 }
 
