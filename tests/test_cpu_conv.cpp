@@ -377,13 +377,13 @@ TEST_CASE("conv2d CPU kernels reject inconsistent shapes", "[cpu][conv]") {
 
 // bf16 products (cpu_precision bf16, processors with AVX512_BF16): every pass of every case
 // against the double loops, element by element, within the bound of rounding both operands of
-// each product to bf16 (unit roundoff 2^-8 each): |error| <= 2^-7 * sum |terms| (computed by the same loops on |x|, |w|,
-// |dy|), times kWinoBf16 where the pass may run Winograd (its operands are the transformed
-// values; F(2x2) only in bf16 mode, within the bound itself on these cases, where F(4x4) ran 4.4
-// times over it). The GEMM passes (the weight
-// gradient, the strided data gradient outside Winograd) round exactly x, w and dy, so there the
-// result must also match the loops on the rounded operands to fp32 accumulation error, and
-// differ from the fp32 kernels' (the mode is on). (Winograd's weight gradient stays fp32.)
+// each product to bf16 (unit roundoff 2^-8 each): |error| <= 2^-7 * sum |terms| (computed by the
+// same loops on |x|, |w|, |dy|), times kWinoBf16 where the pass may run Winograd (its operands
+// are the transformed values; F(2x2) only in bf16 mode, within the bound itself on these cases,
+// where F(4x4) ran 4.4 times over it). The GEMM passes (the weight gradient, the strided data
+// gradient outside Winograd) round exactly x, w and dy, so there the result must also match the
+// loops on the rounded operands to fp32 accumulation error, and differ from the fp32 kernels'
+// (the mode is on). (Winograd's weight gradient stays fp32.)
 namespace {
 
 float bf16_round(float v) {  // nearest even, as VCVTNE2PS2BF16 (finite, normal values here)

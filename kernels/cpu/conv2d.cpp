@@ -144,7 +144,8 @@ bool use_bf16() {
 constexpr int64_t kBf16MinProducts = 64;
 [[maybe_unused]] bool bf16_gemm_ok(const ConvShape& s) {
   return use_bf16() && s.C * s.R * s.S >= kBf16MinProducts &&
-         (s.stride_h > 1 || s.stride_w > 1 || (s.R == 1 && s.S == 1 && s.pad_h == 0 && s.pad_w == 0));
+         (s.stride_h > 1 || s.stride_w > 1 ||
+          (s.R == 1 && s.S == 1 && s.pad_h == 0 && s.pad_w == 0));
 }
 
 // Per-thread weight-gradient accumulators, kept between calls.
