@@ -153,17 +153,23 @@ void nn_block(int64_t K2, const uint32_t* Ap, const uint32_t* Bp, float* C, int6
 
 inline int64_t pairs(int64_t K) { return (K + 1) / 2; }
 
-template <class T>
-T* scratch_words(int64_t n) {
-  thread_local T* p = nullptr;
-  thread_local int64_t cap = 0;
-  if (cap < n) {
-    delete[] p;
-    p = new T[static_cast<size_t>(n)];
-    cap = n;
+// A thread's panel buffer, kept between calls (freed with the thread).
+struct PanelScratch {
+  uint32_t* p = nullptr;
+  int64_t n = 0;
+  PanelScratch() = default;
+  PanelScratch(const PanelScratch&) = delete;
+  PanelScratch& operator=(const PanelScratch&) = delete;
+  ~PanelScratch() { delete[] p; }
+  uint32_t* get(int64_t need) {
+    if (n < need) {
+      delete[] p;
+      p = new uint32_t[static_cast<size_t>(need)];
+      n = need;
+    }
+    return p;
   }
-  return p;
-}
+};
 
 }  // namespace
 
@@ -264,7 +270,8 @@ void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const uint32_t* Ap, const flo
 #pragma omp parallel for schedule(static) if (parallel && panels > 1)
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t n0 = p * kPanel, nc = std::min<int64_t>(kPanel, N - n0);
-    uint32_t* Bp = scratch_words<uint32_t>(bf16_panel_words(K));
+    thread_local PanelScratch scratch;
+    uint32_t* Bp = scratch.get(bf16_panel_words(K));
     bf16_pack_b_panel(K, nc, B + n0, ldb, Bp);
     gemm_bf16_panel(M, nc, K, Ap, Bp, C + n0, ldc, accumulate);
   }
