@@ -8,12 +8,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <exception>
-#include <thread>
 #include <cstring>
+#include <exception>
 #include <iomanip>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "engine/graph/passes.h"
 #include "engine/ops.h"
@@ -68,6 +68,8 @@ struct Executable::Impl {
   void plan_cpu_branches();
   void balance_streams();
   void launch_segments();
+  // node i runs in the prologue (once, before any run), not in a run
+  bool in_prologue(size_t i) const { return !prologue.empty() && prologue[i]; }
   // gradient-ready callbacks (CPU): per node, the parameters whose gradient it completes
   std::vector<std::vector<size_t>> grads_done_at;
   std::function<void(const Tensor&, const Tensor&)> grad_ready;
@@ -196,7 +198,7 @@ void Executable::Impl::launch_all() {
   }
   const auto& nodes = g().nodes;
   for (size_t i = 0; i < nodes.size(); ++i) {
-    if (!prologue.empty() && prologue[i]) continue;
+    if (in_prologue(i)) continue;
     if (dev.is_cuda()) {
       const cuda::Stream st = streams[nodes[i].stream];
       for (int p : sched.waits[i]) cuda::wait_event(st, events[p]);
@@ -226,7 +228,7 @@ void Executable::Impl::plan_cpu_branches() {
   if (dev.is_cuda() || S < 2 || T < 2 || T > S) return;  // more threads than streams: split ops
   const auto& nodes = g().nodes;
   const int N = static_cast<int>(nodes.size());
-  auto skipped = [&](int i) { return !prologue.empty() && prologue[i]; };
+  auto skipped = [&](int i) { return in_prologue(static_cast<size_t>(i)); };
   std::vector<std::vector<int>> at(S);  // the nodes of each stream, in order
   for (int i = 0; i < N; ++i)
     if (!skipped(i)) at[nodes[i].stream].push_back(i);
@@ -272,7 +274,7 @@ void Executable::Impl::plan_cpu_branches() {
 void Executable::Impl::launch_segments() {
   const auto& nodes = g().nodes;
   const int64_t run = ++run_id;
-  auto skipped = [&](int i) { return !prologue.empty() && prologue[i]; };
+  auto skipped = [&](int i) { return in_prologue(static_cast<size_t>(i)); };
   for (const Segment& seg : segments) {
     if (!seg.concurrent) {
       for (int i = seg.begin; i < seg.end; ++i) {

@@ -136,6 +136,18 @@ bool use_bf16() {
 #endif
 }
 
+#if HR_BF16_KERNELS
+// gemm_bf16_nn's left operand from A [M, K] (transposed: from A^T [K, M]), row stride ld, in
+// this thread's buffer until its next call: packed once per convolution, read by every tile.
+const uint32_t* bf16_packed_weights(int64_t M, int64_t K, const float* A, int64_t ld,
+                                    bool transposed) {
+  thread_local Buf<uint32_t> buf;
+  uint32_t* p = grow(buf, bf16_packed_a_words(M, K));
+  bf16_pack_a(M, K, A, ld, transposed, p);
+  return p;
+}
+#endif
+
 // In bf16, the forward pass (and the stride-1 data gradient) of strided and 1x1 convolutions
 // with enough products per output run the im2col GEMM (1x1: the image itself) in bf16 instead
 // of the direct kernel in fp32: the quick start's stem (64 channels, 3x3 stride 2, 96x80,
@@ -558,11 +570,8 @@ void forward_im2col(const ConvShape& s, const float* x, const float* w, const fl
                              : make_plan(s, nthreads, im2col_row_bytes(s), 0, true, false);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
 #if HR_BF16_KERNELS
-  // bf16: w packed once for every tile
   const bool bf16 = use_bf16();
-  thread_local Buf<uint32_t> wp_buf;
-  uint32_t* wp = bf16 ? grow(wp_buf, bf16_packed_a_words(K, CRS)) : nullptr;
-  if (bf16) bf16_pack_a(K, CRS, w, CRS, /*transposed=*/false, wp);
+  const uint32_t* wp = bf16 ? bf16_packed_weights(K, CRS, w, CRS, false) : nullptr;
 #endif
   run_tiles(plan, nthreads, false, [&](const Tile& t, int, bool par) {
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
@@ -609,11 +618,8 @@ void backward_data_col2im(const ConvShape& s, const float* dy, const float* w, f
   Plan plan = make_plan(s, nthreads, im2col_row_bytes(s), 0, true, true);
   const MapC wm(w, K, CRS, Eigen::OuterStride<>(CRS));
 #if HR_BF16_KERNELS
-  // bf16: w^T packed once for every tile
-  [[maybe_unused]] const bool bf16 = use_bf16();
-  thread_local Buf<uint32_t> wt_buf;
-  uint32_t* wt = bf16 ? grow(wt_buf, bf16_packed_a_words(CRS, K)) : nullptr;
-  if (bf16) bf16_pack_a(CRS, K, w, CRS, /*transposed=*/true, wt);
+  const bool bf16 = use_bf16();
+  const uint32_t* wt = bf16 ? bf16_packed_weights(CRS, K, w, CRS, true) : nullptr;  // w^T
 #endif
   run_tiles(plan, nthreads, true, [&](const Tile& t, int, bool par) {
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
@@ -1874,49 +1880,39 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* dy,
     const int64_t L = t.nb * (t.p1 - t.p0) * s.Q;
     int64_t g_ld = 0;
     const float* g = tile_dy(s, dy, t, par, g_ld);
-    const MapC gm(g, K, L, Eigen::OuterStride<>(g_ld));
     const bool first = !used[tid];
     used[tid] = 1;
+    // The operand: R views of the row-shift planes (CS rows each, view r from column r*W, row
+    // stride ld), or one view of the im2col columns (CRS rows). Accumulator columns: view r's
+    // at r*rows.
+    int64_t ld = L, rows = CRS, views = 1, shift = 0;
+    const float* op;
+    if (rs) {
+      op = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ld);
+      rows = CS, views = R, shift = s.W;
+    } else {
+      op = tile_columns(s, x, t, par);
+    }
 #if HR_BF16_KERNELS
     if (bf16) {  // dy and the operand rows in bf16, then a = dy x^T (summed over L)
       thread_local Buf<uint16_t> g_buf, x_buf;
       uint16_t* g16 = grow(g_buf, K * L);
+      uint16_t* x16 = grow(x_buf, rows * ld);
       bf16_convert(K, L, g, g_ld, g16, L, par);
-      if (rs) {
-        int64_t ps = 0;
-        const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);
-        uint16_t* x16 = grow(x_buf, CS * ps);
-        bf16_convert(CS, ps, xs, ps, x16, ps, par);
-        for (int64_t r = 0; r < R; ++r)
-          gemm_bf16_nt(K, CS, L, g16, L, x16 + r * s.W, ps, a + r * CS, CRS, !first, par);
-      } else {
-        const float* col = tile_columns(s, x, t, par);
-        uint16_t* c16 = grow(x_buf, CRS * L);
-        bf16_convert(CRS, L, col, L, c16, L, par);
-        gemm_bf16_nt(K, CRS, L, g16, L, c16, L, a, CRS, !first, par);
-      }
+      bf16_convert(rows, ld, op, ld, x16, ld, par);
+      for (int64_t v = 0; v < views; ++v)
+        gemm_bf16_nt(K, rows, L, g16, L, x16 + v * shift, ld, a + v * rows, CRS, !first, par);
       return;
     }
 #endif
-    if (rs) {
-      int64_t ps = 0;
-      const float* xs = rowshift_planes(s, x + t.n0 * CHW, t.p0, t.p1, scratch().a, ps);
-      for (int64_t r = 0; r < R; ++r) {
-        MapM ar(a + r * CS, K, CS, Eigen::OuterStride<>(CRS));
-        const MapC xr(xs + r * s.W, CS, L, Eigen::OuterStride<>(ps));
-        if (first)
-          ar.noalias() = gm * xr.transpose();
-        else
-          ar.noalias() += gm * xr.transpose();
-      }
-    } else {
-      const float* col = tile_columns(s, x, t, par);
-      MapM am(a, K, CRS, Eigen::OuterStride<>(CRS));
-      const MapC cm(col, CRS, L, Eigen::OuterStride<>(L));
+    const MapC gm(g, K, L, Eigen::OuterStride<>(g_ld));
+    for (int64_t v = 0; v < views; ++v) {
+      MapM av(a + v * rows, K, rows, Eigen::OuterStride<>(CRS));
+      const MapC xv(op + v * shift, rows, L, Eigen::OuterStride<>(ld));
       if (first)
-        am.noalias() = gm * cm.transpose();
+        av.noalias() = gm * xv.transpose();
       else
-        am.noalias() += gm * cm.transpose();
+        av.noalias() += gm * xv.transpose();
     }
   }, /*fixed=*/true);
   // dw = sum of the used accumulators, back in [K, C, R, S].

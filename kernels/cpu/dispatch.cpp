@@ -40,16 +40,21 @@ int parse_isa(const std::string& name, const char* from) {
   throw Error(str_cat(from, ": unknown instruction set '", name, "' (avx2 or avx512)"));
 }
 
-std::atomic<int> g_isa{-1};
-
-int current() {
-  int v = g_isa.load(std::memory_order_relaxed);
+// A process-wide choice: set_*, else read at the first call from environment variable `var`
+// (parse(value, var)), else `fallback`.
+template <class Parse>
+int chosen(std::atomic<int>& slot, const char* var, Parse parse, int fallback) {
+  int v = slot.load(std::memory_order_relaxed);
   if (v >= 0) return v;
-  const char* env = std::getenv("HR_CPU_ISA");
-  v = env && *env ? parse_isa(env, "HR_CPU_ISA") : (isa_supported(1) ? 1 : 0);
-  g_isa.store(v, std::memory_order_relaxed);
+  const char* env = std::getenv(var);
+  v = env && *env ? parse(env, var) : fallback;
+  slot.store(v, std::memory_order_relaxed);
   return v;
 }
+
+std::atomic<int> g_isa{-1};
+
+int current() { return chosen(g_isa, "HR_CPU_ISA", parse_isa, isa_supported(1) ? 1 : 0); }
 
 void check_conv(const kern::ConvShape& s, const char* op) {
   HR_CHECK(s.N >= 0 && s.C > 0 && s.H > 0 && s.W > 0 && s.K > 0 && s.R > 0 && s.S > 0 &&
@@ -89,14 +94,7 @@ int parse_precision(const std::string& name, const char* from) {
 
 std::atomic<int> g_precision{-1};
 
-int precision() {
-  int v = g_precision.load(std::memory_order_relaxed);
-  if (v >= 0) return v;
-  const char* env = std::getenv("HR_CPU_PRECISION");
-  v = env && *env ? parse_precision(env, "HR_CPU_PRECISION") : 0;
-  g_precision.store(v, std::memory_order_relaxed);
-  return v;
-}
+int precision() { return chosen(g_precision, "HR_CPU_PRECISION", parse_precision, 0); }
 
 }  // namespace
 
