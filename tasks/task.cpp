@@ -72,8 +72,10 @@ TrainSettings TrainSettings::from_config(const Config& cfg) {
   HR_CHECK(s.device == "cpu" || s.device == "cuda", "[config] ", src,
            ": ENGINE.DEVICE must be cpu or cuda, got ", s.device);
   s.precision = cfg.get_str("ENGINE.PRECISION", s.precision);
-  HR_CHECK(s.precision == "fp32" || s.precision == "bf16" || s.precision == "fp16", "[config] ",
-           src, ": ENGINE.PRECISION must be fp32, bf16 or fp16, got ", s.precision);
+  HR_CHECK(s.precision == "fp32" || s.precision == "bf16" || s.precision == "fp16" ||
+               s.precision == "auto",
+           "[config] ", src, ": ENGINE.PRECISION must be fp32, bf16, fp16 or auto, got ",
+           s.precision);
   s.seed = static_cast<uint64_t>(cfg.get_int("ENGINE.SEED", 0));
   s.skip_corrupt = cfg.get_bool("ENGINE.SKIP_CORRUPT", s.skip_corrupt);
   s.eval_every = integer("ENGINE.EVAL_EVERY", s.eval_every, 1, INT64_MAX);
@@ -151,9 +153,16 @@ Device TrainSettings::engine_device() const {
   return device == "cuda" ? Device::cuda() : Device::cpu();
 }
 
+std::string TrainSettings::effective_precision() const {
+  if (precision != "auto") return precision;
+  if (device == "cuda") return "bf16";  // the CUDA build targets sm_80 and later
+  return cpu::cpu_bf16_supported() ? "bf16" : "fp32";
+}
+
 void TrainSettings::apply_process_settings() const {
   if (threads > 0) omp_set_num_threads(threads);
   if (device != "cpu") return;
+  const std::string precision = effective_precision();
   HR_CHECK(precision != "fp16", "ENGINE.PRECISION fp16 is for CUDA; the CPU runs fp32 or bf16 "
            "(bf16 products with fp32 sums)");
   HR_CHECK(precision != "bf16" || cpu::cpu_bf16_supported(),
@@ -164,6 +173,7 @@ void TrainSettings::apply_process_settings() const {
 
 DType TrainSettings::autocast() const {
   if (device != "cuda") return DType::f32;
+  const std::string precision = effective_precision();
   return precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
 }
 

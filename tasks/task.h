@@ -52,7 +52,9 @@ struct TrainSettings {
   // ENGINE.*
   std::string device = "cpu";      // cpu | cuda
   // fp32 | bf16 (CUDA: autocast; CPU: fp32 tensors, bf16 products in the convolutions, on
-  // processors with AVX512_BF16: cpu::set_cpu_precision) | fp16 (CUDA)
+  // processors with AVX512_BF16: cpu::set_cpu_precision) | fp16 (CUDA) | auto (bf16 where the
+  // device multiplies bf16 natively: every GPU the CUDA build targets, processors with
+  // AVX512_BF16 and the avx512 kernels; fp32 elsewhere). effective_precision() resolves it.
   std::string precision = "fp32";
   uint64_t seed = 0;
   bool skip_corrupt = true;
@@ -82,6 +84,7 @@ struct TrainSettings {
   double lr_at(int64_t t, int64_t iters_per_epoch) const;
   Device engine_device() const;
   DType autocast() const;  // f32 when off
+  std::string effective_precision() const;  // fp32, bf16 or fp16: `precision` with auto resolved
   // The process-wide engine settings of a run: the OpenMP threads (ENGINE.THREADS) and, on the
   // CPU, the convolutions' products (ENGINE.PRECISION; an error where bf16 is not supported or
   // fp16 is asked for).

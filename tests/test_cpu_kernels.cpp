@@ -422,12 +422,23 @@ TEST_CASE("upsample nearest/bilinear vs double reference and finite differences"
       vector<double> yr, dxr;
       resample_ref(s, bilinear, x, dy, yr, dxr);
       vector<float> y(ny, kNaN), dx(nx, kNaN);
-      auto fwd = bilinear ? cpu::upsample_bilinear_forward : cpu::upsample_nearest_forward;
+      auto fwd = [bilinear](const kern::ResampleShape& sh, const float* in, float* out) {
+        if (bilinear)
+          cpu::upsample_bilinear_forward(sh, in, out);
+        else
+          cpu::upsample_nearest_forward(sh, in, out);
+      };
       auto bwd = bilinear ? cpu::upsample_bilinear_backward : cpu::upsample_nearest_backward;
       fwd(s, x.data(), y.data());
       bwd(s, dy.data(), dx.data());
       REQUIRE_CLOSE(y, to_float(yr), 1e-6, 2e-6);
       REQUIRE_CLOSE(dx, to_float(dxr), 1e-5, 1e-5);
+      if (!bilinear) {  // y = r + up(x) in the same pass: every element the float sum r + y
+        const auto r = randn(ny, 53);
+        vector<float> ya(ny, kNaN);
+        cpu::upsample_nearest_forward(s, x.data(), ya.data(), r.data());
+        for (size_t i = 0; i < ny; ++i) REQUIRE(ya[i] == r[i] + y[i]);
+      }
       auto loss = [&]() {
         fwd(s, x.data(), y.data());
         return dot(y, dy);

@@ -26,6 +26,14 @@ std::vector<std::string> op_names(const GraphIR& g) {
   return r;
 }
 
+// Every activation is produced before a node uses it.
+void check_program_order(const GraphIR& ir) {
+  for (size_t i = 0; i < ir.nodes.size(); ++i)
+    for (V v : ir.nodes[i].in)
+      if (v >= 0 && ir.values[v].kind == ValueKind::Activation)
+        CHECK(ir.values[v].producer < static_cast<int>(i));
+}
+
 int count(const GraphIR& g, const std::string& op) {
   int k = 0;
   for (const graph::Node& n : g.nodes) k += op == n.op->name();
@@ -49,14 +57,21 @@ struct TwoBranch {
   }
 };
 
+// TwoBranch in training mode, recorded on a [2, 4, 8, 8] input.
+struct RecordedTwoBranch {
+  TwoBranch net;
+  Graph g;
+  RecordedTwoBranch() {
+    net.train(true);
+    g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
+  }
+};
+
 }  // namespace
 
 TEST_CASE("fusion merges batch norm with the add and ReLU that follow it", "[graph][passes]") {
-  TwoBranch net;
-  net.train(true);
-  Graph g;
-  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
-  GraphIR& ir = g.ir();
+  RecordedTwoBranch rec;
+  GraphIR& ir = rec.g.ir();
   REQUIRE(count(ir, "batch_norm") == 2);
   REQUIRE(count(ir, "relu") == 2);
   // b0 -> relu fuses; b1 feeds an upsample, which is not a fusion partner
@@ -65,10 +80,53 @@ TEST_CASE("fusion merges batch norm with the add and ReLU that follow it", "[gra
   CHECK(count(ir, "batch_norm") == 1);
   CHECK(count(ir, "relu") == 1);
   // every value is still produced before it is used
-  for (size_t i = 0; i < ir.nodes.size(); ++i)
-    for (V v : ir.nodes[i].in)
-      if (v >= 0 && ir.values[v].kind == ValueKind::Activation)
-        CHECK(ir.values[v].producer < static_cast<int>(i));
+  check_program_order(ir);
+}
+
+// CPU graphs: the fuse layers' nearest upsampling and the add after it become one node
+// (upsample_nearest_add); the output and every gradient keep their bits (fuse off: apart).
+TEST_CASE("an upsampling fused into its add keeps the bits, forward and backward",
+          "[graph][passes]") {
+  {
+    RecordedTwoBranch rec;
+    GraphIR& ir = rec.g.ir();
+    REQUIRE(count(ir, "upsample_nearest") == 1);
+    REQUIRE(count(ir, "add") == 1);
+    CHECK(fuse_upsample_add(ir) == 1);
+    CHECK(count(ir, "upsample_nearest") == 0);
+    CHECK(count(ir, "add") == 0);
+    CHECK(count(ir, "upsample_nearest_add") == 1);
+    check_program_order(ir);
+    CHECK(fuse_upsample_add(ir) == 0);
+  }
+  TwoBranch net;
+  net.train(true);
+  const Tensor x = rand_tensor({2, 4, 8, 8}, 21), target = rand_tensor({2, 4, 8, 8}, 22);
+  const Tensor weight = ops::add(ops::mul(rand_tensor({2, 4, 1}, 23), 0.1f), Tensor::ones({2, 4, 1}));
+  const std::vector<Tensor> params = {net.c0.weight, net.c1.weight, net.b0.weight, net.b1.bias};
+  std::vector<Tensor> got[2];
+  for (bool fuse : {false, true}) {
+    Graph g;
+    const Tensor y = net.forward(g.input("x", x.shape()));
+    const Tensor loss =
+        ops::heatmap_loss(y, g.input("t", target.shape()), g.input("w", weight.shape()));
+    g.output(y, "y");
+    g.output(loss, "loss");
+    graph::CompileOptions opt;
+    opt.fuse = fuse;
+    opt.loss = loss;
+    graph::Executable e(std::move(g), opt);
+    CHECK(e.stats().upsample_adds == (fuse ? 1 : 0));
+    CHECK(count(e.graph(), "upsample_nearest_add") == (fuse ? 1 : 0));
+    e.set_input("x", x);
+    e.set_input("t", target);
+    e.set_input("w", weight);
+    e.run();
+    got[fuse].push_back(e.output("y").clone());
+    for (const Tensor& p : params) got[fuse].push_back(e.grad(p).clone());
+  }
+  for (size_t i = 0; i < got[0].size(); ++i)
+    hr::test::require_equal(got[1][i], got[0][i], i == 0 ? "y" : "a gradient");
 }
 
 TEST_CASE("folding rewrites conv + inference batch norm, keeping fused ones", "[graph][passes]") {
@@ -167,10 +225,7 @@ TEST_CASE("folding with epilogues takes fused batch norms into their convolution
   }
   CHECK(with_epilogue == 1);
   // every value is still produced before it is used
-  for (size_t i = 0; i < ir.nodes.size(); ++i)
-    for (V v : ir.nodes[i].in)
-      if (v >= 0 && ir.values[v].kind == ValueKind::Activation)
-        CHECK(ir.values[v].producer < static_cast<int>(i));
+  check_program_order(ir);
   // compiled for the CPU (which folds with epilogues), the same values as eager
   graph::CompileOptions opt;
   opt.inference = true;
@@ -305,11 +360,8 @@ TEST_CASE("reverse mode appends each op's backward ops and one sum per shared va
 
 TEST_CASE("the schedule places events only where streams meet and nothing orders them yet",
           "[graph][passes]") {
-  TwoBranch net;
-  net.train(true);
-  Graph g;
-  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
-  GraphIR& ir = g.ir();
+  RecordedTwoBranch rec;
+  GraphIR& ir = rec.g.ir();
   add_end_node(ir, {});
   const Schedule s = schedule(ir, true, {});
   CHECK(s.streams == 2);
@@ -327,7 +379,7 @@ TEST_CASE("the schedule places events only where streams meet and nothing orders
     }
   // one stream: no events at all, program order
   Graph h;
-  h.output(net.forward(h.input("x", {2, 4, 8, 8})), "y");
+  h.output(rec.net.forward(h.input("x", {2, 4, 8, 8})), "y");
   add_end_node(h.ir(), {});
   const Schedule one = schedule(h.ir(), false, {});
   CHECK(one.streams == 1);
@@ -335,11 +387,8 @@ TEST_CASE("the schedule places events only where streams meet and nothing orders
 }
 
 TEST_CASE("the memory plan shares bytes only between ordered values", "[graph][passes]") {
-  TwoBranch net;
-  net.train(true);
-  Graph g;
-  g.output(net.forward(g.input("x", {2, 4, 8, 8})), "y");
-  GraphIR& ir = g.ir();
+  RecordedTwoBranch rec;
+  GraphIR& ir = rec.g.ir();
   add_end_node(ir, {});
   const Schedule s = schedule(ir, true, {});
   const MemoryPlan p = plan_memory(ir, s, {});

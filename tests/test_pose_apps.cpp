@@ -187,8 +187,8 @@ TEST_CASE("hrnet-train: the eager step matches the graph step; the cosine schedu
 
 // ENGINE.PRECISION on the CPU: bf16 products in the convolutions where the processor has
 // AVX512_BF16 (the first loss then differs from the fp32 run's by the operands' rounding, not
-// more), a one-line error where it has not; fp16 is CUDA's only.
-TEST_CASE("hrnet-train: ENGINE.PRECISION bf16 on the CPU; fp16 refused", "[apps][pose]") {
+// more), a one-line error where it has not; auto takes bf16 where it can; fp16 is CUDA's only.
+TEST_CASE("hrnet-train: ENGINE.PRECISION bf16 and auto on the CPU; fp16 refused", "[apps][pose]") {
   const Trained& t = trained();
   const std::string b = (kWork / "run_bf16").string();
   Run r = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + b +
@@ -207,6 +207,28 @@ TEST_CASE("hrnet-train: ENGINE.PRECISION bf16 on the CPU; fp16 refused", "[apps]
     CHECK(r.code != 0);
     CHECK(lines(r.err) == 1);
     CHECK(r.err.find("AVX512_BF16") != std::string::npos);
+  }
+  // auto: bf16 products where they are supported (the same run as bf16's), fp32 elsewhere (here:
+  // the avx2 kernels forced, which have no bf16 products)
+  Run a = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + b + "_auto" +
+                                " ENGINE.PRECISION auto TRAIN.END_EPOCH 1");
+  INFO(a.err);
+  REQUIRE(a.code == 0);
+  const bool bf16 = hr::cpu::cpu_bf16_supported();
+  CHECK(a.err.find(bf16 ? "bf16 products" : "fp32 products") != std::string::npos);
+  {
+    const auto la = train_lines(b + "_auto"), lw = train_lines(bf16 ? b : t.dir);
+    REQUIRE(!la.empty());
+    REQUIRE(!lw.empty());
+    CHECK(json_number(la[0], "loss") == json_number(lw[0], "loss"));
+  }
+  if (hr::cpu::cpu_isas_supported().find("avx2") != std::string::npos) {
+    Run a2 = run("HR_CPU_ISA=avx2 " + std::string(HR_TRAIN_EXE),
+                 "--cfg " + t.cfg + " --out " + b + "_auto_avx2" +
+                     " ENGINE.PRECISION auto TRAIN.END_EPOCH 1");
+    INFO(a2.err);
+    CHECK(a2.code == 0);
+    CHECK(a2.err.find("kernels avx2, fp32 products") != std::string::npos);
   }
   Run h = run(HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + b + "_fp16 ENGINE.PRECISION fp16");
   CHECK(h.code != 0);

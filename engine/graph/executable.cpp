@@ -351,6 +351,7 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   // convolution applies the add/ReLU to its output tiles: no pass left); on CUDA those keep
   // their one fused pass (the CUDA convolution has no fused epilogue yet).
   if (opt.fuse) m.stats.fused = fuse_batch_norm_act(g, loss >= 0);
+  if (opt.fuse && m.dev.is_cpu()) m.stats.upsample_adds = fuse_upsample_add(g);
   if (opt.inference) m.stats.folded = fold_batch_norm(g, m.dev.is_cpu());
   if (opt.inference && opt.prepack && m.dev.is_cpu()) m.stats.prepacked = prepack_conv_weights(g);
   std::vector<V> live;

@@ -1,6 +1,8 @@
 // Nearest and bilinear resampling (PyTorch F.interpolate) and their backward.
 #include <cmath>
 
+#include "engine/ops/resample.h"
+
 #include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
@@ -125,6 +127,48 @@ struct ResampleBwdOp final : OpDef {
   }
 };
 
+// y = r + upsample_nearest(x) (x [N,C,H,W], r and y [N,C,OH,OW]): made by the graph pass
+// fuse_upsample_add from an upsampling and the add consuming it, CPU graphs only. The same bits
+// as the two ops (one float addition per element, commutative); the gradients are theirs.
+struct UpsampleAddOp final : OpDef {
+  Resample r;  // nearest
+  explicit UpsampleAddOp(Resample rs) : r(rs) {}
+  const char* name() const override { return "upsample_nearest_add"; }
+  std::string attributes() const override { return r.str(); }
+  std::vector<Meta> infer(const std::vector<Meta>& in) const override {
+    const Meta &x = in[0], &a = in[1];
+    check_defined(x, name(), "input");
+    check_defined(a, name(), "addend");
+    HR_CHECK(x.shape.size() == 4 && a.shape.size() == 4 && x.shape[0] == a.shape[0] &&
+                 x.shape[1] == a.shape[1],
+             name(), ": expected [N,C,H,W] inputs with the addend's N and C, got ",
+             shape_str(x.shape), " and ", shape_str(a.shape));
+    check_float(x, name(), "input");
+    check_same(a, Meta::make(a.shape, x.dtype, x.device), name());
+    if (r.scale_factor > 0)
+      HR_CHECK(a.shape[2] == int64_t(std::floor(x.shape[2] * r.scale_factor)) &&
+                   a.shape[3] == int64_t(std::floor(x.shape[3] * r.scale_factor)),
+               name(), ": the addend ", shape_str(a.shape), " is not ", shape_str(x.shape),
+               " upsampled by ", r.scale_factor);
+    return {same_as(a)};
+  }
+  void run_cpu(const KernelArgs& a) const override {
+    cpu::upsample_nearest_forward(r.shape(a.in[0].shape(), a.out[0].shape()), fptr(a.in[0]),
+                                  fptr(a.out[0]), fptr(a.in[1]));
+  }
+  void run_cuda(const KernelArgs&) const override {
+    throw Error("upsample_nearest_add: made for CPU graphs only (graph pass fuse_upsample_add)");
+  }
+  std::vector<Tensor> backward(const GradArgs& a) const override {
+    const Shape& x = a.in_meta[0].shape;
+    return {a.need[0] ? upsample_backward(a.grad_out[0], {x[2], x[3]}, false, false,
+                                          r.scale_factor)
+                      : Tensor(),
+            a.grad_out[0]};
+  }
+  bool saves_input(size_t) const override { return false; }
+};
+
 Tensor resample(const Tensor& x, std::array<int64_t, 2> size, Resample r) {
   return hr::apply(std::make_shared<ResampleOp>(r, size), {x})[0];
 }
@@ -139,6 +183,12 @@ std::array<int64_t, 2> scaled_size(const Tensor& x, double sf, const char* op) {
 }
 
 }  // namespace
+
+OpPtr upsample_add_op(const OpDef& up) {
+  const auto* op = dynamic_cast<const ResampleOp*>(&up);
+  if (!op || op->r.bilinear) return nullptr;
+  return std::make_shared<UpsampleAddOp>(op->r);
+}
 
 Tensor upsample_nearest(const Tensor& x, std::array<int64_t, 2> size) {
   return resample(x, size, Resample{false, false, 0.0});

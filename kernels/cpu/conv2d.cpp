@@ -16,7 +16,8 @@
 // On AVX-512 builds too, 3x3 stride-1 pad-1 convolutions with >= 16 channels in and out run
 // Winograd in the forward pass and the data gradient (forward_winograd: F(4x4, 3x3) on maps with
 // enough tiles, F(2x2, 3x3) elsewhere), and F(3x3, 2x2) for the weight gradient
-// (backward_weight_winograd; F(3x3, 4x4) with HR_CPU_WINOGRAD=4x4); HR_CPU_WINOGRAD=0 turns it
+// (backward_weight_winograd, its products by gemm_nt_accumulate; F(3x3, 4x4) on the maps
+// F(4x4, 3x3) serves); HR_CPU_WINOGRAD=0 turns it
 // off, =2x2 keeps to F(2x2, 3x3), =forward keeps it to the forward pass. Inference graphs
 // transform the weights once (conv2d_prepack_weights, conv2d_forward_prepacked) instead of on
 // every call.
@@ -34,6 +35,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "kernels/cpu/avx512_util.h"
 #endif
 
 #include <Eigen/Core>
@@ -977,11 +980,6 @@ constexpr int64_t kWinoMinChannels = 16, kWinoMinTiles = 64, kWinoWeightsPerTile
 // thread (backward_weight_winograd).
 constexpr int64_t kWinoSplitTiles = 256;
 
-// Lanes [0, n) of a vector (n <= 0: none, n >= 16: all).
-inline __mmask16 lanes(int64_t n) {
-  return n >= kLanes ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
 // Stores the lanes m of v at p: unmasked when m has every lane (masked stores are slower on
 // some processors, even with a full mask).
 inline void store_lanes(float* p, __mmask16 m, __m512 v) {
@@ -991,25 +989,27 @@ inline void store_lanes(float* p, __mmask16 m, __m512 v) {
     _mm512_mask_storeu_ps(p, m, v);
 }
 
-// HR_CPU_WINOGRAD: unset or 1, every pass, F(4x4, 3x3) where it pays in the forward pass and
-// the data gradient, F(2x2, 3x3) elsewhere and F(3x3, 2x2) for the weight gradient; "4x4", the
-// same with F(3x3, 4x4) for the weight gradient where it pays (1.2-1.8x faster, a 5x larger
-// rounding error: the quick start trained with it reached AP 0.691 / 0.712 with seeds 1 / 2,
-// against 0.713 / 0.709 without); "2x2", every pass, F(2x2) only; "forward", the forward pass
-// only (the gradients on the direct kernel and GEMMs: for comparing training runs); 0, none.
-int winograd_mode() {  // 0 none, 1 forward only, 2 F(2x2) only, 3 the default, 4 "4x4"
+// HR_CPU_WINOGRAD: unset or 1 (or "4x4"), every pass: F(4x4, 3x3) where it pays in the forward
+// pass and the data gradient, F(3x3, 4x4) where it pays in the weight gradient, F(2x2, 3x3) and
+// F(3x3, 2x2) elsewhere; "2x2", every pass, F(2x2) only; "forward", the forward pass only (the
+// gradients on the direct kernel and GEMMs: for comparing training runs); 0, none.
+// F(3x3, 4x4)'s weight gradient is 1.2-1.8x faster than F(3x3, 2x2)'s, with a 5x larger rounding
+// error (rms 1.6-2.3e-6 of the result's rms, against 3.6-5.0e-7): still three orders of
+// magnitude below what bf16 products leave (2^-9 a product), with which the quick start trains
+// as well (AP 0.698-0.704 over four seeds, against 0.698-0.713 for fp32 over three).
+int winograd_mode() {  // 0 none, 1 forward only, 2 F(2x2) only, 3 the default
   static const int mode = [] {
     const char* e = std::getenv("HR_CPU_WINOGRAD");
     if (!e) return 3;
     const std::string_view v(e);
-    return v == "0" ? 0 : v == "forward" ? 1 : v == "2x2" ? 2 : v == "4x4" ? 4 : 3;
+    return v == "0" ? 0 : v == "forward" ? 1 : v == "2x2" ? 2 : 3;
   }();
   return mode;
 }
 bool winograd_enabled() { return winograd_mode() > 0; }
 bool winograd_backward_enabled() { return winograd_mode() > 1; }
 bool winograd4_enabled() { return winograd_mode() != 0 && winograd_mode() != 2; }
-bool winograd4_weight_grad_enabled() { return winograd_mode() == 4; }
+bool winograd4_weight_grad_enabled() { return winograd_mode() == 3; }
 
 // Tiles of kT x kT outputs (F(kT x kT, 3x3)) over the batch.
 int64_t winograd_tiles(const ConvShape& s, int kT = 2) {
@@ -1063,13 +1063,13 @@ void winograd_row_planes(WinoTile<2>, const float* xr, int64_t W, int64_t TW, fl
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   __m512 prev = _mm512_setzero_ps();  // the odd values of the previous 16 columns
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
-    const __mmask16 mq = lanes(TW - q0);
+    const __mmask16 mq = lanes16(TW - q0);
     const int64_t i0 = 2 * q0;  // x[i0 .. i0 + 31], and the same 2 further on
-    const __m512 a = _mm512_maskz_loadu_ps(lanes(W - i0), shifted(xr, i0));
-    const __m512 b = _mm512_maskz_loadu_ps(lanes(W - i0 - kLanes), shifted(xr, i0 + kLanes));
-    const __m512 a2 = _mm512_maskz_loadu_ps(lanes(W - i0 - 2), shifted(xr, i0 + 2));
+    const __m512 a = _mm512_maskz_loadu_ps(lanes16(W - i0), shifted(xr, i0));
+    const __m512 b = _mm512_maskz_loadu_ps(lanes16(W - i0 - kLanes), shifted(xr, i0 + kLanes));
+    const __m512 a2 = _mm512_maskz_loadu_ps(lanes16(W - i0 - 2), shifted(xr, i0 + 2));
     const __m512 b2 =
-        _mm512_maskz_loadu_ps(lanes(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
+        _mm512_maskz_loadu_ps(lanes16(W - i0 - 2 - kLanes), shifted(xr, i0 + 2 + kLanes));
     const __m512 ev = _mm512_permutex2var_ps(a, even, b);   // x[2q]
     const __m512 od = _mm512_permutex2var_ps(a, odd, b);    // x[2q + 1]
     const __m512 ev2 = _mm512_permutex2var_ps(a2, even, b2);  // x[2q + 2]
@@ -1166,7 +1166,7 @@ bool winograd4_ok(const ConvShape& s) {
          winograd_tiles(s, 4) * kWinoWeightsPerTile >= s.C * s.K;
 }
 
-// The weight gradient's (backward_weight_winograd; HR_CPU_WINOGRAD=4x4 only): as winograd4_ok
+// The weight gradient's (backward_weight_winograd): as winograd4_ok
 // but for the weights' bound (no weight transform there), in the passes winograd_weight_grad_ok
 // admits.
 bool winograd4_weight_grad_ok(const ConvShape& s) {
@@ -1181,13 +1181,13 @@ void winograd_row_planes(WinoTile<4>, const float* xr, int64_t W, int64_t TW, fl
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
-    const __mmask16 mq = lanes(TW - q0);
+    const __mmask16 mq = lanes16(TW - q0);
     const int64_t i0 = 4 * q0 - 1;  // z[j] = x[i0 + j], j = 0..63
     __m512 a[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const int64_t o = i0 + v * kLanes;
-      const __mmask16 m = lanes(W - o) & static_cast<__mmask16>(~lanes(-o));
+      const __mmask16 m = lanes16(W - o) & static_cast<__mmask16>(~lanes16(-o));
       a[v] = _mm512_maskz_loadu_ps(m, shifted(xr, o));
     }
     const __m512 e_lo = _mm512_permutex2var_ps(a[0], even, a[1]);  // z[2j], j < 16
@@ -1275,7 +1275,7 @@ void winograd_weights(const ConvShape& s, const float* w, int64_t Kp, float* U, 
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t kb = 0; kb < Kp; kb += kLanes)
     for (int64_t c = 0; c < C; ++c) {
-      const __mmask16 mk = lanes(K - kb), ms = lanes(Kp - kb);
+      const __mmask16 mk = lanes16(K - kb), ms = lanes16(Kp - kb);
       const float* g = w + (kb * C + c) * 9;
       __m512 gv[9];
 #pragma GCC unroll 9
@@ -1347,7 +1347,7 @@ void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt,
         }
       float* vc = V + c * ld + j0;
       for (int64_t j = 0; j < m; j += kLanes) {
-        const __mmask16 mj = lanes(m - j);
+        const __mmask16 mj = lanes16(m - j);
         transform_2d<kP, kP>(
             [&](int r, int sc) { return _mm512_loadu_ps(pl + off[r][sc] + j); },
             [](const __m512* in, __m512* out) { winograd_bt(WinoTile<kT>{}, in, out); },
@@ -1415,7 +1415,7 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
 #pragma GCC unroll 4
           for (int h = 0; h < kT; ++h) {
             const int64_t c0 = kT * j + h * kLanes;
-            const __mmask16 mc = lanes(cols - c0);
+            const __mmask16 mc = lanes16(cols - c0);
             if (!mc) break;
             if (rr) e[h] = _mm512_add_ps(e[h], _mm512_maskz_loadu_ps(mc, rr + c0));
             if (ep.relu) e[h] = _mm512_max_ps(e[h], zero);
@@ -1653,7 +1653,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
         }
       float* hk = H + (k - k0) * ld + j0;
       for (int64_t j = 0; j < m; j += kLanes) {
-        const __mmask16 mj = lanes(m - j);
+        const __mmask16 mj = lanes16(m - j);
         transform_2d<kT, kP>(
             [&](int r, int c) {
               return _mm512_loadu_ps(pl + ((1 + c) * kT + r) * plane + first + j);
@@ -1663,6 +1663,80 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
       }
     }
   });
+}
+
+// C[M, N] += A[M, L] B[N, L]^T in fp32, the summed dimension contiguous in both operands (rows
+// lda / ldb apart): the Winograd weight gradient's products, a few output channels x input
+// channels summed over a block's tiles, where a general GEMM spends a third of its time packing
+// operands that are already laid out for this. Blocks of up to 4 x 6 outputs, each a vector of
+// 16 partial sums (element l to lane l % 16), reduced at the end (reduce4): every output is
+// summed in an order that depends on L alone.
+// Below kNtMinCols summed elements, the reductions cost more than the packing saved (128
+// channels on 6x5, 72 tiles a block: 0.58 ms against Eigen's 0.47), and Eigen's GEMM runs them.
+constexpr int kNtM = 4, kNtN = 6;
+constexpr int64_t kNtMinCols = 256;
+template <int MB, int NB>
+void nt_block(int64_t L, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc) {
+  __m512 acc[kNtM][kNtN];
+#pragma GCC unroll 4
+  for (int i = 0; i < kNtM; ++i)
+#pragma GCC unroll 6
+    for (int j = 0; j < kNtN; ++j) acc[i][j] = _mm512_setzero_ps();
+  auto step = [&](int64_t l, __mmask16 m) {
+    __m512 a[MB];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; ++i) a[i] = _mm512_maskz_loadu_ps(m, A + i * lda + l);
+#pragma GCC unroll 6
+    for (int j = 0; j < NB; ++j) {
+      const __m512 b = _mm512_maskz_loadu_ps(m, B + j * ldb + l);
+#pragma GCC unroll 4
+      for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_fmadd_ps(a[i], b, acc[i][j]);
+    }
+  };
+  int64_t l = 0;
+  for (; l + kLanes <= L; l += kLanes) step(l, __mmask16(0xFFFF));
+  if (l < L) step(l, lanes16(L - l));
+  // (unrolled, as every loop over acc: the accumulators stay in registers)
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; ++i) {
+    alignas(16) float r[8];
+    _mm_store_ps(r, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+    _mm_store_ps(r + 4, reduce4(acc[i][4], acc[i][5], acc[i][5], acc[i][5]));
+    for (int j = 0; j < NB; ++j) C[i * ldc + j] += r[j];
+  }
+}
+
+using NtFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+template <int MB>
+NtFn nt_fn_nb(int nb) {
+  switch (nb) {
+    case 1: return nt_block<MB, 1>;
+    case 2: return nt_block<MB, 2>;
+    case 3: return nt_block<MB, 3>;
+    case 4: return nt_block<MB, 4>;
+    case 5: return nt_block<MB, 5>;
+    default: return nt_block<MB, 6>;
+  }
+}
+NtFn nt_fn(int mb, int nb) {
+  switch (mb) {
+    case 1: return nt_fn_nb<1>(nb);
+    case 2: return nt_fn_nb<2>(nb);
+    case 3: return nt_fn_nb<3>(nb);
+    default: return nt_fn_nb<4>(nb);
+  }
+}
+
+void gemm_nt_accumulate(int64_t M, int64_t N, int64_t L, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i += kNtM) {
+    const int mb = static_cast<int>(std::min<int64_t>(kNtM, M - i));
+    for (int64_t j = 0; j < N; j += kNtN) {
+      const int nb = static_cast<int>(std::min<int64_t>(kNtN, N - j));
+      nt_fn(mb, nb)(L, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+    }
+  }
 }
 
 // dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
@@ -1678,12 +1752,18 @@ void backward_weight_winograd_t(const ConvShape& s, const float* x, const float*
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
   const int groups = ksplit ? threads : 1;
-  // tiles per block: the block's transforms (kX x (C + K) x tb floats) in about 1 MB, or, split
-  // by output channels, all of them in one block up to 512
-  const int64_t tb =
-      ksplit ? std::min<int64_t>((T + kLanes - 1) / kLanes * kLanes, 512)
-             : std::clamp<int64_t>(262144 / kX / (C + K) / kLanes * kLanes, kLanes, 512);
-  const int64_t blocks = (T + tb - 1) / tb;
+  // tiles per block: the block's transforms (kX x (C + K) x tb floats) in about 1 MB, as many
+  // blocks for every share (16 channels on 48x40 at F(3x3, 4x4): 6 blocks of 160 tiles instead
+  // of 4 of 224 and one of 64, 0.34 ms against 0.37-0.42), or, split by output channels, all of
+  // them in one block up to 512
+  int64_t tb = ksplit ? std::min<int64_t>((T + kLanes - 1) / kLanes * kLanes, 512)
+                      : std::clamp<int64_t>(262144 / kX / (C + K) / kLanes * kLanes, kLanes, 512);
+  int64_t blocks = (T + tb - 1) / tb;
+  if (!ksplit && threads > 1 && blocks > 1) {  // as many tiles for every share
+    blocks = (blocks + threads - 1) / threads * threads;
+    tb = ((T + blocks - 1) / blocks + kLanes - 1) / kLanes * kLanes;
+    blocks = (T + tb - 1) / tb;
+  }
   const int shares = ksplit ? 1 : static_cast<int>(std::min<int64_t>(threads, blocks));
   const int units = shares * groups;
   float* acc = grow(weight_accumulators(), shares * kX * KC);
@@ -1702,17 +1782,23 @@ void backward_weight_winograd_t(const ConvShape& s, const float* x, const float*
       winograd_input<kT>(s, x, t0, cnt, tb, V);
       winograd_dy<kT>(s, dy, k0, k1, t0, cnt, tb, H);
       for (int xi = 0; xi < kX; ++xi) {
-        MapM mx(M + xi * KC + k0 * C, kn, C, Eigen::OuterStride<>(C));
-        const MapC hx(H + xi * kn * tb, kn, cnt, Eigen::OuterStride<>(tb));
-        const MapC vx(V + xi * C * tb, C, cnt, Eigen::OuterStride<>(tb));
-        mx.noalias() += hx * vx.transpose();
+        float* mx = M + xi * KC + k0 * C;
+        const float* hx = H + xi * kn * tb;
+        const float* vx = V + xi * C * tb;
+        if (cnt >= kNtMinCols) {
+          gemm_nt_accumulate(kn, C, cnt, hx, tb, vx, tb, mx, C);
+        } else {
+          MapM m(mx, kn, C, Eigen::OuterStride<>(C));
+          m.noalias() += MapC(hx, kn, cnt, Eigen::OuterStride<>(tb)) *
+                         MapC(vx, C, cnt, Eigen::OuterStride<>(tb)).transpose();
+        }
       }
     }
   }
   // dw[k, c] = G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t kc0 = 0; kc0 < KC; kc0 += kLanes) {
-    const __mmask16 mk = lanes(KC - kc0);
+    const __mmask16 mk = lanes16(KC - kc0);
     __m512 m[kX];
     for (int xi = 0; xi < kX; ++xi) {
       m[xi] = _mm512_maskz_loadu_ps(mk, acc + xi * KC + kc0);

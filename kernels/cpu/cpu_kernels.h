@@ -148,8 +148,10 @@ void scale(int64_t n, float alpha, const float* x, float* y);
 void fill(int64_t n, float value, float* y);
 
 // ---- resampling (PyTorch nn.functional.interpolate semantics) ----
-// nearest: src = min(floor(dst * scale), in - 1)
-void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, float* y);
+// nearest: src = min(floor(dst * scale), in - 1). With `add` ([N,C,OH,OW]): y = add + the
+// upsampled x in the same pass (the fuse layers' sums: graph pass fuse_upsample_add).
+void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, float* y,
+                              const float* add = nullptr);
 void upsample_nearest_backward(const kern::ResampleShape& s, const float* dy, float* dx);
 void upsample_bilinear_forward(const kern::ResampleShape& s, const float* x, float* y);
 void upsample_bilinear_backward(const kern::ResampleShape& s, const float* dy, float* dx);

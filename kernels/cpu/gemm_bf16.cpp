@@ -13,6 +13,8 @@
 // file-local helpers, no std containers (kernels/cpu/isa.h).
 #include "kernels/cpu/gemm_bf16.h"
 
+#include "kernels/cpu/avx512_util.h"
+
 #include <immintrin.h>
 #include <omp.h>
 
@@ -26,9 +28,6 @@ constexpr int kMR = 8;      // rows of A per packed block (gemm_bf16_nn)
 constexpr int kPanel = 48;  // columns of B per packed panel
 constexpr int kBM = 4, kBN = 6;  // gemm_bf16_nt's output block
 
-inline __mmask16 lanes16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
 inline __mmask32 lanes32(int64_t n) {
   return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
 }
@@ -53,18 +52,6 @@ inline __m512i bf16_pairs(const float* a, int64_t na, const float* b, int64_t nb
 }
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
-
-// The sums of the 16 lanes of a, b, c, d as [sa, sb, sc, sd]: pairs within 128-bit lanes, then
-// the four 128-bit lanes. Each sum's order depends only on its own vector.
-inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-  const __m512 s = _mm512_add_ps(
-      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
-      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
 
 // C[MB x NB] (+)= A[MB rows] . B[NB rows] over L summed elements.
 template <int MB, int NB>

@@ -56,7 +56,8 @@ bool parallel_planes(const kern::ResampleShape& s) {
 }  // namespace
 
 // x [N,C,H,W] -> y [N,C,OH,OW]
-void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, float* y) {
+void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, float* y,
+                              const float* add) {
   const auto th = nearest_table(s.H, s.OH, s.scale_h);
   const auto tw = nearest_table(s.W, s.OW, s.scale_w);
   const int64_t planes = s.N * s.C;
@@ -67,7 +68,12 @@ void upsample_nearest_forward(const kern::ResampleShape& s, const float* x, floa
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       const float* xr = xp + th[oh] * s.W;
       float* yr = yp + oh * s.OW;
-      for (int64_t ow = 0; ow < s.OW; ++ow) yr[ow] = xr[tw[ow]];
+      if (add) {
+        const float* ar = add + p * s.OH * s.OW + oh * s.OW;
+        for (int64_t ow = 0; ow < s.OW; ++ow) yr[ow] = ar[ow] + xr[tw[ow]];
+      } else {
+        for (int64_t ow = 0; ow < s.OW; ++ow) yr[ow] = xr[tw[ow]];
+      }
     }
   }
 }

@@ -1,0 +1,35 @@
+// Inline AVX-512 helpers shared by the files compiled for AVX-512 (kernels/cpu/conv2d.cpp's
+// AVX-512 build and kernels/cpu/gemm_bf16.cpp). Internal linkage (an unnamed namespace): each
+// object keeps its own copies, as kernels/cpu/isa.h asks of code built per instruction set.
+#pragma once
+#if !defined(__AVX512F__)
+#error "kernels/cpu/avx512_util.h is for files compiled for AVX-512"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"  // HR_ISA_NS
+
+namespace hr::cpu::HR_ISA_NS {
+namespace {
+
+// Lanes [0, n) of a vector of 16 (n <= 0: none, n >= 16: all).
+inline __mmask16 lanes16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// The sums of the 16 lanes of a, b, c, d as [sa, sb, sc, sd]: pairs within 128-bit lanes, then
+// the four 128-bit lanes. Each sum's order depends only on its own vector.
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512 s = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+}  // namespace
+}  // namespace hr::cpu::HR_ISA_NS
