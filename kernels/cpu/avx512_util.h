@@ -31,5 +31,19 @@ inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+// The dot-product kernels' output block (gemm_bf16_nt, gemm_nt_accumulate in conv2d.cpp): up to
+// kDotM x kDotN outputs, each a vector of 16 partial sums over the summed elements.
+constexpr int kDotM = 4, kDotN = 6;
+
+// One row of such a block: its NB (<= kDotN) outputs' sums (reduce4: the same order for every
+// output) added to c[0..NB), or stored there.
+template <int NB>
+inline void store_dot_row(const __m512 (&s)[kDotN], float* c, bool accumulate) {
+  alignas(16) float r[8];
+  _mm_store_ps(r, reduce4(s[0], s[1], s[2], s[3]));
+  _mm_store_ps(r + 4, reduce4(s[4], s[5], s[5], s[5]));
+  for (int j = 0; j < NB; ++j) c[j] = accumulate ? c[j] + r[j] : r[j];
+}
+
 }  // namespace
 }  // namespace hr::cpu::HR_ISA_NS

@@ -1668,21 +1668,20 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
 // C[M, N] += A[M, L] B[N, L]^T in fp32, the summed dimension contiguous in both operands (rows
 // lda / ldb apart): the Winograd weight gradient's products, a few output channels x input
 // channels summed over a block's tiles, where a general GEMM spends a third of its time packing
-// operands that are already laid out for this. Blocks of up to 4 x 6 outputs, each a vector of
-// 16 partial sums (element l to lane l % 16), reduced at the end (reduce4): every output is
-// summed in an order that depends on L alone.
+// operands that are already laid out for this. Blocks of kDotM x kDotN outputs, each a vector of
+// 16 partial sums (element l to lane l % 16), reduced at the end (store_dot_row): every output
+// is summed in an order that depends on L alone.
 // Below kNtMinCols summed elements, the reductions cost more than the packing saved (128
 // channels on 6x5, 72 tiles a block: 0.58 ms against Eigen's 0.47), and Eigen's GEMM runs them.
-constexpr int kNtM = 4, kNtN = 6;
 constexpr int64_t kNtMinCols = 256;
 template <int MB, int NB>
 void nt_block(int64_t L, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
               int64_t ldc) {
-  __m512 acc[kNtM][kNtN];
+  __m512 acc[kDotM][kDotN];
 #pragma GCC unroll 4
-  for (int i = 0; i < kNtM; ++i)
+  for (int i = 0; i < kDotM; ++i)
 #pragma GCC unroll 6
-    for (int j = 0; j < kNtN; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < kDotN; ++j) acc[i][j] = _mm512_setzero_ps();
   auto step = [&](int64_t l, __mmask16 m) {
     __m512 a[MB];
 #pragma GCC unroll 4
@@ -1699,12 +1698,7 @@ void nt_block(int64_t L, const float* A, int64_t lda, const float* B, int64_t ld
   if (l < L) step(l, lanes16(L - l));
   // (unrolled, as every loop over acc: the accumulators stay in registers)
 #pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i) {
-    alignas(16) float r[8];
-    _mm_store_ps(r, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-    _mm_store_ps(r + 4, reduce4(acc[i][4], acc[i][5], acc[i][5], acc[i][5]));
-    for (int j = 0; j < NB; ++j) C[i * ldc + j] += r[j];
-  }
+  for (int i = 0; i < MB; ++i) store_dot_row<NB>(acc[i], C + i * ldc, true);
 }
 
 using NtFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
@@ -1730,10 +1724,10 @@ NtFn nt_fn(int mb, int nb) {
 
 void gemm_nt_accumulate(int64_t M, int64_t N, int64_t L, const float* A, int64_t lda,
                         const float* B, int64_t ldb, float* C, int64_t ldc) {
-  for (int64_t i = 0; i < M; i += kNtM) {
-    const int mb = static_cast<int>(std::min<int64_t>(kNtM, M - i));
-    for (int64_t j = 0; j < N; j += kNtN) {
-      const int nb = static_cast<int>(std::min<int64_t>(kNtN, N - j));
+  for (int64_t i = 0; i < M; i += kDotM) {
+    const int mb = static_cast<int>(std::min<int64_t>(kDotM, M - i));
+    for (int64_t j = 0; j < N; j += kDotN) {
+      const int nb = static_cast<int>(std::min<int64_t>(kDotN, N - j));
       nt_fn(mb, nb)(L, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
     }
   }

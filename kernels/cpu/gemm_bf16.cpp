@@ -26,7 +26,6 @@ namespace {
 
 constexpr int kMR = 8;      // rows of A per packed block (gemm_bf16_nn)
 constexpr int kPanel = 48;  // columns of B per packed panel
-constexpr int kBM = 4, kBN = 6;  // gemm_bf16_nt's output block
 
 inline __mmask32 lanes32(int64_t n) {
   return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
@@ -57,11 +56,11 @@ inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
 template <int MB, int NB>
 void dot_block(int64_t L, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
                float* C, int64_t ldc, bool accumulate) {
-  __m512 s[kBM][kBN];
+  __m512 s[kDotM][kDotN];
 #pragma GCC unroll 4
-  for (int i = 0; i < kBM; ++i)
+  for (int i = 0; i < kDotM; ++i)
 #pragma GCC unroll 6
-    for (int j = 0; j < kBN; ++j) s[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < kDotN; ++j) s[i][j] = _mm512_setzero_ps();
   for (int64_t l = 0; l < L; l += 32) {
     const __mmask32 m = lanes32(L - l);
     __m512i a[MB];
@@ -76,13 +75,7 @@ void dot_block(int64_t L, const uint16_t* A, int64_t lda, const uint16_t* B, int
   }
   // (unrolled, as every loop over s: the accumulators stay in registers)
 #pragma GCC unroll 4
-  for (int i = 0; i < MB; ++i) {
-    alignas(16) float r[8];
-    _mm_store_ps(r, reduce4(s[i][0], s[i][1], s[i][2], s[i][3]));
-    _mm_store_ps(r + 4, reduce4(s[i][4], s[i][5], s[i][5], s[i][5]));
-    float* c = C + i * ldc;
-    for (int j = 0; j < NB; ++j) c[j] = accumulate ? c[j] + r[j] : r[j];
-  }
+  for (int i = 0; i < MB; ++i) store_dot_row<NB>(s[i], C + i * ldc, accumulate);
 }
 
 using DotFn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, float*,
@@ -172,13 +165,13 @@ void bf16_convert(int64_t rows, int64_t cols, const float* src, int64_t lds, uin
 void gemm_bf16_nt(int64_t M, int64_t N, int64_t L, const uint16_t* A, int64_t lda,
                   const uint16_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
                   bool parallel) {
-  const int64_t mblocks = (M + kBM - 1) / kBM, nblocks = (N + kBN - 1) / kBN;
+  const int64_t mblocks = (M + kDotM - 1) / kDotM, nblocks = (N + kDotN - 1) / kDotN;
 #pragma omp parallel for schedule(static) if (parallel && mblocks * nblocks > 1)
   for (int64_t u = 0; u < mblocks * nblocks; ++u) {
     // B's rows outer (each read once), A's inner (from cache)
-    const int64_t m0 = u % mblocks * kBM, n0 = u / mblocks * kBN;
-    const int mb = static_cast<int>(std::min<int64_t>(kBM, M - m0));
-    const int nb = static_cast<int>(std::min<int64_t>(kBN, N - n0));
+    const int64_t m0 = u % mblocks * kDotM, n0 = u / mblocks * kDotN;
+    const int mb = static_cast<int>(std::min<int64_t>(kDotM, M - m0));
+    const int nb = static_cast<int>(std::min<int64_t>(kDotN, N - n0));
     dot_fn(mb, nb)(L, A + m0 * lda, lda, B + n0 * ldb, ldb, C + m0 * ldc + n0, ldc, accumulate);
   }
 }
