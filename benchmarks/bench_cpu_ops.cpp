@@ -11,7 +11,8 @@
 //                 [--conv N,C,H,W,K[,R,stride]]... [--bn N,C,H,W]...
 // --conv (repeatable): time these convolutions (square kernel R, default 3, padding R/2, stride
 // default 1), all three passes, instead of the W32 table. Shapes with prepacked weights
-// (cpu::conv2d_prepacked_size: inference graphs) get a row for the forward pass on them too.
+// (cpu::conv2d_prepacked_size: inference graphs) get a row for the forward pass on them too,
+// and every shape one for the forward pass with the residual + ReLU epilogue (ours only).
 // --bn (repeatable): the batch-norm rows (plain, and fused with add + ReLU) at these shapes.
 //   env HR_PYTHON: the python to run (default: python3, then /usr/bin/python3)
 #include <omp.h>
@@ -122,6 +123,29 @@ void add_conv_rows(std::vector<Row>& rows, const ConvShape& s) {
                          [&] { hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data()); });
       return median_ms(reps, [&] {
         hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
+      });
+    };
+    rows.push_back(r);
+  }
+  // the forward pass with the residual + ReLU epilogue (a block's last convolution in inference
+  // graphs, batch norm folded in); no peer (PyTorch runs three ops for it)
+  {
+    Row r;
+    r.op = "conv" + k + " fwd +res+relu";
+    r.shape = shape;
+    r.flops = 2.0 * double(s.macs());
+    r.is3x3 = false;  // not in the 3x3 ratio summary (no peer)
+    r.time_ours = [s](int reps) {
+      const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S;
+      const size_t ny = s.N * s.K * s.P * s.Q;
+      const auto x = random_vec(nx, 1), res = random_vec(ny, 4);
+      const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
+      std::vector<float> y(ny);
+      hr::kern::ConvEpilogue ep;
+      ep.residual = res.data();
+      ep.relu = true;
+      return median_ms(reps, [&] {
+        hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ep);
       });
     };
     rows.push_back(r);
@@ -252,7 +276,7 @@ std::string run_torch(std::vector<Row>& rows, const std::string& py, int threads
                     std::to_string(threads) + " --reps " + std::to_string(reps);
   std::set<std::string> specs;  // rows may share a peer (fused and unfused)
   for (const Row& r : rows)
-    if (specs.insert(r.torch_spec).second) cmd += " " + r.torch_spec;
+    if (!r.torch_spec.empty() && specs.insert(r.torch_spec).second) cmd += " " + r.torch_spec;
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) return "PyTorch: could not start " + py;
   std::map<std::string, double> ms;

@@ -6,8 +6,9 @@
 # Extra arguments go to hrnet-train (e.g. scripts/train.sh --cfg FILE TRAIN.END_EPOCH 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# OpenMP threads sleep rather than spin while waiting: far faster on a shared or small machine
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# OpenMP's own wait policy (spin briefly, then sleep): one training process has the cores to
+# itself, and OMP_WAIT_POLICY=PASSIVE (every wait a sleep, right for ctest's parallel processes,
+# scripts/test.sh) made the quick start's step 15-30% slower (docs/PERFORMANCE.md, session 14)
 scripts/setup.sh
 scripts/build.sh -DHR_BUILD_TESTS=OFF -DHR_BUILD_BENCHMARKS=OFF
 exec build/apps/hrnet-train "$@"
