@@ -3,6 +3,7 @@
 
 #include <omp.h>
 #include <signal.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -569,6 +570,12 @@ EvalSummary Trainer::run() {
     std::fprintf(stderr, "hrnet-train: CPU, %d threads%s, kernels %s, %s products\n",
                  omp_get_max_threads(), world.size > 1 ? " per rank" : "", cpu::cpu_isa(),
                  cpu::cpu_precision());
+  // OMP_WAIT_POLICY=PASSIVE (every wait a sleep) suits processes that share the cores; one run
+  // alone on them paid 25% for it (the quick start: 10:24 against 8:16; docs/PERFORMANCE.md)
+  if (const char* w = std::getenv("OMP_WAIT_POLICY");
+      dev.is_cpu() && lead && w && strcasecmp(w, "passive") == 0)
+    std::fprintf(stderr, "hrnet-train: OMP_WAIT_POLICY=PASSIVE: the CPU threads sleep at every "
+                 "wait; unset it where this run has the cores to itself (faster)\n");
 
   // Model and optimizer
   auto model = task_.make_model(s.seed);
