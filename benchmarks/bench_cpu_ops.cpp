@@ -100,52 +100,36 @@ void add_conv_rows(std::vector<Row>& rows, const ConvShape& s) {
   std::snprintf(shape, sizeof shape, "%ldx%ld@%ldx%ld->%ld s%ld", long(s.N), long(s.C), long(s.H),
                 long(s.W), long(s.K), long(s.stride_h));
   const std::string k = std::to_string(s.R) + "x" + std::to_string(s.S);
-  const char* names[3] = {" fwd", " bwd-data", " bwd-weight"};
+  // passes: forward, data gradient, weight gradient, and the forward pass with the residual +
+  // ReLU epilogue (a block's last convolution in inference graphs, batch norm folded in; no peer:
+  // PyTorch runs three ops for it, and not in the 3x3 ratio summary)
+  const char* names[4] = {" fwd", " bwd-data", " bwd-weight", " fwd +res+relu"};
   const char* specs[3] = {"conv_fwd:", "conv_bwd_data:", "conv_bwd_weight:"};
-  for (int pass = 0; pass < 3; ++pass) {
+  for (int pass = 0; pass < 4; ++pass) {
     Row r;
     r.op = "conv" + k + names[pass];
     r.shape = shape;
-    r.torch_spec = specs[pass] + conv_spec(s);
+    if (pass < 3) r.torch_spec = specs[pass] + conv_spec(s);
     r.flops = 2.0 * double(s.macs());
-    r.is3x3 = s.R == 3 && s.S == 3;
+    r.is3x3 = pass < 3 && s.R == 3 && s.S == 3;
     r.time_ours = [s, pass](int reps) {
       const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S;
       const size_t ny = s.N * s.K * s.P * s.Q;
       const auto x = random_vec(nx, 1), dy = random_vec(ny, 3);
       const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
       std::vector<float> y(ny), dx(nx), dw(nw);
-      if (pass == 0)
-        return median_ms(
-            reps, [&] { hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data()); });
+      if (pass == 0 || pass == 3) {
+        hr::kern::ConvEpilogue ep;  // pass 3: dy stands in as the residual
+        if (pass == 3) ep.residual = dy.data(), ep.relu = true;
+        return median_ms(reps, [&] {
+          hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ep);
+        });
+      }
       if (pass == 1)
         return median_ms(reps,
                          [&] { hr::cpu::conv2d_backward_data(s, dy.data(), w.data(), dx.data()); });
       return median_ms(reps, [&] {
         hr::cpu::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), nullptr);
-      });
-    };
-    rows.push_back(r);
-  }
-  // the forward pass with the residual + ReLU epilogue (a block's last convolution in inference
-  // graphs, batch norm folded in); no peer (PyTorch runs three ops for it)
-  {
-    Row r;
-    r.op = "conv" + k + " fwd +res+relu";
-    r.shape = shape;
-    r.flops = 2.0 * double(s.macs());
-    r.is3x3 = false;  // not in the 3x3 ratio summary (no peer)
-    r.time_ours = [s](int reps) {
-      const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * s.C * s.R * s.S;
-      const size_t ny = s.N * s.K * s.P * s.Q;
-      const auto x = random_vec(nx, 1), res = random_vec(ny, 4);
-      const auto w = random_vec(nw, 2, 1.f / std::sqrt(float(s.C * s.R * s.S)));
-      std::vector<float> y(ny);
-      hr::kern::ConvEpilogue ep;
-      ep.residual = res.data();
-      ep.relu = true;
-      return median_ms(reps, [&] {
-        hr::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ep);
       });
     };
     rows.push_back(r);
