@@ -192,6 +192,8 @@ void SGD::step() {
     enqueue_step();
     return;
   }
+  std::vector<Tensor> grads;  // the CPU tensors' gradients, alive until their step
+  std::vector<cpu::OptimSpan> spans;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
@@ -202,13 +204,16 @@ void SGD::step() {
     const bool g2 = in_group2(i);
     const float lr = float(g2 ? lr_ * o_.group2_lr_factor : lr_);
     const float wd = float(g2 ? o_.group2_weight_decay : o_.weight_decay);
-    if (p.device().is_cpu())
-      cpu::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, lr, float(o_.momentum),
-                    float(o_.dampening), wd, o_.nesterov, first);
-    else
+    if (p.device().is_cpu()) {
+      spans.push_back({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, lr, wd, first});
+      grads.push_back(std::move(g));
+    } else {
       cuda::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, lr, float(o_.momentum),
                      float(o_.dampening), wd, o_.nesterov, first, current_stream());
+    }
   }
+  cpu::sgd_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.momentum),
+                float(o_.dampening), o_.nesterov);
   ++steps_;
 }
 
@@ -245,20 +250,26 @@ void Adam::step() {
     return;
   }
   ++steps_;
+  std::vector<Tensor> grads;  // the CPU tensors' gradients, alive until their step
+  std::vector<cpu::OptimSpan> spans;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
     Tensor g = p.grad().contiguous(p.suggest_format()).to(DType::f32);
     float* m = slot(i, 0).data<float>();
     float* v = slot(i, 1).data<float>();
-    if (p.device().is_cpu())
-      cpu::adam_step(p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_), float(o_.beta1),
-                     float(o_.beta2), float(o_.eps), float(o_.weight_decay), o_.decoupled, steps_);
-    else
+    if (p.device().is_cpu()) {
+      spans.push_back({p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
+                       float(o_.weight_decay), false});
+      grads.push_back(std::move(g));
+    } else {
       cuda::adam_step(p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
                       float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay),
                       o_.decoupled, steps_, current_stream());
+    }
   }
+  cpu::adam_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.beta1),
+                 float(o_.beta2), float(o_.eps), o_.decoupled, steps_);
 }
 
 std::unique_ptr<Optimizer> make_adamw(std::vector<Tensor> params, double lr, double wd,

@@ -212,6 +212,12 @@ const std::vector<Case> kCases = {
     {3, 24, 23, 21, 70, 3, 3, 1, 1, 1, 1, false},  // 36 tiles an image, blocks across images,
                                                    // 3 of 4 and 1 of 4 rows/columns in the last
                                                    // tiles; K chunks 32 + 32 + 8
+    // Stride 2 by phases in F(4x4, 2x2), the forward pass and the data gradient (AVX-512
+    // builds: 3x3 stride 2 pad 1, 32-128 channels in, >= 64 out, >= 512 tiles of 4x4 outputs):
+    // 64x65 outputs, 17 tiles a row (two vectors of row planes and of dx columns), the last
+    // tile column a quarter inside; odd H: dx's last tile row 7 of 8 inside; K chunks 32 + 32 +
+    // 8, the data gradient's 4C 4 x 32.
+    {2, 32, 127, 130, 72, 3, 3, 2, 2, 1, 1, true},
 };
 
 }  // namespace
@@ -227,7 +233,7 @@ TEST_CASE("conv2d CPU forward applies the residual / ReLU epilogue", "[cpu][conv
   const std::vector<Case> picks = {kCases[0],  kCases[15], kCases[17], kCases[18],
                                    kCases[21], kCases[26], kCases[27], kCases[31], kCases[32],
                                    kCases[34], kCases[35], kCases[36], kCases[39],
-                                   kCases[40]};
+                                   kCases[40], kCases[41]};
   for (size_t i = 0; i < picks.size(); ++i) {
     const Case& c = picks[i];
     const ConvShape s = ConvShape::make(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.sh, c.sw, c.ph, c.pw);

@@ -764,6 +764,14 @@ TEST_CASE("softmax cross-entropy: all ignored, bad labels", "[cpu][loss]") {
 }
 
 // ---------------------------------------------------------------- optimizers
+// A step takes several tensors at once (cpu::OptimSpan): 40,000 floats as three tensors of 20,000
+// (two chunks), 7 and 19,993, each with its own learning rate and weight decay (scales below).
+namespace {
+const int64_t kSpanEnd[] = {20000, 20007, 40000};
+const double kSpanLr[] = {1.0, 0.5, 2.0}, kSpanWd[] = {1.0, 3.0, 0.0};
+int span_of(int64_t i) { return i < kSpanEnd[0] ? 0 : i < kSpanEnd[1] ? 1 : 2; }
+}  // namespace
+
 TEST_CASE("sgd_step matches torch.optim.SGD over several steps", "[cpu][optim]") {
   struct Cfg {
     double lr, momentum, dampening, wd;
@@ -780,16 +788,23 @@ TEST_CASE("sgd_step matches torch.optim.SGD over several steps", "[cpu][optim]")
     vector<double> pr(p.begin(), p.end()), br(n, 0);
     for (int step = 0; step < 5; ++step) {
       auto g = randn(n, 130 + step);
-      cpu::sgd_step(n, p.data(), g.data(), c.momentum != 0 ? buf.data() : nullptr, float(c.lr),
-                    float(c.momentum), float(c.dampening), float(c.wd), c.nesterov, step == 0);
+      vector<cpu::OptimSpan> spans;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t i0 = k ? kSpanEnd[k - 1] : 0;
+        spans.push_back({kSpanEnd[k] - i0, p.data() + i0, g.data() + i0,
+                         c.momentum != 0 ? buf.data() + i0 : nullptr, nullptr,
+                         float(c.lr * kSpanLr[k]), float(c.wd * kSpanWd[k]), step == 0});
+      }
+      cpu::sgd_step(spans.data(), 3, float(c.momentum), float(c.dampening), c.nesterov);
       const double mom = float(c.momentum), damp = float(c.dampening);
       for (int64_t i = 0; i < n; ++i) {
-        double d = g[i] + double(float(c.wd)) * pr[i];
+        const int k = span_of(i);
+        double d = g[i] + double(float(c.wd * kSpanWd[k])) * pr[i];
         if (mom != 0) {
           br[i] = step == 0 ? d : mom * br[i] + (1 - damp) * d;
           d = c.nesterov ? d + mom * br[i] : br[i];
         }
-        pr[i] -= double(float(c.lr)) * d;
+        pr[i] -= double(float(c.lr * kSpanLr[k])) * d;
       }
       REQUIRE_CLOSE(p, to_float(pr), 1e-6, 1e-5);
       if (mom != 0) REQUIRE_CLOSE(buf, to_float(br), 1e-6, 1e-5);
@@ -812,14 +827,21 @@ TEST_CASE("adam_step matches torch.optim.Adam / AdamW over several steps", "[cpu
     auto p = randn(n, 141);
     vector<float> m(n, 0.f), v(n, 0.f);
     vector<double> pr(p.begin(), p.end()), mr(n, 0), vr(n, 0);
-    const double lr = float(c.lr), b1 = float(c.b1), b2 = float(c.b2), eps = float(c.eps),
-                 wd = float(c.wd);
+    const double b1 = float(c.b1), b2 = float(c.b2), eps = float(c.eps);
     for (int64_t step = 1; step <= 6; ++step) {
       auto g = randn(n, 150 + step, step == 3 ? 1e-3f : 1.f);  // one step of tiny gradients
-      cpu::adam_step(n, p.data(), g.data(), m.data(), v.data(), float(c.lr), float(c.b1),
-                     float(c.b2), float(c.eps), float(c.wd), c.decoupled, step);
+      vector<cpu::OptimSpan> spans;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t i0 = k ? kSpanEnd[k - 1] : 0;
+        spans.push_back({kSpanEnd[k] - i0, p.data() + i0, g.data() + i0, m.data() + i0,
+                         v.data() + i0, float(c.lr * kSpanLr[k]), float(c.wd * kSpanWd[k]),
+                         false});
+      }
+      cpu::adam_step(spans.data(), 3, float(c.b1), float(c.b2), float(c.eps), c.decoupled, step);
       const double bc1 = 1 - std::pow(b1, double(step)), bc2 = 1 - std::pow(b2, double(step));
       for (int64_t i = 0; i < n; ++i) {
+        const int k = span_of(i);
+        const double lr = float(c.lr * kSpanLr[k]), wd = float(c.wd * kSpanWd[k]);
         double gi = g[i];
         if (c.decoupled)
           pr[i] *= 1 - lr * wd;

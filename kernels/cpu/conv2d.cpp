@@ -39,9 +39,12 @@
 #include "kernels/cpu/avx512_util.h"
 #endif
 
+#include <sys/mman.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <cstring>
 #include <string_view>
 #include <type_traits>
@@ -77,24 +80,38 @@ constexpr int64_t kBf16WeightGradMinCols = 1024;
 // A buffer that grows (new elements zero, old ones kept, as std::vector::resize) and is kept
 // between calls (no page faults in the steady state). This file's own type, not std::vector:
 // its code is then local to this build (kernels/cpu/isa.h).
+// From 1 MB on 2 MB boundaries, offered to the kernel as transparent huge pages (as tensors'
+// storage, engine/tensor.cpp): the Winograd passes write their transforms in rows megabytes
+// apart.
 template <class T>
 struct Buf {
+  static_assert(std::is_trivial_v<T>);
   T* p = nullptr;
   int64_t n = 0;
   Buf() = default;
   Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
-  ~Buf() { delete[] p; }
+  ~Buf() { std::free(p); }
   T* data() { return p; }
   T& operator[](int64_t i) { return p[i]; }
 };
+constexpr size_t kBufHugePage = size_t(2) << 20;
 template <class T>
 T* grow(Buf<T>& v, int64_t n) {
   if (v.n < n) {
-    T* q = new T[static_cast<size_t>(n)]();
-    if (v.n) std::memcpy(q, v.p, static_cast<size_t>(v.n) * sizeof(T));
-    delete[] v.p;
+    const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+    const bool huge = bytes >= kBufHugePage / 2;
+    const size_t align = huge ? kBufHugePage : 64, rounded = (bytes + align - 1) / align * align;
+    T* q = static_cast<T*>(std::aligned_alloc(align, rounded));
+    if (!q) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge) ::madvise(q, rounded, MADV_HUGEPAGE);  // advice only
+#endif
+    const size_t kept = static_cast<size_t>(v.n) * sizeof(T);
+    if (kept) std::memcpy(q, v.p, kept);
+    std::memset(reinterpret_cast<char*>(q) + kept, 0, bytes - kept);
+    std::free(v.p);
     v.p = q;
     v.n = n;
   }
@@ -408,6 +425,27 @@ PadGeom pad_geom(const ConvShape& s, int64_t p0, int64_t p1) {
   return g;
 }
 
+// d0[j] = src[2j] for j < (W + 1) / 2 and d1[j] = src[2j + 1] for j < W / 2: a row of W values
+// split into its even and odd columns (the stride-2 phase buffers).
+inline void split_even_odd(const float* __restrict src, int64_t W, float* __restrict d0,
+                           float* __restrict d1) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (; 2 * j + 32 <= W; j += 16) {
+    const __m512 a = _mm512_loadu_ps(src + 2 * j), b = _mm512_loadu_ps(src + 2 * j + 16);
+    _mm512_storeu_ps(d0 + j, _mm512_permutex2var_ps(a, even, b));
+    _mm512_storeu_ps(d1 + j, _mm512_permutex2var_ps(a, odd, b));
+  }
+#endif
+  for (; 2 * j + 1 < W; ++j) {
+    d0[j] = src[2 * j];
+    d1[j] = src[2 * j + 1];
+  }
+  if (2 * j < W) d0[j] = src[2 * j];
+}
+
 // Fills channels [c0, c1) of the padded phase buffer from image x [C,H,W].
 void pad_split(const ConvShape& s, const PadGeom& g, const float* x, int64_t c0, int64_t c1,
                float* buf) {
@@ -421,15 +459,14 @@ void pad_split(const ConvShape& s, const PadGeom& g, const float* x, int64_t c0,
         continue;
       }
       const float* src = x + (c * s.H + ih) * W;
+      if (sw == 2) split_even_odd(src, W, dst + ml, dst + wpad + ml);
       for (int64_t ph = 0; ph < sw; ++ph) {
         float* d = dst + ph * wpad;
         const int64_t cnt = ph < W ? (W - ph + sw - 1) / sw : 0;
         for (int64_t j = 0; j < ml; ++j) d[j] = 0.f;
         if (sw == 1) {
           std::memcpy(d + ml, src, sizeof(float) * W);
-        } else if (sw == 2) {
-          for (int64_t j = 0; j < cnt; ++j) d[ml + j] = src[2 * j + ph];
-        } else {
+        } else if (sw > 2) {
           for (int64_t j = 0; j < cnt; ++j) d[ml + j] = src[j * sw + ph];
         }
         for (int64_t j = ml + cnt; j < wpad; ++j) d[j] = 0.f;
@@ -690,24 +727,29 @@ bool direct_ok(const ConvShape& s) {
 // x [N,C,H,W] -> out [N,C,sh,sw,Hr,Q]: out[n,c,a,b,i,j] = x[n,c,i*sh+a,j*sw+b] (0 outside x)
 void phase_split(const ConvShape& s, const float* x, int64_t Hr, float* out, bool parallel) {
   const int64_t sh = s.stride_h, sw = s.stride_w, Q = s.Q, H = s.H, W = s.W;
+  const bool pairs = sw == 2 && (W + 1) / 2 <= Q;  // both column phases of a row at once
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
     const float* src = x + nc * H * W;
     float* dst = out + nc * sh * sw * Hr * Q;
     for (int64_t a = 0; a < sh; ++a)
-      for (int64_t b = 0; b < sw; ++b)
-        for (int64_t i = 0; i < Hr; ++i) {
-          float* d = dst + ((a * sw + b) * Hr + i) * Q;
-          const int64_t ih = i * sh + a;
-          if (ih >= H) {
-            fill(d, Q, 0.f);
-            continue;
-          }
+      for (int64_t i = 0; i < Hr; ++i) {
+        const int64_t ih = i * sh + a;
+        const auto plane = [&](int64_t b) { return dst + ((a * sw + b) * Hr + i) * Q; };
+        if (ih >= H) {
+          for (int64_t b = 0; b < sw; ++b) fill(plane(b), Q, 0.f);
+          continue;
+        }
+        if (pairs) split_even_odd(src + ih * W, W, plane(0), plane(1));
+        for (int64_t b = 0; b < sw; ++b) {
+          float* d = plane(b);
           const float* row = src + ih * W + b;
           const int64_t n = std::clamp<int64_t>((W - b + sw - 1) / sw, 0, Q);
-          for (int64_t j = 0; j < n; ++j) d[j] = row[j * sw];
+          if (!pairs)
+            for (int64_t j = 0; j < n; ++j) d[j] = row[j * sw];
           fill(d + n, Q - n, 0.f);
         }
+      }
   }
 }
 
@@ -1051,14 +1093,32 @@ void tile_runs(int64_t TH, int64_t TW, int64_t t0, int64_t cnt, Fn&& fn) {
 }
 
 // Overloads by tile size (kT x kT outputs) of the row planes and the 1-D transforms
-// (winograd_row_planes, winograd_bt, winograd_at, winograd_g, winograd_a, winograd_gt).
+// (winograd_row_planes, winograd_bt, winograd_at, winograd_g, winograd_a, winograd_gt); WinoS2
+// picks F(4x4, 2x2)'s transforms (the stride-2 convolutions' phases, below).
 template <int kT>
 struct WinoTile {};
+struct WinoS2 {};
+
+// One Winograd algorithm F(kT x kT, r x r): tiles of kT x kT outputs, each from the kP x kP
+// patch that starts kOff rows and columns before the tile's first output (kP = kT + r - 1);
+// Tag picks its transforms. Its row planes are those of period kT (WinoTile<kT>); on a stride-2
+// input's phases, of period 2kT (winograd_input's kStride).
+template <int kT_, int kP_, int kOff_, class Tag_>
+struct WinoAlg {
+  static constexpr int kT = kT_, kP = kP_, kOff = kOff_;
+  using Tag = Tag_;
+};
+using WinoF2 = WinoAlg<2, 4, -1, WinoTile<2>>;  // F(2x2, 3x3), pad 1
+using WinoF4 = WinoAlg<4, 6, -1, WinoTile<4>>;  // F(4x4, 3x3), pad 1
+using WinoF42 = WinoAlg<4, 5, 0, WinoS2>;       // F(4x4, 2x2), no padding
+using WinoS2F42 = WinoAlg<4, 5, -1, WinoS2>;    // F(4x4, 2x2) on a stride-2 input's phases
+template <int kT>
+using WinoF = std::conditional_t<kT == 2, WinoF2, WinoF4>;
 
 // The planes of one input row (winograd_input): p[s][q] = xr[2q + s - 1] for q < TW (0 outside
-// the row's W values), s = 0..3 at p + s * pstride.
+// the row's W values), s = 0..3 at p + s * pstride (offset -1 only).
 void winograd_row_planes(WinoTile<2>, const float* xr, int64_t W, int64_t TW, float* p,
-                         int64_t pstride) {
+                         int64_t pstride, int /*off = -1*/) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   __m512 prev = _mm512_setzero_ps();  // the odd values of the previous 16 columns
@@ -1173,23 +1233,29 @@ bool winograd4_weight_grad_ok(const ConvShape& s) {
   return winograd4_weight_grad_enabled() && winograd4_shape_ok(s);
 }
 
-// The planes of one input row (winograd_input<4>): p[s][q] = xr[4q + s - 1] for q < TW (0 outside
-// the row's W values), s = 0..5 at p + s * pstride.
+// a[v] = xr[i0 + 16v .. i0 + 16v + 15] for v < NV, 0 outside the row's W values.
+template <int NV>
+inline void load_row_span(const float* xr, int64_t W, int64_t i0, __m512* a) {
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t o = i0 + v * kLanes;
+    const __mmask16 m = lanes16(W - o) & static_cast<__mmask16>(~lanes16(-o));
+    a[v] = _mm512_maskz_loadu_ps(m, shifted(xr, o));
+  }
+}
+
+// The planes of one input row (winograd_input<WinoF4>, <WinoF42>): p[s][q] = xr[4q + s + off]
+// for q < TW (0 outside the row's W values), s = 0..5 at p + s * pstride; off is -1 or 0.
 void winograd_row_planes(WinoTile<4>, const float* xr, int64_t W, int64_t TW, float* p,
-                         int64_t pstride) {
+                         int64_t pstride, int off) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
     const __mmask16 mq = lanes16(TW - q0);
-    const int64_t i0 = 4 * q0 - 1;  // z[j] = x[i0 + j], j = 0..63
+    const int64_t i0 = 4 * q0 + off;  // z[j] = x[i0 + j], j = 0..63
     __m512 a[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      const int64_t o = i0 + v * kLanes;
-      const __mmask16 m = lanes16(W - o) & static_cast<__mmask16>(~lanes16(-o));
-      a[v] = _mm512_maskz_loadu_ps(m, shifted(xr, o));
-    }
+    load_row_span<4>(xr, W, i0, a);
     const __m512 e_lo = _mm512_permutex2var_ps(a[0], even, a[1]);  // z[2j], j < 16
     const __m512 o_lo = _mm512_permutex2var_ps(a[0], odd, a[1]);   // z[2j + 1]
     const __m512 e_hi = _mm512_permutex2var_ps(a[2], even, a[3]);  // z[32 + 2j]
@@ -1303,33 +1369,81 @@ inline void winograd_at(WinoTile<2>, const __m512* m, __m512* y) {
   y[1] = _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]);
 }
 
-// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles (F(kT x kT,
-// 3x3): xi < (kT + 2)^2); columns cnt..ld-1 are left as they are. The (kT + 2)^2 patch d of tile
-// (ty, tx) is x[kT*ty - 1 ..][kT*tx - 1 ..] (0 outside the map). Per image and channel, the rows
-// the block's tiles read are first copied into (kT + 2) x kT planes
-// pl[s][par][i][q] = x[kT(ty0 + i) + par - 1][kT*q + s - 1] (TW columns; the row planes of
+// ---- Winograd F(4x4, 2x2) (points 0, 1, -1, 2, inf): the 3x3 stride-2 pad-1 convolutions by
+// phases (forward_winograd_s2 and the passes below it). 25 products per 4x4 outputs of a 2x2
+// filter (16 x 4 by the direct loops); rms rounding error 1.0e-6 of the output's rms at 64
+// channels in float (tools/winograd_f42.py derives them and measures it):
+//   B^T = [2 -1 -2 1 0; 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1],
+//   G = [1/2 0; -1/2 -1/2; -1/6 1/6; 1/6 1/3; 0 1],
+//   A^T = [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 0; 0 1 -1 8 1].
+inline void winograd_bt(WinoS2, const __m512* d, __m512* o) {
+  const __m512 c2 = _mm512_set1_ps(2.f);
+  const __m512 t31 = _mm512_sub_ps(d[3], d[1]), t32 = _mm512_sub_ps(d[3], d[2]);
+  o[0] = _mm512_fmadd_ps(c2, _mm512_sub_ps(d[0], d[2]), t31);
+  o[1] = _mm512_fnmadd_ps(c2, d[1], t32);
+  o[2] = _mm512_fmadd_ps(c2, _mm512_sub_ps(d[1], d[2]), t32);
+  o[3] = t31;
+  o[4] = _mm512_fnmadd_ps(c2, t31, _mm512_sub_ps(d[4], d[2]));
+}
+inline void winograd_at(WinoS2, const __m512* m, __m512* y) {
+  const __m512 p = _mm512_add_ps(m[1], m[2]), q = _mm512_sub_ps(m[1], m[2]);
+  y[0] = _mm512_add_ps(_mm512_add_ps(m[0], p), m[3]);
+  y[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), m[3], q);
+  y[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), m[3], p);
+  y[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), m[3], q), m[4]);
+}
+inline void winograd_g(WinoS2, const __m512* g, __m512* o) {
+  const __m512 sixth = _mm512_set1_ps(1.f / 6.f);
+  o[0] = _mm512_mul_ps(_mm512_set1_ps(0.5f), g[0]);
+  o[1] = _mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_add_ps(g[0], g[1]));
+  o[2] = _mm512_mul_ps(sixth, _mm512_sub_ps(g[1], g[0]));
+  o[3] = _mm512_fmadd_ps(sixth, g[0], _mm512_mul_ps(_mm512_set1_ps(1.f / 3.f), g[1]));
+  o[4] = g[1];
+}
+// A Winograd pass's operand map (C channels of H x W; its tiles' patches read it) and tile grid
+// (TH x TW tiles an image).
+struct WinoGrid {
+  int64_t C, H, W, TH, TW;
+};
+// The grid of a convolution's forward pass: the input, tiles of kT x kT outputs.
+WinoGrid wino_grid(const ConvShape& s, int kT) {
+  return {s.C, s.H, s.W, (s.P + kT - 1) / kT, (s.Q + kT - 1) / kT};
+}
+
+// V[xi][c][j] = (B^T d B)[xi] of tile t0 + j, channel c, for the block's cnt tiles (algorithm A:
+// xi < kP^2); columns cnt..ld-1 are left as they are. The kP x kP patch d of tile (ty, tx) is
+// x[kT*ty + kOff ..][kT*tx + kOff ..] (0 outside the map). Per image and channel, the rows the
+// block's tiles read are first copied into (kT + 2) x kT planes
+// pl[s][par][i][q] = x[kT(ty0 + i) + par + kOff][kT*q + s + kOff] (TW columns; the row planes of
 // winograd_row_planes): patch element (r, s) of the image's tile
 // t = ty*TW + tx is then pl[s][r % kT][t - ty0*TW + (r / kT)*TW], contiguous in t across tile
 // rows, so the transform is one vector loop over the image's tiles.
-template <int kT>
-void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt, int64_t ld,
+// kStride 2: the stride-2 convolutions' phases (forward_winograd_s2), V[xi][4c + 2p + q][j] the
+// transform of phase (p, q) of channel c, whose patch element (i, j) is x's element
+// (2i + p, 2j + q) of the tile's 10 x 10 (planes of period 2kT = 8).
+template <class A, int kStride = 1>
+void winograd_input(const WinoGrid& g, const float* x, int64_t t0, int64_t cnt, int64_t ld,
                     float* V) {
-  constexpr int kP = kT + 2;  // patch size
-  const int64_t C = s.C, H = s.H, W = s.W, TH = (s.P + kT - 1) / kT, TW = (s.Q + kT - 1) / kT;
-  const int64_t TT = TH * TW, xstride = C * ld;  // V from one xi to the next
+  constexpr int kT = A::kT, kP = A::kP, kOff = A::kOff;
+  constexpr int kPer = kT * kStride, kExt = kP * kStride, kPhases = kStride * kStride;
+  static_assert(kExt - kPer <= kPer, "a patch reaches one tile row beyond its own");
+  const int64_t C = g.C, H = g.H, W = g.W, TW = g.TW;
+  const int64_t TT = g.TH * TW, xstride = kPhases * C * ld;  // V from one xi to the next
   thread_local Buf<float> planes_buf;
   image_segments(TT, t0, cnt, [&](int64_t n, int64_t a, int64_t b, int64_t j0) {
     const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 2, plane = rows * TW;
-    // planes [s][par][rows][TW], plus a vector of slack for the last loads
-    float* pl = grow(planes_buf, kP * kT * plane + kLanes);
+    // planes [s][par][rows][TW] (kPer + 2 of them as the row planes write them), plus a vector
+    // of slack for the last loads
+    float* pl = grow(planes_buf, (kPer + 2) * kPer * plane + kLanes);
     const int64_t m = b - a, first = a - ty0 * TW;
-    int64_t off[kP][kP];  // patch element (r, s)
-    for (int r = 0; r < kP; ++r)
-      for (int sc = 0; sc < kP; ++sc)
-        off[r][sc] = (sc * kT + r % kT) * plane + (r / kT) * TW + first;
-    // the input rows of the block's tiles, clamped to the map
-    const int64_t h0 = std::max<int64_t>(kT * ty0 - 1, 0);
-    const int64_t h1 = std::min(kT * (ty0 + rows) - 1, H);
+    int64_t off[kExt][kExt];  // the tile's input element (r, s)
+    for (int r = 0; r < kExt; ++r)
+      for (int sc = 0; sc < kExt; ++sc)
+        off[r][sc] = (sc * kPer + r % kPer) * plane + (r / kPer) * TW + first;
+    // the input rows of the block's tiles, clamped to the map: of the last row of planes, the
+    // block reads the first kExt - kPer parities only
+    const int64_t h0 = std::max<int64_t>(kPer * ty0 + kOff, 0);
+    const int64_t h1 = std::min<int64_t>(kPer * (ty0 + rows - 1) + kExt - kPer + kOff, H);
     for (int64_t c = 0; c < C; ++c) {
       const float* xc = x + (n * C + c) * H * W;
       if (c + 2 < C) {  // the rows two channels on, ahead of their use
@@ -1337,36 +1451,41 @@ void winograd_input(const ConvShape& s, const float* x, int64_t t0, int64_t cnt,
         for (int64_t o = 0; o < (h1 - h0) * W * 4; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
       }
       for (int64_t i = 0; i < rows; ++i)
-        for (int par = 0; par < kT; ++par) {
+        for (int par = 0; par < (i + 1 < rows ? kPer : kExt - kPer); ++par) {
           float* p = pl + par * plane + i * TW;
-          const int64_t ih = kT * (ty0 + i) + par - 1;
+          const int64_t ih = kPer * (ty0 + i) + par + kOff;
           if (ih < 0 || ih >= H)
-            for (int sc = 0; sc < kP; ++sc) fill(p + sc * kT * plane, TW, 0.f);
+            for (int sc = 0; sc < kPer + 2; ++sc) fill(p + sc * kPer * plane, TW, 0.f);
           else
-            winograd_row_planes(WinoTile<kT>{}, xc + ih * W, W, TW, p, kT * plane);
+            winograd_row_planes(WinoTile<kPer>{}, xc + ih * W, W, TW, p, kPer * plane, kOff);
         }
-      float* vc = V + c * ld + j0;
-      for (int64_t j = 0; j < m; j += kLanes) {
-        const __mmask16 mj = lanes16(m - j);
-        transform_2d<kP, kP>(
-            [&](int r, int sc) { return _mm512_loadu_ps(pl + off[r][sc] + j); },
-            [](const __m512* in, __m512* out) { winograd_bt(WinoTile<kT>{}, in, out); },
-            [&](int i, int e, __m512 v) {
-              store_lanes(vc + (kP * i + e) * xstride + j, mj, v);
-            });
+      for (int ph = 0; ph < kPhases; ++ph) {
+        const int pr = ph / kStride, pc = ph % kStride;
+        float* vc = V + (kPhases * c + ph) * ld + j0;
+        for (int64_t j = 0; j < m; j += kLanes) {
+          const __mmask16 mj = lanes16(m - j);
+          transform_2d<kP, kP>(
+              [&](int r, int sc) {
+                return _mm512_loadu_ps(pl + off[kStride * r + pr][kStride * sc + pc] + j);
+              },
+              [](const __m512* in, __m512* out) { winograd_bt(typename A::Tag{}, in, out); },
+              [&](int i, int e, __m512 v) {
+                store_lanes(vc + (kP * i + e) * xstride + j, mj, v);
+              });
+        }
       }
     }
   });
 }
 
 // y[n, k, kT*ty + a, kT*tx + b] = (A^T m A)[a][b] (+ bias, residual, ReLU) for k in [k0, k1) and
-// the block's tiles, m[xi] = M[xi][k - k0][j]: computed for the whole block into Y[a][b][j],
-// then stored by tile row, the kT columns of each tile interleaved.
-template <int kT>
+// the block's tiles, m[xi] = M[xi][k - k0][j] (algorithm A): computed for the whole block into
+// Y[a][b][j], then stored by tile row, the kT columns of each tile interleaved.
+template <class A>
 void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld, int64_t k0,
                      int64_t k1, int64_t t0, int64_t cnt, const float* bias,
                      const kern::ConvEpilogue& ep, float* y) {
-  constexpr int kP = kT + 2;
+  constexpr int kT = A::kT, kP = A::kP;
   const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + kT - 1) / kT, TW = (Q + kT - 1) / kT;
   thread_local Buf<float> out_buf;
   float* out = grow(out_buf, kT * kT * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
@@ -1381,7 +1500,7 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
     for (int64_t j = 0; j < cnt; j += kLanes) {
       transform_2d<kP, kT>(
           [&](int r, int e) { return _mm512_loadu_ps(mk + (kP * r + e) * xs + j); },
-          [](const __m512* in, __m512* o) { winograd_at(WinoTile<kT>{}, in, o); },
+          [](const __m512* in, __m512* o) { winograd_at(typename A::Tag{}, in, o); },
           [&](int a, int b, __m512 v) {
             _mm512_storeu_ps(out + (kT * a + b) * kWinoTB + j, _mm512_add_ps(v, bv));
           });
@@ -1469,25 +1588,21 @@ WinoBlocking winograd_blocking(int64_t T, int64_t chunks, int64_t KC, int nthrea
 // Output channels padded to kMR: the transformed weights' Kp.
 int64_t padded_k(const ConvShape& s) { return (s.K + kMR - 1) / kMR * kMR; }
 
-// The transformed weights U [(kT + 2)^2][C][Kp] (winograd_weights<kT>).
-template <int kT>
-void forward_winograd_t(const ConvShape& s, const float* x, const float* U, const float* bias,
-                        float* y, const kern::ConvEpilogue& ep) {
-  constexpr int kX = (kT + 2) * (kT + 2);  // transformed elements per tile
+// The products of a Winograd pass (algorithm A) over T tiles: per block of tiles,
+// input(t0, cnt, ld, V) writes the block's V [kP^2][C][ld], then per chunk of output channels
+// M[xi] = U[xi]^T V[xi] (U: the transformed weights [kP^2][C][Kp], K output channels padded to
+// Kp) and output(M, kc, ld, k0, k1, t0, cnt) takes M [kP^2][kc][ld] for channels [k0, k1).
+// bf16: the products in bf16 (forward_winograd_t's F(2x2) only).
+template <class A, class In, class Out>
+void winograd_products(int64_t C, int64_t K, int64_t Kp, int64_t T, const float* U,
+                       [[maybe_unused]] bool bf16, In&& input, Out&& output) {
+  constexpr int kX = A::kP * A::kP;  // transformed elements per tile
   // output channels per chunk: the chunk's products (kX x KC x kWinoTB floats) in L2
-  constexpr int64_t KC = kT == 2 ? kWinoKC : kWinoKC / 2;
-  const int64_t C = s.C, K = s.K, Kp = padded_k(s);
-  const int64_t T = winograd_tiles(s, kT);
+  constexpr int64_t KC = A::kT == 2 ? kWinoKC : kWinoKC / 2;
   const int nthreads = num_threads();
   const int64_t chunks = (Kp + KC - 1) / KC;
   const WinoBlocking bl = winograd_blocking(T, chunks, KC, nthreads);
   const int64_t tb = bl.tb, groups = bl.groups, blocks = (T + tb - 1) / tb;
-  // bf16 products in F(2x2) only: F(4x4)'s transforms amplify the operands' rounding (4.4x the
-  // bound of rounding x and w, at 16 channels, where F(2x2) stays within it), and F(4x4) in fp32
-  // ran faster than F(2x2) in bf16 where it applies (16 channels on 48x40, batch 8: 0.25 ms
-  // against 0.34); F(2x2) in bf16 against fp32: 0.24 / 0.26 ms at 32 channels on 24x20, 0.26 /
-  // 0.30 at 64 on 12x10
-  [[maybe_unused]] const bool bf16 = kT == 2 && use_bf16();
 #if HR_BF16_KERNELS
   // bf16: U[xi]^T packed (rows = output channels) for every block; V[xi] packed per block
   const int64_t uw = bf16 ? bf16_packed_a_words(Kp, C) : 0, vw = bf16 ? bf16_panel_words(C) : 0;
@@ -1504,30 +1619,36 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
     const int64_t b = u / groups, g = u % groups;
     const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
     const int nr = static_cast<int>((cnt + kLanes - 1) / kLanes);
+    const int64_t ch0 = g * chunks / groups, ch1 = (g + 1) * chunks / groups;
     thread_local Buf<float> v_buf, m_buf;
-    float* V = grow(v_buf, kX * C * tb);
-    float* M = grow(m_buf, kX * KC * tb);
-    winograd_input<kT>(s, x, t0, cnt, tb, V);
-    // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
-    if (cnt < nr * kLanes)
-      for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
 #if HR_BF16_KERNELS
-    thread_local Buf<uint32_t> vb_buf;
-    uint32_t* Vb = bf16 ? grow(vb_buf, kX * vw) : nullptr;
-    if (bf16)
+    if (bf16) {
+      float* V = grow(v_buf, kX * C * tb);
+      float* M = grow(m_buf, kX * KC * tb);
+      input(t0, cnt, tb, V);
+      if (cnt < nr * kLanes)
+        for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
+      thread_local Buf<uint32_t> vb_buf;
+      uint32_t* Vb = grow(vb_buf, kX * vw);
       for (int xi = 0; xi < kX; ++xi) bf16_pack_b_panel(C, cnt, V + xi * C * tb, tb, Vb + xi * vw);
-#endif
-    for (int64_t ch = g * chunks / groups; ch < (g + 1) * chunks / groups; ++ch) {
-      const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
-#if HR_BF16_KERNELS
-      if (bf16) {
+      for (int64_t ch = ch0; ch < ch1; ++ch) {
+        const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
         for (int xi = 0; xi < kX; ++xi)
           gemm_bf16_panel(kc, nr * kLanes, C, Ub + xi * uw + bf16_packed_a_offset(k0, C),
                           Vb + xi * vw, M + xi * kc * tb, tb, false);
-        winograd_output<kT>(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
-        continue;
+        output(M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt);
       }
+      continue;
+    }
 #endif
+    float* V = grow(v_buf, kX * C * tb);
+    float* M = grow(m_buf, kX * KC * tb);
+    input(t0, cnt, tb, V);
+    // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
+    if (cnt < nr * kLanes)
+      for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
+    for (int64_t ch = ch0; ch < ch1; ++ch) {
+      const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
       for (int xi = 0; xi < kX; ++xi)
         for (int64_t kk = 0; kk < kc; kk += kMR) {
           const float* Ub = U + xi * C * Kp + k0 + kk;
@@ -1540,9 +1661,31 @@ void forward_winograd_t(const ConvShape& s, const float* x, const float* U, cons
           else
             winograd_gemm_block<1>(Ub, Kp, Vb, tb, C, Mb);
         }
-      winograd_output<kT>(s, M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt, bias, ep, y);
+      output(M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt);
     }
   }
+}
+
+// The forward pass of F(kT x kT, 3x3) with the transformed weights U [(kT + 2)^2][C][Kp]
+// (winograd_weights<kT>).
+template <int kT>
+void forward_winograd_t(const ConvShape& s, const float* x, const float* U, const float* bias,
+                        float* y, const kern::ConvEpilogue& ep) {
+  using A = WinoF<kT>;
+  // bf16 products in F(2x2) only: F(4x4)'s transforms amplify the operands' rounding (4.4x the
+  // bound of rounding x and w, at 16 channels, where F(2x2) stays within it), and F(4x4) in fp32
+  // ran faster than F(2x2) in bf16 where it applies (16 channels on 48x40, batch 8: 0.25 ms
+  // against 0.34); F(2x2) in bf16 against fp32: 0.24 / 0.26 ms at 32 channels on 24x20, 0.26 /
+  // 0.30 at 64 on 12x10
+  const bool bf16 = kT == 2 && use_bf16();
+  const WinoGrid g = wino_grid(s, kT);
+  winograd_products<A>(
+      s.C, s.K, padded_k(s), winograd_tiles(s, kT), U, bf16,
+      [&](int64_t t0, int64_t cnt, int64_t ld, float* V) {
+        winograd_input<A>(g, x, t0, cnt, ld, V);
+      },
+      [&](const float* M, int64_t kc, int64_t ld, int64_t k0, int64_t k1, int64_t t0,
+          int64_t cnt) { winograd_output<A>(s, M, kc, ld, k0, k1, t0, cnt, bias, ep, y); });
 }
 
 // The weights transformed on every call.
@@ -1626,11 +1769,12 @@ inline void winograd_gt(WinoTile<4>, const __m512* m, __m512* o) {
 
 // H[xi][k - k0][j] = (A h A^T)[xi] for k in [k0, k1) and tile t0 + j, h = dy[n, k, kT*ty ..,
 // kT*tx ..] (kT x kT, 0 outside the map); dy's rows split into column phases as in
-// winograd_input (planes s = 1..kT of its row planes are the tile's kT columns).
-template <int kT>
+// winograd_input (planes s = 1..kT of its row planes at offset -1 are the tile's kT columns);
+// algorithm A's A (kP x kT).
+template <class A>
 void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, int64_t t0,
                  int64_t cnt, int64_t ld, float* H) {
-  constexpr int kP = kT + 2;
+  constexpr int kT = A::kT, kP = A::kP;
   const int64_t K = s.K, P = s.P, Q = s.Q, TH = (P + kT - 1) / kT, TW = (Q + kT - 1) / kT;
   const int64_t TT = TH * TW, xstride = (k1 - k0) * ld;  // H from one xi to the next
   thread_local Buf<float> planes_buf;
@@ -1638,7 +1782,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
     const int64_t ty0 = a / TW, rows = (b - 1) / TW - ty0 + 1, plane = rows * TW;
     // planes [s][row phase][rows][TW] as the row planes are written, plus slack for the last
     // loads
-    float* pl = grow(planes_buf, kP * kT * plane + kLanes);
+    float* pl = grow(planes_buf, (kT + 2) * kT * plane + kLanes);
     const int64_t m = b - a, first = a - ty0 * TW;
     for (int64_t k = k0; k < k1; ++k) {
       const float* gk = dy + (n * K + k) * P * Q;
@@ -1649,7 +1793,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
           if (oh >= P)
             for (int sc = 1; sc <= kT; ++sc) fill(p + sc * kT * plane, TW, 0.f);
           else
-            winograd_row_planes(WinoTile<kT>{}, gk + oh * Q, Q, TW, p, kT * plane);
+            winograd_row_planes(WinoTile<kT>{}, gk + oh * Q, Q, TW, p, kT * plane, -1);
         }
       float* hk = H + (k - k0) * ld + j0;
       for (int64_t j = 0; j < m; j += kLanes) {
@@ -1658,7 +1802,7 @@ void winograd_dy(const ConvShape& s, const float* dy, int64_t k0, int64_t k1, in
             [&](int r, int c) {
               return _mm512_loadu_ps(pl + ((1 + c) * kT + r) * plane + first + j);
             },
-            [](const __m512* in, __m512* out) { winograd_a(WinoTile<kT>{}, in, out); },
+            [](const __m512* in, __m512* out) { winograd_a(typename A::Tag{}, in, out); },
             [&](int i, int e, __m512 v) { store_lanes(hk + (kP * i + e) * xstride + j, mj, v); });
       }
     }
@@ -1733,15 +1877,20 @@ void gemm_nt_accumulate(int64_t M, int64_t N, int64_t L, const float* A, int64_t
   }
 }
 
-// dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
+// The weight gradient's products (algorithm A, r x r outputs per pair of channels, r = kP - kT
+// + 1) for convolution s, the operand's C channels:
+// input(t0, cnt, ld, V) writes a block's V [kP^2][C][ld]; the products summed over the tiles
+// are transformed, 16 (k, c) pairs at a time, and store(kc0, n, d) takes pairs kc0 .. kc0 + n - 1
+// (k * C + c) with d[i * r + e][l] the output (i, e) of pair kc0 + l.
 // Work units: (share of the tiles, group of output channels). Many tiles: the threads take
 // shares of them, each into its own M. Few (small maps, where K x C is large): every thread
 // takes all tiles and a group of output channels (each transforms the whole input), so no M is
 // summed.
-template <int kT>
-void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
-  constexpr int kP = kT + 2, kX = kP * kP;
-  const int64_t C = s.C, K = s.K, KC = K * C;
+template <class A, class In, class Store>
+void winograd_weight_products(const ConvShape& s, int64_t C, const float* dy, In&& input,
+                              Store&& store) {
+  constexpr int kT = A::kT, kP = A::kP, kX = kP * kP, kR = kP - kT + 1;
+  const int64_t K = s.K, KC = K * C;
   const int64_t T = winograd_tiles(s, kT);
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
@@ -1773,8 +1922,8 @@ void backward_weight_winograd_t(const ConvShape& s, const float* x, const float*
     float* H = grow(h_buf, kX * kn * tb + kLanes);
     for (int64_t b = share * blocks / shares; b < (share + 1) * blocks / shares; ++b) {
       const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
-      winograd_input<kT>(s, x, t0, cnt, tb, V);
-      winograd_dy<kT>(s, dy, k0, k1, t0, cnt, tb, H);
+      input(t0, cnt, tb, V);
+      winograd_dy<A>(s, dy, k0, k1, t0, cnt, tb, H);
       for (int xi = 0; xi < kX; ++xi) {
         float* mx = M + xi * KC + k0 * C;
         const float* hx = H + xi * kn * tb;
@@ -1789,7 +1938,7 @@ void backward_weight_winograd_t(const ConvShape& s, const float* x, const float*
       }
     }
   }
-  // dw[k, c] = G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
+  // G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t kc0 = 0; kc0 < KC; kc0 += kLanes) {
     const __mmask16 mk = lanes16(KC - kc0);
@@ -1799,15 +1948,29 @@ void backward_weight_winograd_t(const ConvShape& s, const float* x, const float*
       for (int i = 1; i < shares; ++i)
         m[xi] = _mm512_add_ps(m[xi], _mm512_maskz_loadu_ps(mk, acc + (i * kX + xi) * KC + kc0));
     }
-    alignas(64) float d[9][kLanes];
-    transform_2d<kP, 3>(
+    alignas(64) float d[kR * kR][kLanes];
+    transform_2d<kP, kR>(
         [&](int r, int c) { return m[kP * r + c]; },
-        [](const __m512* in, __m512* out) { winograd_gt(WinoTile<kT>{}, in, out); },
-        [&](int i, int e, __m512 v) { _mm512_store_ps(d[3 * i + e], v); });
-    const int64_t n = std::min<int64_t>(kLanes, KC - kc0);
-    for (int64_t l = 0; l < n; ++l)
-      for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
+        [](const __m512* in, __m512* out) { winograd_gt(typename A::Tag{}, in, out); },
+        [&](int i, int e, __m512 v) { _mm512_store_ps(d[kR * i + e], v); });
+    store(kc0, std::min<int64_t>(kLanes, KC - kc0), d);
   }
+}
+
+// dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
+template <int kT>
+void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
+  using A = WinoF<kT>;
+  const WinoGrid g = wino_grid(s, kT);
+  winograd_weight_products<A>(
+      s, s.C, dy,
+      [&](int64_t t0, int64_t cnt, int64_t ld, float* V) {
+        winograd_input<A>(g, x, t0, cnt, ld, V);
+      },
+      [&](int64_t kc0, int64_t n, const float (*d)[kLanes]) {
+        for (int64_t l = 0; l < n; ++l)
+          for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
+      });
 }
 
 void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
@@ -1815,6 +1978,213 @@ void backward_weight_winograd(const ConvShape& s, const float* x, const float* d
     backward_weight_winograd_t<4>(s, x, dy, dw);
   else
     backward_weight_winograd_t<2>(s, x, dy, dw);
+}
+
+// ---- The 3x3 stride-2 pad-1 convolutions by phases, in Winograd F(4x4, 2x2) ----
+// Output (oh, ow) reads x[2oh + r - 1][2ow + s - 1]: split the input into its four phases
+// Z_pq[u][v] = x[2u + p - 1][2v + q - 1] and the filter into g_pq[a][b] = w[2a + p][2b + q]
+// (2x2, 0 where 2a + p or 2b + q is 3), and y = sum over the phases of the stride-1 2x2
+// correlations of Z_pq with g_pq: one F(4x4, 2x2) convolution of 4C channels, 25 products per
+// 4x4 outputs and channel of it, 100 per channel of x against the direct loops' 144 (1.44x
+// fewer). A tile of 4x4 outputs reads x[8ty - 1 .. 8ty + 8][8tx - 1 .. 8tx + 8]: its input
+// transform splits rows into planes of period 8 (winograd_row_planes<8>), phase (p, q)'s patch
+// element (i, j) at row 2i + p, column 2j + q of them.
+// The data gradient is the same sum read backwards: dx[2u + e][2v + f] (e, f the row and column
+// parity) = sum over k and the taps of dy[u + a][v + b] h_ef[a][b], with h_e's taps (r of w) for
+// a = 0, 1: (1, none) for even rows, (2, 0) for odd: an F(4x4, 2x2) convolution of dy's K
+// channels into 4C phase channels (patches at offset 0), each tile's 4 phases making an 8x8
+// block of dx.
+// The transforms cost more here than in the stride-1 passes (4 x 25 transformed inputs per 4x4
+// outputs and channel, through planes of period 8), so this pays on large maps with moderate
+// channel counts only: the stems' 64 -> 64 (interleaved in one process, batch 8, 2 threads:
+// 96x80 forward 6.7 ms against the direct kernel's 8.4, data gradient 6.4 against col2im's 8.9;
+// 128x96 9.7 / 9.3 against 12.2 / 12.9). From kWinoS2MinTiles tiles of 4x4 outputs, 32..128
+// input channels and 64 output channels: 128 -> 32 on 48x40 (240 tiles) ran 2.9 / 2.5 ms against
+// 1.9 / 2.7, 256 -> 64 on 64x48 (384) 11.6 / 14.9 against 11.0 / 13.5, 64 -> 128 on 32x24 (96)
+// 2.0 / 2.4 against 1.1 / 1.4. The weight gradient stays on im2col and GEMMs: with the forward
+// pass's input transform and F(2x2, 4x4) it took 9-12 ms against 8.9 for the stem (its products,
+// 64 x 256 outputs per element summed over the tiles, ran slower than Eigen's packed GEMM at
+// these sizes). fp32 only (ENGINE.PRECISION bf16 keeps the bf16 GEMMs), in HR_CPU_WINOGRAD's
+// default mode.
+constexpr int64_t kWinoS2MinTiles = 512, kWinoS2MaxChannels = 128, kWinoS2MinK = 64;
+bool winograd_s2_ok(const ConvShape& s) {
+  return s.R == 3 && s.S == 3 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 1 &&
+         s.pad_w == 1 && s.C >= 2 * kWinoMinChannels && s.C <= kWinoS2MaxChannels &&
+         s.K >= kWinoS2MinK && winograd_tiles(s, 4) >= kWinoS2MinTiles &&
+         winograd4_weight_grad_enabled() && !use_bf16();
+}
+
+// The planes of one input row at period 8 (winograd_input<WinoS2F42, 2>): p[s][q] = xr[8q + s -
+// 1] for q < TW (0 outside the row's W values), s = 0..9 at p + s * pstride (planes 8 and 9 are 0
+// and 1 one column on; offset -1 only).
+void winograd_row_planes(WinoTile<8>, const float* xr, int64_t W, int64_t TW, float* p,
+                         int64_t pstride, int /*off = -1*/) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
+  const auto split = [&](__m512 a, __m512 b, __m512& e, __m512& o) {
+    e = _mm512_permutex2var_ps(a, even, b);
+    o = _mm512_permutex2var_ps(a, odd, b);
+  };
+  for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
+    const __mmask16 mq = lanes16(TW - q0);
+    const int64_t i0 = 8 * q0 - 1;  // z[j] = x[i0 + j], j = 0..127
+    __m512 a[8];
+    load_row_span<8>(xr, W, i0, a);
+    __m512 e1[4], o1[4];  // z[32u + 2j], z[32u + 2j + 1]
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) split(a[2 * u], a[2 * u + 1], e1[u], o1[u]);
+    __m512 f[2][4];  // f[w][s] = z[64w + 4j + s]
+#pragma GCC unroll 2
+    for (int w = 0; w < 2; ++w) {
+      split(e1[2 * w], e1[2 * w + 1], f[w][0], f[w][2]);
+      split(o1[2 * w], o1[2 * w + 1], f[w][1], f[w][3]);
+    }
+    __m512 ph[10];  // ph[s] = z[8q + s]
+#pragma GCC unroll 4
+    for (int sc = 0; sc < 4; ++sc) split(f[0][sc], f[1][sc], ph[sc], ph[sc + 4]);
+    ph[8] = _mm512_castsi512_ps(_mm512_alignr_epi32(
+        _mm512_castps_si512(_mm512_set1_ps(at(i0 + 128))), _mm512_castps_si512(ph[0]), 1));
+    ph[9] = _mm512_castsi512_ps(_mm512_alignr_epi32(
+        _mm512_castps_si512(_mm512_set1_ps(at(i0 + 129))), _mm512_castps_si512(ph[1]), 1));
+#pragma GCC unroll 10
+    for (int sc = 0; sc < 10; ++sc) store_lanes(p + sc * pstride + q0, mq, ph[sc]);
+  }
+}
+
+// U[xi][row][col] = (G g G^T)[xi] of F(4x4, 2x2) for the 2x2 filters g[a][b] = tap(row, col, a,
+// b) (rows x cols of them; columns cols..colsp-1 zero): 16 columns at a time, one per lane.
+template <class Tap>
+void winograd_weights_s2(int64_t rows, int64_t cols, int64_t colsp, Tap&& tap, float* U,
+                         bool parallel) {
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t cb = 0; cb < colsp; cb += kLanes)
+    for (int64_t row = 0; row < rows; ++row) {
+      alignas(64) float gs[4][kLanes];
+      for (int64_t l = 0; l < kLanes; ++l)
+        for (int ab = 0; ab < 4; ++ab)
+          gs[ab][l] = cb + l < cols ? tap(row, cb + l, ab >> 1, ab & 1) : 0.f;
+      const __mmask16 ms = lanes16(colsp - cb);
+      transform_2d<2, 5>(
+          [&](int r, int j) { return _mm512_load_ps(gs[2 * r + j]); },
+          [](const __m512* in, __m512* out) { winograd_g(WinoS2{}, in, out); },
+          [&](int r, int e, __m512 v) {
+            store_lanes(U + ((5 * r + e) * rows + row) * colsp + cb, ms, v);
+          });
+    }
+}
+
+// dx[n, c, 8ty + 2a + e, 8tx + 2b + f] = (A^T m A)[a][b] of phase 2e + f for the channels
+// 4c + ph in [k0, k1) (multiples of 4) of M [25][kc][ld] and the block's tiles (grid g: dx's C
+// channels of H x W, tiles of 8x8): each channel's four phases computed into Y[ph][a][b][j], then
+// stored by rows of dx, the 8 columns of each tile interleaved.
+void winograd_output_s2_dx(const WinoGrid& g, const float* M, int64_t kc, int64_t ld, int64_t k0,
+                           int64_t k1, int64_t t0, int64_t cnt, float* dx) {
+  const int64_t C = g.C, H = g.H, W = g.W;
+  thread_local Buf<float> out_buf;
+  float* out = grow(out_buf, 64 * kWinoTB + kLanes);
+  const int64_t xs = kc * ld;  // M from one xi to the next
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const auto merge = [&](__m512 a, __m512 b, __m512& l, __m512& h) {
+    l = _mm512_permutex2var_ps(a, lo, b);
+    h = _mm512_permutex2var_ps(a, hi, b);
+  };
+  for (int64_t c4 = k0; c4 < k1; c4 += 4) {
+    const int64_t c = c4 / 4;
+    for (int ph = 0; ph < 4; ++ph) {
+      const float* mk = M + (c4 + ph - k0) * ld;
+      for (int64_t j = 0; j < cnt; j += kLanes)
+        transform_2d<5, 4>(
+            [&](int r, int e) { return _mm512_loadu_ps(mk + (5 * r + e) * xs + j); },
+            [](const __m512* in, __m512* o) { winograd_at(WinoS2{}, in, o); },
+            [&](int a, int b, __m512 v) {
+              _mm512_storeu_ps(out + ((ph * 4 + a) * 4 + b) * kWinoTB + j, v);
+            });
+    }
+    tile_runs(g.TH, g.TW, t0, cnt, [&](int64_t n, int64_t ty, int64_t tx0, int64_t tx1,
+                                       int64_t j0) {
+      const int64_t cols = std::min(8 * (tx1 - tx0), W - 8 * tx0);  // dx columns of the run
+      for (int r = 0; r < 8; ++r) {
+        const int64_t row = 8 * ty + r;
+        if (row >= H) break;
+        const int e = r & 1, a = r >> 1;
+        float* dr = dx + ((n * C + c) * H + row) * W + 8 * tx0;
+        for (int64_t j = 0; 8 * j < cols; j += kLanes) {
+          __m512 v[8];  // v[2b + f]: column 2b + f of 16 tiles
+#pragma GCC unroll 8
+          for (int sc = 0; sc < 8; ++sc)
+            v[sc] = _mm512_loadu_ps(out + (((2 * e + (sc & 1)) * 4 + a) * 4 + (sc >> 1)) * kWinoTB +
+                                    j0 + j);
+          __m512 f[2][4], e1[4], o1[4], z[8];
+#pragma GCC unroll 4
+          for (int sc = 0; sc < 4; ++sc) merge(v[sc], v[sc + 4], f[0][sc], f[1][sc]);
+#pragma GCC unroll 2
+          for (int w = 0; w < 2; ++w) {
+            merge(f[w][0], f[w][2], e1[2 * w], e1[2 * w + 1]);
+            merge(f[w][1], f[w][3], o1[2 * w], o1[2 * w + 1]);
+          }
+#pragma GCC unroll 4
+          for (int u = 0; u < 4; ++u) merge(e1[u], o1[u], z[2 * u], z[2 * u + 1]);
+#pragma GCC unroll 8
+          for (int vv = 0; vv < 8; ++vv) {
+            const int64_t c0 = 8 * j + vv * kLanes;
+            const __mmask16 mc = lanes16(cols - c0);
+            if (!mc) break;
+            store_lanes(dr + c0, mc, z[vv]);
+          }
+        }
+      }
+    });
+  }
+}
+
+void forward_winograd_s2(const ConvShape& s, const float* x, const float* w, const float* bias,
+                         float* y, const kern::ConvEpilogue& ep) {
+  const int64_t C = s.C, C4 = 4 * C, Kp = padded_k(s);
+  thread_local Buf<float> u_buf;
+  float* U = grow(u_buf, 25 * C4 * Kp);
+  winograd_weights_s2(
+      C4, s.K, Kp,
+      [&](int64_t row, int64_t k, int a, int b) {
+        const int r = 2 * a + (row & 2 ? 1 : 0), t = 2 * b + (row & 1);
+        return r < 3 && t < 3 ? w[((k * C + row / 4) * 3 + r) * 3 + t] : 0.f;
+      },
+      U, num_threads() > 1);
+  const WinoGrid g = wino_grid(s, 4);
+  winograd_products<WinoS2F42>(
+      C4, s.K, Kp, winograd_tiles(s, 4), U, false,
+      [&](int64_t t0, int64_t cnt, int64_t ld, float* V) {
+        winograd_input<WinoS2F42, 2>(g, x, t0, cnt, ld, V);
+      },
+      [&](const float* M, int64_t kc, int64_t ld, int64_t k0, int64_t k1, int64_t t0,
+          int64_t cnt) { winograd_output<WinoS2F42>(s, M, kc, ld, k0, k1, t0, cnt, bias, ep, y); });
+}
+
+void backward_data_winograd_s2(const ConvShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t C = s.C, C4 = 4 * C, K = s.K, Cp = (C4 + kMR - 1) / kMR * kMR;
+  thread_local Buf<float> u_buf;
+  float* U = grow(u_buf, 25 * K * Cp);
+  // phase 2e + f of channel c: taps (1, none) of w's rows for an even dx row, (2, 0) for odd
+  winograd_weights_s2(
+      K, C4, Cp,
+      [&](int64_t k, int64_t col, int a, int b) {
+        const int e = col & 2 ? 1 : 0, f = col & 1;
+        if ((!e && a) || (!f && b)) return 0.f;
+        const int r = e ? 2 - 2 * a : 1, t = f ? 2 - 2 * b : 1;
+        return w[((k * C + col / 4) * 3 + r) * 3 + t];
+      },
+      U, num_threads() > 1);
+  const WinoGrid gin{K, s.P, s.Q, (s.H + 7) / 8, (s.W + 7) / 8};
+  const WinoGrid gout{C, s.H, s.W, gin.TH, gin.TW};
+  winograd_products<WinoF42>(
+      K, C4, Cp, s.N * gin.TH * gin.TW, U, false,
+      [&](int64_t t0, int64_t cnt, int64_t ld, float* V) {
+        winograd_input<WinoF42>(gin, dy, t0, cnt, ld, V);
+      },
+      [&](const float* M, int64_t kc, int64_t ld, int64_t k0, int64_t k1, int64_t t0,
+          int64_t cnt) { winograd_output_s2_dx(gout, M, kc, ld, k0, k1, t0, cnt, dx); });
 }
 
 #endif  // __AVX512F__
@@ -1856,6 +2226,10 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
                     float* y, const kern::ConvEpilogue& ep) {
   if (s.N == 0) return;
 #if defined(__AVX512F__)
+  if (winograd_s2_ok(s)) {
+    forward_winograd_s2(s, x, w, bias, y, ep);
+    return;
+  }
   if (winograd_ok(s)) {
     forward_winograd(s, x, w, bias, y, ep);
     return;
@@ -1880,6 +2254,12 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
 
 void conv2d_backward_data(const ConvShape& s, const float* dy, const float* w, float* dx) {
   if (s.N == 0) return;
+#if defined(__AVX512F__)
+  if (winograd_s2_ok(s)) {
+    backward_data_winograd_s2(s, dy, w, dx);
+    return;
+  }
+#endif
   const int64_t K = s.K, C = s.C, R = s.R, S = s.S;
   // Stride 1 with a row-shift-friendly map: dx = conv(dy, w') with w'[c,k,r,s] =
   // w[k,c,R-1-r,S-1-s] and padding R-1-pad. Otherwise dcol = w^T dy and col2im.

@@ -234,15 +234,28 @@ float masked_bce_forward(int64_t n, const float* logits, const float* target, co
 void masked_bce_backward(int64_t n, const float* logits, const float* target, const float* mask,
                          float dloss, float* dlogits);
 
-// ---- optimizer steps (PyTorch torch.optim semantics, one parameter tensor of n floats) ----
+// ---- optimizer steps (PyTorch torch.optim semantics) ----
+// One parameter tensor's part of a step: its n floats, gradient and state (buf0: SGD's momentum
+// buffer, nullptr if momentum == 0, or Adam's exp_avg; buf1: Adam's exp_avg_sq), its learning
+// rate and weight decay, and (SGD) whether this is its first step. A step takes every tensor in
+// one parallel pass over chunks of all of them: most of a model's tensors are too small to
+// split alone, and one at a time they ran on one thread.
+struct OptimSpan {
+  int64_t n;
+  float* p;
+  const float* grad;
+  float* buf0;
+  float* buf1;
+  float lr, weight_decay;
+  bool first_step;
+};
 // SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);
-// g = nesterov ? g + momentum*buf : buf; p -= lr*g.  momentum_buf may be nullptr if momentum == 0.
-void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
-              float momentum, float dampening, float weight_decay, bool nesterov, bool first_step);
+// g = nesterov ? g + momentum*buf : buf; p -= lr*g.
+void sgd_step(const OptimSpan* spans, int64_t count, float momentum, float dampening,
+              bool nesterov);
 // Adam / AdamW (decoupled = true): step is 1-based.
-void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
-               float beta1, float beta2, float eps, float weight_decay, bool decoupled,
-               int64_t step);
+void adam_step(const OptimSpan* spans, int64_t count, float beta1, float beta2, float eps,
+               bool decoupled, int64_t step);
 
 // ---- batched matrix product (row-major [batch, rows, cols] operands) ----
 // c[i] = op(a[i]) op(b[i]) for i < batch: op(a) [M,K] (a stored [M,K], or [K,M] when trans_a),
