@@ -68,7 +68,8 @@ def main():
     AT, G, BT = derive(points)
     for name, M in (("B^T", BT), ("G", G), ("A^T", AT)):
         print(f"{name} = {M.tolist()}")
-    print(f"rms error / rms output, {args.channels} channels: {error(AT, G, BT, args.channels):.3g}")
+    err = error(AT, G, BT, args.channels)
+    print(f"rms error / rms output, {args.channels} channels: {err:.3g}")
 
 
 if __name__ == "__main__":
