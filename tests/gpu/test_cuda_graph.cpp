@@ -1015,8 +1015,8 @@ void check_adam(bool decoupled, cu::Stream s) {
     grad.set(gv_host);
     const Vec hyper = {lr, float(1.0 - std::pow(double(b1), double(t))),
                        float(1.0 - std::pow(double(b2), double(t)))};
-    cpu::adam_step(n, p.data(), gv_host.data(), m.data(), v.data(), lr, b1, b2, eps, wd, decoupled,
-                   t);
+    const cpu::OptimSpan sp{n, p.data(), gv_host.data(), m.data(), v.data(), lr, wd, false};
+    cpu::adam_step(&sp, 1, b1, b2, eps, decoupled, t);
     cu::adam_step(n, ep.f(), grad.f(), em.f(), ev.f(), lr, b1, b2, eps, wd, decoupled, t, s);
     hyper_dev.set(hyper);
     cu::adam_step_dev(n, dp.f(), grad.f(), dm.f(), dv.f(), hyper_dev.f(), b1, b2, eps, wd,
@@ -1070,8 +1070,9 @@ void check_sgd(const SgdCfg& c, cu::Stream s) {
     const Vec g_host = randn(size_t(n), 9600 + uint64_t(t));
     grad.set(g_host);
     const Vec hyper = {lr, first ? 1.f : 0.f};
-    cpu::sgd_step(n, p.data(), g_host.data(), mom ? buf.data() : nullptr, lr, c.momentum,
-                  c.dampening, c.wd, c.nesterov, first);
+    const cpu::OptimSpan sp{n, p.data(), g_host.data(), mom ? buf.data() : nullptr,
+                            nullptr, lr, c.wd, first};
+    cpu::sgd_step(&sp, 1, c.momentum, c.dampening, c.nesterov);
     cu::sgd_step(n, ep.f(), grad.f(), mom ? eb.f() : nullptr, lr, c.momentum, c.dampening, c.wd,
                  c.nesterov, first, s);
     hyper_dev.set(hyper);

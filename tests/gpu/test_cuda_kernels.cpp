@@ -784,8 +784,9 @@ TEST_CASE("cuda SGD and Adam steps vs cpu", "[gpu][kernels][optim]") {
     for (int step = 0; step < 3; ++step) {
       const Vec g = randn(size_t(n), 1301 + step);
       Buf bg = F(g);
-      cpu::sgd_step(n, p.data(), g.data(), c.momentum != 0.f ? buf.data() : nullptr, 0.05f,
-                    c.momentum, c.dampening, c.wd, c.nesterov, step == 0);
+      const cpu::OptimSpan sp{n, p.data(), g.data(), c.momentum != 0.f ? buf.data() : nullptr,
+                              nullptr, 0.05f, c.wd, step == 0};
+      cpu::sgd_step(&sp, 1, c.momentum, c.dampening, c.nesterov);
       cu::sgd_step(n, bp.f(), bg.f(), c.momentum != 0.f ? bbuf.f() : nullptr, 0.05f, c.momentum,
                    c.dampening, c.wd, c.nesterov, step == 0, st());
     }
@@ -800,8 +801,8 @@ TEST_CASE("cuda SGD and Adam steps vs cpu", "[gpu][kernels][optim]") {
     for (int64_t step = 1; step <= 4; ++step) {
       const Vec g = randn(size_t(n), 1401 + uint64_t(step));
       Buf bg = F(g);
-      cpu::adam_step(n, p.data(), g.data(), m.data(), v.data(), 1e-3f, 0.9f, 0.999f, 1e-8f, wd,
-                     decoupled, step);
+      const cpu::OptimSpan sp{n, p.data(), g.data(), m.data(), v.data(), 1e-3f, wd, false};
+      cpu::adam_step(&sp, 1, 0.9f, 0.999f, 1e-8f, decoupled, step);
       cu::adam_step(n, bp.f(), bg.f(), bm.f(), bv.f(), 1e-3f, 0.9f, 0.999f, 1e-8f, wd, decoupled,
                     step, st());
     }
