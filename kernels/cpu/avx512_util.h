@@ -19,6 +19,31 @@ inline __mmask16 lanes16(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
+// Permutations of two vectors' 32 floats z (z[0..15] = a, z[16..31] = b), for
+// _mm512_permutex2var_ps: the even and the odd ones (z[2j], z[2j + 1]), and a interleaved with b
+// (lo: a[0], b[0], .., a[7], b[7]; hi: a[8], b[8], .., a[15], b[15]).
+inline __m512i even_index() {
+  return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+inline __m512i odd_index() {
+  return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+inline __m512i interleave_lo_index() {
+  return _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+inline __m512i interleave_hi_index() {
+  return _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+}
+// even / odd = the even / odd of z; lo / hi = a and b interleaved (the inverse).
+inline void deinterleave(__m512 a, __m512 b, __m512& even, __m512& odd) {
+  even = _mm512_permutex2var_ps(a, even_index(), b);
+  odd = _mm512_permutex2var_ps(a, odd_index(), b);
+}
+inline void interleave(__m512 a, __m512 b, __m512& lo, __m512& hi) {
+  lo = _mm512_permutex2var_ps(a, interleave_lo_index(), b);
+  hi = _mm512_permutex2var_ps(a, interleave_hi_index(), b);
+}
+
 // The sums of the 16 lanes of a, b, c, d as [sa, sb, sc, sd]: pairs within 128-bit lanes, then
 // the four 128-bit lanes. Each sum's order depends only on its own vector.
 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {

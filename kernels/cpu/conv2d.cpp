@@ -44,8 +44,8 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdlib>
-#include <new>
 #include <cstring>
+#include <new>
 #include <string_view>
 #include <type_traits>
 
@@ -431,12 +431,11 @@ inline void split_even_odd(const float* __restrict src, int64_t W, float* __rest
                            float* __restrict d1) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   for (; 2 * j + 32 <= W; j += 16) {
-    const __m512 a = _mm512_loadu_ps(src + 2 * j), b = _mm512_loadu_ps(src + 2 * j + 16);
-    _mm512_storeu_ps(d0 + j, _mm512_permutex2var_ps(a, even, b));
-    _mm512_storeu_ps(d1 + j, _mm512_permutex2var_ps(a, odd, b));
+    __m512 even, odd;
+    deinterleave(_mm512_loadu_ps(src + 2 * j), _mm512_loadu_ps(src + 2 * j + 16), even, odd);
+    _mm512_storeu_ps(d0 + j, even);
+    _mm512_storeu_ps(d1 + j, odd);
   }
 #endif
   for (; 2 * j + 1 < W; ++j) {
@@ -1119,8 +1118,7 @@ using WinoF = std::conditional_t<kT == 2, WinoF2, WinoF4>;
 // the row's W values), s = 0..3 at p + s * pstride (offset -1 only).
 void winograd_row_planes(WinoTile<2>, const float* xr, int64_t W, int64_t TW, float* p,
                          int64_t pstride, int /*off = -1*/) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i even = even_index(), odd = odd_index();
   __m512 prev = _mm512_setzero_ps();  // the odd values of the previous 16 columns
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
     const __mmask16 mq = lanes16(TW - q0);
@@ -1248,8 +1246,7 @@ inline void load_row_span(const float* xr, int64_t W, int64_t i0, __m512* a) {
 // for q < TW (0 outside the row's W values), s = 0..5 at p + s * pstride; off is -1 or 0.
 void winograd_row_planes(WinoTile<4>, const float* xr, int64_t W, int64_t TW, float* p,
                          int64_t pstride, int off) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i even = even_index(), odd = odd_index();
   const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
     const __mmask16 mq = lanes16(TW - q0);
@@ -1490,9 +1487,7 @@ void winograd_output(const ConvShape& s, const float* M, int64_t kc, int64_t ld,
   thread_local Buf<float> out_buf;
   float* out = grow(out_buf, kT * kT * kWinoTB + kLanes);  // Y[a][b][j], slack for the last loads
   const int64_t xs = kc * ld;  // M from one xi to the next
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi =
-      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i lo = interleave_lo_index(), hi = interleave_hi_index();
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = k0; k < k1; ++k) {
     const float* mk = M + (k - k0) * ld;
@@ -1619,36 +1614,30 @@ void winograd_products(int64_t C, int64_t K, int64_t Kp, int64_t T, const float*
     const int64_t b = u / groups, g = u % groups;
     const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
     const int nr = static_cast<int>((cnt + kLanes - 1) / kLanes);
-    const int64_t ch0 = g * chunks / groups, ch1 = (g + 1) * chunks / groups;
     thread_local Buf<float> v_buf, m_buf;
-#if HR_BF16_KERNELS
-    if (bf16) {
-      float* V = grow(v_buf, kX * C * tb);
-      float* M = grow(m_buf, kX * KC * tb);
-      input(t0, cnt, tb, V);
-      if (cnt < nr * kLanes)
-        for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
-      thread_local Buf<uint32_t> vb_buf;
-      uint32_t* Vb = grow(vb_buf, kX * vw);
-      for (int xi = 0; xi < kX; ++xi) bf16_pack_b_panel(C, cnt, V + xi * C * tb, tb, Vb + xi * vw);
-      for (int64_t ch = ch0; ch < ch1; ++ch) {
-        const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
-        for (int xi = 0; xi < kX; ++xi)
-          gemm_bf16_panel(kc, nr * kLanes, C, Ub + xi * uw + bf16_packed_a_offset(k0, C),
-                          Vb + xi * vw, M + xi * kc * tb, tb, false);
-        output(M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt);
-      }
-      continue;
-    }
-#endif
     float* V = grow(v_buf, kX * C * tb);
     float* M = grow(m_buf, kX * KC * tb);
     input(t0, cnt, tb, V);
     // columns past the block's tiles up to nr vectors: zero (their outputs are not stored)
     if (cnt < nr * kLanes)
       for (int64_t r = 0; r < kX * C; ++r) fill(V + r * tb + cnt, nr * kLanes - cnt, 0.f);
-    for (int64_t ch = ch0; ch < ch1; ++ch) {
+#if HR_BF16_KERNELS
+    thread_local Buf<uint32_t> vb_buf;
+    uint32_t* Vb = bf16 ? grow(vb_buf, kX * vw) : nullptr;
+    if (bf16)
+      for (int xi = 0; xi < kX; ++xi) bf16_pack_b_panel(C, cnt, V + xi * C * tb, tb, Vb + xi * vw);
+#endif
+    for (int64_t ch = g * chunks / groups; ch < (g + 1) * chunks / groups; ++ch) {
       const int64_t k0 = ch * KC, kc = std::min(KC, Kp - k0);
+#if HR_BF16_KERNELS
+      if (bf16) {
+        for (int xi = 0; xi < kX; ++xi)
+          gemm_bf16_panel(kc, nr * kLanes, C, Ub + xi * uw + bf16_packed_a_offset(k0, C),
+                          Vb + xi * vw, M + xi * kc * tb, tb, false);
+        output(M, kc, tb, k0, std::min(K, k0 + kc), t0, cnt);
+        continue;
+      }
+#endif
       for (int xi = 0; xi < kX; ++xi)
         for (int64_t kk = 0; kk < kc; kk += kMR) {
           const float* Ub = U + xi * C * Kp + k0 + kk;
@@ -1877,20 +1866,17 @@ void gemm_nt_accumulate(int64_t M, int64_t N, int64_t L, const float* A, int64_t
   }
 }
 
-// The weight gradient's products (algorithm A, r x r outputs per pair of channels, r = kP - kT
-// + 1) for convolution s, the operand's C channels:
-// input(t0, cnt, ld, V) writes a block's V [kP^2][C][ld]; the products summed over the tiles
-// are transformed, 16 (k, c) pairs at a time, and store(kc0, n, d) takes pairs kc0 .. kc0 + n - 1
-// (k * C + c) with d[i * r + e][l] the output (i, e) of pair kc0 + l.
+// dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
 // Work units: (share of the tiles, group of output channels). Many tiles: the threads take
 // shares of them, each into its own M. Few (small maps, where K x C is large): every thread
 // takes all tiles and a group of output channels (each transforms the whole input), so no M is
 // summed.
-template <class A, class In, class Store>
-void winograd_weight_products(const ConvShape& s, int64_t C, const float* dy, In&& input,
-                              Store&& store) {
-  constexpr int kT = A::kT, kP = A::kP, kX = kP * kP, kR = kP - kT + 1;
-  const int64_t K = s.K, KC = K * C;
+template <int kT>
+void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
+  using A = WinoF<kT>;
+  constexpr int kP = A::kP, kX = kP * kP;
+  const int64_t C = s.C, K = s.K, KC = K * C;
+  const WinoGrid grid = wino_grid(s, kT);
   const int64_t T = winograd_tiles(s, kT);
   const int threads = num_threads();
   const bool ksplit = threads > 1 && T < kWinoSplitTiles * threads && K >= kMR * threads;
@@ -1922,7 +1908,7 @@ void winograd_weight_products(const ConvShape& s, int64_t C, const float* dy, In
     float* H = grow(h_buf, kX * kn * tb + kLanes);
     for (int64_t b = share * blocks / shares; b < (share + 1) * blocks / shares; ++b) {
       const int64_t t0 = b * tb, cnt = std::min(tb, T - t0);
-      input(t0, cnt, tb, V);
+      winograd_input<A>(grid, x, t0, cnt, tb, V);
       winograd_dy<A>(s, dy, k0, k1, t0, cnt, tb, H);
       for (int xi = 0; xi < kX; ++xi) {
         float* mx = M + xi * KC + k0 * C;
@@ -1938,7 +1924,7 @@ void winograd_weight_products(const ConvShape& s, int64_t C, const float* dy, In
       }
     }
   }
-  // G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
+  // dw[k, c] = G^T (sum of the shares) G; 16 (k, c) pairs at a time, one per lane
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t kc0 = 0; kc0 < KC; kc0 += kLanes) {
     const __mmask16 mk = lanes16(KC - kc0);
@@ -1948,29 +1934,15 @@ void winograd_weight_products(const ConvShape& s, int64_t C, const float* dy, In
       for (int i = 1; i < shares; ++i)
         m[xi] = _mm512_add_ps(m[xi], _mm512_maskz_loadu_ps(mk, acc + (i * kX + xi) * KC + kc0));
     }
-    alignas(64) float d[kR * kR][kLanes];
-    transform_2d<kP, kR>(
+    alignas(64) float d[9][kLanes];
+    transform_2d<kP, 3>(
         [&](int r, int c) { return m[kP * r + c]; },
         [](const __m512* in, __m512* out) { winograd_gt(typename A::Tag{}, in, out); },
-        [&](int i, int e, __m512 v) { _mm512_store_ps(d[kR * i + e], v); });
-    store(kc0, std::min<int64_t>(kLanes, KC - kc0), d);
+        [&](int i, int e, __m512 v) { _mm512_store_ps(d[3 * i + e], v); });
+    const int64_t n = std::min<int64_t>(kLanes, KC - kc0);
+    for (int64_t l = 0; l < n; ++l)
+      for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
   }
-}
-
-// dw = conv2d's weight gradient for winograd_weight_grad_ok(s) (dw [K, C, 3, 3], overwritten).
-template <int kT>
-void backward_weight_winograd_t(const ConvShape& s, const float* x, const float* dy, float* dw) {
-  using A = WinoF<kT>;
-  const WinoGrid g = wino_grid(s, kT);
-  winograd_weight_products<A>(
-      s, s.C, dy,
-      [&](int64_t t0, int64_t cnt, int64_t ld, float* V) {
-        winograd_input<A>(g, x, t0, cnt, ld, V);
-      },
-      [&](int64_t kc0, int64_t n, const float (*d)[kLanes]) {
-        for (int64_t l = 0; l < n; ++l)
-          for (int e = 0; e < 9; ++e) dw[(kc0 + l) * 9 + e] = d[e][l];
-      });
 }
 
 void backward_weight_winograd(const ConvShape& s, const float* x, const float* dy, float* dw) {
@@ -2006,10 +1978,11 @@ void backward_weight_winograd(const ConvShape& s, const float* x, const float* d
 // 64 x 256 outputs per element summed over the tiles, ran slower than Eigen's packed GEMM at
 // these sizes). fp32 only (ENGINE.PRECISION bf16 keeps the bf16 GEMMs), in HR_CPU_WINOGRAD's
 // default mode.
-constexpr int64_t kWinoS2MinTiles = 512, kWinoS2MaxChannels = 128, kWinoS2MinK = 64;
+constexpr int64_t kWinoS2MinTiles = 512, kWinoS2MinChannels = 32, kWinoS2MaxChannels = 128,
+                  kWinoS2MinK = 64;
 bool winograd_s2_ok(const ConvShape& s) {
   return s.R == 3 && s.S == 3 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 1 &&
-         s.pad_w == 1 && s.C >= 2 * kWinoMinChannels && s.C <= kWinoS2MaxChannels &&
+         s.pad_w == 1 && s.C >= kWinoS2MinChannels && s.C <= kWinoS2MaxChannels &&
          s.K >= kWinoS2MinK && winograd_tiles(s, 4) >= kWinoS2MinTiles &&
          winograd4_weight_grad_enabled() && !use_bf16();
 }
@@ -2019,13 +1992,7 @@ bool winograd_s2_ok(const ConvShape& s) {
 // and 1 one column on; offset -1 only).
 void winograd_row_planes(WinoTile<8>, const float* xr, int64_t W, int64_t TW, float* p,
                          int64_t pstride, int /*off = -1*/) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const auto at = [&](int64_t i) { return i >= 0 && i < W ? xr[i] : 0.f; };
-  const auto split = [&](__m512 a, __m512 b, __m512& e, __m512& o) {
-    e = _mm512_permutex2var_ps(a, even, b);
-    o = _mm512_permutex2var_ps(a, odd, b);
-  };
   for (int64_t q0 = 0; q0 < TW; q0 += kLanes) {
     const __mmask16 mq = lanes16(TW - q0);
     const int64_t i0 = 8 * q0 - 1;  // z[j] = x[i0 + j], j = 0..127
@@ -2033,16 +2000,16 @@ void winograd_row_planes(WinoTile<8>, const float* xr, int64_t W, int64_t TW, fl
     load_row_span<8>(xr, W, i0, a);
     __m512 e1[4], o1[4];  // z[32u + 2j], z[32u + 2j + 1]
 #pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) split(a[2 * u], a[2 * u + 1], e1[u], o1[u]);
+    for (int u = 0; u < 4; ++u) deinterleave(a[2 * u], a[2 * u + 1], e1[u], o1[u]);
     __m512 f[2][4];  // f[w][s] = z[64w + 4j + s]
 #pragma GCC unroll 2
     for (int w = 0; w < 2; ++w) {
-      split(e1[2 * w], e1[2 * w + 1], f[w][0], f[w][2]);
-      split(o1[2 * w], o1[2 * w + 1], f[w][1], f[w][3]);
+      deinterleave(e1[2 * w], e1[2 * w + 1], f[w][0], f[w][2]);
+      deinterleave(o1[2 * w], o1[2 * w + 1], f[w][1], f[w][3]);
     }
     __m512 ph[10];  // ph[s] = z[8q + s]
 #pragma GCC unroll 4
-    for (int sc = 0; sc < 4; ++sc) split(f[0][sc], f[1][sc], ph[sc], ph[sc + 4]);
+    for (int sc = 0; sc < 4; ++sc) deinterleave(f[0][sc], f[1][sc], ph[sc], ph[sc + 4]);
     ph[8] = _mm512_castsi512_ps(_mm512_alignr_epi32(
         _mm512_castps_si512(_mm512_set1_ps(at(i0 + 128))), _mm512_castps_si512(ph[0]), 1));
     ph[9] = _mm512_castsi512_ps(_mm512_alignr_epi32(
@@ -2084,13 +2051,6 @@ void winograd_output_s2_dx(const WinoGrid& g, const float* M, int64_t kc, int64_
   thread_local Buf<float> out_buf;
   float* out = grow(out_buf, 64 * kWinoTB + kLanes);
   const int64_t xs = kc * ld;  // M from one xi to the next
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi =
-      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const auto merge = [&](__m512 a, __m512 b, __m512& l, __m512& h) {
-    l = _mm512_permutex2var_ps(a, lo, b);
-    h = _mm512_permutex2var_ps(a, hi, b);
-  };
   for (int64_t c4 = k0; c4 < k1; c4 += 4) {
     const int64_t c = c4 / 4;
     for (int ph = 0; ph < 4; ++ph) {
@@ -2119,14 +2079,14 @@ void winograd_output_s2_dx(const WinoGrid& g, const float* M, int64_t kc, int64_
                                     j0 + j);
           __m512 f[2][4], e1[4], o1[4], z[8];
 #pragma GCC unroll 4
-          for (int sc = 0; sc < 4; ++sc) merge(v[sc], v[sc + 4], f[0][sc], f[1][sc]);
+          for (int sc = 0; sc < 4; ++sc) interleave(v[sc], v[sc + 4], f[0][sc], f[1][sc]);
 #pragma GCC unroll 2
           for (int w = 0; w < 2; ++w) {
-            merge(f[w][0], f[w][2], e1[2 * w], e1[2 * w + 1]);
-            merge(f[w][1], f[w][3], o1[2 * w], o1[2 * w + 1]);
+            interleave(f[w][0], f[w][2], e1[2 * w], e1[2 * w + 1]);
+            interleave(f[w][1], f[w][3], o1[2 * w], o1[2 * w + 1]);
           }
 #pragma GCC unroll 4
-          for (int u = 0; u < 4; ++u) merge(e1[u], o1[u], z[2 * u], z[2 * u + 1]);
+          for (int u = 0; u < 4; ++u) interleave(e1[u], o1[u], z[2 * u], z[2 * u + 1]);
 #pragma GCC unroll 8
           for (int vv = 0; vv < 8; ++vv) {
             const int64_t c0 = 8 * j + vv * kLanes;
