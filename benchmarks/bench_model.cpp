@@ -13,6 +13,7 @@
 //   bench_model [--model w32:pose|w32:cls|w48:seg|w32:det] [--config FILE] [--batch N] [--height H --width W]
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile] [--profile-shapes]
+//               [--no-fuse] [--no-streams] [--no-capture] [--conv-backend auto|cudnn|igemm]
 // --amp on the CPU: bf16 only, as ENGINE.PRECISION bf16 there (fp32 tensors, the convolutions'
 // products in bf16: cpu::set_cpu_precision), against the fp32 peer.
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
@@ -31,6 +32,10 @@
 // the peer's eager and torch.compile(mode="reduce-overhead") inference at the same batch.
 // --save FILE writes our results; --load FILE prints the table from them without measuring
 // (tools/window/run.sh: ours is timed while the peer is paused, the peer later, alone).
+// The levers, to measure each alone: --no-fuse (no graph fusion passes), --no-streams (every
+// node on one stream / thread), --no-capture (CUDA: the static graph launched op by op, not
+// replayed as a CUDA graph), --conv-backend auto|cudnn|igemm (CUDA: our implicit-GEMM kernels,
+// cuDNN, or per shape the faster; HR_CONV_BACKEND).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -68,6 +73,18 @@ struct Args {
   int steps = 5, warmup = 2;
   bool torch = true, profile = false, profile_shapes = false, latency = false;
   std::string peer_results, save, load;
+  // the levers, one at a time (issue 11's switches): graph fusion passes, branch streams, CUDA
+  // graph replay, the convolution backend on CUDA (HR_CONV_BACKEND)
+  bool fuse = true, streams = true, capture = true;
+  std::string conv_backend;
+  std::string levers() const {
+    std::string l;
+    if (!fuse) l += ", no fusion";
+    if (!streams) l += ", no branch streams";
+    if (!capture) l += ", no CUDA graph";
+    if (!conv_backend.empty()) l += ", convolutions: " + conv_backend;
+    return l;
+  }
 };
 
 using Results = std::map<std::string, double>;
@@ -96,7 +113,17 @@ Args parse(int argc, char** argv) {
     else if (k == "--latency") a.latency = true;
     else if (k == "--save") a.save = val();
     else if (k == "--load") a.load = val();
+    else if (k == "--no-fuse") a.fuse = false;
+    else if (k == "--no-streams") a.streams = false;
+    else if (k == "--no-capture") a.capture = false;
+    else if (k == "--conv-backend") a.conv_backend = val();
     else throw Error("bench_model: unknown argument " + k);
+  }
+  if (!a.conv_backend.empty()) {
+    HR_CHECK(a.conv_backend == "auto" || a.conv_backend == "cudnn" || a.conv_backend == "igemm",
+             "bench_model: --conv-backend must be auto, cudnn or igemm, got ", a.conv_backend);
+    HR_CHECK(a.device == "cuda", "bench_model: --conv-backend is for --device cuda");
+    ::setenv("HR_CONV_BACKEND", a.conv_backend.c_str(), 1);  // read by the CUDA dispatcher
   }
   HR_CHECK(a.device == "cpu" || a.device == "cuda", "bench_model: --device must be cpu or cuda");
   HR_CHECK(a.amp.empty() || a.amp == "bf16" || a.amp == "f16", "bench_model: --amp must be bf16 or f16");
@@ -395,6 +422,8 @@ Results measure(const Args& a, const ModelSpec& spec) {
       ys = model->forward_all(g.input("x", in));
     }
     graph::CompileOptions co;
+    co.fuse = a.fuse;
+    co.streams = a.streams;
     if (training && seg) {
       co.loss = seg_loss(ys.back(), g.input("labels", labels.shape(), DType::i64));
       g.output(co.loss, "loss");
@@ -437,7 +466,7 @@ Results measure(const Args& a, const ModelSpec& spec) {
     if (!dev.is_cuda()) return;
     e.run();
     sync(dev);
-    e.capture();
+    if (a.capture) e.capture();
   };
 
   Results r;
@@ -491,19 +520,20 @@ Results load_results(const std::string& path) {
 
 void print_table(const Args& a, const Results& ours, const Results& peer) {
   const bool cuda = a.device == "cuda";
-  const char* gname = cuda ? "CUDA graph" : "graph";
+  const char* gname = cuda && a.capture ? "CUDA graph" : "graph";
   auto get = [](const Results& m, const std::string& k) {
     auto it = m.find(k);
     return it == m.end() ? -1.0 : it->second;
   };
-  std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d%s, median of %d %s\n\n",
+  std::printf("\nbench_model%s: %s %lldx3x%lldx%lld, device %s%s, threads %d%s%s, median of %d %s\n\n",
               a.latency ? " --latency" : "", a.config.empty() ? a.model.c_str() : a.config.c_str(),
               (long long)a.batch, (long long)a.height, (long long)a.width, a.device.c_str(),
               a.amp.empty()          ? " fp32"
               : a.device == "cpu" ? " fp32, bf16 products (peer fp32)"
                                   : (" amp " + a.amp).c_str(),
               omp_get_max_threads(),
-              cuda ? "" : (std::string(", CPU kernels ") + cpu::cpu_isa()).c_str(), a.steps,
+              cuda ? "" : (std::string(", CPU kernels ") + cpu::cpu_isa()).c_str(),
+              a.levers().c_str(), a.steps,
               a.latency ? "runs" : "steps");
   if (a.latency) {
     std::printf("| what | ours ms | peer | peer ms | ratio (peer/ours) |\n|---|---:|---|---:|---:|\n");
@@ -580,6 +610,7 @@ int main(int argc, char** argv) try {
   print_table(a, ours, peer);
   return 0;
 } catch (const std::exception& e) {
-  std::fprintf(stderr, "bench_model: %s\n", e.what());
+  const bool named = std::strncmp(e.what(), "bench_model:", 12) == 0;  // parse()'s own errors
+  std::fprintf(stderr, "%s%s\n", named ? "" : "bench_model: ", e.what());
   return 1;
 }

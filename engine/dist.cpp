@@ -13,6 +13,7 @@
 
 #include "engine/error.h"
 #include "engine/stream.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/nccl.h"
 
 #ifdef HR_WITH_MPI
@@ -196,6 +197,14 @@ const World& init() {
       ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(w.local_rank).c_str(), 1);
     else if (ids.size() > 1)
       ::setenv("CUDA_VISIBLE_DEVICES", ids[static_cast<size_t>(w.local_rank) % ids.size()].c_str(), 1);
+    // A CUDA-aware MPI may have initialised CUDA inside MPI_Init, before the variable was set:
+    // then it has no effect, every rank would take the first GPU and NCCL would refuse them.
+    if ((!vis || ids.size() > 1) && cuda::available() && cuda::device_count() > 1)
+      std::fprintf(stderr,
+                   "hrnet: rank %d: warning: CUDA_VISIBLE_DEVICES came too late (CUDA was "
+                   "initialised before, by the MPI library?): this rank sees %d GPUs and would "
+                   "use the first; start each rank with its own CUDA_VISIBLE_DEVICES\n",
+                   w.rank, cuda::device_count());
   }
   g_world = w;
   g_init = true;
@@ -514,11 +523,27 @@ void GradientReducer::finish() {
       grads.push_back(g);
     }
     void* comm = nccl_grad_comm();
-    cuda::nccl_group_start();
+    // the group is ended on every path: a call that throws inside it must not leave the next
+    // collectives queued into a group that is never launched
+    struct Group {
+      bool open = true;
+      Group() { cuda::nccl_group_start(); }
+      void end() {
+        open = false;
+        cuda::nccl_group_end();
+      }
+      ~Group() {
+        if (!open) return;
+        try {
+          cuda::nccl_group_end();
+        } catch (...) {
+        }
+      }
+    } group;
     for (Tensor& g : grads)
       cuda::nccl_all_reduce_out(comm, g.raw_data(), g.raw_data(), g.numel(), cuda::DT::f32, true,
                                 current_stream());
-    cuda::nccl_group_end();
+    group.end();
     return;
   }
   if (m.buckets.empty()) return;

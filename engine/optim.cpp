@@ -173,17 +173,19 @@ bool SGD::in_group2(size_t i) const { return i < o_.group2.size() && o_.group2[i
 
 void SGD::enqueue_step() {
   HR_CHECK(capturable_, "SGD: enqueue_step needs set_capturable(true)");
-  const cuda::Stream st = current_stream();
+  std::vector<cuda::OptimTensor> ts;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
     float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
     const bool g2 = in_group2(i);
-    cuda::sgd_step_dev(p.numel(), p.data<float>(), capturable_grad(p, i), buf,
-                       hyper_dev_.data<float>() + (g2 ? 2 : 0), float(o_.momentum),
-                       float(o_.dampening),
-                       float(g2 ? o_.group2_weight_decay : o_.weight_decay), o_.nesterov, st);
+    ts.push_back({p.numel(), p.data<float>(), capturable_grad(p, i), buf, nullptr,
+                  float(g2 ? o_.group2_weight_decay : o_.weight_decay), g2 ? 1 : 0, -1});
   }
+  cuda::OptimHyper h;
+  h.dev = hyper_dev_.data<float>();  // {lr, first} of each group (prepare_step)
+  cuda::sgd_multi_step(ts.data(), static_cast<int64_t>(ts.size()), h, float(o_.momentum),
+                       float(o_.dampening), o_.nesterov, current_stream());
 }
 
 void SGD::step() {
@@ -192,8 +194,12 @@ void SGD::step() {
     enqueue_step();
     return;
   }
-  std::vector<Tensor> grads;  // the CPU tensors' gradients, alive until their step
+  std::vector<Tensor> grads;  // the gradients as the kernels read them, alive until their step
   std::vector<cpu::OptimSpan> spans;
+  std::vector<cuda::OptimTensor> cuda_ts;
+  cuda::OptimHyper h;  // the CUDA tensors' lr per group (their first-step flags are their own)
+  h.v[0] = float(lr_);
+  h.v[2] = float(lr_ * o_.group2_lr_factor);
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
@@ -204,16 +210,18 @@ void SGD::step() {
     const bool g2 = in_group2(i);
     const float lr = float(g2 ? lr_ * o_.group2_lr_factor : lr_);
     const float wd = float(g2 ? o_.group2_weight_decay : o_.weight_decay);
-    if (p.device().is_cpu()) {
+    if (p.device().is_cpu())
       spans.push_back({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, lr, wd, first});
-      grads.push_back(std::move(g));
-    } else {
-      cuda::sgd_step(p.numel(), p.data<float>(), g.data<float>(), buf, lr, float(o_.momentum),
-                     float(o_.dampening), wd, o_.nesterov, first, current_stream());
-    }
+    else
+      cuda_ts.push_back({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, wd,
+                         g2 ? 1 : 0, first ? 1 : 0});
+    grads.push_back(std::move(g));
   }
   cpu::sgd_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.momentum),
                 float(o_.dampening), o_.nesterov);
+  if (!cuda_ts.empty())
+    cuda::sgd_multi_step(cuda_ts.data(), static_cast<int64_t>(cuda_ts.size()), h,
+                         float(o_.momentum), float(o_.dampening), o_.nesterov, current_stream());
   ++steps_;
 }
 
@@ -226,21 +234,25 @@ void Adam::prepare_step() {
   float* h = hyper_for_write();
   ++steps_;
   h[0] = float(lr_);
-  h[1] = float(1.0 - std::pow(o_.beta1, double(steps_)));
-  h[2] = float(1.0 - std::pow(o_.beta2, double(steps_)));
+  // the betas as the kernels and the eager step take them: rounded to float first
+  h[1] = float(1.0 - std::pow(double(float(o_.beta1)), double(steps_)));
+  h[2] = float(1.0 - std::pow(double(float(o_.beta2)), double(steps_)));
   upload_hyper(3);
 }
 
 void Adam::enqueue_step() {
   HR_CHECK(capturable_, "Adam: enqueue_step needs set_capturable(true)");
-  const cuda::Stream st = current_stream();
+  std::vector<cuda::OptimTensor> ts;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
-    cuda::adam_step_dev(p.numel(), p.data<float>(), capturable_grad(p, i), slot(i, 0).data<float>(),
-                        slot(i, 1).data<float>(), hyper_dev_.data<float>(), float(o_.beta1),
-                        float(o_.beta2), float(o_.eps), float(o_.weight_decay), o_.decoupled, st);
+    ts.push_back({p.numel(), p.data<float>(), capturable_grad(p, i), slot(i, 0).data<float>(),
+                  slot(i, 1).data<float>(), float(o_.weight_decay), 0, -1});
   }
+  cuda::OptimHyper h;
+  h.dev = hyper_dev_.data<float>();  // {lr, 1 - beta1^t, 1 - beta2^t} (prepare_step)
+  cuda::adam_multi_step(ts.data(), static_cast<int64_t>(ts.size()), h, float(o_.beta1),
+                        float(o_.beta2), float(o_.eps), o_.decoupled, current_stream());
 }
 
 void Adam::step() {
@@ -250,26 +262,30 @@ void Adam::step() {
     return;
   }
   ++steps_;
-  std::vector<Tensor> grads;  // the CPU tensors' gradients, alive until their step
+  std::vector<Tensor> grads;  // the gradients as the kernels read them, alive until their step
   std::vector<cpu::OptimSpan> spans;
+  std::vector<cuda::OptimTensor> cuda_ts;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
     Tensor g = p.grad().contiguous(p.suggest_format()).to(DType::f32);
     float* m = slot(i, 0).data<float>();
     float* v = slot(i, 1).data<float>();
-    if (p.device().is_cpu()) {
+    if (p.device().is_cpu())
       spans.push_back({p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
                        float(o_.weight_decay), false});
-      grads.push_back(std::move(g));
-    } else {
-      cuda::adam_step(p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
-                      float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay),
-                      o_.decoupled, steps_, current_stream());
-    }
+    else
+      cuda_ts.push_back({p.numel(), p.data<float>(), g.data<float>(), m, v,
+                         float(o_.weight_decay), 0, -1});
+    grads.push_back(std::move(g));
   }
   cpu::adam_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.beta1),
                  float(o_.beta2), float(o_.eps), o_.decoupled, steps_);
+  if (!cuda_ts.empty())
+    cuda::adam_multi_step(cuda_ts.data(), static_cast<int64_t>(cuda_ts.size()),
+                          cuda::adam_hyper(float(lr_), float(o_.beta1), float(o_.beta2), steps_),
+                          float(o_.beta1), float(o_.beta2), float(o_.eps), o_.decoupled,
+                          current_stream());
 }
 
 std::unique_ptr<Optimizer> make_adamw(std::vector<Tensor> params, double lr, double wd,

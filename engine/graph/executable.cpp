@@ -351,7 +351,7 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
   // convolution applies the add/ReLU to its output tiles: no pass left); on CUDA those keep
   // their one fused pass (the CUDA convolution has no fused epilogue yet).
   if (opt.fuse) m.stats.fused = fuse_batch_norm_act(g, loss >= 0);
-  if (opt.fuse && m.dev.is_cpu()) m.stats.upsample_adds = fuse_upsample_add(g);
+  if (opt.fuse) m.stats.upsample_adds = fuse_upsample_add(g);
   if (opt.inference) m.stats.folded = fold_batch_norm(g, m.dev.is_cpu());
   if (opt.inference && opt.prepack && m.dev.is_cpu()) m.stats.prepacked = prepack_conv_weights(g);
   std::vector<V> live;
@@ -461,6 +461,7 @@ void Executable::capture(std::function<void()> after, std::function<void()> befo
   HR_CHECK(m.dev.is_cuda(), "graph capture: CUDA graphs need a CUDA device (the graph is for ",
            m.dev.str(), ")");
   if (m.exec) return;
+  HR_CHECK(m.arena, "graph capture: compiled with allocate = false (plan only): no buffers");
   m.run_prologue();
   cuda::synchronize(m.streams[0]);
   cuda::begin_capture(m.streams[0]);

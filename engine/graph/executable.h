@@ -26,7 +26,7 @@
 namespace hr::graph {
 
 struct CompileOptions {
-  bool fuse = true;  // batch_norm(+add)(+relu) -> one node; CPU: upsample + add -> one node
+  bool fuse = true;  // batch_norm(+add)(+relu) -> one node; nearest upsample + add -> one node
   // Training: the scalar (a value of the graph) to differentiate with respect to every parameter
   // tensor that requires grad; the gradients live in the arena (grad()).
   Tensor loss;
@@ -53,7 +53,7 @@ struct CompileOptions {
 struct PlanStats {
   int64_t nodes = 0, fused = 0, folded = 0, streams = 1, events = 0;
   int64_t prepacked = 0;        // convolutions reading prepacked weights (CPU inference)
-  int64_t upsample_adds = 0;    // upsamplings fused into their adds (CPU: fuse_upsample_add)
+  int64_t upsample_adds = 0;    // upsamplings fused into their adds (fuse_upsample_add)
   int64_t branch_segments = 0;  // CPU: stretches run with the branches side by side (cpu_branches)
   int64_t prologue_nodes = 0;   // run once, not every run (inference)
   int64_t arena_bytes = 0;      // the planned arena

@@ -1,6 +1,6 @@
 // The graph compiler's passes: each a function over a GraphIR, in its own file, testable alone.
 // Executable (executable.h) runs them in this order:
-//   fuse_batch_norm_act -> fuse_upsample_add (CPU) -> fold_batch_norm (inference)
+//   fuse_batch_norm_act -> fuse_upsample_add -> fold_batch_norm (inference)
 //   -> prepack_conv_weights (CPU inference)
 //   -> differentiate (training) -> reduce_gradients (data-parallel training) -> add_end_node
 //   -> find_prologue (inference) -> schedule -> plan_memory
@@ -21,8 +21,8 @@ namespace hr::graph {
 // keeps one fused path). Returns the number of fusions.
 int64_t fuse_batch_norm_act(GraphIR& g, bool differentiating);
 
-// CPU graphs: a nearest upsampling whose output has no other use than one add becomes, with the
-// add, one upsample_nearest_add node (r + up(x) in one pass: HRNet's fuse layers no longer write
+// A nearest upsampling whose output has no other use than one add becomes, with the add, one
+// upsample_nearest_add node (r + up(x) in one pass: HRNet's fuse layers no longer write
 // the upsampled map and read it back), placed where the add was. Same bits; the backward is the
 // two ops'. Returns the number of fusions.
 int64_t fuse_upsample_add(GraphIR& g);

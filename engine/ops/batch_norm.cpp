@@ -41,7 +41,12 @@ struct SyncWorkspace {
   cuda::Stream s;
   SyncWorkspace(int64_t M, int64_t C, cuda::Stream st)
       : p(cuda::alloc(cuda::syncbn_workspace_bytes(M, C), st)), s(st) {}
-  ~SyncWorkspace() { cuda::free(p, s); }
+  ~SyncWorkspace() {
+    try {
+      cuda::free(p, s);
+    } catch (...) {  // a destructor (may run while an exception unwinds) never throws
+    }
+  }
 };
 
 // x [N,C,...] as the kernels see it: CPU [N, C, HW], CUDA rows [M = N*HW, C].

@@ -128,8 +128,8 @@ struct ResampleBwdOp final : OpDef {
 };
 
 // y = r + upsample_nearest(x) (x [N,C,H,W], r and y [N,C,OH,OW]): made by the graph pass
-// fuse_upsample_add from an upsampling and the add consuming it, CPU graphs only. The same bits
-// as the two ops (one float addition per element, commutative); the gradients are theirs.
+// fuse_upsample_add from an upsampling and the add consuming it. The same bits as the two ops
+// (one float addition per element, commutative, rounded once); the gradients are theirs.
 struct UpsampleAddOp final : OpDef {
   Resample r;  // nearest
   explicit UpsampleAddOp(Resample rs) : r(rs) {}
@@ -156,8 +156,10 @@ struct UpsampleAddOp final : OpDef {
     cpu::upsample_nearest_forward(r.shape(a.in[0].shape(), a.out[0].shape()), fptr(a.in[0]),
                                   fptr(a.out[0]), fptr(a.in[1]));
   }
-  void run_cuda(const KernelArgs&) const override {
-    throw Error("upsample_nearest_add: made for CPU graphs only (graph pass fuse_upsample_add)");
+  void run_cuda(const KernelArgs& a) const override {
+    cuda::upsample_nearest_forward(dt(a.in[0], name()), r.shape(a.in[0].shape(), a.out[0].shape()),
+                                   a.in[0].raw_data(), a.out[0].raw_data(), a.stream,
+                                   a.in[1].raw_data());
   }
   std::vector<Tensor> backward(const GradArgs& a) const override {
     const Shape& x = a.in_meta[0].shape;

@@ -1,5 +1,6 @@
 // CPU optimizer steps with torch.optim semantics (SGD with momentum/dampening/nesterov/weight
-// decay; Adam and decoupled AdamW) on a model's fp32 parameter tensors; OpenMP element-wise.
+// decay; Adam and decoupled AdamW) on a model's fp32 parameter tensors; OpenMP element-wise, the
+// per-element updates those of kernels/optim_math.h (shared with the CUDA kernels).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/optim_math.h"
 
 namespace hr::cpu {
 namespace {
@@ -37,21 +39,18 @@ void sgd_step(const OptimSpan* spans, int64_t count, float momentum, float dampe
   over_chunks(spans, count, [&](const OptimSpan& s, int64_t i0, int64_t i1) {
     float* __restrict p = s.p;
     const float* __restrict grad = s.grad;
-    const float lr = s.lr, weight_decay = s.weight_decay;
+    const float lr = s.lr, wd = s.weight_decay;
     if (momentum == 0.f) {
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) p[i] -= lr * (grad[i] + weight_decay * p[i]);
+      for (int64_t i = i0; i < i1; ++i) kern::sgd_update(p[i], grad[i], lr, wd);
       return;
     }
-    float* __restrict momentum_buf = s.buf0;
+    float* __restrict buf = s.buf0;
     const bool first_step = s.first_step;
 #pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) {
-      const float g = grad[i] + weight_decay * p[i];
-      const float buf = first_step ? g : momentum * momentum_buf[i] + keep * g;
-      momentum_buf[i] = buf;
-      p[i] -= lr * (nesterov ? g + momentum * buf : buf);
-    }
+    for (int64_t i = i0; i < i1; ++i)
+      kern::sgd_momentum_update(p[i], grad[i], buf[i], lr, wd, momentum, keep, nesterov,
+                                first_step);
   });
 }
 
@@ -59,26 +58,15 @@ void adam_step(const OptimSpan* spans, int64_t count, float beta1, float beta2, 
                bool decoupled, int64_t step) {
   const double bc1 = 1.0 - std::pow(double(beta1), double(step));
   const double bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const float bc2_sqrt = float(std::sqrt(bc2));
-  const float one_b1 = 1.f - beta1, one_b2 = 1.f - beta2;
   over_chunks(spans, count, [&](const OptimSpan& s, int64_t i0, int64_t i1) {
-    const float step_size = float(double(s.lr) / bc1);
-    const float decay = decoupled ? float(1.0 - double(s.lr) * double(s.weight_decay)) : 1.f;
-    const float l2 = decoupled ? 0.f : s.weight_decay;
+    const kern::AdamScalars a =
+        kern::adam_scalars(s.lr, s.weight_decay, beta1, beta2, eps, decoupled, bc1, bc2);
     float* __restrict p = s.p;
     const float* __restrict grad = s.grad;
-    float* __restrict exp_avg = s.buf0;
-    float* __restrict exp_avg_sq = s.buf1;
+    float* __restrict m = s.buf0;
+    float* __restrict v = s.buf1;
 #pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) {
-      const float pi = p[i] * decay;
-      const float g = grad[i] + l2 * pi;
-      const float m = beta1 * exp_avg[i] + one_b1 * g;
-      const float v = beta2 * exp_avg_sq[i] + one_b2 * g * g;
-      exp_avg[i] = m;
-      exp_avg_sq[i] = v;
-      p[i] = pi - step_size * m / (std::sqrt(v) / bc2_sqrt + eps);
-    }
+    for (int64_t i = i0; i < i1; ++i) kern::adam_update(p[i], grad[i], m[i], v[i], a);
   });
 }
 

@@ -194,15 +194,17 @@ bool precise_enough(int op, int algo, DT dt) {
          algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
 }
 
-// For f16/bf16, cuDNN's non-deterministic algorithms accumulate partial sums into the
-// half-precision output with atomics, rounding at every add: bf16 weight gradients came out up
-// to 25% off on an H100 (elements whose partial sums cancel). They are taken only when no
-// deterministic algorithm runs the shape.
+// cuDNN's non-deterministic algorithms are taken only when no deterministic algorithm runs the
+// shape, in every dtype: a step then repeats bit for bit (as on the CPU, and as our
+// implicit-GEMM kernels' split-K sums in a fixed order), and in f16/bf16 those algorithms
+// accumulate partial sums into the half-precision output with atomics, rounding at every add
+// (bf16 weight gradients came out up to 25% off on an H100: elements whose partial sums
+// cancel).
 template <class Perf>
 Algo pick(const Perf* perf, int n, size_t ws_limit, const ConvShape& s, DT dt, int op) {
   for (int pass = 0; pass < 2; ++pass) {
     for (int i = 0; i < n; ++i) {
-      const bool det_ok = dt == DT::f32 || pass == 1 || perf[i].determinism == CUDNN_DETERMINISTIC;
+      const bool det_ok = pass == 1 || perf[i].determinism == CUDNN_DETERMINISTIC;
       if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > ws_limit || !det_ok ||
           !precise_enough(op, int(perf[i].algo), dt))
         continue;

@@ -148,8 +148,10 @@ void scale(DT dt, int64_t n, float alpha, const void* x, void* y, Stream st);
 void fill(DT dt, int64_t n, float value, void* y, Stream st);
 
 // ---- resampling (NHWC) ----
+// With `add` ([N,OH,OW,C]): y = add + the upsampled x in the same pass (graph pass
+// fuse_upsample_add), rounded once as the unfused add.
 void upsample_nearest_forward(DT dt, const kern::ResampleShape& s, const void* x, void* y,
-                              Stream st);
+                              Stream st, const void* add = nullptr);
 void upsample_nearest_backward(DT dt, const kern::ResampleShape& s, const void* dy, void* dx,
                                Stream st);
 void upsample_bilinear_forward(DT dt, const kern::ResampleShape& s, const void* x, void* y,
@@ -271,6 +273,32 @@ void masked_bce_backward_dev(DT dt, int64_t n, const void* logits, const float* 
                              const float* mask, const float* dloss, void* dlogits, Stream st);
 
 // ---- optimizers (fp32 master weights and state) ----
+// Multi-tensor steps: every tensor of ts[count] in a few launches (up to 64 tensors each), the
+// per-element updates of kernels/optim_math.h.
+struct OptimTensor {
+  int64_t n;
+  float* p;
+  const float* grad;
+  float* buf0;  // SGD: the momentum buffer (nullptr without momentum); Adam: exp_avg
+  float* buf1;  // Adam: exp_avg_sq
+  float weight_decay;
+  int group;       // SGD: the hyper-parameters' group, 0 or 1; Adam: 0
+  int first_step;  // SGD: 1 (buf = g) or 0; -1: the group's flag of the hyper-parameters
+};
+// The step-dependent scalars, by value (v) or, when dev is set, read from device memory (fp32)
+// when the kernels run, so that a captured graph replays with the values uploaded before each
+// launch. SGD: {lr, first step} of group 0, then of group 1; Adam: {lr, 1 - beta1^t,
+// 1 - beta2^t} (adam_hyper: in double, as the CPU's step).
+struct OptimHyper {
+  const float* dev = nullptr;
+  double v[4] = {};
+};
+void sgd_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float momentum,
+                    float dampening, bool nesterov, Stream st);
+void adam_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float beta1,
+                     float beta2, float eps, bool decoupled, Stream st);
+OptimHyper adam_hyper(float lr, float beta1, float beta2, int64_t step);
+// One tensor (the multi-tensor kernels with a count of one):
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
               float momentum, float dampening, float weight_decay, bool nesterov, bool first_step,
               Stream st);

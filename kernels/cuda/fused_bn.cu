@@ -27,7 +27,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <map>
 #include <mutex>
+#include <utility>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/fused.h"
@@ -891,22 +893,25 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 // Per kernel instantiation and device: co-resident blocks per SM and the dynamic shared
-// memory a block may use without lowering that.
+// memory a block may use without lowering that (and that opt-in set on the kernel).
 struct OneInfo {
   bool ok = false;
   int blocks_per_sm = 0;
   size_t smem_budget = 0;
 };
 
+// Cached by (device, kernel): instantiations that differ only in their template values (the
+// vector width V, the rows in registers R) share a function type but not their static shared
+// memory, occupancy or dynamic shared memory opt-in.
 template <class K>
 OneInfo one_info(K* kernel) {
   static std::mutex mu;
-  static OneInfo cache[16];
-  static bool done[16] = {};
+  static std::map<std::pair<int, const void*>, OneInfo> cache;
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mu);
-  if (dev < 16 && done[dev]) return cache[dev];
+  const auto key = std::make_pair(dev, reinterpret_cast<const void*>(kernel));
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   OneInfo info;
   int coop = 0, smem_sm = 0, reserved = 0, optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
@@ -933,10 +938,7 @@ OneInfo one_info(K* kernel) {
     info.blocks_per_sm = occ;
     info.smem_budget = size_t(std::max<int64_t>(budget, 0));
   }
-  if (dev < 16) {
-    cache[dev] = info;
-    done[dev] = true;
-  }
+  cache[key] = info;
   return info;
 }
 

@@ -1,4 +1,5 @@
-// NCCL for the data-parallel reducer (kernels/cuda/nccl.h).
+// NCCL for the data-parallel reducer (kernels/cuda/nccl.h). A null Stream is the engine's default
+// stream, as for every kernel (detail::stream_of), never CUDA's legacy stream 0.
 #include "kernels/cuda/nccl.h"
 
 #include <cstring>
@@ -8,6 +9,8 @@
 #ifdef HR_WITH_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
+
+#include "kernels/cuda/check.h"
 #endif
 
 namespace hr::cuda {
@@ -47,13 +50,13 @@ void nccl_group_end() { check(ncclGroupEnd(), "ncclGroupEnd"); }
 void nccl_all_reduce_out(void* comm, const void* in, void* out, int64_t n, DT dt, bool average,
                          Stream s) {
   check(ncclAllReduce(in, out, static_cast<size_t>(n), nccl_type(dt), average ? ncclAvg : ncclSum,
-                      static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
+                      static_cast<ncclComm_t>(comm), detail::stream_of(s)),
         "ncclAllReduce");
 }
 
 void nccl_all_reduce_f64(void* comm, double* data, int64_t n, Stream s) {
   check(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat64, ncclSum,
-                      static_cast<ncclComm_t>(comm), static_cast<cudaStream_t>(s)),
+                      static_cast<ncclComm_t>(comm), detail::stream_of(s)),
         "ncclAllReduce");
 }
 #else

@@ -1,93 +1,102 @@
-// CUDA optimizer steps on fp32 master weights (torch.optim SGD and Adam/AdamW, formulas as in
-// kernels/cpu/optim.cpp) and the fp16 loss-scaling helper unscale_and_check (fused.h).
-// Element-wise grid-stride kernels; bias corrections are computed on the host in double. The
-// *_dev variants read the step-dependent scalars (lr, bias corrections, first step) from
-// device memory when they run, so that captured graphs replay with the current values.
+// CUDA optimizer steps on fp32 master weights (torch.optim SGD and Adam/AdamW: the per-element
+// updates of kernels/optim_math.h, as the CPU's) and the fp16 loss-scaling helper
+// unscale_and_check (fused.h).
+//
+// Multi-tensor steps: one launch updates up to kMultiMax tensors, their pointers and sizes passed
+// by value in the kernel's parameters (MultiArgs, under the 4 KB parameter limit), so a captured
+// graph holds them too and nothing is uploaded; each block takes kMultiChunk elements of one
+// tensor (its tensor found by binary search over the first block of each). A model's few
+// hundred parameters step in a handful of launches instead of one each.
+// The step-dependent scalars (lr, bias corrections, first step) come by value (eager steps:
+// bias corrections in double, as the CPU computes them) or from device memory when the kernel
+// runs (capturable steps: a captured graph replays with the values uploaded before each launch).
+#include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/fused.h"
+#include "kernels/optim_math.h"
 
 namespace hr::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kMultiMax = 64;
+constexpr int64_t kMultiChunk = 16 * kThreads;
 
-// p, grad, buf [n]
-__device__ __forceinline__ void sgd_update(int64_t n, float* __restrict__ p,
-                                           const float* __restrict__ grad,
-                                           float* __restrict__ buf, float lr, float momentum,
-                                           float keep, float wd, bool nesterov, bool first_step) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float pi = p[i];
-    const float g = grad[i] + wd * pi;
-    if (momentum == 0.f) {
-      p[i] = pi - lr * g;
-      continue;
-    }
-    const float b = first_step ? g : momentum * buf[i] + keep * g;
-    buf[i] = b;
-    p[i] = pi - lr * (nesterov ? g + momentum * b : b);
+struct MultiArgs {
+  float* p[kMultiMax];
+  const float* g[kMultiMax];
+  float* b0[kMultiMax];
+  float* b1[kMultiMax];
+  int64_t n[kMultiMax];
+  float wd[kMultiMax];
+  int8_t group[kMultiMax];
+  int8_t first[kMultiMax];  // SGD: 1 / 0, or -1: the group's flag from the hyper-parameters
+  int block0[kMultiMax + 1];  // first block of each tensor; block0[count] = the grid
+  int count;
+};
+static_assert(sizeof(MultiArgs) + 64 <= 4096, "kernel parameters over 4 KB");
+
+// The step's scalars: by value (dev == nullptr) or read from device memory when the kernel runs.
+struct HyperArg {
+  const float* dev;
+  double v[4];
+  __device__ __forceinline__ double at(int i) const { return dev ? double(dev[i]) : v[i]; }
+};
+
+// This block's tensor and its element range [begin, end).
+__device__ __forceinline__ int block_tensor(const MultiArgs& a, int64_t* begin, int64_t* end) {
+  const int b = int(blockIdx.x);
+  int lo = 0, hi = a.count - 1;  // the last t with block0[t] <= b
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (a.block0[mid] <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
+  *begin = int64_t(b - a.block0[lo]) * kMultiChunk;
+  *end = min(a.n[lo], *begin + kMultiChunk);
+  return lo;
 }
 
+// hyper: {lr, first} of group 0, then of group 1
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(int64_t n, float* __restrict__ p, const float* __restrict__ grad,
-               float* __restrict__ buf, float lr, float momentum, float keep, float wd,
-               bool nesterov, bool first_step) {
-  sgd_update(n, p, grad, buf, lr, momentum, keep, wd, nesterov, first_step);
-}
-
-// hyper = {lr, first step (1) or not (0)}
-__global__ void __launch_bounds__(kThreads)
-    sgd_dev_kernel(int64_t n, float* __restrict__ p, const float* __restrict__ grad,
-                   float* __restrict__ buf, const float* __restrict__ hyper, float momentum,
-                   float keep, float wd, bool nesterov) {
-  sgd_update(n, p, grad, buf, hyper[0], momentum, keep, wd, nesterov, hyper[1] != 0.f);
-}
-
-// p, grad, m, v [n]
-__device__ __forceinline__ void adam_update(int64_t n, float* __restrict__ p,
-                                            const float* __restrict__ grad,
-                                            float* __restrict__ m, float* __restrict__ v,
-                                            float beta1, float beta2, float one_b1, float one_b2,
-                                            float eps, float step_size, float bc2_sqrt,
-                                            float decay, float l2) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float pi = p[i] * decay;
-    const float g = grad[i] + l2 * pi;
-    const float mi = beta1 * m[i] + one_b1 * g;
-    const float vi = beta2 * v[i] + one_b2 * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    sgd_multi_kernel(MultiArgs a, HyperArg h, float momentum, float keep, bool nesterov) {
+  int64_t begin, end;
+  const int t = block_tensor(a, &begin, &end);
+  const int grp = a.group[t];
+  const float lr = float(h.at(2 * grp)), wd = a.wd[t];
+  float* __restrict__ p = a.p[t];
+  const float* __restrict__ g = a.g[t];
+  if (momentum == 0.f) {
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+      kern::sgd_update(p[i], g[i], lr, wd);
+    return;
   }
+  const bool first = a.first[t] >= 0 ? a.first[t] != 0 : h.at(2 * grp + 1) != 0.0;
+  float* __restrict__ buf = a.b0[t];
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    kern::sgd_momentum_update(p[i], g[i], buf[i], lr, wd, momentum, keep, nesterov, first);
 }
 
+// hyper: {lr, 1 - beta1^t, 1 - beta2^t}
 __global__ void __launch_bounds__(kThreads)
-    adam_kernel(int64_t n, float* __restrict__ p, const float* __restrict__ grad,
-                float* __restrict__ m, float* __restrict__ v, float beta1, float beta2,
-                float one_b1, float one_b2, float eps, float step_size, float bc2_sqrt,
-                float decay, float l2) {
-  adam_update(n, p, grad, m, v, beta1, beta2, one_b1, one_b2, eps, step_size, bc2_sqrt, decay,
-              l2);
-}
-
-// hyper = {lr, 1 - beta1^t, 1 - beta2^t}; the per-step scalars as adam_step derives them.
-__global__ void __launch_bounds__(kThreads)
-    adam_dev_kernel(int64_t n, float* __restrict__ p, const float* __restrict__ grad,
-                    float* __restrict__ m, float* __restrict__ v,
-                    const float* __restrict__ hyper, float beta1, float beta2, float eps,
-                    float wd, bool decoupled) {
-  const float lr = hyper[0];
-  const float step_size = float(double(lr) / double(hyper[1]));
-  const float bc2_sqrt = float(sqrt(double(hyper[2])));
-  const float decay = decoupled ? float(1.0 - double(lr) * double(wd)) : 1.f;
-  const float l2 = decoupled ? 0.f : wd;
-  adam_update(n, p, grad, m, v, beta1, beta2, 1.f - beta1, 1.f - beta2, eps, step_size, bc2_sqrt,
-              decay, l2);
+    adam_multi_kernel(MultiArgs a, HyperArg h, float beta1, float beta2, float eps,
+                      bool decoupled) {
+  int64_t begin, end;
+  const int t = block_tensor(a, &begin, &end);
+  const kern::AdamScalars s =
+      kern::adam_scalars(float(h.at(0)), a.wd[t], beta1, beta2, eps, decoupled, h.at(1), h.at(2));
+  float* __restrict__ p = a.p[t];
+  const float* __restrict__ g = a.g[t];
+  float* __restrict__ m = a.b0[t];
+  float* __restrict__ v = a.b1[t];
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    kern::adam_update(p[i], g[i], m[i], v[i], s);
 }
 
 // g [n] *= inv_scale; *found = 1 when some g was inf or NaN (every writer stores 1).
@@ -118,61 +127,123 @@ __global__ void __launch_bounds__(kThreads)
   if (bad) *found = 1;
 }
 
+
+// launch(args, blocks) for each batch of at most kMultiMax tensors (empty ones skipped).
+template <class Launch>
+void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, Launch launch) {
+  MultiArgs a;
+  a.count = 0;
+  int64_t blocks = 0;
+  auto flush = [&] {
+    if (a.count == 0) return;
+    a.block0[a.count] = int(blocks);
+    launch(a, blocks);
+    a.count = 0;
+    blocks = 0;
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const OptimTensor& t = ts[i];
+    if (t.n <= 0) continue;
+    HR_CHECK(t.p && t.grad, op, ": tensor ", i, " has no parameter or gradient pointer");
+    HR_CHECK(t.group == 0 || t.group == 1, op, ": tensor ", i, " has group ", t.group,
+             ", expected 0 or 1");
+    const int64_t nb = (t.n + kMultiChunk - 1) / kMultiChunk;
+    HR_CHECK(nb < INT_MAX / 2, op, ": tensor ", i, " has ", t.n, " elements, too many");
+    if (a.count == kMultiMax || blocks + nb >= INT_MAX / 2) flush();
+    const int k = a.count++;
+    a.p[k] = t.p;
+    a.g[k] = t.grad;
+    a.b0[k] = t.buf0;
+    a.b1[k] = t.buf1;
+    a.n[k] = t.n;
+    a.wd[k] = t.weight_decay;
+    a.group[k] = int8_t(t.group);
+    a.first[k] = int8_t(t.first_step < 0 ? -1 : t.first_step != 0);
+    a.block0[k] = int(blocks);
+    blocks += nb;
+  }
+  flush();
+}
+
+HyperArg hyper_arg(const OptimHyper& h) {
+  HyperArg a;
+  a.dev = h.dev;
+  for (int i = 0; i < 4; ++i) a.v[i] = h.v[i];
+  return a;
+}
+
 }  // namespace
 
-// p, grad, momentum_buf [n]
+void sgd_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float momentum,
+                    float dampening, bool nesterov, Stream st) {
+  for (int64_t i = 0; i < count; ++i)
+    HR_CHECK(momentum == 0.f || ts[i].n <= 0 || ts[i].buf0, "sgd_step: momentum ", momentum,
+             " needs a momentum buffer (tensor ", i, ")");
+  const HyperArg ha = hyper_arg(h);
+  const cudaStream_t cs = detail::stream_of(st);
+  for_each_batch(ts, count, "sgd_step", [&](const MultiArgs& a, int64_t blocks) {
+    sgd_multi_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(a, ha, momentum, 1.f - dampening,
+                                                            nesterov);
+    HR_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void adam_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float beta1,
+                     float beta2, float eps, bool decoupled, Stream st) {
+  for (int64_t i = 0; i < count; ++i)
+    HR_CHECK(ts[i].n <= 0 || (ts[i].buf0 && ts[i].buf1), "adam_step: tensor ", i,
+             " needs its exp_avg and exp_avg_sq buffers");
+  const HyperArg ha = hyper_arg(h);
+  const cudaStream_t cs = detail::stream_of(st);
+  for_each_batch(ts, count, "adam_step", [&](const MultiArgs& a, int64_t blocks) {
+    adam_multi_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(a, ha, beta1, beta2, eps, decoupled);
+    HR_CUDA_LAUNCH_CHECK();
+  });
+}
+
+OptimHyper adam_hyper(float lr, float beta1, float beta2, int64_t step) {
+  HR_CHECK(step >= 1, "adam_step: step must be >= 1, got ", step);
+  OptimHyper h;
+  h.v[0] = lr;
+  h.v[1] = 1.0 - std::pow(double(beta1), double(step));
+  h.v[2] = 1.0 - std::pow(double(beta2), double(step));
+  return h;
+}
+
+// One tensor: the multi-tensor kernels with a count of one.
 void sgd_step(int64_t n, float* p, const float* grad, float* momentum_buf, float lr,
               float momentum, float dampening, float weight_decay, bool nesterov, bool first_step,
               Stream st) {
-  if (n <= 0) return;
-  HR_CHECK(momentum == 0.f || momentum_buf, "sgd_step: momentum ", momentum,
-           " needs a momentum buffer");
-  sgd_kernel<<<unsigned(detail::wave_blocks(n, kThreads)), kThreads, 0, detail::stream_of(st)>>>(
-      n, p, grad, momentum_buf, lr, momentum, 1.f - dampening, weight_decay, nesterov, first_step);
-  HR_CUDA_LAUNCH_CHECK();
+  const OptimTensor t{n, p, grad, momentum_buf, nullptr, weight_decay, 0, first_step ? 1 : 0};
+  OptimHyper h;
+  h.v[0] = lr;
+  sgd_multi_step(&t, 1, h, momentum, dampening, nesterov, st);
 }
 
-// p, grad, exp_avg, exp_avg_sq [n]; step >= 1
 void adam_step(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq, float lr,
                float beta1, float beta2, float eps, float weight_decay, bool decoupled,
                int64_t step, Stream st) {
-  if (n <= 0) return;
-  HR_CHECK(step >= 1, "adam_step: step must be >= 1, got ", step);
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const float step_size = float(double(lr) / bc1);
-  const float bc2_sqrt = float(std::sqrt(bc2));
-  const float decay = decoupled ? float(1.0 - double(lr) * double(weight_decay)) : 1.f;
-  const float l2 = decoupled ? 0.f : weight_decay;
-  adam_kernel<<<unsigned(detail::wave_blocks(n, kThreads)), kThreads, 0, detail::stream_of(st)>>>(
-      n, p, grad, exp_avg, exp_avg_sq, beta1, beta2, 1.f - beta1, 1.f - beta2, eps, step_size,
-      bc2_sqrt, decay, l2);
-  HR_CUDA_LAUNCH_CHECK();
+  const OptimTensor t{n, p, grad, exp_avg, exp_avg_sq, weight_decay, 0, -1};
+  adam_multi_step(&t, 1, adam_hyper(lr, beta1, beta2, step), beta1, beta2, eps, decoupled, st);
 }
 
-// p, grad, momentum_buf [n]; hyper [2] on the device
 void sgd_step_dev(int64_t n, float* p, const float* grad, float* momentum_buf, const float* hyper,
                   float momentum, float dampening, float weight_decay, bool nesterov, Stream st) {
-  if (n <= 0) return;
-  HR_CHECK(momentum == 0.f || momentum_buf, "sgd_step_dev: momentum ", momentum,
-           " needs a momentum buffer");
   HR_CHECK(hyper, "sgd_step_dev: hyper (lr, first step) must be a device pointer");
-  sgd_dev_kernel<<<unsigned(detail::wave_blocks(n, kThreads)), kThreads, 0,
-                   detail::stream_of(st)>>>(n, p, grad, momentum_buf, hyper, momentum,
-                                            1.f - dampening, weight_decay, nesterov);
-  HR_CUDA_LAUNCH_CHECK();
+  const OptimTensor t{n, p, grad, momentum_buf, nullptr, weight_decay, 0, -1};
+  OptimHyper h;
+  h.dev = hyper;
+  sgd_multi_step(&t, 1, h, momentum, dampening, nesterov, st);
 }
 
-// p, grad, exp_avg, exp_avg_sq [n]; hyper [3] on the device
 void adam_step_dev(int64_t n, float* p, const float* grad, float* exp_avg, float* exp_avg_sq,
                    const float* hyper, float beta1, float beta2, float eps, float weight_decay,
                    bool decoupled, Stream st) {
-  if (n <= 0) return;
   HR_CHECK(hyper, "adam_step_dev: hyper (lr, bias corrections) must be a device pointer");
-  adam_dev_kernel<<<unsigned(detail::wave_blocks(n, kThreads)), kThreads, 0,
-                    detail::stream_of(st)>>>(n, p, grad, exp_avg, exp_avg_sq, hyper, beta1, beta2,
-                                             eps, weight_decay, decoupled);
-  HR_CUDA_LAUNCH_CHECK();
+  const OptimTensor t{n, p, grad, exp_avg, exp_avg_sq, weight_decay, 0, -1};
+  OptimHyper h;
+  h.dev = hyper;
+  adam_multi_step(&t, 1, h, beta1, beta2, eps, decoupled, st);
 }
 
 // grads [n]

@@ -17,9 +17,9 @@ using kern::ResampleShape;
 
 constexpr int kThreads = 256;
 
+// PyTorch's rule and the CPU's (kernels/cpu/resample.cpp): min(floor(o * scale), in - 1) for
+// every size (a given scale factor need not be in / out even where out is in or 2 in).
 __device__ __forceinline__ int64_t nearest_src(int64_t o, int64_t in, int64_t out, float scale) {
-  if (out == in) return o;
-  if (out == 2 * in) return o >> 1;
   const int64_t s = static_cast<int64_t>(floorf(__fmul_rn(static_cast<float>(o), scale)));
   return s < in - 1 ? s : in - 1;
 }
@@ -66,10 +66,12 @@ __device__ __forceinline__ float linear_weight(const Tap& t, int64_t i) {
   return (t.i0 == i ? t.l0 : 0.f) + (t.i1 == i ? t.l1 : 0.f);
 }
 
-// x [N,H,W,C] -> y [N,OH,OW,C]; rows of the launch are output pixels.
+// x [N,H,W,C] -> y [N,OH,OW,C]; rows of the launch are output pixels. With `add` ([N,OH,OW,C]
+// or nullptr): y = add + the resampled x, one rounding (the unfused add's bits).
 template <class T, int V, bool kBilinear>
 __global__ void __launch_bounds__(kThreads)
-    resample_forward_kernel(ResampleShape s, const T* __restrict__ x, T* __restrict__ y) {
+    resample_forward_kernel(ResampleShape s, const T* __restrict__ x, const T* __restrict__ add,
+                            T* __restrict__ y) {
   const int64_t cv = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (cv * V >= s.C) return;
   const int64_t rows = s.N * s.OH * s.OW;
@@ -93,6 +95,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < V; ++i)
         out[i] = th.l0 * (tw.l0 * a[i] + tw.l1 * b[i]) + th.l1 * (tw.l0 * c[i] + tw.l1 * d[i]);
+    }
+    if (add) {
+      float r[V];
+      load_f<T, V>(add + p * s.C + cv * V, r);
+#pragma unroll
+      for (int i = 0; i < V; ++i) out[i] = __fadd_rn(r[i], out[i]);
     }
     store_f<T, V>(y + p * s.C + cv * V, out);
   }
@@ -133,7 +141,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <bool kBilinear, bool kBackward>
-void launch(DT dt, const ResampleShape& s, const void* in, void* out, Stream st) {
+void launch(DT dt, const ResampleShape& s, const void* in, void* out, Stream st,
+            const void* add = nullptr) {
   const int64_t rows = kBackward ? s.N * s.H * s.W : s.N * s.OH * s.OW;
   if (rows <= 0 || s.C <= 0) return;
   if (kBackward && s.OH * s.OW == 0) {
@@ -142,7 +151,8 @@ void launch(DT dt, const ResampleShape& s, const void* in, void* out, Stream st)
   }
   const cudaStream_t cs = detail::stream_of(st);
   HR_DISPATCH_DT(dt, T, {
-    const detail::RowTiling t = detail::row_tiling(s.C, detail::vec_width(s.C, sizeof(T), {in, out}), kThreads);
+    const detail::RowTiling t =
+        detail::row_tiling(s.C, detail::vec_width(s.C, sizeof(T), {in, out, add}), kThreads);
     const int64_t gy = std::min<int64_t>({(rows + t.ty - 1) / t.ty, 65535,
                                           std::max<int64_t>(1, detail::sm_count() * 8 / t.col_tiles)});
     const dim3 grid(unsigned(t.col_tiles), unsigned(gy)), block(t.tx, t.ty);
@@ -153,7 +163,7 @@ void launch(DT dt, const ResampleShape& s, const void* in, void* out, Stream st)
             s, static_cast<const T*>(in), static_cast<T*>(out));
       else
         resample_forward_kernel<T, V, kBilinear><<<grid, block, 0, cs>>>(
-            s, static_cast<const T*>(in), static_cast<T*>(out));
+            s, static_cast<const T*>(in), static_cast<const T*>(add), static_cast<T*>(out));
     });
   });
   HR_CUDA_LAUNCH_CHECK();
@@ -161,9 +171,10 @@ void launch(DT dt, const ResampleShape& s, const void* in, void* out, Stream st)
 
 }  // namespace
 
-// x [N,H,W,C] -> y [N,OH,OW,C]
-void upsample_nearest_forward(DT dt, const ResampleShape& s, const void* x, void* y, Stream st) {
-  launch<false, false>(dt, s, x, y, st);
+// x [N,H,W,C], add [N,OH,OW,C] or nullptr -> y [N,OH,OW,C]
+void upsample_nearest_forward(DT dt, const ResampleShape& s, const void* x, void* y, Stream st,
+                              const void* add) {
+  launch<false, false>(dt, s, x, y, st, add);
 }
 // dy [N,OH,OW,C] -> dx [N,H,W,C]
 void upsample_nearest_backward(DT dt, const ResampleShape& s, const void* dy, void* dx, Stream st) {

@@ -102,7 +102,8 @@ HR_NO_CUDA(void, scale, (DT, int64_t, float, const void*, void*, Stream))
 HR_NO_CUDA(void, fill, (DT, int64_t, float, void*, Stream))
 
 // resampling and pooling
-HR_NO_CUDA(void, upsample_nearest_forward, (DT, const ResampleShape&, const void*, void*, Stream))
+HR_NO_CUDA(void, upsample_nearest_forward,
+           (DT, const ResampleShape&, const void*, void*, Stream, const void*))
 HR_NO_CUDA(void, upsample_nearest_backward, (DT, const ResampleShape&, const void*, void*, Stream))
 HR_NO_CUDA(void, upsample_bilinear_forward, (DT, const ResampleShape&, const void*, void*, Stream))
 HR_NO_CUDA(void, upsample_bilinear_backward, (DT, const ResampleShape&, const void*, void*, Stream))
@@ -182,6 +183,11 @@ HR_NO_CUDA(void, masked_bce_backward_dev,
            (DT, int64_t, const void*, const float*, const float*, const float*, void*, Stream))
 
 // optimizers
+HR_NO_CUDA(void, sgd_multi_step,
+           (const OptimTensor*, int64_t, const OptimHyper&, float, float, bool, Stream))
+HR_NO_CUDA(void, adam_multi_step,
+           (const OptimTensor*, int64_t, const OptimHyper&, float, float, float, bool, Stream))
+HR_NO_CUDA(OptimHyper, adam_hyper, (float, float, float, int64_t))
 HR_NO_CUDA(void, sgd_step,
            (int64_t, float*, const float*, float*, float, float, float, float, bool, bool, Stream))
 HR_NO_CUDA(void, adam_step,

@@ -12,6 +12,8 @@
 //  - the device-result losses (*_dev) equal the synchronous ones and the CPU reference;
 //  - adam_step_dev / sgd_step_dev equal adam_step / sgd_step and the CPU reference over 5 steps,
 //    eagerly and as a graph replayed with the hyper-parameters updated before each launch.
+//  - the multi-tensor steps (sgd_multi_step / adam_multi_step) over 150 tensors equal the CPU's,
+//    eagerly and replayed.
 // Inputs are seeded random (never zeros); outputs are poisoned with NaN before each run.
 #include <catch2/catch.hpp>
 
@@ -1109,6 +1111,95 @@ TEST_CASE(
   for (const SgdCfg& c : {SgdCfg{0.f, 0.f, 1e-4f, false}, SgdCfg{0.9f, 0.1f, 1e-4f, false},
                           SgdCfg{0.9f, 0.f, 5e-4f, true}})
     check_sgd(c, s);
+  cu::synchronize(s);
+  cu::destroy_stream(s);
+}
+
+// The multi-tensor kernels over many tensors: batches of 64 per launch, tensors of one element to
+// several blocks' chunks, two SGD groups, per-tensor first steps (eager) or the group's flag
+// (graph), each tensor at its own offset of shared buffers.
+TEST_CASE(
+    "sgd_multi_step / adam_multi_step: 150 tensors of 1 to 20000 elements step as the CPU, "
+    "eager and replayed from a graph",
+    "[gpu][graph][optim]") {
+  const cu::Stream s = cu::create_stream();
+  constexpr int T = 150;
+  const int64_t pattern[] = {1, 7, 4095, 4096, 4097, 20000, 33, 300};
+  std::vector<int64_t> off(T + 1, 0);
+  for (int t = 0; t < T; ++t) off[t + 1] = off[t] + pattern[t % 8];
+  const size_t total = size_t(off[T]);
+  auto group = [](int t) { return t % 3 == 0 ? 1 : 0; };
+  const float momentum = 0.9f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+  const float wd[2] = {5e-4f, 0.f}, lr_factor[2] = {1.f, 2.f};
+  for (bool adam : {false, true}) {
+    INFO((adam ? "adam" : "sgd, nesterov"));
+    const Vec p0 = randn(total, 9700);
+    Vec p = p0, m(total, 0.f), v(total, 0.f);                         // CPU
+    Buf ep(total, DT::f32, s), em(total, DT::f32, s), ev(total, DT::f32, s);  // eager
+    Buf gp(total, DT::f32, s), gm(total, DT::f32, s), gv(total, DT::f32, s);  // graph
+    Buf grad(total, DT::f32, s), hyper(4, DT::f32, s);
+    for (const Buf* b : {&ep, &gp}) b->set(p0);
+    for (const Buf* b : {&em, &ev, &gm, &gv}) {
+      if (adam) b->set(Vec(total, 0.f));
+      else b->poison();  // SGD's first step must not read its buffer
+    }
+    // first: 1 / 0 per tensor (eager), or -1 for the group's flag in the hyper-parameters
+    auto tensors = [&](const Buf& bp, const Buf& bm, const Buf& bv, int first) {
+      std::vector<cu::OptimTensor> ts;
+      for (int t = 0; t < T; ++t)
+        ts.push_back({pattern[t % 8], bp.f() + off[t], grad.f() + off[t], bm.f() + off[t],
+                      adam ? bv.f() + off[t] : nullptr, adam ? wd[0] : wd[group(t)],
+                      adam ? 0 : group(t), adam ? -1 : first});
+      return ts;
+    };
+    hyper.set({kNaN, kNaN, kNaN, kNaN});  // set before each launch
+    cu::OptimHyper hd;
+    hd.dev = hyper.f();
+    const std::vector<cu::OptimTensor> gts = tensors(gp, gm, gv, -1);
+    cu::begin_capture(s);
+    if (adam) cu::adam_multi_step(gts.data(), T, hd, b1, b2, eps, false, s);
+    else cu::sgd_multi_step(gts.data(), T, hd, momentum, 0.f, true, s);
+    const cu::GraphExec g = cu::end_capture(s);
+    for (int step = 1; step <= 3; ++step) {
+      INFO("step " << step);
+      const float lr = kLr[step - 1];
+      const Vec g_host = randn(total, 9700 + uint64_t(step));
+      grad.set(g_host);
+      std::vector<cpu::OptimSpan> spans;
+      for (int t = 0; t < T; ++t)
+        spans.push_back({pattern[t % 8], p.data() + off[t], g_host.data() + off[t],
+                         m.data() + off[t], adam ? v.data() + off[t] : nullptr,
+                         adam ? lr : lr * lr_factor[group(t)], adam ? wd[0] : wd[group(t)],
+                         step == 1});
+      const std::vector<cu::OptimTensor> ets = tensors(ep, em, ev, step == 1 ? 1 : 0);
+      if (adam) {
+        cpu::adam_step(spans.data(), T, b1, b2, eps, false, step);
+        cu::adam_multi_step(ets.data(), T, cu::adam_hyper(lr, b1, b2, step), b1, b2, eps, false,
+                            s);
+        hyper.set({lr, float(1.0 - std::pow(double(b1), double(step))),
+                   float(1.0 - std::pow(double(b2), double(step))), 0.f});
+      } else {
+        cpu::sgd_step(spans.data(), T, momentum, 0.f, true);
+        cu::OptimHyper h;
+        h.v[0] = lr;
+        h.v[2] = lr * lr_factor[1];
+        cu::sgd_multi_step(ets.data(), T, h, momentum, 0.f, true, s);
+        const float first = step == 1 ? 1.f : 0.f;
+        hyper.set({lr, first, lr * lr_factor[1], first});
+      }
+      cu::launch_graph(g, s);
+      for (int which = 0; which < 2; ++which) {
+        INFO((which == 0 ? "eager" : "graph"));
+        const Buf& bp = which == 0 ? ep : gp;
+        const Buf& bm = which == 0 ? em : gm;
+        const Buf& bv = which == 0 ? ev : gv;
+        REQUIRE_CLOSE(bp.get(), p, 1e-6, 1e-6);
+        REQUIRE_CLOSE(bm.get(), m, 1e-7, 1e-6);
+        if (adam) REQUIRE_CLOSE(bv.get(), v, 1e-8, 1e-6);
+      }
+    }
+    cu::destroy_graph(g);
+  }
   cu::synchronize(s);
   cu::destroy_stream(s);
 }

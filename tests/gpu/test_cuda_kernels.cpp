@@ -428,6 +428,46 @@ TEST_CASE("cuda batchnorm train and inference backward", "[gpu][kernels][bn]") {
   }
 }
 
+// The single-kernel paths' instantiations for different vector widths share a function type:
+// each must still get its own occupancy, shared-memory budget and dynamic shared-memory opt-in
+// (a large map after a narrow one plans rows in shared memory beyond 48 KB).
+TEST_CASE("cuda batchnorm training: a large map after a narrow one (per-kernel launch setup)",
+          "[gpu][kernels][bn]") {
+  const BnCase seq[] = {{{2, 18, 4, 8}, 0.f}, {{32, 64, 128, 96}, 0.f}, {{2, 36, 4, 8}, 0.f},
+                        {{8, 36, 128, 96}, 0.f}};
+  for (DT dt : {DT::f32, DT::bf16}) {
+    for (const BnCase& bc : seq) {
+      const BnData d = bn_data(bc, dt, 350);
+      INFO(dt_name(dt) << " N=" << d.N << " C=" << d.C << " HW=" << d.HW);
+      Vec y_ref(d.x.size()), sm_ref(size_t(d.C)), si_ref(size_t(d.C));
+      cpu::batchnorm_train_forward(d.N, d.C, d.HW, d.x.data(), d.gamma.data(), d.beta.data(), kEps,
+                                   kMomentum, nullptr, nullptr, y_ref.data(), sm_ref.data(),
+                                   si_ref.data());
+      Vec dx_ref(d.x.size()), dg_ref(size_t(d.C)), db_ref(size_t(d.C));
+      cpu::batchnorm_train_backward(d.N, d.C, d.HW, d.x.data(), d.dy.data(), d.gamma.data(),
+                                    sm_ref.data(), si_ref.data(), dx_ref.data(), dg_ref.data(),
+                                    db_ref.data());
+      Buf x = Buf::from(to_nhwc(d.x, d.N, d.C, d.HW), dt), y(d.x.size(), dt);
+      Buf dy = Buf::from(to_nhwc(d.dy, d.N, d.C, d.HW), dt), dx(d.x.size(), dt);
+      Buf g = F(d.gamma), b = F(d.beta), sm(size_t(d.C), DT::f32), si(size_t(d.C), DT::f32);
+      Buf dg(size_t(d.C), DT::f32), db(size_t(d.C), DT::f32);
+      cu::batchnorm_train_forward(dt, d.M, d.C, x.p(), g.f(), b.f(), kEps, kMomentum, nullptr,
+                                  nullptr, y.p(), sm.f(), si.f(), st());
+      CHECK_CLOSE_T(to_nchw(y.get(), d.N, d.C, d.HW), y_ref, tol(dt));
+      REQUIRE_CLOSE(sm.get(), sm_ref, 1e-5, 1e-6);
+      REQUIRE_CLOSE(si.get(), si_ref, 1e-6, 1e-5);
+      // the backward from the CPU's statistics, as the backward test
+      Buf bsm = F(sm_ref), bsi = F(si_ref);
+      cu::batchnorm_train_backward(dt, d.M, d.C, x.p(), dy.p(), g.f(), bsm.f(), bsi.f(), dx.p(),
+                                   dg.f(), db.f(), st());
+      const double sq = std::sqrt(double(d.M));
+      CHECK_CLOSE_T(to_nchw(dx.get(), d.N, d.C, d.HW), dx_ref, tol(dt, {2e-5, 1e-4}));
+      REQUIRE_CLOSE(dg.get(), dg_ref, 1e-5 * sq, 1e-5);
+      REQUIRE_CLOSE(db.get(), db_ref, 1e-5 * sq, 1e-5);
+    }
+  }
+}
+
 TEST_CASE("fused BN + residual + ReLU vs the unfused kernels", "[gpu][kernels][bn][fused]") {
   struct Opt {
     bool residual, relu;
@@ -519,10 +559,14 @@ struct RsCase {
 
 }  // namespace
 
-TEST_CASE("cuda upsample nearest and bilinear, forward and backward", "[gpu][kernels][resample]") {
+TEST_CASE("cuda upsample nearest (+ addend) and bilinear, forward and backward",
+          "[gpu][kernels][resample]") {
   const RsCase cases[] = {{16, 12, 32, 24, 2.0}, {8, 6, 32, 24, 4.0},  {4, 3, 32, 24, 8.0},
                           {7, 9, 30, 17, 0.0},   {13, 11, 5, 4, 0.0},  {5, 5, 5, 5, 0.0},
-                          {6, 5, 1, 3, 0.0},     {9, 7, 18, 14, 0.0}};
+                          {6, 5, 1, 3, 0.0},     {9, 7, 18, 14, 0.0},
+                          // scale factors whose output is the input's size or twice it, the
+                          // source index still floor(o / factor): 2.1 -> 10x12, 1.1 -> 5x7
+                          {5, 6, 10, 12, 2.1},   {5, 7, 5, 7, 1.1}};
   for (DT dt : kAllDt) {
     for (int64_t C : {3, 17, 32, 33}) {
       for (const RsCase& rc : cases) {
@@ -563,6 +607,14 @@ TEST_CASE("cuda upsample nearest and bilinear, forward and backward", "[gpu][ker
           }
           CHECK_CLOSE_T(to_nchw(by.get(), s.N, C, OHW), y_ref, tol(dt));
           CHECK_CLOSE_T(to_nchw(bdx.get(), s.N, C, HW), dx_ref, tol(dt, {1e-5, 1e-5}, {2e-2, 1e-2}));
+          if (!bilinear) {  // with an addend: upsample_nearest_add (graph pass fuse_upsample_add)
+            const Vec r = quant(randn(dy.size(), 700 + C), dt);
+            Vec ya_ref(dy.size());
+            cpu::upsample_nearest_forward(s, x.data(), ya_ref.data(), r.data());
+            Buf br = Buf::from(to_nhwc(r, s.N, C, OHW), dt), bya(dy.size(), dt);
+            cu::upsample_nearest_forward(dt, s, bx.p(), bya.p(), st(), br.p());
+            CHECK_CLOSE_T(to_nchw(bya.get(), s.N, C, OHW), ya_ref, tol(dt));
+          }
         }
       }
     }

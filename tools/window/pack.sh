@@ -130,6 +130,11 @@ check_runsh() {
   for f in $(runsh_files); do
     [ -e "$ROOT/$f" ] || problem "run.sh reads \$ROOT/$f, which does not exist"
   done
+  # every GPU test of the tree runs in a window (a test added without a run.sh step never would)
+  for f in "$ROOT"/tests/gpu/test_*.cpp; do
+    b="$(basename "$f" .cpp)"
+    runsh_bins | grep -qx "$b" || problem "run.sh never calls the GPU test $b (tests/gpu/$b.cpp)"
+  done
   echo "run.sh: calls $(runsh_bins | wc -l) programs, all in targets.txt; reads $(runsh_files | wc -l) files of the tree"
 }
 

@@ -28,6 +28,8 @@
 #     batch 8, bf16: training step (FCOS loss, SGD with the bias group) and inference, ours
 #     (eager, CUDA graph), then the PyTorch peer's eager step alone on the same targets
 #     (torch_model.py --head det --no-compile: no torch.compile here, it would not fit the box)
+#  9. with time left (or alone: HR_WINDOW_STEPS=levers): the W32 b128 step with each lever off
+#     alone (fusion, branch streams, CUDA graph replay) and with cuDNN / our convolutions only
 # Each step has a time box; the whole run stays within HR_WINDOW_BUDGET seconds (default 400),
 # later steps are skipped when it is spent. OUT gets at most 8 files, written as the run goes:
 # summary.md (rewritten after every step; printed last), run.log, env.txt, correctness.log,
@@ -35,7 +37,7 @@
 #
 # Environment: HR_WINDOW_BUDGET (seconds), HR_WINDOW_KERNELS ("none", "all" or keys; default
 # the kit's kernels.txt), HR_WINDOW_STEPS (e.g. "graph,train,table,latency,kernels,sanitizer,
-# rest,det"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not resolve,
+# rest,det,levers"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not resolve,
 # all of them when the kit is missing or damaged; stale: also all when the tree's sources
 # differ from the kit's; never; all),
 # HR_WINDOW_PEER=0 (no PyTorch peer), HR_WINDOW_FORCE=1 (run the GPU steps with no GPU: to
@@ -517,6 +519,7 @@ peer_pause
 step gpu rest "bench_model W32 cls 224 b128 bf16 (ours: eager, CUDA graph)" "$WORK/cls_bench_model.log" 90 \
   "$BIN/bench_model" --model w32:cls --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch
 step gpu rest "test_cuda_seg_losses (weighted CE, OHEM on CUDA)" "$CORR" 60 "$BIN/test_cuda_seg_losses"
+step gpu rest "test_cuda_ocr (HRNet+OCR head on CUDA vs the CPU)" "$CORR" 60 "$BIN/test_cuda_ocr"
 step gpu rest "bench_model W48 seg 512x1024 b8 bf16 (ours: eager, CUDA graph)" "$WORK/seg_bench_model.log" 120 \
   "$BIN/bench_model" --model w48:seg --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2 --no-torch
 peer_resume
@@ -539,6 +542,18 @@ if [ -n "$PY" ] && [ "${HR_WINDOW_PEER:-1}" = 1 ]; then
     --norm-eval --device cuda --amp bf16 --batch 8 --height 800 --width 1344 --steps 5 --warmup 2 \
     --no-compile
 fi
+peer_resume
+
+# ---------------------------------------------------------------------------------------------
+# 9. with time left (or alone: HR_WINDOW_STEPS=levers): each lever of the W32 b128 bf16 step
+# turned off alone (graph fusion, branch streams, CUDA graph replay) and the convolutions forced
+# to cuDNN, then to our kernels, against step 3's table (the peer paused)
+peer_pause
+for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm"; do
+  # shellcheck disable=SC2086  # the lever's words are its arguments
+  step gpu levers "bench_model W32 b128 bf16 $lever (ours)" "$WORK/levers.log" 90 \
+    "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 --warmup 2 --no-torch $lever
+done
 peer_resume
 
 # the peer, if it has not been timed yet: what is left of the budget
@@ -579,6 +594,12 @@ fi
   for f in cls_bench_model seg_bench_model det_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
     [ -f "$WORK/$f.log" ] && { echo; echo "## $f"; echo; grep -v '^== ' "$WORK/$f.log"; }
   done
+  if [ -f "$WORK/levers.log" ]; then  # each lever's run: its command, then its "ours:" line
+    echo
+    echo "## levers (W32 b128 bf16, one off at a time; the step-3 table above has all on)"
+    echo
+    grep -E '^== .*limit|^ours: ' "$WORK/levers.log" | sed -E 's/^== (.*) +\(t\+.*$/\1/'
+  fi
   for f in "$WORK"/ops_perf_*.log; do
     [ -f "$f" ] && { echo; echo "## $(basename "$f" .log)"; echo; grep -v '^== ' "$f"; }
   done
