@@ -17,7 +17,8 @@
 //           reverse of the order pass 1 read them (still in L2), then shared memory, registers.
 // So x is read from memory once when the tensor fits on chip (registers + shared memory of the
 // wave, about 40 MB on an H100), and the two grid syncs replace two kernel launches.
-// Multi-kernel path (no cooperative launch, or forced by the test hook), 3 launches each way:
+// Multi-kernel path (no cooperative launch, HR_BN_COOPERATIVE=0, or the test hook), 3 launches
+// each way:
 //   stats / bwd_reduce  per-split partials; final  one warp per channel; apply  rows reversed.
 // Inference forward is one apply kernel. Threads keep fixed columns: loads are 16-byte vectors
 // along C when C and the pointers allow, a warp covers consecutive rows.
@@ -27,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -427,6 +429,17 @@ using detail::Pack;
 // the multi-kernel switch.
 std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1};
 std::atomic<bool> g_multi_kernel{false};
+
+// HR_BN_COOPERATIVE=0 (read once): the multi-kernel path everywhere, no cooperative launch. A
+// lever for the GPU window (tools/window/run.sh sets it when a cooperative test hangs) and for
+// devices or drivers that cannot run cooperative grids side by side on several streams.
+bool cooperative_allowed() {
+  static const bool on = [] {
+    const char* e = std::getenv("HR_BN_COOPERATIVE");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
 
 // Rows of one stream a thread keeps in registers: 24 registers of data at 16 or 8 bytes per
 // row (16 for bf16, whose conversions need more), fewer for narrower rows; more would spill
@@ -953,7 +966,7 @@ struct OnePlan {
 OnePlan one_plan(const OneInfo& info, int64_t M, int64_t C, int V, size_t elem, int R, int streams,
                  bool keep, OneArgs* a) {
   OnePlan p;
-  if (!info.ok || g_multi_kernel.load()) return p;
+  if (!info.ok || g_multi_kernel.load() || !cooperative_allowed()) return p;
   p.t = detail::row_tiling(C, V, kThreads);
   const int64_t wave = int64_t(info.blocks_per_sm) * detail::sm_count();
   int64_t splits = std::min<int64_t>(wave / p.t.col_tiles, (M + p.t.ty - 1) / p.t.ty);

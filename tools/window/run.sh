@@ -380,6 +380,16 @@ peer_ready_now() { [ "$PEER_STATE" = compiling ] && [ -f "$PEER_READY.$PEER_NEXT
 
 # ---------------------------------------------------------------------------------------------
 # 1. correctness of the graph path
+# First, alone and briefly: cooperative batch-norm grids on two streams at once. Should they
+# deadlock (grids not co-scheduled), every later step would hang on HRNet's branch streams:
+# the rest of the run then takes the multi-kernel path (HR_BN_COOPERATIVE=0).
+step gpu graph "test_cuda_graph: cooperative BN on two streams (hang check)" "$CORR" 25 \
+  "$BIN/test_cuda_graph" "graph: cooperative batch norm on two streams at once, eager and captured"
+coop_rc=$?
+if [ $coop_rc = 124 ] || [ $coop_rc = 137 ]; then
+  export HR_BN_COOPERATIVE=0
+  note "cooperative batch norm on two streams timed out: the rest of the run has HR_BN_COOPERATIVE=0"
+fi
 step gpu graph "test_cuda_graph (capture, streams, optimizer replay)" "$CORR" 60 "$BIN/test_cuda_graph"
 step gpu graph "test_cuda_graph_exec (compiled graphs on CUDA, captured)" "$CORR" 90 "$BIN/test_cuda_graph_exec"
 step gpu graph "test_cuda_runtime (streams, events, allocator)" "$CORR" 30 "$BIN/test_cuda_runtime"
