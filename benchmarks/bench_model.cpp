@@ -268,9 +268,14 @@ Results measure(const Args& a, const ModelSpec& spec) {
   Tensor x = Tensor::randn(in, 2).to(dev);
   const bool cls = spec.head == Head::Cls, seg = spec.head == Head::Seg,
              det = spec.head == Head::Det;
-  Tensor y0;
+  const DType amp = a.device == "cpu"     ? DType::f32  // bf16 products instead (parse)
+                    : a.amp == "bf16" ? DType::bf16
+                    : a.amp == "f16"  ? DType::f16
+                                      : DType::f32;
+  Tensor y0;  // the head's output shape (in the run's precision: no algorithm chosen for fp32)
   if (!det) {
     InferenceMode g;
+    AutocastGuard ac(amp);
     y0 = (*model)(x);
   }
   // the task's targets, loss and optimizer
@@ -364,10 +369,6 @@ Results measure(const Args& a, const ModelSpec& spec) {
     optimizer = std::make_unique<Adam>(model->parameters(), AdamOptions{});
   }
   Optimizer& opt = *optimizer;
-  const DType amp = a.device == "cpu"     ? DType::f32  // bf16 products instead (parse)
-                    : a.amp == "bf16" ? DType::bf16
-                    : a.amp == "f16"  ? DType::f16
-                                      : DType::f32;
 
   // the official seg loss: logits upsampled to the labels' size, weighted cross-entropy
   std::function<Tensor(const Tensor&, const Tensor&)> seg_loss;

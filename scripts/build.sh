@@ -9,5 +9,7 @@ fi
 # the Python environment (build/venv: nanobind for the module, ONNX Runtime and OpenVINO for the
 # export checks); the module and its tests are built with its Python
 PY=$(scripts/python_env.sh)
+# cuDNN's graph API: the pinned cuDNN frontend headers (with a CUDA toolkit only)
+scripts/cudnn_frontend.sh "$PY"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$PY" "$@"
 cmake --build build -j"$(nproc)"

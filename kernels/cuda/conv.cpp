@@ -1,10 +1,12 @@
-// CUDA 2-D convolution (NHWC activations, KRSC weights): the cuDNN v9 path (legacy
-// cudnnConvolution{Forward,BackwardData,BackwardFilter} with NHWC descriptors, fp32 compute)
-// and the dispatcher that chooses per (device, shape, dtype, op) between it and our
+// CUDA 2-D convolution (NHWC activations, KRSC weights): cuDNN v9, through its graph API
+// (conv_cudnn_graph.h: every engine configuration the heuristics offer, timed; unless
+// HR_CUDNN_API=legacy) and, for what that declines, its legacy API
+// (cudnnConvolution{Forward,BackwardData,BackwardFilter} with NHWC descriptors, fp32 compute);
+// and the dispatcher that chooses per (device, shape, dtype, op) between cuDNN and our
 // implicit-GEMM kernels (conv_igemm.h).
 //
-// cuDNN: descriptors are built once per shape; the algorithm of each op is chosen by
-// cudnnFind*Ex on the call's own buffers the first time and cached, with its workspace from
+// cuDNN's legacy path: descriptors are built once per shape; the algorithm of each op is chosen
+// by cudnnFind*Ex on the call's own buffers the first time and cached, with its workspace from
 // hr::cuda::alloc. f16/bf16 use tensor-op math; f32 uses FMA math (true fp32) unless
 // HR_ALLOW_TF32=1 (read once) lets cuDNN use TF32. bias is added by a row kernel, dbias is a
 // deterministic column sum of dy.
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/conv_cudnn_graph.h"
 #include "kernels/cuda/conv_igemm.h"
 
 namespace hr::cuda {
@@ -72,10 +75,14 @@ struct Entry {
   cudnnMathType_t find_math = CUDNN_DEFAULT_MATH;
   Algo algo[3];
   Backend backend[3] = {Backend::unknown, Backend::unknown, Backend::unknown};
+  // cuDNN's graph API (conv_cudnn_graph.h): the chosen plan per op, once tried (graph_tried)
+  std::shared_ptr<cudnn_graph::Plan> plan[3];
+  bool graph_tried[3] = {false, false, false};
 };
 
 // Guards the cache, the handles and every cuDNN call (a handle is not thread-safe).
 std::mutex g_mu;
+int64_t g_graph_plans = 0;  // (shape, dtype, op) served by the graph API (under g_mu)
 
 std::map<Key, std::unique_ptr<Entry>>& cache() {
   static auto* m = new std::map<Key, std::unique_ptr<Entry>>;
@@ -229,6 +236,19 @@ void cudnn_run(int op, Entry* e, const ConvShape& s, DT dt, const void* a, const
   std::lock_guard<std::mutex> lock(g_mu);
   cudnnHandle_t h = handle(device);
   CUDNN_CHECK(cudnnSetStream(h, detail::stream_of(st)));
+  if (cudnn_graph::enabled()) {  // the graph API first; the legacy API for what it declines
+    if (!e->graph_tried[op]) {
+      refuse_choice_in_capture(op, s, dt, st);
+      e->plan[op] = cudnn_graph::choose(op, s, dt, dt == DT::f32 && allow_tf32(),
+                                        find_workspace_cap(), a, b, out, h, st);
+      e->graph_tried[op] = true;
+      if (e->plan[op]) ++g_graph_plans;
+    }
+    if (e->plan[op]) {
+      cudnn_graph::run(*e->plan[op], a, b, out, h, st);
+      return;
+    }
+  }
   Algo& al = e->algo[op];
   if (!al.found) {
     refuse_choice_in_capture(op, s, dt, st);
@@ -358,6 +378,12 @@ void dispatch(int op, const ConvShape& s, DT dt, Stream st, CudnnFn&& run_cudnn,
 }
 
 }  // namespace
+
+bool conv_cudnn_graph_enabled() { return cudnn_graph::enabled(); }
+int64_t conv_cudnn_graph_plans() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return g_graph_plans;
+}
 
 // x [N,H,W,C], w [K,R,S,C], bias [K] fp32 or nullptr -> y [N,P,Q,K]
 void conv2d_forward(const ConvShape& s, DT dt, const void* x, const void* w, const float* bias,

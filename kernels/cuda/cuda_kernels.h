@@ -105,6 +105,11 @@ void conv2d_backward_data(const kern::ConvShape& s, DT dt, const void* dy, const
 // dw in dt; dbias fp32 [K] or nullptr.
 void conv2d_backward_weight(const kern::ConvShape& s, DT dt, const void* x, const void* dy,
                             void* dw, float* dbias, Stream st);
+// cuDNN's side runs through its graph API in this process (built with the cuDNN frontend, and
+// not HR_CUDNN_API=legacy), and the (shape, dtype, op) it has served so far; the rest ran through
+// the legacy API (kernels/cuda/conv_cudnn_graph.h).
+bool conv_cudnn_graph_enabled();
+int64_t conv_cudnn_graph_plans();
 
 // ---- batch norm over NHWC rows: x viewed as [M = N*H*W, C] ----
 void batchnorm_train_forward(DT dt, int64_t M, int64_t C, const void* x, const float* gamma,

@@ -182,6 +182,9 @@ HR_NO_CUDA(void, masked_bce_forward_dev,
 HR_NO_CUDA(void, masked_bce_backward_dev,
            (DT, int64_t, const void*, const float*, const float*, const float*, void*, Stream))
 
+bool conv_cudnn_graph_enabled() { return false; }
+int64_t conv_cudnn_graph_plans() { return 0; }
+
 // optimizers
 HR_NO_CUDA(void, sgd_multi_step,
            (const OptimTensor*, int64_t, const OptimHyper&, float, float, bool, Stream))

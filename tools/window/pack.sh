@@ -9,7 +9,8 @@
 #                          libjpeg, libgomp), lib/fallback/ (libstdc++, libgcc_s: used on the
 #                          device only if its own are too old)
 #   .window/deps.tar.xz    headers and CMake files of Eigen, Catch2, stb, yaml-cpp, simdjson,
-#                          libjpeg: only for run.sh's fallback rebuild on the device
+#                          libjpeg, the cuDNN frontend: only for run.sh's fallback rebuild on
+#                          the device
 #   .window/kernels.txt    the CUDA kernels changed since --since (micro-benchmarks and
 #                          sanitizer cases run only for these)
 #   .window/sources.sha256 the sources the programs were built from (run.sh finds a stale kit)
@@ -340,6 +341,11 @@ if command -v dpkg >/dev/null; then
       fi
     done || echo "pack.sh: package $pkg not installed: the fallback rebuild may lack it" >&2
   done
+  # the pinned cuDNN frontend headers (scripts/cudnn_frontend.sh), if this build has them
+  if [ -f "$ROOT/.deps/cudnn_frontend/include/cudnn_frontend.h" ]; then
+    mkdir -p "$STAGE/deps/usr/share/cudnn_frontend"
+    cp -a "$ROOT/.deps/cudnn_frontend/include" "$STAGE/deps/usr/share/cudnn_frontend/"
+  fi
   tar -C "$STAGE/deps" -cf - usr | xz -T0 -6 >"$STAGE/out/deps.tar.xz"
 else
   echo "pack.sh: no dpkg: no deps.tar.xz (the device's fallback rebuild needs Eigen, Catch2, stb)" >&2

@@ -314,6 +314,8 @@ elif [ ${#rebuild_list[@]} -gt 0 ] && [ "$REBUILD" != never ]; then
     CM+=("-DCMAKE_PREFIX_PATH=$D/usr" "-DCMAKE_INCLUDE_PATH=$D/usr/include"
          "-DCMAKE_CXX_FLAGS=-isystem $D/usr/include/x86_64-linux-gnu")
     export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$D/usr/lib/x86_64-linux-gnu"
+    [ -f "$D/usr/share/cudnn_frontend/include/cudnn_frontend.h" ] &&
+      CM+=("-DHR_CUDNN_FRONTEND_INCLUDE=$D/usr/share/cudnn_frontend/include")
   else
     note "rebuild: no deps.tar.xz in the kit: Eigen, Catch2, stb ... must be on the device"
   fi
@@ -383,9 +385,11 @@ peer_ready_now() { [ "$PEER_STATE" = compiling ] && [ -f "$PEER_READY.$PEER_NEXT
 # First, alone and briefly: cooperative batch-norm grids on two streams at once. Should they
 # deadlock (grids not co-scheduled), every later step would hang on HRNet's branch streams:
 # the rest of the run then takes the multi-kernel path (HR_BN_COOPERATIVE=0).
+peer_pause  # the peer's warm-up shares the GPU: a slow run must not pass for a hang
 step gpu graph "test_cuda_graph: cooperative BN on two streams (hang check)" "$CORR" 25 \
   "$BIN/test_cuda_graph" "graph: cooperative batch norm on two streams at once, eager and captured"
 coop_rc=$?
+peer_resume
 if [ $coop_rc = 124 ] || [ $coop_rc = 137 ]; then
   export HR_BN_COOPERATIVE=0
   note "cooperative batch norm on two streams timed out: the rest of the run has HR_BN_COOPERATIVE=0"
@@ -427,7 +431,7 @@ fi
 peer_ready_now && peer_collect 0
 peer_pause
 step gpu table "bench_model W32 b128 bf16 (ours: eager, CUDA graph)" "$WORK/bench_model_b128.log" 120 \
-  "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch \
+  env HR_CUDNN_VERBOSE=1 "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch \
   --save "$WORK/ours_b128.txt"
 # 4. batch-1 latency
 step gpu latency "bench_model W32 b1 bf16 --latency (ours)" "$WORK/bench_model_b1.log" 60 \
@@ -556,14 +560,18 @@ peer_resume
 
 # ---------------------------------------------------------------------------------------------
 # 9. with time left (or alone: HR_WINDOW_STEPS=levers): each lever of the W32 b128 bf16 step
-# turned off alone (graph fusion, branch streams, CUDA graph replay) and the convolutions forced
-# to cuDNN, then to our kernels, against step 3's table (the peer paused)
+# turned off alone (graph fusion, branch streams, CUDA graph replay), the convolutions forced
+# to cuDNN, then to our kernels, and cuDNN's legacy API instead of its graph API, against step
+# 3's table (the peer paused)
 peer_pause
 for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm"; do
   # shellcheck disable=SC2086  # the lever's words are its arguments
   step gpu levers "bench_model W32 b128 bf16 $lever (ours)" "$WORK/levers.log" 90 \
     "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 --warmup 2 --no-torch $lever
 done
+step gpu levers "bench_model W32 b128 bf16 HR_CUDNN_API=legacy (ours)" "$WORK/levers.log" 90 \
+  env HR_CUDNN_API=legacy "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 \
+  --warmup 2 --no-torch
 peer_resume
 
 # the peer, if it has not been timed yet: what is left of the budget
