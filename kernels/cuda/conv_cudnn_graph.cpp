@@ -126,26 +126,27 @@ std::shared_ptr<Plan> choose_plan(int op, const kern::ConvShape& s, DT dt, bool 
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
   const std::vector<int64_t> pad{s.pad_h, s.pad_w}, stride{s.stride_h, s.stride_w}, dil{1, 1};
+  auto geometry = [&](auto attrs) {
+    attrs.set_padding(pad).set_stride(stride).set_dilation(dil);
+    return attrs;
+  };
+  auto x = [&] { return nhwc_tensor(g, "x", s.N, s.C, s.H, s.W); };
+  auto w = [&] { return nhwc_tensor(g, "w", s.K, s.C, s.R, s.S); };
+  auto dy = [&] { return nhwc_tensor(g, "dy", s.N, s.K, s.P, s.Q); };
   if (op == kFwd) {
-    p->a = nhwc_tensor(g, "x", s.N, s.C, s.H, s.W);
-    p->b = nhwc_tensor(g, "w", s.K, s.C, s.R, s.S);
-    p->out = g.conv_fprop(p->a, p->b,
-                          fe::graph::Conv_fprop_attributes().set_padding(pad).set_stride(stride)
-                              .set_dilation(dil));
+    p->a = x();
+    p->b = w();
+    p->out = g.conv_fprop(p->a, p->b, geometry(fe::graph::Conv_fprop_attributes()));
     set_nhwc(p->out, s.N, s.K, s.P, s.Q);
   } else if (op == kBwdData) {
-    p->a = nhwc_tensor(g, "dy", s.N, s.K, s.P, s.Q);
-    p->b = nhwc_tensor(g, "w", s.K, s.C, s.R, s.S);
-    p->out = g.conv_dgrad(p->a, p->b,
-                          fe::graph::Conv_dgrad_attributes().set_padding(pad).set_stride(stride)
-                              .set_dilation(dil));
+    p->a = dy();
+    p->b = w();
+    p->out = g.conv_dgrad(p->a, p->b, geometry(fe::graph::Conv_dgrad_attributes()));
     set_nhwc(p->out, s.N, s.C, s.H, s.W);
   } else {
-    p->a = nhwc_tensor(g, "x", s.N, s.C, s.H, s.W);
-    p->b = nhwc_tensor(g, "dy", s.N, s.K, s.P, s.Q);
-    p->out = g.conv_wgrad(p->b, p->a,
-                          fe::graph::Conv_wgrad_attributes().set_padding(pad).set_stride(stride)
-                              .set_dilation(dil));
+    p->a = x();
+    p->b = dy();
+    p->out = g.conv_wgrad(p->b, p->a, geometry(fe::graph::Conv_wgrad_attributes()));
     set_nhwc(p->out, s.K, s.C, s.R, s.S);
   }
   if (auto e = g.validate(); !e.is_good()) return declined("validate: " + e.get_message());
