@@ -14,6 +14,7 @@
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile] [--profile-shapes]
 //               [--no-fuse] [--no-streams] [--no-capture] [--conv-backend auto|cudnn|igemm]
+//               [--peer-args]
 // --amp on the CPU: bf16 only, as ENGINE.PRECISION bf16 there (fp32 tensors, the convolutions'
 // products in bf16: cpu::set_cpu_precision), against the fp32 peer.
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
@@ -32,6 +33,8 @@
 // the peer's eager and torch.compile(mode="reduce-overhead") inference at the same batch.
 // --save FILE writes our results; --load FILE prints the table from them without measuring
 // (tools/window/run.sh: ours is timed while the peer is paused, the peer later, alone).
+// --peer-args prints benchmarks/torch_model.py's arguments for the same run and exits (the GPU
+// window kit runs the peer itself).
 // The levers, to measure each alone: --no-fuse (no graph fusion passes), --no-streams (every
 // node on one stream / thread), --no-capture (CUDA: the static graph launched op by op, not
 // replayed as a CUDA graph), --conv-backend auto|cudnn|igemm (CUDA: our implicit-GEMM kernels,
@@ -76,6 +79,7 @@ struct Args {
   // the levers, one at a time (issue 11's switches): graph fusion passes, branch streams, CUDA
   // graph replay, the convolution backend on CUDA (HR_CONV_BACKEND)
   bool fuse = true, streams = true, capture = true;
+  bool print_peer_args = false;
   std::string conv_backend;
   std::string levers() const {
     std::string l;
@@ -117,6 +121,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--no-streams") a.streams = false;
     else if (k == "--no-capture") a.capture = false;
     else if (k == "--conv-backend") a.conv_backend = val();
+    else if (k == "--peer-args") a.print_peer_args = true;
     else throw Error("bench_model: unknown argument " + k);
   }
   if (!a.conv_backend.empty()) {
@@ -228,26 +233,30 @@ std::vector<data::FcosLevel> det_levels(const ModelSpec& spec, int64_t h, int64_
   return lv;
 }
 
+// The arguments of benchmarks/torch_model.py for the same model, shapes, steps and precision
+// (--peer-args prints them: tools/window/run.sh runs the peer itself, in its own environment).
+std::string peer_args(const Args& a, const ModelSpec& spec) {
+  return " --width-base " + std::to_string(spec.stages.back().num_channels[0]) +
+         (spec.head == Head::Cls   ? cls_peer_args(spec)
+          : spec.head == Head::Seg ? seg_peer_args(spec)
+          : spec.head == Head::Det ? det_peer_args(spec)
+                                   : std::string()) +
+         " --batch " + std::to_string(a.batch) + " --height " + std::to_string(a.height) +
+         " --width " + std::to_string(a.width) + " --device " + a.device + " --steps " +
+         std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) + " --threads " +
+         std::to_string(omp_get_max_threads()) +
+         (a.amp.empty() || a.device == "cpu" ? "" : " --amp " + a.amp) +
+         (a.latency ? " --no-throughput --latency-batch " + std::to_string(a.batch) +
+                          " --latency-steps " + std::to_string(a.steps)
+                    : "");
+}
+
 Results run_torch(const Args& a, const ModelSpec& spec) {
   Results r;
   if (!a.peer_results.empty()) return read_peer_results(a.peer_results);
   const std::string py = a.torch ? bench::torch_python() : "";
   if (py.empty()) return r;
-  std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py --width-base " +
-                    std::to_string(spec.stages.back().num_channels[0]) +
-                    (spec.head == Head::Cls   ? cls_peer_args(spec)
-                     : spec.head == Head::Seg ? seg_peer_args(spec)
-                     : spec.head == Head::Det ? det_peer_args(spec)
-                                              : std::string()) +
-                    " --batch " +
-                    std::to_string(a.batch) + " --height " + std::to_string(a.height) +
-                    " --width " + std::to_string(a.width) + " --device " + a.device +
-                    " --steps " + std::to_string(a.steps) + " --warmup " + std::to_string(a.warmup) +
-                    " --threads " + std::to_string(omp_get_max_threads()) +
-                    (a.amp.empty() || a.device == "cpu" ? "" : " --amp " + a.amp) +
-                    (a.latency ? " --no-throughput --latency-batch " + std::to_string(a.batch) +
-                                     " --latency-steps " + std::to_string(a.steps)
-                               : "");
+  const std::string cmd = py + " " + HR_BENCH_DIR + "/torch_model.py" + peer_args(a, spec);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
   char line[512];
@@ -402,9 +411,12 @@ Results measure(const Args& a, const ModelSpec& spec) {
     }
     Tensor y = (*model)(x);
   };
-  auto time_it = [&](auto&& fn) {
+  // peak_reset: the CUDA memory peak counts the timed steps only (the warm-up's algorithm
+  // searches and first allocations left out, as the peer's)
+  auto time_it = [&](auto&& fn, bool peak_reset = false) {
     for (int i = 0; i < a.warmup; ++i) fn();
     sync(dev);
+    if (peak_reset && dev.is_cuda()) cuda::reset_peak_allocated_bytes();
     std::vector<double> t;
     for (int i = 0; i < a.steps; ++i) {
       double t0 = now_s();
@@ -474,7 +486,7 @@ Results measure(const Args& a, const ModelSpec& spec) {
   if (!a.latency) {
     model->train();
     if (dev.is_cuda()) cuda::empty_cache();
-    r["train_eager_ms"] = time_it(train_step);
+    r["train_eager_ms"] = time_it(train_step, /*peak_reset=*/true);
     if (dev.is_cuda()) r["train_peak_gb"] = cuda::peak_allocated_bytes() / 1e9;
     gtrain = compile(true);
     prepare(*gtrain);
@@ -591,6 +603,10 @@ int main(int argc, char** argv) try {
     a.height = h == Head::Cls ? 224 : h == Head::Seg ? 512 : h == Head::Det ? 800 : 256;
   if (a.width == 0)
     a.width = h == Head::Cls ? 224 : h == Head::Seg ? 1024 : h == Head::Det ? 1344 : 192;
+  if (a.print_peer_args) {  // the peer's arguments alone, nothing measured
+    std::printf("%s\n", peer_args(a, spec).substr(1).c_str());
+    return 0;
+  }
   const Results ours = a.load.empty() ? measure(a, spec) : load_results(a.load);
   if (!a.save.empty()) save_results(a.save, ours);
   auto get = [&](const char* k) { return ours.count(k) ? ours.at(k) : 0.0; };

@@ -30,6 +30,7 @@ void* alloc(size_t bytes, Stream s);
 void free(void* p, Stream s);
 size_t allocated_bytes();       // live bytes handed out
 size_t peak_allocated_bytes();
+void reset_peak_allocated_bytes();  // the peak from now on (starts at the live bytes)
 size_t reserved_bytes();        // bytes held from cudaMalloc
 void empty_cache();
 Stream default_stream();        // the engine's own stream (never the legacy default stream)

@@ -415,6 +415,12 @@ size_t peak_allocated_bytes() {
   return a.peak;
 }
 
+void reset_peak_allocated_bytes() {
+  Allocator& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.peak = a.allocated;
+}
+
 size_t reserved_bytes() {
   Allocator& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);

@@ -525,17 +525,36 @@ if want sanitizer; then
   fi
 fi
 
+# head_bench GROUP TAG WHAT LIMIT_OURS LIMIT_PEER ARGS...: bench_model ARGS, ours (eager and
+# CUDA graph) saved to ours_TAG.txt, then the PyTorch peer's eager step alone on the same model,
+# shapes and steps (its arguments from bench_model --peer-args; no torch.compile: it would not
+# fit the box), its RESULT lines in TAG_peer.log; bench.md's table for TAG joins the two
+declare -A HEAD_ARGS=()
+head_bench() {
+  local group="$1" tag="$2" what="$3" lo="$4" lp="$5" pargs
+  shift 5
+  HEAD_ARGS[$tag]="$*"
+  step gpu "$group" "bench_model $what (ours: eager, CUDA graph)" "$WORK/${tag}_bench_model.log" \
+    "$lo" "$BIN/bench_model" "$@" --no-torch --save "$WORK/ours_$tag.txt"
+  [ -n "$PY" ] && [ "${HR_WINDOW_PEER:-1}" = 1 ] && want "$group" || return 0
+  pargs=$("$BIN/bench_model" "$@" --peer-args 2>>"$RUNLOG") || return 0
+  # shellcheck disable=SC2086  # the peer's arguments, a word each
+  step gpu "$group" "torch_model.py $what, eager (peer)" "$WORK/${tag}_peer.log" "$lp" \
+    env LD_LIBRARY_PATH="$ORIG_LD" "$PY" "$ROOT/benchmarks/torch_model.py" $pargs --no-compile
+}
+
 # ---------------------------------------------------------------------------------------------
-# 7. time left: the classifier's step (W32 cls 224x224, ours; timm's published hrnet_w32
-# throughput is the sanity check until the peer has a cls group), then the other GPU tests
+# 7. time left: the classifier's step (W32 cls 224x224: ours, then the peer's eager step; timm's
+# published hrnet_w32 throughput is the other sanity check), the seg tests, the segmenter's step
+# (W48 512x1024: ours, then the peer's eager step), then the other GPU tests
 peer_ready_now && peer_collect 0
 peer_pause
-step gpu rest "bench_model W32 cls 224 b128 bf16 (ours: eager, CUDA graph)" "$WORK/cls_bench_model.log" 90 \
-  "$BIN/bench_model" --model w32:cls --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch
+head_bench rest cls "W32 cls 224 b128 bf16" 90 90 \
+  --model w32:cls --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3
 step gpu rest "test_cuda_seg_losses (weighted CE, OHEM on CUDA)" "$CORR" 60 "$BIN/test_cuda_seg_losses"
 step gpu rest "test_cuda_ocr (HRNet+OCR head on CUDA vs the CPU)" "$CORR" 60 "$BIN/test_cuda_ocr"
-step gpu rest "bench_model W48 seg 512x1024 b8 bf16 (ours: eager, CUDA graph)" "$WORK/seg_bench_model.log" 120 \
-  "$BIN/bench_model" --model w48:seg --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2 --no-torch
+head_bench rest seg "W48 seg 512x1024 b8 bf16" 120 120 \
+  --model w48:seg --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2
 peer_resume
 for t in test_cuda_ops test_cuda_kernels test_cuda_conv; do
   peer_ready_now && peer_collect 0
@@ -547,15 +566,8 @@ done
 # peer paused), then the det peer's eager step alone (its RESULT lines make bench.md's table)
 peer_ready_now && peer_collect 0
 peer_pause
-step gpu det "bench_model W32 det 800x1344 b8 bf16 (ours: eager, CUDA graph)" "$WORK/det_bench_model.log" 150 \
-  "$BIN/bench_model" --model w32:det --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2 --no-torch \
-  --save "$WORK/ours_det.txt"
-if [ -n "$PY" ] && [ "${HR_WINDOW_PEER:-1}" = 1 ]; then
-  step gpu det "torch_model.py --head det 800x1344 b8 bf16, eager (peer)" "$WORK/det_peer.log" 120 \
-    env LD_LIBRARY_PATH="$ORIG_LD" "$PY" "$ROOT/benchmarks/torch_model.py" --head det --classes 80 \
-    --norm-eval --device cuda --amp bf16 --batch 8 --height 800 --width 1344 --steps 5 --warmup 2 \
-    --no-compile
-fi
+head_bench det det "W32 det 800x1344 b8 bf16" 150 120 \
+  --model w32:det --device cuda --amp bf16 --batch 8 --steps 5 --warmup 2
 peer_resume
 
 # ---------------------------------------------------------------------------------------------
@@ -600,16 +612,18 @@ fi
     "$BIN/bench_model" --device cuda --amp bf16 --batch 1 --steps 50 --latency --load "$WORK/ours_b1.txt" \
       "${peer_args[@]}" 2>/dev/null | grep -v '^peer: '
   fi
-  if [ -f "$WORK/ours_det.txt" ]; then
-    det_peer=(--no-torch)
-    [ -s "$WORK/det_peer.log" ] && det_peer=(--peer-results "$WORK/det_peer.log")
-    "$BIN/bench_model" --model w32:det --device cuda --amp bf16 --batch 8 --steps 5 \
-      --load "$WORK/ours_det.txt" "${det_peer[@]}" 2>/dev/null | grep -v '^peer: '
-  fi
+  for tag in cls seg det; do
+    [ -f "$WORK/ours_$tag.txt" ] || continue
+    head_peer=(--no-torch)
+    [ -s "$WORK/${tag}_peer.log" ] && head_peer=(--peer-results "$WORK/${tag}_peer.log")
+    # shellcheck disable=SC2086  # the saved arguments, a word each
+    "$BIN/bench_model" ${HEAD_ARGS[$tag]} --load "$WORK/ours_$tag.txt" "${head_peer[@]}" \
+      2>/dev/null | grep -v '^peer: '
+  done
   echo
   echo "PyTorch peer: $PEER_STATE; $(grep -E '^peer: (torch|.*warmed|.*ready)' "$PEER_LOG" 2>/dev/null | tr '\n' ';')"
   grep '^RESULT' "$PEER_LOG" 2>/dev/null
-  for f in cls_bench_model seg_bench_model det_bench_model bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
+  for f in bench_cuda_conv bench_cuda_fuse bench_cuda_bn torch_cuda_conv; do
     [ -f "$WORK/$f.log" ] && { echo; echo "## $f"; echo; grep -v '^== ' "$WORK/$f.log"; }
   done
   if [ -f "$WORK/levers.log" ]; then  # each lever's run: its command, then its "ours:" line
