@@ -34,7 +34,10 @@ class Optimizer {
   // graph holding enqueue_step() replays with the values of the prepare_step() before each
   // launch; step() is prepare_step() then enqueue_step(). The set of parameters with gradients
   // must not change after capture. Results equal step()'s up to the float rounding of the
-  // step-dependent factors.
+  // step-dependent factors. SGD's first step (the momentum buffer set to the gradient) is the
+  // optimizer's first step for every parameter in capturable mode, where the eager step takes
+  // each parameter's first gradient: the same whenever every parameter has a gradient from the
+  // first step on, as a captured step requires.
   void set_capturable(bool on);
   bool capturable() const { return capturable_; }
   virtual void prepare_step();
