@@ -385,14 +385,20 @@ peer_ready_now() { [ "$PEER_STATE" = compiling ] && [ -f "$PEER_READY.$PEER_NEXT
 # First, alone and briefly: cooperative batch-norm grids on two streams at once. Should they
 # deadlock (grids not co-scheduled), every later step would hang on HRNet's branch streams:
 # the rest of the run then takes the multi-kernel path (HR_BN_COOPERATIVE=0).
+# A cooperative launch the device refuses (an error naming it) takes the same path.
 peer_pause  # the peer's warm-up shares the GPU: a slow run must not pass for a hang
-step gpu graph "test_cuda_graph: cooperative BN on two streams (hang check)" "$CORR" 25 \
+step gpu graph "test_cuda_graph: cooperative BN on two streams (hang check)" "$WORK/coop.log" 25 \
   "$BIN/test_cuda_graph" "graph: cooperative batch norm on two streams at once, eager and captured"
 coop_rc=$?
 peer_resume
+cat "$WORK/coop.log" >>"$CORR" 2>/dev/null
 if [ $coop_rc = 124 ] || [ $coop_rc = 137 ]; then
   export HR_BN_COOPERATIVE=0
   note "cooperative batch norm on two streams timed out: the rest of the run has HR_BN_COOPERATIVE=0"
+elif [ $coop_rc != 0 ] && [ $coop_rc != 77 ] &&
+     grep -qE "cudaLaunchCooperativeKernel|cudaErrorCooperative" "$WORK/coop.log" 2>/dev/null; then
+  export HR_BN_COOPERATIVE=0
+  note "the cooperative batch norm's launch failed: the rest of the run has HR_BN_COOPERATIVE=0"
 fi
 step gpu graph "test_cuda_graph (capture, streams, optimizer replay)" "$CORR" 60 "$BIN/test_cuda_graph"
 step gpu graph "test_cuda_graph_exec (compiled graphs on CUDA, captured)" "$CORR" 90 "$BIN/test_cuda_graph_exec"
