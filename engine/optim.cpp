@@ -7,6 +7,7 @@
 #include "engine/stream.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/optim_math.h"
 
 namespace hr {
 
@@ -234,9 +235,10 @@ void Adam::prepare_step() {
   float* h = hyper_for_write();
   ++steps_;
   h[0] = float(lr_);
-  // the betas as the kernels and the eager step take them: rounded to float first
-  h[1] = float(1.0 - std::pow(double(float(o_.beta1)), double(steps_)));
-  h[2] = float(1.0 - std::pow(double(float(o_.beta2)), double(steps_)));
+  double bc1, bc2;  // from the betas as the kernels and the eager step take them: floats
+  kern::adam_bias_corrections(float(o_.beta1), float(o_.beta2), steps_, &bc1, &bc2);
+  h[1] = float(bc1);
+  h[2] = float(bc2);
   upload_hyper(3);
 }
 

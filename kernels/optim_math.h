@@ -3,6 +3,7 @@
 // (kernels/cuda/optim.cu) kernels so that both devices evaluate the same expressions.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/host_device.h"
 
@@ -22,8 +23,16 @@ HR_HOST_DEVICE void sgd_momentum_update(float& p, float g, float& buf, float lr,
   p = p - lr * (nesterov ? gi + momentum * b : b);
 }
 
-// Adam's scalars for one step: bc1 = 1 - beta1^t and bc2 = 1 - beta2^t (bias corrections),
-// weight decay as an L2 term of the gradient (Adam) or a decay of the weight (AdamW).
+// Adam's bias corrections for step t (1-based): bc1 = 1 - beta1^t, bc2 = 1 - beta2^t, in double
+// from the float betas the kernels use (the host's side of every Adam step, CPU and CUDA).
+inline void adam_bias_corrections(float beta1, float beta2, int64_t step, double* bc1,
+                                  double* bc2) {
+  *bc1 = 1.0 - std::pow(double(beta1), double(step));
+  *bc2 = 1.0 - std::pow(double(beta2), double(step));
+}
+
+// Adam's scalars for one step from the bias corrections, weight decay as an L2 term of the
+// gradient (Adam) or a decay of the weight (AdamW).
 struct AdamScalars {
   float beta1, beta2, one_b1, one_b2, eps;
   float step_size;  // lr / bc1

@@ -56,8 +56,8 @@ void sgd_step(const OptimSpan* spans, int64_t count, float momentum, float dampe
 
 void adam_step(const OptimSpan* spans, int64_t count, float beta1, float beta2, float eps,
                bool decoupled, int64_t step) {
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
+  double bc1, bc2;
+  kern::adam_bias_corrections(beta1, beta2, step, &bc1, &bc2);
   over_chunks(spans, count, [&](const OptimSpan& s, int64_t i0, int64_t i1) {
     const kern::AdamScalars a =
         kern::adam_scalars(s.lr, s.weight_decay, beta1, beta2, eps, decoupled, bc1, bc2);

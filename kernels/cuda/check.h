@@ -2,12 +2,14 @@
 //  - CUDA_CHECK / CUDNN_CHECK / CUBLAS_CHECK throw hr::Error naming file:line, the failing call
 //    and the library's error string; HR_CUDA_LAUNCH_CHECK() follows every kernel launch.
 //    CUDNN_CHECK / CUBLAS_CHECK need cudnn.h / cublas_v2.h included first.
-//  - host helpers shared by the sources: stream mapping, SM count, grid sizing, vector width;
+//  - host helpers shared by the sources: stream mapping, SM count, grid sizing, vector width,
+//    event timing of a candidate (time_ms);
 //  - internal launchers implemented in one .cu and used by another (bias rows, column sums);
 //  - with nvcc, device helpers: dtype <-> fp32, 16-byte vector packs, a block tree reduction.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -149,6 +151,37 @@ void column_sum(DT dt, int64_t N, int64_t R, int64_t C, const void* x, float sca
                                            cudaGetErrorName(hr_err_),                    \
                                            cudaGetErrorString(hr_err_));                 \
   } while (0)
+
+namespace hr::cuda::detail {
+
+// Mean milliseconds of f() over 3 runs on cs, after one warm-up run (synchronises); f returns
+// false when it declines or fails (then +inf). The per-shape choices of the convolution
+// dispatcher (conv.cpp) and of cuDNN's graph-API plans (conv_cudnn_graph.cpp).
+template <class F>
+float time_ms(F&& f, cudaStream_t cs) {
+  if (!f()) return INFINITY;
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = 0.f;
+  bool ok = true;
+  try {
+    CUDA_CHECK(cudaEventRecord(start, cs));
+    for (int i = 0; i < 3; ++i) ok = f() && ok;
+    CUDA_CHECK(cudaEventRecord(stop, cs));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return ok ? ms / 3.f : INFINITY;
+}
+
+}  // namespace hr::cuda::detail
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>

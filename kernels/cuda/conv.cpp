@@ -320,31 +320,6 @@ void cudnn_run(int op, Entry* e, const ConvShape& s, DT dt, const void* a, const
   }
 }
 
-// Mean milliseconds of f() over 3 runs on cs, after one warm-up run; f returns false when it
-// declines the shape (then +inf).
-template <class F>
-float time_ms(F&& f, cudaStream_t cs) {
-  if (!f()) return INFINITY;
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  float ms = 0.f;
-  try {
-    CUDA_CHECK(cudaEventRecord(start, cs));
-    for (int i = 0; i < 3; ++i) f();
-    CUDA_CHECK(cudaEventRecord(stop, cs));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  } catch (...) {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    throw;
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return ms / 3.f;
-}
-
 // run_cudnn() computes the op with cuDNN; run_igemm() with igemm, false when it declines.
 template <class CudnnFn, class IgemmFn>
 void dispatch(int op, const ConvShape& s, DT dt, Stream st, CudnnFn&& run_cudnn,
@@ -366,8 +341,8 @@ void dispatch(int op, const ConvShape& s, DT dt, Stream st, CudnnFn&& run_cudnn,
     if (igemm::supported(s, dt)) {
       refuse_choice_in_capture(op, s, dt, st);
       const cudaStream_t cs = detail::stream_of(st);
-      const float t_igemm = time_ms(run_igemm, cs);
-      const float t_cudnn = time_ms([&] { run_cudnn(); return true; }, cs);
+      const float t_igemm = detail::time_ms(run_igemm, cs);
+      const float t_cudnn = detail::time_ms([&] { run_cudnn(); return true; }, cs);
       if (t_igemm < t_cudnn) b = Backend::igemm;
     }
     std::lock_guard<std::mutex> lock(g_mu);

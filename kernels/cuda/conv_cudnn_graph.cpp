@@ -12,7 +12,6 @@
 #include <cudnn_frontend.h>
 
 #include <cmath>
-#include <limits>
 #include <unordered_map>
 #include <vector>
 #endif
@@ -59,6 +58,11 @@ bool enabled() {
 
 namespace {
 
+bool verbose() {  // HR_CUDNN_VERBOSE=1, read once
+  static const bool on = env_is("HR_CUDNN_VERBOSE", "1");
+  return on;
+}
+
 const char* op_name(int op) {
   return op == kFwd ? "conv2d_forward" : op == kBwdData ? "conv2d_backward_data"
                                                         : "conv2d_backward_weight";
@@ -85,31 +89,11 @@ std::unordered_map<Tensor, void*> pack(const Plan& p, const void* a, const void*
   return {{p.a, const_cast<void*>(a)}, {p.b, const_cast<void*>(b)}, {p.out, out}};
 }
 
-// Mean milliseconds of 3 runs of plan i after a warm-up run; +inf when it fails.
-float time_plan(fe::graph::Graph& g, int64_t i, std::unordered_map<Tensor, void*>& vp,
-                void* ws, cudnnHandle_t h, cudaStream_t cs) {
-  if (!g.execute_plan_at_index(h, vp, ws, i).is_good()) return INFINITY;
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  bool ok = true;
-  float ms = 0.f;
-  CUDA_CHECK(cudaEventRecord(start, cs));
-  for (int k = 0; k < 3 && ok; ++k) ok = g.execute_plan_at_index(h, vp, ws, i).is_good();
-  CUDA_CHECK(cudaEventRecord(stop, cs));
-  CUDA_CHECK(cudaEventSynchronize(stop));
-  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return ok ? ms / 3.f : INFINITY;
-}
-
 std::shared_ptr<Plan> choose_plan(int op, const kern::ConvShape& s, DT dt, bool tf32,
                                   size_t workspace_cap, const void* a, const void* b, void* out,
                                   cudnnHandle_t h, Stream st) {
-  static const bool verbose = env_is("HR_CUDNN_VERBOSE", "1");
   auto report = [&](const std::string& what) {
-    if (verbose)
+    if (verbose())
       std::fprintf(stderr, "cudnn graph: %s N%lld C%lld %lldx%lld K%lld %lldx%lld/%lld %s: %s\n",
                    op_name(op), (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W,
                    (long long)s.K, (long long)s.R, (long long)s.S, (long long)s.stride_h,
@@ -182,7 +166,8 @@ std::shared_ptr<Plan> choose_plan(int op, const kern::ConvShape& s, DT dt, bool 
         size_t(wsb) > workspace_cap)
       continue;
     detail::Workspace ws(size_t(wsb), st);
-    const float ms = time_plan(g, i, vp, ws.get(), h, cs);
+    const float ms = detail::time_ms(
+        [&] { return g.execute_plan_at_index(h, vp, ws.get(), i).is_good(); }, cs);
     if (!std::isfinite(ms)) continue;
     ++timed;
     if (ms < best) {
@@ -192,7 +177,7 @@ std::shared_ptr<Plan> choose_plan(int op, const kern::ConvShape& s, DT dt, bool 
     }
   }
   if (p->index < 0) return declined(str_cat("no plan ran (", count, " offered)"));
-  if (verbose) {
+  if (verbose()) {
     std::string name;
     (void)g.get_plan_name_at_index(p->index, name);
     report(str_cat("plan ", p->index, " of ", count, " (", timed, " timed) ", name, ", ",
@@ -209,7 +194,7 @@ std::shared_ptr<Plan> choose(int op, const kern::ConvShape& s, DT dt, bool tf32,
   try {  // the frontend's lower layers may throw: the legacy API runs the shape then
     return choose_plan(op, s, dt, tf32, workspace_cap, a, b, out, h, st);
   } catch (const std::exception& e) {
-    if (env_is("HR_CUDNN_VERBOSE", "1"))
+    if (verbose())
       std::fprintf(stderr, "cudnn graph: %s: the legacy API runs it: %s\n", op_name(op), e.what());
     return nullptr;
   }

@@ -127,10 +127,23 @@ __global__ void __launch_bounds__(kThreads)
   if (bad) *found = 1;
 }
 
-
-// launch(args, blocks) for each batch of at most kMultiMax tensors (empty ones skipped).
+// launch(args, blocks) for each batch of at most kMultiMax tensors (empty ones skipped); the
+// first `buffers` state buffers (buf0, buf1) of each tensor are required. Every tensor is checked
+// before the first launch, so a bad one leaves no tensor updated.
 template <class Launch>
-void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, Launch launch) {
+void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, int buffers,
+                    Launch launch) {
+  for (int64_t i = 0; i < count; ++i) {
+    const OptimTensor& t = ts[i];
+    if (t.n <= 0) continue;
+    HR_CHECK(t.p && t.grad, op, ": tensor ", i, " has no parameter or gradient pointer");
+    HR_CHECK((buffers < 1 || t.buf0) && (buffers < 2 || t.buf1), op, ": tensor ", i,
+             " lacks its state buffer", buffers > 1 ? "s (exp_avg, exp_avg_sq)" : " (momentum)");
+    HR_CHECK(t.group == 0 || t.group == 1, op, ": tensor ", i, " has group ", t.group,
+             ", expected 0 or 1");
+    HR_CHECK((t.n + kMultiChunk - 1) / kMultiChunk < INT_MAX / 2, op, ": tensor ", i, " has ",
+             t.n, " elements, too many");
+  }
   MultiArgs a;
   a.count = 0;
   int64_t blocks = 0;
@@ -144,11 +157,7 @@ void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, Launch
   for (int64_t i = 0; i < count; ++i) {
     const OptimTensor& t = ts[i];
     if (t.n <= 0) continue;
-    HR_CHECK(t.p && t.grad, op, ": tensor ", i, " has no parameter or gradient pointer");
-    HR_CHECK(t.group == 0 || t.group == 1, op, ": tensor ", i, " has group ", t.group,
-             ", expected 0 or 1");
     const int64_t nb = (t.n + kMultiChunk - 1) / kMultiChunk;
-    HR_CHECK(nb < INT_MAX / 2, op, ": tensor ", i, " has ", t.n, " elements, too many");
     if (a.count == kMultiMax || blocks + nb >= INT_MAX / 2) flush();
     const int k = a.count++;
     a.p[k] = t.p;
@@ -176,12 +185,10 @@ HyperArg hyper_arg(const OptimHyper& h) {
 
 void sgd_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float momentum,
                     float dampening, bool nesterov, Stream st) {
-  for (int64_t i = 0; i < count; ++i)
-    HR_CHECK(momentum == 0.f || ts[i].n <= 0 || ts[i].buf0, "sgd_step: momentum ", momentum,
-             " needs a momentum buffer (tensor ", i, ")");
   const HyperArg ha = hyper_arg(h);
   const cudaStream_t cs = detail::stream_of(st);
-  for_each_batch(ts, count, "sgd_step", [&](const MultiArgs& a, int64_t blocks) {
+  for_each_batch(ts, count, "sgd_step", momentum != 0.f ? 1 : 0,
+                 [&](const MultiArgs& a, int64_t blocks) {
     sgd_multi_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(a, ha, momentum, 1.f - dampening,
                                                             nesterov);
     HR_CUDA_LAUNCH_CHECK();
@@ -190,12 +197,9 @@ void sgd_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, f
 
 void adam_multi_step(const OptimTensor* ts, int64_t count, const OptimHyper& h, float beta1,
                      float beta2, float eps, bool decoupled, Stream st) {
-  for (int64_t i = 0; i < count; ++i)
-    HR_CHECK(ts[i].n <= 0 || (ts[i].buf0 && ts[i].buf1), "adam_step: tensor ", i,
-             " needs its exp_avg and exp_avg_sq buffers");
   const HyperArg ha = hyper_arg(h);
   const cudaStream_t cs = detail::stream_of(st);
-  for_each_batch(ts, count, "adam_step", [&](const MultiArgs& a, int64_t blocks) {
+  for_each_batch(ts, count, "adam_step", 2, [&](const MultiArgs& a, int64_t blocks) {
     adam_multi_kernel<<<unsigned(blocks), kThreads, 0, cs>>>(a, ha, beta1, beta2, eps, decoupled);
     HR_CUDA_LAUNCH_CHECK();
   });
@@ -205,8 +209,7 @@ OptimHyper adam_hyper(float lr, float beta1, float beta2, int64_t step) {
   HR_CHECK(step >= 1, "adam_step: step must be >= 1, got ", step);
   OptimHyper h;
   h.v[0] = lr;
-  h.v[1] = 1.0 - std::pow(double(beta1), double(step));
-  h.v[2] = 1.0 - std::pow(double(beta2), double(step));
+  kern::adam_bias_corrections(beta1, beta2, step, &h.v[1], &h.v[2]);
   return h;
 }
 

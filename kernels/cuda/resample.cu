@@ -19,7 +19,7 @@ constexpr int kThreads = 256;
 
 // PyTorch's rule and the CPU's (kernels/cpu/resample.cpp): min(floor(o * scale), in - 1) for
 // every size (a given scale factor need not be in / out even where out is in or 2 in).
-__device__ __forceinline__ int64_t nearest_src(int64_t o, int64_t in, int64_t out, float scale) {
+__device__ __forceinline__ int64_t nearest_src(int64_t o, int64_t in, float scale) {
   const int64_t s = static_cast<int64_t>(floorf(__fmul_rn(static_cast<float>(o), scale)));
   return s < in - 1 ? s : in - 1;
 }
@@ -52,7 +52,7 @@ __device__ __forceinline__ int64_t first_src_at_least(int64_t target, int64_t in
   while (lo < hi) {
     const int64_t mid = (lo + hi) >> 1;
     const int64_t s = kBilinear ? linear_tap(mid, in, out, scale, align_corners).i0
-                                : nearest_src(mid, in, out, scale);
+                                : nearest_src(mid, in, scale);
     if (s < target)
       lo = mid + 1;
     else
@@ -81,8 +81,8 @@ __global__ void __launch_bounds__(kThreads)
     const T* xn = x + n * s.H * s.W * s.C + cv * V;
     float out[V];
     if constexpr (!kBilinear) {
-      const int64_t h = nearest_src(oh, s.H, s.OH, s.scale_h);
-      const int64_t w = nearest_src(ow, s.W, s.OW, s.scale_w);
+      const int64_t h = nearest_src(oh, s.H, s.scale_h);
+      const int64_t w = nearest_src(ow, s.W, s.scale_w);
       load_f<T, V>(xn + (h * s.W + w) * s.C, out);
     } else {
       const Tap th = linear_tap(oh, s.H, s.OH, s.scale_h, s.align_corners);

@@ -37,9 +37,9 @@
 #
 # Environment: HR_WINDOW_BUDGET (seconds), HR_WINDOW_KERNELS ("none", "all" or keys; default
 # the kit's kernels.txt), HR_WINDOW_STEPS (e.g. "graph,train,table,latency,kernels,sanitizer,
-# rest,det,levers"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not resolve,
-# all of them when the kit is missing or damaged; stale: also all when the tree's sources
-# differ from the kit's; never; all),
+# rest,det,levers"; default all), HR_WINDOW_REBUILD (auto: the programs whose libraries do not
+# resolve, all of them when the kit is missing or damaged; stale: also all when the tree's
+# sources differ from the kit's; never; all),
 # HR_WINDOW_PEER=0 (no PyTorch peer), HR_WINDOW_FORCE=1 (run the GPU steps with no GPU: to
 # check the command lines), HR_PYTHON (the Python with torch), HR_WINDOW_KIT (the kit folder).
 set -u
@@ -582,14 +582,14 @@ peer_resume
 # to cuDNN, then to our kernels, and cuDNN's legacy API instead of its graph API, against step
 # 3's table (the peer paused)
 peer_pause
-for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm"; do
-  # shellcheck disable=SC2086  # the lever's words are its arguments
+for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm" \
+             HR_CUDNN_API=legacy; do
+  case "$lever" in HR_*=*) lever_env=$lever lever_args="" ;; *) lever_env="" lever_args=$lever ;; esac
+  # shellcheck disable=SC2086  # a lever's words: an environment setting or arguments
   step gpu levers "bench_model W32 b128 bf16 $lever (ours)" "$WORK/levers.log" 90 \
-    "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 --warmup 2 --no-torch $lever
+    env $lever_env "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 --warmup 2 \
+    --no-torch $lever_args
 done
-step gpu levers "bench_model W32 b128 bf16 HR_CUDNN_API=legacy (ours)" "$WORK/levers.log" 90 \
-  env HR_CUDNN_API=legacy "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 5 \
-  --warmup 2 --no-torch
 peer_resume
 
 # the peer, if it has not been timed yet: what is left of the budget
