@@ -14,7 +14,7 @@
 //               [--device cpu|cuda] [--amp bf16|f16] [--steps S] [--warmup W] [--no-torch]
 //               [--peer-results FILE] [--latency] [--save FILE] [--load FILE] [--profile] [--profile-shapes]
 //               [--no-fuse] [--no-streams] [--no-capture] [--conv-backend auto|cudnn|igemm]
-//               [--peer-args]
+//               [--no-weight-copies] [--peer-args]
 // --amp on the CPU: bf16 only, as ENGINE.PRECISION bf16 there (fp32 tensors, the convolutions'
 // products in bf16: cpu::set_cpu_precision), against the fp32 peer.
 // Ours runs twice: eager (op by op with autograd) and as a compiled static graph (fused batch
@@ -38,7 +38,9 @@
 // The levers, to measure each alone: --no-fuse (no graph fusion passes), --no-streams (every
 // node on one stream / thread), --no-capture (CUDA: the static graph launched op by op, not
 // replayed as a CUDA graph), --conv-backend auto|cudnn|igemm (CUDA: our implicit-GEMM kernels,
-// cuDNN, or per shape the faster; HR_CONV_BACKEND).
+// cuDNN, or per shape the faster; HR_CONV_BACKEND), --no-weight-copies (under --amp on CUDA: the
+// training graph casts every weight on each run instead of reading the 16-bit copies the
+// optimizer's step writes).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -77,8 +79,8 @@ struct Args {
   bool torch = true, profile = false, profile_shapes = false, latency = false;
   std::string peer_results, save, load;
   // the levers, one at a time (issue 11's switches): graph fusion passes, branch streams, CUDA
-  // graph replay, the convolution backend on CUDA (HR_CONV_BACKEND)
-  bool fuse = true, streams = true, capture = true;
+  // graph replay, the convolution backend on CUDA (HR_CONV_BACKEND), the optimizer's weight copies
+  bool fuse = true, streams = true, capture = true, weight_copies = true;
   bool print_peer_args = false;
   std::string conv_backend;
   std::string levers() const {
@@ -86,6 +88,7 @@ struct Args {
     if (!fuse) l += ", no fusion";
     if (!streams) l += ", no branch streams";
     if (!capture) l += ", no CUDA graph";
+    if (!weight_copies) l += ", weights cast every step";
     if (!conv_backend.empty()) l += ", convolutions: " + conv_backend;
     return l;
   }
@@ -120,6 +123,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--no-fuse") a.fuse = false;
     else if (k == "--no-streams") a.streams = false;
     else if (k == "--no-capture") a.capture = false;
+    else if (k == "--no-weight-copies") a.weight_copies = false;
     else if (k == "--conv-backend") a.conv_backend = val();
     else if (k == "--peer-args") a.print_peer_args = true;
     else throw Error("bench_model: unknown argument " + k);
@@ -437,6 +441,8 @@ Results measure(const Args& a, const ModelSpec& spec) {
     graph::CompileOptions co;
     co.fuse = a.fuse;
     co.streams = a.streams;
+    if (training && a.weight_copies)  // as hrnet-train: the 16-bit weights the optimizer writes
+      co.weight_copy = [&](const Tensor& p, DType d) { return opt.weight_copy(p, d); };
     if (training && seg) {
       co.loss = seg_loss(ys.back(), g.input("labels", labels.shape(), DType::i64));
       g.output(co.loss, "loss");

@@ -19,6 +19,7 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
     HR_CHECK(p.is_contiguous(p.suggest_format()), "optimizer: parameter ", i, " is not dense");
   }
   slots_.resize(params_.size());
+  copies_.resize(params_.size());
 }
 
 Optimizer::~Optimizer() {
@@ -91,6 +92,19 @@ void Optimizer::upload_hyper(int n) {
 }
 
 namespace {
+// A parameter's 16-bit copy (undefined: none) as the step kernels take it.
+void with_copy(cpu::OptimSpan& s, const Tensor& copy) {
+  if (!copy.defined()) return;
+  s.copy = static_cast<uint16_t*>(copy.raw_data());
+  s.copy_f16 = copy.dtype() == DType::f16;
+}
+cuda::OptimTensor with_copy(cuda::OptimTensor t, const Tensor& copy) {
+  if (!copy.defined()) return t;
+  t.copy = copy.raw_data();
+  t.copy_dt = copy.dtype() == DType::f16 ? cuda::DT::f16 : cuda::DT::bf16;
+  return t;
+}
+
 // The gradient as the capturable kernels read it: fp32, dense in the parameter's layout (no
 // conversion may allocate inside a capture).
 const float* capturable_grad(const Tensor& p, size_t i) {
@@ -102,6 +116,29 @@ const float* capturable_grad(const Tensor& p, size_t i) {
   return g.data<float>();
 }
 }  // namespace
+
+Tensor Optimizer::weight_copy(const Tensor& param, DType dtype) {
+  HR_CHECK(dtype == DType::f16 || dtype == DType::bf16, "optimizer: a weight copy is f16 or "
+           "bf16, not ", dtype_name(dtype));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (params_[i].impl() != param.impl()) continue;
+    Tensor& c = copies_[i];
+    if (!c.defined()) {
+      NoGradGuard ng;
+      c = params_[i].to(dtype);  // the parameter's layout (dense: checked at construction)
+    }
+    HR_CHECK(c.dtype() == dtype, "optimizer: parameter ", i, " already has a ",
+             dtype_name(c.dtype()), " copy, not ", dtype_name(dtype));
+    return c;
+  }
+  return Tensor();
+}
+
+void Optimizer::refresh_weight_copies() {
+  NoGradGuard ng;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (copies_[i].defined()) copies_[i].copy_(params_[i]);
+}
 
 void Optimizer::zero_grad() {
   for (auto& p : params_) p.zero_grad();
@@ -180,8 +217,9 @@ void SGD::enqueue_step() {
     if (!p.grad().defined()) continue;
     float* buf = o_.momentum != 0 ? slot(i, 0).data<float>() : nullptr;
     const bool g2 = in_group2(i);
-    ts.push_back({p.numel(), p.data<float>(), capturable_grad(p, i), buf, nullptr,
-                  float(g2 ? o_.group2_weight_decay : o_.weight_decay), g2 ? 1 : 0, -1});
+    ts.push_back(with_copy({p.numel(), p.data<float>(), capturable_grad(p, i), buf, nullptr,
+                            float(g2 ? o_.group2_weight_decay : o_.weight_decay), g2 ? 1 : 0, -1},
+                           copies_[i]));
   }
   cuda::OptimHyper h;
   h.dev = hyper_dev_.data<float>();  // {lr, first} of each group (prepare_step)
@@ -211,11 +249,14 @@ void SGD::step() {
     const bool g2 = in_group2(i);
     const float lr = float(g2 ? lr_ * o_.group2_lr_factor : lr_);
     const float wd = float(g2 ? o_.group2_weight_decay : o_.weight_decay);
-    if (p.device().is_cpu())
+    if (p.device().is_cpu()) {
       spans.push_back({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, lr, wd, first});
-    else
-      cuda_ts.push_back({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, wd,
-                         g2 ? 1 : 0, first ? 1 : 0});
+      with_copy(spans.back(), copies_[i]);
+    } else {
+      cuda_ts.push_back(with_copy({p.numel(), p.data<float>(), g.data<float>(), buf, nullptr, wd,
+                                   g2 ? 1 : 0, first ? 1 : 0},
+                                  copies_[i]));
+    }
     grads.push_back(std::move(g));
   }
   cpu::sgd_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.momentum),
@@ -248,8 +289,10 @@ void Adam::enqueue_step() {
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     if (!p.grad().defined()) continue;
-    ts.push_back({p.numel(), p.data<float>(), capturable_grad(p, i), slot(i, 0).data<float>(),
-                  slot(i, 1).data<float>(), float(o_.weight_decay), 0, -1});
+    ts.push_back(with_copy({p.numel(), p.data<float>(), capturable_grad(p, i),
+                            slot(i, 0).data<float>(), slot(i, 1).data<float>(),
+                            float(o_.weight_decay), 0, -1},
+                           copies_[i]));
   }
   cuda::OptimHyper h;
   h.dev = hyper_dev_.data<float>();  // {lr, 1 - beta1^t, 1 - beta2^t} (prepare_step)
@@ -273,12 +316,15 @@ void Adam::step() {
     Tensor g = p.grad().contiguous(p.suggest_format()).to(DType::f32);
     float* m = slot(i, 0).data<float>();
     float* v = slot(i, 1).data<float>();
-    if (p.device().is_cpu())
+    if (p.device().is_cpu()) {
       spans.push_back({p.numel(), p.data<float>(), g.data<float>(), m, v, float(lr_),
                        float(o_.weight_decay), false});
-    else
-      cuda_ts.push_back({p.numel(), p.data<float>(), g.data<float>(), m, v,
-                         float(o_.weight_decay), 0, -1});
+      with_copy(spans.back(), copies_[i]);
+    } else {
+      cuda_ts.push_back(with_copy(
+          {p.numel(), p.data<float>(), g.data<float>(), m, v, float(o_.weight_decay), 0, -1},
+          copies_[i]));
+    }
     grads.push_back(std::move(g));
   }
   cpu::adam_step(spans.data(), static_cast<int64_t>(spans.size()), float(o_.beta1),

@@ -43,11 +43,23 @@ class Optimizer {
   virtual void prepare_step();
   virtual void enqueue_step();
 
+  // Mixed precision: a 16-bit (f16 or bf16) copy of one of this optimizer's parameters, which
+  // every later step rewrites in the same pass as the parameter's update (rounded to nearest
+  // even, as ops::cast rounds), so that a graph under autocast reads it instead of casting the
+  // weight on every run (graph::CompileOptions::weight_copy). Made on the first call, as the
+  // cast of the current values (on the current stream); one dtype per parameter. Undefined when
+  // `param` is not one of this optimizer's parameters.
+  Tensor weight_copy(const Tensor& param, DType dtype);
+  // Rewrites every copy from its parameter: needed when the parameters change other than by a
+  // step (a checkpoint loaded into the model).
+  void refresh_weight_copies();
+
  protected:
   std::vector<Tensor> params_;
   // slots_[i][k]: per-parameter state tensors (created lazily, same shape as the parameter)
   std::vector<std::vector<Tensor>> slots_;
   std::vector<std::string> slot_names_;
+  std::vector<Tensor> copies_;  // per parameter: its 16-bit copy (weight_copy), or undefined
   double lr_;
   int64_t steps_ = 0;
   Tensor& slot(size_t param, size_t k);

@@ -122,6 +122,7 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
   try {
     model.load_state_dict(weights);
     opt.load_state_dict(state);
+    opt.refresh_weight_copies();  // the 16-bit copies graphs read, if any were made already
   } catch (const Error& e) {
     throw Error(str_cat("[resume] ", path, ": ", e.what()));
   }
@@ -249,6 +250,9 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     // CUDA: the gradients averaged inside the graph, each as soon as the backward completes it,
     // on a stream of their own (captured with the step); the CPU feeds its reducer's thread
     co.reduce_gradients = graph_reduces();
+    // under autocast the graphs read the 16-bit weights the optimizer's step writes (one copy
+    // for every graph of the model) instead of casting each weight on every run
+    co.weight_copy = [this](const Tensor& p, DType dt) { return opt_.weight_copy(p, dt); };
     exe = std::make_unique<graph::Executable>(std::move(g), co);
     if (reducer_)  // each gradient into its bucket as the backward completes it
       exe->set_gradient_ready([this](const Tensor& p, const Tensor& grad) {

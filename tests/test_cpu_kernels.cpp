@@ -770,6 +770,21 @@ namespace {
 const int64_t kSpanEnd[] = {20000, 20007, 40000};
 const double kSpanLr[] = {1.0, 0.5, 2.0}, kSpanWd[] = {1.0, 3.0, 0.0};
 int span_of(int64_t i) { return i < kSpanEnd[0] ? 0 : i < kSpanEnd[1] ? 1 : 2; }
+
+// The 16-bit copies a step wrote: span 0's in bf16, span 2's in f16, each bit for bit the
+// conversion of the updated p (the casts a graph would run); span 1 has none (left as it was).
+void check_copies(const vector<float>& p, const vector<uint16_t>& copy) {
+  const int64_t n = int64_t(p.size());
+  vector<uint16_t> bf(n), hf(n);
+  cpu::f32_to_bf16(n, p.data(), bf.data());
+  cpu::f32_to_f16(n, p.data(), hf.data());
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int k = span_of(i);
+    wrong += copy[i] != (k == 0 ? bf[i] : k == 2 ? hf[i] : uint16_t(0x7fc0));
+  }
+  CHECK(wrong == 0);
+}
 }  // namespace
 
 TEST_CASE("sgd_step matches torch.optim.SGD over several steps", "[cpu][optim]") {
@@ -785,6 +800,7 @@ TEST_CASE("sgd_step matches torch.optim.SGD over several steps", "[cpu][optim]")
     CAPTURE(c.lr, c.momentum, c.dampening, c.wd, c.nesterov);
     auto p = randn(n, 121);
     vector<float> buf(n, kNaN);
+    vector<uint16_t> copy(n, 0x7fc0);  // spans 0 and 2: bf16 and f16 copies of p
     vector<double> pr(p.begin(), p.end()), br(n, 0);
     for (int step = 0; step < 5; ++step) {
       auto g = randn(n, 130 + step);
@@ -794,8 +810,11 @@ TEST_CASE("sgd_step matches torch.optim.SGD over several steps", "[cpu][optim]")
         spans.push_back({kSpanEnd[k] - i0, p.data() + i0, g.data() + i0,
                          c.momentum != 0 ? buf.data() + i0 : nullptr, nullptr,
                          float(c.lr * kSpanLr[k]), float(c.wd * kSpanWd[k]), step == 0});
+        if (k != 1) spans.back().copy = copy.data() + i0;
+        spans.back().copy_f16 = k == 2;
       }
       cpu::sgd_step(spans.data(), 3, float(c.momentum), float(c.dampening), c.nesterov);
+      check_copies(p, copy);
       const double mom = float(c.momentum), damp = float(c.dampening);
       for (int64_t i = 0; i < n; ++i) {
         const int k = span_of(i);
@@ -828,6 +847,7 @@ TEST_CASE("adam_step matches torch.optim.Adam / AdamW over several steps", "[cpu
     vector<float> m(n, 0.f), v(n, 0.f);
     vector<double> pr(p.begin(), p.end()), mr(n, 0), vr(n, 0);
     const double b1 = float(c.b1), b2 = float(c.b2), eps = float(c.eps);
+    vector<uint16_t> copy(n, 0x7fc0);  // spans 0 and 2: bf16 and f16 copies of p
     for (int64_t step = 1; step <= 6; ++step) {
       auto g = randn(n, 150 + step, step == 3 ? 1e-3f : 1.f);  // one step of tiny gradients
       vector<cpu::OptimSpan> spans;
@@ -836,8 +856,11 @@ TEST_CASE("adam_step matches torch.optim.Adam / AdamW over several steps", "[cpu
         spans.push_back({kSpanEnd[k] - i0, p.data() + i0, g.data() + i0, m.data() + i0,
                          v.data() + i0, float(c.lr * kSpanLr[k]), float(c.wd * kSpanWd[k]),
                          false});
+        if (k != 1) spans.back().copy = copy.data() + i0;
+        spans.back().copy_f16 = k == 2;
       }
       cpu::adam_step(spans.data(), 3, float(c.b1), float(c.b2), float(c.eps), c.decoupled, step);
+      check_copies(p, copy);
       const double bc1 = 1 - std::pow(b1, double(step)), bc2 = 1 - std::pow(b2, double(step));
       for (int64_t i = 0; i < n; ++i) {
         const int k = span_of(i);

@@ -417,6 +417,71 @@ TEST_CASE("graph: three optimizer steps from graph gradients equal eager trainin
   CHECK(moved > 1e-3);  // the steps did change the weights
 }
 
+TEST_CASE("graph: weight copies kept by the optimizer replace the casts of weights, same bits",
+          "[graph]") {
+  // Two linear layers whose weights are cast to a 16-bit type and back (as autocast casts them
+  // on CUDA, spelled out so that it runs here), trained with SGD + momentum through a graph:
+  //  - casts: every run casts the weights;
+  //  - kept: the graph reads the optimizer's copies (CompileOptions::weight_copy), which its
+  //    step rewrites;
+  //  - stale: copies nobody updates, so that a graph reading old weights is seen to differ.
+  for (DType dt : {DType::bf16, DType::f16}) {
+    INFO(dtype_name(dt));
+    enum Mode { kCasts, kKept, kStale };
+    std::vector<std::vector<float>> params_after[3], losses(3);
+    int64_t bound[3] = {};
+    for (Mode mode : {kCasts, kKept, kStale}) {
+      std::vector<Tensor> ps = {rand_tensor({16, 12}, 31), rand_tensor({16}, 32),
+                                rand_tensor({5, 16}, 33), rand_tensor({5}, 34)};
+      for (Tensor& p : ps) p.set_requires_grad(true);
+      const Tensor x = rand_tensor({7, 12}, 35);
+      graph::Graph g;
+      auto q = [&](const Tensor& w) {  // recorded on the graph's value for w, as autocast does
+        return ops::cast(ops::cast(g.ir().symbolic(g.ir().param(w)), dt), DType::f32);
+      };
+      const Tensor h = ops::relu(ops::linear(g.input("x", x.shape()), q(ps[0]), ps[1]));
+      const Tensor loss = ops::sum_all(ops::mul(ops::relu(ops::linear(h, q(ps[2]), ps[3])), 0.1f));
+      g.output(loss, "loss");
+      SGDOptions so;
+      so.lr = 0.05;
+      so.momentum = 0.9;
+      so.weight_decay = 1e-3;
+      SGD opt(ps, so);
+      graph::CompileOptions co;
+      co.loss = loss;
+      if (mode == kKept)
+        co.weight_copy = [&](const Tensor& p, DType d) { return opt.weight_copy(p, d); };
+      if (mode == kStale)
+        co.weight_copy = [](const Tensor& p, DType d) { return p.to(d); };
+      graph::Executable e(std::move(g), co);
+      bound[mode] = e.stats().weight_copies;
+      int casts = 0;
+      for (const graph::Node& n : e.graph().nodes) casts += std::string(n.op->name()) == "cast";
+      // forward: two casts to 16 bits (gone where bound), two back to f32; backward: the
+      // gradients' casts, four
+      CHECK(casts == (mode == kCasts ? 8 : 6));
+      for (Tensor& p : ps) p.set_grad(e.grad(p));
+      e.set_input("x", x);
+      for (int step = 0; step < 4; ++step) {
+        e.run();
+        losses[mode].push_back(e.output("loss").item());
+        opt.step();
+      }
+      for (const Tensor& p : ps) params_after[mode].push_back(p.to_vector());
+      if (mode == kKept)  // the copies the optimizer kept are the casts of the final weights
+        for (size_t i : {size_t(0), size_t(2)})
+          require_equal(opt.weight_copy(ps[i], dt), ps[i].to(dt), "weight copy");
+      CHECK_FALSE(opt.weight_copy(x, dt).defined());  // not a parameter of this optimizer
+    }
+    CHECK(bound[kCasts] == 0);
+    CHECK(bound[kKept] == 2);
+    CHECK(losses[kKept] == losses[kCasts]);
+    CHECK(params_after[kKept] == params_after[kCasts]);
+    CHECK(losses[kStale][0] == losses[kCasts][0]);
+    CHECK(losses[kStale][1] != losses[kCasts][1]);
+  }
+}
+
 TEST_CASE("graph: a hand-built research graph, gradients against finite differences", "[graph]") {
   // Two branches (full and half resolution) joined by upsampling and concatenation, a pooled
   // classifier, cross-entropy: the ops a research model would use, built directly.

@@ -363,6 +363,7 @@ Executable::Executable(Graph graph, const CompileOptions& opt) : impl_(std::make
       reduce_gradients(g, m.grads, streams);  // a stream of their own
     }
     for (const auto& [impl, v] : m.grads.of_param) live.push_back(v);
+    m.stats.weight_copies = bind_weight_copies(g, opt.weight_copy);
   }
   add_end_node(g, live);
   g.sealed = true;

@@ -48,12 +48,19 @@ struct CompileOptions {
   // passes.h reduce_gradients), so grad() gives the averages.
   bool reduce_gradients = false;
   bool allocate = true;   // false: plan only (stats(), verify_plan()); run() throws
+  // Training under autocast: for a parameter the graph casts to f16/bf16, a copy of it in that
+  // dtype which whoever changes the parameter keeps current (Optimizer::weight_copy: the
+  // optimizer's step writes it). The graph reads the copies and casts no weight on its runs
+  // (passes.h bind_weight_copies). Unset, or undefined for a parameter: that cast runs on every
+  // run.
+  WeightCopyFn weight_copy;
 };
 
 struct PlanStats {
   int64_t nodes = 0, fused = 0, folded = 0, streams = 1, events = 0;
   int64_t prepacked = 0;        // convolutions reading prepacked weights (CPU inference)
   int64_t upsample_adds = 0;    // upsamplings fused into their adds (fuse_upsample_add)
+  int64_t weight_copies = 0;    // casts of weights replaced by kept copies (bind_weight_copies)
   int64_t branch_segments = 0;  // CPU: stretches run with the branches side by side (cpu_branches)
   int64_t prologue_nodes = 0;   // run once, not every run (inference)
   int64_t arena_bytes = 0;      // the planned arena

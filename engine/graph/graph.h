@@ -17,6 +17,7 @@
 //   graph::Executable step(std::move(g), co);        // engine/graph/executable.h
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,6 +52,10 @@ struct Node {
   std::vector<V> in, out;  // -1 entries: absent operands / outputs
   int stream = 0;          // the stream the node runs on (0: the main stream)
 };
+
+// For a parameter a graph casts to f16/bf16, a copy of it in that dtype kept current elsewhere
+// (CompileOptions::weight_copy), or an undefined tensor.
+using WeightCopyFn = std::function<Tensor(const Tensor& param, DType dtype)>;
 
 struct GraphOptions {
   Device device = Device::cpu();

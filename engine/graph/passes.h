@@ -2,7 +2,8 @@
 // Executable (executable.h) runs them in this order:
 //   fuse_batch_norm_act -> fuse_upsample_add -> fold_batch_norm (inference)
 //   -> prepack_conv_weights (CPU inference)
-//   -> differentiate (training) -> reduce_gradients (data-parallel training) -> add_end_node
+//   -> differentiate (training) -> reduce_gradients (data-parallel training)
+//   -> bind_weight_copies (training under autocast) -> add_end_node
 //   -> find_prologue (inference) -> schedule -> plan_memory
 #pragma once
 #include <cstdint>
@@ -61,6 +62,16 @@ Gradients differentiate(GraphIR& g, V loss);
 // the joins); grads then names the averaged values. The nodes are in the same order on every
 // rank (the graph's), as collectives must be. Returns the number of nodes added.
 int64_t reduce_gradients(GraphIR& g, Gradients& grads, int stream);
+
+// ---- weight copies (weight_copies.cpp) ----
+// Training under autocast: each cast of an fp32 parameter to f16/bf16 reads instead the copy
+// copy_of(parameter, dtype) returns, a tensor that whoever changes the parameter keeps current
+// (Optimizer::weight_copy: the optimizer's step writes it in the same pass as the update), and
+// the cast node goes: no cast kernel per weight per run, no arena bytes for the casts' outputs,
+// and one copy shared by every graph of the model. A cast whose copy_of returns an undefined
+// tensor stays. Runs after differentiate: the cast's backward (the weight gradient cast back to
+// fp32) stays. Returns the number of casts replaced.
+int64_t bind_weight_copies(GraphIR& g, const WeightCopyFn& copy_of);
 
 // The end node: it uses the outputs and `also_live` (the gradients), so they live to the end of
 // a run; the scheduler joins every stream into it.

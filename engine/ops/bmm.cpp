@@ -74,7 +74,8 @@ struct BmmOp final : OpDef {
 }  // namespace
 
 Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  return hr::apply(std::make_shared<BmmOp>(trans_a, trans_b), {autocast(a), autocast(b)})[0];
+  const auto [aa, ba] = autocast(a, b);
+  return hr::apply(std::make_shared<BmmOp>(trans_a, trans_b), {aa, ba})[0];
 }
 
 }  // namespace hr::ops

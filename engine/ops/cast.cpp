@@ -1,4 +1,5 @@
 // cast (a differentiable dtype change) and autocast, the mixed-precision rule built on it.
+#include "engine/graph/graph.h"
 #include "engine/onnx_emitter.h"
 #include "engine/ops.h"
 #include "engine/ops/op_util.h"
@@ -57,11 +58,18 @@ struct CastOp final : OpDef {
 
 Tensor cast(const Tensor& x, DType dtype) { return hr::apply(std::make_shared<CastOp>(dtype), {x})[0]; }
 
-Tensor detail::autocast(const Tensor& t) {
-  if (g_autocast == DType::f32 || !t.defined() || !t.device().is_cuda() ||
-      !is_floating(t.dtype()) || t.dtype() == g_autocast)
-    return t;
-  return cast(t, g_autocast);
+std::array<Tensor, 2> detail::autocast(const Tensor& a, const Tensor& b) {
+  if (g_autocast == DType::f32) return {a, b};
+  graph::GraphIR* g = graph::recording_graph({a, b}, "autocast");
+  auto one = [&](const Tensor& t) {
+    if (!t.defined() || !t.device().is_cuda() || !is_floating(t.dtype()) ||
+        t.dtype() == g_autocast)
+      return t;
+    // a concrete tensor used by a graph: the graph's own value for it (a parameter), so that
+    // the cast is recorded, not run now
+    return cast(g && !t.is_symbolic() ? g->symbolic(g->param(t)) : t, g_autocast);
+  };
+  return {one(a), one(b)};
 }
 
 }  // namespace hr::ops

@@ -267,7 +267,8 @@ Tensor conv2d_prepack(const Tensor& w, const Shape& input, std::array<int64_t, 2
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, std::array<int64_t, 2> stride,
               std::array<int64_t, 2> padding) {
-  return hr::apply(std::make_shared<Conv2dOp>(stride, padding), {autocast(x), autocast(w), bias})[0];
+  const auto [xa, wa] = autocast(x, w);
+  return hr::apply(std::make_shared<Conv2dOp>(stride, padding), {xa, wa, bias})[0];
 }
 
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& input,

@@ -91,7 +91,8 @@ struct LinearBwdOp final : OpDef {
 }  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  return hr::apply(std::make_shared<LinearOp>(), {autocast(x), autocast(w), bias})[0];
+  const auto [xa, wa] = autocast(x, w);
+  return hr::apply(std::make_shared<LinearOp>(), {xa, wa, bias})[0];
 }
 
 std::array<Tensor, 3> linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy,

@@ -57,10 +57,14 @@ inline float* fptr(const Tensor& t) { return t.defined() ? t.data<float>() : nul
 inline void* vptr(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
 inline cuda::DT dt(const Tensor& t, const char* op) { return cuda_dtype(t.dtype(), op); }
 
-// Under autocast (ops.h AutocastGuard), a CUDA floating tensor of another dtype, cast with the
-// differentiable cast op; otherwise t itself. Applied by conv2d and linear to their input and
-// weight, as torch.autocast does.
-Tensor autocast(const Tensor& t);
+// The two floating operands of conv2d, linear and bmm under autocast (ops.h AutocastGuard): each
+// CUDA floating tensor of another dtype cast with the differentiable cast op, as torch.autocast
+// does; otherwise the operand itself. While a graph is recorded (one operand a value of it), the
+// other operand's cast (a weight's) is recorded into that graph too, reading the tensor itself:
+// the graph casts the weight's current values on each run (or reads the copy the optimizer keeps:
+// graph::CompileOptions::weight_copy; inference: once, in the prologue), never a snapshot taken
+// while recording, and the weight's gradient flows back through the cast to the fp32 tensor.
+std::array<Tensor, 2> autocast(const Tensor& a, const Tensor& b);
 
 inline std::string pair_str(std::array<int64_t, 2> p) {
   return p[0] == p[1] ? std::to_string(p[0]) : str_cat(p[0], "x", p[1]);

@@ -248,6 +248,11 @@ struct OptimSpan {
   float* buf1;
   float lr, weight_decay;
   bool first_step;
+  // Optional: a 16-bit copy of p, rewritten from the updated values in the same pass (bf16, or
+  // IEEE f16 with copy_f16; rounded to nearest even as f32_to_bf16 / f32_to_f16): the weights
+  // a mixed-precision graph reads (Optimizer::weight_copy).
+  uint16_t* copy = nullptr;
+  bool copy_f16 = false;
 };
 // SGD: g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (buf = g on the first step);
 // g = nesterov ? g + momentum*buf : buf; p -= lr*g.

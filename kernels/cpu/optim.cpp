@@ -14,7 +14,8 @@ namespace hr::cpu {
 namespace {
 constexpr int64_t kParallelMin = int64_t(1) << 15, kChunk = int64_t(1) << 14;
 
-// fn(span, i0, i1) over chunks of kChunk floats of every span, in one parallel loop.
+// fn(span, i0, i1) over chunks of kChunk floats of every span, in one parallel loop; then the
+// chunk's 16-bit copy, for the spans that have one.
 template <class Fn>
 void over_chunks(const OptimSpan* spans, int64_t count, Fn&& fn) {
   std::vector<std::pair<int64_t, int64_t>> chunks;  // (span, first element)
@@ -28,7 +29,14 @@ void over_chunks(const OptimSpan* spans, int64_t count, Fn&& fn) {
   for (int64_t c = 0; c < nc; ++c) {
     const OptimSpan& sp = spans[chunks[c].first];
     const int64_t i0 = chunks[c].second;
-    fn(sp, i0, std::min(sp.n, i0 + kChunk));
+    const int64_t i1 = std::min(sp.n, i0 + kChunk);
+    fn(sp, i0, i1);
+    if (sp.copy) {  // the chunk's 16-bit copy, while its updated values are in cache
+      if (sp.copy_f16)
+        f32_to_f16(i1 - i0, sp.p + i0, sp.copy + i0);
+      else
+        f32_to_bf16(i1 - i0, sp.p + i0, sp.copy + i0);
+    }
   }
 }
 }  // namespace

@@ -290,6 +290,11 @@ struct OptimTensor {
   float weight_decay;
   int group;       // SGD: the hyper-parameters' group, 0 or 1; Adam: 0
   int first_step;  // SGD: 1 (buf = g) or 0; -1: the group's flag of the hyper-parameters
+  // Optional: a 16-bit copy of p (copy_dt f16 or bf16), rewritten from the updated values in the
+  // same pass, rounded to nearest even as convert() rounds: the weights a mixed-precision graph
+  // reads (Optimizer::weight_copy), so no cast runs per weight per step.
+  void* copy = nullptr;
+  DT copy_dt = DT::bf16;
 };
 // The step-dependent scalars, by value (v) or, when dev is set, read from device memory (fp32)
 // when the kernels run, so that a captured graph replays with the values uploaded before each

@@ -6,7 +6,8 @@
 // by value in the kernel's parameters (MultiArgs, under the 4 KB parameter limit), so a captured
 // graph holds them too and nothing is uploaded; each block takes kMultiChunk elements of one
 // tensor (its tensor found by binary search over the first block of each). A model's few
-// hundred parameters step in a handful of launches instead of one each.
+// hundred parameters step in a handful of launches instead of one each. Where a tensor has a
+// 16-bit copy (the weights a mixed-precision graph reads), the same pass writes it.
 // The step-dependent scalars (lr, bias corrections, first step) come by value (eager steps:
 // bias corrections in double, as the CPU computes them) or from device memory when the kernel
 // runs (capturable steps: a captured graph replays with the values uploaded before each launch).
@@ -31,10 +32,12 @@ struct MultiArgs {
   const float* g[kMultiMax];
   float* b0[kMultiMax];
   float* b1[kMultiMax];
+  void* c[kMultiMax];  // the 16-bit copies (nullptr: none)
   int64_t n[kMultiMax];
   float wd[kMultiMax];
   int8_t group[kMultiMax];
   int8_t first[kMultiMax];  // SGD: 1 / 0, or -1: the group's flag from the hyper-parameters
+  int8_t c_f16[kMultiMax];  // the copy is f16 (1) or bf16 (0)
   int block0[kMultiMax + 1];  // first block of each tensor; block0[count] = the grid
   int count;
 };
@@ -63,6 +66,20 @@ __device__ __forceinline__ int block_tensor(const MultiArgs& a, int64_t* begin, 
   return lo;
 }
 
+// Tensor t's 16-bit copy (if it has one), written element by element after the update.
+struct CopyOut {
+  void* c;
+  bool f16;
+  __device__ __forceinline__ CopyOut(const MultiArgs& a, int t) : c(a.c[t]), f16(a.c_f16[t]) {}
+  __device__ __forceinline__ void put(int64_t i, float v) const {
+    if (!c) return;
+    if (f16)
+      static_cast<__half*>(c)[i] = detail::from_f<__half>(v);
+    else
+      static_cast<__nv_bfloat16*>(c)[i] = detail::from_f<__nv_bfloat16>(v);
+  }
+};
+
 // hyper: {lr, first} of group 0, then of group 1
 __global__ void __launch_bounds__(kThreads)
     sgd_multi_kernel(MultiArgs a, HyperArg h, float momentum, float keep, bool nesterov) {
@@ -70,17 +87,22 @@ __global__ void __launch_bounds__(kThreads)
   const int t = block_tensor(a, &begin, &end);
   const int grp = a.group[t];
   const float lr = float(h.at(2 * grp)), wd = a.wd[t];
+  const CopyOut copy(a, t);
   float* __restrict__ p = a.p[t];
   const float* __restrict__ g = a.g[t];
   if (momentum == 0.f) {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
       kern::sgd_update(p[i], g[i], lr, wd);
+      copy.put(i, p[i]);
+    }
     return;
   }
   const bool first = a.first[t] >= 0 ? a.first[t] != 0 : h.at(2 * grp + 1) != 0.0;
   float* __restrict__ buf = a.b0[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
     kern::sgd_momentum_update(p[i], g[i], buf[i], lr, wd, momentum, keep, nesterov, first);
+    copy.put(i, p[i]);
+  }
 }
 
 // hyper: {lr, 1 - beta1^t, 1 - beta2^t}
@@ -95,8 +117,11 @@ __global__ void __launch_bounds__(kThreads)
   const float* __restrict__ g = a.g[t];
   float* __restrict__ m = a.b0[t];
   float* __restrict__ v = a.b1[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+  const CopyOut copy(a, t);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
     kern::adam_update(p[i], g[i], m[i], v[i], s);
+    copy.put(i, p[i]);
+  }
 }
 
 // g [n] *= inv_scale; *found = 1 when some g was inf or NaN (every writer stores 1).
@@ -141,6 +166,8 @@ void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, int bu
              " lacks its state buffer", buffers > 1 ? "s (exp_avg, exp_avg_sq)" : " (momentum)");
     HR_CHECK(t.group == 0 || t.group == 1, op, ": tensor ", i, " has group ", t.group,
              ", expected 0 or 1");
+    HR_CHECK(!t.copy || t.copy_dt == DT::f16 || t.copy_dt == DT::bf16, op, ": tensor ", i,
+             "'s copy must be f16 or bf16");
     HR_CHECK((t.n + kMultiChunk - 1) / kMultiChunk < INT_MAX / 2, op, ": tensor ", i, " has ",
              t.n, " elements, too many");
   }
@@ -164,6 +191,8 @@ void for_each_batch(const OptimTensor* ts, int64_t count, const char* op, int bu
     a.g[k] = t.grad;
     a.b0[k] = t.buf0;
     a.b1[k] = t.buf1;
+    a.c[k] = t.copy;
+    a.c_f16[k] = int8_t(t.copy_dt == DT::f16);
     a.n[k] = t.n;
     a.wd[k] = t.weight_decay;
     a.group[k] = int8_t(t.group);

@@ -47,7 +47,8 @@ struct Step {
   Shape out;
 };
 
-Step compile_pose_training(HRNet& model, const Shape& in, DType compute) {
+Step compile_pose_training(HRNet& model, const Shape& in, DType compute,
+                           const graph::WeightCopyFn& weight_copy = nullptr) {
   graph::Graph g(graph::GraphOptions{Device::cuda()});
   Tensor y, loss;
   {
@@ -60,6 +61,7 @@ Step compile_pose_training(HRNet& model, const Shape& in, DType compute) {
   g.output(y, "heatmaps");
   graph::CompileOptions co;
   co.loss = loss;
+  co.weight_copy = weight_copy;
   return {std::make_unique<graph::Executable>(std::move(g), co), out};
 }
 
@@ -188,6 +190,75 @@ TEST_CASE("cuda graph exec: bf16 autocast training graph is close to fp32", "[cu
     }
     INFO("gradient of " << pa[i].first);
     CHECK(std::sqrt(num / std::max(den, 1e-30)) < 0.1);
+  }
+}
+
+// bf16 training graphs read the 16-bit weights the optimizer's step writes (captured with it)
+// instead of casting every weight on every run: the same steps as a graph that casts them, and
+// the copies are those casts of the final weights. A graph whose bf16 weights were taken once
+// (a copy nobody updates, what recording the casts eagerly used to give) drifts away: the test
+// sees stale weights.
+TEST_CASE("cuda graph exec: bf16 graphs read the optimizer's weight copies, captured",
+          "[cuda][graph]") {
+  const ModelSpec spec = small_spec(Head::Pose, true);
+  const Shape in{2, 3, 64, 64};
+  HRNet kept(spec, 41), cast(spec, 41), stale(spec, 41);
+  for (HRNet* m : {&kept, &cast, &stale}) {
+    m->train();
+    m->to(Device::cuda());
+  }
+  auto ok = make_test_optimizer("sgd", kept.parameters()),
+       oc = make_test_optimizer("sgd", cast.parameters()),
+       os = make_test_optimizer("sgd", stale.parameters());
+  for (Optimizer* o : {ok.get(), oc.get(), os.get()}) o->set_lr(0.1);  // steps that show
+  ok->set_capturable(true);
+  Step sk = compile_pose_training(kept, in, DType::bf16,
+                                  [&](const Tensor& p, DType d) { return ok->weight_copy(p, d); });
+  Step sc = compile_pose_training(cast, in, DType::bf16);
+  Step ss = compile_pose_training(stale, in, DType::bf16,
+                                  [](const Tensor& p, DType d) { return p.to(d); });
+  int64_t convs = 0;
+  for (const auto& [k, t] : kept.named_parameters()) convs += t.dim() == 4;
+  CHECK(sk.exe->stats().weight_copies == convs);  // every convolution's weight
+  CHECK(sc.exe->stats().weight_copies == 0);
+  for (auto [m, s] : {std::pair{&kept, &sk}, std::pair{&cast, &sc}, std::pair{&stale, &ss}})
+    for (Tensor p : m->parameters()) p.set_grad(s->exe->grad(p));
+  std::vector<float> lk, lc, ls;
+  for (int step = 0; step < 4; ++step) {
+    const Tensor x = rand_tensor(in, 70 + step);
+    const Tensor target = rand_tensor(sk.out, 80 + step, 0.f, 1.f);
+    const Tensor weight = rand_tensor({sk.out[0], sk.out[1]}, 90 + step, 0.25f, 1.f);
+    for (Step* s : {&sk, &sc, &ss}) {
+      s->exe->set_input("x", x);
+      s->exe->set_input("target", target);
+      s->exe->set_input("weight", weight);
+    }
+    if (step == 0) {
+      sk.exe->run();
+      ok->step();
+      cuda::synchronize(cuda::default_stream());
+      sk.exe->capture([&] { ok->enqueue_step(); }, [&] { ok->prepare_step(); });
+    } else {
+      sk.exe->run();  // prepare_step, then forward + backward + the optimizer (and the copies)
+    }
+    sc.exe->run();
+    oc->step();
+    ss.exe->run();
+    os->step();
+    lk.push_back(sk.exe->output("loss").item());
+    lc.push_back(sc.exe->output("loss").item());
+    ls.push_back(ss.exe->output("loss").item());
+    INFO("step " << step);
+    CHECK(lk.back() == Approx(lc.back()).epsilon(1e-4));
+  }
+  CHECK(std::fabs(ls.back() - lc.back()) > 10 * std::fabs(lk.back() - lc.back()));
+  const NamedTensors pk = kept.named_parameters(), pc = cast.named_parameters();
+  for (size_t i = 0; i < pk.size(); ++i) {
+    require_close_scaled(pk[i].second, pc[i].second, 1e-4, "parameter " + pk[i].first);
+    if (pk[i].second.dim() != 4) continue;
+    const Tensor c = ok->weight_copy(pk[i].second, DType::bf16);
+    INFO("the copy of " << pk[i].first);
+    REQUIRE(c.to_vector() == pk[i].second.to(DType::bf16).to_vector());
   }
 }
 

@@ -864,6 +864,54 @@ TEST_CASE("cuda SGD and Adam steps vs cpu", "[gpu][kernels][optim]") {
   }
 }
 
+TEST_CASE("cuda multi-tensor SGD and Adam write the 16-bit weight copies as convert() casts",
+          "[gpu][kernels][optim]") {
+  // three tensors across chunk boundaries (4096 elements a block): a bf16 copy, none, an f16 copy
+  const int64_t ns[3] = {4096 * 2 + 7, 1003, 4096 + 1};
+  const DT cdt[3] = {DT::bf16, DT::f32, DT::f16};  // f32: no copy
+  for (const std::string kind : {"sgd", "adam"}) {
+    INFO(kind);
+    std::vector<Buf> p, g, b0, b1, copy;
+    for (int k = 0; k < 3; ++k) {
+      const size_t n = size_t(ns[k]);
+      p.push_back(F(randn(n, 1600 + uint64_t(k))));
+      g.push_back(F(randn(n, 1610 + uint64_t(k))));
+      b0.push_back(F(Vec(n, 0.f)));
+      b1.push_back(F(Vec(n, 0.f)));
+      copy.emplace_back(n, cdt[k] == DT::f32 ? DT::bf16 : cdt[k]);  // NaN-poisoned
+    }
+    const std::vector<unsigned char> untouched = copy[1].raw();
+    for (int step = 1; step <= 2; ++step) {
+      std::vector<cu::OptimTensor> ts;
+      for (int k = 0; k < 3; ++k) {
+        cu::OptimTensor t{ns[k], p[size_t(k)].f(), g[size_t(k)].f(), b0[size_t(k)].f(),
+                          kind == "adam" ? b1[size_t(k)].f() : nullptr, 1e-3f, 0, step == 1};
+        if (kind == "adam") t.first_step = -1;
+        if (cdt[k] != DT::f32) {
+          t.copy = copy[size_t(k)].p();
+          t.copy_dt = cdt[k];
+        }
+        ts.push_back(t);
+      }
+      if (kind == "sgd") {
+        cu::OptimHyper h;
+        h.v[0] = 0.05;
+        cu::sgd_multi_step(ts.data(), 3, h, 0.9f, 0.f, false, st());
+      } else {
+        cu::adam_multi_step(ts.data(), 3, cu::adam_hyper(1e-3f, 0.9f, 0.999f, step), 0.9f,
+                            0.999f, 1e-8f, false, st());
+      }
+    }
+    for (int k : {0, 2}) {
+      INFO("tensor " << k);
+      Buf ref(size_t(ns[k]), cdt[k]);
+      cu::convert(ns[k], DT::f32, p[size_t(k)].p(), cdt[k], ref.p(), st());
+      CHECK(copy[size_t(k)].raw() == ref.raw());  // bit for bit
+    }
+    CHECK(copy[1].raw() == untouched);
+  }
+}
+
 TEST_CASE("unscale_and_check scales and detects inf/nan", "[gpu][kernels][fused]") {
   for (int64_t n : {1, 1001, 65536 + 3}) {
     INFO("n=" << n);

@@ -579,11 +579,12 @@ peer_resume
 # ---------------------------------------------------------------------------------------------
 # 9. with time left (or alone: HR_WINDOW_STEPS=levers): each lever of the W32 b128 bf16 step
 # turned off alone (graph fusion, branch streams, CUDA graph replay), the convolutions forced
-# to cuDNN, then to our kernels, and cuDNN's legacy API instead of its graph API, against step
-# 3's table (the peer paused)
+# to cuDNN, then to our kernels, cuDNN's legacy API instead of its graph API, and every weight
+# cast on each step instead of the optimizer's 16-bit copies, against step 3's table (the peer
+# paused)
 peer_pause
 for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm" \
-             HR_CUDNN_API=legacy; do
+             HR_CUDNN_API=legacy --no-weight-copies; do
   case "$lever" in HR_*=*) lever_env=$lever lever_args="" ;; *) lever_env="" lever_args=$lever ;; esac
   # shellcheck disable=SC2086  # a lever's words: an environment setting or arguments
   step gpu levers "bench_model W32 b128 bf16 $lever (ours)" "$WORK/levers.log" 90 \
