@@ -8,12 +8,18 @@
 //   hot  the same buffers every rep (a tensor of a few MB stays in the 50 MB L2);
 //   hbm  the reps rotate over buffer sets of 200 MB or more in all, so every rep reads its
 //        inputs from HBM (nothing of them is left in L2 from earlier reps).
-// Run: bench_cuda_bn   (one line per shape, dtype and pass)
+// The training passes are timed on each of their paths (forced with the test hook
+// batchnorm_test_config): "full" the single cooperative kernel on a full wave of blocks,
+// "quarter" on a quarter of it, "multi" the three-launch path; '*' marks the fastest in hbm
+// mode, which is what the per-shape choice of the kernels (pick_path) should find.
+// Run: bench_cuda_bn   (one line per shape, dtype, pass and path)
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -72,15 +78,17 @@ int main() {
     int64_t N, C, H, W;
   };
   // W32 pose at 256x192, batch 32: branch 0 (C=32 at 64x48), layer1 (C=256 at 64x48),
-  // branch 1..3; W18 branch 0 (C=18).
-  const Shape shapes[] = {{32, 32, 64, 48}, {32, 256, 64, 48}, {32, 64, 32, 24},
-                          {32, 128, 16, 12}, {32, 256, 8, 6}, {32, 18, 64, 48}};
+  // branch 1..3; W18 branch 0 (C=18); then batch 128 (the whole-model table's): branches 0..3.
+  const Shape shapes[] = {{32, 32, 64, 48},  {32, 256, 64, 48}, {32, 64, 32, 24},
+                          {32, 128, 16, 12}, {32, 256, 8, 6},   {32, 18, 64, 48},
+                          {128, 32, 64, 48}, {128, 64, 32, 24}, {128, 128, 16, 12},
+                          {128, 256, 8, 6}};
   const cu::Stream st = cu::default_stream();
   const cudaStream_t cs = static_cast<cudaStream_t>(st);
   const int reps = 30;
-  std::printf("%-4s %-24s %-31s | %9s %7s %6s | %9s %7s %6s | %8s\n", "dt", "shape", "pass",
+  std::printf("%-4s %-24s %-44s | %9s %7s %6s | %9s %7s %6s | %8s\n", "dt", "shape", "pass",
               "hot us", "GB/s", "%copy", "hbm us", "GB/s", "%copy", "enqueue");
-  for (cu::DT dt : {cu::DT::f16, cu::DT::f32}) {
+  for (cu::DT dt : {cu::DT::bf16, cu::DT::f32}) {
     const size_t es = dt == cu::DT::f32 ? 4 : 2;
     for (const Shape& s : shapes) {
       const int64_t M = s.N * s.H * s.W, C = s.C;
@@ -111,16 +119,30 @@ int main() {
       char shape[64];
       std::snprintf(shape, sizeof shape, "N=%lld C=%lld %lldx%lld", (long long)s.N,
                     (long long)C, (long long)s.H, (long long)s.W);
-      const char* dts = dt == cu::DT::f32 ? "f32" : "f16";
-      std::printf("%-4s %-24s %-31s | %9.1f %7.0f %6s | %9.1f %7.0f %6s | %6.1fus\n", dts, shape,
+      const char* dts = dt == cu::DT::f32 ? "f32" : "bf16";
+      std::printf("%-4s %-24s %-44s | %9.1f %7.0f %6s | %9.1f %7.0f %6s | %6.1fus\n", dts, shape,
                   "copy (reference)", copy.first.us, copy_hot, "", copy.second.us, copy_hbm, "",
                   copy.second.enqueue_us);
-      auto report = [&](const char* what, double moved, auto&& g) {
-        const auto t = both(g);
+      auto print = [&](const std::string& what, double moved, const std::pair<Timing, Timing>& t) {
         const double hot = moved / t.first.us / 1e3, hbm = moved / t.second.us / 1e3;
-        std::printf("%-4s %-24s %-31s | %9.1f %7.0f %5.1f%% | %9.1f %7.0f %5.1f%% | %6.1fus\n",
-                    dts, shape, what, t.first.us, hot, 100.0 * hot / copy_hot, t.second.us, hbm,
-                    100.0 * hbm / copy_hbm, t.second.enqueue_us);
+        std::printf("%-4s %-24s %-44s | %9.1f %7.0f %5.1f%% | %9.1f %7.0f %5.1f%% | %6.1fus\n",
+                    dts, shape, what.c_str(), t.first.us, hot, 100.0 * hot / copy_hot,
+                    t.second.us, hbm, 100.0 * hbm / copy_hbm, t.second.enqueue_us);
+      };
+      // a training pass on each path (the fastest in hbm mode marked), then the path back to
+      // the per-shape choice
+      auto report = [&](const char* what, double moved, auto&& g) {
+        const char* names[3] = {"full", "quarter", "multi"};
+        std::pair<Timing, Timing> t[3];
+        int best = 0;
+        for (int p = 0; p < 3; ++p) {
+          cu::batchnorm_test_config(-1, -1, p);
+          t[p] = both(g);
+          if (t[p].second.us < t[best].second.us) best = p;
+        }
+        cu::batchnorm_test_config(-1, -1, -1);
+        for (int p = 0; p < 3; ++p)
+          print(std::string(what) + " [" + names[p] + "]" + (p == best ? " *" : ""), moved, t[p]);
       };
       report("bn train forward", 2.0 * bytes, [&](const Set& b) {
         cu::batchnorm_train_forward(dt, M, C, b.x, gamma, beta, 1e-5f, 0.1f, rm, rv, b.y, sm, si,
@@ -137,10 +159,10 @@ int main() {
         cu::batchnorm_act_train_backward(dt, M, C, b.x, b.y, b.dy, gamma, sm, si, true, b.dx, b.dr,
                                          dg, db, st);
       });
-      report("bn+residual+relu infer forward", 3.0 * bytes, [&](const Set& b) {
+      print("bn+residual+relu infer forward", 3.0 * bytes, both([&](const Set& b) {
         cu::batchnorm_act_infer_forward(dt, M, C, b.x, gamma, beta, rm, rv, 1e-5f, b.r, true, b.y,
                                         st);
-      });
+      }));
       cu::synchronize(st);
       for (Set& b : sets)
         for (void* q : {b.x, b.r, b.y, b.dy, b.dx, b.dr}) cu::free(q, st);

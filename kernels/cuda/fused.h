@@ -37,12 +37,13 @@ void batchnorm_act_infer_forward(DT dt, int64_t M, int64_t C, const void* x, con
                                  const float* running_var, float eps, const void* residual,
                                  bool relu, void* y, Stream st);
 
-// Test hook for the single-kernel training paths of batchnorm_act_train_forward / _backward:
-// at most reg_rows / smem_rows rows per thread stay in registers / shared memory between the
-// statistics and the apply pass (-1: as many as fit; the others are read again from memory);
-// multi_kernel selects the three-launch path instead. Process-wide; (-1, -1, false) restores
-// the default.
-void batchnorm_test_config(int reg_rows, int smem_rows, bool multi_kernel);
+// Test hook for the training paths of batchnorm_act_train_forward / _backward: at most
+// reg_rows / smem_rows rows per thread stay in registers / shared memory between the
+// single kernel's statistics and apply passes (-1: as many as fit; the others are read again
+// from memory); path: 0 the single cooperative kernel on a full wave of blocks, 1 on a quarter
+// of it, 2 the three-launch path, -1 the fastest per call shape (timed on its first call: the
+// default). Process-wide; (-1, -1, -1) restores the default.
+void batchnorm_test_config(int reg_rows, int smem_rows, int path);
 
 // Mixed-precision loss scaling: grads *= inv_scale in place; returns true when any gradient
 // (before scaling) is inf or NaN. Synchronous (waits for st).

@@ -17,9 +17,14 @@
 //           reverse of the order pass 1 read them (still in L2), then shared memory, registers.
 // So x is read from memory once when the tensor fits on chip (registers + shared memory of the
 // wave, about 40 MB on an H100), and the two grid syncs replace two kernel launches.
-// Multi-kernel path (no cooperative launch, HR_BN_COOPERATIVE=0, or the test hook), 3 launches
-// each way:
+// Multi-kernel path, 3 launches each way:
 //   stats / bwd_reduce  per-split partials; final  one warp per channel; apply  rows reversed.
+// Which path a training pass takes (pick_path): the single kernel on a full wave, the single
+// kernel on a quarter of the wave (fewer blocks to synchronise and partials to merge: small
+// maps), or the multi-kernel path, whichever ran the call shape fastest on its first call
+// (timed into scratch outputs; HR_BN_VERBOSE=1 prints the times, HR_BN_TUNE=0 keeps the full
+// wave); always the multi-kernel path with HR_BN_COOPERATIVE=0 or where no cooperative launch
+// is possible.
 // Inference forward is one apply kernel. Threads keep fixed columns: loads are 16-byte vectors
 // along C when C and the pointers allow, a warp covers consecutive rows.
 #include <cooperative_groups.h>
@@ -28,9 +33,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "kernels/cuda/check.h"
@@ -425,10 +432,18 @@ void bwd_reduce(const ReducePlan& p, ReduceArgs a, const T* x, const T* y, const
 namespace cg = cooperative_groups;
 using detail::Pack;
 
-// Test hook (fused.h): caps on the rows per thread kept in registers / shared memory, and
-// the multi-kernel switch.
-std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1};
-std::atomic<bool> g_multi_kernel{false};
+// The paths of the training passes. The single cooperative kernel on a full wave has a fixed
+// cost (two grid-wide syncs over a few hundred blocks, the merge of as many partials per
+// channel: 14-20 us a call on the H100, run 3) that dominates at HRNet's low-resolution
+// branches, where the data is a few MB; a quarter of the wave, or the three launches of the
+// multi-kernel path, may cost less there. Which is fastest is measured per call shape (pick_path).
+enum Path : int { kTuned = -1, kCoop = 0, kCoopQuarter = 1, kMulti = 2, kPaths = 3 };
+const char* const kPathName[kPaths] = {"single kernel", "single kernel, quarter wave",
+                                       "multi-kernel"};
+
+// Test hook (fused.h): caps on the rows per thread kept in registers / shared memory, and the
+// path (kTuned: chosen per shape).
+std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1}, g_path{kTuned};
 
 // HR_BN_COOPERATIVE=0 (read once): the multi-kernel path everywhere, no cooperative launch. A
 // lever for the GPU window (tools/window/run.sh sets it when a cooperative test hangs) and for
@@ -439,6 +454,68 @@ bool cooperative_allowed() {
     return !(e && e[0] == '0');
   }();
   return on;
+}
+
+bool env_is(const char* name, char c) {
+  const char* e = std::getenv(name);
+  return e && e[0] == c;
+}
+
+int device_now() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+// Bytes rounded up so that what follows in one scratch allocation stays 256-byte aligned.
+size_t scratch_round(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// A training pass of one call shape: what its path choice is cached by.
+struct PassKey {
+  int dev, dt, vec, pass;  // pass: forward (0) / backward (1), plus flag bits
+  int64_t M, C;
+  bool operator<(const PassKey& o) const {
+    return std::tie(dev, dt, vec, pass, M, C) < std::tie(o.dev, o.dt, o.vec, o.pass, o.M, o.C);
+  }
+};
+
+// The path a training pass takes:
+//  - the test hook's, when set; the multi-kernel path when cooperative launches are off
+//    (HR_BN_COOPERATIVE=0); the full-wave single kernel when HR_BN_TUNE=0;
+//  - otherwise the fastest for this call shape, measured on its first call: time_path(p) runs
+//    the call on path p into scratch outputs (nothing the caller sees changes, the running
+//    statistics included) and returns its time in ms (INFINITY when p cannot run the call).
+//    The choice is kept for the process (HR_BN_VERBOSE=1 prints each). A first call inside a
+//    CUDA graph capture cannot be timed: it takes the full-wave kernel, unremembered.
+template <class TimePath>
+int pick_path(const PassKey& key, Stream st, TimePath&& time_path) {
+  if (g_path.load() != kTuned) return g_path.load();
+  if (!cooperative_allowed()) return kMulti;
+  static const bool tune = !env_is("HR_BN_TUNE", '0');
+  if (!tune) return kCoop;
+  static std::mutex mu;
+  static std::map<PassKey, int> chosen;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = chosen.find(key); it != chosen.end()) return it->second;
+  }
+  if (is_capturing(st)) return kCoop;
+  float ms[kPaths];
+  int best = kMulti;  // the multi-kernel path runs every call
+  for (int p = 0; p < kPaths; ++p) {
+    ms[p] = time_path(p);
+    if (ms[p] < ms[best]) best = p;
+  }
+  static const bool verbose = env_is("HR_BN_VERBOSE", '1');
+  if (verbose)
+    std::fprintf(stderr, "[bn] %s %s M=%lld C=%lld vec %d flags %d: %.1f / %.1f / %.1f us -> %s\n",
+                 key.pass & 1 ? "backward" : "forward",
+                 key.dt == int(DT::f32) ? "f32" : key.dt == int(DT::f16) ? "f16" : "bf16",
+                 static_cast<long long>(key.M), static_cast<long long>(key.C), key.vec,
+                 key.pass >> 1, 1e3 * ms[0], 1e3 * ms[1], 1e3 * ms[2], kPathName[best]);
+  std::lock_guard<std::mutex> lock(mu);
+  chosen[key] = best;
+  return best;
 }
 
 // Rows of one stream a thread keeps in registers: 24 registers of data at 16 or 8 bytes per
@@ -955,8 +1032,9 @@ OneInfo one_info(K* kernel) {
   return info;
 }
 
-// Grid of the single-kernel path: `streams` row streams kept per row (1 forward, 2 backward),
-// R rows of them in registers. splits == 0: use the multi-kernel path.
+// Grid of the single-kernel path (kCoop: a full wave of blocks; kCoopQuarter: a quarter of
+// it): `streams` row streams kept per row (1 forward, 2 backward), R rows of them in
+// registers. splits == 0: the path cannot run the call (or is kMulti).
 struct OnePlan {
   RowTiling t;
   int64_t splits = 0;
@@ -964,11 +1042,12 @@ struct OnePlan {
 };
 
 OnePlan one_plan(const OneInfo& info, int64_t M, int64_t C, int V, size_t elem, int R, int streams,
-                 bool keep, OneArgs* a) {
+                 bool keep, int path, OneArgs* a) {
   OnePlan p;
-  if (!info.ok || g_multi_kernel.load() || !cooperative_allowed()) return p;
+  if (!info.ok || path == kMulti || !cooperative_allowed()) return p;
   p.t = detail::row_tiling(C, V, kThreads);
-  const int64_t wave = int64_t(info.blocks_per_sm) * detail::sm_count();
+  const int64_t wave =
+      int64_t(info.blocks_per_sm) * detail::sm_count() / (path == kCoopQuarter ? 4 : 1);
   int64_t splits = std::min<int64_t>(wave / p.t.col_tiles, (M + p.t.ty - 1) / p.t.ty);
   if (splits < 1) return p;
   const int64_t rps = (M + splits - 1) / splits;
@@ -1003,10 +1082,12 @@ void launch_coop(K* kernel, const OnePlan& p, cudaStream_t cs, Args... args) {
 
 }  // namespace
 
-void batchnorm_test_config(int reg_rows, int smem_rows, bool multi_kernel) {
+void batchnorm_test_config(int reg_rows, int smem_rows, int path) {
+  HR_CHECK(path >= kTuned && path < kPaths, "batchnorm_test_config: path ", path,
+           " is not -1 (tuned), 0, 1 or 2");
   g_cap_reg.store(reg_rows);
   g_cap_smem.store(smem_rows);
-  g_multi_kernel.store(multi_kernel);
+  g_path.store(path);
 }
 
 void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, const float* gamma,
@@ -1022,61 +1103,83 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
     const int V = detail::vec_width(C, sizeof(T), {x, residual, y});
     const T* xt = static_cast<const T*>(x);
     const T* rt = static_cast<const T*>(residual);
-    T* yt = static_cast<T*>(y);
-    bool done = false;
-    detail::dispatch_vec<T>(V, [&](auto v) {
-      constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>();
-      auto* kernel = &bn_fwd_one_kernel<T, VV, R>;
-      FwdOneArgs a;
-      const OnePlan p = one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 1, true, &a);
-      if (p.splits == 0) return;
+    // The statistics' outputs of one call: the caller's, or scratch when timing a path.
+    struct Out {
+      T* y;
+      float *running_mean, *running_var, *save_mean, *save_invstd;
+    };
+    // The call on `path` into `o`; false when the path cannot run it.
+    auto launch = [&](int path, const Out& o) {
+      bool done = false;
+      if (path != kMulti)
+        detail::dispatch_vec<T>(V, [&](auto v) {
+          constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>();
+          auto* kernel = &bn_fwd_one_kernel<T, VV, R>;
+          FwdOneArgs a;
+          const OnePlan p =
+              one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 1, true, path, &a);
+          if (p.splits == 0) return;
+          detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+          a.gamma = gamma;
+          a.beta = beta;
+          a.eps = eps;
+          a.momentum = momentum;
+          a.running_mean = o.running_mean;
+          a.running_var = o.running_var;
+          a.save_mean = o.save_mean;
+          a.save_invstd = o.save_invstd;
+          a.part_mean = ws.as<float>();
+          a.part_m2 = a.part_mean + p.splits * C;
+          a.cst = a.part_m2 + p.splits * C;
+          a.relu = relu;
+          launch_coop(kernel, p, cs, a, xt, rt, o.y);
+          done = true;
+        });
+      if (done || path != kMulti) return done;
+      const ReducePlan p = reduce_plan(M, C, V);
       detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
-      a.gamma = gamma;
+      float* part_mean = ws.as<float>();
+      float* part_m2 = part_mean + p.splits * C;
+      float* hi = part_m2 + p.splits * C;
+      float* lo = hi + C;
+      float* scale = lo + C;
+      const dim3 block(p.t.tx, p.t.ty);
+      detail::dispatch_vec<T>(V, [&](auto v) {
+        bn_stats_kernel<T, decltype(v)::value>
+            <<<dim3(unsigned(p.t.col_tiles), unsigned(p.splits)), block, 0, cs>>>(
+                M, C, p.rps, xt, part_mean, part_m2);
+      });
+      HR_CUDA_LAUNCH_CHECK();
+      bn_stats_final_kernel<T><<<unsigned((C + 7) / 8), 256, 0, cs>>>(
+          M, C, p.splits, p.rps, xt, part_mean, part_m2, gamma, eps, momentum, o.running_mean,
+          o.running_var, o.save_mean, o.save_invstd, hi, lo, scale);
+      HR_CUDA_LAUNCH_CHECK();
+      ApplyArgs a;
+      a.M = M;
+      a.C = C;
+      a.mean_hi = hi;
+      a.mean_lo = lo;
+      a.scale = scale;
       a.beta = beta;
-      a.eps = eps;
-      a.momentum = momentum;
-      a.running_mean = running_mean;
-      a.running_var = running_var;
-      a.save_mean = save_mean;
-      a.save_invstd = save_invstd;
-      a.part_mean = ws.as<float>();
-      a.part_m2 = a.part_mean + p.splits * C;
-      a.cst = a.part_m2 + p.splits * C;
       a.relu = relu;
-      launch_coop(kernel, p, cs, a, xt, rt, yt);
-      done = true;
+      detail::dispatch_vec<T>(V, [&](auto v) {
+        bn_apply_kernel<T, decltype(v)::value><<<apply_grid(M, p.t), block, 0, cs>>>(a, xt, rt,
+                                                                                   o.y);
+      });
+      HR_CUDA_LAUNCH_CHECK();
+      return true;
+    };
+    const Out out{static_cast<T*>(y), running_mean, running_var, save_mean, save_invstd};
+    const PassKey key{device_now(), int(dt), V, 0 | (relu ? 2 : 0) | (rt ? 4 : 0), M, C};
+    const int path = pick_path(key, st, [&](int p) {
+      const size_t ybytes = scratch_round(sizeof(T) * size_t(M * C));
+      detail::Workspace scratch(ybytes + sizeof(float) * 4 * size_t(C), st);
+      float* f = reinterpret_cast<float*>(scratch.as<char>() + ybytes);
+      CUDA_CHECK(cudaMemsetAsync(f, 0, sizeof(float) * 4 * size_t(C), cs));
+      const Out o{scratch.as<T>(), f, f + C, f + 2 * C, f + 3 * C};
+      return detail::time_ms([&] { return launch(p, o); }, cs);
     });
-    if (done) return;
-    const ReducePlan p = reduce_plan(M, C, V);
-    detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
-    float* part_mean = ws.as<float>();
-    float* part_m2 = part_mean + p.splits * C;
-    float* hi = part_m2 + p.splits * C;
-    float* lo = hi + C;
-    float* scale = lo + C;
-    const dim3 block(p.t.tx, p.t.ty);
-    detail::dispatch_vec<T>(V, [&](auto v) {
-      bn_stats_kernel<T, decltype(v)::value>
-          <<<dim3(unsigned(p.t.col_tiles), unsigned(p.splits)), block, 0, cs>>>(
-              M, C, p.rps, xt, part_mean, part_m2);
-    });
-    HR_CUDA_LAUNCH_CHECK();
-    bn_stats_final_kernel<T><<<unsigned((C + 7) / 8), 256, 0, cs>>>(
-        M, C, p.splits, p.rps, xt, part_mean, part_m2, gamma, eps, momentum, running_mean,
-        running_var, save_mean, save_invstd, hi, lo, scale);
-    HR_CUDA_LAUNCH_CHECK();
-    ApplyArgs a;
-    a.M = M;
-    a.C = C;
-    a.mean_hi = hi;
-    a.mean_lo = lo;
-    a.scale = scale;
-    a.beta = beta;
-    a.relu = relu;
-    detail::dispatch_vec<T>(V, [&](auto v) {
-      bn_apply_kernel<T, decltype(v)::value><<<apply_grid(M, p.t), block, 0, cs>>>(a, xt, rt, yt);
-    });
-    HR_CUDA_LAUNCH_CHECK();
+    if (!launch(path, out)) launch(kMulti, out);
   });
 }
 
@@ -1118,58 +1221,84 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
     const T* xt = static_cast<const T*>(x);
     const T* yt = static_cast<const T*>(y);
     const T* dyt = static_cast<const T*>(dy);
-    T* dres = static_cast<T*>(dresidual);
-    T* dxt = static_cast<T*>(dx);
-    bool done = false;
+    // The outputs of one call: the caller's, or scratch when timing a path (null where the
+    // caller's are).
+    struct Out {
+      T *dx, *dres;
+      float *dgamma, *dbeta;
+    };
     // bf16 with 8-wide vectors would spill in the single kernel: 8-byte vectors there.
     const int V1 = std::is_same<T, __nv_bfloat16>::value && V == 8 ? 4 : V;
-    detail::dispatch_vec<T>(V1, [&](auto v) {
-      constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>() / 2;
-      if constexpr (std::is_same<T, __nv_bfloat16>::value && VV == 8) {
-        return;  // never chosen (V1)
-      } else {
-        auto* kernel = &bn_bwd_one_kernel<T, VV, R>;
-        BwdOneArgs a;
-        const OnePlan p =
-            one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 2, dx != nullptr, &a);
-        if (p.splits == 0) return;
-        detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
-        a.mean = save_mean;
-        a.invstd = save_invstd;
-        a.gamma = gamma;
-        a.dgamma = dgamma;
-        a.dbeta = dbeta;
-        a.part = ws.as<float>();
-        a.coef = a.part + 2 * p.splits * C;
-        a.relu = relu;
-        launch_coop(kernel, p, cs, a, xt, relu ? yt : nullptr, dyt, dres, dxt);
-        done = true;
+    // The call on `path` into `o`; false when the path cannot run it.
+    auto launch = [&](int path, const Out& o) {
+      bool done = false;
+      if (path != kMulti)
+        detail::dispatch_vec<T>(V1, [&](auto v) {
+          constexpr int VV = decltype(v)::value, R = reg_rows<T, VV>() / 2;
+          if constexpr (std::is_same<T, __nv_bfloat16>::value && VV == 8) {
+            return;  // never chosen (V1)
+          } else {
+            auto* kernel = &bn_bwd_one_kernel<T, VV, R>;
+            BwdOneArgs a;
+            const OnePlan p =
+                one_plan(one_info(kernel), M, C, VV, sizeof(T), R, 2, o.dx != nullptr, path, &a);
+            if (p.splits == 0) return;
+            detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+            a.mean = save_mean;
+            a.invstd = save_invstd;
+            a.gamma = gamma;
+            a.dgamma = o.dgamma;
+            a.dbeta = o.dbeta;
+            a.part = ws.as<float>();
+            a.coef = a.part + 2 * p.splits * C;
+            a.relu = relu;
+            launch_coop(kernel, p, cs, a, xt, relu ? yt : nullptr, dyt, o.dres, o.dx);
+            done = true;
+          }
+        });
+      if (done || path != kMulti) return done;
+      const ReducePlan p = reduce_plan(M, C, V);
+      detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
+      float* part = ws.as<float>();
+      float* coef = part + 2 * p.splits * C;
+      ReduceArgs a;
+      a.M = M;
+      a.C = C;
+      a.mean = save_mean;
+      a.invstd = save_invstd;
+      a.gamma = gamma;
+      a.relu = relu;
+      bwd_reduce<T>(p, a, xt, yt, dyt, o.dres, part, o.dgamma, o.dbeta, o.dx ? coef : nullptr,
+                    cs);
+      if (o.dx) {
+        // g is already in dresidual when that was requested: read it instead of dy and y.
+        const T* g_src = o.dres ? o.dres : dyt;
+        const T* y_mask = (relu && !o.dres) ? yt : nullptr;
+        detail::dispatch_vec<T>(V, [&](auto v) {
+          bn_bwd_apply_kernel<T, decltype(v)::value>
+              <<<apply_grid(M, p.t), dim3(p.t.tx, p.t.ty), 0, cs>>>(M, C, save_mean, coef, xt,
+                                                                     g_src, y_mask, o.dx);
+        });
+        HR_CUDA_LAUNCH_CHECK();
       }
+      return true;
+    };
+    const Out out{static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta};
+    const PassKey key{device_now(), int(dt), V,
+                      1 | (relu ? 2 : 0) | (dx ? 4 : 0) | (dresidual ? 8 : 0) |
+                          (dgamma ? 16 : 0) | (dbeta ? 32 : 0),
+                      M, C};
+    const int path = pick_path(key, st, [&](int p) {
+      const size_t map = scratch_round(sizeof(T) * size_t(M * C));
+      detail::Workspace scratch(2 * map + sizeof(float) * 2 * size_t(C), st);
+      char* base = scratch.as<char>();
+      float* f = reinterpret_cast<float*>(base + 2 * map);
+      const Out o{dx ? reinterpret_cast<T*>(base) : nullptr,
+                  dresidual ? reinterpret_cast<T*>(base + map) : nullptr, dgamma ? f : nullptr,
+                  dbeta ? f + C : nullptr};
+      return detail::time_ms([&] { return launch(p, o); }, cs);
     });
-    if (done) return;
-    const ReducePlan p = reduce_plan(M, C, V);
-    detail::Workspace ws(sizeof(float) * (2 * p.splits * C + 3 * C), st);
-    float* part = ws.as<float>();
-    float* coef = part + 2 * p.splits * C;
-    ReduceArgs a;
-    a.M = M;
-    a.C = C;
-    a.mean = save_mean;
-    a.invstd = save_invstd;
-    a.gamma = gamma;
-    a.relu = relu;
-    bwd_reduce<T>(p, a, xt, yt, dyt, dres, part, dgamma, dbeta, dx ? coef : nullptr, cs);
-    if (dx) {
-      // g is already in dresidual when that was requested: read it instead of dy and y.
-      const T* g_src = dres ? dres : dyt;
-      const T* y_mask = (relu && !dres) ? yt : nullptr;
-      detail::dispatch_vec<T>(V, [&](auto v) {
-        bn_bwd_apply_kernel<T, decltype(v)::value>
-            <<<apply_grid(M, p.t), dim3(p.t.tx, p.t.ty), 0, cs>>>(M, C, save_mean, coef, xt,
-                                                                   g_src, y_mask, dxt);
-      });
-      HR_CUDA_LAUNCH_CHECK();
-    }
+    if (!launch(path, out)) launch(kMulti, out);
   });
 }
 

@@ -214,7 +214,7 @@ HR_NO_CUDA(void, batchnorm_act_infer_forward,
            (DT, int64_t, int64_t, const void*, const float*, const float*, const float*,
             const float*, float, const void*, bool, void*, Stream))
 HR_NO_CUDA(bool, unscale_and_check, (int64_t, float*, float, Stream))
-HR_NO_CUDA(void, batchnorm_test_config, (int, int, bool))
+HR_NO_CUDA(void, batchnorm_test_config, (int, int, int))
 
 // NCCL (kernels/cuda/nccl.h)
 bool nccl_built() { return false; }

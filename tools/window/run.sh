@@ -29,7 +29,8 @@
 #     (eager, CUDA graph), then the PyTorch peer's eager step alone on the same targets
 #     (torch_model.py --head det --no-compile: no torch.compile here, it would not fit the box)
 #  9. with time left (or alone: HR_WINDOW_STEPS=levers): the W32 b128 step with each lever off
-#     alone (fusion, branch streams, CUDA graph replay) and with cuDNN / our convolutions only
+#     alone (fusion, branch streams, CUDA graph replay, cuDNN's graph API, the optimizer's
+#     weight copies, batch norm's per-shape path) and with cuDNN / our convolutions only
 # Each step has a time box; the whole run stays within HR_WINDOW_BUDGET seconds (default 400),
 # later steps are skipped when it is spent. OUT gets at most 8 files, written as the run goes:
 # summary.md (rewritten after every step; printed last), run.log, env.txt, correctness.log,
@@ -437,8 +438,8 @@ fi
 peer_ready_now && peer_collect 0
 peer_pause
 step gpu table "bench_model W32 b128 bf16 (ours: eager, CUDA graph)" "$WORK/bench_model_b128.log" 120 \
-  env HR_CUDNN_VERBOSE=1 "$BIN/bench_model" --device cuda --amp bf16 --batch 128 --steps 10 --warmup 3 --no-torch \
-  --save "$WORK/ours_b128.txt"
+  env HR_CUDNN_VERBOSE=1 HR_BN_VERBOSE=1 "$BIN/bench_model" --device cuda --amp bf16 --batch 128 \
+  --steps 10 --warmup 3 --no-torch --save "$WORK/ours_b128.txt"
 # 4. batch-1 latency
 step gpu latency "bench_model W32 b1 bf16 --latency (ours)" "$WORK/bench_model_b1.log" 60 \
   "$BIN/bench_model" --device cuda --amp bf16 --batch 1 --steps 50 --warmup 5 --latency --no-torch \
@@ -579,12 +580,13 @@ peer_resume
 # ---------------------------------------------------------------------------------------------
 # 9. with time left (or alone: HR_WINDOW_STEPS=levers): each lever of the W32 b128 bf16 step
 # turned off alone (graph fusion, branch streams, CUDA graph replay), the convolutions forced
-# to cuDNN, then to our kernels, cuDNN's legacy API instead of its graph API, and every weight
-# cast on each step instead of the optimizer's 16-bit copies, against step 3's table (the peer
-# paused)
+# to cuDNN, then to our kernels, cuDNN's legacy API instead of its graph API, every weight cast
+# on each step instead of the optimizer's 16-bit copies, and batch norm on its full-wave single
+# kernel everywhere instead of the path timed fastest per shape, against step 3's table (the
+# peer paused)
 peer_pause
 for lever in --no-fuse --no-streams --no-capture "--conv-backend cudnn" "--conv-backend igemm" \
-             HR_CUDNN_API=legacy --no-weight-copies; do
+             HR_CUDNN_API=legacy --no-weight-copies HR_BN_TUNE=0; do
   case "$lever" in HR_*=*) lever_env=$lever lever_args="" ;; *) lever_env="" lever_args=$lever ;; esac
   # shellcheck disable=SC2086  # a lever's words: an environment setting or arguments
   step gpu levers "bench_model W32 b128 bf16 $lever (ours)" "$WORK/levers.log" 90 \
