@@ -479,33 +479,38 @@ struct PassKey {
   }
 };
 
+// Maps up to this size are tuned (pick_path); larger ones take the full wave, which is the
+// fastest there (the fixed cost is small beside their bandwidth time) and whose scratch outputs
+// for timing would be large.
+constexpr int64_t kTuneMaxBytes = int64_t(64) << 20;
+
 // The path a training pass takes:
 //  - the test hook's, when set; the multi-kernel path when cooperative launches are off
-//    (HR_BN_COOPERATIVE=0); the full-wave single kernel when HR_BN_TUNE=0;
+//    (HR_BN_COOPERATIVE=0); the full-wave single kernel when HR_BN_TUNE=0 or the map is over
+//    kTuneMaxBytes;
 //  - otherwise the fastest for this call shape, measured on its first call: time_path(p) runs
 //    the call on path p into scratch outputs (nothing the caller sees changes, the running
 //    statistics included) and returns its time in ms (INFINITY when p cannot run the call).
-//    The choice is kept for the process (HR_BN_VERBOSE=1 prints each). A first call inside a
-//    CUDA graph capture cannot be timed: it takes the full-wave kernel, unremembered.
+//    Timed eagerly (launch costs included, which a replayed CUDA graph hides: the choice may
+//    lean away from the three-launch path). The choice is kept for the process, one per key
+//    even when threads tune at once (HR_BN_VERBOSE=1 prints each). A first call inside a CUDA
+//    graph capture cannot be timed: it takes the full-wave kernel, unremembered.
 template <class TimePath>
-int pick_path(const PassKey& key, Stream st, TimePath&& time_path) {
+int pick_path(const PassKey& key, int64_t map_bytes, Stream st, TimePath&& time_path) {
   if (g_path.load() != kTuned) return g_path.load();
   if (!cooperative_allowed()) return kMulti;
   static const bool tune = !env_is("HR_BN_TUNE", '0');
-  if (!tune) return kCoop;
+  if (!tune || map_bytes > kTuneMaxBytes) return kCoop;
   static std::mutex mu;
   static std::map<PassKey, int> chosen;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    if (auto it = chosen.find(key); it != chosen.end()) return it->second;
-  }
+  std::lock_guard<std::mutex> lock(mu);  // held while timing: one choice per key
+  if (auto it = chosen.find(key); it != chosen.end()) return it->second;
   if (is_capturing(st)) return kCoop;
   float ms[kPaths];
-  int best = kMulti;  // the multi-kernel path runs every call
-  for (int p = 0; p < kPaths; ++p) {
-    ms[p] = time_path(p);
+  for (int p = 0; p < kPaths; ++p) ms[p] = time_path(p);
+  int best = kMulti;  // the multi-kernel path runs every call: its time is finite
+  for (int p = 0; p < kPaths; ++p)
     if (ms[p] < ms[best]) best = p;
-  }
   static const bool verbose = env_is("HR_BN_VERBOSE", '1');
   if (verbose)
     std::fprintf(stderr, "[bn] %s %s M=%lld C=%lld vec %d flags %d: %.1f / %.1f / %.1f us -> %s\n",
@@ -513,8 +518,7 @@ int pick_path(const PassKey& key, Stream st, TimePath&& time_path) {
                  key.dt == int(DT::f32) ? "f32" : key.dt == int(DT::f16) ? "f16" : "bf16",
                  static_cast<long long>(key.M), static_cast<long long>(key.C), key.vec,
                  key.pass >> 1, 1e3 * ms[0], 1e3 * ms[1], 1e3 * ms[2], kPathName[best]);
-  std::lock_guard<std::mutex> lock(mu);
-  chosen[key] = best;
+  chosen.emplace(key, best);
   return best;
 }
 
@@ -1171,7 +1175,7 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
     };
     const Out out{static_cast<T*>(y), running_mean, running_var, save_mean, save_invstd};
     const PassKey key{device_now(), int(dt), V, 0 | (relu ? 2 : 0) | (rt ? 4 : 0), M, C};
-    const int path = pick_path(key, st, [&](int p) {
+    const int path = pick_path(key, M * C * int64_t(sizeof(T)), st, [&](int p) {
       const size_t ybytes = scratch_round(sizeof(T) * size_t(M * C));
       detail::Workspace scratch(ybytes + sizeof(float) * 4 * size_t(C), st);
       float* f = reinterpret_cast<float*>(scratch.as<char>() + ybytes);
@@ -1288,7 +1292,7 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
                       1 | (relu ? 2 : 0) | (dx ? 4 : 0) | (dresidual ? 8 : 0) |
                           (dgamma ? 16 : 0) | (dbeta ? 32 : 0),
                       M, C};
-    const int path = pick_path(key, st, [&](int p) {
+    const int path = pick_path(key, M * C * int64_t(sizeof(T)), st, [&](int p) {
       const size_t map = scratch_round(sizeof(T) * size_t(M * C));
       detail::Workspace scratch(2 * map + sizeof(float) * 2 * size_t(C), st);
       char* base = scratch.as<char>();

@@ -577,22 +577,20 @@ TEST_CASE("cuda batchnorm: the first call of a shape is timed without touching t
     // the forward on `path`; then the backward on `path` from the forward outputs `from` (the
     // same inputs for both paths: a ReLU mask cannot differ)
     auto forward = [&](int path) {
-      cu::batchnorm_test_config(-1, -1, path);
+      const UseBnPath use({-1, -1, path, ""});
       Buf rm = F(d.rm), rv = F(d.rv), y(n, dt), sm(size_t(C), DT::f32), si(size_t(C), DT::f32);
       cu::batchnorm_act_train_forward(dt, M, C, x.p(), g.f(), b.f(), kEps, kMomentum, rm.f(),
                                       rv.f(), c.fused ? r.p() : nullptr, c.fused, y.p(), sm.f(),
                                       si.f(), st());
-      cu::batchnorm_test_config(-1, -1, -1);
       return Result{y.get(), sm.get(), si.get(), rm.get(), rv.get(), {}, {}, {}, {}};
     };
     auto backward = [&](int path, Result& res, const Result& from) {
-      cu::batchnorm_test_config(-1, -1, path);
+      const UseBnPath use({-1, -1, path, ""});
       Buf y = Buf::from(from.y, dt), sm = F(from.sm), si = F(from.si);
       Buf dx(n, dt), dres(n, dt), dg(size_t(C), DT::f32), db(size_t(C), DT::f32);
       cu::batchnorm_act_train_backward(dt, M, C, x.p(), c.fused ? y.p() : nullptr, dy.p(), g.f(),
                                        sm.f(), si.f(), c.fused, dx.p(),
                                        c.fused ? dres.p() : nullptr, dg.f(), db.f(), st());
-      cu::batchnorm_test_config(-1, -1, -1);
       res.dx = dx.get();
       if (c.fused) res.dres = dres.get();
       res.dg = dg.get();
