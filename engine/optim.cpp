@@ -124,6 +124,9 @@ Tensor Optimizer::weight_copy(const Tensor& param, DType dtype) {
     if (params_[i].impl() != param.impl()) continue;
     Tensor& c = copies_[i];
     if (!c.defined()) {
+      HR_CHECK(!step_captured_, "optimizer: a new weight copy of parameter ", i, " after the "
+               "step was captured into a CUDA graph, which would never write it (make the "
+               "copies before capturing)");
       NoGradGuard ng;
       c = params_[i].to(dtype);  // the parameter's layout (dense: checked at construction)
     }
@@ -132,6 +135,10 @@ Tensor Optimizer::weight_copy(const Tensor& param, DType dtype) {
     return c;
   }
   return Tensor();
+}
+
+void Optimizer::note_capture() {
+  if (cuda::is_capturing(current_stream())) step_captured_ = true;
 }
 
 void Optimizer::refresh_weight_copies() {
@@ -211,6 +218,7 @@ bool SGD::in_group2(size_t i) const { return i < o_.group2.size() && o_.group2[i
 
 void SGD::enqueue_step() {
   HR_CHECK(capturable_, "SGD: enqueue_step needs set_capturable(true)");
+  note_capture();
   std::vector<cuda::OptimTensor> ts;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
@@ -285,6 +293,7 @@ void Adam::prepare_step() {
 
 void Adam::enqueue_step() {
   HR_CHECK(capturable_, "Adam: enqueue_step needs set_capturable(true)");
+  note_capture();
   std::vector<cuda::OptimTensor> ts;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];

@@ -48,7 +48,8 @@ class Optimizer {
   // even, as ops::cast rounds), so that a graph under autocast reads it instead of casting the
   // weight on every run (graph::CompileOptions::weight_copy). Made on the first call, as the
   // cast of the current values (on the current stream); one dtype per parameter. Undefined when
-  // `param` is not one of this optimizer's parameters.
+  // `param` is not one of this optimizer's parameters. A new copy after enqueue_step() was
+  // captured is an error (the captured step would never write it).
   Tensor weight_copy(const Tensor& param, DType dtype);
   // Rewrites every copy from its parameter: needed when the parameters change other than by a
   // step (a checkpoint loaded into the model).
@@ -60,6 +61,8 @@ class Optimizer {
   std::vector<std::vector<Tensor>> slots_;
   std::vector<std::string> slot_names_;
   std::vector<Tensor> copies_;  // per parameter: its 16-bit copy (weight_copy), or undefined
+  bool step_captured_ = false;  // enqueue_step() ran inside a CUDA graph capture
+  void note_capture();          // sets step_captured_ when the current stream is capturing
   double lr_;
   int64_t steps_ = 0;
   Tensor& slot(size_t param, size_t k);

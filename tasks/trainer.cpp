@@ -254,6 +254,8 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     // for every graph of the model) instead of casting each weight on every run
     co.weight_copy = [this](const Tensor& p, DType dt) { return opt_.weight_copy(p, dt); };
     exe = std::make_unique<graph::Executable>(std::move(g), co);
+    // copies made for an earlier graph: from the weights as they are now, whatever changed them
+    opt_.refresh_weight_copies();
     if (reducer_)  // each gradient into its bucket as the backward completes it
       exe->set_gradient_ready([this](const Tensor& p, const Tensor& grad) {
         auto it = param_index_.find(p.impl());

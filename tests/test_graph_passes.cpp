@@ -331,6 +331,49 @@ TEST_CASE("dead nodes go, side effects stay", "[graph][passes]") {
   CHECK(op_names(ir) == std::vector<std::string>{"start", "conv2d", "batch_norm", "add"});
 }
 
+TEST_CASE("weight copies replace the casts of fp32 parameters, not outputs or other casts",
+          "[graph][passes]") {
+  Tensor w1 = rand_tensor({4, 3}, 5), w2 = rand_tensor({4, 3}, 6), w3 = rand_tensor({4, 3}, 7);
+  Tensor c1 = w1.to(DType::bf16), c2 = w2.to(DType::f16);
+  Graph g;
+  GraphIR& ir = g.ir();
+  const Tensor x = g.input("x", {4, 3});
+  auto param = [&](const Tensor& w) { return ir.symbolic(ir.param(w)); };
+  const Tensor a = ops::cast(param(w1), DType::bf16);  // bound to c1
+  const Tensor b = ops::cast(param(w2), DType::f16);   // bound to c2
+  const Tensor c = ops::cast(param(w3), DType::bf16);  // no copy offered: stays
+  const Tensor d = ops::cast(x, DType::bf16);          // not a parameter: stays
+  const Tensor out = ops::cast(param(w1), DType::bf16);  // an output: stays the graph's
+  g.output(ops::add(ops::add(ops::cast(a, DType::f32), ops::cast(b, DType::f32)),
+                    ops::add(ops::cast(c, DType::f32), ops::cast(d, DType::f32))), "y");
+  g.output(out, "w1_bf16");
+  int asked = 0;
+  const int64_t bound = bind_weight_copies(ir, [&](const Tensor& p, DType dt) {
+    ++asked;
+    if (p.impl() == w1.impl() && dt == DType::bf16) return c1;
+    if (p.impl() == w2.impl() && dt == DType::f16) return c2;
+    return Tensor();
+  });
+  CHECK(bound == 2);
+  CHECK(asked == 3);  // the casts of w1 (the one not an output), w2, w3
+  const V va = ir.value_of(a), vb = ir.value_of(b);
+  CHECK(ir.values[va].kind == ValueKind::Param);
+  CHECK(ir.values[va].tensor.impl() == c1.impl());
+  CHECK(ir.values[vb].tensor.impl() == c2.impl());
+  CHECK(ir.values[ir.value_of(c)].kind == ValueKind::Activation);
+  CHECK(ir.values[ir.value_of(out)].kind == ValueKind::Activation);
+  CHECK(count(ir, "cast") == 3 + 4);  // c, d, out; the four casts back to f32
+  check_program_order(ir);
+  for (const graph::Node& n : ir.nodes)  // no node defines a bound value any more
+    for (V o : n.out) CHECK((o != va && o != vb));
+  // a copy that does not fit is refused
+  Graph g2;
+  const Tensor e = ops::cast(g2.ir().symbolic(g2.ir().param(w1)), DType::bf16);
+  g2.output(ops::cast(e, DType::f32), "y");
+  CHECK_THROWS_WITH(bind_weight_copies(g2.ir(), [&](const Tensor&, DType) { return c2; }),
+                    Catch::Contains("weight copy"));
+}
+
 TEST_CASE("reverse mode appends each op's backward ops and one sum per shared value",
           "[graph][passes]") {
   Tensor w = rand_tensor({3, 3, 3, 3}, 2).set_requires_grad(true);

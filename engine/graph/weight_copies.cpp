@@ -15,6 +15,8 @@ bool bind_copy(GraphIR& g, const Node& n, const WeightCopyFn& copy_of) {
     return false;
   const V in = n.in[0], out = n.out[0];
   if (in < 0 || out < 0) return false;
+  for (const auto& [name, v] : g.outputs)
+    if (v == out) return false;  // an output stays the graph's own value
   const Value& p = g.values[in];
   Value& y = g.values[out];
   if (p.kind != ValueKind::Param || p.dtype != DType::f32 ||

@@ -497,3 +497,39 @@ TEST_CASE("cuda graph exec: TrainStep's captured steps equal eager steps; losses
       require_close_scaled(pg[i].second, pe[i].second, 2e-3, "parameter " + pe[i].first);
   }
 }
+
+// The trainer's step in bf16 (autocast) with the graph: every convolution's weight is read from
+// the optimizer's 16-bit copy, which the captured step rewrites; the losses follow eager bf16
+// steps (bf16 tolerance), and after the replays each copy is its weight's bf16 cast.
+TEST_CASE("cuda graph exec: TrainStep in bf16 reads the optimizer's weight copies, captured",
+          "[cuda][graph]") {
+  HeatmapTask task;
+  const ModelSpec spec = small_spec(Head::Pose, true);
+  const Shape in{2, 3, 64, 64};
+  HRNet eager(spec, 51), replayed(spec, 51);
+  for (HRNet* m : {&eager, &replayed}) {
+    m->train();
+    m->to(Device::cuda());
+  }
+  auto oe = make_test_optimizer("sgd", eager.parameters()),
+       og = make_test_optimizer("sgd", replayed.parameters());
+  tasks::TrainStep se(task, eager, *oe, Device::cuda(), DType::bf16, false),
+      sg(task, replayed, *og, Device::cuda(), DType::bf16, true);
+  for (int k = 0; k < 5; ++k) {
+    const data::Batch b = heatmap_batch(in, spec.num_joints, 700 + 10 * k);
+    const float le = se(b), lg = sg(b);
+    INFO("step " << k);
+    CHECK(lg == Approx(le).epsilon(5e-2));
+  }
+  REQUIRE(sg.executable() != nullptr);
+  CHECK(sg.executable()->captured());
+  int64_t convs = 0;
+  for (const Tensor& p : replayed.parameters()) {
+    if (p.dim() != 4) continue;
+    ++convs;
+    const Tensor c = og->weight_copy(p, DType::bf16);
+    REQUIRE(c.defined());
+    REQUIRE(c.to_vector() == p.to(DType::bf16).to_vector());
+  }
+  CHECK(sg.executable()->stats().weight_copies == convs);
+}
