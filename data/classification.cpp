@@ -2,6 +2,7 @@
 #include "data/classification.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cctype>
 #include <cfenv>
 #include <cmath>
@@ -157,7 +158,7 @@ CropBox scaled_box(const CropBox& b, int d, const Image& decoded) {
 }  // namespace
 
 void make_classification_sample(const EncodedImage& img, const ClassificationOptions& o,
-                                std::mt19937_64& rng, float* input) {
+                                std::mt19937_64& rng, float* input, uint8_t* raw_input) {
   const int S = o.size;
   Image out;
   if (o.train) {
@@ -177,7 +178,8 @@ void make_classification_sample(const EncodedImage& img, const ClassificationOpt
     const CropBox c = center_crop_box(rw, rh, S);
     out = crop(resized, c.x, c.y, S, S);
   }
-  normalize_input(out.pixels.data(), S, S, input);
+  if (raw_input) std::memcpy(raw_input, out.pixels.data(), out.pixels.size());
+  if (input) normalize_input(out.pixels.data(), S, S, input);
 }
 
 std::array<int64_t, 2> topk_correct(const float* logits, const int64_t* labels, int64_t n,
@@ -207,12 +209,24 @@ std::vector<Field> ClassificationDataset::fields() const {
 }
 
 void ClassificationDataset::load(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  load_sample(i, seed, static_cast<float*>(out[0]), nullptr, static_cast<int64_t*>(out[1]));
+}
+
+const float* ClassificationDataset::input_lut() const { return imagenet_input_lut(); }
+
+void ClassificationDataset::load_raw(size_t i, uint64_t seed,
+                                     const std::vector<void*>& out) const {
+  load_sample(i, seed, nullptr, static_cast<uint8_t*>(out[0]), static_cast<int64_t*>(out[1]));
+}
+
+void ClassificationDataset::load_sample(size_t i, uint64_t seed, float* input, uint8_t* raw,
+                                        int64_t* label) const {
   HR_CHECK(i < set_.images.size(), "[classification] dataset: index ", i, " out of range (",
            set_.images.size(), " images)");
   const LabelledImage& s = set_.images[i];
   std::mt19937_64 rng(seed);
-  make_classification_sample(EncodedImage::read(s.path), opt_, rng, static_cast<float*>(out[0]));
-  *static_cast<int64_t*>(out[1]) = s.label;
+  make_classification_sample(EncodedImage::read(s.path), opt_, rng, input, raw);
+  *label = s.label;
 }
 
 }  // namespace hr::data

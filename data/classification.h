@@ -65,9 +65,10 @@ struct ClassificationOptions {
 // One sample into `input` [3,size,size] (normalised f32). With fast_decode, a JPEG is decoded at
 // the smallest scale that still leaves at least `size` pixels along each side of the region the
 // output is resized from, so the last resize is still a reduction; the crop is then that region
-// of the smaller image (not bit-exact with full decoding, close to it).
+// of the smaller image (not bit-exact with full decoding, close to it). raw_input: the crop's
+// bytes [size, size * 3] (what normalize_input reads), as well as or instead of `input` (null).
 void make_classification_sample(const EncodedImage& img, const ClassificationOptions& o,
-                                std::mt19937_64& rng, float* input);
+                                std::mt19937_64& rng, float* input, uint8_t* raw_input = nullptr);
 
 // How many of n samples have their label among the k largest of their C logits (row-major
 // [n, C]), for k = 1 and k = min(5, C): the official accuracy() counts (logits without ties; with
@@ -82,11 +83,15 @@ class ClassificationDataset : public Dataset {
   size_t size() const override { return set_.images.size(); }
   std::vector<Field> fields() const override;
   void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
+  const float* input_lut() const override;
+  void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   bool skip_corrupt() const override { return opt_.skip_corrupt; }
   const ImageSet& set() const { return set_; }
   const ClassificationOptions& options() const { return opt_; }
 
  private:
+  // Sample i: its input normalised (input) or raw (raw), and its label.
+  void load_sample(size_t i, uint64_t seed, float* input, uint8_t* raw, int64_t* label) const;
   ImageSet set_;
   ClassificationOptions opt_;
 };

@@ -28,7 +28,19 @@ class Dataset {
   virtual void load(size_t i, uint64_t seed, const std::vector<void*>& out) const = 0;
   // A sample that cannot be built is skipped and counted (true) or an error (false).
   virtual bool skip_corrupt() const { return true; }
+
+  // Raw input (optional): for a device that normalises the input itself, after an upload of a
+  // quarter of the bytes. input_lut() is the table load() normalises the input [3, H, W] with,
+  // [3][256] fp32 (channel c's value for byte v); nullptr when the dataset has no raw input.
+  // load_raw() builds the same sample with the input as the bytes that table reads, u8
+  // [H, W * 3] RGB interleaved (raw_fields()); the other fields as load() writes them.
+  // ops::normalize_u8 of the raw input with the table equals load()'s input bit for bit.
+  virtual const float* input_lut() const { return nullptr; }
+  virtual void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const;
 };
+
+// fields() with the input as load_raw() writes it: u8 [H, W * 3] for [3, H, W].
+std::vector<Field> raw_fields(const Dataset& ds);
 
 // Samples [begin, end) of another dataset (which must outlive it), as samples 0..end-begin-1
 // (a data-parallel job's part of a validation split).
@@ -42,6 +54,10 @@ class DatasetRange : public Dataset {
     base_.load(begin_ + i, seed, out);
   }
   bool skip_corrupt() const override { return base_.skip_corrupt(); }
+  const float* input_lut() const override { return base_.input_lut(); }
+  void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override {
+    base_.load_raw(begin_ + i, seed, out);
+  }
   size_t begin() const { return begin_; }
 
  private:
@@ -53,6 +69,9 @@ class DatasetRange : public Dataset {
 struct Batch {
   std::vector<std::pair<std::string, Tensor>> fields;  // fields() order: [n, ...]
   std::vector<size_t> indices;      // dataset positions
+  // The dataset's input table when the input is raw (u8 [n, H, W * 3], a loader with
+  // raw_input): f32 [3, 256] on the CPU, the same tensor for every batch of a loader.
+  Tensor input_lut;
   int skipped = 0;                  // corrupt samples left out of this batch (skip_corrupt)
   std::vector<std::string> errors;  // their one-line reasons
   int64_t size() const { return static_cast<int64_t>(indices.size()); }

@@ -674,7 +674,7 @@ Image resize_nearest_scale(const Image& src, double fx, double fy) {
   return nearest(src, out_w, out_h, 1. / fx, 1. / fy);
 }
 
-void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
+const float* imagenet_input_lut() {
   // (v / 255 - mean) / std in float32, tabulated once
   struct Lut {
     float v[3][256];
@@ -685,14 +685,19 @@ void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
     }
   };
   static const Lut lut;
+  return &lut.v[0][0];
+}
+
+void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
+  const float* lut = imagenet_input_lut();
   const size_t n = static_cast<size_t>(h) * w;
   float* r = chw;
   float* g = chw + n;
   float* b = chw + 2 * n;
   for (size_t i = 0; i < n; ++i) {
-    r[i] = lut.v[0][hwc[3 * i]];
-    g[i] = lut.v[1][hwc[3 * i + 1]];
-    b[i] = lut.v[2][hwc[3 * i + 2]];
+    r[i] = lut[hwc[3 * i]];
+    g[i] = lut[256 + hwc[3 * i + 1]];
+    b[i] = lut[512 + hwc[3 * i + 2]];
   }
 }
 

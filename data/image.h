@@ -96,6 +96,9 @@ Image read_gray_image(const std::string& path);
 // RGB uint8 interleaved [H,W,3] -> normalised f32 [3,H,W] with the ImageNet mean and std:
 // (v/255 - mean)/std per channel, in float32 as torchvision's ToTensor + Normalize compute it.
 void normalize_input(const uint8_t* hwc, int h, int w, float* chw);
+// The table normalize_input reads, [3][256]: channel c's value for byte v (a dataset's input_lut;
+// ops::normalize_u8 with it gives normalize_input's values bit for bit).
+const float* imagenet_input_lut();
 
 // The rectangle [x, x+w) x [y, y+h) of src (inside it), as PIL's Image.crop.
 Image crop(const Image& src, int x, int y, int w, int h);

@@ -34,6 +34,20 @@ uint64_t sample_seed(uint64_t seed, int64_t epoch, size_t index) {
                     static_cast<uint64_t>(index));
 }
 
+void Dataset::load_raw(size_t, uint64_t, const std::vector<void*>&) const {
+  throw Error("dataset: no raw input (input_lut() is null)");
+}
+
+std::vector<Field> raw_fields(const Dataset& ds) {
+  std::vector<Field> f = ds.fields();
+  HR_CHECK(!f.empty() && f[0].shape.size() == 3 && f[0].shape[0] == 3,
+           "dataset: a raw input needs an input [3, H, W], got ",
+           f.empty() ? std::string("no fields") : shape_str(f[0].shape));
+  f[0].shape = {f[0].shape[1], f[0].shape[2] * 3};
+  f[0].dtype = DType::u8;
+  return f;
+}
+
 const Tensor& Batch::input() const {
   HR_CHECK(!fields.empty(), "batch: no fields");
   return fields[0].second;
@@ -85,7 +99,15 @@ struct DataLoader::Impl {
   std::exception_ptr fatal;
   std::vector<std::thread> threads;
 
-  Impl(const Dataset& d, LoaderOptions o) : ds(d), opt(o), fields(d.fields()) {
+  bool raw = false;   // the input through load_raw
+  Tensor input_lut;   // then: the dataset's table, f32 [3, 256]
+
+  Impl(const Dataset& d, LoaderOptions o) : ds(d), opt(o) {
+    raw = opt.raw_input && ds.input_lut() != nullptr;
+    fields = raw ? raw_fields(ds) : ds.fields();
+    if (raw)
+      input_lut = Tensor::from_vector(std::vector<float>(ds.input_lut(), ds.input_lut() + 768),
+                                      {3, 256});
     HR_CHECK(opt.batch_size > 0, "DataLoader: batch size ", opt.batch_size);
     HR_CHECK(!fields.empty(), "DataLoader: the dataset has no fields");
     for (const Field& f : fields) {
@@ -181,7 +203,10 @@ struct DataLoader::Impl {
         std::vector<void*> out(fields.size());
         for (size_t f = 0; f < fields.size(); ++f)
           out[f] = static_cast<char*>(st->fields[f].raw_data()) + slot * sample_bytes[f];
-        ds.load(index, sample_seed(opt.seed, ep, index), out);
+        if (raw)
+          ds.load_raw(index, sample_seed(opt.seed, ep, index), out);
+        else
+          ds.load(index, sample_seed(opt.seed, ep, index), out);
         ok = true;
       } catch (const Error& e) {
         if (ds.skip_corrupt())
@@ -249,6 +274,7 @@ struct DataLoader::Impl {
     out.skipped = 0;
     out.fields.clear();
     out.indices.clear();
+    out.input_lut = input_lut;
     for (size_t s = 0; s < st.count; ++s)
       if (!st.ok[s]) {
         ++out.skipped;

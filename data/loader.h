@@ -23,6 +23,10 @@ struct LoaderOptions {
   int workers = 0;   // 0: hardware threads
   int prefetch = 2;  // batches built ahead
   uint64_t seed = 0;
+  // The input as the dataset's raw bytes (Dataset::load_raw: u8 [n, H, W * 3]) with its table
+  // in Batch::input_lut, for a device that normalises it (ops::normalize_u8); ignored for a
+  // dataset without raw input. The CUDA trainer's choice: a quarter of the bytes to upload.
+  bool raw_input = false;
 };
 
 // The order of epoch `epoch`: 0..n-1, shuffled by Fisher-Yates over an mt19937_64 stream seeded

@@ -444,19 +444,23 @@ CropMeta draw_augmentation(const PoseRecord& rec, int image_width, const Augment
 
 void render_sample(const Image& img, const PoseRecord& rec, const CropMeta& crop,
                    const TargetParams& tp, float* input, float* target, float* weight,
-                   float* joints_out) {
+                   float* joints_out, uint8_t* raw_input) {
   const Affine trans =
       get_affine_transform(crop.center, crop.scale, crop.rotation, tp.image_w, tp.image_h);
-  if (input) {
+  if (input || raw_input) {
     HR_CHECK(img.channels == 3, "[pose] render_sample: image has ", img.channels,
              " channels, expected RGB");
     thread_local std::vector<uint8_t> crop_px;
-    crop_px.resize(static_cast<size_t>(tp.image_w) * tp.image_h * 3);
+    uint8_t* px = raw_input;
+    if (!px) {
+      crop_px.resize(static_cast<size_t>(tp.image_w) * tp.image_h * 3);
+      px = crop_px.data();
+    }
     if (crop.flipped)
-      warp_affine_mirrored(img, trans, tp.image_w, tp.image_h, crop_px.data());
+      warp_affine_mirrored(img, trans, tp.image_w, tp.image_h, px);
     else
-      warp_affine(img, trans, tp.image_w, tp.image_h, crop_px.data());
-    normalize_input(crop_px.data(), tp.image_h, tp.image_w, input);
+      warp_affine(img, trans, tp.image_w, tp.image_h, px);
+    if (input) normalize_input(px, tp.image_h, tp.image_w, input);
   }
   double joints[3 * kNumJoints];
   for (int j = 0; j < kNumJoints; ++j) {
@@ -488,9 +492,9 @@ void render_sample(const Image& img, const PoseRecord& rec, const CropMeta& crop
 
 void make_sample(const Image& img, const PoseRecord& rec, const AugmentParams& aug,
                  const TargetParams& tp, std::mt19937_64& rng, float* input, float* target,
-                 float* weight, CropMeta* meta) {
+                 float* weight, CropMeta* meta, uint8_t* raw_input) {
   const CropMeta crop = draw_augmentation(rec, img.width, aug, tp, rng);
-  render_sample(img, rec, crop, tp, input, target, weight);
+  render_sample(img, rec, crop, tp, input, target, weight, nullptr, raw_input);
   if (meta) *meta = crop;
 }
 
@@ -589,15 +593,22 @@ void PoseDataset::load(size_t i, uint64_t seed, const std::vector<void*>& out) c
               static_cast<float*>(out[2]), nullptr);
 }
 
+const float* PoseDataset::input_lut() const { return imagenet_input_lut(); }
+
+void PoseDataset::load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  load_sample(i, seed, nullptr, static_cast<float*>(out[1]), static_cast<float*>(out[2]), nullptr,
+              static_cast<uint8_t*>(out[0]));
+}
+
 void PoseDataset::load_sample(size_t i, uint64_t seed, float* input, float* target, float* weight,
-                              CropMeta* meta) const {
+                              CropMeta* meta, uint8_t* raw_input) const {
   HR_CHECK(i < records_.size(), "[pose] dataset: index ", i, " out of range (", records_.size(),
            " records)");
   const PoseRecord& r = records_[i];
   const Image img = read_image(r.image_path);  // its errors name the file
   std::mt19937_64 rng(seed);
   try {
-    make_sample(img, r, opt_.aug, opt_.target, rng, input, target, weight, meta);
+    make_sample(img, r, opt_.aug, opt_.target, rng, input, target, weight, meta, raw_input);
   } catch (const Error& e) {
     throw Error(str_cat(e.what(), " (", r.image_path, ", annotation ", r.ann_id, ")"));
   }

@@ -89,9 +89,11 @@ struct CropMeta {
 // Builds one sample from a decoded image: the normalised input [3,H,W] (RGB/255, ImageNet mean
 // and std), the heatmap target [J,h,w] and target weight [J]. With aug.enabled it applies the
 // official augmentation, drawing from `rng`. `target`/`weight` may be null (inference).
+// raw_input: the warped crop's bytes [H, W * 3] (what normalize_input reads), as well as or
+// instead of `input` (null).
 void make_sample(const Image& img, const PoseRecord& rec, const AugmentParams& aug,
                  const TargetParams& tp, std::mt19937_64& rng, float* input, float* target,
-                 float* weight, CropMeta* meta);
+                 float* weight, CropMeta* meta, uint8_t* raw_input = nullptr);
 
 // Heatmap target of one person in heatmap coordinates' parent frame: joints are in input-image
 // pixels (x, y, visible); writes [J,h,w] and [J].
@@ -141,7 +143,7 @@ CropMeta draw_augmentation(const PoseRecord& rec, int image_width, const Augment
 // input pixels `joints_out` [J,3] (x, y, v; flipped and pair-swapped when crop.flipped).
 void render_sample(const Image& img, const PoseRecord& rec, const CropMeta& crop,
                    const TargetParams& tp, float* input, float* target, float* weight,
-                   float* joints_out = nullptr);
+                   float* joints_out = nullptr, uint8_t* raw_input = nullptr);
 
 
 // ---- the dataset the loader and the trainer see ----
@@ -159,12 +161,14 @@ class PoseDataset : public Dataset {
   std::vector<Field> fields() const override;
   void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   bool skip_corrupt() const override { return opt_.skip_corrupt; }
+  const float* input_lut() const override;
+  void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   const PoseRecord& record(size_t i) const { return records_[i]; }
   const PoseDatasetOptions& options() const { return opt_; }
   // Builds sample i into the given buffers (make_sample; target, weight, meta may be null).
   // Throws hr::Error naming the image and the annotation.
   void load_sample(size_t i, uint64_t seed, float* input, float* target, float* weight,
-                   CropMeta* meta) const;
+                   CropMeta* meta, uint8_t* raw_input = nullptr) const;
 
  private:
   std::vector<PoseRecord> records_;

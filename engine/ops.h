@@ -131,6 +131,10 @@ Tensor channel_scale(const Tensor& x, const Tensor& s);
 Tensor reshape(const Tensor& x, const Shape& shape);
 // Differentiable dtype change (mixed precision: fp32 master weights cast to bf16/f16).
 Tensor cast(const Tensor& x, DType dtype);
+// A dataset's raw input to the model's: x u8 [N, H, W * C] (channel-interleaved crops),
+// lut f32 [C, 256] (data::Dataset::input_lut) -> f32 [N, C, H, W], y[n, c, h, w] =
+// lut[c, x[n, h, w * C + c]]. Not differentiable.
+Tensor normalize_u8(const Tensor& x, const Tensor& lut);
 
 // x (f32) averaged over the ranks of a data-parallel job (engine/dist.h; one rank: a copy). A
 // collective: every rank must call it, in the same order.

@@ -222,6 +222,14 @@ float TrainStep::operator()(const data::Batch& batch) {
   return take_losses().last;
 }
 
+Tensor TrainStep::model_input(const data::Batch& batch, const Tensor& x) {
+  if (x.dtype() != DType::u8) return x;
+  HR_CHECK(batch.input_lut.defined(), "train step: a raw (u8) input without its table");
+  Tensor& lut = input_luts_[batch.input_lut.impl()];
+  if (!lut.defined()) lut = batch.input_lut.to(dev_);
+  return ops::normalize_u8(x, lut);
+}
+
 // The compiled training graph for the batch's shape (compiled on first use).
 graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
   const Tensor& input = batch.input();
@@ -237,7 +245,8 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
     {
       AutocastGuard ac(autocast_);
       SyncBatchNormGuard sb(sync_bn_);
-      loss = task_.loss(model_.forward_all(g.input(batch.fields[0].first, input.shape())), targets);
+      const Tensor x = g.input(batch.fields[0].first, input.shape(), input.dtype());
+      loss = task_.loss(model_.forward_all(model_input(batch, x)), targets);
     }
     // fp32, as the device's running sum reads it
     g.output(loss.dtype() == DType::f32 ? loss : ops::cast(loss, DType::f32), "loss");
@@ -280,6 +289,7 @@ data::Batch slice_batch(const data::Batch& b, int64_t begin, int64_t end) {
     r.fields.emplace_back(name, part);
   }
   r.indices.assign(b.indices.begin() + begin, b.indices.begin() + end);
+  r.input_lut = b.input_lut;
   return r;
 }
 
@@ -298,7 +308,8 @@ void TrainStep::step_accumulated(const data::Batch& batch) {
         targets[part.fields[f].first] = part.fields[f].second.to(dev_);
       AutocastGuard ac(autocast_);
       SyncBatchNormGuard sb(sync_bn_);
-      Tensor loss = task_.loss(model_.forward_all(part.input().to(dev_)), targets);
+      Tensor loss = task_.loss(model_.forward_all(model_input(part, part.input().to(dev_))),
+                               targets);
       ops::mul(loss, float(double(part.size()) / double(N))).backward();
       loss_sum += double(loss.item()) * double(part.size());
     }
@@ -347,7 +358,7 @@ void TrainStep::step(const data::Batch& batch) {
     AutocastGuard ac(autocast_);
     SyncBatchNormGuard sb(sync_bn_);
     opt_.zero_grad();
-    Tensor loss = task_.loss(model_.forward_all(input.to(dev_)), targets);
+    Tensor loss = task_.loss(model_.forward_all(model_input(batch, input.to(dev_))), targets);
     loss.backward();
     reduce_gradients();
     opt_.step();
@@ -597,6 +608,9 @@ EvalSummary Trainer::run() {
   lo.workers = std::max(1, std::min<int>(s.workers > 0 ? s.workers : 1,
                                          static_cast<int>(std::thread::hardware_concurrency())));
   lo.seed = s.seed;
+  // CUDA: the input uploaded as the crop's bytes and normalised on the device (a quarter of the
+  // bytes of the normalised fp32 input; datasets with a raw input: pose, classification)
+  lo.raw_input = dev.is_cuda();
   lo.shard_rank = world.rank;
   lo.shard_count = world.size;
   data::DataLoader loader(train, lo);

@@ -60,7 +60,8 @@ TrainState load_training_checkpoint(const std::string& path, models::HRNet& mode
 // The losses are kept until take_losses() reads them: on CUDA with the graph as a running sum on
 // the device, added to by the graph itself, so that steps are queued without the host waiting
 // for the GPU (the batch is uploaded asynchronously from pinned memory, Executable::set_input);
-// otherwise on the host (exact: the same double sum).
+// otherwise on the host (exact: the same double sum). A raw input (u8 bytes and a table:
+// data::LoaderOptions::raw_input, the trainer's choice on CUDA) is normalised on the device.
 class TrainStep {
  public:
   // accumulate > 1: each batch runs as that many micro-batches (split along the batch, sizes as
@@ -112,6 +113,11 @@ class TrainStep {
   bool graph_reduces() const;
   void step_accumulated(const data::Batch& batch);
   graph::Executable& executable_for(const data::Batch& batch);
+  // The model's input from the batch's input x (on dev_, or a graph's value for it): a raw input
+  // (u8, a loader with raw_input) normalised on the device with the batch's table (ops::
+  // normalize_u8; the table's device copy kept here: graphs read it by handle), else x itself.
+  Tensor model_input(const data::Batch& batch, const Tensor& x);
+  std::map<const void*, Tensor> input_luts_;  // host table -> its copy on dev_
   Losses host_losses_;    // the steps not yet taken whose losses the host read (CPU, eager)
   Tensor device_sum_;     // CUDA graph: loss_accumulate's {sum, last} (raw storage for two
                           // doubles); declared before graphs_, so it outlives them

@@ -39,4 +39,20 @@ inline data::Batch heatmap_batch(const Shape& in, int64_t joints, uint64_t seed)
   return b;
 }
 
+// heatmap_batch with a raw input, as a loader with raw_input gives it: random crop bytes u8
+// [N, H, W * 3] and the table `lut` [3, 256]; `plain` receives the same batch with the input
+// normalised (ops::normalize_u8 on the CPU), what the loader would give without raw_input.
+inline data::Batch raw_heatmap_batch(const Shape& in, int64_t joints, uint64_t seed,
+                                     const Tensor& lut, data::Batch* plain) {
+  data::Batch b = heatmap_batch(in, joints, seed);
+  Tensor bytes = Tensor::empty({in[0], in[2], in[3] * 3}, DType::u8);
+  const std::vector<float> u = uniform(size_t(bytes.numel()), seed + 3, 0.f, 255.99f);
+  for (int64_t i = 0; i < bytes.numel(); ++i) bytes.data<uint8_t>()[i] = uint8_t(u[size_t(i)]);
+  *plain = b;
+  plain->fields[0].second = ops::normalize_u8(bytes, lut);
+  b.fields[0].second = bytes;
+  b.input_lut = lut;
+  return b;
+}
+
 }  // namespace hr::test

@@ -64,6 +64,7 @@ enum class In : uint8_t {
   Labels,   // i64 class labels, some equal to the ignore index
   Counter,  // i64 CPU scalar (num_batches_tracked): compared after the run
   Rng,      // i64 [2] {seed, step} on the backend (dropout2d's state): the step compared after
+  Bytes,    // u8, every value 0..255 (raw image crops)
   Absent,   // an optional operand left out
 };
 
@@ -826,6 +827,22 @@ std::vector<Case> make_table() {
   conv_epilogue({2, 5, 7, 6}, {9, 5, 3, 3}, true, {1, 1}, {1, 1});
   conv_epilogue({2, 4, 7, 9}, {6, 4, 3, 3}, true, {2, 2}, {1, 1});
   conv_epilogue({1, 6, 5, 5}, {17, 6, 1, 1}, false, {1, 1}, {0, 0});
+
+  // ---- normalize_u8: bytes [N, H, W * C] (every value 0..255), table [C, 256]
+  auto normalize_u8 = [&](Shape x, int64_t C) -> Case& {
+    Case c;
+    c.op = "normalize_u8";
+    c.attrs = str_cat(C, " channels");
+    c.in = {input("x", In::Bytes, x), param("lut", {C, 256}, false)};
+    c.fn = [](const Args& a) { return V{ops::normalize_u8(a[0], a[1])}; };
+    c.cuda = kF32;  // the output is f32 on every row
+    return add(std::move(c));
+  };
+  normalize_u8({2, 5, 7 * 3}, 3);  // RGB crops, odd sizes (the CUDA tail past whole vectors)
+  normalize_u8({1, 1, 3}, 3);      // one pixel
+  normalize_u8({3, 4, 8 * 4}, 4);  // 4 channels: whole vectors
+  normalize_u8({2, 3, 5}, 1);      // one channel
+  normalize_u8({128, 256, 192 * 3}, 3).perf = true;  // a W32 pose batch
   return t;
 }
 
@@ -844,7 +861,7 @@ bool backend_selected(const std::string& name) {
 // ---------------------------------------------------------------------------------------------
 // Inputs
 
-// Host values of one input (f32 or i64 on the CPU); undefined when absent.
+// Host values of one input (f32, i64 or u8 on the CPU); undefined when absent.
 Tensor host_input(const Input& in, uint64_t seed) {
   const size_t n = static_cast<size_t>(shape_numel(in.shape));
   switch (in.kind) {
@@ -854,6 +871,15 @@ Tensor host_input(const Input& in, uint64_t seed) {
       return Tensor::from_vector_i64({0}, {});
     case In::Rng:
       return ops::dropout_state(seed);
+    case In::Bytes: {  // 0..255 in turn from a random start, then shuffled
+      std::mt19937_64 rng(seed);
+      Tensor t = Tensor::empty(in.shape, DType::u8);
+      uint8_t* b = t.data<uint8_t>();
+      const size_t start = rng() % 256;
+      for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>((start + i) % 256);
+      std::shuffle(b, b + n, rng);
+      return t;
+    }
     case In::Labels: {
       if (!in.values.empty())  // explicit labels (OHEM cases)
         return Tensor::from_vector_i64(std::vector<int64_t>(in.values.begin(), in.values.end()),

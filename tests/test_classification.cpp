@@ -17,6 +17,7 @@
 
 #include "data/classification.h"
 #include "engine/checkpoint.h"
+#include "engine/ops.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -297,4 +298,17 @@ TEST_CASE("the dataset's samples and a corrupt JPEG", "[classification]") {
   ds.load(1, 78, {b.data(), &lb});
   CHECK(a != b);
   CHECK_THROWS_WITH(ds.load(2, 1, {a.data(), &la}), Catch::Contains("3.jpg"));
+  // the raw input: the crop's bytes, which the dataset's table normalises to load()'s input
+  REQUIRE(ds.input_lut() != nullptr);
+  const auto rf = raw_fields(ds);
+  CHECK(rf[0].shape == Shape{32, 32 * 3});
+  CHECK(rf[0].dtype == DType::u8);
+  Tensor bytes = Tensor::empty({1, 32, 32 * 3}, DType::u8);
+  int64_t lr = -1;
+  ds.load(1, 77, {a.data(), &la});
+  ds.load_raw(1, 77, {bytes.raw_data(), &lr});
+  CHECK(lr == la);
+  const Tensor lut = Tensor::from_vector(std::vector<float>(ds.input_lut(), ds.input_lut() + 768),
+                                         {3, 256});
+  CHECK(ops::normalize_u8(bytes, lut).to_vector() == a);
 }

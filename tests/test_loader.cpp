@@ -12,6 +12,7 @@
 #include "data/loader.h"
 #include "data/pose.h"
 #include "engine/error.h"
+#include "engine/ops.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -143,6 +144,37 @@ TEST_CASE("batches are identical for 1 and 3 workers and equal PoseDataset::load
   // two epochs differ in order and augmentation
   const auto e0 = whole_epoch(one, 0), e1 = whole_epoch(one, 1);
   REQUIRE(e0[0].indices != e1[0].indices);
+}
+
+TEST_CASE("a raw-input loader gives the crops' bytes, normalised on the device to the input",
+          "[loader]") {
+  PoseDataset ds(make_records(7), small_options());
+  LoaderOptions o;
+  o.batch_size = 3;
+  o.seed = 9;
+  o.workers = 2;
+  DataLoader plain(ds, o);
+  o.raw_input = true;
+  DataLoader raw(ds, o);
+  const auto a = whole_epoch(plain, 1), b = whole_epoch(raw, 1);
+  REQUIRE(a.size() == 2);
+  REQUIRE(b.size() == 2);
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(b[i].indices == a[i].indices);
+    CHECK_FALSE(a[i].input_lut.defined());
+    const Tensor& x = b[i]["input"];
+    REQUIRE(x.dtype() == DType::u8);
+    REQUIRE(x.shape() == Shape{3, 40, 32 * 3});
+    REQUIRE(b[i].input_lut.shape() == Shape{3, 256});
+    // the table's normalisation of the bytes is the plain batch's input, bit for bit
+    REQUIRE(ops::normalize_u8(x, b[i].input_lut).to_vector() == a[i]["input"].to_vector());
+    REQUIRE(b[i]["target"].to_vector() == a[i]["target"].to_vector());
+    REQUIRE(b[i]["weight"].to_vector() == a[i]["weight"].to_vector());
+    // real image content: not one byte value everywhere
+    const uint8_t* px = x.data<uint8_t>();
+    CHECK(std::set<uint8_t>(px, px + x.numel()).size() > 16);
+  }
+  CHECK(b[0].input_lut.impl() == b[1].input_lut.impl());  // one table for the loader
 }
 
 TEST_CASE("every index appears once per epoch; drop_last drops the tail", "[loader]") {

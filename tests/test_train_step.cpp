@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "heatmap_task.h"
 #include "models/hrnet.h"
@@ -144,4 +145,38 @@ TEST_CASE("TrainStep with accumulation: the size-weighted sum of its micro-batch
         REQUIRE(r.ok);
       }
   }
+}
+
+// A raw input (u8 crops and the dataset's table, as a loader with raw_input gives them: the CUDA
+// trainer's upload) is normalised by the step itself: the same losses and weights, bit for bit,
+// as the normalised input, eager and through the graph, with and without micro-batches.
+TEST_CASE("TrainStep normalises a raw input: the same steps as the normalised input",
+          "[trainer]") {
+  HeatmapTask task;
+  const models::ModelSpec spec = small_spec(models::Head::Pose, true);
+  const Shape in{4, 3, 32, 32};
+  std::vector<float> lut_v = test::uniform(768, 5, -2.f, 2.f);
+  const Tensor lut = Tensor::from_vector(lut_v, {3, 256});
+  std::vector<data::Batch> plain(3), raw;
+  for (int k = 0; k < 3; ++k)
+    raw.push_back(test::raw_heatmap_batch(in, spec.num_joints, 300 + 7 * k, lut, &plain[k]));
+  for (bool graph : {false, true})
+    for (int accumulate : {1, 2}) {
+      INFO((graph ? "graph" : "eager") << ", accumulate " << accumulate);
+      std::vector<float> losses[2];
+      std::vector<std::vector<float>> weights[2];
+      for (int mode = 0; mode < 2; ++mode) {
+        models::HRNet model(spec, 3);
+        model.train();
+        SGDOptions so;
+        so.lr = 0.05;
+        so.momentum = 0.9;
+        SGD opt(model.parameters(), so);
+        tasks::TrainStep step(task, model, opt, Device::cpu(), DType::f32, graph, accumulate);
+        for (const data::Batch& b : mode ? raw : plain) losses[mode].push_back(step(b));
+        for (const Tensor& p : model.parameters()) weights[mode].push_back(p.to_vector());
+      }
+      CHECK(losses[1] == losses[0]);
+      CHECK(weights[1] == weights[0]);
+    }
 }

@@ -1,6 +1,6 @@
 // CPU fp32 <-> bf16 / fp16 conversion in integer arithmetic (no F16C needed): round to nearest
 // even, NaN stays NaN (quieted, sign and top payload bits kept), fp16 subnormals, values past
-// the largest finite number round to infinity.
+// the largest finite number round to infinity. And bytes through a table to planar floats.
 #include <cstdint>
 #include <cstring>
 
@@ -79,6 +79,18 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
 void f16_to_f32(int64_t n, const uint16_t* x, float* y) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) y[i] = from_f16(x[i]);
+}
+
+void lut_u8_planar(int64_t N, int64_t HW, int64_t C, const uint8_t* x, const float* lut,
+                   float* y) {
+#pragma omp parallel for schedule(static) if (N * HW * C >= kParallelMin)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const uint8_t* xs = x + n * HW * C + c;
+      const float* t = lut + c * 256;
+      float* yc = y + (n * C + c) * HW;
+      for (int64_t p = 0; p < HW; ++p) yc[p] = t[xs[p * C]];
+    }
 }
 
 }  // namespace hr::cpu

@@ -287,4 +287,10 @@ void bf16_to_f32(int64_t n, const uint16_t* x, float* y);
 void f32_to_f16(int64_t n, const float* x, uint16_t* y);
 void f16_to_f32(int64_t n, const uint16_t* x, float* y);
 
+// ---- bytes through a table (a dataset's input normalisation, done on the device) ----
+// y [N, C, HW] = lut[c][x [N, HW, C]]: channel-interleaved bytes (an RGB crop) to planar floats,
+// each value the table's entry for its channel and byte. lut [C][256].
+void lut_u8_planar(int64_t N, int64_t HW, int64_t C, const uint8_t* x, const float* lut,
+                   float* y);
+
 }  // namespace hr::cpu

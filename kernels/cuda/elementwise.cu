@@ -197,6 +197,41 @@ void convert(int64_t n, DT from, const void* x, DT to, void* y, Stream st) {
   HR_DISPATCH_DT(from, Tin, convert_from<Tin>(n, static_cast<const Tin*>(x), to, y, st));
 }
 
+// y[i] = lut[i % C][x[i]], the table in shared memory; each thread four bytes at a time.
+__global__ void lut_u8_kernel(int64_t n, int C, const uint8_t* __restrict__ x,
+                              const float* __restrict__ lut, float* __restrict__ y, bool vec) {
+  __shared__ float t[4 * 256];
+  for (int i = threadIdx.x; i < C * 256; i += blockDim.x) t[i] = lut[i];
+  __syncthreads();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (vec) {
+    const int64_t nv = n / 4;
+    for (int64_t i = tid; i < nv; i += stride) {
+      const uchar4 b = reinterpret_cast<const uchar4*>(x)[i];
+      const int c0 = int((4 * i) % C);
+      float4 v;
+      v.x = t[c0 * 256 + b.x];
+      v.y = t[((c0 + 1) % C) * 256 + b.y];
+      v.z = t[((c0 + 2) % C) * 256 + b.z];
+      v.w = t[((c0 + 3) % C) * 256 + b.w];
+      reinterpret_cast<float4*>(y)[i] = v;
+    }
+    done = nv * 4;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) y[i] = t[int(i % C) * 256 + x[i]];
+}
+
+void lut_u8(int64_t n, int C, const uint8_t* x, const float* lut, float* y, Stream st) {
+  if (n <= 0) return;
+  HR_CHECK(C >= 1 && C <= 4, "lut_u8: 1 to 4 channels, got ", C);
+  const bool vec = detail::aligned(4, {x}) && detail::aligned(16, {y});
+  const int64_t blocks = detail::wave_blocks(vec ? (n + 3) / 4 : n, 256);
+  lut_u8_kernel<<<unsigned(blocks), 256, 0, detail::stream_of(st)>>>(n, C, x, lut, y, vec);
+  HR_CUDA_LAUNCH_CHECK();
+}
+
 namespace detail {
 
 // y [M,C], bias [C]

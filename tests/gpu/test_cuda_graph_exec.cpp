@@ -533,3 +533,34 @@ TEST_CASE("cuda graph exec: TrainStep in bf16 reads the optimizer's weight copie
   }
   CHECK(sg.executable()->stats().weight_copies == convs);
 }
+
+// The CUDA trainer uploads the crops' bytes (u8, a quarter of the fp32 input's) and normalises
+// them on the device (ops::normalize_u8 in the captured graph, the table a parameter): the same
+// steps as uploading the normalised input.
+TEST_CASE("cuda graph exec: TrainStep with a raw u8 input equals the normalised input",
+          "[cuda][graph]") {
+  HeatmapTask task;
+  const ModelSpec spec = small_spec(Head::Pose, true);
+  const Shape in{2, 3, 64, 64};
+  const Tensor lut = Tensor::from_vector(test::uniform(768, 6, -2.f, 2.f), {3, 256});
+  HRNet a(spec, 61), b(spec, 61);
+  for (HRNet* m : {&a, &b}) {
+    m->train();
+    m->to(Device::cuda());
+  }
+  auto oa = make_test_optimizer("sgd", a.parameters()),
+       ob = make_test_optimizer("sgd", b.parameters());
+  tasks::TrainStep sa(task, a, *oa, Device::cuda(), DType::f32, true),
+      sb(task, b, *ob, Device::cuda(), DType::f32, true);
+  for (int k = 0; k < 4; ++k) {
+    data::Batch plain;
+    const data::Batch raw = test::raw_heatmap_batch(in, spec.num_joints, 800 + 10 * k, lut, &plain);
+    const float la = sa(plain), lb = sb(raw);
+    INFO("step " << k);
+    CHECK(lb == Approx(la).epsilon(1e-6));
+  }
+  CHECK(sb.executable()->captured());
+  const NamedTensors pa = a.named_parameters(), pb = b.named_parameters();
+  for (size_t i = 0; i < pa.size(); ++i)
+    require_close_scaled(pb[i].second, pa[i].second, 1e-6, "parameter " + pa[i].first);
+}
