@@ -154,24 +154,30 @@ SegAugment draw_seg_augment(int w, int h, const SegOptions& o, std::mt19937_64& 
   return a;
 }
 
-void normalize_seg_input(const Image& rgb, const std::array<double, 3>& mean,
-                         const std::array<double, 3>& std, float* chw) {
-  HR_CHECK(rgb.channels == 3, "normalize_seg_input: ", rgb.channels, " channels, expected 3");
-  float lut[3][256];
+std::array<float, 768> seg_input_lut(const std::array<double, 3>& mean,
+                                     const std::array<double, 3>& std) {
+  std::array<float, 768> lut;
   for (int c = 0; c < 3; ++c)
     for (int v = 0; v < 256; ++v) {
       const float x = static_cast<float>(v) / 255.f;  // float32 image / 255.0
       const float m = static_cast<float>(double(x) - mean[size_t(c)]);  // -= mean (float64 list)
-      lut[c][v] = static_cast<float>(double(m) / std[size_t(c)]);        // /= std
+      lut[size_t(c * 256 + v)] = static_cast<float>(double(m) / std[size_t(c)]);  // /= std
     }
+  return lut;
+}
+
+void normalize_seg_input(const Image& rgb, const std::array<double, 3>& mean,
+                         const std::array<double, 3>& std, float* chw) {
+  HR_CHECK(rgb.channels == 3, "normalize_seg_input: ", rgb.channels, " channels, expected 3");
+  const std::array<float, 768> lut = seg_input_lut(mean, std);
   const size_t n = size_t(rgb.width) * rgb.height;
   const uint8_t* p = rgb.pixels.data();
   for (size_t i = 0; i < n; ++i)
-    for (int c = 0; c < 3; ++c) chw[size_t(c) * n + i] = lut[c][p[3 * i + c]];
+    for (int c = 0; c < 3; ++c) chw[size_t(c) * n + i] = lut[size_t(c * 256 + p[3 * i + c])];
 }
 
 void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, const SegAugment& a,
-                     float* input, int64_t* label) {
+                     float* input, int64_t* label, uint8_t* raw_input) {
   HR_CHECK(rgb.channels == 3 && ids.channels == 1 && rgb.width == ids.width &&
                rgb.height == ids.height && rgb.width > 0 && rgb.height > 0,
            "[segmentation] sample: image ", rgb.width, "x", rgb.height, "x", rgb.channels,
@@ -212,7 +218,8 @@ void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, co
     flip_horizontal(img);
     flip_horizontal(lab);
   }
-  normalize_seg_input(img, o.mean, o.std, input);
+  if (raw_input) std::memcpy(raw_input, img.pixels.data(), img.pixels.size());
+  if (input) normalize_seg_input(img, o.mean, o.std, input);
   if (o.downsample_rate != 1) {
     const double f = 1. / o.downsample_rate;
     lab = resize_nearest_scale(lab, f, f);
@@ -231,6 +238,7 @@ SegmentationDataset::SegmentationDataset(SegList list, SegOptions opt)
     : list_(std::move(list)), opt_(opt) {
   check_seg_options(opt_);
   table_ = seg_label_table(opt_.mapping, opt_.ignore_label, opt_.num_classes);
+  lut_ = seg_input_lut(opt_.mean, opt_.std);
 }
 
 std::vector<Field> SegmentationDataset::fields() const {
@@ -253,12 +261,21 @@ void SegmentationDataset::read_item(size_t i, Image& rgb, Image& ids) const {
 }
 
 void SegmentationDataset::load(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  load_sample(i, seed, static_cast<float*>(out[0]), static_cast<int64_t*>(out[1]), nullptr);
+}
+
+void SegmentationDataset::load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  load_sample(i, seed, nullptr, static_cast<int64_t*>(out[1]), static_cast<uint8_t*>(out[0]));
+}
+
+void SegmentationDataset::load_sample(size_t i, uint64_t seed, float* input, int64_t* label,
+                                      uint8_t* raw) const {
   Image rgb, ids;
   read_item(i, rgb, ids);
   std::mt19937_64 rng(seed);
   const SegAugment a = draw_seg_augment(rgb.width, rgb.height, opt_, rng);
   try {
-    make_seg_sample(rgb, ids, opt_, a, static_cast<float*>(out[0]), static_cast<int64_t*>(out[1]));
+    make_seg_sample(rgb, ids, opt_, a, input, label, raw);
   } catch (const Error& e) {
     throw Error(str_cat(e.what(), " (", list_.items[i].image, ")"));
   }

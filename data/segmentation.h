@@ -109,13 +109,17 @@ SegAugment draw_seg_augment(int w, int h, const SegOptions& o, std::mt19937_64& 
 // [H,W,3] -> f32 [3,H,W].
 void normalize_seg_input(const Image& rgb, const std::array<double, 3>& mean,
                          const std::array<double, 3>& std, float* chw);
+// The table normalize_seg_input reads, [3][256]: channel c's value for byte v.
+std::array<float, 768> seg_input_lut(const std::array<double, 3>& mean,
+                                     const std::array<double, 3>& std);
 
 // gen_sample with the given choices: `rgb` (the image) and `ids` (train ids, 1 channel, the same
 // size, already mapped) -> `input` [3,crop_h,crop_w] f32 and `label` seg_label_size() i64. With
 // multi_scale: resize, pad, crop; without it the image must be the crop's size (the official
-// returns the whole image then). Then the flip, then DOWNSAMPLERATE.
+// returns the whole image then). Then the flip, then DOWNSAMPLERATE. raw_input: the crop's bytes
+// [crop_h, crop_w * 3] (what normalize_seg_input reads), as well as or instead of `input` (null).
 void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, const SegAugment& a,
-                     float* input, int64_t* label);
+                     float* input, int64_t* label, uint8_t* raw_input = nullptr);
 
 // One image at its full size without augmentation (the official validation sample: gen_sample
 // with multi_scale and flip off).
@@ -134,6 +138,8 @@ class SegmentationDataset : public Dataset {
   std::vector<Field> fields() const override;
   void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   bool skip_corrupt() const override { return opt_.skip_corrupt; }
+  const float* input_lut() const override { return lut_.data(); }
+  void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   SegFullSample load_full(size_t i) const;
   // Item i's image and its labels mapped to train ids (1 channel), checked: both readable, the
   // same size, every id in the mapping. Errors name the file.
@@ -145,6 +151,8 @@ class SegmentationDataset : public Dataset {
   SegList list_;
   SegOptions opt_;
   std::array<int16_t, 256> table_;
+  std::array<float, 768> lut_;  // seg_input_lut(opt_.mean, opt_.std)
+  void load_sample(size_t i, uint64_t seed, float* input, int64_t* label, uint8_t* raw) const;
 };
 
 }  // namespace hr::data

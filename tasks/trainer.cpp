@@ -609,7 +609,8 @@ EvalSummary Trainer::run() {
                                          static_cast<int>(std::thread::hardware_concurrency())));
   lo.seed = s.seed;
   // CUDA: the input uploaded as the crop's bytes and normalised on the device (a quarter of the
-  // bytes of the normalised fp32 input; datasets with a raw input: pose, classification)
+  // bytes of the normalised fp32 input; datasets with a raw input: pose, classification,
+  // segmentation)
   lo.raw_input = dev.is_cuda();
   lo.shard_rank = world.rank;
   lo.shard_count = world.size;

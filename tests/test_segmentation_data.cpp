@@ -16,6 +16,7 @@
 #include "data/segmentation.h"
 #include "engine/checkpoint.h"
 #include "engine/error.h"
+#include "engine/ops.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -325,6 +326,15 @@ TEST_CASE("the dataset draws its augmentation from the sample seed alone", "[seg
     make_seg_sample(rgb, ids, o, a, want.data(), want_lab.data());
     REQUIRE(in == want);
     REQUIRE(lab == want_lab);
+    if (seed % 20 == 0) {  // the raw input: the crop's bytes, normalised by the dataset's table
+      Tensor bytes = Tensor::empty({1, 24, 40 * 3}, DType::u8);
+      std::vector<int64_t> lab3(lab.size());
+      ds.load_raw(0, seed, {bytes.raw_data(), lab3.data()});
+      REQUIRE(lab3 == lab);
+      const Tensor lut = Tensor::from_vector(
+          std::vector<float>(ds.input_lut(), ds.input_lut() + 768), {3, 256});
+      REQUIRE(ops::normalize_u8(bytes, lut).to_vector() == in);
+    }
   }
   REQUIRE(steps.size() == 11);
   REQUIRE(flips > 70);
