@@ -11,6 +11,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <random>
 #include <thread>
 
@@ -34,8 +35,9 @@ uint64_t sample_seed(uint64_t seed, int64_t epoch, size_t index) {
                     static_cast<uint64_t>(index));
 }
 
+// A programming error, not a corrupt sample (hr::Error would be skipped as one: every sample).
 void Dataset::load_raw(size_t, uint64_t, const std::vector<void*>&) const {
-  throw Error("dataset: no raw input (input_lut() is null)");
+  throw std::logic_error("dataset: load_raw() called on a dataset without a raw input");
 }
 
 std::vector<Field> raw_fields(const Dataset& ds) {

@@ -225,9 +225,14 @@ float TrainStep::operator()(const data::Batch& batch) {
 Tensor TrainStep::model_input(const data::Batch& batch, const Tensor& x) {
   if (x.dtype() != DType::u8) return x;
   HR_CHECK(batch.input_lut.defined(), "train step: a raw (u8) input without its table");
-  Tensor& lut = input_luts_[batch.input_lut.impl()];
-  if (!lut.defined()) lut = batch.input_lut.to(dev_);
-  return ops::normalize_u8(x, lut);
+  if (!input_lut_.defined()) {
+    input_lut_host_ = batch.input_lut;
+    input_lut_ = batch.input_lut.to(dev_);
+  }
+  HR_CHECK(batch.input_lut.impl() == input_lut_host_.impl() ||
+               batch.input_lut.to_vector() == input_lut_host_.to_vector(),
+           "train step: the batches' input tables differ (the compiled graphs read the first)");
+  return ops::normalize_u8(x, input_lut_);
 }
 
 // The compiled training graph for the batch's shape (compiled on first use).
@@ -610,11 +615,14 @@ EvalSummary Trainer::run() {
   lo.seed = s.seed;
   // CUDA: the input uploaded as the crop's bytes and normalised on the device (a quarter of the
   // bytes of the normalised fp32 input; datasets with a raw input: pose, classification,
-  // segmentation)
-  lo.raw_input = dev.is_cuda();
+  // segmentation). HR_RAW_INPUT=0|1 decides instead (the same results either way).
+  const char* raw_env = std::getenv("HR_RAW_INPUT");
+  lo.raw_input = raw_env && *raw_env ? raw_env[0] == '1' : dev.is_cuda();
   lo.shard_rank = world.rank;
   lo.shard_count = world.size;
   data::DataLoader loader(train, lo);
+  if (lo.raw_input && train.input_lut())
+    say("the input goes to the device as the crops' bytes, normalised there");
   HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
            " samples, fewer than one batch of ", s.batch);
   const int64_t iters_per_epoch = loader.batches_per_epoch();

@@ -64,7 +64,7 @@ enum class In : uint8_t {
   Labels,   // i64 class labels, some equal to the ignore index
   Counter,  // i64 CPU scalar (num_batches_tracked): compared after the run
   Rng,      // i64 [2] {seed, step} on the backend (dropout2d's state): the step compared after
-  Bytes,    // u8, every value 0..255 (raw image crops)
+  Bytes,    // u8 (raw image crops): consecutive values from a random start, shuffled
   Absent,   // an optional operand left out
 };
 

@@ -285,6 +285,26 @@ TEST_CASE("hrnet-train: PRINT_FREQ thins the train lines, the losses stay the sa
   for (size_t i = 0; i < le.size(); ++i) CHECK(lt[i] == Approx(le[i]).epsilon(1e-5));
 }
 
+// The input as the loader's raw bytes (the CUDA trainer's upload), normalised by the step
+// (HR_RAW_INPUT=1, here on the CPU): the same run, loss for loss.
+TEST_CASE("hrnet-train: a raw input normalised by the step trains bit for bit the same",
+          "[apps][pose]") {
+  const Trained& t = trained();  // PRINT_FREQ 1
+  const std::string d = (kWork / "run_raw").string();
+  Run r = run(std::string("HR_RAW_INPUT=1 ") + HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + d);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("as the crops' bytes") != std::string::npos);
+  const auto every = train_lines(t.dir), raw = train_lines(d);
+  REQUIRE(every.size() > 4);
+  REQUIRE(raw.size() == every.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    INFO(raw[i]);
+    CHECK(json_number(raw[i], "step") == json_number(every[i], "step"));
+    CHECK(json_number(raw[i], "loss") == json_number(every[i], "loss"));
+  }
+}
+
 TEST_CASE(
     "hrnet-eval reproduces the AP hrnet-train reported, and --results "
     "scores the file",
