@@ -37,10 +37,16 @@ class Dataset {
   // ops::normalize_u8 of the raw input with the table equals load()'s input bit for bit.
   virtual const float* input_lut() const { return nullptr; }
   virtual void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const;
+  // The raw input is an image padded to the input's size, its valid region given per sample:
+  // raw_fields() then ends with "input_size" i64 [2] ({h, w}, which load_raw() writes), and the
+  // input outside that region is 0 (ops::normalize_u8 with the sizes).
+  virtual bool raw_input_sized() const { return false; }
 };
 
-// fields() with the input as load_raw() writes it: u8 [H, W * 3] for [3, H, W].
+// fields() with the input as load_raw() writes it: u8 [H, W * 3] for [3, H, W], and
+// "input_size" i64 [2] last when the dataset's raw input is sized.
 std::vector<Field> raw_fields(const Dataset& ds);
+constexpr const char* kInputSizeField = "input_size";
 
 // Samples [begin, end) of another dataset (which must outlive it), as samples 0..end-begin-1
 // (a data-parallel job's part of a validation split).
@@ -58,6 +64,7 @@ class DatasetRange : public Dataset {
   void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override {
     base_.load_raw(begin_ + i, seed, out);
   }
+  bool raw_input_sized() const override { return base_.raw_input_sized(); }
   size_t begin() const { return begin_; }
 
  private:

@@ -139,25 +139,30 @@ std::vector<size_t> det_clip_boxes(std::vector<Box>& boxes, int w, int h, bool r
   return keep;
 }
 
-void det_normalize(const Image& rgb, const DetTransformOptions& o, int canvas_h, int canvas_w,
-                   float* chw) {
-  HR_CHECK(rgb.channels == 3 && rgb.width <= canvas_w && rgb.height <= canvas_h,
-           "[detection] normalize: a ", rgb.width, "x", rgb.height, "x", rgb.channels,
-           " image into a ", canvas_w, "x", canvas_h, " canvas");
+std::array<float, 768> det_input_lut(const DetTransformOptions& o) {
   // F.to_tensor (v / 255), [[2, 1, 0]] * 255, F.normalize (- mean, / std): float32 each step
-  float lut[3][256];
+  std::array<float, 768> lut;
   for (int c = 0; c < 3; ++c)
     for (int v = 0; v < 256; ++v) {
       float t = divf(static_cast<float>(v), 255.f);
       if (o.to_bgr255) t = mulf(t, 255.f);
       t = t - o.pixel_mean[size_t(c)];
-      lut[c][v] = divf(t, o.pixel_std[size_t(c)]);
+      lut[size_t(256 * c + v)] = divf(t, o.pixel_std[size_t(c)]);
     }
+  return lut;
+}
+
+void det_normalize(const Image& rgb, const DetTransformOptions& o, int canvas_h, int canvas_w,
+                   float* chw) {
+  HR_CHECK(rgb.channels == 3 && rgb.width <= canvas_w && rgb.height <= canvas_h,
+           "[detection] normalize: a ", rgb.width, "x", rgb.height, "x", rgb.channels,
+           " image into a ", canvas_w, "x", canvas_h, " canvas");
+  const std::array<float, 768> lut = det_input_lut(o);
   const size_t plane = size_t(canvas_h) * canvas_w;
   std::memset(chw, 0, 3 * plane * sizeof(float));
   for (int c = 0; c < 3; ++c) {
-    const int src = o.to_bgr255 ? 2 - c : c;
-    const float* l = lut[c];
+    const int src = det_input_channel(o, c);
+    const float* l = lut.data() + 256 * c;
     for (int y = 0; y < rgb.height; ++y) {
       const uint8_t* p = rgb.row(y) + src;
       float* d = chw + size_t(c) * plane + size_t(y) * canvas_w;
@@ -273,6 +278,7 @@ DetDataset::DetDataset(std::vector<DetRecord> records, DetDatasetOptions opt)
     : records_(std::move(records)), opt_(std::move(opt)) {
   check_det_dataset_options(opt_);
   num_locations_ = fcos_num_locations(opt_.levels);
+  lut_ = det_input_lut(opt_.transform);
 }
 
 std::vector<Field> DetDataset::fields() const {
@@ -284,7 +290,7 @@ std::vector<Field> DetDataset::fields() const {
           {"positive", {P}}};
 }
 
-DetSample DetDataset::load_sample(size_t i, uint64_t seed, float* input) const {
+DetSample DetDataset::load_sample(size_t i, uint64_t seed, float* input, uint8_t* raw) const {
   HR_CHECK(i < records_.size(), "[detection] dataset: index ", i, " out of range (",
            records_.size(), " images)");
   const DetRecord& r = records_[i];
@@ -305,13 +311,35 @@ DetSample DetDataset::load_sample(size_t i, uint64_t seed, float* input) const {
   s.image_h = t.image.height;
   s.image_w = t.image.width;
   if (input) det_normalize(t.image, opt_.transform, opt_.canvas_h, opt_.canvas_w, input);
+  if (raw) {  // the canvas' bytes: the image at the top-left, channels in the model's order
+    const int W = opt_.canvas_w;
+    std::memset(raw, 0, size_t(opt_.canvas_h) * size_t(W) * 3);
+    for (int y = 0; y < t.image.height; ++y) {
+      const uint8_t* p = t.image.row(y);
+      uint8_t* d = raw + size_t(y) * size_t(W) * 3;
+      for (int x = 0; x < t.image.width; ++x)
+        for (int c = 0; c < 3; ++c)
+          d[3 * x + c] = p[3 * x + det_input_channel(opt_.transform, c)];
+    }
+  }
   s.boxes = std::move(t.boxes);
   s.labels = r.labels;
   return s;
 }
 
 void DetDataset::load(size_t i, uint64_t seed, const std::vector<void*>& out) const {
-  const DetSample s = load_sample(i, seed, static_cast<float*>(out[0]));
+  write_targets(load_sample(i, seed, static_cast<float*>(out[0])), out);
+}
+
+void DetDataset::load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const {
+  const DetSample s = load_sample(i, seed, nullptr, static_cast<uint8_t*>(out[0]));
+  write_targets(s, out);
+  auto* size = static_cast<int64_t*>(out[5]);  // raw_fields: "input_size" last
+  size[0] = s.image_h;
+  size[1] = s.image_w;
+}
+
+void DetDataset::write_targets(const DetSample& s, const std::vector<void*>& out) const {
   auto* labels = static_cast<int64_t*>(out[1]);
   fcos_targets(opt_.levels, s.boxes, s.labels, labels, static_cast<float*>(out[2]),
                static_cast<float*>(out[3]));

@@ -66,6 +66,12 @@ std::vector<size_t> det_clip_boxes(std::vector<Box>& boxes, int w, int h, bool r
 // (channel 0 = blue), else (v / 255 - mean) / std (channel 0 = red), each step in float32.
 void det_normalize(const Image& rgb, const DetTransformOptions& o, int canvas_h, int canvas_w,
                    float* chw);
+// The table det_normalize reads, [3][256]: channel c's value (the model's channel order) for
+// byte v of the image's channel det_input_channel(o, c).
+std::array<float, 768> det_input_lut(const DetTransformOptions& o);
+inline int det_input_channel(const DetTransformOptions& o, int c) {
+  return o.to_bgr255 ? 2 - c : c;
+}
 
 // The random choices of one sample: Resize's min size, then the flip.
 struct DetAugment {
@@ -144,8 +150,14 @@ class DetDataset : public Dataset {
   std::vector<Field> fields() const override;
   void load(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
   bool skip_corrupt() const override { return opt_.skip_corrupt; }
-  // Builds sample i: the input (may be null) and the sample's boxes; throws naming the file.
-  DetSample load_sample(size_t i, uint64_t seed, float* input) const;
+  // The raw input: the resized image's bytes at the canvas' top-left in the model's channel
+  // order (BGR with to_bgr255), zero bytes around, and its size (raw_input_sized).
+  const float* input_lut() const override { return lut_.data(); }
+  void load_raw(size_t i, uint64_t seed, const std::vector<void*>& out) const override;
+  bool raw_input_sized() const override { return true; }
+  // Builds sample i: the input (may be null; or raw: the bytes load_raw writes) and the sample's
+  // boxes; throws naming the file.
+  DetSample load_sample(size_t i, uint64_t seed, float* input, uint8_t* raw = nullptr) const;
   const DetRecord& record(size_t i) const { return records_[i]; }
   const std::vector<DetRecord>& records() const { return records_; }
   const DetDatasetOptions& options() const { return opt_; }
@@ -154,6 +166,9 @@ class DetDataset : public Dataset {
   std::vector<DetRecord> records_;
   DetDatasetOptions opt_;
   int64_t num_locations_ = 0;
+  std::array<float, 768> lut_;  // det_input_lut(opt_.transform)
+  // the FCOS targets of a loaded sample into out[1..4]
+  void write_targets(const DetSample& s, const std::vector<void*>& out) const;
 };
 
 // ---------------------------------------------------------------------------------------------

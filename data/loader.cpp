@@ -47,6 +47,7 @@ std::vector<Field> raw_fields(const Dataset& ds) {
            f.empty() ? std::string("no fields") : shape_str(f[0].shape));
   f[0].shape = {f[0].shape[1], f[0].shape[2] * 3};
   f[0].dtype = DType::u8;
+  if (ds.raw_input_sized()) f.push_back({kInputSizeField, {2}, DType::i64});
   return f;
 }
 

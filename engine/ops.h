@@ -133,8 +133,9 @@ Tensor reshape(const Tensor& x, const Shape& shape);
 Tensor cast(const Tensor& x, DType dtype);
 // A dataset's raw input to the model's: x u8 [N, H, W * C] (channel-interleaved crops),
 // lut f32 [C, 256] (data::Dataset::input_lut) -> f32 [N, C, H, W], y[n, c, h, w] =
-// lut[c, x[n, h, w * C + c]]. Not differentiable.
-Tensor normalize_u8(const Tensor& x, const Tensor& lut);
+// lut[c, x[n, h, w * C + c]]; with size i64 [N, 2] (sample n's valid {h, w}: an image padded to
+// the batch's canvas), 0 outside it. Not differentiable.
+Tensor normalize_u8(const Tensor& x, const Tensor& lut, const Tensor& size = Tensor());
 
 // x (f32) averaged over the ranks of a data-parallel job (engine/dist.h; one rank: a copy). A
 // collective: every rank must call it, in the same order.

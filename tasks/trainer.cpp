@@ -222,7 +222,8 @@ float TrainStep::operator()(const data::Batch& batch) {
   return take_losses().last;
 }
 
-Tensor TrainStep::model_input(const data::Batch& batch, const Tensor& x) {
+Tensor TrainStep::model_input(const data::Batch& batch, const Tensor& x,
+                              const std::map<std::string, Tensor>& targets) {
   if (x.dtype() != DType::u8) return x;
   HR_CHECK(batch.input_lut.defined(), "train step: a raw (u8) input without its table");
   if (!input_lut_.defined()) {
@@ -232,7 +233,8 @@ Tensor TrainStep::model_input(const data::Batch& batch, const Tensor& x) {
   HR_CHECK(batch.input_lut.impl() == input_lut_host_.impl() ||
                batch.input_lut.to_vector() == input_lut_host_.to_vector(),
            "train step: the batches' input tables differ (the compiled graphs read the first)");
-  return ops::normalize_u8(x, input_lut_);
+  const auto size = targets.find(data::kInputSizeField);
+  return ops::normalize_u8(x, input_lut_, size == targets.end() ? Tensor() : size->second);
 }
 
 // The compiled training graph for the batch's shape (compiled on first use).
@@ -251,7 +253,7 @@ graph::Executable& TrainStep::executable_for(const data::Batch& batch) {
       AutocastGuard ac(autocast_);
       SyncBatchNormGuard sb(sync_bn_);
       const Tensor x = g.input(batch.fields[0].first, input.shape(), input.dtype());
-      loss = task_.loss(model_.forward_all(model_input(batch, x)), targets);
+      loss = task_.loss(model_.forward_all(model_input(batch, x, targets)), targets);
     }
     // fp32, as the device's running sum reads it
     g.output(loss.dtype() == DType::f32 ? loss : ops::cast(loss, DType::f32), "loss");
@@ -313,8 +315,8 @@ void TrainStep::step_accumulated(const data::Batch& batch) {
         targets[part.fields[f].first] = part.fields[f].second.to(dev_);
       AutocastGuard ac(autocast_);
       SyncBatchNormGuard sb(sync_bn_);
-      Tensor loss = task_.loss(model_.forward_all(model_input(part, part.input().to(dev_))),
-                               targets);
+      const Tensor x = model_input(part, part.input().to(dev_), targets);
+      Tensor loss = task_.loss(model_.forward_all(x), targets);
       ops::mul(loss, float(double(part.size()) / double(N))).backward();
       loss_sum += double(loss.item()) * double(part.size());
     }
@@ -363,7 +365,8 @@ void TrainStep::step(const data::Batch& batch) {
     AutocastGuard ac(autocast_);
     SyncBatchNormGuard sb(sync_bn_);
     opt_.zero_grad();
-    Tensor loss = task_.loss(model_.forward_all(model_input(batch, input.to(dev_))), targets);
+    const Tensor x = model_input(batch, input.to(dev_), targets);
+    Tensor loss = task_.loss(model_.forward_all(x), targets);
     loss.backward();
     reduce_gradients();
     opt_.step();
@@ -614,15 +617,15 @@ EvalSummary Trainer::run() {
                                          static_cast<int>(std::thread::hardware_concurrency())));
   lo.seed = s.seed;
   // CUDA: the input uploaded as the crop's bytes and normalised on the device (a quarter of the
-  // bytes of the normalised fp32 input; datasets with a raw input: pose, classification,
-  // segmentation). HR_RAW_INPUT=0|1 decides instead (the same results either way).
+  // bytes of the normalised fp32 input; every task's dataset has a raw input).
+  // HR_RAW_INPUT=0|1 decides instead (the same results either way).
   const char* raw_env = std::getenv("HR_RAW_INPUT");
   lo.raw_input = raw_env && *raw_env ? raw_env[0] == '1' : dev.is_cuda();
   lo.shard_rank = world.rank;
   lo.shard_count = world.size;
   data::DataLoader loader(train, lo);
   if (lo.raw_input && train.input_lut())
-    say("the input goes to the device as the crops' bytes, normalised there");
+    say("the input goes to the device as its bytes (u8), normalised there");
   HR_CHECK(loader.batches_per_epoch() > 0, "the training split has ", train.size(),
            " samples, fewer than one batch of ", s.batch);
   const int64_t iters_per_epoch = loader.batches_per_epoch();

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "test_util.h"
 
@@ -148,6 +149,24 @@ inline double json_number(const std::string& line, const std::string& key) {
   INFO("no " << k << " in " << line);
   REQUIRE(at != std::string::npos);
   return std::strtod(line.c_str() + at + k.size(), nullptr);
+}
+
+// The lines of dir/metrics.jsonl of one type ("train", "epoch", "eval").
+inline std::vector<std::string> metric_lines(const std::string& dir, const std::string& type) {
+  std::istringstream log(slurp(dir + "/metrics.jsonl"));
+  std::vector<std::string> out;
+  const std::string tag = "\"type\":\"" + type + "\"";
+  for (std::string line; std::getline(log, line);)
+    if (line.find(tag) != std::string::npos) out.push_back(line);
+  return out;
+}
+
+// json_number(key) of each of those lines.
+inline std::vector<double> metric_values(const std::string& dir, const std::string& type,
+                                         const std::string& key) {
+  std::vector<double> out;
+  for (const std::string& line : metric_lines(dir, type)) out.push_back(json_number(line, key));
+  return out;
 }
 
 }  // namespace hr::test

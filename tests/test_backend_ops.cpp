@@ -843,6 +843,12 @@ std::vector<Case> make_table() {
   normalize_u8({3, 4, 8 * 4}, 4);  // 4 channels: whole vectors
   normalize_u8({2, 3, 5}, 1);      // one channel
   normalize_u8({128, 256, 192 * 3}, 3).perf = true;  // a W32 pose batch
+  {  // images padded to the batch's canvas: each sample's valid {h, w} (0..5), zeros outside
+    Case& c = normalize_u8({3, 5, 7 * 3}, 3);
+    c.attrs += ", valid sizes";
+    c.in.push_back(labels({3, 2}, 6, 4));
+    c.fn = [](const Args& a) { return V{ops::normalize_u8(a[0], a[1], a[2])}; };
+  }
   return t;
 }
 

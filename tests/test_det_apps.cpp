@@ -133,6 +133,21 @@ TEST_CASE("hrnet-train trains HRNet-FCOS from an official-format file and writes
   CHECK(data::load_detections(results).size() == persons);
 }
 
+// The input as the loader's raw bytes (the CUDA trainer's upload: the canvas' BGR bytes and each
+// image's size), normalised by the step (HR_RAW_INPUT=1, here on the CPU): the same steps.
+TEST_CASE("hrnet-train HRNet-FCOS on a raw input trains loss for loss the same", "[apps][det]") {
+  const Trained& t = trained();
+  const std::string d = (kWork / "run_raw").string();
+  Run r = run(std::string("HR_RAW_INPUT=1 ") + HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + d);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("as its bytes (u8)") != std::string::npos);
+  const std::vector<double> plain = hr::test::metric_values(t.dir, "train", "loss"),
+                            raw = hr::test::metric_values(d, "train", "loss");
+  REQUIRE(plain.size() == 10);
+  CHECK(raw == plain);
+}
+
 TEST_CASE("hrnet-infer --image lists and draws a det model's objects", "[apps][det]") {
   const Trained& t = trained();
   const std::string img = dataset() + "/val2017/000000000025.jpg";

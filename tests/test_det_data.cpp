@@ -17,6 +17,7 @@
 #include "data/detection.h"
 #include "data/loader.h"
 #include "data/random.h"
+#include "engine/ops.h"
 #include "ref_data.h"
 #include "test_util.h"
 
@@ -354,6 +355,13 @@ TEST_CASE("the dataset's fields: FCOS targets of the transformed boxes, zero pad
   REQUIRE((f[4].name == "positive" && f[4].shape == Shape{P}));
 
   Fields got(ds);
+  REQUIRE(o.transform.to_bgr255);  // the raw input's channels are swapped too
+  const auto rf = raw_fields(ds);
+  REQUIRE(rf.size() == 6);
+  REQUIRE((rf[0].shape == Shape{64, 64 * 3} && rf[0].dtype == DType::u8));
+  REQUIRE((rf[5].name == kInputSizeField && rf[5].shape == Shape{2} && rf[5].dtype == DType::i64));
+  const Tensor lut =
+      Tensor::from_vector(std::vector<float>(ds.input_lut(), ds.input_lut() + 768), {3, 256});
   int flipped = 0, unflipped = 0, positives = 0;
   for (size_t i = 0; i < ds.size(); ++i)
     for (uint64_t seed = 0; seed < 6; ++seed) {
@@ -391,6 +399,21 @@ TEST_CASE("the dataset's fields: FCOS targets of the transformed boxes, zero pad
       REQUIRE(s.image_h == t.image.height);
       REQUIRE(s.image_w == t.image.width);
       REQUIRE(s.labels == r.labels);
+      // the raw input (the canvas' bytes, BGR, and the image's size) normalises to the input
+      // bit for bit, the padding included; the targets as load()'s
+      Tensor bytes = Tensor::empty({1, 64, 64 * 3}, DType::u8);
+      Tensor size = Tensor::empty({1, 2}, DType::i64);
+      Fields raw(ds);
+      std::vector<void*> rp = raw.ptrs();
+      rp[0] = bytes.raw_data();
+      rp.push_back(size.raw_data());
+      ds.load_raw(i, seed, rp);
+      REQUIRE(size.to_vector_i64() == std::vector<int64_t>{t.image.height, t.image.width});
+      REQUIRE(raw.labels == got.labels);
+      REQUIRE(raw.reg == got.reg);
+      REQUIRE(raw.ctr == got.ctr);
+      REQUIRE(raw.pos == got.pos);
+      REQUIRE(ops::normalize_u8(bytes, lut, size).to_vector() == got.input);
     }
   REQUIRE(flipped > 0);
   REQUIRE(unflipped > 0);

@@ -143,11 +143,7 @@ TEST_CASE("hrnet-train writes its outputs and resumes exactly", "[apps][pose]") 
 namespace {
 using hr::test::json_number;
 std::vector<std::string> train_lines(const std::string& dir) {
-  std::istringstream log(slurp(dir + "/metrics.jsonl"));
-  std::vector<std::string> out;
-  for (std::string line; std::getline(log, line);)
-    if (line.find("\"type\":\"train\"") != std::string::npos) out.push_back(line);
-  return out;
+  return hr::test::metric_lines(dir, "train");
 }
 }  // namespace
 
@@ -271,15 +267,8 @@ TEST_CASE("hrnet-train: PRINT_FREQ thins the train lines, the losses stay the sa
   }
   CHECK(matched == thinned.size());
   CHECK(thinned.size() < every.size());
-  auto epoch_losses = [](const std::string& dir) {
-    std::istringstream log(slurp(dir + "/metrics.jsonl"));
-    std::vector<double> out;
-    for (std::string line; std::getline(log, line);)
-      if (line.find("\"type\":\"epoch\"") != std::string::npos)
-        out.push_back(json_number(line, "loss"));
-    return out;
-  };
-  const std::vector<double> le = epoch_losses(t.dir), lt = epoch_losses(d);
+  const std::vector<double> le = hr::test::metric_values(t.dir, "epoch", "loss"),
+                            lt = hr::test::metric_values(d, "epoch", "loss");
   REQUIRE(le.size() == 2);
   REQUIRE(lt.size() == 2);
   for (size_t i = 0; i < le.size(); ++i) CHECK(lt[i] == Approx(le[i]).epsilon(1e-5));
@@ -294,7 +283,7 @@ TEST_CASE("hrnet-train: a raw input normalised by the step trains bit for bit th
   Run r = run(std::string("HR_RAW_INPUT=1 ") + HR_TRAIN_EXE, "--cfg " + t.cfg + " --out " + d);
   INFO(r.err);
   REQUIRE(r.code == 0);
-  CHECK(r.err.find("as the crops' bytes") != std::string::npos);
+  CHECK(r.err.find("as its bytes (u8)") != std::string::npos);
   const auto every = train_lines(t.dir), raw = train_lines(d);
   REQUIRE(every.size() > 4);
   REQUIRE(raw.size() == every.size());

@@ -81,15 +81,25 @@ void f16_to_f32(int64_t n, const uint16_t* x, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = from_f16(x[i]);
 }
 
-void lut_u8_planar(int64_t N, int64_t HW, int64_t C, const uint8_t* x, const float* lut,
-                   float* y) {
+void lut_u8_planar(int64_t N, int64_t H, int64_t W, int64_t C, const uint8_t* x,
+                   const float* lut, const int64_t* size, float* y) {
+  const int64_t HW = H * W;
 #pragma omp parallel for schedule(static) if (N * HW * C >= kParallelMin)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const uint8_t* xs = x + n * HW * C + c;
       const float* t = lut + c * 256;
       float* yc = y + (n * C + c) * HW;
-      for (int64_t p = 0; p < HW; ++p) yc[p] = t[xs[p * C]];
+      if (!size) {
+        for (int64_t p = 0; p < HW; ++p) yc[p] = t[xs[p * C]];
+        continue;
+      }
+      const int64_t vh = size[2 * n], vw = size[2 * n + 1];
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t p = h * W + w;
+          yc[p] = h < vh && w < vw ? t[xs[p * C]] : 0.f;
+        }
     }
 }
 

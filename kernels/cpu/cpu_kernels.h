@@ -288,9 +288,10 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y);
 void f16_to_f32(int64_t n, const uint16_t* x, float* y);
 
 // ---- bytes through a table (a dataset's input normalisation, done on the device) ----
-// y [N, C, HW] = lut[c][x [N, HW, C]]: channel-interleaved bytes (an RGB crop) to planar floats,
-// each value the table's entry for its channel and byte. lut [C][256].
-void lut_u8_planar(int64_t N, int64_t HW, int64_t C, const uint8_t* x, const float* lut,
-                   float* y);
+// y [N, C, H, W] = lut[c][x [N, H, W, C]]: channel-interleaved bytes (an RGB crop) to planar
+// floats, each value the table's entry for its channel and byte. lut [C][256]. size [N][2]
+// (optional): sample n's valid rows and columns {h, w}; outside them y = 0 (padding).
+void lut_u8_planar(int64_t N, int64_t H, int64_t W, int64_t C, const uint8_t* x,
+                   const float* lut, const int64_t* size, float* y);
 
 }  // namespace hr::cpu

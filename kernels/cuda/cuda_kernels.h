@@ -95,9 +95,11 @@ bool is_capturing(Stream s);
 void nchw_to_nhwc(DT dt, int64_t N, int64_t C, int64_t HW, const void* x, void* y, Stream s);
 void nhwc_to_nchw(DT dt, int64_t N, int64_t C, int64_t HW, const void* x, void* y, Stream s);
 void convert(int64_t n, DT from, const void* x, DT to, void* y, Stream s);
-// y [n] = lut[i % C][x[i]]: bytes through a per-channel table, channel-interleaved in and out
-// (an RGB crop [N, H, W, C] to the channels-last fp32 input). lut [C][256] fp32, C <= 4.
-void lut_u8(int64_t n, int C, const uint8_t* x, const float* lut, float* y, Stream s);
+// y [N, H, W, C] = lut[c][x [N, H, W, C]]: bytes through a per-channel table, channel-interleaved
+// in and out (an RGB crop to the channels-last fp32 input). lut [C][256] fp32, C <= 4. size
+// [N][2] i64 (optional, device): sample n's valid rows and columns {h, w}; outside, y = 0.
+void lut_u8(int64_t N, int64_t H, int64_t W, int C, const uint8_t* x, const float* lut,
+            const int64_t* size, float* y, Stream s);
 
 // ---- convolution (NHWC x, KRSC w) ----
 // Picks, per shape and dtype, the faster of our implicit-GEMM kernels and cuDNN the first time

@@ -197,10 +197,24 @@ void convert(int64_t n, DT from, const void* x, DT to, void* y, Stream st) {
   HR_DISPATCH_DT(from, Tin, convert_from<Tin>(n, static_cast<const Tin*>(x), to, y, st));
 }
 
-// y[i] = lut[i % C][x[i]], the table in shared memory; each thread four bytes at a time.
-__global__ void lut_u8_kernel(int64_t n, int C, const uint8_t* __restrict__ x,
+// y[i] = lut[i % C][x[i]] (0 outside sample n's valid size), the table in shared memory; each
+// thread four bytes at a time.
+struct LutShape {
+  int64_t H, W;
+  int C;
+  const int64_t* size;  // [N][2] or nullptr
+  // element i is inside its sample's valid rows and columns
+  __device__ __forceinline__ bool valid(int64_t i) const {
+    if (!size) return true;
+    const int64_t p = i / C, w = p % W, hn = p / W, h = hn % H, n = hn / H;
+    return h < size[2 * n] && w < size[2 * n + 1];
+  }
+};
+
+__global__ void lut_u8_kernel(int64_t n, LutShape s, const uint8_t* __restrict__ x,
                               const float* __restrict__ lut, float* __restrict__ y, bool vec) {
   __shared__ float t[4 * 256];
+  const int C = s.C;
   for (int i = threadIdx.x; i < C * 256; i += blockDim.x) t[i] = lut[i];
   __syncthreads();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -210,25 +224,30 @@ __global__ void lut_u8_kernel(int64_t n, int C, const uint8_t* __restrict__ x,
     const int64_t nv = n / 4;
     for (int64_t i = tid; i < nv; i += stride) {
       const uchar4 b = reinterpret_cast<const uchar4*>(x)[i];
-      const int c0 = int((4 * i) % C);
+      const int64_t e = 4 * i;
+      const int c0 = int(e % C);
       float4 v;
-      v.x = t[c0 * 256 + b.x];
-      v.y = t[((c0 + 1) % C) * 256 + b.y];
-      v.z = t[((c0 + 2) % C) * 256 + b.z];
-      v.w = t[((c0 + 3) % C) * 256 + b.w];
+      v.x = s.valid(e) ? t[c0 * 256 + b.x] : 0.f;
+      v.y = s.valid(e + 1) ? t[((c0 + 1) % C) * 256 + b.y] : 0.f;
+      v.z = s.valid(e + 2) ? t[((c0 + 2) % C) * 256 + b.z] : 0.f;
+      v.w = s.valid(e + 3) ? t[((c0 + 3) % C) * 256 + b.w] : 0.f;
       reinterpret_cast<float4*>(y)[i] = v;
     }
     done = nv * 4;
   }
-  for (int64_t i = done + tid; i < n; i += stride) y[i] = t[int(i % C) * 256 + x[i]];
+  for (int64_t i = done + tid; i < n; i += stride)
+    y[i] = s.valid(i) ? t[int(i % C) * 256 + x[i]] : 0.f;
 }
 
-void lut_u8(int64_t n, int C, const uint8_t* x, const float* lut, float* y, Stream st) {
+void lut_u8(int64_t N, int64_t H, int64_t W, int C, const uint8_t* x, const float* lut,
+            const int64_t* size, float* y, Stream st) {
+  const int64_t n = N * H * W * C;
   if (n <= 0) return;
   HR_CHECK(C >= 1 && C <= 4, "lut_u8: 1 to 4 channels, got ", C);
   const bool vec = detail::aligned(4, {x}) && detail::aligned(16, {y});
   const int64_t blocks = detail::wave_blocks(vec ? (n + 3) / 4 : n, 256);
-  lut_u8_kernel<<<unsigned(blocks), 256, 0, detail::stream_of(st)>>>(n, C, x, lut, y, vec);
+  lut_u8_kernel<<<unsigned(blocks), 256, 0, detail::stream_of(st)>>>(n, LutShape{H, W, C, size},
+                                                                      x, lut, y, vec);
   HR_CUDA_LAUNCH_CHECK();
 }
 

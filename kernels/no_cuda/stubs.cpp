@@ -63,7 +63,8 @@ HR_NO_CUDA(bool, is_capturing, (Stream))
 HR_NO_CUDA(void, nchw_to_nhwc, (DT, int64_t, int64_t, int64_t, const void*, void*, Stream))
 HR_NO_CUDA(void, nhwc_to_nchw, (DT, int64_t, int64_t, int64_t, const void*, void*, Stream))
 HR_NO_CUDA(void, convert, (int64_t, DT, const void*, DT, void*, Stream))
-HR_NO_CUDA(void, lut_u8, (int64_t, int, const uint8_t*, const float*, float*, Stream))
+HR_NO_CUDA(void, lut_u8, (int64_t, int64_t, int64_t, int, const uint8_t*, const float*,
+                          const int64_t*, float*, Stream))
 
 // convolution
 HR_NO_CUDA(void, conv2d_forward,
