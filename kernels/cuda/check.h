@@ -3,7 +3,7 @@
 //    and the library's error string; HR_CUDA_LAUNCH_CHECK() follows every kernel launch.
 //    CUDNN_CHECK / CUBLAS_CHECK need cudnn.h / cublas_v2.h included first.
 //  - host helpers shared by the sources: stream mapping, SM count, grid sizing, vector width,
-//    event timing of a candidate (time_ms);
+//    event timing of a candidate (time_ms), the current device, the HR_* switches;
 //  - internal launchers implemented in one .cu and used by another (bias rows, column sums);
 //  - with nvcc, device helpers: dtype <-> fp32, 16-byte vector packs, a block tree reduction.
 #pragma once
@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 
@@ -153,6 +154,26 @@ void column_sum(DT dt, int64_t N, int64_t R, int64_t C, const void* x, float sca
   } while (0)
 
 namespace hr::cuda::detail {
+
+// The calling thread's current CUDA device (what per-device caches are keyed by).
+inline int current_device() {
+  int d = 0;
+  CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+// Whether environment variable `name` is set and starts with `c` (the HR_* switches: "0"/"1").
+inline bool env_starts_with(const char* name, char c) {
+  const char* e = std::getenv(name);
+  return e && e[0] == c;
+}
+
+// HR_ALLOW_TF32=1 (read once): f32 convolutions and matrix products may use TF32 tensor cores
+// (cuDNN, cuBLAS); off by default, so f32 stays f32 as the CPU reference computes it.
+inline bool allow_tf32() {
+  static const bool on = env_starts_with("HR_ALLOW_TF32", '1');
+  return on;
+}
 
 // Mean milliseconds of f() over 3 runs on cs, after one warm-up run (synchronises); f returns
 // false when it declines or fails (then +inf). The per-shape choices of the convolution

@@ -89,25 +89,11 @@ std::map<Key, std::unique_ptr<Entry>>& cache() {
   return *m;
 }
 
-int current_device() {
-  int d = 0;
-  CUDA_CHECK(cudaGetDevice(&d));
-  return d;
-}
-
 cudnnHandle_t handle(int device) {
   static auto* handles = new std::vector<cudnnHandle_t>;
   if (device >= int(handles->size())) handles->resize(device + 1, nullptr);
   if (!(*handles)[device]) CUDNN_CHECK(cudnnCreate(&(*handles)[device]));
   return (*handles)[device];
-}
-
-bool allow_tf32() {
-  static const bool on = [] {
-    const char* e = std::getenv("HR_ALLOW_TF32");
-    return e && e[0] == '1';
-  }();
-  return on;
 }
 
 Backend forced_backend() {
@@ -135,7 +121,7 @@ std::string shape_of(const ConvShape& s) {
 
 // The cache entry of (current device, s, dt), descriptors built on first use.
 Entry* entry(const ConvShape& s, DT dt) {
-  const Key key{current_device(), int(dt), s.N, s.C, s.H, s.W, s.K, s.R, s.S,
+  const Key key{detail::current_device(), int(dt), s.N, s.C, s.H, s.W, s.K, s.R, s.S,
                 s.stride_h, s.stride_w, s.pad_h, s.pad_w};
   std::lock_guard<std::mutex> lock(g_mu);
   auto& m = cache();
@@ -159,7 +145,7 @@ Entry* entry(const ConvShape& s, DT dt) {
   CUDNN_CHECK(cudnnSetConvolution2dDescriptor(e->conv, int(s.pad_h), int(s.pad_w),
                                               int(s.stride_h), int(s.stride_w), 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-  e->find_math = dt == DT::f32 ? (allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH)
+  e->find_math = dt == DT::f32 ? (detail::allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH)
                                : CUDNN_TENSOR_OP_MATH;
   Entry* raw = e.get();
   m.emplace(key, std::move(e));
@@ -232,14 +218,14 @@ Algo pick(const Perf* perf, int n, size_t ws_limit, const ConvShape& s, DT dt, i
 void cudnn_run(int op, Entry* e, const ConvShape& s, DT dt, const void* a, const void* b,
                void* out, Stream st) {
   const float one = 1.f, zero = 0.f;
-  const int device = current_device();
+  const int device = detail::current_device();
   std::lock_guard<std::mutex> lock(g_mu);
   cudnnHandle_t h = handle(device);
   CUDNN_CHECK(cudnnSetStream(h, detail::stream_of(st)));
   if (cudnn_graph::enabled()) {  // the graph API first; the legacy API for what it declines
     if (!e->graph_tried[op]) {
       refuse_choice_in_capture(op, s, dt, st);
-      e->plan[op] = cudnn_graph::choose(op, s, dt, dt == DT::f32 && allow_tf32(),
+      e->plan[op] = cudnn_graph::choose(op, s, dt, dt == DT::f32 && detail::allow_tf32(),
                                         find_workspace_cap(), a, b, out, h, st);
       e->graph_tried[op] = true;
       if (e->plan[op]) ++g_graph_plans;

@@ -845,8 +845,7 @@ int* tile_counters(Stream st, int64_t n) {
   static std::mutex mu;
   static std::vector<Entry>* entries = new std::vector<Entry>;
   const cudaStream_t cs = detail::stream_of(st);
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
+  const int device = detail::current_device();
   std::lock_guard<std::mutex> lock(mu);
   for (Entry& e : *entries) {
     if (e.device != device || e.stream != cs) continue;

@@ -449,22 +449,8 @@ std::atomic<int> g_cap_reg{-1}, g_cap_smem{-1}, g_path{kTuned};
 // lever for the GPU window (tools/window/run.sh sets it when a cooperative test hangs) and for
 // devices or drivers that cannot run cooperative grids side by side on several streams.
 bool cooperative_allowed() {
-  static const bool on = [] {
-    const char* e = std::getenv("HR_BN_COOPERATIVE");
-    return !(e && e[0] == '0');
-  }();
+  static const bool on = !detail::env_starts_with("HR_BN_COOPERATIVE", '0');
   return on;
-}
-
-bool env_is(const char* name, char c) {
-  const char* e = std::getenv(name);
-  return e && e[0] == c;
-}
-
-int device_now() {
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  return dev;
 }
 
 // Bytes rounded up so that what follows in one scratch allocation stays 256-byte aligned.
@@ -472,7 +458,9 @@ size_t scratch_round(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // A training pass of one call shape: what its path choice is cached by.
 struct PassKey {
-  int dev, dt, vec, pass;  // pass: forward (0) / backward (1), plus flag bits
+  int dev;
+  DT dt;
+  int vec, pass;  // pass: forward (0) / backward (1), plus flag bits
   int64_t M, C;
   bool operator<(const PassKey& o) const {
     return std::tie(dev, dt, vec, pass, M, C) < std::tie(o.dev, o.dt, o.vec, o.pass, o.M, o.C);
@@ -499,7 +487,7 @@ template <class TimePath>
 int pick_path(const PassKey& key, int64_t map_bytes, Stream st, TimePath&& time_path) {
   if (g_path.load() != kTuned) return g_path.load();
   if (!cooperative_allowed()) return kMulti;
-  static const bool tune = !env_is("HR_BN_TUNE", '0');
+  static const bool tune = !detail::env_starts_with("HR_BN_TUNE", '0');
   if (!tune || map_bytes > kTuneMaxBytes) return kCoop;
   static std::mutex mu;
   static std::map<PassKey, int> chosen;
@@ -511,11 +499,10 @@ int pick_path(const PassKey& key, int64_t map_bytes, Stream st, TimePath&& time_
   int best = kMulti;  // the multi-kernel path runs every call: its time is finite
   for (int p = 0; p < kPaths; ++p)
     if (ms[p] < ms[best]) best = p;
-  static const bool verbose = env_is("HR_BN_VERBOSE", '1');
+  static const bool verbose = detail::env_starts_with("HR_BN_VERBOSE", '1');
   if (verbose)
     std::fprintf(stderr, "[bn] %s %s M=%lld C=%lld vec %d flags %d: %.1f / %.1f / %.1f us -> %s\n",
-                 key.pass & 1 ? "backward" : "forward",
-                 key.dt == int(DT::f32) ? "f32" : key.dt == int(DT::f16) ? "f16" : "bf16",
+                 key.pass & 1 ? "backward" : "forward", detail::dt_name(key.dt),
                  static_cast<long long>(key.M), static_cast<long long>(key.C), key.vec,
                  key.pass >> 1, 1e3 * ms[0], 1e3 * ms[1], 1e3 * ms[2], kPathName[best]);
   chosen.emplace(key, best);
@@ -1001,8 +988,7 @@ template <class K>
 OneInfo one_info(K* kernel) {
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, OneInfo> cache;
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
+  const int dev = detail::current_device();
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_pair(dev, reinterpret_cast<const void*>(kernel));
   if (auto it = cache.find(key); it != cache.end()) return it->second;
@@ -1174,7 +1160,7 @@ void batchnorm_act_train_forward(DT dt, int64_t M, int64_t C, const void* x, con
       return true;
     };
     const Out out{static_cast<T*>(y), running_mean, running_var, save_mean, save_invstd};
-    const PassKey key{device_now(), int(dt), V, 0 | (relu ? 2 : 0) | (rt ? 4 : 0), M, C};
+    const PassKey key{detail::current_device(), dt, V, 0 | (relu ? 2 : 0) | (rt ? 4 : 0), M, C};
     const int path = pick_path(key, M * C * int64_t(sizeof(T)), st, [&](int p) {
       const size_t ybytes = scratch_round(sizeof(T) * size_t(M * C));
       detail::Workspace scratch(ybytes + sizeof(float) * 4 * size_t(C), st);
@@ -1288,7 +1274,7 @@ void batchnorm_act_train_backward(DT dt, int64_t M, int64_t C, const void* x, co
       return true;
     };
     const Out out{static_cast<T*>(dx), static_cast<T*>(dresidual), dgamma, dbeta};
-    const PassKey key{device_now(), int(dt), V,
+    const PassKey key{detail::current_device(), dt, V,
                       1 | (relu ? 2 : 0) | (dx ? 4 : 0) | (dresidual ? 8 : 0) |
                           (dgamma ? 16 : 0) | (dbeta ? 32 : 0),
                       M, C};

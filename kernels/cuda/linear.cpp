@@ -22,19 +22,10 @@ std::mutex g_mu;  // guards the handles and every call made with them
 
 cublasHandle_t handle() {
   static auto* handles = new std::vector<cublasHandle_t>;
-  int d = 0;
-  CUDA_CHECK(cudaGetDevice(&d));
+  const int d = detail::current_device();
   if (d >= int(handles->size())) handles->resize(d + 1, nullptr);
   if (!(*handles)[d]) CUBLAS_CHECK(cublasCreate(&(*handles)[d]));
   return (*handles)[d];
-}
-
-bool allow_tf32() {
-  static const bool on = [] {
-    const char* e = std::getenv("HR_ALLOW_TF32");
-    return e && e[0] == '1';
-  }();
-  return on;
 }
 
 cudaDataType_t cuda_type(DT dt) {
@@ -56,7 +47,7 @@ void gemm(DT dt, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t 
            "linear: GEMM ", m, " x ", n, " x ", k, " exceeds cuBLAS's int range");
   const float alpha = 1.f, beta = 0.f;
   const cudaDataType_t t = cuda_type(dt);
-  const cublasComputeType_t compute = dt == DT::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
+  const cublasComputeType_t compute = dt == DT::f32 && detail::allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                     : CUBLAS_COMPUTE_32F;
   std::lock_guard<std::mutex> lock(g_mu);
   cublasHandle_t h = handle();
@@ -100,7 +91,7 @@ void bmm(DT dt, int64_t batch, int64_t M, int64_t N, int64_t K, bool trans_a, bo
            " x ", N, " x ", K, " exceeds cuBLAS's int range");
   const float alpha = 1.f, beta = 0.f;
   const cudaDataType_t t = cuda_type(dt);
-  const cublasComputeType_t compute = dt == DT::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
+  const cublasComputeType_t compute = dt == DT::f32 && detail::allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                     : CUBLAS_COMPUTE_32F;
   std::lock_guard<std::mutex> lock(g_mu);
   cublasHandle_t h = handle();

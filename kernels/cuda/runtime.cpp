@@ -44,16 +44,10 @@ size_t size_class(size_t n) {
   return (n + step - 1) / step * step;
 }
 
-int current_device() {
-  int d = 0;
-  CUDA_CHECK(cudaGetDevice(&d));
-  return d;
-}
-
 // Sets the current device for a scope.
 class DeviceScope {
  public:
-  explicit DeviceScope(int device) : prev_(current_device()) {
+  explicit DeviceScope(int device) : prev_(detail::current_device()) {
     if (device != prev_) CUDA_CHECK(cudaSetDevice(device));
   }
   ~DeviceScope() { cudaSetDevice(prev_); }
@@ -223,7 +217,7 @@ struct Allocator {
 
   // Frees every cached block of every device; the caller holds mu; no capture is in progress.
   void release_cached() {
-    int prev = current_device();
+    int prev = detail::current_device();
     for (int d = 0; d < int(cached.size()); ++d) {
       bool any = false;
       for (auto& kv : cached[d]) any = any || !kv.second.empty();
@@ -270,7 +264,7 @@ namespace detail {
 int sm_count() {
   static std::mutex mu;
   static std::vector<int>* counts = new std::vector<int>;
-  const int d = current_device();
+  const int d = detail::current_device();
   std::lock_guard<std::mutex> lock(mu);
   if (d >= int(counts->size())) counts->resize(d + 1, 0);
   int& c = (*counts)[d];
@@ -316,7 +310,7 @@ void* alloc(size_t bytes, Stream s) {
   const size_t size = size_class(bytes);
   Allocator& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);
-  const int device = current_device();
+  const int device = detail::current_device();
   Block b;
   bool found = false;
   if (a.capture) {
@@ -435,7 +429,7 @@ void empty_cache() {
 }
 
 Stream default_stream() {
-  const int d = current_device();
+  const int d = detail::current_device();
   std::lock_guard<std::mutex> lock(g_stream_mu);
   auto& v = default_streams();
   if (d >= int(v.size())) v.resize(d + 1, nullptr);
@@ -560,7 +554,7 @@ void begin_capture(Stream s) {
            "); captures run one at a time");
   HR_CHECK(capture_status(cs) == cudaStreamCaptureStatusNone, "begin_capture: stream ", s,
            " is already capturing");
-  const int device = current_device();
+  const int device = detail::current_device();
   // Once the device is idle, every cached block may serve any stream of the capture.
   CUDA_CHECK(cudaDeviceSynchronize());
   for (auto& kv : a.bins(device))
