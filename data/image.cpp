@@ -18,6 +18,7 @@
 
 #include "engine/error.h"
 #include "engine/file_util.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 // after <cstdio>: jpeglib.h needs FILE and size_t
 #include <jpeglib.h>
@@ -689,16 +690,7 @@ const float* imagenet_input_lut() {
 }
 
 void normalize_input(const uint8_t* hwc, int h, int w, float* chw) {
-  const float* lut = imagenet_input_lut();
-  const size_t n = static_cast<size_t>(h) * w;
-  float* r = chw;
-  float* g = chw + n;
-  float* b = chw + 2 * n;
-  for (size_t i = 0; i < n; ++i) {
-    r[i] = lut[hwc[3 * i]];
-    g[i] = lut[256 + hwc[3 * i + 1]];
-    b[i] = lut[512 + hwc[3 * i + 2]];
-  }
+  cpu::lut_u8_planar(1, h, w, 3, hwc, imagenet_input_lut(), nullptr, chw);
 }
 
 Image crop(const Image& src, int x, int y, int w, int h) {

@@ -102,15 +102,14 @@ struct DataLoader::Impl {
   std::exception_ptr fatal;
   std::vector<std::thread> threads;
 
-  bool raw = false;   // the input through load_raw
-  Tensor input_lut;   // then: the dataset's table, f32 [3, 256]
+  // the input raw (through load_raw): the dataset's table, f32 [3, 256]; else undefined
+  Tensor input_lut;
 
   Impl(const Dataset& d, LoaderOptions o) : ds(d), opt(o) {
-    raw = opt.raw_input && ds.input_lut() != nullptr;
-    fields = raw ? raw_fields(ds) : ds.fields();
-    if (raw)
+    if (opt.raw_input && ds.input_lut())
       input_lut = Tensor::from_vector(std::vector<float>(ds.input_lut(), ds.input_lut() + 768),
                                       {3, 256});
+    fields = input_lut.defined() ? raw_fields(ds) : ds.fields();
     HR_CHECK(opt.batch_size > 0, "DataLoader: batch size ", opt.batch_size);
     HR_CHECK(!fields.empty(), "DataLoader: the dataset has no fields");
     for (const Field& f : fields) {
@@ -206,7 +205,7 @@ struct DataLoader::Impl {
         std::vector<void*> out(fields.size());
         for (size_t f = 0; f < fields.size(); ++f)
           out[f] = static_cast<char*>(st->fields[f].raw_data()) + slot * sample_bytes[f];
-        if (raw)
+        if (input_lut.defined())
           ds.load_raw(index, sample_seed(opt.seed, ep, index), out);
         else
           ds.load(index, sample_seed(opt.seed, ep, index), out);

@@ -10,6 +10,7 @@
 
 #include "data/random.h"
 #include "engine/error.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 namespace hr::data {
 
@@ -170,10 +171,7 @@ void normalize_seg_input(const Image& rgb, const std::array<double, 3>& mean,
                          const std::array<double, 3>& std, float* chw) {
   HR_CHECK(rgb.channels == 3, "normalize_seg_input: ", rgb.channels, " channels, expected 3");
   const std::array<float, 768> lut = seg_input_lut(mean, std);
-  const size_t n = size_t(rgb.width) * rgb.height;
-  const uint8_t* p = rgb.pixels.data();
-  for (size_t i = 0; i < n; ++i)
-    for (int c = 0; c < 3; ++c) chw[size_t(c) * n + i] = lut[size_t(c * 256 + p[3 * i + c])];
+  cpu::lut_u8_planar(1, rgb.height, rgb.width, 3, rgb.pixels.data(), lut.data(), nullptr, chw);
 }
 
 void make_seg_sample(const Image& rgb, const Image& ids, const SegOptions& o, const SegAugment& a,

@@ -115,8 +115,9 @@ class TrainStep {
   graph::Executable& executable_for(const data::Batch& batch);
   // The model's input from the batch's input x (on dev_, or a graph's value for it): a raw input
   // (u8, a loader with raw_input) normalised on the device with the batch's table (ops::
-  // normalize_u8; the table's device copy kept here: graphs read it by handle; a sized raw input's
-  // valid sizes are the target data::kInputSizeField), else x itself. One table per TrainStep (its batches come from one loader): another one is an error.
+  // normalize_u8; the table's device copy kept here: graphs read it by handle; a sized raw
+  // input's valid sizes are the target data::kInputSizeField), else x itself. One table per
+  // TrainStep (its batches come from one loader): another one is an error.
   Tensor model_input(const data::Batch& batch, const Tensor& x,
                      const std::map<std::string, Tensor>& targets);
   Tensor input_lut_host_, input_lut_;  // the table, and its copy on dev_

@@ -84,7 +84,9 @@ void f16_to_f32(int64_t n, const uint16_t* x, float* y) {
 void lut_u8_planar(int64_t N, int64_t H, int64_t W, int64_t C, const uint8_t* x,
                    const float* lut, const int64_t* size, float* y) {
   const int64_t HW = H * W;
-#pragma omp parallel for schedule(static) if (N * HW * C >= kParallelMin)
+  // threads over the samples only: one image (the loaders' worker threads call it per sample)
+  // starts no OpenMP team
+#pragma omp parallel for schedule(static) if (N > 1 && N * HW * C >= kParallelMin)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const uint8_t* xs = x + n * HW * C + c;
